@@ -1,0 +1,552 @@
+"""Start, stop and inspect the embedded local stack.
+
+    python devstack/stack.py up | down | status | env
+
+The stack is two PostgreSQL 15 clusters (staging, production), a disk-backed
+S3 endpoint and a Slack stand-in, all on loopback, all state under
+`.devstack/` (or `$DEVSTACK_DIR`). `up` is idempotent and returns once every
+service answers; `down` stops every process `up` started. It works as root
+(PostgreSQL then runs as the `postgres` user) and as a normal user.
+
+Standard library only: it runs before the project's virtualenv exists.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("DEVSTACK_DIR", REPO / ".devstack")).resolve()
+HOST = "127.0.0.1"
+APP_ROLE = "migrator"
+BACKUP_BUCKET = os.environ.get("DEVSTACK_BACKUP_BUCKET", "schema-deploy-backups")
+S3_ACCESS_KEY = "devstack-access-key"
+S3_REGION = "us-east-1"
+START_TIMEOUT_S = 60.0
+
+
+class StackError(Exception):
+    """A problem the person running the stack can fix; printed without a trace."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One PostgreSQL cluster of the stack."""
+
+    env: str  # "staging" | "production"
+    port: int
+
+    @property
+    def database(self) -> str:
+        return f"americano_{self.env}"
+
+
+def port_from_env(name: str, default: int) -> int:
+    """Read a port override such as DEVSTACK_STAGING_PORT, validating it."""
+    raw = os.environ.get(name, str(default))
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise StackError(f"{name}={raw!r} is not a TCP port; use a number between 1024 and 65535.")
+    return int(raw)
+
+
+def clusters() -> list[Cluster]:
+    return [
+        Cluster("staging", port_from_env("DEVSTACK_STAGING_PORT", 55432)),
+        Cluster("production", port_from_env("DEVSTACK_PRODUCTION_PORT", 55433)),
+    ]
+
+
+def s3_port() -> int:
+    return port_from_env("DEVSTACK_S3_PORT", 59000)
+
+
+def slack_port() -> int:
+    return port_from_env("DEVSTACK_SLACK_PORT", 59001)
+
+
+# --- secrets ---------------------------------------------------------------
+
+def load_secrets() -> dict[str, str]:
+    """Passwords and keys, generated once per stack and kept in secrets.json (0600)."""
+    path = STATE / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {
+        "staging_password": "stg-" + secrets.token_urlsafe(18),
+        "production_password": "prd-" + secrets.token_urlsafe(18),
+        "s3_secret_key": secrets.token_urlsafe(30),
+        "slack_token": "xoxb-devstack-" + secrets.token_hex(12),
+        "slack_webhook_path": "/services/T0DEVSTACK/B0DEPLOYS/" + secrets.token_hex(12),
+    }
+    STATE.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(values, fh, indent=2)
+    return values
+
+
+# --- PostgreSQL --------------------------------------------------------------
+
+def pg_bindir() -> Path:
+    """Where initdb/pg_ctl/psql live: $PG_BINDIR, Debian's layout, or PATH."""
+    if os.environ.get("PG_BINDIR"):
+        return Path(os.environ["PG_BINDIR"])
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)
+    if debian:
+        return debian[0].parent
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    raise StackError(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found. Install them with "
+        "`sudo apt-get install postgresql-15` (as root, `make` does this for you), "
+        "or set PG_BINDIR to the directory that holds pg_ctl."
+    )
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def as_pg_user(cmd: list[str]) -> list[str]:
+    """Prefix a command so it runs as `postgres` when we are root."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if running_as_root() else cmd
+
+
+def postgres_can_use(path: Path) -> bool:
+    """Can the `postgres` user traverse into `path`? (A clone under /root cannot.)"""
+    probe = subprocess.run(as_pg_user(["test", "-x", str(path)]), capture_output=True)
+    return probe.returncode == 0
+
+
+def pg_root() -> Path:
+    """Directory holding the clusters' data.
+
+    As root, PostgreSQL runs as `postgres`, which must be able to reach its data
+    directory; when the checkout lives where it cannot (e.g. /root), the data
+    goes to /var/tmp under a name derived from the checkout's path.
+    """
+    preferred = STATE / "pg"
+    if not running_as_root():
+        return preferred
+    preferred.mkdir(parents=True, exist_ok=True)
+    shutil.chown(preferred, "postgres", "postgres")
+    if postgres_can_use(preferred):
+        return preferred
+    digest = hashlib.sha1(str(STATE).encode()).hexdigest()[:12]
+    fallback = Path("/var/tmp") / f"schema-deploy-devstack-{digest}"
+    fallback.mkdir(mode=0o700, exist_ok=True)
+    shutil.chown(fallback, "postgres", "postgres")
+    return fallback
+
+
+def run(cmd: list[str], *, what: str, env: dict[str, str] | None = None) -> str:
+    """Run a command; on failure raise StackError with its output."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip()[-1500:]
+        raise StackError(f"{what} failed (exit {proc.returncode}): {tail}")
+    return proc.stdout
+
+
+def cluster_dirs(cluster: Cluster) -> tuple[Path, Path, Path]:
+    """(data dir, socket dir, log file) of a cluster."""
+    base = pg_root() / cluster.env
+    return base / "data", base / "run", base / "postgres.log"
+
+
+def pg_running(cluster: Cluster) -> bool:
+    data, _, _ = cluster_dirs(cluster)
+    if not (data / "PG_VERSION").exists():
+        return False
+    proc = subprocess.run(as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "status"]),
+                          capture_output=True)
+    return proc.returncode == 0
+
+
+def init_cluster(cluster: Cluster) -> None:
+    """initdb a new cluster configured for loopback only."""
+    data, sockdir, _ = cluster_dirs(cluster)
+    base = data.parent
+    base.mkdir(parents=True, exist_ok=True)
+    sockdir.mkdir(exist_ok=True)
+    if running_as_root():
+        for path in (base, sockdir):
+            shutil.chown(path, "postgres", "postgres")
+    run(as_pg_user([str(pg_bindir() / "initdb"), "-D", str(data), "-U", "postgres",
+                    "--auth-local=trust", "--auth-host=scram-sha-256",
+                    "-E", "UTF8", "--locale=C.UTF-8"]),
+        what=f"initdb for the {cluster.env} cluster")
+    conf = (
+        "\n# --- devstack ---\n"
+        f"listen_addresses = '{HOST}'\n"
+        f"unix_socket_directories = '{sockdir}'\n"
+        "max_connections = 100\n"
+        "shared_buffers = 128MB\n"
+        "max_wal_size = 2GB\n"
+        "log_line_prefix = '%m [%p] %a '\n"
+    )
+    with open(data / "postgresql.conf", "a") as fh:
+        fh.write(conf)
+
+
+def start_cluster(cluster: Cluster, password: str) -> None:
+    """Start (if needed) a cluster and make sure its role and database exist."""
+    data, sockdir, log = cluster_dirs(cluster)
+    if not (data / "PG_VERSION").exists():
+        init_cluster(cluster)
+    if not pg_running(cluster):
+        ensure_port_free(cluster.port, f"{cluster.env} PostgreSQL", f"DEVSTACK_{cluster.env.upper()}_PORT")
+        run(as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "-l", str(log),
+                        "-w", "-t", "60", "-o", f"-p {cluster.port}", "start"]),
+            what=f"starting the {cluster.env} cluster (log: {log})")
+    psql = [str(pg_bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-h", str(sockdir), "-p", str(cluster.port), "-U", "postgres", "-d", "postgres"]
+    role_sql = (
+        f"SELECT format('CREATE ROLE {APP_ROLE} LOGIN CREATEDB PASSWORD %L', :'pw') "
+        f"WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') \\gexec\n"
+        f"SELECT format('ALTER ROLE {APP_ROLE} PASSWORD %L', :'pw') \\gexec\n"
+        f"SELECT 'CREATE DATABASE {cluster.database} OWNER {APP_ROLE}' "
+        f"WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{cluster.database}') \\gexec\n"
+    )
+    proc = subprocess.run([*psql, "-v", f"pw={password}"], input=role_sql, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StackError(f"creating role/database on the {cluster.env} cluster failed: {proc.stderr.strip()}")
+
+
+def stop_cluster(cluster: Cluster) -> None:
+    if pg_running(cluster):
+        data, _, _ = cluster_dirs(cluster)
+        run(as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+            what=f"stopping the {cluster.env} cluster")
+
+
+def database_url(cluster: Cluster, password: str) -> str:
+    return f"postgresql://{APP_ROLE}:{password}@{HOST}:{cluster.port}/{cluster.database}"
+
+
+def admin_url(cluster: Cluster) -> str:
+    """Superuser over the cluster's unix socket (trust auth; tests that need roles)."""
+    _, sockdir, _ = cluster_dirs(cluster)
+    return f"postgresql://postgres@/postgres?host={sockdir}&port={cluster.port}"
+
+
+# --- the two Python services -------------------------------------------------
+
+@dataclass(frozen=True)
+class Service:
+    """A stdlib HTTP server of ours run as a background process."""
+
+    name: str
+    script: str
+    port: int
+    health_path: str
+    port_variable: str
+
+    @property
+    def pid_file(self) -> Path:
+        return STATE / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return STATE / f"{self.name}.log"
+
+
+def services() -> list[Service]:
+    return [
+        Service("s3", "s3server.py", s3_port(), "/", "DEVSTACK_S3_PORT"),
+        Service("slack", "slack_standin.py", slack_port(), "/_standin/health", "DEVSTACK_SLACK_PORT"),
+    ]
+
+
+def service_args(service: Service, values: dict[str, str]) -> list[str]:
+    if service.name == "s3":
+        return ["--root", str(STATE / "s3"), "--access-key", S3_ACCESS_KEY,
+                "--secret-key", values["s3_secret_key"], "--bucket", BACKUP_BUCKET]
+    return ["--messages-file", str(STATE / "slack-messages.jsonl"), "--token", values["slack_token"]]
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def ensure_port_free(port: int, what: str, variable: str) -> None:
+    if port_open(port):
+        raise StackError(
+            f"port {port} ({what}) is already in use by another process. "
+            f"Stop that process or choose another port: export {variable}=<free port>."
+        )
+
+
+def http_answers(port: int, path: str) -> bool:
+    try:
+        urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=1)
+    except urllib.error.HTTPError:
+        return True  # an HTTP answer, even 403, means it is serving
+    except OSError:
+        return False
+    return True
+
+
+def start_service(service: Service, values: dict[str, str]) -> None:
+    """Start a service unless it is already running, then wait until it answers."""
+    if read_pid(service.pid_file) and http_answers(service.port, service.health_path):
+        return
+    service.pid_file.unlink(missing_ok=True)
+    ensure_port_free(service.port, f"{service.name} endpoint", service.port_variable)
+    cmd = [sys.executable, str(REPO / "devstack" / service.script), "--host", HOST,
+           "--port", str(service.port), "--pid-file", str(service.pid_file),
+           "--log-file", str(service.log_file), *service_args(service, values)]
+    with open(STATE / f"{service.name}.out", "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"the {service.name} endpoint exited at start (exit {proc.returncode}); "
+                             f"see {STATE / (service.name + '.out')}")
+        if service.pid_file.exists() and http_answers(service.port, service.health_path):
+            return
+        time.sleep(0.1)
+    raise StackError(f"the {service.name} endpoint did not answer on port {service.port} "
+                     f"within {START_TIMEOUT_S:.0f} s; see {service.log_file}")
+
+
+def stop_service(service: Service) -> None:
+    """SIGTERM the service, then SIGKILL if it has not gone within 10 s."""
+    pid = read_pid(service.pid_file)
+    if pid is None:
+        service.pid_file.unlink(missing_ok=True)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and read_pid(service.pid_file) == pid:
+        time.sleep(0.1)
+    if read_pid(service.pid_file) == pid:
+        os.kill(pid, signal.SIGKILL)
+    service.pid_file.unlink(missing_ok=True)
+
+
+# --- environment file --------------------------------------------------------
+
+def environment(values: dict[str, str]) -> dict[str, str]:
+    """Every variable people and scripts need to reach the stack."""
+    by_env = {c.env: c for c in clusters()}
+    staging_url = database_url(by_env["staging"], values["staging_password"])
+    production_url = database_url(by_env["production"], values["production_password"])
+    s3_url = f"http://{HOST}:{s3_port()}"
+    slack_base = f"http://{HOST}:{slack_port()}"
+    webhook = slack_base + values["slack_webhook_path"]
+    aws_conn = {
+        "conn_type": "aws",
+        "login": S3_ACCESS_KEY,
+        "password": values["s3_secret_key"],
+        "extra": {"endpoint_url": s3_url, "region_name": S3_REGION},
+    }
+    slack_conn = {"conn_type": "slackwebhook", "password": webhook}
+    return {
+        "DEVSTACK_DIR": str(STATE),
+        "STAGING_DATABASE_URL": staging_url,
+        "PRODUCTION_DATABASE_URL": production_url,
+        "STAGING_ADMIN_URL": admin_url(by_env["staging"]),
+        "PRODUCTION_ADMIN_URL": admin_url(by_env["production"]),
+        "PG_BINDIR": str(pg_bindir()),
+        "S3_ENDPOINT_URL": s3_url,
+        "BACKUP_BUCKET": BACKUP_BUCKET,
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": values["s3_secret_key"],
+        "AWS_ENDPOINT_URL": s3_url,
+        "AWS_DEFAULT_REGION": S3_REGION,
+        "SLACK_WEBHOOK_URL": webhook,
+        "SLACK_API_URL": slack_base + "/api/",
+        "SLACK_API_TOKEN": values["slack_token"],
+        "SLACK_CONTROL_URL": slack_base + "/_standin",
+        "SLACK_MESSAGES_FILE": str(STATE / "slack-messages.jsonl"),
+        "AIRFLOW_CONN_STAGING_DB": staging_url,
+        "AIRFLOW_CONN_PRODUCTION_DB": production_url,
+        "AIRFLOW_CONN_BACKUP_S3": json.dumps(aws_conn, separators=(",", ":")),
+        "AIRFLOW_CONN_SLACK_DEPLOYS": json.dumps(slack_conn, separators=(",", ":")),
+    }
+
+
+def write_env_file(env: dict[str, str]) -> Path:
+    path = STATE / "env"
+    lines = ["# Written by devstack/stack.py up; source it: . .devstack/env"]
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def mask(text: str, values: dict[str, str]) -> str:
+    """Replace every stack secret in `text` with ****."""
+    for secret in values.values():
+        if secret and not secret.startswith("/"):
+            text = text.replace(secret, "****")
+    return text.replace(values["slack_webhook_path"].rsplit("/", 1)[-1], "****")
+
+
+# --- commands ----------------------------------------------------------------
+
+def wait_for_database(cluster: Cluster, password: str) -> None:
+    """Wait until the app role can log in over TCP with its password."""
+    env = {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "2"}
+    cmd = [str(pg_bindir() / "psql"), "-X", "-q", "-h", HOST, "-p", str(cluster.port),
+           "-U", APP_ROLE, "-d", cluster.database, "-c", "SELECT 1"]
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"the {cluster.env} database does not accept logins: {proc.stderr.strip()}")
+        time.sleep(0.2)
+
+
+def cmd_up() -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
+    values = load_secrets()
+    for cluster in clusters():
+        password = values[f"{cluster.env}_password"]
+        start_cluster(cluster, password)
+        wait_for_database(cluster, password)
+    for service in services():
+        start_service(service, values)
+    path = write_env_file(environment(values))
+    print(f"local stack is up; environment in {path}", file=sys.stderr)
+    cmd_status()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def cmd_down() -> None:
+    """Stop every process of the stack and check that none is left."""
+    started = stack_pids()
+    for service in services():
+        stop_service(service)
+    for cluster in clusters():
+        stop_cluster(cluster)
+    leftovers = [f"{name} (pid {pid})" for name, pid in started.items() if pid_alive(pid)]
+    if leftovers:
+        raise StackError("still running after stop: " + ", ".join(leftovers))
+    print("local stack is stopped", file=sys.stderr)
+
+
+def cmd_destroy() -> None:
+    """Stop the stack and delete all of its state (data, objects, messages, secrets)."""
+    cmd_down()
+    root = pg_root()
+    if root != STATE / "pg":
+        shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(STATE, ignore_errors=True)
+    print(f"deleted {STATE}", file=sys.stderr)
+
+
+def cmd_status() -> int:
+    """Print what runs where, passwords masked. Exit 1 if anything is down."""
+    if not (STATE / "secrets.json").exists():
+        print(f"local stack not created yet ({STATE}); start it with `make stack-up`")
+        return 1
+    values = load_secrets()
+    env = environment(values)
+    rows: list[tuple[str, str, str]] = []
+    for cluster in clusters():
+        state = "running" if pg_running(cluster) else "stopped"
+        rows.append((f"postgres {cluster.env}", state, env[f"{cluster.env.upper()}_DATABASE_URL"]))
+    for service in services():
+        pid = read_pid(service.pid_file)
+        state = f"running (pid {pid})" if pid and port_open(service.port) else "stopped"
+        url = env["S3_ENDPOINT_URL"] + f"  bucket {BACKUP_BUCKET}" if service.name == "s3" else env["SLACK_WEBHOOK_URL"]
+        rows.append((service.name, state, url))
+    for name, state, url in rows:
+        print(f"{name:<20} {state:<20} {mask(url, values)}")
+    print(f"{'state':<20} {'':<20} {STATE}  (env file: {STATE / 'env'})")
+    return 0 if all(r[1].startswith("running") for r in rows) else 1
+
+
+def stack_pids() -> dict[str, int]:
+    """The pid of every running process of this stack (postmasters and our two servers)."""
+    pids: dict[str, int] = {}
+    for cluster in clusters():
+        data, _, _ = cluster_dirs(cluster)
+        pid_file = data / "postmaster.pid"
+        if pg_running(cluster) and pid_file.exists():
+            pids[f"postgres-{cluster.env}"] = int(pid_file.read_text().split()[0])
+    for service in services():
+        pid = read_pid(service.pid_file)
+        if pid:
+            pids[service.name] = pid
+    return pids
+
+
+def cmd_pids() -> int:
+    """Print the stack's pids as JSON (for tests and scripts)."""
+    print(json.dumps(stack_pids()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status", "pids", "destroy"])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            cmd_up()
+        elif args.command == "down":
+            cmd_down()
+        elif args.command == "destroy":
+            cmd_destroy()
+        elif args.command == "pids":
+            return cmd_pids()
+        else:
+            return cmd_status()
+    except StackError as exc:
+        print(f"devstack: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
