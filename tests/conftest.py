@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,24 @@ def with_database(url: str, dbname: str) -> str:
     return urlunsplit(parts._replace(path="/" + dbname))
 
 
+def drop_database(base_url: str, name: str) -> None:
+    """Drop a test database, ending our own sessions in it first.
+
+    Plain DROP DATABASE (not WITH (FORCE)): it tells an autovacuum worker in the
+    database to exit, which FORCE cannot do for a non-superuser role.
+    """
+    for _ in range(100):
+        with psycopg.connect(base_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = %s AND pid <> pg_backend_pid() AND usename = current_user", (name,))
+            try:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                return
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.1)
+    raise RuntimeError(f"could not drop test database {name}: still in use")
+
+
 @pytest.fixture
 def fresh_db(stack_env: dict[str, str]) -> Iterator[str]:
     """A new, empty database on the staging cluster, dropped after the test.
@@ -64,5 +83,4 @@ def fresh_db(stack_env: dict[str, str]) -> Iterator[str]:
     try:
         yield with_database(base, name)
     finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(base, name)
