@@ -1,0 +1,429 @@
+"""Apply a plan to a database, safely and resumably.
+
+* Serialised with Prisma's advisory lock; the ledger is read again under it.
+* A migration that is one transaction commits with its ledger row, or not at all.
+* Otherwise each step commits on its own and advances `applied_steps_count`;
+  a non-transactional step is guarded so that re-running it is harmless (an
+  index that exists and is valid is skipped; an INVALID one left by a crash is
+  dropped and rebuilt), so a re-run after a crash resumes where it stopped.
+* Every session sets `lock_timeout` and `statement_timeout`. A statement that
+  times out waiting for a lock (SQLSTATE 55P03) is retried with capped
+  exponential backoff and jitter; when retries run out, the error names the
+  sessions that blocked it (sampled from `pg_blocking_pids()` while waiting).
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+from pglast import ast, enums
+from psycopg import errors as pgerrors
+from psycopg import sql
+
+from schema_deploy import ledger
+from schema_deploy.bundle import Bundle
+from schema_deploy.errors import DatabaseError, LockRetriesExhausted, MigrationFailed, scrub
+from schema_deploy.plan import MigrationPlan, PlannedStatement, Step, plan_for
+from schema_deploy.prechecks import require_clean
+from schema_deploy.status import Status, compute_status
+
+Log = Callable[[str], None]
+APPLICATION_NAME = "schema-deploy"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Timeouts and the lock-retry schedule (modelled on GitLab's with_lock_retries)."""
+
+    lock_timeout_ms: int = 100  # first attempt; grows each retry up to max_lock_timeout_ms
+    max_lock_timeout_ms: int = 2000
+    lock_retries: int = 10
+    backoff_s: float = 0.5  # sleep before retry i: min(backoff_cap_s, backoff_s * 2**i) * jitter
+    backoff_cap_s: float = 10.0
+    statement_timeout_ms: int = 3_600_000  # long index builds are legitimate; 0 disables
+    advisory_lock_timeout_s: float = 60.0
+    schema: str = "public"  # where _prisma_migrations lives
+
+    def lock_timeout_for(self, attempt: int) -> int:
+        return min(self.max_lock_timeout_ms, self.lock_timeout_ms * 2 ** attempt)
+
+    def sleep_before(self, attempt: int) -> float:
+        return min(self.backoff_cap_s, self.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class StepResult:
+    number: int
+    seconds: float
+    attempts: int
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MigrationResult:
+    name: str
+    checksum: str
+    seconds: float
+    steps: list[StepResult]
+    resumed_from: int = 0
+    sql: list[str] = field(default_factory=list)
+
+    @property
+    def lock_retries(self) -> int:
+        return sum(s.attempts - 1 for s in self.steps)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "checksum": self.checksum, "seconds": round(self.seconds, 3),
+                "resumed_from_step": self.resumed_from + 1 if self.resumed_from else None,
+                "lock_retries": self.lock_retries,
+                "steps": [s.__dict__ for s in self.steps], "sql": self.sql}
+
+
+@dataclass
+class ApplyResult:
+    applied: list[MigrationResult]
+    status_before: Status
+
+    def as_dict(self) -> dict[str, object]:
+        return {"applied": [m.as_dict() for m in self.applied]}
+
+
+def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection:
+    """Open a session for migrating; errors name the target without its password."""
+    userinfo, at, _ = url.partition("://")[2].partition("?")[0].rpartition("@")
+    if at and any(c in userinfo for c in "@/"):
+        # libpq would split the URL inside the password and echo a piece of it as the host.
+        raise DatabaseError(f"cannot connect to {scrub(url)}: the user name or password contains '@' or '/'. "
+                            "Percent-encode them in the URL ('@' as %40, '/' as %2F).")
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10,
+                               application_name=APPLICATION_NAME)
+    except psycopg.Error as exc:
+        raise DatabaseError(f"cannot connect to {scrub(url)}: {str(exc).strip()}. Check the URL, "
+                            "that the server is running, and the role's password.") from None
+    # Lets the server abort our statements soon after this process dies (PostgreSQL 14+),
+    # so a crash leaves no backend building an index on our behalf.
+    conn.execute("SET client_connection_check_interval = '1s'")
+    return conn
+
+
+def load_state(conn: psycopg.Connection, bundle: Bundle, schema: str = "public") -> tuple[Status, dict]:
+    rows = ledger.read_rows(conn, schema)
+    interrupted = {r.migration_name: (r.id, r.applied_steps_count) for r in rows if r.resumable}
+    return compute_status(bundle, rows), interrupted
+
+
+def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log = lambda _: None,
+          to: str | None = None, online: bool = False, prechecks: bool = True) -> ApplyResult:
+    """Apply every pending migration of `bundle` (up to `to`) to the database at `url`.
+
+    `online` rewrites lock-heavy statements on existing tables (see online.py).
+    `prechecks` first looks for rows that would make a statement fail (orphans,
+    duplicates, NULLs) and stops with nothing changed if it finds any.
+    """
+    with connect(url) as conn:
+        log(f"waiting for the migration lock (pg_advisory_lock {ledger.PRISMA_LOCK_KEY})")
+        ledger.acquire_lock(conn, settings.advisory_lock_timeout_s)
+        try:
+            ledger.ensure_ledger(conn, settings.schema)
+            status, interrupted = load_state(conn, bundle, settings.schema)
+            plan = plan_for(conn, bundle, status, interrupted, to=to, online=online)
+            if prechecks and plan.migrations:
+                require_clean(conn, plan)
+            if not plan.migrations:
+                log("nothing to apply: every migration is applied")
+            results = [run_migration(conn, url, mp, settings, log) for mp in plan.migrations]
+        finally:
+            if not conn.closed and not conn.broken:
+                ledger.release_lock(conn)
+    return ApplyResult(applied=results, status_before=status)
+
+
+# --- one migration -----------------------------------------------------------
+
+def run_migration(conn: psycopg.Connection, url: str, mp: MigrationPlan, settings: Settings,
+                  log: Log) -> MigrationResult:
+    m = mp.migration
+    started = time.monotonic()
+    result = MigrationResult(name=m.name, checksum=m.checksum, seconds=0.0, steps=[], resumed_from=mp.resume_from,
+                             sql=[s.sql for step in mp.steps for s in step.statements])
+    watch = BlockerWatch(url, conn.info.backend_pid)
+    try:
+        if mp.atomic:
+            log(f"{m.name}: applying in one transaction")
+            result.steps.append(run_atomic(conn, mp, settings, watch))
+        else:
+            result.steps.extend(run_stepped(conn, mp, settings, watch, log))
+    finally:
+        watch.close()
+    result.seconds = time.monotonic() - started
+    log(f"{m.name}: applied in {result.seconds:.2f} s ({len(mp.steps)} step(s), {result.lock_retries} lock retries)")
+    return result
+
+
+def run_atomic(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings, watch: BlockerWatch) -> StepResult:
+    """Statements and ledger row in one transaction; a failure leaves only a rolled-back record."""
+    m, step, schema = mp.migration, mp.steps[0], settings.schema
+
+    def attempt(lock_timeout_ms: int) -> None:
+        with conn.transaction():
+            set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=True)
+            row_id = ledger.insert_started(conn, m.name, m.checksum, schema)
+            execute_statements(conn, step.statements)
+            ledger.mark_finished(conn, row_id, 1, schema)
+
+    t0 = time.monotonic()
+    try:
+        attempts = with_lock_retries(attempt, settings, watch)
+    except LockRetriesExhaustedInternal as exc:
+        ledger.insert_rolled_back(conn, m.name, m.checksum, ledger.RETRYABLE_MARK + "\n" + exc.logs(m.name, 1), schema)
+        raise exc.public(m.name) from None
+    except StatementFailed as exc:
+        ledger.insert_rolled_back(conn, m.name, m.checksum, exc.logs(m.name, 1), schema)
+        raise MigrationFailed(
+            m.name, exc.ps.where, exc.sqlstate, exc.message,
+            "Nothing of it was applied: its transaction rolled back. The attempt is recorded in "
+            "_prisma_migrations as rolled back (history only). Fix the migration and apply again.",
+        ) from None
+    return StepResult(number=1, seconds=time.monotonic() - t0, attempts=attempts)
+
+
+def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings, watch: BlockerWatch,
+                log: Log) -> list[StepResult]:
+    """Step by step, each step recorded in `applied_steps_count` as it completes."""
+    m, schema = mp.migration, settings.schema
+    if mp.resume_row_id:
+        row_id = mp.resume_row_id
+        conn.execute(sql.SQL("UPDATE {} SET logs = NULL WHERE id = %s").format(ledger.table_ident(schema)), (row_id,))
+        log(f"{m.name}: resuming at step {mp.resume_from + 1} of {len(mp.steps)} (an earlier run stopped there)")
+    else:
+        row_id = ledger.insert_started(conn, m.name, m.checksum, schema)
+        log(f"{m.name}: applying in {len(mp.steps)} steps")
+    results = []
+    for step in mp.steps[mp.resume_from:]:
+        t0 = time.monotonic()
+        skipped: list[str] = []
+        try:
+            attempts = with_lock_retries(lambda lt, s=step: run_step(conn, row_id, s, lt, settings, skipped),
+                                         settings, watch)
+        except LockRetriesExhaustedInternal as exc:
+            ledger.mark_failed(conn, row_id, ledger.RETRYABLE_MARK + "\n" + exc.logs(m.name, step.number), schema)
+            raise exc.public(m.name) from None
+        except StatementFailed as exc:
+            ledger.mark_failed(conn, row_id, exc.logs(m.name, step.number), schema)
+            done = step.number - 1
+            raise MigrationFailed(
+                m.name, f"step {step.number} of {len(mp.steps)}, {exc.ps.where}", exc.sqlstate, exc.message,
+                f"Steps 1..{done} were applied and remain; _prisma_migrations marks {m.name} failed "
+                f"(applied_steps_count {done}), so neither this tool nor Prisma will deploy on top of it. "
+                f"Fix the cause, then undo those steps by hand and run `python -m schema_deploy resolve "
+                f"--rolled-back {m.name}`, or complete the migration by hand and run `resolve --applied {m.name}`.",
+            ) from None
+        results.append(StepResult(number=step.number, seconds=time.monotonic() - t0, attempts=attempts,
+                                  skipped=skipped))
+        log(f"{m.name}: step {step.number}/{len(mp.steps)} done in {results[-1].seconds:.2f} s"
+            + (f" (skipped: {', '.join(skipped)})" if skipped else ""))
+    ledger.mark_finished(conn, row_id, len(mp.steps), schema)
+    return results
+
+
+def run_step(conn: psycopg.Connection, row_id: str, step: Step, lock_timeout_ms: int, settings: Settings,
+             skipped: list[str]) -> None:
+    if step.transactional:
+        with conn.transaction():
+            set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=True)
+            execute_statements(conn, step.statements)
+            ledger.set_steps(conn, row_id, step.number, settings.schema)
+        return
+    ps = step.statements[0]
+    set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=False)
+    if prepare_non_transactional(conn, ps):
+        execute_statements(conn, [ps])
+    else:
+        skipped.append(ps.sql.split("\n")[0][:80])
+    ledger.set_steps(conn, row_id, step.number, settings.schema)
+
+
+def set_timeouts(conn: psycopg.Connection, lock_timeout_ms: int, statement_timeout_ms: int, *, local: bool) -> None:
+    scope = "LOCAL " if local else ""
+    conn.execute(f"SET {scope}lock_timeout = {int(lock_timeout_ms)}")
+    conn.execute(f"SET {scope}statement_timeout = {int(statement_timeout_ms)}")
+
+
+def execute_statements(conn: psycopg.Connection, statements: list[PlannedStatement]) -> None:
+    for ps in statements:
+        try:
+            conn.execute(ps.sql.encode(), prepare=False)
+        except pgerrors.LockNotAvailable as exc:
+            exc.planned = ps  # which statement waited, for the error message
+            raise
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise DatabaseError(
+                    f"lost the connection to the database while running {ps.where} "
+                    f"({str(exc).strip()}). Whatever had committed stays committed and the ledger "
+                    "shows the migration as interrupted: run apply again to resume at the step that "
+                    "did not finish."
+                ) from None
+            raise StatementFailed(ps, exc) from exc
+
+
+# --- idempotency of non-transactional statements -------------------------------
+
+def prepare_non_transactional(conn: psycopg.Connection, ps: PlannedStatement) -> bool:
+    """Make a re-run harmless. Returns False when the statement's effect is already there."""
+    node = ps.ast
+    if isinstance(node, ast.IndexStmt) and node.concurrent and node.idxname:
+        return prepare_concurrent_index(conn, node)
+    if isinstance(node, ast.DropStmt) and node.concurrent and node.removeType == enums.ObjectType.OBJECT_INDEX:
+        return any(regclass(conn, ".".join(p.sval for p in obj)) for obj in node.objects)
+    if isinstance(node, ast.AlterEnumStmt) and node.newVal and not node.oldVal:
+        type_name = ".".join(p.sval for p in node.typeName)
+        exists = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_enum WHERE enumtypid = to_regtype(%s) AND enumlabel = %s)",
+            (quote_qualified(type_name), node.newVal)).fetchone()[0]
+        return not exists
+    return True
+
+
+def prepare_concurrent_index(conn: psycopg.Connection, node: ast.IndexStmt) -> bool:
+    """Skip a valid index; drop an INVALID one (a crashed or cancelled build) so it is rebuilt."""
+    schema = node.relation.schemaname
+    name = f"{schema}.{node.idxname}" if schema else node.idxname
+    oid = regclass(conn, name)
+    if oid is None:
+        return True
+    wait_for_builds(conn, oid)
+    valid, ready = conn.execute("SELECT indisvalid, indisready FROM pg_index WHERE indexrelid = %s",
+                                (oid,)).fetchone()
+    if valid and ready:
+        return False
+    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+        sql.Identifier(*name.split(".", 1)) if schema else sql.Identifier(name)))
+    return True
+
+
+def wait_for_builds(conn: psycopg.Connection, index_oid: int, timeout_s: float = 60.0) -> None:
+    """Wait while another backend (say, of a crashed run) is still building this index."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        busy = conn.execute("SELECT count(*) FROM pg_stat_progress_create_index WHERE index_relid = %s",
+                            (index_oid,)).fetchone()[0]
+        if not busy:
+            return
+        time.sleep(0.5)
+
+
+def quote_qualified(name: str) -> str:
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split(".", 1))
+
+
+def regclass(conn: psycopg.Connection, name: str) -> int | None:
+    row = conn.execute("SELECT to_regclass(%s)::oid", (quote_qualified(name),)).fetchone()
+    return row[0] if row and row[0] else None
+
+
+# --- lock retries -------------------------------------------------------------
+
+class StatementFailed(Exception):
+    """A statement failed for a reason other than a lock timeout."""
+
+    def __init__(self, ps: PlannedStatement, exc: psycopg.Error) -> None:
+        self.ps = ps
+        self.sqlstate = exc.sqlstate
+        diag = exc.diag
+        self.message = diag.message_primary or str(exc)
+        if diag.message_detail:
+            self.message += f" ({diag.message_detail})"
+        super().__init__(self.message)
+
+    def logs(self, migration: str, step: int) -> str:
+        # Close to Prisma's own logs text, so people reading the ledger recognise it.
+        return (f"Migration {migration} failed at step {step} ({self.ps.where}).\n"
+                f"Database error code: {self.sqlstate}\n\nDatabase error:\nERROR: {self.message}\n\n"
+                f"Statement:\n{self.ps.sql}")
+
+
+class LockRetriesExhaustedInternal(Exception):
+    def __init__(self, ps: PlannedStatement | None, step_sql: str, attempts: int, blockers: list[dict]) -> None:
+        self.ps, self.step_sql, self.attempts, self.blockers = ps, step_sql, attempts, blockers
+        super().__init__("lock retries exhausted")
+
+    def logs(self, migration: str, step: int) -> str:
+        who = ", ".join(f"pid {b['pid']}" for b in self.blockers) or "unknown"
+        return (f"Migration {migration}: step {step} could not get its locks in {self.attempts} attempts "
+                f"(SQLSTATE 55P03); blocked by {who}.")
+
+    def public(self, migration: str) -> LockRetriesExhausted:
+        where = self.ps.where if self.ps else "?"
+        return LockRetriesExhausted(migration, where, self.ps.sql if self.ps else self.step_sql,
+                                    self.attempts, self.blockers)
+
+
+def with_lock_retries(attempt_fn: Callable[[int], None], settings: Settings, watch: BlockerWatch) -> int:
+    """Run `attempt_fn(lock_timeout_ms)` until it does not time out on a lock; return attempts used."""
+    attempts = settings.lock_retries + 1
+    for i in range(attempts):
+        watch.start()
+        try:
+            attempt_fn(settings.lock_timeout_for(i))
+            return i + 1
+        except pgerrors.LockNotAvailable as exc:
+            blockers = watch.stop()
+            if i + 1 == attempts:
+                failing = getattr(exc, "planned", None)
+                raise LockRetriesExhaustedInternal(failing, "", attempts, blockers) from None
+            time.sleep(settings.sleep_before(i))
+        finally:
+            watch.stop()
+    raise AssertionError("unreachable")
+
+
+class BlockerWatch:
+    """Samples `pg_blocking_pids()` of our session from a second connection while a step runs."""
+
+    QUERY = """
+        SELECT a.pid, a.application_name, a.state, now() - a.xact_start AS xact_age, left(a.query, 200) AS query
+        FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids(%s))
+    """
+
+    def __init__(self, url: str, pid: int, interval_s: float = 0.05) -> None:
+        self.url, self.pid, self.interval_s = url, pid, interval_s
+        self.conn: psycopg.Connection | None = None
+        self.thread: threading.Thread | None = None
+        self.running = threading.Event()
+        self.last: list[dict] = []
+
+    def start(self) -> None:
+        if self.conn is None:
+            self.conn = psycopg.connect(self.url, autocommit=True, application_name=APPLICATION_NAME + "-watch")
+        self.last = []
+        self.running.set()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while self.running.is_set():
+            try:
+                rows = self.conn.execute(self.QUERY, (self.pid,)).fetchall()
+            except psycopg.Error:
+                return
+            if rows:
+                self.last = [dict(zip(("pid", "application_name", "state", "xact_age", "query"), r)) for r in rows]
+            time.sleep(self.interval_s)
+
+    def stop(self) -> list[dict]:
+        self.running.clear()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        return self.last
+
+    def close(self) -> None:
+        self.stop()
+        if self.conn is not None:
+            self.conn.close()

@@ -1,0 +1,333 @@
+"""`python -m schema_deploy <verb>`: one small function per verb.
+
+Exit codes: 0 success; 1 findings, pending/failed migrations or a failed
+deployment; 2 bad input or configuration. Data goes to stdout (text, or JSON
+with --json); messages go to stderr. Passwords never appear in either.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from schema_deploy.apply import Settings, apply, connect, load_state
+from schema_deploy.bundle import load_bundle
+from schema_deploy.errors import SchemaDeployError, UsageError, scrub
+from schema_deploy.plan import Plan, plan_for, table_sizes
+from schema_deploy.resolve import resolve_applied, resolve_rolled_back
+from schema_deploy.status import Status
+
+DEFAULT_MIGRATIONS = "sql/migrations"
+
+
+def say(message: str) -> None:
+    print(scrub(message), file=sys.stderr, flush=True)
+
+
+def emit(args: argparse.Namespace, data: object, text: str) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(scrub(text))
+
+
+def database_url(args: argparse.Namespace) -> str:
+    url = args.db or os.environ.get("DATABASE_URL")
+    if not url:
+        raise UsageError("no database given: pass --db postgresql://user:password@host:port/dbname "
+                         "or set DATABASE_URL.")
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise UsageError(f"--db {scrub(url)!r} is not a PostgreSQL URL; expected postgresql://user:password@host:port/dbname.")
+    return url
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    fields = {}
+    for name in ("lock_timeout_ms", "max_lock_timeout_ms", "lock_retries", "statement_timeout_ms",
+                 "advisory_lock_timeout_s"):
+        value = getattr(args, name, None)
+        if value is not None:
+            if value < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must not be negative (got {value}).")
+            fields[name] = value
+    return Settings(**fields)
+
+
+# --- verbs ---------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Applied, pending, failed and drifted migrations of the bundle against the database."""
+    bundle = load_bundle(args.migrations)
+    with connect(database_url(args)) as conn:
+        status, _ = load_state(conn, bundle)
+    emit(args, status.as_dict(), render_status(status))
+    return 0 if status.clean else 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """What `apply` would do: steps, SQL, transactions, locks and table sizes. Changes nothing."""
+    bundle = load_bundle(args.migrations)
+    with connect(database_url(args)) as conn:
+        status, interrupted = load_state(conn, bundle)
+        plan = plan_for(conn, bundle, status, interrupted, to=args.to, online=args.online)
+        plan.table_sizes = table_sizes(conn, plan.tables())
+    emit(args, plan.as_dict(), render_plan(plan))
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Apply pending migrations in order, under the migration lock."""
+    bundle = load_bundle(args.migrations)
+    result = apply(database_url(args), bundle, settings_from(args), log=say, to=args.to, online=args.online)
+    emit(args, result.as_dict(),
+         "\n".join(f"applied {m.name} in {m.seconds:.2f} s" for m in result.applied) or "nothing to apply")
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    """Mark a migration applied (baselining) or rolled back, as `prisma migrate resolve` does."""
+    bundle = load_bundle(args.migrations)
+    url = database_url(args)
+    if args.applied:
+        resolve_applied(url, bundle, args.applied)
+        say(f"marked {args.applied} as applied")
+    else:
+        count = resolve_rolled_back(url, bundle, args.rolled_back)
+        say(f"marked {count} failed row(s) of {args.rolled_back} as rolled back")
+    return 0
+
+
+# --- lint ---------------------------------------------------------------------------
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    """Check migrations for statements that block, rewrite, lose data or break the running application.
+    Without --db, a table is existing unless created earlier in the same file; with --db, when the
+    database has it (and its row estimate goes into the messages). $DATABASE_URL is not used."""
+    from schema_deploy.lint import lint_parsed, load_config, parse_bundle, referenced_relations, relation_facts
+    from schema_deploy.lint import render as render_lint
+
+    bundle = load_bundle(args.migrations)
+    config = load_config(args.config)
+    files = parse_bundle(bundle)
+    existing = estimates = None
+    if args.db:
+        with connect(database_url(args)) as conn:
+            existing, estimates = relation_facts(conn, referenced_relations(files))
+    findings = lint_parsed(files, existing_tables=existing, config=config, row_estimates=estimates)
+    emit(args, [f.as_dict() for f in findings], render_lint(findings, len(files)))
+    return 1 if any(f.blocking for f in findings) else 0
+
+
+# --- backups (boto3 is imported only by these verbs) -------------------------------
+
+def _duration(text: str):
+    """'7d', '12h', '30m', '2w' -> timedelta."""
+    from datetime import timedelta
+
+    units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise UsageError(f"--older-than {text!r}: expected a number and a unit, e.g. 30m, 12h, 7d or 2w.")
+    return timedelta(**{units[text[-1]]: int(text[:-1])})
+
+
+def _rows_text(counts: dict[str, int], how: str) -> list[str]:
+    lines = [f"rows     {sum(counts.values()):,} in {len(counts)} tables ({how})"]
+    lines += [f"  {table:<50} {n:>14,}" for table, n in sorted(counts.items())]
+    return lines
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Stream pg_dump -Fc of --db to S3 (multipart, SSE, sha256, manifest), then verify it."""
+    from schema_deploy.backup import backup
+    from schema_deploy.backup_store import default_s3_client
+    from schema_deploy.restore import verify_backup
+
+    url, s3 = database_url(args), default_s3_client()
+    result = backup(s3, url, args.to, environment=args.environment, run_id=args.run_id, sse=args.sse,
+                    kms_key_id=args.kms_key_id, log=say)
+    check = None
+    if not args.no_verify:
+        check = verify_backup(s3, result.uri, restore_check=args.restore_check,
+                              admin_url=url if args.restore_check else None, log=say)
+    how = ("exact, in the dump's snapshot; equal after a test restore" if args.restore_check
+           else "exact, in the dump's snapshot")
+    lines = [f"backup   {result.uri}", f"manifest s3://{result.bucket}/{result.manifest_key}",
+             f"size     {result.size:,} bytes in {result.parts} part(s)", f"sha256   {result.sha256}",
+             f"sse      {result.manifest['sse']['mode']}" + (f" ({result.manifest['sse']['kms_key_id']})"
+                                                            if result.manifest["sse"]["kms_key_id"] else ""),
+             f"verified {check.method + ' ok' if check else 'no (--no-verify)'}"]
+    emit(args, {**result.as_dict(), "verification": check.record if check else None},
+         "\n".join(lines + _rows_text(result.row_counts, how)))
+    return 0
+
+
+def cmd_verify_backup(args: argparse.Namespace) -> int:
+    """Check a backup's size, sha256 and table of contents against its manifest; with
+    --restore-check, restore it into a scratch database on --db's server and compare row counts."""
+    from schema_deploy.backup_store import default_s3_client
+    from schema_deploy.restore import verify_backup
+
+    url = database_url(args) if args.restore_check else None
+    check = verify_backup(default_s3_client(), args.uri, restore_check=args.restore_check, admin_url=url, log=say)
+    lines = [f"verified {check.uri}: {check.method} ok"]
+    if check.row_counts is not None:
+        lines += _rows_text(check.row_counts, "restored into a scratch database, equal to the manifest")
+    emit(args, check.as_dict(), "\n".join(lines))
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore a backup into an existing database, streaming from S3 in one transaction."""
+    from schema_deploy.backup_store import default_s3_client
+    from schema_deploy.restore import restore
+
+    result = restore(default_s3_client(), args.source, database_url(args), clean=args.clean, jobs=args.jobs,
+                     force=args.force, confirm_production=args.confirm_production,
+                     environment=args.environment, log=say)
+    emit(args, result.as_dict(), "\n".join([f"restored {result.uri} into {result.database} in {result.seconds:.1f} s"]
+                                           + _rows_text(result.row_counts, "equal to the manifest")))
+    return 0
+
+
+def cmd_backups(args: argparse.Namespace) -> int:
+    """List the backups under --to (complete or not, verified or not), or prune old ones."""
+    from schema_deploy.backup_store import default_s3_client, list_backups, prune
+
+    s3 = default_s3_client()
+    if args.action == "list":
+        entries = list_backups(s3, args.to)
+        lines = [f"{'created (UTC)':<20} {'state':<24} {'verified':<9} {'size':>14}  uri"]
+        lines += [f"{e.created.strftime('%Y-%m-%d %H:%M:%S'):<20} {e.state:<24} {'yes' if e.verified else 'no':<9} "
+                  f"{(e.as_dict()['size'] or 0):>14,}  {e.uri}" for e in entries]
+        emit(args, [e.as_dict() for e in entries], "\n".join(lines) if entries else "no backups")
+        return 0
+    if args.keep is None:
+        raise UsageError("backups prune needs --keep N (how many of the newest complete backups to keep).")
+    older = _duration(args.older_than) if args.older_than else None
+    decisions = prune(s3, args.to, keep=args.keep, older_than=older, dry_run=args.dry_run)
+    verb_ = "would delete" if args.dry_run else "deleted"
+    emit(args, [d.as_dict() for d in decisions],
+         "\n".join(f"{verb_ if d.delete else 'keep':<12} {d.entry.uri}  ({d.reason})" for d in decisions)
+         or "no backups")
+    return 0
+
+
+# --- rendering -------------------------------------------------------------------
+
+def render_status(status: Status) -> str:
+    lines = [f"{'migration':<50} {'state':<20} {'applied at':<26} checksum"]
+    for s in status.states:
+        lines.append(f"{s.name:<50} {s.state:<20} {(s.applied_at or '-')[:25]:<26} {(s.checksum or s.ledger_checksum or '')[:12]}")
+    pending, failed, drift = status.pending, status.failed, status.drift
+    if status.clean:
+        lines.append("database is up to date")
+    else:
+        lines.append(f"{len(pending)} pending, {len(failed)} failed, {len(drift)} drifted")
+    return "\n".join(lines)
+
+
+def render_plan(plan: Plan) -> str:
+    if not plan.migrations:
+        return "nothing to apply: every migration is applied"
+    lines = []
+    for mp in plan.migrations:
+        mode = "one transaction with its ledger row" if mp.atomic else f"{len(mp.steps)} steps, each committed on its own"
+        lines.append(f"== {mp.migration.name}  (sha256 {mp.migration.checksum[:12]}…; {mode})")
+        if mp.resume_from:
+            lines.append(f"   resumes at step {mp.resume_from + 1}: steps 1..{mp.resume_from} were applied by an earlier run")
+        for step in mp.steps:
+            kind = "transaction" if step.transactional else "autocommit"
+            locks = ", ".join(f"{mode} on {table}" for table, mode in sorted(step.locks.items())) or "no table locks"
+            lines.append(f"   step {step.number} [{kind}] {locks}")
+            for ps in step.statements:
+                first = " ".join(ps.sql.split())
+                lines.append(f"      {ps.where}: {first[:140]}")
+                if ps.reason:
+                    lines.append(f"         ↳ {ps.reason}")
+    if plan.table_sizes:
+        lines.append("tables touched:")
+        for table, size in sorted(plan.table_sizes.items()):
+            lines.append(f"   {table:<40} ~{size['rows_estimate']:>12,} rows  {size['bytes'] / 1e6:>10.1f} MB")
+    return "\n".join(lines)
+
+
+# --- wiring --------------------------------------------------------------------
+
+def add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--to", metavar="NAME", help="stop after this migration")
+    p.add_argument("--online", action=argparse.BooleanOptionalAction, default=True,
+                   help="rewrite lock-heavy statements on existing tables into online forms (default: on)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m schema_deploy", description="PostgreSQL schema deployments.")
+    sub = top.add_subparsers(dest="verb", required=True)
+
+    def verb(name: str, func, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=func.__doc__)
+        p.set_defaults(func=func)
+        p.add_argument("--migrations", type=Path, default=Path(DEFAULT_MIGRATIONS),
+                       help=f"migrations folder (default {DEFAULT_MIGRATIONS})")
+        p.add_argument("--db", help="postgresql:// URL of the target (default: $DATABASE_URL)")
+        p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        return p
+
+    verb("status", cmd_status, "compare the bundle with the database's ledger")
+    p = verb("plan", cmd_plan, "show what apply would do")
+    add_plan_options(p)
+    p = verb("apply", cmd_apply, "apply pending migrations")
+    add_plan_options(p)
+    p.add_argument("--lock-timeout-ms", type=int, help="lock_timeout of the first attempt (default 100)")
+    p.add_argument("--max-lock-timeout-ms", type=int, help="lock_timeout cap as retries grow (default 2000)")
+    p.add_argument("--lock-retries", type=int, help="retries after a lock timeout (default 10)")
+    p.add_argument("--statement-timeout-ms", type=int, help="statement_timeout (default 3600000; 0 = none)")
+    p.add_argument("--advisory-lock-timeout-s", type=float, help="wait for another migrator (default 60)")
+    p = verb("resolve", cmd_resolve, "mark a migration applied or rolled back")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--applied", metavar="NAME")
+    group.add_argument("--rolled-back", metavar="NAME")
+    p = verb("lint", cmd_lint, "check migrations for locking, rewriting and destructive statements")
+    p.add_argument("--config", type=Path, help="deploy.yaml with lint.severity overrides (default: ./deploy.yaml if present)")
+    p = verb("backup", cmd_backup, "back the database up to S3 (pg_dump -Fc, streamed)")
+    p.add_argument("--to", required=True, metavar="s3://BUCKET/PREFIX")
+    p.add_argument("--environment", default="default", help="environment name in the key layout (default: default)")
+    p.add_argument("--run-id", help="run id in the key (default: random)")
+    p.add_argument("--sse", choices=("AES256", "aws:kms"), default="AES256", help="server-side encryption")
+    p.add_argument("--kms-key-id", help="KMS key for --sse aws:kms (default: the bucket's/account's)")
+    p.add_argument("--restore-check", action="store_true", help="verify by restoring into a scratch database")
+    p.add_argument("--no-verify", action="store_true", help="skip the verification after the backup")
+    p = verb("verify-backup", cmd_verify_backup, "check a backup against its manifest")
+    p.add_argument("uri", metavar="s3://BUCKET/.../X.dump")
+    p.add_argument("--restore-check", action="store_true", help="restore into a scratch database on --db's server")
+    p = verb("restore", cmd_restore, "restore a backup into a database")
+    p.add_argument("--from", dest="source", required=True, metavar="s3://BUCKET/.../X.dump")
+    p.add_argument("--clean", action="store_true", help="drop the backup's objects first (--clean --if-exists)")
+    p.add_argument("--force", action="store_true", help="restore even with other sessions connected")
+    p.add_argument("--confirm-production", metavar="DBNAME", help="the target's name, to restore into production")
+    p.add_argument("--environment", help="the target's environment; 'production' requires --confirm-production")
+    p.add_argument("--jobs", type=int, default=1, help="must be 1: a streamed restore cannot run in parallel")
+    p = verb("backups", cmd_backups, "list or prune backups")
+    p.add_argument("action", choices=("list", "prune"))
+    p.add_argument("--to", required=True, metavar="s3://BUCKET/PREFIX")
+    p.add_argument("--keep", type=int, help="prune: newest complete backups to keep per database")
+    p.add_argument("--older-than", metavar="AGE", help="prune: only delete backups older than this (30m, 12h, 7d, 2w)")
+    p.add_argument("--dry-run", action="store_true", help="prune: show what would be deleted")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SchemaDeployError as exc:
+        say(f"error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The package's exceptions: one root, one small class per condition.
+
+Every class builds its message from its fields, and every message says what
+failed, where, and how to fix it. `exit_code` is the CLI's: 2 for bad input or
+configuration, 1 for a failed check or deployment.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# The password runs to the URL's last '@': an unencoded '@' in it must not leave its tail visible.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)(?P<pw>\S+)(?P<at>@)", re.I)
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|\S+)", re.I)
+
+
+def scrub(text: str) -> str:
+    """Mask passwords in URLs (`user:pw@host`) and `password=...` pairs."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}****{m['at']}", text)
+    return _KV_PASSWORD.sub(lambda m: f"{m['head']}****", text)
+
+
+class SchemaDeployError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(scrub(message))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class UsageError(SchemaDeployError):
+    """Bad command-line input or configuration."""
+
+
+class ConfigError(SchemaDeployError):
+    """A configuration file (deploy.yaml) that cannot be used as written."""
+
+    def __init__(self, path: Path | str, problem: str, fix: str) -> None:
+        self.path, self.problem, self.fix = Path(path), problem, fix
+        super().__init__(f"{path}: {problem}. {fix}")
+
+
+# --- bundle -----------------------------------------------------------------
+
+class BundleError(SchemaDeployError):
+    """A migrations folder that cannot be read as a bundle."""
+
+    def __init__(self, path: Path | str, problem: str, fix: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{path}: {problem}. {fix}")
+
+
+# --- parse ------------------------------------------------------------------
+
+class SqlSyntaxError(SchemaDeployError):
+    """PostgreSQL's parser rejected a migration file."""
+
+    def __init__(self, path: Path | str, line: int, column: int, source_line: str, pg_message: str) -> None:
+        self.path, self.line, self.column, self.pg_message = Path(path), line, column, pg_message
+        pointer = " " * (column - 1) + "^"
+        super().__init__(
+            f"{path}:{line}:{column}: syntax error: {pg_message}\n"
+            f"    {source_line}\n    {pointer}\n"
+            "Fix the SQL at that position; the file was not applied anywhere."
+        )
+
+
+class TransactionControlError(SchemaDeployError):
+    """A migration file that manages its own transactions."""
+
+    def __init__(self, path: Path | str, line: int, statement: str) -> None:
+        self.path, self.line = Path(path), line
+        super().__init__(
+            f"{path}:{line}: `{statement}` in a migration file: schema-deploy runs each migration "
+            "in its own transaction (or step by step when a statement cannot run in one), so "
+            "explicit BEGIN/COMMIT/ROLLBACK would break that. Remove it."
+        )
+
+
+# --- database ---------------------------------------------------------------
+
+class DatabaseError(SchemaDeployError):
+    """A database could not be reached or answered with an unexpected error."""
+
+
+class AdvisoryLockTimeout(SchemaDeployError):
+    """Another migrator holds Prisma's advisory lock past our deadline."""
+
+    exit_code = 1
+
+    def __init__(self, waited_s: float, holders: list[dict[str, object]]) -> None:
+        self.waited_s, self.holders = waited_s, holders
+        if holders:
+            who = "; ".join(
+                f"pid {h['pid']} (application {h['application_name']!r}, client {h['client_addr']}, "
+                f"connected since {h['backend_start']}, state {h['state']})" for h in holders
+            )
+        else:
+            who = "a session that released it just now"
+        super().__init__(
+            f"another migrator holds the migration lock (pg_advisory_lock 72707369, shared with "
+            f"`prisma migrate deploy`); waited {waited_s:.1f} s. Held by: {who}. Wait for it to finish, "
+            "or if it is stuck, end it with SELECT pg_terminate_backend(<pid>)."
+        )
+
+
+class LockRetriesExhausted(SchemaDeployError):
+    """A statement kept timing out on a table lock (SQLSTATE 55P03)."""
+
+    exit_code = 1
+
+    def __init__(self, migration: str, where: str, statement: str, attempts: int,
+                 blockers: list[dict[str, object]]) -> None:
+        self.migration, self.where, self.attempts, self.blockers = migration, where, attempts, blockers
+        lines = [
+            f"{migration} ({where}): gave up after {attempts} attempts: the statement could not get its "
+            f"lock within lock_timeout each time (SQLSTATE 55P03).",
+            f"    statement: {shorten(statement, 200)}",
+        ]
+        if blockers:
+            lines.append("    blocked by:")
+            for b in blockers:
+                lines.append(
+                    f"      pid {b['pid']} application {b['application_name']!r} state {b['state']} "
+                    f"transaction age {b['xact_age']} query: {shorten(str(b['query']), 200)}"
+                )
+        else:
+            lines.append("    the blocking sessions had finished by the time they were looked up.")
+        lines.append("Retry when the blocking work is done (the migration resumes where it stopped), "
+                     "or raise the retry budget (--lock-retries).")
+        super().__init__("\n".join(lines))
+
+
+class MigrationFailed(SchemaDeployError):
+    """A statement of a migration failed; the ledger records it the way Prisma would."""
+
+    exit_code = 1
+
+    def __init__(self, migration: str, where: str, sqlstate: str | None, pg_message: str, ledger_note: str) -> None:
+        self.migration, self.where, self.sqlstate, self.pg_message = migration, where, sqlstate, pg_message
+        super().__init__(
+            f"migration {migration} failed at {where}: SQLSTATE {sqlstate or '?'}: {pg_message.strip()}\n"
+            f"{ledger_note}"
+        )
+
+
+class LedgerBlocked(SchemaDeployError):
+    """The ledger has failed rows or drift, so apply refuses to start."""
+
+    exit_code = 1
+
+
+class ResolveRefused(SchemaDeployError):
+    """`resolve` asked for something Prisma refuses too."""
+
+    exit_code = 1
+
+
+def shorten(text: str, limit: int) -> str:
+    """One line, at most `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class PrecheckFailed(SchemaDeployError):
+    """Existing rows would make a migration fail; found before anything changed."""
+
+    exit_code = 1
+
+    def __init__(self, failures: list[tuple[str, list[str], str]]) -> None:
+        self.failures = failures
+        lines = ["data prechecks failed; nothing was changed:"]
+        for headline, samples, fix in failures:
+            lines.append(f"- {headline}")
+            if samples:
+                lines.append(f"    samples: {', '.join(samples)}")
+            lines.append(f"    fix: {fix}")
+        super().__init__("\n".join(lines))
+
+
+# --- backups ------------------------------------------------------------------
+
+class BackupFailed(SchemaDeployError):
+    """A backup did not complete, so nothing counts as stored."""
+
+    exit_code = 1
+
+
+class PgDumpFailed(BackupFailed):
+    """pg_dump exited non-zero (or wrote nothing); the upload was aborted."""
+
+    def __init__(self, database: str, uri: str, returncode: int, stderr_tail: str, cleanup: str) -> None:
+        self.database, self.uri, self.returncode, self.stderr_tail = database, uri, returncode, stderr_tail
+        if returncode < 0:
+            how = f"was killed by signal {-returncode}"
+        elif returncode == 0:
+            how = "exited with code 0 but wrote no bytes (an empty dump is never a backup)"
+        else:
+            how = f"exited with code {returncode}"
+        said = "\n".join("    " + line for line in stderr_tail.splitlines()) or "    (nothing on stderr)"
+        super().__init__(
+            f"backup of database {database!r} to {uri} failed: pg_dump {how}. pg_dump said:\n{said}\n"
+            f"{cleanup} Fix the cause above and run the backup again."
+        )
+
+
+class S3TransferFailed(BackupFailed):
+    """An S3 call failed while writing or reading a backup."""
+
+    def __init__(self, operation: str, bucket: str, key: str, code: str, detail: str, cleanup: str,
+                 context: str = "backup upload") -> None:
+        self.operation, self.bucket, self.key, self.code = operation, bucket, key, code
+        super().__init__(
+            f"{context}: {operation} on s3://{bucket}/{key} failed with {code}: {shorten(detail, 300)}.\n"
+            f"{cleanup} Check that the S3 endpoint is reachable and that the credentials may read and write "
+            f"bucket {bucket!r}, then try again."
+        )
+
+
+class BucketCheckFailed(SchemaDeployError):
+    """The backup bucket is missing, unreachable, public or not encrypting."""
+
+    def __init__(self, bucket: str, problem: str, fix: str) -> None:
+        self.bucket, self.problem, self.fix = bucket, problem, fix
+        super().__init__(f"bucket {bucket!r}: {problem}. {fix}")
+
+
+class BackupNotFound(SchemaDeployError):
+    """No backup object at the given S3 URI."""
+
+    def __init__(self, uri: str, detail: str) -> None:
+        self.uri = uri
+        super().__init__(f"no backup at {uri}: {detail}. List what exists with "
+                         "`python -m schema_deploy backups list --to s3://BUCKET/PREFIX`.")
+
+
+class BackupIncomplete(SchemaDeployError):
+    """A dump without its manifest: never counts as a good backup."""
+
+    exit_code = 1
+
+    def __init__(self, uri: str, manifest_key: str) -> None:
+        self.uri = uri
+        super().__init__(
+            f"{uri} is an incomplete backup: its manifest {manifest_key} does not exist, so the dump's "
+            "size, sha256 and row counts were never recorded (the backup failed before finishing). "
+            "It never counts as a good backup: take a new one; `backups prune` removes the remnant."
+        )
+
+
+class VerifyFailed(SchemaDeployError):
+    """A backup did not match its manifest or did not restore."""
+
+    exit_code = 1
+
+    def __init__(self, uri: str, problems: list[str], recorded: bool = True) -> None:
+        self.uri, self.problems = uri, problems
+        lines = [f"verification of {uri} failed:"] + [f"  - {p}" for p in problems]
+        if recorded:
+            lines.append("The failed verification is recorded in its manifest. Do not rely on this backup: "
+                         "take a new one.")
+        super().__init__("\n".join(lines))
+
+
+class RestoreRefused(SchemaDeployError):
+    """A restore that would be unsafe without an explicit override."""
+
+    def __init__(self, database: str, reason: str, fix: str, exit_code: int = 1) -> None:
+        self.database, self.reason, self.exit_code = database, reason, exit_code
+        super().__init__(f"refusing to restore into database {database!r}: {reason}. {fix}")
+
+
+class RestoreFailed(SchemaDeployError):
+    """pg_restore failed or the restored data does not match the manifest."""
+
+    exit_code = 1
+
+    def __init__(self, database: str, uri: str, problem: str, state: str) -> None:
+        self.database, self.uri, self.problem = database, uri, problem
+        super().__init__(f"restore of {uri} into database {database!r} failed: {problem}\n{state}")

@@ -1,0 +1,193 @@
+"""Prisma Migrate's ledger (`_prisma_migrations`) and its advisory lock.
+
+The table, its columns and what each row state means are Prisma's, so that
+`prisma migrate status`/`deploy` and this tool read the same history:
+
+* applied:     `finished_at` set and `rolled_back_at` NULL;
+* failed:      `finished_at` and `rolled_back_at` both NULL (Prisma's P3009);
+* rolled back: `rolled_back_at` set — history only, ignored by both tools.
+
+One migrator at a time: the session advisory lock with Prisma's key 72707369.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from schema_deploy.errors import AdvisoryLockTimeout
+
+PRISMA_LOCK_KEY = 72707369
+TABLE = "_prisma_migrations"
+
+# Prisma's DDL (prisma-engines, sql-schema-connector flavour/postgres.rs).
+LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS {table} (
+    "id"                    VARCHAR(36) PRIMARY KEY NOT NULL,
+    "checksum"              VARCHAR(64) NOT NULL,
+    "finished_at"           TIMESTAMPTZ,
+    "migration_name"        VARCHAR(255) NOT NULL,
+    "logs"                  TEXT,
+    "rolled_back_at"        TIMESTAMPTZ,
+    "started_at"            TIMESTAMPTZ NOT NULL DEFAULT now(),
+    "applied_steps_count"   INTEGER NOT NULL DEFAULT 0
+)
+"""
+
+# The first line of `logs` for a failure that a plain re-run may resume
+# (lock contention, not a fault in the SQL).
+RETRYABLE_MARK = "[schema-deploy: retryable]"
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One row of `_prisma_migrations`."""
+
+    id: str
+    checksum: str
+    finished_at: datetime | None
+    migration_name: str
+    logs: str | None
+    rolled_back_at: datetime | None
+    started_at: datetime
+    applied_steps_count: int
+
+    @property
+    def applied(self) -> bool:
+        return self.finished_at is not None and self.rolled_back_at is None
+
+    @property
+    def failed(self) -> bool:
+        return self.finished_at is None and self.rolled_back_at is None
+
+    @property
+    def resumable(self) -> bool:
+        """A failed row this tool may continue: interrupted by a crash, or out of lock retries."""
+        return self.failed and (self.logs is None or self.logs.startswith(RETRYABLE_MARK))
+
+
+def table_ident(schema: str = "public") -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(TABLE))
+
+
+def ledger_exists(conn: psycopg.Connection, schema: str = "public") -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                       (f'"{schema}"."{TABLE}"',)).fetchone()
+    return bool(row and row[0])
+
+
+def ensure_ledger(conn: psycopg.Connection, schema: str = "public") -> None:
+    """Create `_prisma_migrations` with Prisma's DDL when it is missing."""
+    if not ledger_exists(conn, schema):
+        conn.execute(sql.SQL(LEDGER_DDL).format(table=table_ident(schema)))
+
+
+def read_rows(conn: psycopg.Connection, schema: str = "public") -> list[LedgerRow]:
+    """Every ledger row, oldest first; [] when the table does not exist."""
+    if not ledger_exists(conn, schema):
+        return []
+    query = sql.SQL(
+        "SELECT id, checksum, finished_at, migration_name, logs, rolled_back_at, started_at, "
+        "applied_steps_count FROM {} ORDER BY started_at, migration_name"
+    ).format(table_ident(schema))
+    return [LedgerRow(*r) for r in conn.execute(query).fetchall()]
+
+
+def insert_started(conn: psycopg.Connection, name: str, checksum: str, schema: str = "public") -> str:
+    """Insert the row Prisma writes before a migration runs; returns its id."""
+    row_id = str(uuid.uuid4())
+    conn.execute(
+        sql.SQL("INSERT INTO {} (id, checksum, migration_name, started_at, applied_steps_count) "
+                "VALUES (%s, %s, %s, now(), 0)").format(table_ident(schema)),
+        (row_id, checksum, name),
+    )
+    return row_id
+
+
+def set_steps(conn: psycopg.Connection, row_id: str, steps: int, schema: str = "public") -> None:
+    conn.execute(sql.SQL("UPDATE {} SET applied_steps_count = %s WHERE id = %s").format(table_ident(schema)),
+                 (steps, row_id))
+
+
+def mark_finished(conn: psycopg.Connection, row_id: str, steps: int, schema: str = "public") -> None:
+    conn.execute(
+        sql.SQL("UPDATE {} SET finished_at = now(), applied_steps_count = %s, logs = NULL "
+                "WHERE id = %s").format(table_ident(schema)),
+        (steps, row_id),
+    )
+
+
+def mark_failed(conn: psycopg.Connection, row_id: str, logs: str, schema: str = "public") -> None:
+    """Prisma's failed state: `logs` set, `finished_at` and `rolled_back_at` NULL."""
+    conn.execute(sql.SQL("UPDATE {} SET logs = %s WHERE id = %s").format(table_ident(schema)), (logs, row_id))
+
+
+def insert_rolled_back(conn: psycopg.Connection, name: str, checksum: str, logs: str,
+                       schema: str = "public") -> None:
+    """Record a failure whose transaction rolled back: history only, nothing to resolve."""
+    conn.execute(
+        sql.SQL("INSERT INTO {} (id, checksum, migration_name, logs, rolled_back_at, started_at, "
+                "applied_steps_count) VALUES (%s, %s, %s, %s, now(), now(), 0)").format(table_ident(schema)),
+        (str(uuid.uuid4()), checksum, name, logs),
+    )
+
+
+def mark_rolled_back(conn: psycopg.Connection, name: str, schema: str = "public") -> int:
+    """`resolve --rolled-back`: set `rolled_back_at` on the failed rows of `name`."""
+    cur = conn.execute(
+        sql.SQL("UPDATE {} SET rolled_back_at = now() WHERE migration_name = %s "
+                "AND finished_at IS NULL AND rolled_back_at IS NULL").format(table_ident(schema)),
+        (name,),
+    )
+    return cur.rowcount
+
+
+def insert_applied(conn: psycopg.Connection, name: str, checksum: str, schema: str = "public") -> None:
+    """`resolve --applied`: a row that says applied now, with empty logs (Prisma's baselining)."""
+    conn.execute(
+        sql.SQL("INSERT INTO {} (id, checksum, migration_name, logs, started_at, finished_at, "
+                "applied_steps_count) VALUES (%s, %s, %s, '', now(), now(), 0)").format(table_ident(schema)),
+        (str(uuid.uuid4()), checksum, name),
+    )
+
+
+# --- the advisory lock -------------------------------------------------------
+
+def lock_holders(conn: psycopg.Connection) -> list[dict[str, object]]:
+    """Sessions holding Prisma's advisory lock, with who and since when."""
+    rows = conn.execute(
+        """
+        SELECT a.pid, a.application_name, coalesce(host(a.client_addr), 'local socket'),
+               a.backend_start, a.state, a.query_start
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %s
+          AND l.objsubid = 1 AND l.pid <> pg_backend_pid()
+        """,
+        (PRISMA_LOCK_KEY,),
+    ).fetchall()
+    keys = ("pid", "application_name", "client_addr", "backend_start", "state", "query_start")
+    return [dict(zip(keys, r)) for r in rows]
+
+
+def acquire_lock(conn: psycopg.Connection, timeout_s: float, poll_s: float = 0.25) -> None:
+    """Take the session advisory lock, waiting at most `timeout_s`.
+
+    Polls `pg_try_advisory_lock` rather than blocking in `pg_advisory_lock`, so
+    the deadline holds whatever the session's lock_timeout is.
+    """
+    start = time.monotonic()
+    while True:
+        if conn.execute("SELECT pg_try_advisory_lock(%s)", (PRISMA_LOCK_KEY,)).fetchone()[0]:
+            return
+        waited = time.monotonic() - start
+        if waited >= timeout_s:
+            raise AdvisoryLockTimeout(waited, lock_holders(conn))
+        time.sleep(min(poll_s, max(timeout_s - waited, 0.01)))
+
+
+def release_lock(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s)", (PRISMA_LOCK_KEY,))

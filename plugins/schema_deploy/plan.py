@@ -1,0 +1,274 @@
+"""Turn pending migrations into an ordered plan of steps.
+
+A step is what runs at once: either a transaction (consecutive statements that
+can run inside one) or a single statement that cannot (`CREATE INDEX
+CONCURRENTLY`, `VACUUM`, `ALTER TYPE ... ADD VALUE`), run in autocommit. A
+migration whose statements are all transactional is one step, committed
+together with its ledger row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+from pglast import ast
+
+from schema_deploy.bundle import Bundle, Migration
+from schema_deploy.errors import LedgerBlocked, UsageError
+from schema_deploy.parse import LOCK_MODES, Statement, parse_migration
+from schema_deploy.status import INTERRUPTED, PENDING, Status
+
+
+@dataclass
+class PlannedStatement:
+    """SQL to run, and the file statement it comes from."""
+
+    sql: str
+    source: Statement
+    locks: dict[str, str]
+    transactional: bool
+    reason: str | None = None  # why this differs from the file (online rewrites)
+    node: ast.Node | None = None  # AST of `sql` when it differs from the source statement's
+
+    @property
+    def ast(self) -> ast.Node:
+        return self.node if self.node is not None else self.source.node
+
+    @property
+    def where(self) -> str:
+        return self.source.where
+
+
+@dataclass
+class Step:
+    """What runs at once: a transaction, or one non-transactional statement."""
+
+    number: int
+    transactional: bool
+    statements: list[PlannedStatement] = field(default_factory=list)
+
+    @property
+    def locks(self) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for st in self.statements:
+            for table, mode in st.locks.items():
+                if table not in merged or LOCK_MODES.index(mode) > LOCK_MODES.index(merged[table]):
+                    merged[table] = mode
+        return merged
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "step": self.number,
+            "transaction": self.transactional,
+            "locks": self.locks,
+            "statements": [
+                {"sql": s.sql, "where": s.where, "locks": s.locks, "reason": s.reason} for s in self.statements
+            ],
+        }
+
+
+@dataclass
+class MigrationPlan:
+    """The steps of one pending (or interrupted) migration."""
+
+    migration: Migration
+    statements: list[Statement]
+    steps: list[Step]
+    resume_from: int = 0  # steps already applied by an interrupted run
+    resume_row_id: str | None = None
+
+    @property
+    def atomic(self) -> bool:
+        """One transaction holding every statement and the ledger row."""
+        return len(self.steps) == 1 and self.steps[0].transactional
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.migration.name,
+            "checksum": self.migration.checksum,
+            "atomic": self.atomic,
+            "resume_from_step": self.resume_from + 1 if self.resume_from else None,
+            "steps": [s.as_dict() for s in self.steps],
+        }
+
+
+@dataclass
+class Plan:
+    """Everything `apply` will do to one database, in order."""
+
+    migrations: list[MigrationPlan]
+    table_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
+    online: bool = False
+
+    def tables(self) -> list[str]:
+        return sorted({t for mp in self.migrations for s in mp.steps for t in s.locks})
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "online": self.online,
+            "migrations": [m.as_dict() for m in self.migrations],
+            "table_sizes": self.table_sizes,
+        }
+
+
+def group_steps(planned: list[PlannedStatement]) -> list[Step]:
+    """Consecutive transactional statements share a step; others stand alone."""
+    steps: list[Step] = []
+    for ps in planned:
+        if ps.transactional and steps and steps[-1].transactional:
+            steps[-1].statements.append(ps)
+        else:
+            steps.append(Step(number=len(steps) + 1, transactional=ps.transactional, statements=[ps]))
+    return steps
+
+
+def as_written(statements: list[Statement], created: set[str]) -> list[PlannedStatement]:
+    """The file's statements as they are. Locks on tables created by the plan itself
+    are left out: nobody else can be using a table that did not exist."""
+    return plan_statements(statements, created, existing=None)
+
+
+def plan_statements(statements: list[Statement], created: set[str],
+                    existing: set[str] | None) -> list[PlannedStatement]:
+    """Planned statements; with `existing` (online mode), lock-heavy statements on
+    tables that exist and were not created by this plan get their online forms."""
+    from schema_deploy.online import rewrite_statement
+
+    planned: list[PlannedStatement] = []
+    for s in statements:
+        rewritten = None
+        if existing is not None:
+            rewritten = rewrite_statement(s, existing - created)
+        if rewritten is not None:
+            planned.extend(rewritten)
+        else:
+            locks = {t: mode for t, mode in s.locks.items() if t not in created}
+            planned.append(PlannedStatement(sql=s.sql, source=s, locks=locks, transactional=s.transactional))
+        created |= s.creates
+    return planned
+
+
+def plan_migration(migration: Migration, created: set[str] | None = None,
+                   existing: set[str] | None = None) -> MigrationPlan:
+    """Steps of one migration; `created` collects tables created so far in the plan.
+
+    Online mode (`existing` given) runs a migration that has any rewritten statement
+    one statement per step, so each lock is short and on one table at a time.
+    """
+    created = set() if created is None else created
+    statements = parse_migration(migration)
+    planned = plan_statements(statements, created, existing)
+    if any(p.reason for p in planned):
+        steps = [Step(number=i, transactional=p.transactional, statements=[p]) for i, p in enumerate(planned, 1)]
+    else:
+        steps = group_steps(planned)
+    return MigrationPlan(migration=migration, statements=statements, steps=steps)
+
+
+def referenced_tables(bundle: Bundle, names: list[str]) -> set[str]:
+    """Every table the named migrations lock or create (for existence checks)."""
+    tables: set[str] = set()
+    for m in bundle.migrations:
+        if m.name in names:
+            for s in parse_migration(m):
+                tables |= set(s.locks) | s.creates
+    return tables
+
+
+def existing_tables(conn: psycopg.Connection, tables: set[str]) -> set[str]:
+    """The subset of `tables` that exists in the database now."""
+    found = set()
+    for table in tables:
+        ident = ".".join('"' + p.replace('"', '""') + '"' for p in table.split(".", 1))
+        if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident,)).fetchone()[0]:
+            found.add(table)
+    return found
+
+
+def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple[str, int]] | None = None,
+               to: str | None = None, existing: set[str] | None = None) -> Plan:
+    """Plan every pending or interrupted migration of `bundle`, in order (up to `to`, inclusive).
+
+    `existing` (the tables that exist in the target) turns on online mode.
+
+    Refuses (LedgerBlocked) when the ledger has failed migrations or drift:
+    applying on top of either would make the history lie.
+    """
+    check_applyable(status)
+    if to is not None and to not in bundle.by_name():
+        raise UsageError(f"--to {to}: no such migration in {bundle.root}; "
+                         f"use a folder name, e.g. {bundle.migrations[0].name}.")
+    interrupted_rows = interrupted_rows or {}
+    todo = {s.name: s.state for s in status.states if s.state in (PENDING, INTERRUPTED)}
+    plans = []
+    created: set[str] = set()
+    for m in bundle.migrations:
+        if m.name not in todo:
+            if m.name == to:
+                break
+            continue
+        mp = plan_migration(m, created, existing)
+        if todo[m.name] == INTERRUPTED and m.name in interrupted_rows:
+            mp.resume_row_id, mp.resume_from = interrupted_rows[m.name]
+        plans.append(mp)
+        if m.name == to:
+            break
+    return Plan(migrations=plans)
+
+
+def plan_for(conn: psycopg.Connection, bundle: Bundle, status: Status,
+             interrupted_rows: dict[str, tuple[str, int]] | None = None, *, to: str | None = None,
+             online: bool = False) -> Plan:
+    """Build the plan against a live target: online rewrites need to know which tables exist."""
+    existing = None
+    if online:
+        todo = [s.name for s in status.states if s.state in (PENDING, INTERRUPTED)]
+        existing = existing_tables(conn, referenced_tables(bundle, todo))
+    plan = build_plan(bundle, status, interrupted_rows, to=to, existing=existing)
+    plan.online = online
+    return plan
+
+
+def check_applyable(status: Status) -> None:
+    problems = []
+    for s in status.failed:
+        problems.append(
+            f"- {s.name} failed in an earlier run (after {s.applied_steps} step(s)); ledger logs: "
+            f"{(s.logs or '').strip()[:300]}\n  Fix the cause. If nothing of it persisted, mark it with "
+            f"`python -m schema_deploy resolve --rolled-back {s.name}` and apply again; if you completed it "
+            f"by hand, `resolve --applied {s.name}`."
+        )
+    for s in status.drift:
+        if s.state == "edited-after-apply":
+            problems.append(
+                f"- {s.name} was edited after it was applied (ledger checksum {s.ledger_checksum[:12]}…, "
+                f"file {s.checksum[:12]}…). Restore the applied version of the file from version control; "
+                "put further changes in a new migration."
+            )
+        else:
+            problems.append(
+                f"- {s.name} is applied in the database but missing from the bundle. Deploy from a bundle "
+                "that contains it (are you on an old branch?)."
+            )
+    for s in status.states:
+        if s.state == INTERRUPTED and s.ledger_checksum and s.checksum and s.ledger_checksum != s.checksum:
+            problems.append(
+                f"- {s.name} was interrupted after {s.applied_steps} step(s) and its file has changed since "
+                f"then. Restore the file it started with, or finish/undo those steps by hand and run "
+                f"`resolve --rolled-back {s.name}`."
+            )
+    if problems:
+        raise LedgerBlocked("refusing to apply: the ledger is not in a state to build on.\n" + "\n".join(problems))
+
+
+def table_sizes(conn: psycopg.Connection, tables: list[str]) -> dict[str, dict[str, int]]:
+    """Estimated rows and total bytes of each existing table (for plans and window estimates)."""
+    sizes: dict[str, dict[str, int]] = {}
+    for table in tables:
+        ident = ".".join('"' + p.replace('"', '""') + '"' for p in table.split(".", 1))
+        row = conn.execute(
+            "SELECT greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid) "
+            "FROM pg_class c WHERE c.oid = to_regclass(%s)", (ident,)).fetchone()
+        if row:
+            sizes[table] = {"rows_estimate": int(row[0]), "bytes": int(row[1])}
+    return sizes
