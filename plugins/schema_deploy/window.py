@@ -1,0 +1,125 @@
+"""Maintenance windows: when may production change, and is there time enough.
+
+A window is a cron expression for its start, a duration and an IANA time zone
+(so "02:00 Europe/Berlin" stays 02:00 across daylight-saving changes). Several
+windows may be configured; the earliest slot that fits wins.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from schema_deploy.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Window:
+    """A recurring maintenance window."""
+
+    cron: str
+    duration: timedelta
+    timezone: str = "UTC"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not croniter.is_valid(self.cron):
+            raise UsageError(f"maintenance window {self.label}: {self.cron!r} is not a cron expression "
+                             "(five fields: minute hour day-of-month month day-of-week, e.g. '0 2 * * *').")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise UsageError(f"maintenance window {self.label}: unknown time zone {self.timezone!r}; "
+                             "use an IANA name such as 'UTC' or 'Europe/Berlin'.") from None
+        if self.duration <= timedelta(0):
+            raise UsageError(f"maintenance window {self.label}: duration must be positive.")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.cron
+
+    def occurrence_at_or_before(self, moment: datetime) -> datetime:
+        local = moment.astimezone(ZoneInfo(self.timezone))
+        it = croniter(self.cron, local + timedelta(seconds=1))
+        return it.get_prev(datetime)
+
+    def occurrence_after(self, moment: datetime) -> datetime:
+        local = moment.astimezone(ZoneInfo(self.timezone))
+        return croniter(self.cron, local).get_next(datetime)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """When production may start, and when the window it belongs to closes."""
+
+    start: datetime
+    end: datetime
+    window: Window
+
+    def open_at(self, moment: datetime) -> bool:
+        return self.start <= moment < self.end
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90m', '2h', '1h30m', '45s' → timedelta."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    total, number = 0, ""
+    for ch in text.strip():
+        if ch.isdigit():
+            number += ch
+        elif ch in units and number:
+            total += int(number) * units[ch]
+            number = ""
+        else:
+            raise UsageError(f"duration {text!r}: use hours, minutes and seconds such as '2h', '90m', '1h30m'.")
+    if number:
+        raise UsageError(f"duration {text!r}: add a unit (h, m or s) after {number}.")
+    return timedelta(seconds=total)
+
+
+def next_slot(windows: list[Window], now: datetime, needed: timedelta, horizon_days: int = 400) -> Slot:
+    """The earliest moment from `now` inside a window with at least `needed` left in it.
+
+    If the open window has too little time left, the next one that is long
+    enough is chosen. Raises UsageError when no window is ever long enough.
+    """
+    if not windows:
+        raise UsageError("no maintenance window configured: add one under windows: in deploy.yaml, "
+                         "or skip the wait with a recorded reason.")
+    fitting = [w for w in windows if w.duration >= needed]
+    if not fitting:
+        longest = max(windows, key=lambda w: w.duration)
+        raise UsageError(
+            f"no maintenance window is long enough: the expected production duration is {fmt(needed)}, "
+            f"the longest window ({longest.label}) lasts {fmt(longest.duration)}. Lengthen a window or split "
+            "the deployment."
+        )
+    best: Slot | None = None
+    for w in fitting:
+        start = w.occurrence_at_or_before(now)
+        if start + w.duration - needed >= now:
+            candidate = Slot(now, start + w.duration, w)  # open now, with time enough left
+        else:
+            start = w.occurrence_after(now)  # a whole window: long enough, since w fits
+            candidate = Slot(start, start + w.duration, w)
+        if best is None or candidate.start < best.start:
+            best = candidate
+    if best.start - now > timedelta(days=horizon_days):
+        raise UsageError(f"no maintenance window opens within {horizon_days} days of {now.isoformat()}.")
+    return best
+
+
+def expected_duration(staging_seconds: float, staging_bytes: int, production_bytes: int,
+                      safety_factor: float = 2.0, minimum: timedelta = timedelta(minutes=1)) -> timedelta:
+    """Staging's measured time scaled by the size ratio of the touched tables, times a safety factor."""
+    ratio = production_bytes / staging_bytes if staging_bytes > 0 else 1.0
+    return max(minimum, timedelta(seconds=staging_seconds * max(ratio, 1.0) * safety_factor))
+
+
+def fmt(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
