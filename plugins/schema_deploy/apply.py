@@ -26,7 +26,7 @@ from psycopg import sql
 
 from schema_deploy import ledger
 from schema_deploy.bundle import Bundle
-from schema_deploy.errors import DatabaseError, LockRetriesExhausted, MigrationFailed, scrub
+from schema_deploy.errors import DatabaseError, LedgerBlocked, LockRetriesExhausted, MigrationFailed, scrub
 from schema_deploy.plan import MigrationPlan, PlannedStatement, Step, plan_for
 from schema_deploy.prechecks import require_clean
 from schema_deploy.status import Status, compute_status
@@ -113,7 +113,7 @@ def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection:
 
 def load_state(conn: psycopg.Connection, bundle: Bundle, schema: str = "public") -> tuple[Status, dict]:
     rows = ledger.read_rows(conn, schema)
-    interrupted = {r.migration_name: (r.id, r.applied_steps_count) for r in rows if r.resumable}
+    interrupted = {r.migration_name: (r.id, r.applied_steps_count, r.plan_digest) for r in rows if r.resumable}
     return compute_status(bundle, rows), interrupted
 
 
@@ -168,11 +168,15 @@ def run_migration(conn: psycopg.Connection, url: str, mp: MigrationPlan, setting
 def run_atomic(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings, watch: BlockerWatch) -> StepResult:
     """Statements and ledger row in one transaction; a failure leaves only a rolled-back record."""
     m, step, schema = mp.migration, mp.steps[0], settings.schema
+    if mp.resume_row_id:
+        check_same_plan(mp)
 
     def attempt(lock_timeout_ms: int) -> None:
         with conn.transaction():
             set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=True)
-            row_id = ledger.insert_started(conn, m.name, m.checksum, schema)
+            # Complete an interrupted row (say, of a killed `prisma migrate deploy`) rather
+            # than add one beside it: a failed row left behind would keep the migration pending.
+            row_id = mp.resume_row_id or ledger.insert_started(conn, m.name, m.checksum, schema)
             execute_statements(conn, step.statements)
             ledger.mark_finished(conn, row_id, 1, schema)
 
@@ -196,12 +200,14 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
                 log: Log) -> list[StepResult]:
     """Step by step, each step recorded in `applied_steps_count` as it completes."""
     m, schema = mp.migration, settings.schema
+    marker = f"{ledger.IN_PROGRESS_MARK} plan={mp.digest} steps={len(mp.steps)}"
     if mp.resume_row_id:
+        check_same_plan(mp)
         row_id = mp.resume_row_id
-        conn.execute(sql.SQL("UPDATE {} SET logs = NULL WHERE id = %s").format(ledger.table_ident(schema)), (row_id,))
+        ledger.mark_failed(conn, row_id, marker, schema)  # back to "in progress" with our plan
         log(f"{m.name}: resuming at step {mp.resume_from + 1} of {len(mp.steps)} (an earlier run stopped there)")
     else:
-        row_id = ledger.insert_started(conn, m.name, m.checksum, schema)
+        row_id = ledger.insert_started(conn, m.name, m.checksum, schema, logs=marker)
         log(f"{m.name}: applying in {len(mp.steps)} steps")
     results = []
     for step in mp.steps[mp.resume_from:]:
@@ -211,7 +217,8 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
             attempts = with_lock_retries(lambda lt, s=step: run_step(conn, row_id, s, lt, settings, skipped),
                                          settings, watch)
         except LockRetriesExhaustedInternal as exc:
-            ledger.mark_failed(conn, row_id, ledger.RETRYABLE_MARK + "\n" + exc.logs(m.name, step.number), schema)
+            ledger.mark_failed(conn, row_id, f"{ledger.RETRYABLE_MARK} plan={mp.digest}\n"
+                               + exc.logs(m.name, step.number), schema)
             raise exc.public(m.name) from None
         except StatementFailed as exc:
             ledger.mark_failed(conn, row_id, exc.logs(m.name, step.number), schema)
@@ -231,6 +238,20 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
     return results
 
 
+def check_same_plan(mp: MigrationPlan) -> None:
+    """A resume must run the steps the interrupted run numbered, or step counts mean nothing."""
+    if mp.resume_from and mp.resume_digest is None:
+        raise LedgerBlocked(
+            f"{mp.migration.name} was interrupted after {mp.resume_from} step(s) by a tool that did not record "
+            "its plan, so those steps cannot be matched to this plan. Finish or undo them by hand, then run "
+            f"`python -m schema_deploy resolve --applied|--rolled-back {mp.migration.name}`.")
+    if mp.resume_digest is not None and mp.resume_digest != mp.digest:
+        raise LedgerBlocked(
+            f"{mp.migration.name} was interrupted after {mp.resume_from} step(s) of a different plan "
+            f"(plan {mp.resume_digest}, now {mp.digest}): resume with the same mode it started with "
+            "(online or --no-online) against the same database. Nothing was changed.")
+
+
 def run_step(conn: psycopg.Connection, row_id: str, step: Step, lock_timeout_ms: int, settings: Settings,
              skipped: list[str]) -> None:
     if step.transactional:
@@ -241,7 +262,12 @@ def run_step(conn: psycopg.Connection, row_id: str, step: Step, lock_timeout_ms:
         return
     ps = step.statements[0]
     set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=False)
-    if prepare_non_transactional(conn, ps):
+    try:
+        ready = prepare_non_transactional(conn, ps)
+    except pgerrors.LockNotAvailable as exc:
+        exc.planned = ps  # dropping an INVALID index left by an earlier attempt waited: name the statement
+        raise
+    if ready:
         execute_statements(conn, [ps])
     else:
         skipped.append(ps.sql.split("\n")[0][:80])

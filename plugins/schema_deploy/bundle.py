@@ -165,6 +165,9 @@ def read_sql_bytes(path: Path) -> bytes:
                           "Save the file as UTF-8 (PostgreSQL and Prisma read migrations as UTF-8).")
     if not text.strip():
         raise BundleError(path, "is empty", "Write the migration's SQL into it, or delete the migration.")
+    if text.startswith("\ufeff"):
+        raise BundleError(path, "starts with a byte-order mark (EF BB BF), which PostgreSQL would read as part "
+                                "of the first word", "Save the file as UTF-8 without BOM.")
     return raw
 
 

@@ -103,16 +103,21 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 def cmd_lint(args: argparse.Namespace) -> int:
     """Check migrations for statements that block, rewrite, lose data or break the running application.
-    Without --db, a table is existing unless created earlier in the same file; with --db, when the
-    database has it (and its row estimate goes into the messages). $DATABASE_URL is not used."""
-    from schema_deploy.lint import lint_parsed, load_config, parse_bundle, referenced_relations, relation_facts
+    Without a database, a table is existing unless created earlier in the same file; with one (--db or
+    $DATABASE_URL), when the database has it, and its row estimate goes into the messages."""
+    from schema_deploy.lint import (lint_parsed, load_config, parse_bundle, referenced_relations, relation_facts,
+                                    rule_table)
     from schema_deploy.lint import render as render_lint
 
+    if args.list_rules:
+        rules = rule_table()
+        emit(args, rules, "\n".join(f"{r['id']:<38} {r['severity']:<8} {r['summary']}" for r in rules))
+        return 0
     bundle = load_bundle(args.migrations)
     config = load_config(args.config)
     files = parse_bundle(bundle)
     existing = estimates = None
-    if args.db:
+    if args.db or os.environ.get("DATABASE_URL"):
         with connect(database_url(args)) as conn:
             existing, estimates = relation_facts(conn, referenced_relations(files))
     findings = lint_parsed(files, existing_tables=existing, config=config, row_estimates=estimates)
@@ -214,6 +219,26 @@ def cmd_backups(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check that the database has everything its applied migrations promise, plus sql/verify checks."""
+    from schema_deploy import verify as verification
+    from schema_deploy.parse import parse_migration
+
+    bundle = load_bundle(args.migrations)
+    with connect(database_url(args)) as conn:
+        status, _ = load_state(conn, bundle)
+        applied = set(status.names("applied"))
+        names = [args.migration] if args.migration else [m.name for m in bundle.migrations if m.name in applied]
+        unknown = [n for n in names if n not in applied]
+        if unknown:
+            raise UsageError(f"--migration {unknown[0]} is not applied to this database; "
+                             f"applied: {', '.join(sorted(applied)) or 'none'}.")
+        statements = [st for m in bundle.migrations if m.name in names for st in parse_migration(m)]
+        report = verification.verify(conn, statements, args.verify_dir)
+    emit(args, report.as_dict(), verification.render(report))
+    return 0 if report.ok else 1
+
+
 # --- rendering -------------------------------------------------------------------
 
 def render_status(status: Status) -> str:
@@ -224,7 +249,11 @@ def render_status(status: Status) -> str:
     if status.clean:
         lines.append("database is up to date")
     else:
-        lines.append(f"{len(pending)} pending, {len(failed)} failed, {len(drift)} drifted")
+        summary = f"{len(pending)} pending, {len(failed)} failed, {len(drift)} drifted"
+        interrupted = status.names("interrupted")
+        if interrupted:  # not clean, and none of the above: say why
+            summary += f", {len(interrupted)} interrupted (apply resumes where it stopped)"
+        lines.append(summary)
     return "\n".join(lines)
 
 
@@ -237,15 +266,24 @@ def render_plan(plan: Plan) -> str:
         lines.append(f"== {mp.migration.name}  (sha256 {mp.migration.checksum[:12]}…; {mode})")
         if mp.resume_from:
             lines.append(f"   resumes at step {mp.resume_from + 1}: steps 1..{mp.resume_from} were applied by an earlier run")
+        shown: set[int] = set()
         for step in mp.steps:
             kind = "transaction" if step.transactional else "autocommit"
             locks = ", ".join(f"{mode} on {table}" for table, mode in sorted(step.locks.items())) or "no table locks"
             lines.append(f"   step {step.number} [{kind}] {locks}")
             for ps in step.statements:
+                if ps.reason and id(ps.source) not in shown:
+                    shown.add(id(ps.source))
+                    lines.append(f"      {ps.where}: as written: {' '.join(ps.source.sql.split())[:140]}")
+                    scan = (f", reading all of {', '.join(sorted(ps.source.scans))} while holding it"
+                            if ps.source.scans else "")
+                    lines.append(f"         (would take {ps.source.strongest_lock()} on "
+                                 f"{', '.join(sorted(ps.source.locks))}{scan}); rewritten to:")
                 first = " ".join(ps.sql.split())
-                lines.append(f"      {ps.where}: {first[:140]}")
+                prefix = "         " if ps.reason else f"      {ps.where}: "
+                lines.append(f"{prefix}{first[:140]}")
                 if ps.reason:
-                    lines.append(f"         ↳ {ps.reason}")
+                    lines.append(f"           why: {ps.reason}")
     if plan.table_sizes:
         lines.append("tables touched:")
         for table, size in sorted(plan.table_sizes.items()):
@@ -284,12 +322,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-retries", type=int, help="retries after a lock timeout (default 10)")
     p.add_argument("--statement-timeout-ms", type=int, help="statement_timeout (default 3600000; 0 = none)")
     p.add_argument("--advisory-lock-timeout-s", type=float, help="wait for another migrator (default 60)")
+    p = verb("verify", cmd_verify, "check the database against its applied migrations")
+    p.add_argument("--migration", metavar="NAME", help="only this migration's expectations")
+    p.add_argument("--verify-dir", type=Path, default=Path("sql/verify"),
+                   help="folder of SQL checks and explain/ queries (default sql/verify)")
     p = verb("resolve", cmd_resolve, "mark a migration applied or rolled back")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--applied", metavar="NAME")
     group.add_argument("--rolled-back", metavar="NAME")
     p = verb("lint", cmd_lint, "check migrations for locking, rewriting and destructive statements")
-    p.add_argument("--config", type=Path, help="deploy.yaml with lint.severity overrides (default: ./deploy.yaml if present)")
+    p.add_argument("--config", type=Path,
+                   help="deploy.yaml with lint.severity overrides (default: ./deploy.yaml if present)")
+    p.add_argument("--list-rules", action="store_true", help="print every rule's id, default severity and summary")
     p = verb("backup", cmd_backup, "back the database up to S3 (pg_dump -Fc, streamed)")
     p.add_argument("--to", required=True, metavar="s3://BUCKET/PREFIX")
     p.add_argument("--environment", default="default", help="environment name in the key layout (default: default)")

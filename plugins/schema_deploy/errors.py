@@ -216,7 +216,7 @@ class S3TransferFailed(BackupFailed):
 
     def __init__(self, operation: str, bucket: str, key: str, code: str, detail: str, cleanup: str,
                  context: str = "backup upload") -> None:
-        self.operation, self.bucket, self.key, self.code = operation, bucket, key, code
+        self.operation, self.bucket, self.key, self.code, self.detail = operation, bucket, key, code, detail
         super().__init__(
             f"{context}: {operation} on s3://{bucket}/{key} failed with {code}: {shorten(detail, 300)}.\n"
             f"{cleanup} Check that the S3 endpoint is reachable and that the credentials may read and write "

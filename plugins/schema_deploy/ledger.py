@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS {table} (
 # The first line of `logs` for a failure that a plain re-run may resume
 # (lock contention, not a fault in the SQL).
 RETRYABLE_MARK = "[schema-deploy: retryable]"
+# `logs` of a stepped migration while it runs: names the plan (a digest of its
+# steps), so that a resume after a crash can insist on the very same steps.
+IN_PROGRESS_MARK = "[schema-deploy: in progress]"
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,16 @@ class LedgerRow:
     @property
     def resumable(self) -> bool:
         """A failed row this tool may continue: interrupted by a crash, or out of lock retries."""
-        return self.failed and (self.logs is None or self.logs.startswith(RETRYABLE_MARK))
+        return self.failed and (self.logs is None or self.logs.startswith((RETRYABLE_MARK, IN_PROGRESS_MARK)))
+
+    @property
+    def plan_digest(self) -> str | None:
+        """The digest of the plan an interrupted run of ours was executing, if it recorded one."""
+        if self.logs and self.logs.startswith((RETRYABLE_MARK, IN_PROGRESS_MARK)):
+            for word in self.logs.replace("\n", " ").split():
+                if word.startswith("plan="):
+                    return word[5:]
+        return None
 
 
 def table_ident(schema: str = "public") -> sql.Composed:
@@ -97,13 +109,14 @@ def read_rows(conn: psycopg.Connection, schema: str = "public") -> list[LedgerRo
     return [LedgerRow(*r) for r in conn.execute(query).fetchall()]
 
 
-def insert_started(conn: psycopg.Connection, name: str, checksum: str, schema: str = "public") -> str:
+def insert_started(conn: psycopg.Connection, name: str, checksum: str, schema: str = "public",
+                   logs: str | None = None) -> str:
     """Insert the row Prisma writes before a migration runs; returns its id."""
     row_id = str(uuid.uuid4())
     conn.execute(
-        sql.SQL("INSERT INTO {} (id, checksum, migration_name, started_at, applied_steps_count) "
-                "VALUES (%s, %s, %s, now(), 0)").format(table_ident(schema)),
-        (row_id, checksum, name),
+        sql.SQL("INSERT INTO {} (id, checksum, migration_name, logs, started_at, applied_steps_count) "
+                "VALUES (%s, %s, %s, %s, now(), 0)").format(table_ident(schema)),
+        (row_id, checksum, name, logs),
     )
     return row_id
 
@@ -114,8 +127,10 @@ def set_steps(conn: psycopg.Connection, row_id: str, steps: int, schema: str = "
 
 
 def mark_finished(conn: psycopg.Connection, row_id: str, steps: int, schema: str = "public") -> None:
+    # clock_timestamp(), not now(): in a one-transaction migration now() is still the
+    # start time, and finished_at - started_at is how long the migration took.
     conn.execute(
-        sql.SQL("UPDATE {} SET finished_at = now(), applied_steps_count = %s, logs = NULL "
+        sql.SQL("UPDATE {} SET finished_at = clock_timestamp(), applied_steps_count = %s, logs = NULL "
                 "WHERE id = %s").format(table_ident(schema)),
         (steps, row_id),
     )

@@ -199,6 +199,10 @@ def _alter_table_cmd(stmt: Statement, table: str, cmd: ast.AlterTableCmd) -> Non
             stmt.scans.add(table)
         return
     lock(stmt, table, AT_LOCKS.get(sub, ACCESS_EXCLUSIVE))
+    if sub == AT.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef):
+        for c in cmd.def_.constraints or ():  # ADD COLUMN ... REFERENCES locks the referenced table too
+            if isinstance(c, ast.Constraint) and c.contype == enums.ConstrType.CONSTR_FOREIGN:
+                lock(stmt, relname(c.pktable), SHARE_ROW_EXCLUSIVE)
     if sub == AT.AT_ValidateConstraint or sub == AT.AT_SetNotNull:
         stmt.scans.add(table)
     elif sub == AT.AT_AlterColumnType:

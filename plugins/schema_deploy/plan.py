@@ -8,12 +8,13 @@ together with its ledger row.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import psycopg
 from pglast import ast
 
-from schema_deploy.bundle import Bundle, Migration
+from schema_deploy.bundle import Bundle, Migration, checksum_matches
 from schema_deploy.errors import LedgerBlocked, UsageError
 from schema_deploy.parse import LOCK_MODES, Statement, parse_migration
 from schema_deploy.status import INTERRUPTED, PENDING, Status
@@ -76,6 +77,14 @@ class MigrationPlan:
     steps: list[Step]
     resume_from: int = 0  # steps already applied by an interrupted run
     resume_row_id: str | None = None
+    resume_digest: str | None = None  # the plan digest that interrupted run recorded
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the steps (their SQL and kind): what a resume must find unchanged."""
+        text = "\n-- step --\n".join(
+            f"{'tx' if s.transactional else 'auto'}:" + "\n".join(p.sql for p in s.statements) for s in self.steps)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def atomic(self) -> bool:
@@ -185,7 +194,7 @@ def existing_tables(conn: psycopg.Connection, tables: set[str]) -> set[str]:
     return found
 
 
-def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple[str, int]] | None = None,
+def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple[str, int, str | None]] | None = None,
                to: str | None = None, existing: set[str] | None = None) -> Plan:
     """Plan every pending or interrupted migration of `bundle`, in order (up to `to`, inclusive).
 
@@ -194,7 +203,7 @@ def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple
     Refuses (LedgerBlocked) when the ledger has failed migrations or drift:
     applying on top of either would make the history lie.
     """
-    check_applyable(status)
+    check_applyable(status, bundle)
     if to is not None and to not in bundle.by_name():
         raise UsageError(f"--to {to}: no such migration in {bundle.root}; "
                          f"use a folder name, e.g. {bundle.migrations[0].name}.")
@@ -209,7 +218,7 @@ def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple
             continue
         mp = plan_migration(m, created, existing)
         if todo[m.name] == INTERRUPTED and m.name in interrupted_rows:
-            mp.resume_row_id, mp.resume_from = interrupted_rows[m.name]
+            mp.resume_row_id, mp.resume_from, mp.resume_digest = interrupted_rows[m.name]
         plans.append(mp)
         if m.name == to:
             break
@@ -217,7 +226,7 @@ def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple
 
 
 def plan_for(conn: psycopg.Connection, bundle: Bundle, status: Status,
-             interrupted_rows: dict[str, tuple[str, int]] | None = None, *, to: str | None = None,
+             interrupted_rows: dict[str, tuple[str, int, str | None]] | None = None, *, to: str | None = None,
              online: bool = False) -> Plan:
     """Build the plan against a live target: online rewrites need to know which tables exist."""
     existing = None
@@ -229,7 +238,8 @@ def plan_for(conn: psycopg.Connection, bundle: Bundle, status: Status,
     return plan
 
 
-def check_applyable(status: Status) -> None:
+def check_applyable(status: Status, bundle: Bundle) -> None:
+    files = bundle.by_name()
     problems = []
     for s in status.failed:
         problems.append(
@@ -251,7 +261,8 @@ def check_applyable(status: Status) -> None:
                 "that contains it (are you on an old branch?)."
             )
     for s in status.states:
-        if s.state == INTERRUPTED and s.ledger_checksum and s.checksum and s.ledger_checksum != s.checksum:
+        if (s.state == INTERRUPTED and s.ledger_checksum and s.name in files
+                and not checksum_matches(s.ledger_checksum, files[s.name].raw)):
             problems.append(
                 f"- {s.name} was interrupted after {s.applied_steps} step(s) and its file has changed since "
                 f"then. Restore the file it started with, or finish/undo those steps by hand and run "

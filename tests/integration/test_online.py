@@ -12,7 +12,7 @@ import pytest
 from generate_data import generate
 from schema_deploy.apply import Settings, apply
 from schema_deploy.bundle import load_bundle
-from schema_deploy.errors import PrecheckFailed
+from schema_deploy.errors import LedgerBlocked, LockRetriesExhausted, PrecheckFailed
 from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint
 from schema_deploy.ledger import read_rows
 from tests.conftest import drop_database, with_database
@@ -190,3 +190,28 @@ def test_terminated_concurrent_build_leaves_invalid_index_that_retry_rebuilds(fr
         assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'child_qty_idx'::regclass").fetchone()[0]
         row = [r for r in read_rows(conn) if r.migration_name == "20250102000000_index"]
         assert len(row) == 1 and row[0].applied and row[0].applied_steps_count == 2
+
+
+def test_an_interrupted_online_run_cannot_be_resumed_with_a_different_plan(fresh_db: str, tmp_path: Path) -> None:
+    bundle = load_bundle(write_bundle(tmp_path / "b", {
+        "20250101000000_existing": EXISTING,
+        "20250102000000_change": 'CREATE INDEX "child_qty_idx" ON child (qty);\nALTER TABLE child ADD COLUMN extra TEXT;'}))
+    apply(fresh_db, bundle, FAST, to="20250101000000_existing")
+    # Simulate a crash of an online run after its first step (the concurrent index).
+    with psycopg.connect(fresh_db, autocommit=True) as blocker:
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE child IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(LockRetriesExhausted):
+            apply(fresh_db, bundle, Settings(lock_timeout_ms=50, lock_retries=1, backoff_s=0.01), online=True)
+        blocker.execute("ROLLBACK")
+    with psycopg.connect(fresh_db) as conn:
+        [row] = [r for r in read_rows(conn) if r.migration_name == "20250102000000_change"]
+    assert row.resumable and row.plan_digest
+    with pytest.raises(LedgerBlocked, match=r"interrupted after 0 step\(s\) of a different plan .*resume with the "
+                                            r"same mode it started with"):
+        apply(fresh_db, bundle, FAST, online=False)
+    result = apply(fresh_db, bundle, FAST, online=True)
+    assert result.applied[0].name == "20250102000000_change"
+    with psycopg.connect(fresh_db) as conn:
+        [row] = [r for r in read_rows(conn) if r.migration_name == "20250102000000_change"]
+        assert row.applied and row.logs is None and row.applied_steps_count == 2

@@ -1,0 +1,75 @@
+"""Helpers shared by the engine's integration tests (bundles in tmp, ledger reads, the CLI)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from psycopg.rows import dict_row
+
+from schema_deploy.apply import Settings
+from schema_deploy.bundle import Bundle, load_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+MIGRATIONS = REPO / "sql" / "migrations"
+BASELINE = "20250915090000_baseline"
+EPIC5 = "20251017120000_epic5_schema_completion"
+
+# Short waits everywhere, so lock tests take a second, not a minute.
+FAST = Settings(lock_timeout_ms=50, max_lock_timeout_ms=200, lock_retries=20, backoff_s=0.05,
+                backoff_cap_s=0.2, advisory_lock_timeout_s=10)
+
+
+def copy_bundle(tmp_path: Path) -> Path:
+    """A private copy of the committed bundle, free to edit."""
+    root = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, root)
+    return root
+
+
+def plain_bundle(root: Path, migrations: dict[str, str]) -> Bundle:
+    """Write `<name>.sql` files (the plain layout) and load them."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, sql in migrations.items():
+        (root / f"{name}.sql").write_text(sql)
+    return load_bundle(root)
+
+
+def rows(url: str, query: str, params: tuple = ()) -> list[dict]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def scalar(url: str, query: str, params: tuple = ()) -> object:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, params).fetchone()[0]
+
+
+def ledger(url: str, name: str | None = None) -> list[dict]:
+    """`_prisma_migrations` rows (of one migration), oldest first."""
+    where, params = ("WHERE migration_name = %s", (name,)) if name else ("", ())
+    return rows(url, f"SELECT * FROM _prisma_migrations {where} ORDER BY started_at, migration_name", params)
+
+
+def table_exists(url: str, name: str) -> bool:
+    return bool(scalar(url, "SELECT to_regclass(%s) IS NOT NULL", (f'"{name}"',)))
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["PYTHONPATH"] = str(REPO / "plugins")
+    env.update(extra)
+    return env
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "schema_deploy", *args]
+
+
+def run_cli(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    """`python -m schema_deploy ARGS` from the repository root, as an operator runs it."""
+    return subprocess.run(cli_command(*args), cwd=REPO, env=cli_env(**env), capture_output=True, text=True,
+                          timeout=timeout)

@@ -1,0 +1,28 @@
+"""Passwords never reach a message: `scrub` and the root error class."""
+from __future__ import annotations
+
+import pytest
+
+from schema_deploy.errors import SchemaDeployError, scrub
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("cannot connect to postgresql://migrator:s3cret@db:5432/app: refused",
+     "cannot connect to postgresql://migrator:****@db:5432/app: refused"),
+    ("postgres://u:pa/ss:word@h/db", "postgres://u:****@h/db"),
+    # An unencoded '@' in the password: mask up to the URL's last '@', not its first.
+    ("postgresql://migrator:Spl1t@Secret@127.0.0.1:5432/x", "postgresql://migrator:****@127.0.0.1:5432/x"),
+    ("host=db user=u password=s3cret dbname=app", "host=db user=u password=**** dbname=app"),
+    ("password = 'with spaces' port=5432", "password = **** port=5432"),
+    ("postgresql://a:one@h/x and postgresql://b:two@h/y", "postgresql://a:****@h/x and postgresql://b:****@h/y"),
+    ("postgresql://migrator@h/db has no password", "postgresql://migrator@h/db has no password"),
+    ("postgresql://h:5432/db has a port, not a password", "postgresql://h:5432/db has a port, not a password"),
+], ids=["url", "slash-in-password", "at-in-password", "keyword", "quoted-keyword", "two-urls", "no-password",
+        "port-only"])
+def test_scrub_masks_passwords_and_keeps_the_rest(text: str, expected: str) -> None:
+    assert scrub(text) == expected
+
+
+def test_every_package_error_is_scrubbed_when_built() -> None:
+    error = SchemaDeployError("failed on postgresql://migrator:s3cret@db/app")
+    assert "s3cret" not in str(error) and "migrator:****@db/app" in error.message
