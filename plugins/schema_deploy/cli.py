@@ -67,13 +67,32 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """What `apply` would do: steps, SQL, transactions, locks and table sizes. Changes nothing."""
+    """What `apply` would do: steps, SQL, transactions, locks, table sizes, lint findings
+    and data prechecks of the pending migrations. Changes nothing."""
+    from schema_deploy.lint import lint_parsed, load_config, referenced_relations, relation_facts
+    from schema_deploy.lint import render as render_lint
+    from schema_deploy.prechecks import run_prechecks
+
     bundle = load_bundle(args.migrations)
+    config = load_config(args.config)
     with connect(database_url(args)) as conn:
         status, interrupted = load_state(conn, bundle)
         plan = plan_for(conn, bundle, status, interrupted, to=args.to, online=args.online)
         plan.table_sizes = table_sizes(conn, plan.tables())
-    emit(args, plan.as_dict(), render_plan(plan))
+        files = [(mp.migration, mp.statements) for mp in plan.migrations]
+        existing, estimates = relation_facts(conn, referenced_relations(files))
+        prechecks = run_prechecks(conn, plan)
+    findings = lint_parsed(files, existing_tables=existing, config=config, row_estimates=estimates)
+    data = {**plan.as_dict(), "lint": [f.as_dict() for f in findings],
+            "prechecks": [r.as_dict() for r in prechecks]}
+    text = render_plan(plan)
+    if plan.migrations:
+        text += "\n\nlint of the pending migrations:\n" + render_lint(findings, len(files))
+        text += "\n\ndata prechecks:\n" + ("\n".join(
+            f"   {'FAIL' if r.failed else 'ok  '} {r.statement.where}: {r.violations} {r.description}"
+            + (f" (samples: {', '.join(r.samples)})" if r.samples else "") + (f" [{r.skipped}]" if r.skipped else "")
+            for r in prechecks) or "   none needed")
+    emit(args, data, text)
     return 0
 
 
@@ -315,6 +334,8 @@ def parser() -> argparse.ArgumentParser:
     verb("status", cmd_status, "compare the bundle with the database's ledger")
     p = verb("plan", cmd_plan, "show what apply would do")
     add_plan_options(p)
+    p.add_argument("--config", type=Path,
+                   help="deploy.yaml with lint.severity overrides (default: ./deploy.yaml if present)")
     p = verb("apply", cmd_apply, "apply pending migrations")
     add_plan_options(p)
     p.add_argument("--lock-timeout-ms", type=int, help="lock_timeout of the first attempt (default 100)")

@@ -1,0 +1,339 @@
+"""Lint a migration bundle: statements that lock, rewrite, lose data or break the application.
+
+`python -m schema_deploy lint [--migrations DIR] [--db URL] [--json] [--config deploy.yaml]`
+
+Each finding carries a rule id, a severity (error, warning, info), file:line,
+a message saying what the statement blocks and for how long, and help with the
+fix. The rules are functions named after their ids (`lint_locks.py`,
+`lint_hygiene.py`), dispatched by pglast node type, and the bundle is parsed by
+`fastparse` (the same statements as `parse`, built faster), so that a bundle of
+a thousand migrations lints in under two seconds (`bench/lint_speed.py`).
+
+Existing tables. Most rules fire only on tables that already hold data that
+someone is using:
+
+* with a database (`--db` or $DATABASE_URL, or `existing_tables=` from the
+  caller), a relation is existing when it is in that database (one pg_class
+  query for every name the bundle references; its `reltuples` estimate goes
+  into the messages; names compare without the `public.` schema);
+* without one, every relation is existing unless an earlier statement of the
+  *same* migration file created it. A table created by an earlier file is
+  existing: in production that file was applied in an earlier deployment, and
+  the table has filled up since. (Two pending files applied in one deployment
+  are the exception; lint with `--db` to get that right.)
+
+In both cases a table created earlier in the same file is new: nobody can be
+using it before the migration commits.
+
+Suppressions. A comment ``-- schema-deploy: ignore <rule-id>[,<rule-id>] <reason>``
+on the lines right above a statement (comment lines only, no blank line
+between) or at the end of its first line suppresses those rules for that
+statement. The reason is mandatory: without one the suppression takes no
+effect and is itself an error (`suppression-without-reason`). Suppressed
+findings stay in the output, marked with their reason.
+
+Configuration. ``deploy.yaml`` (``--config``; by default ./deploy.yaml when it
+exists) may set per-rule severities: ``lint: {severity: {rule-id: error|warning|info|off}}``.
+
+Exit code: 1 when an unsuppressed finding of severity error remains, else 0.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psycopg
+import yaml
+
+# Importing the rule modules registers their rules (locks first: that is the order of --list-rules).
+from schema_deploy import lint_locks  # noqa: F401
+from schema_deploy import lint_hygiene  # noqa: F401
+from schema_deploy.bundle import Bundle, Migration
+from schema_deploy.errors import ConfigError
+from schema_deploy.fastparse import fast_parse_migration, fast_parse_sql
+from schema_deploy.lint_rules import (ANY_STATEMENT, BY_NODE, FILE_RULES, META_RULES, RULES, SEVERITIES, BundleFacts,
+                                      Context, Directive, Rule, norm, observe)
+from schema_deploy.parse import Statement
+
+DEFAULT_CONFIG = "deploy.yaml"
+OFF = "off"
+DIRECTIVE = re.compile(r"--\s*schema-deploy:\s*ignore\b(?P<rest>.*)$")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule violation at one place, possibly suppressed with a reason."""
+
+    rule: str
+    severity: str
+    path: str
+    line: int
+    message: str
+    help: str
+    migration: str = ""
+    suppressed: bool = False
+    reason: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    @property
+    def blocking(self) -> bool:
+        """Does this finding fail the lint (and stop a deployment at preflight)?"""
+        return self.severity == "error" and not self.suppressed
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def render(self) -> str:
+        if self.suppressed:
+            return (f"{self.where}: suppressed {self.severity}[{self.rule}] {self.message}\n"
+                    f"  reason: {self.reason}")
+        return f"{self.where}: {self.severity}[{self.rule}] {self.message}\n  help: {self.help}"
+
+
+@dataclass(frozen=True)
+class LintConfig:
+    """Per-rule severity overrides (`off` disables a rule)."""
+
+    severity: dict[str, str] = field(default_factory=dict)
+    source: str | None = None
+
+    def severity_of(self, r: Rule) -> str:
+        return self.severity.get(r.id, r.severity)
+
+
+# --- configuration -------------------------------------------------------------------------
+
+def load_config(path: Path | str | None = None) -> LintConfig:
+    """The `lint:` section of deploy.yaml; `path=None` reads ./deploy.yaml if it exists."""
+    if path is None:
+        if not Path(DEFAULT_CONFIG).is_file():
+            return LintConfig()
+        path = DEFAULT_CONFIG
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "not found", "Pass an existing file with --config, or omit --config.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot be read ({exc})", "Make it a readable UTF-8 YAML file.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"is not valid YAML ({' '.join(str(exc).split())})",
+                          "Fix the YAML syntax at that position.") from None
+    return config_from(data, path)
+
+
+def config_from(data: object, path: Path | str = DEFAULT_CONFIG) -> LintConfig:
+    """Validate a parsed deploy.yaml and return its lint settings."""
+    example = "e.g. lint: {severity: {require-concurrent-index: warning}}"
+    if data is None:
+        return LintConfig(source=str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(path, "is not a mapping", f"Write settings as keys, {example}.")
+    section = data.get("lint") or {}
+    if not isinstance(section, dict) or set(section) - {"severity"}:
+        extra = sorted(set(section) - {"severity"}) if isinstance(section, dict) else []
+        raise ConfigError(path, f"lint: unknown keys {extra}" if extra else "lint: is not a mapping",
+                          f"The lint section takes one key, severity, {example}.")
+    overrides = section.get("severity") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(path, "lint.severity is not a mapping", f"Map rule ids to severities, {example}.")
+    valid = (*SEVERITIES, OFF)
+    # YAML 1.1 reads a bare `off` as false; take it as meant.
+    overrides = {rid: OFF if level is False else level for rid, level in overrides.items()}
+    for rid, level in overrides.items():
+        if rid not in RULES:
+            close = difflib.get_close_matches(str(rid), RULES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(path, f"lint.severity: unknown rule id {rid!r}{hint}",
+                              f"Valid rule ids: {', '.join(sorted(RULES))}.")
+        if level not in valid:
+            raise ConfigError(path, f"lint.severity.{rid}: {level!r} is not a severity",
+                              f"Use one of {', '.join(valid)}.")
+    return LintConfig(severity=dict(overrides), source=str(path))
+
+
+# --- linting -------------------------------------------------------------------------------
+
+def parse_bundle(bundle: Bundle) -> list[tuple[Migration, list[Statement]]]:
+    """Every migration of the bundle with its parsed statements, in order (`parse.parse_migration`'s
+    result, built by `fastparse`: pglast's own AST construction alone would exceed lint's budget)."""
+    return [(m, fast_parse_migration(m)) for m in bundle.migrations]
+
+
+def lint_bundle(bundle: Bundle, *, existing_tables: set[str] | None = None, config: LintConfig | None = None,
+                row_estimates: dict[str, int] | None = None) -> list[Finding]:
+    """Lint every migration of `bundle`, in order (see the module docstring for "existing")."""
+    return lint_parsed(parse_bundle(bundle), existing_tables=existing_tables, config=config,
+                       row_estimates=row_estimates)
+
+
+def lint_parsed(files: list[tuple[Migration, list[Statement]]], *, existing_tables: set[str] | None = None,
+                config: LintConfig | None = None, row_estimates: dict[str, int] | None = None) -> list[Finding]:
+    """Lint already parsed migrations (what preflight holds after parsing the bundle)."""
+    run = Run.start(config, existing_tables, row_estimates)
+    findings: list[Finding] = []
+    for migration, statements in files:
+        findings.extend(run.lint_file(statements, migration.sql, path=str(migration.path), migration=migration.name))
+    return findings
+
+
+def lint_sql(sql: str, *, path: str = "<sql>", existing_tables: set[str] | None = None,
+             config: LintConfig | None = None, row_estimates: dict[str, int] | None = None) -> list[Finding]:
+    """Lint one migration file's SQL text."""
+    return lint_statements(fast_parse_sql(sql, path=path), sql, path=path, existing_tables=existing_tables,
+                           config=config, row_estimates=row_estimates)
+
+
+def lint_statements(statements: list[Statement], source: str, *, path: str = "<sql>", migration: str = "",
+                    existing_tables: set[str] | None = None, config: LintConfig | None = None,
+                    row_estimates: dict[str, int] | None = None) -> list[Finding]:
+    """Run every enabled rule on one migration file's statements; `source` is the file's text."""
+    run = Run.start(config, existing_tables, row_estimates)
+    return run.lint_file(statements, source, path=path, migration=migration)
+
+
+@dataclass
+class Run:
+    """One lint run: the enabled rules by node type, the database's view, what earlier files taught."""
+
+    config: LintConfig
+    by_node: dict[type, tuple[Rule, ...]]
+    every_statement: tuple[Rule, ...]
+    per_file: tuple[Rule, ...]
+    existing: set[str] | None
+    rows: dict[str, int]
+    facts: BundleFacts = field(default_factory=BundleFacts)
+
+    @classmethod
+    def start(cls, config: LintConfig | None, existing_tables: set[str] | None,
+              row_estimates: dict[str, int] | None) -> Run:
+        config = config or LintConfig()
+        on = {rid for rid, r in RULES.items() if config.severity_of(r) != OFF}
+        every = tuple(r for r in ANY_STATEMENT if r.id in on)
+        return cls(config=config, every_statement=every,
+                   by_node={t: tuple(r for r in rules if r.id in on) + every for t, rules in BY_NODE.items()},
+                   per_file=tuple(r for r in FILE_RULES if r.id in on),
+                   existing=None if existing_tables is None else {norm(t) for t in existing_tables},
+                   rows={norm(t): n for t, n in (row_estimates or {}).items()})
+
+    def lint_file(self, statements: list[Statement], source: str, *, path: str, migration: str) -> list[Finding]:
+        directives = parse_directives(source)
+        ctx = Context(statements=statements, existing=self.existing, rows=self.rows, facts=self.facts,
+                      directives=list(directives.values()))
+        found: list[tuple[Rule, Statement | None, int, object]] = []
+        for stmt in statements:
+            for r in self.by_node.get(type(stmt.node), self.every_statement):
+                for v in r.check(stmt, stmt.node, ctx):
+                    found.append((r, stmt, v.line or stmt.line, v))
+            observe(stmt, ctx)
+        for r in self.per_file:
+            for v in r.check(ctx):
+                found.append((r, v.statement, v.line or v.statement.line, v))
+        attached = attach_directives(statements, source, directives) if directives else {}
+        findings = []
+        for r, stmt, line, v in sorted(found, key=lambda f: f[2]):
+            reason = suppression_reason(r.id, attached.get(stmt.index, ()) if stmt is not None else ())
+            findings.append(Finding(rule=r.id, severity=self.config.severity_of(r), path=path, line=line,
+                                    message=v.message, help=v.help, migration=migration,
+                                    suppressed=reason is not None, reason=reason))
+        return findings
+
+
+# --- suppression comments ------------------------------------------------------------------
+
+def parse_directives(source: str) -> dict[int, Directive]:
+    """Every `-- schema-deploy: ignore …` comment of a file, by line number."""
+    if "schema-deploy:" not in source:
+        return {}
+    found = {}
+    for number, text in enumerate(source.split("\n"), start=1):  # lines as parse counts them
+        m = DIRECTIVE.search(text)
+        if m:
+            ids, _, reason = m["rest"].strip().partition(" ")
+            found[number] = Directive(line=number, rules=tuple(i for i in ids.split(",") if i),
+                                      reason=reason.strip() or None)
+    return found
+
+
+def attach_directives(statements: list[Statement], source: str,
+                      directives: dict[int, Directive]) -> dict[int, list[Directive]]:
+    """Statement index -> the directives on its first line and the comment lines right above it."""
+    lines = source.split("\n")
+    attached: dict[int, list[Directive]] = {}
+    for stmt in statements:
+        mine = [directives[stmt.line]] if stmt.line in directives else []
+        above = stmt.line - 1
+        while above >= 1 and lines[above - 1].lstrip().startswith("--"):
+            if above in directives:
+                mine.append(directives[above])
+            above -= 1
+        if mine:
+            attached[stmt.index] = mine
+    return attached
+
+
+def suppression_reason(rule_id: str, directives: list[Directive] | tuple) -> str | None:
+    """The reason a directive gives for suppressing `rule_id` (a directive without one does not count)."""
+    if rule_id in META_RULES:
+        return None
+    for d in directives:
+        if rule_id in d.rules and d.reason:
+            return d.reason
+    return None
+
+
+# --- the database's view -------------------------------------------------------------------
+
+def referenced_relations(files: list[tuple[Migration, list[Statement]]]) -> list[str]:
+    """Every table, index or view name that the statements lock or create."""
+    names: set[str] = set()
+    for _, statements in files:
+        for s in statements:
+            names.update(s.locks)
+            names.update(s.creates)
+    return sorted(names)
+
+
+def relation_facts(conn: psycopg.Connection, names: list[str]) -> tuple[set[str], dict[str, int]]:
+    """Which of `names` exist in the database, and their row estimates (one query).
+
+    A table that was never analyzed has no estimate (reltuples = -1) and is left out of the estimates.
+    """
+    quoted = [".".join('"' + p.replace('"', '""') + '"' for p in n.split(".", 1)) for n in names]
+    rows = conn.execute(
+        "SELECT u.i, c.reltuples::bigint FROM unnest(%s::text[]) WITH ORDINALITY AS u(name, i) "
+        "JOIN pg_class c ON c.oid = to_regclass(u.name)", (quoted,)).fetchall()
+    existing = {names[i - 1] for i, _ in rows}
+    estimates = {names[i - 1]: int(n) for i, n in rows if n is not None and n >= 0}
+    return existing, estimates
+
+
+# --- output --------------------------------------------------------------------------------
+
+def render(findings: list[Finding], migrations: int) -> str:
+    """Findings grouped by file (in bundle order), then a one-line summary."""
+    blocks: list[str] = []
+    current = None
+    for f in findings:
+        if f.path != current and current is not None:
+            blocks.append("")
+        current = f.path
+        blocks.append(f.render())
+    active = [f for f in findings if not f.suppressed]
+    counts = {s: sum(1 for f in active if f.severity == s) for s in SEVERITIES}
+    summary = (f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info "
+               f"in {migrations} migration(s)")
+    suppressed = len(findings) - len(active)
+    if suppressed:
+        summary += f"; {suppressed} suppressed"
+    return "\n".join(blocks + ([""] if blocks else []) + [summary])
+
+
+def rule_table() -> list[dict[str, str]]:
+    """Every rule's id, default severity and one-line summary (for docs and --list-rules)."""
+    return [{"id": r.id, "severity": r.severity, "summary": r.summary} for r in RULES.values()]
