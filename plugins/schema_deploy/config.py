@@ -1,0 +1,116 @@
+"""Non-secret settings from one file, `deploy.yaml`, with defaults that work on the local stack.
+
+Secrets never live here: database URLs, S3 keys and Slack tokens come from
+Airflow connections (`staging_db`, `production_db`, `backup_s3`,
+`slack_deploys`) or, for the CLI, from the environment. The file's path is
+`$SCHEMA_DEPLOY_CONFIG`, else `deploy.yaml` at the project root.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import yaml
+
+from schema_deploy.errors import ConfigError
+from schema_deploy.window import Window, parse_duration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Everything a deployment needs to know that is not a secret."""
+
+    migrations: Path = ROOT / "sql" / "migrations"
+    verify_dir: Path = ROOT / "sql" / "verify"
+    backup_bucket: str = "schema-deploy-backups"
+    backup_prefix: str = "backups"
+    backup_sse: str = "AES256"
+    backup_kms_key_id: str | None = None
+    backup_restore_check: bool = True
+    gate_commands: tuple[tuple[str, ...], ...] = ()
+    gate_timeout: timedelta = timedelta(minutes=10)
+    approval_manual: bool = True
+    approval_scheduled: bool = True
+    approver_must_differ: bool = False
+    windows: tuple[Window, ...] = ()
+    window_safety_factor: float = 2.0
+    lock_timeout_ms: int = 100
+    max_lock_timeout_ms: int = 2000
+    lock_retries: int = 10
+    slack_channel: str = "#deploys"
+    demo: dict[str, object] = field(default_factory=dict)
+    source: Path | None = None
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("SCHEMA_DEPLOY_CONFIG", ROOT / "deploy.yaml"))
+
+
+def load(path: Path | str | None = None) -> DeployConfig:
+    """Read deploy.yaml (or the defaults when it does not exist); errors name the key and the fix."""
+    path = Path(path) if path else config_path()
+    if not path.exists():
+        return DeployConfig()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"not valid YAML ({exc})", "Fix the YAML syntax at the position shown.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(path, "expected a mapping of settings at the top level", "See deploy.yaml in the repository for the layout.")
+    return from_mapping(data, path)
+
+
+def section(data: dict, key: str, path: Path) -> dict:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(path, f"'{key}' must be a mapping", f"Write '{key}:' followed by indented 'name: value' lines.")
+    return value
+
+
+def from_mapping(data: dict, path: Path) -> DeployConfig:
+    base = path.parent
+    backup, gate, approval = section(data, "backup", path), section(data, "gate", path), section(data, "approval", path)
+    lock, slack = section(data, "lock", path), section(data, "slack", path)
+    windows = []
+    for i, w in enumerate(data.get("windows") or []):
+        if not isinstance(w, dict) or not {"cron", "duration"} <= set(w):
+            raise ConfigError(path, f"windows[{i}] needs 'cron' and 'duration'",
+                              "Give each window a cron start, a duration such as '2h', and optionally 'timezone' and 'name'.")
+        windows.append(Window(str(w["cron"]), parse_duration(str(w["duration"])), str(w.get("timezone", "UTC")),
+                              str(w.get("name", ""))))
+    commands = []
+    for i, cmd in enumerate(gate.get("commands") or []):
+        if isinstance(cmd, str) or not all(isinstance(part, str) for part in cmd):
+            raise ConfigError(path, f"gate.commands[{i}] must be a list of strings (argv)",
+                              "Write it like ['python', '-m', 'pytest', 'tests/gate'].")
+        commands.append(tuple(cmd))
+    scheduled = approval.get("scheduled_runs", "required")
+    if scheduled not in ("required", "skip"):
+        raise ConfigError(path, f"approval.scheduled_runs is {scheduled!r}", "Use 'required' or 'skip'.")
+    defaults = DeployConfig()
+    return DeployConfig(
+        migrations=(base / data["migrations"]) if "migrations" in data else defaults.migrations,
+        verify_dir=(base / data["verify_dir"]) if "verify_dir" in data else defaults.verify_dir,
+        backup_bucket=str(backup.get("bucket", defaults.backup_bucket)),
+        backup_prefix=str(backup.get("prefix", defaults.backup_prefix)),
+        backup_sse=str(backup.get("sse", defaults.backup_sse)),
+        backup_kms_key_id=backup.get("kms_key_id"),
+        backup_restore_check=bool(backup.get("restore_check", True)),
+        gate_commands=tuple(commands),
+        gate_timeout=parse_duration(str(gate.get("timeout", "10m"))),
+        approval_manual=approval.get("manual_runs", "required") == "required",
+        approval_scheduled=scheduled == "required",
+        approver_must_differ=bool(approval.get("approver_must_differ", False)),
+        windows=tuple(windows),
+        window_safety_factor=float(data.get("window_safety_factor", defaults.window_safety_factor)),
+        lock_timeout_ms=int(lock.get("lock_timeout_ms", defaults.lock_timeout_ms)),
+        max_lock_timeout_ms=int(lock.get("max_lock_timeout_ms", defaults.max_lock_timeout_ms)),
+        lock_retries=int(lock.get("lock_retries", defaults.lock_retries)),
+        slack_channel=str(slack.get("channel", defaults.slack_channel)),
+        demo=dict(data.get("demo") or {}),
+        source=path,
+    )
