@@ -118,7 +118,7 @@ def run_variant(label: str, url: str, migrate: list[str], args: argparse.Namespa
         cwd=work, env=pg_env(url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(args.warmup)
     t0 = time.time()
-    mig = subprocess.run(migrate, env={**pg_env(url), "PYTHONPATH": str(REPO / "plugins")},
+    mig = subprocess.run(migrate, env={**pg_env(url), "PYTHONPATH": str(REPO / "plugins"), **extra_env(args)},
                          capture_output=True, text=True)
     t1 = time.time()
     out, _ = load.communicate()
@@ -126,23 +126,43 @@ def run_variant(label: str, url: str, migrate: list[str], args: argparse.Namespa
         raise SystemExit(f"{label}: migration failed:\n{mig.stderr[-2000:]}")
     if load.returncode != 0:
         raise SystemExit(f"{label}: pgbench failed:\n{out[-2000:]}")
-    lat = latencies(work, t0, t1)
+    timed = latencies(work, t0, t1)
+    lat = [x for _, x in timed]
+    slow = sorted((round(end - t0, 2), round(x * 1e3, 1)) for end, x in timed if x > 0.1)
+    if slow:
+        per_second: dict[int, int] = {}
+        for at, _ in slow:
+            per_second[int(at)] = per_second.get(int(at), 0) + 1
+        print(f"{label}: writes over 100 ms per second after the migration started: {per_second}", file=sys.stderr)
+        print(f"{label}: slow writes ended at (s after start, ms): {slow[:40]}", file=sys.stderr)
+    if args.show_log:
+        for line in mig.stderr.splitlines():
+            stamp, _, rest = line.partition(" ")
+            try:
+                print(f"  +{float(stamp) - t0:7.2f}s {rest}", file=sys.stderr)
+            except ValueError:
+                print(f"  {line}", file=sys.stderr)
     return {"label": label, "wall": t1 - t0, "count": len(lat), "max": max(lat) if lat else 0.0,
             "p99": percentile(lat, 99), "over_100ms": sum(x > 0.1 for x in lat), "over_1s": sum(x > 1 for x in lat)}
 
 
-def latencies(work: Path, t0: float, t1: float) -> list[float]:
-    """Seconds from scheduled start to end, for transactions overlapping [t0, t1]."""
+def extra_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {"SCHEMA_DEPLOY_LOG_TIME": "1"}
+    return {**env, "PGOPTIONS": args.pgoptions} if args.pgoptions else env
+
+
+def latencies(work: Path, t0: float, t1: float) -> list[tuple[float, float]]:
+    """(end time, seconds from scheduled start to end) of transactions overlapping [t0, t1]."""
     result = []
     for log in work.glob("lat.*"):
         for line in log.read_text().splitlines():
             f = line.split()
             # client_id transaction_no time script_no time_epoch time_us [schedule_lag]
+            # With --rate, `time` already counts from the scheduled start (lag included).
             latency_us, end = int(f[2]), int(f[4]) + int(f[5]) / 1e6
-            lag_us = int(f[6]) if len(f) > 6 else 0
-            start = end - (latency_us + lag_us) / 1e6
+            start = end - latency_us / 1e6
             if end >= t0 and start <= t1:
-                result.append((latency_us + lag_us) / 1e6)
+                result.append((end, latency_us / 1e6))
     return result
 
 
@@ -159,14 +179,19 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=40, help="pgbench seconds per variant")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--rebuild", action="store_true", help="regenerate the source database")
+    parser.add_argument("--pgoptions", default="", help="PGOPTIONS for the migration sessions (diagnostics)")
+    parser.add_argument("--only-online", action="store_true", help="skip variant (a)")
+    parser.add_argument("--show-log", action="store_true", help="print the migration's own log")
+    parser.add_argument("--apply-args", default="", help="extra arguments for schema_deploy apply in (b)")
     args = parser.parse_args()
     env = stack_env()
     base, bindir = env["STAGING_DATABASE_URL"], Path(env["PG_BINDIR"])
     build_source(base, args.rebuild)
     a_url, b_url = clone(base, "bench_stall_a"), clone(base, "bench_stall_b")
     psql = [str(bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", str(EPIC5)]
-    ours = [sys.executable, "-m", "schema_deploy", "apply", "--db", b_url, "--online"]
-    a = run_variant("a-as-written", a_url, psql, args, bindir)
+    ours = [sys.executable, "-m", "schema_deploy", "apply", "--db", b_url, "--online", *shlex.split(args.apply_args)]
+    a = (run_variant("a-as-written", a_url, psql, args, bindir) if not args.only_online
+         else {"label": "a-skipped", "wall": 1.0, "count": 0, "max": 0.0, "p99": 0.0, "over_100ms": 0, "over_1s": 0})
     b = run_variant("b-online", b_url, ours, args, bindir)
     print(f"\nEpic 5 under {args.rate} writes/s ({args.clients} clients), staging cluster of the local stack")
     print(f"{'variant':<16}{'wall s':>8}{'writes':>8}{'max ms':>9}{'p99 ms':>9}{'>100ms':>8}{'>1s':>6}")

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from schema_deploy.apply import Settings, apply, connect, load_state
@@ -23,6 +24,8 @@ DEFAULT_MIGRATIONS = "sql/migrations"
 
 
 def say(message: str) -> None:
+    if os.environ.get("SCHEMA_DEPLOY_LOG_TIME"):  # wall-clock prefix, for aligning with other logs
+        message = f"{time.time():.3f} {message}"
     print(scrub(message), file=sys.stderr, flush=True)
 
 
