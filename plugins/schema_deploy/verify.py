@@ -232,7 +232,7 @@ def row_counts(conn: psycopg.Connection, tables: list[str]) -> dict[str, int]:
     counts = {}
     for table in tables:
         schema, name = split_name(table)
-        if conn.execute("SELECT to_regclass(format('%I.%I', %s::text, %s::text))", (schema, name)).fetchone()[0]:
+        if conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, name)).fetchone()[0]:
             counts[table] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))).fetchone()[0]
     return counts
 
@@ -241,7 +241,7 @@ def index_sizes(conn: psycopg.Connection, names: list[str]) -> dict[str, int]:
     sizes = {}
     for name in names:
         schema, idx = split_name(name)
-        row = conn.execute("SELECT pg_relation_size(to_regclass(format('%I.%I', %s::text, %s::text)))",
+        row = conn.execute("SELECT pg_relation_size(to_regclass(format('%%I.%%I', %s::text, %s::text)))",
                            (schema, idx)).fetchone()
         if row and row[0] is not None:
             sizes[name] = int(row[0])

@@ -123,3 +123,17 @@ def test_verify_cli_exits_1_and_names_the_failed_check(fresh_db: str) -> None:
     assert "FAIL  index behavioral_events_userId_dayOfWeek_idx" in bad.stdout
     password = fresh_db.split(":")[2].split("@")[0]
     assert password not in bad.stdout + bad.stderr
+
+
+def test_row_counts_index_sizes_and_timings_are_reported_as_facts(epic5_db: str) -> None:
+    from schema_deploy.verify import index_sizes, query_timings, row_counts
+
+    with psycopg.connect(epic5_db) as conn:
+        counts = row_counts(conn, ["behavioral_events", "experiment_assignments", "no_such_table"])
+        sizes = index_sizes(conn, ["behavioral_events_userId_eventType_timestamp_idx", "no_such_idx"])
+        timings = query_timings(conn, VERIFY_DIR / "explain", runs=2)
+    assert counts["behavioral_events"] == 20_000 and counts["experiment_assignments"] > 0
+    assert "no_such_table" not in counts
+    assert list(sizes) == ["behavioral_events_userId_eventType_timestamp_idx"] and sizes[
+        "behavioral_events_userId_eventType_timestamp_idx"] > 8192
+    assert len(timings) == 12 and all(ms >= 0 for ms in timings.values())
