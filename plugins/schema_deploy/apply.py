@@ -257,7 +257,9 @@ def run_step(conn: psycopg.Connection, row_id: str, step: Step, lock_timeout_ms:
     if step.transactional:
         with conn.transaction():
             set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=True)
-            execute_statements(conn, step.statements)
+            todo = [ps for ps in step.statements if not not_valid_constraint_exists(conn, ps)]
+            skipped.extend(ps.sql.split("\n")[0][:80] for ps in step.statements if ps not in todo)
+            execute_statements(conn, todo)
             ledger.set_steps(conn, row_id, step.number, settings.schema)
         return
     ps = step.statements[0]
@@ -314,6 +316,23 @@ def prepare_non_transactional(conn: psycopg.Connection, ps: PlannedStatement) ->
             (quote_qualified(type_name), node.newVal)).fetchone()[0]
         return not exists
     return True
+
+
+def not_valid_constraint_exists(conn: psycopg.Connection, ps: PlannedStatement) -> bool:
+    """An online `ADD CONSTRAINT … NOT VALID` whose constraint is already there (added by an
+    earlier, interrupted attempt or by hand) is not added again: the next step validates it."""
+    node = ps.ast
+    if not (isinstance(node, ast.AlterTableStmt) and node.cmds and len(node.cmds) == 1):
+        return False
+    cmd = node.cmds[0]
+    if cmd.subtype != enums.AlterTableType.AT_AddConstraint or not isinstance(cmd.def_, ast.Constraint):
+        return False
+    c = cmd.def_
+    if not (c.skip_validation and c.conname):
+        return False
+    table = f"{node.relation.schemaname}.{node.relation.relname}" if node.relation.schemaname else node.relation.relname
+    return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = %s AND conrelid = to_regclass(%s))",
+                             (c.conname, quote_qualified(table))).fetchone()[0])
 
 
 def prepare_concurrent_index(conn: psycopg.Connection, node: ast.IndexStmt) -> bool:

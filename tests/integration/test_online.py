@@ -215,3 +215,31 @@ def test_an_interrupted_online_run_cannot_be_resumed_with_a_different_plan(fresh
     with psycopg.connect(fresh_db) as conn:
         [row] = [r for r in read_rows(conn) if r.migration_name == "20250102000000_change"]
         assert row.applied and row.logs is None and row.applied_steps_count == 2
+
+
+def test_an_existing_not_valid_constraint_is_validated_not_added_again(fresh_db: str, tmp_path: Path) -> None:
+    bundle = load_bundle(write_bundle(tmp_path / "b", {
+        "20250101000000_existing": EXISTING, "20250102000000_change": REWRITES["foreign-key"]}))
+    apply(fresh_db, bundle, FAST, to="20250101000000_existing")
+    with psycopg.connect(fresh_db, autocommit=True) as conn:  # as an earlier attempt or a person left it
+        conn.execute('ALTER TABLE child ADD CONSTRAINT "child_parent_fkey" FOREIGN KEY (parent_id) '
+                     "REFERENCES parent (id) ON DELETE CASCADE NOT VALID")
+    result = apply(fresh_db, bundle, FAST, online=True)
+    assert result.applied[0].steps[0].skipped == [
+        "ALTER TABLE child ADD CONSTRAINT child_parent_fkey FOREIGN KEY (parent_id) REFER"]
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT convalidated FROM pg_constraint WHERE conname = 'child_parent_fkey'").fetchone()[0]
+
+
+def test_null_topic_ids_planted_by_the_generator_stop_a_set_not_null(fresh_db: str, tmp_path: Path) -> None:
+    bundle = load_bundle(MIGRATIONS)
+    apply(fresh_db, bundle, FAST, to=BASELINE)
+    generate(fresh_db, seed=5, scale="small", null_topic_ids=5)
+    extra = write_bundle(tmp_path / "b", {})
+    import shutil
+    shutil.copytree(MIGRATIONS, extra, dirs_exist_ok=True)
+    (extra / "20251101000000_topic_required").mkdir()
+    (extra / "20251101000000_topic_required" / "migration.sql").write_text(
+        'ALTER TABLE "struggle_predictions" ALTER COLUMN "topicId" SET NOT NULL;\n')
+    with pytest.raises(PrecheckFailed, match=r"5 rows of struggle_predictions where topicId IS NULL"):
+        apply(fresh_db, load_bundle(extra), FAST, online=True)
