@@ -1,0 +1,1 @@
+"""Airflow glue for schema_deploy: connections, task bodies, the window operator, callbacks."""

@@ -1,0 +1,44 @@
+"""Airflow connections → what `schema_deploy` takes: libpq URLs, a boto3 S3 client, a Slack poster.
+
+Connection ids are the design's: `staging_db`, `production_db` (postgres),
+`backup_s3` (aws; `endpoint_url` read from extra by the hook), `slack_deploys`
+(slackwebhook, the webhook URL as password). Only named fields are read.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import quote
+
+DB_CONNECTIONS = {"staging": "staging_db", "production": "production_db"}
+S3_CONNECTION = "backup_s3"
+SLACK_CONNECTION = "slack_deploys"
+
+
+def database_url(conn_id: str) -> str:
+    """A postgresql:// URL (password percent-encoded) from a postgres connection."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from schema_deploy.errors import ConfigError
+
+    conn = PostgresHook.get_connection(conn_id)
+    if not conn.host or not conn.schema:
+        raise ConfigError(f"Airflow connection {conn_id!r}", "has no host or no database (schema field)",
+                          "Set host, port, login, password and the database name in it.")
+    auth = quote(conn.login or "", safe="")
+    if conn.password:
+        auth += ":" + quote(conn.password, safe="")
+    return f"postgresql://{auth}@{conn.host}:{conn.port or 5432}/{quote(conn.schema, safe='')}"
+
+
+def s3_client(conn_id: str = S3_CONNECTION):
+    """boto3 S3 client from the aws connection (path-style addressing for S3-compatible endpoints)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=conn_id, config={"s3": {"addressing_style": "path"}}).get_conn()
+
+
+def slack_poster(conn_id: str = SLACK_CONNECTION) -> Callable[[dict[str, object]], str | None]:
+    """A `notify.deliver` poster through the Slack provider's webhook hook."""
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+    from schema_deploy.notify import webhook_poster
+
+    return webhook_poster(SlackWebhookHook(slack_webhook_conn_id=conn_id).client)

@@ -1,0 +1,72 @@
+"""DAG integrity and policy: deploy_schema loads, and every task can be retried and read at 2 a.m."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_dag_files_import_without_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert "deploy_schema" in dagbag.dags
+
+
+def test_deploy_schema_runs_one_at_a_time_with_docs_tags_and_owner(dagbag) -> None:
+    dag = dagbag.dags["deploy_schema"]
+    assert dag.max_active_runs == 1 and not dag.catchup
+    assert dag.doc_md and "If it failed at 2 a.m." in dag.doc_md
+    assert set(dag.tags) >= {"schema-deploy"}
+    assert {t.owner for t in dag.tasks} == {"platform-db"}
+
+
+def test_the_chain_follows_the_design(dagbag) -> None:
+    dag = dagbag.dags["deploy_schema"]
+    order = ["preflight", "backup_production", "apply_staging", "test_gate", "production_requested",
+             "approval_needed", "approve_production", "wait_for_window", "apply_production", "verify_production"]
+    assert set(order) <= set(dag.task_ids)
+    for upstream, downstream in [("preflight", "backup_production"), ("backup_production", "apply_staging"),
+                                 ("apply_staging", "test_gate"), ("test_gate", "production_requested"),
+                                 ("approve_production", "wait_for_window"), ("wait_for_window", "apply_production"),
+                                 ("apply_production", "verify_production")]:
+        assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+
+
+def test_every_task_but_the_approval_retries_with_backoff_and_has_docs(dagbag) -> None:
+    dag = dagbag.dags["deploy_schema"]
+    for task in dag.tasks:
+        assert task.doc_md, task.task_id
+        if task.task_id == "approve_production":
+            assert task.retries == 0  # a human answer is not retried
+            continue
+        assert task.retries >= 2 and task.retry_exponential_backoff, task.task_id
+
+
+def test_trigger_form_has_titled_typed_params(dagbag) -> None:
+    params = dagbag.dags["deploy_schema"].params
+    for name in ("migrations", "dry_run", "online", "require_approval", "skip_window", "skip_window_reason",
+                 "lock_retries"):
+        spec = params.get_param(name).schema
+        assert spec.get("title") and spec.get("type"), name
+    assert params["online"] is True and params["dry_run"] is False
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"skip_window": True, "skip_window_reason": " "}, "skip_window is on but skip_window_reason is empty"),
+    ({"dry_run": True, "skip_window": True, "skip_window_reason": "x"}, "dry_run leaves production untouched"),
+    ({"lock_retries": -1}, "lock_retries must be 0 or more"),
+])
+def test_contradictory_trigger_choices_are_rejected_by_the_first_task(params: dict, message: str) -> None:
+    from schema_deploy.errors import UsageError
+    from schema_deploy_airflow.steps import check_params
+
+    with pytest.raises(UsageError, match=message):
+        check_params(params)
