@@ -275,9 +275,10 @@ def services() -> list[Service]:
 
 def service_args(service: Service, values: dict[str, str]) -> list[str]:
     if service.name == "s3":
-        return ["--root", str(STATE / "s3"), "--access-key", S3_ACCESS_KEY,
-                "--secret-key", values["s3_secret_key"], "--bucket", BACKUP_BUCKET]
-    return ["--messages-file", str(STATE / "slack-messages.jsonl"), "--token", values["slack_token"]]
+        # `--opt=value`: a generated secret may begin with '-', which argparse would take for an option.
+        return [f"--root={STATE / 's3'}", f"--access-key={S3_ACCESS_KEY}",
+                f"--secret-key={values['s3_secret_key']}", f"--bucket={BACKUP_BUCKET}"]
+    return [f"--messages-file={STATE / 'slack-messages.jsonl'}", f"--token={values['slack_token']}"]
 
 
 def read_pid(path: Path) -> int | None:

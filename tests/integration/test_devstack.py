@@ -191,3 +191,25 @@ def test_a_busy_port_is_reported_with_the_variable_to_change(tmp_path: Path) -> 
     assert f"port {port} (staging PostgreSQL) is already in use" in out.stderr
     assert "DEVSTACK_STAGING_PORT" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_services_start_when_a_generated_secret_begins_with_a_dash(tmp_path: Path) -> None:
+    """token_urlsafe() can start with '-'; the stack must pass it so argparse does not take it for an option."""
+    state = tmp_path / "stack"
+    state.mkdir()
+    (state / "secrets.json").write_text(json.dumps({
+        "staging_password": "stg-x", "production_password": "prd-x", "s3_secret_key": "-starts-with-a-dash",
+        "slack_token": "xoxb-test", "slack_webhook_path": "/services/T0/B0/abc"}))
+    env = {**os.environ, "DEVSTACK_DIR": str(state), "DEVSTACK_S3_PORT": str(free_port()),
+           "DEVSTACK_SLACK_PORT": str(free_port())}
+    code = (
+        "import sys; sys.path.insert(0, 'devstack'); import stack\n"
+        "values = stack.load_secrets()\n"
+        "for s in stack.services():\n"
+        "    stack.start_service(s, values)\n"
+        "print('up')\n"
+        "for s in stack.services():\n"
+        "    stack.stop_service(s)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "up" in out.stdout, out.stderr
