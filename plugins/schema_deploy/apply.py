@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import threading
+from urllib.parse import unquote, urlsplit
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ class Settings:
     backoff_s: float = 0.5  # sleep before retry i: min(backoff_cap_s, backoff_s * 2**i) * jitter
     backoff_cap_s: float = 10.0
     statement_timeout_ms: int = 3_600_000  # long index builds are legitimate; 0 disables
+    # A concurrent index build takes SHARE UPDATE EXCLUSIVE, which does not block reads or
+    # writes, then waits for older transactions; a short lock_timeout would throw the
+    # finished build away and start over, so it gets a long one.
+    concurrent_lock_timeout_ms: int = 600_000
     advisory_lock_timeout_s: float = 60.0
     schema: str = "public"  # where _prisma_migrations lives
 
@@ -103,7 +108,11 @@ def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection:
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10,
                                application_name=APPLICATION_NAME)
     except psycopg.Error as exc:
-        raise DatabaseError(f"cannot connect to {scrub(url)}: {str(exc).strip()}. Check the URL, "
+        detail = str(exc).strip()
+        password = urlsplit(url).password
+        for secret in {password, unquote(password or "")} - {None, ""}:
+            detail = detail.replace(secret, "****")  # libpq may echo a piece of the URL back
+        raise DatabaseError(f"cannot connect to {scrub(url)}: {detail}. Check the URL, "
                             "that the server is running, and the role's password.") from None
     # Lets the server abort our statements soon after this process dies (PostgreSQL 14+),
     # so a crash leaves no backend building an index on our behalf.
@@ -263,6 +272,8 @@ def run_step(conn: psycopg.Connection, row_id: str, step: Step, lock_timeout_ms:
             ledger.set_steps(conn, row_id, step.number, settings.schema)
         return
     ps = step.statements[0]
+    if is_concurrent_build(ps):
+        lock_timeout_ms = max(lock_timeout_ms, settings.concurrent_lock_timeout_ms)
     set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=False)
     try:
         ready = prepare_non_transactional(conn, ps)
@@ -316,6 +327,13 @@ def prepare_non_transactional(conn: psycopg.Connection, ps: PlannedStatement) ->
             (quote_qualified(type_name), node.newVal)).fetchone()[0]
         return not exists
     return True
+
+
+def is_concurrent_build(ps: PlannedStatement) -> bool:
+    node = ps.ast
+    return ((isinstance(node, ast.IndexStmt) and bool(node.concurrent))
+            or (isinstance(node, ast.ReindexStmt) and any(getattr(p, "defname", "") == "concurrently"
+                                                           for p in node.params or ())))
 
 
 def not_valid_constraint_exists(conn: psycopg.Connection, ps: PlannedStatement) -> bool:

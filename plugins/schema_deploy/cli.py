@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
+
 from schema_deploy.apply import Settings, apply, connect, load_state
 from schema_deploy.bundle import load_bundle
 from schema_deploy.errors import SchemaDeployError, UsageError, scrub
@@ -54,6 +56,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if value is not None:
             if value < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative (got {value}).")
+            if value == 0 and name in ("lock_timeout_ms", "max_lock_timeout_ms"):
+                # 0 means "wait forever" to PostgreSQL: every query on the table would queue behind us.
+                raise UsageError(f"--{name.replace('_', '-')} 0 would wait for locks forever, blocking "
+                                 "every query on the table meanwhile; give a positive number of milliseconds.")
             fields[name] = value
     return Settings(**fields)
 
@@ -392,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaDeployError as exc:
         say(f"error: {exc}")
         return exc.exit_code
+    except psycopg.Error as exc:
+        # An error we did not anticipate from the database: its message, scrubbed, not a traceback.
+        say(f"error: the database answered {type(exc).__name__}"
+            f"{f' (SQLSTATE {exc.sqlstate})' if exc.sqlstate else ''}: {str(exc).strip()}")
+        return 1
     except KeyboardInterrupt:
         say("interrupted")
         return 130

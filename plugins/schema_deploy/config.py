@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from schema_deploy.errors import ConfigError
+from schema_deploy.errors import ConfigError, UsageError
 from schema_deploy.window import Window, parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,8 +80,11 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         if not isinstance(w, dict) or not {"cron", "duration"} <= set(w):
             raise ConfigError(path, f"windows[{i}] needs 'cron' and 'duration'",
                               "Give each window a cron start, a duration such as '2h', and optionally 'timezone' and 'name'.")
-        windows.append(Window(str(w["cron"]), parse_duration(str(w["duration"])), str(w.get("timezone", "UTC")),
-                              str(w.get("name", ""))))
+        try:
+            windows.append(Window(str(w["cron"]), parse_duration(str(w["duration"])), str(w.get("timezone", "UTC")),
+                                  str(w.get("name", ""))))
+        except UsageError as exc:
+            raise ConfigError(path, f"windows[{i}]: {exc}", "Fix that window's entry.") from None
     commands = []
     for i, cmd in enumerate(gate.get("commands") or []):
         if isinstance(cmd, str) or not all(isinstance(part, str) for part in cmd):
@@ -92,6 +95,10 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
     if scheduled not in ("required", "skip"):
         raise ConfigError(path, f"approval.scheduled_runs is {scheduled!r}", "Use 'required' or 'skip'.")
     defaults = DeployConfig()
+    for key in ("lock_timeout_ms", "max_lock_timeout_ms"):
+        if key in lock and int(lock[key]) < 1:
+            raise ConfigError(path, f"lock.{key} is {lock[key]}",
+                              "Give a positive number of milliseconds: 0 would wait for locks forever.")
     return DeployConfig(
         migrations=(base / data["migrations"]) if "migrations" in data else defaults.migrations,
         verify_dir=(base / data["verify_dir"]) if "verify_dir" in data else defaults.verify_dir,

@@ -70,7 +70,10 @@ class LedgerRow:
     @property
     def resumable(self) -> bool:
         """A failed row this tool may continue: interrupted by a crash, or out of lock retries."""
-        return self.failed and (self.logs is None or self.logs.startswith((RETRYABLE_MARK, IN_PROGRESS_MARK)))
+        # Only rows of our own stepped runs: they record their plan, so the steps already done
+        # are known. A bare failed row (say, of a killed `prisma migrate deploy`, whose statements
+        # before the kill persist) is Prisma's P3009 case and needs `resolve`.
+        return self.failed and bool(self.logs) and self.logs.startswith((RETRYABLE_MARK, IN_PROGRESS_MARK))
 
     @property
     def plan_digest(self) -> str | None:

@@ -50,7 +50,10 @@ def qualified(rv: ast.RangeVar) -> str:
 def rewrite_statement(stmt: Statement, existing: set[str]) -> list[PlannedStatement] | None:
     """Online form of `stmt`, or None when it runs as written."""
     node = stmt.node
-    if isinstance(node, ast.IndexStmt) and not node.concurrent and relname(node.relation) in existing:
+    # An unnamed index cannot be found again after a crash or a lock retry, so a retried
+    # concurrent build would leave a second (INVALID) index behind: those run as written.
+    if (isinstance(node, ast.IndexStmt) and not node.concurrent and node.idxname
+            and relname(node.relation) in existing):
         return [concurrent_index(stmt)]
     if isinstance(node, ast.AlterTableStmt) and relname(node.relation) in existing and node.cmds:
         if any(online_cmd(cmd) for cmd in node.cmds):
@@ -77,7 +80,10 @@ def online_cmd(cmd: ast.AlterTableCmd) -> bool:
         if c.contype in (CT.CONSTR_FOREIGN, CT.CONSTR_CHECK):
             return not c.skip_validation and bool(c.conname)
         if c.contype in (CT.CONSTR_UNIQUE, CT.CONSTR_PRIMARY):
-            return not c.indexname and bool(c.conname) and not c.including and not c.options
+            # Attributes an index-backed constraint cannot carry over (USING INDEX would drop them).
+            keeps_shape = not (c.deferrable or c.initdeferred or c.nulls_not_distinct or c.indexspace
+                               or c.including or c.options)
+            return not c.indexname and bool(c.conname) and keeps_shape
     return False
 
 
@@ -140,7 +146,8 @@ def not_valid_then_validate(stmt: Statement, table_rv: ast.RangeVar, cmd: ast.Al
 
 def set_not_null(stmt: Statement, table_rv: ast.RangeVar, column: str) -> list[PlannedStatement]:
     table = relname(table_rv)
-    check = f"{table_rv.relname}_{column}_not_null"[:63]
+    # A name no schema author would pick, so an existing constraint of theirs is never dropped.
+    check = f"{table_rv.relname}_{column}_sd_online_nn"[-63:]
     steps = [
         (f"ADD CONSTRAINT {quote(check)} CHECK ({quote(column)} IS NOT NULL) NOT VALID", ACCESS_EXCLUSIVE,
          f"NOT NULL via a check constraint: added NOT VALID (brief lock, no scan of {table})"),
@@ -169,5 +176,6 @@ def unique_via_index(stmt: Statement, table_rv: ast.RangeVar, c: ast.Constraint)
         PlannedStatement(sql=deparse(index), source=stmt, locks={table: SHARE_UPDATE_EXCLUSIVE}, transactional=False,
                          node=index, reason=f"{kind} index built CONCURRENTLY first: writes to {table} continue"),
         PlannedStatement(sql=deparse(attach), source=stmt, locks={table: ACCESS_EXCLUSIVE}, transactional=True,
-                         node=attach, reason="then attached as the constraint (brief lock, no scan)"),
+                         node=attach, reason="then attached as the constraint (brief lock; for a PRIMARY KEY on "
+                                             "nullable columns PostgreSQL also sets NOT NULL, which scans the table)"),
     ]

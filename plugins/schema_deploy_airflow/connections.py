@@ -7,7 +7,7 @@ Connection ids are the design's: `staging_db`, `production_db` (postgres),
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 DB_CONNECTIONS = {"staging": "staging_db", "production": "production_db"}
 S3_CONNECTION = "backup_s3"
@@ -26,7 +26,11 @@ def database_url(conn_id: str) -> str:
     auth = quote(conn.login or "", safe="")
     if conn.password:
         auth += ":" + quote(conn.password, safe="")
-    return f"postgresql://{auth}@{conn.host}:{conn.port or 5432}/{quote(conn.schema, safe='')}"
+    url = f"postgresql://{auth}@{conn.host}:{conn.port or 5432}/{quote(conn.schema, safe='')}"
+    # TLS settings from the connection's extra, by name (never the whole extra).
+    extra = conn.extra_dejson or {}
+    tls = {k: str(extra[k]) for k in ("sslmode", "sslrootcert", "sslcert", "sslkey") if extra.get(k)}
+    return url + ("?" + urlencode(tls) if tls else "")
 
 
 def s3_client(conn_id: str = S3_CONNECTION):

@@ -208,8 +208,9 @@ def test_failed_migration_exits_1_and_status_lists_it_as_failed(fresh_db: str, t
 def test_status_says_when_a_migration_was_interrupted(fresh_db: str, cli) -> None:
     assert cli("apply", "--db", fresh_db, "--to", BASELINE).returncode == 0
     checksum = hashlib.sha256((MIGRATIONS / EPIC5 / "migration.sql").read_bytes()).hexdigest()
-    with psycopg.connect(fresh_db, autocommit=True) as conn:  # what a killed run leaves
-        conn.execute("INSERT INTO _prisma_migrations (id, checksum, migration_name) VALUES (gen_random_uuid(), %s, %s)",
+    with psycopg.connect(fresh_db, autocommit=True) as conn:  # what a killed stepped run of ours leaves
+        conn.execute("INSERT INTO _prisma_migrations (id, checksum, migration_name, logs) "
+                     "VALUES (gen_random_uuid(), %s, %s, '[schema-deploy: in progress] plan=0123abcd steps=16')",
                      (checksum, EPIC5))
     result = cli("status", "--db", fresh_db)
     assert result.returncode == 1
@@ -307,3 +308,22 @@ def test_five_concurrent_applies_apply_each_migration_exactly_once(fresh_db: str
     rows = ledger(fresh_db)
     assert sorted(r["migration_name"] for r in rows) == [BASELINE, EPIC5]
     assert all(r["finished_at"] is not None and r["rolled_back_at"] is None for r in rows)
+
+
+def test_a_zero_lock_timeout_is_refused_because_it_means_wait_forever(fresh_db: str) -> None:
+    from schema_deploy.cli import main
+
+    assert main(["apply", "--db", fresh_db, "--lock-timeout-ms", "0"]) == 2
+
+
+def test_an_unexpected_database_error_is_a_message_not_a_traceback(fresh_db: str, capsys) -> None:
+    import psycopg
+
+    from schema_deploy.cli import main
+
+    with psycopg.connect(fresh_db, autocommit=True) as conn:  # a ledger we may not read
+        conn.execute('CREATE TABLE "_prisma_migrations" (id int)')
+    code = main(["status", "--db", fresh_db])
+    err = capsys.readouterr().err
+    assert code == 1 and "error: the database answered" in err and "SQLSTATE 42703" in err
+    assert "Traceback" not in err and fresh_db.split(":")[2].split("@")[0] not in err

@@ -27,13 +27,13 @@ def test_a_missing_file_means_defaults(tmp_path: Path) -> None:
     ("gate: {commands: ['pytest tests/gate']}", r"gate.commands\[0\] must be a list of strings"),
     ("approval: {scheduled_runs: sometimes}", r"approval.scheduled_runs is 'sometimes'.*'required' or 'skip'"),
     ("backup: [1, 2]", r"'backup' must be a mapping"),
-    ("windows: [{cron: 'nightly', duration: 1h}]", r"'nightly' is not a cron expression"),
+    ("windows: [{cron: 'nightly', duration: 1h}]", r"windows\[0\]: .*'nightly' is not a cron expression"),
+    ("lock: {lock_timeout_ms: 0}", r"lock.lock_timeout_ms is 0.*wait for locks forever"),
     ("key: [unclosed", r"not valid YAML"),
 ])
 def test_bad_settings_are_rejected_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "deploy.yaml"
     path.write_text(text)
-    with pytest.raises(Exception, match=message) as info:
+    with pytest.raises(ConfigError, match=message) as info:
         load(path)
-    assert info.value.exit_code == 2
-    assert isinstance(info.value, ConfigError) or "cron" in message
+    assert info.value.exit_code == 2 and str(path) in str(info.value)
