@@ -1,6 +1,6 @@
 """Start, stop and inspect the embedded local stack.
 
-    python devstack/stack.py up | down | status | env
+    python devstack/stack.py up | down | status | pids | destroy
 
 The stack is two PostgreSQL 15 clusters (staging, production), a disk-backed
 S3 endpoint and a Slack stand-in, all on loopback, all state under
@@ -195,6 +195,7 @@ def init_cluster(cluster: Cluster) -> None:
         "\n# --- devstack ---\n"
         f"listen_addresses = '{HOST}'\n"
         f"unix_socket_directories = '{sockdir}'\n"
+        "unix_socket_permissions = 0700\n"  # local connections are trusted: owner only
         "max_connections = 100\n"
         "shared_buffers = 128MB\n"
         "max_wal_size = 2GB\n"
@@ -223,7 +224,8 @@ def start_cluster(cluster: Cluster, password: str) -> None:
         f"SELECT 'CREATE DATABASE {cluster.database} OWNER {APP_ROLE}' "
         f"WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{cluster.database}') \\gexec\n"
     )
-    proc = subprocess.run([*psql, "-v", f"pw={password}"], input=role_sql, capture_output=True, text=True)
+    # The password goes in on stdin, not argv, where `ps` would show it (it is URL-safe base64).
+    proc = subprocess.run(psql, input=f"\\set pw '{password}'\n" + role_sql, capture_output=True, text=True)
     if proc.returncode != 0:
         raise StackError(f"creating role/database on the {cluster.env} cluster failed: {proc.stderr.strip()}")
 
