@@ -131,12 +131,6 @@ def group_steps(planned: list[PlannedStatement]) -> list[Step]:
     return steps
 
 
-def as_written(statements: list[Statement], created: set[str]) -> list[PlannedStatement]:
-    """The file's statements as they are. Locks on tables created by the plan itself
-    are left out: nobody else can be using a table that did not exist."""
-    return plan_statements(statements, created, existing=None)
-
-
 def plan_statements(statements: list[Statement], created: set[str],
                     existing: set[str] | None) -> list[PlannedStatement]:
     """Planned statements; with `existing` (online mode), lock-heavy statements on

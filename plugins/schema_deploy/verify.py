@@ -15,7 +15,6 @@ Also facts for the report: exact row counts, index sizes, query timings.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,6 +274,3 @@ def render(report: VerifyReport) -> str:
     lines.append(f"{len(report.checks) - len(report.failed)}/{len(report.checks)} checks passed")
     return "\n".join(lines)
 
-
-def dumps(report: VerifyReport) -> str:
-    return json.dumps(report.as_dict(), indent=2)

@@ -19,8 +19,6 @@ from schema_deploy import config as deploy_config
 from schema_deploy.errors import SchemaDeployError, UsageError, scrub
 from schema_deploy_airflow import connections
 
-Log = Any
-
 
 def task_log() -> logging.Logger:
     """The logger whose records land in the running task's log."""
@@ -151,7 +149,6 @@ def _tables(statements: list[str]) -> set[str]:
 def verify_target(env: str, params: dict[str, Any], log) -> dict[str, Any]:
     """Every expectation of the applied migrations plus sql/verify; raises on a failed check."""
     from schema_deploy.apply import connect, load_state
-    from schema_deploy.errors import SchemaDeployError as _Base
     from schema_deploy.parse import parse_migration
     from psycopg import sql as psycopg_sql
     from schema_deploy.verify import verify
