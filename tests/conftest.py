@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,21 +51,10 @@ def with_database(url: str, dbname: str) -> str:
 
 
 def drop_database(base_url: str, name: str) -> None:
-    """Drop a test database, ending our own sessions in it first.
+    """Drop a test database with the product's own helper (see schema_deploy.pg_tools)."""
+    from schema_deploy.pg_tools import drop_database as drop, target_of
 
-    Plain DROP DATABASE (not WITH (FORCE)): it tells an autovacuum worker in the
-    database to exit, which FORCE cannot do for a non-superuser role.
-    """
-    for _ in range(100):
-        with psycopg.connect(base_url, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s AND pid <> pg_backend_pid() AND usename = current_user", (name,))
-            try:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-                return
-            except psycopg.errors.ObjectInUse:
-                time.sleep(0.1)
-    raise RuntimeError(f"could not drop test database {name}: still in use")
+    drop(target_of(base_url), name, "schema-deploy-tests")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -242,3 +243,22 @@ def other_sessions(conn: psycopg.Connection) -> list[dict[str, object]]:
 def describe_sessions(sessions: list[dict[str, object]]) -> str:
     return "; ".join(f"pid {s['pid']} (application {s['application']!r}, client {s['client']}, "
                      f"user {s['user']}, state {s['state']})" for s in sessions)
+
+
+def drop_database(admin: Target, name: str, application: str) -> None:
+    """Drop database `name` on `admin`'s server, ending the role's own sessions in it first.
+
+    Plain DROP DATABASE, retried: it makes an autovacuum worker (likely right after a
+    restore or bulk load) exit, which WITH (FORCE) cannot do for a role that is not a superuser.
+    """
+    with connect(admin, application) as conn:
+        for _ in range(100):
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                         "AND pid <> pg_backend_pid() AND usename = current_user", (name,))
+            try:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                return
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.1)
+    raise DatabaseError(f"could not drop the database {name} on {admin.display}: still in use. "
+                        f"Drop it by hand: DROP DATABASE \"{name}\"")

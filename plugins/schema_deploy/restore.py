@@ -33,8 +33,8 @@ from schema_deploy.backup_store import (manifest_key, not_found, parse_dump_uri,
                                         sse_of, write_manifest)
 from schema_deploy.errors import (BackupIncomplete, BackupNotFound, DatabaseError, RestoreFailed, RestoreRefused,
                                   S3TransferFailed, UsageError, VerifyFailed)
-from schema_deploy.pg_tools import (Child, Target, compare_counts, connect, describe_sessions, find_binary,
-                                    other_sessions, target_of)
+from schema_deploy.pg_tools import (Child, Target, compare_counts, connect, describe_sessions, drop_database,
+                                    find_binary, other_sessions, target_of)
 
 Log = Callable[[str], None]
 CHUNK = 1 << 20
@@ -160,7 +160,7 @@ def verify_backup(s3: Any, uri: str, restore_check: bool = False, admin_url: str
             if child is not None:
                 child.kill()
         if scratch is not None:
-            _drop_scratch(target_of(admin_url or ""), scratch.dbname)
+            drop_database(target_of(admin_url or ""), scratch.dbname, APPLICATION)
     method = "sha256+toc+restore" if restore_check else "sha256+toc"
     details["seconds"] = round(time.monotonic() - started, 3)
     record = {"verified_at": datetime.now(timezone.utc).isoformat(), "method": method, "ok": not problems,
@@ -231,21 +231,6 @@ def _create_scratch(admin: Target) -> Target:
                                 f"{str(exc).strip()}. Use --db with a role that has CREATEDB on that server.") from None
     return target_of(_with_dbname(admin.url, name))
 
-
-def _drop_scratch(admin: Target, name: str) -> None:
-    """Plain DROP DATABASE, retried: it makes an autovacuum worker (likely, after a restore) exit,
-    which WITH (FORCE) cannot do for a role that is not a superuser."""
-    with connect(admin, APPLICATION) as conn:
-        for _ in range(100):
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                         "AND pid <> pg_backend_pid() AND usename = current_user", (name,))
-            try:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-                return
-            except psycopg.errors.ObjectInUse:
-                time.sleep(0.1)
-        raise DatabaseError(f"could not drop the scratch database {name} on {admin.display}: still in use. "
-                            f"Drop it by hand: DROP DATABASE \"{name}\"")
 
 
 def _with_dbname(url: str, dbname: str) -> str:
