@@ -6,8 +6,9 @@ windows may be configured; the earliest slot that fits wins.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -123,3 +124,58 @@ def fmt(delta: timedelta) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def format_duration(delta: timedelta) -> str:
+    """timedelta → '2h', '1h30m', '45s': the inverse of parse_duration, in whole seconds."""
+    hours, rest = divmod(int(delta.total_seconds()), 3600)
+    minutes, seconds = divmod(rest, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n) or "0s"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A run at `at` (UTC) that prepares for the window `slot` (its opening and closing)."""
+
+    at: datetime
+    slot: Slot
+
+
+def next_run_before_windows(windows: Sequence[Window], lead: timedelta, after: datetime | None, *,
+                            earliest: datetime | None = None) -> PlannedRun | None:
+    """The next run `lead` before a window opens: strictly after `after`, never before `earliest`.
+
+    Of several windows the soonest run wins; on a tie, the window that closes last. Openings are
+    cron times in each window's own zone and `lead` is elapsed time. When clocks go back, a
+    repeated wall-clock opening counts once (the first), so a nightly window gets one run that
+    night; an opening that falls in the spring-forward gap moves to the jump (02:00 → 03:00).
+    The window closes `duration` after opening on its local clock, as in `next_slot`. None when
+    there is no window, or neither `after` nor `earliest` to start from.
+    """
+    if not windows or (after is None and earliest is None):
+        return None
+    if after is not None and (earliest is None or after >= earliest):
+        threshold, inclusive = utc_instant(after) + lead, False  # in UTC: lead is elapsed time
+    else:
+        threshold, inclusive = utc_instant(earliest) + lead, True
+    runs = []
+    for w in windows:
+        opening = _first_opening(w, threshold, inclusive)
+        runs.append(PlannedRun(opening.astimezone(timezone.utc) - lead, Slot(opening, opening + w.duration, w)))
+    return min(runs, key=lambda run: (run.at, -run.slot.end.timestamp()))
+
+
+def utc_instant(moment: datetime) -> datetime:
+    """`moment` as a plain UTC datetime: croniter drops the zone of subclasses such as pendulum's."""
+    utc = moment.astimezone(timezone.utc)
+    return datetime.combine(utc.date(), utc.time(), timezone.utc)
+
+
+def _first_opening(window: Window, moment: datetime, inclusive: bool) -> datetime:
+    """The window's first opening after `moment` (or at it, when `inclusive`), skipping DST repeats."""
+    opening = window.occurrence_at_or_before(moment)
+    if not (inclusive and opening == moment):
+        opening = window.occurrence_after(moment)
+    while opening.fold and opening.replace(fold=0).utcoffset() != opening.utcoffset():
+        opening = window.occurrence_after(opening.astimezone(timezone.utc))
+    return opening
