@@ -5,9 +5,12 @@
 schemas must match, orphan/duplicate/NULL prechecks on production, the online plan) →
 `backup_production` (pg_dump streamed to S3, verified by a restore into a scratch database)
 → `apply_staging` → `test_gate` (the gate commands of deploy.yaml against staging, plus
-verification) → `approve_production` (Approve / Reject in the UI's Required actions) →
+verification) → `approve_production` (Approve / Reject under "Required actions"; who and when is
+recorded) →
 `wait_for_window` (deferred until a maintenance window with time enough) →
-`apply_production` → `verify_production`. Slack hears about every step.
+`apply_production` → `verify_production` (the plan's success criteria, each with its evidence:
+constraints validated, indexes valid and chosen by the planner, exact row counts unchanged, index
+sizes and query timings against the plan's expectations). Slack hears about every step.
 
 **If it failed at 2 a.m.** — read the failed task's log; the first lines say what and
 where. Every task is safe to clear and re-run:
@@ -15,7 +18,9 @@ where. Every task is safe to clear and re-run:
 * `backup_production` leaves no partial object; re-running starts a clean backup.
 * `apply_*` resumes at the first unfinished step (`_prisma_migrations.applied_steps_count`);
   a lock-retry failure names the blocking sessions — wait for them or end them, then clear.
-* `test_gate` failed → production was not touched; the failing tests are in the log and Slack.
+* `test_gate` failed → production was not touched; the failing tests are in the log and Slack,
+  the JUnit XML beside the backup in S3.
+* `approve_production` rejected → production is skipped; nothing to undo.
 
 **Trigger form**: dry run (staging only), online mode, approval, skipping the window (needs a
 reason, recorded), lock retry budget. Connections: `staging_db`, `production_db`, `backup_s3`,
@@ -26,10 +31,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from schema_deploy_airflow.operators import WaitForWindowOperator
+from schema_deploy_airflow.operators import ProductionApprovalOperator, WaitForWindowOperator
 
 DEFAULT_ARGS = {
     "owner": "platform-db",
@@ -63,13 +67,14 @@ def on_failure(context):
         "online": Param(True, type="boolean", title="Online mode",
                         description="Rewrite lock-heavy statements (CONCURRENTLY, NOT VALID + VALIDATE)."),
         "require_approval": Param(True, type="boolean", title="Require approval",
-                                  description="Wait for a human Approve before production."),
+                                  description="Wait for a human Approve before production "
+                                              "(deploy.yaml may make it mandatory)."),
         "skip_window": Param(False, type="boolean", title="Skip the maintenance window",
                              description="Change production now; needs a reason below."),
         "skip_window_reason": Param("", type="string", title="Why skip the window",
                                     description="Recorded in the log and the audit trail."),
-        "lock_retries": Param(10, type="integer", minimum=0, maximum=100, title="Lock retry budget",
-                              description="Retries after a lock timeout, per step."),
+        "lock_retries": Param(None, type=["null", "integer"], minimum=0, maximum=100, title="Lock retry budget",
+                              description="Retries after a lock timeout, per step; empty = deploy.yaml's lock.lock_retries."),
     },
 )
 def deploy_schema():
@@ -85,18 +90,18 @@ def deploy_schema():
 
         return run(run_id, task_log())
 
-    @task(doc_md="Apply the pending migrations to staging (same plan as production).")
-    def apply_staging(backup, params=None):
+    @task(doc_md="Apply the pending migrations to staging (the plan production will get).")
+    def apply_staging(summary, backup, params=None):
         from schema_deploy_airflow.steps import apply_to, task_log
 
-        return apply_to("staging", params, task_log())
+        return apply_to("staging", params, summary, task_log())
 
     @task(doc_md="Gate commands against staging, then verification of staging.")
-    def test_gate(staging, params=None):
+    def test_gate(staged, backup, params=None):
         from schema_deploy_airflow.steps import run_gate, task_log, verify_target
 
         log = task_log()
-        return {"gate": run_gate(params, log), "verification": verify_target("staging", params, log)}
+        return {"gate": run_gate(params, backup["uri"], log), "verification": verify_target("staging", params, staged, log)}
 
     @task.short_circuit(doc_md="Stops here on a dry run: production stays untouched.")
     def production_requested(gate, params=None):
@@ -106,16 +111,19 @@ def deploy_schema():
             notify("dry_run_done", {"staging": "migrated and verified", "production": "untouched"}, task_log())
         return not params["dry_run"]
 
-    @task.branch(doc_md="Approval when the trigger form (or the schedule policy) asks for it.")
-    def approval_needed(params=None):
-        return "approve_production" if params["require_approval"] else "wait_for_window"
+    @task.branch(doc_md="Approval when deploy.yaml's policy or the trigger form asks for it.")
+    def approval_needed(params=None, dag_run=None):
+        from schema_deploy import config
+        from schema_deploy_airflow.steps import approval_required
 
-    approve = ApprovalOperator(
+        needed = approval_required(params, str(dag_run.run_type), config.load())
+        return "approve_production" if needed else "wait_for_window"
+
+    approve = ProductionApprovalOperator(
         task_id="approve_production",
-        subject="Apply {{ ti.xcom_pull(task_ids='preflight')['migrations'] | map(attribute='name') | join(', ') }} "
-                "to production?",
-        body="Plan: {{ ti.xcom_pull(task_ids='preflight') }}\n\nBackup: {{ ti.xcom_pull(task_ids='backup_production') }}"
-             "\n\nGate: {{ ti.xcom_pull(task_ids='test_gate') }}",
+        preflight_task_id="preflight",
+        backup_task_id="backup_production",
+        gate_task_id="test_gate",
         retries=0,
         doc_md="Approve or reject the production change; Reject skips production.",
     )
@@ -130,29 +138,36 @@ def deploy_schema():
         doc_md="Deferred until a maintenance window is open and long enough.",
     )
 
-    @task(doc_md="Apply the same plan to production.")
-    def apply_production(params=None):
+    @task(doc_md="Apply the same plan to production, with lock retries and blocker reports.")
+    def apply_production(summary, params=None):
         from schema_deploy_airflow.steps import apply_to, task_log
 
-        return apply_to("production", params, task_log())
+        return apply_to("production", params, summary, task_log())
 
-    @task(doc_md="Every expectation of the applied migrations, and sql/verify, on production.")
-    def verify_production(applied, params=None):
+    @task(doc_md="The plan's success criteria on production: checks, row counts, sizes, timings.")
+    def verify_production(applied, backup, params=None):
         from schema_deploy_airflow.steps import notify, task_log, verify_target
 
         log = task_log()
-        result = verify_target("production", params, log)
-        notify("production_done", {"apply": f"{applied['seconds']} s", "verification": f"{result['checks']} checks ok"},
-               log)
+        result = verify_target("production", params, applied, log)
+        met = sum(c["met"] for c in result["criteria"].values())
+        notify("production_done", {
+            "apply": f"{applied['seconds']} s, {applied['lock_retries']} lock retries",
+            "verification": f"{result['checks']} checks ok; {met}/{len(result['criteria'])} success criteria met",
+            "rows": "unchanged in every touched table", "backup": f"{backup['uri']} (sha256 {backup['sha256'][:12]}…)",
+            "facts": "\n".join(result["facts"][:3])}, log)
         return result
 
     summary = preflight()
-    staged = apply_staging(backup_production(summary))
-    requested = production_requested(test_gate(staged))
+    backup = backup_production(summary)
+    staged = apply_staging(summary, backup)
+    requested = production_requested(test_gate(staged, backup))
     branch = approval_needed()
     requested >> branch >> [approve, window]
     approve >> window
-    verify_production(window >> apply_production())
+    applied = apply_production(summary)
+    window >> applied
+    verify_production(applied, backup)
 
 
 deploy_schema()

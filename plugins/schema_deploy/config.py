@@ -42,6 +42,8 @@ class DeployConfig:
     max_lock_timeout_ms: int = 2000
     lock_retries: int = 10
     slack_channel: str = "#deploys"
+    expect_index_mb: tuple[float, float] = (50.0, 100.0)
+    expect_speedup_pct: tuple[float, float] = (20.0, 40.0)
     demo: dict[str, object] = field(default_factory=dict)
     source: Path | None = None
 
@@ -75,6 +77,7 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
     base = path.parent
     backup, gate, approval = section(data, "backup", path), section(data, "gate", path), section(data, "approval", path)
     lock, slack = section(data, "lock", path), section(data, "slack", path)
+    expect = section(data, "expectations", path)
     windows = []
     for i, w in enumerate(data.get("windows") or []):
         if not isinstance(w, dict) or not {"cron", "duration"} <= set(w):
@@ -91,6 +94,10 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
             raise ConfigError(path, f"gate.commands[{i}] must be a list of strings (argv)",
                               "Write it like ['python', '-m', 'pytest', 'tests/gate'].")
         commands.append(tuple(cmd))
+    manual = approval.get("manual_runs", "required")
+    if manual not in ("required", "form"):
+        raise ConfigError(path, f"approval.manual_runs is {manual!r}",
+                          "Use 'required' (always ask) or 'form' (the trigger form's require_approval decides).")
     scheduled = approval.get("scheduled_runs", "required")
     if scheduled not in ("required", "skip"):
         raise ConfigError(path, f"approval.scheduled_runs is {scheduled!r}", "Use 'required' or 'skip'.")
@@ -109,7 +116,7 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         backup_restore_check=bool(backup.get("restore_check", True)),
         gate_commands=tuple(commands),
         gate_timeout=parse_duration(str(gate.get("timeout", "10m"))),
-        approval_manual=approval.get("manual_runs", "required") == "required",
+        approval_manual=manual == "required",
         approval_scheduled=scheduled == "required",
         approver_must_differ=bool(approval.get("approver_must_differ", False)),
         windows=tuple(windows),
@@ -118,6 +125,18 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         max_lock_timeout_ms=int(lock.get("max_lock_timeout_ms", defaults.max_lock_timeout_ms)),
         lock_retries=int(lock.get("lock_retries", defaults.lock_retries)),
         slack_channel=str(slack.get("channel", defaults.slack_channel)),
+        expect_index_mb=_range(expect, "index_storage_mb", defaults.expect_index_mb, path),
+        expect_speedup_pct=_range(expect, "query_speedup_percent", defaults.expect_speedup_pct, path),
         demo=dict(data.get("demo") or {}),
         source=path,
     )
+
+
+def _range(section: dict, key: str, default: tuple[float, float], path: Path) -> tuple[float, float]:
+    value = section.get(key)
+    if value is None:
+        return default
+    if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value)
+            or value[0] > value[1]):
+        raise ConfigError(path, f"expectations.{key} is {value!r}", "Give [low, high] numbers, e.g. [20, 40].")
+    return float(value[0]), float(value[1])

@@ -285,3 +285,18 @@ class RestoreFailed(SchemaDeployError):
     def __init__(self, database: str, uri: str, problem: str, state: str) -> None:
         self.database, self.uri, self.problem = database, uri, problem
         super().__init__(f"restore of {uri} into database {database!r} failed: {problem}\n{state}")
+
+
+class LintBlocked(SchemaDeployError):
+    """Lint errors that the plan about to run does not fix (preflight stops on them)."""
+
+    exit_code = 1
+
+    def __init__(self, findings: list) -> None:
+        self.findings = findings
+        lines = [f"- {f.where}: [{f.rule}] {f.message} Fix: {f.help}" for f in findings[:20]]
+        more = f"\n…and {len(findings) - 20} more" if len(findings) > 20 else ""
+        super().__init__(f"{len(findings)} lint error(s) that the deployment plan does not fix; nothing was "
+                         "changed:\n" + "\n".join(lines) + more
+                         + "\nFix the SQL, or suppress a finding with a '-- schema-deploy: ignore <rule> <reason>' "
+                           "comment right above the statement.")

@@ -21,13 +21,14 @@ from schema_deploy.errors import scrub
 
 EMOJI = {
     "started": ":rocket:", "gate_passed": ":white_check_mark:", "gate_failed": ":x:",
-    "awaiting_approval": ":raised_hand:", "rejected": ":no_entry:", "waiting_window": ":hourglass_flowing_sand:",
+    "awaiting_approval": ":raised_hand:", "approved": ":ok_hand:", "rejected": ":no_entry:", "waiting_window": ":hourglass_flowing_sand:",
     "production_done": ":tada:", "failed": ":rotating_light:", "dry_run_done": ":test_tube:",
 }
 TITLES = {
     "started": "Schema deployment started", "gate_passed": "Staging test gate passed",
     "gate_failed": "Staging test gate FAILED — production untouched",
     "awaiting_approval": "Waiting for approval to change production",
+    "approved": "Production change approved",
     "rejected": "Production change rejected — skipped", "waiting_window": "Waiting for the maintenance window",
     "production_done": "Production migrated and verified", "failed": "Schema deployment FAILED",
     "dry_run_done": "Dry run finished — production untouched",

@@ -277,3 +277,15 @@ def table_sizes(conn: psycopg.Connection, tables: list[str]) -> dict[str, dict[s
         if row:
             sizes[table] = {"rows_estimate": int(row[0]), "bytes": int(row[1])}
     return sizes
+
+
+def unfixed_findings(findings: list, plan: Plan) -> list:
+    """Blocking lint findings the plan leaves as they are.
+
+    In online mode a finding at a statement the plan rewrites (a plain CREATE INDEX
+    built CONCURRENTLY, a foreign key added NOT VALID then validated, …) is fixed
+    by the plan; every other blocking finding still stands.
+    """
+    rewritten = {(str(ps.source.path), ps.source.line) for mp in plan.migrations for step in mp.steps
+                 for ps in step.statements if ps.reason}
+    return [f for f in findings if f.blocking and (str(f.path), f.line) not in rewritten]

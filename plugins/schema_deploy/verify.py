@@ -247,16 +247,73 @@ def index_sizes(conn: psycopg.Connection, names: list[str]) -> dict[str, int]:
     return sizes
 
 
-def query_timings(conn: psycopg.Connection, folder: Path, runs: int = 5) -> dict[str, float]:
-    """Median execution time (ms, EXPLAIN ANALYZE) of each representative query."""
-    timings = {}
+def query_timings(conn: psycopg.Connection, folder: Path, runs: int = 5) -> dict[str, float | None]:
+    """Median execution time (ms, EXPLAIN ANALYZE) of each representative query.
+
+    A query that cannot run yet (before the migration adds its column) times as None.
+    """
+    timings: dict[str, float | None] = {}
     for index, query, _ in explain_queries(folder):
         samples = []
-        for _ in range(runs):
-            out = conn.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(sql.SQL(query))).fetchone()[0]
-            samples.append(float(out[0]["Execution Time"]))
+        try:
+            with conn.transaction():
+                for _ in range(runs):
+                    out = conn.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(sql.SQL(query))).fetchone()[0]
+                    samples.append(float(out[0]["Execution Time"]))
+        except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable, psycopg.errors.UndefinedObject):
+            timings[index] = None
+            continue
         timings[index] = round(statistics.median(samples), 3)
     return timings
+
+
+def performance_facts(index_bytes: dict[str, int], before_ms: dict[str, float | None],
+                      after_ms: dict[str, float | None], expect_mb: tuple[float, float],
+                      expect_speedup_pct: tuple[float, float]) -> dict[str, object]:
+    """New index storage and query timings against the plan's expectations, as facts (never a failure)."""
+    total_mb = sum(index_bytes.values()) / 1e6
+    lo, hi = expect_mb
+    storage = "within" if lo <= total_mb <= hi else ("below" if total_mb < lo else "above")
+    lines = [f"new index storage {total_mb:.1f} MB for {len(index_bytes)} indexes: {storage} the plan's "
+             f"expected {lo:g}-{hi:g} MB"]
+    speedups = {}
+    for name in sorted(after_ms):
+        b, a = before_ms.get(name), after_ms[name]
+        if b is None or a is None:
+            lines.append(f"{name}: {a if a is not None else '?'} ms after; no before timing (the query needs the "
+                         "migration's columns)")
+            continue
+        pct = (b - a) / b * 100 if b > 0 else 0.0
+        speedups[name] = round(pct, 1)
+        verdict = ("within" if expect_speedup_pct[0] <= pct <= expect_speedup_pct[1]
+                   else "above" if pct > expect_speedup_pct[1] else "below")
+        change = f"{pct:.0f}% faster" if pct >= 0 else f"{-pct:.0f}% slower"
+        lines.append(f"{name}: {b:.3f} ms -> {a:.3f} ms ({change}; {verdict} the plan's "
+                     f"{expect_speedup_pct[0]:g}-{expect_speedup_pct[1]:g}% improvement)")
+    met = [p for p in speedups.values() if p >= expect_speedup_pct[0]]
+    return {"lines": lines, "storage_mb": round(total_mb, 2), "storage": storage, "speedup_pct": speedups,
+            "speedups_meeting_plan": len(met)}
+
+
+def criteria(report: "VerifyReport", lost_rows: dict[str, object], perf: dict[str, object]) -> dict[str, tuple[bool, str]]:
+    """The seed plan's success criteria, each with the evidence verification gathered."""
+    def group(*words: str) -> list[CheckResult]:
+        return [c for c in report.checks if any(w in c.name.lower() for w in words)]
+
+    fk = group("foreign", "fkey", "constraint")
+    idx = group("index", "explain", "uses ")
+    return {
+        "foreign key constraints enforced": (bool(fk) and all(c.ok for c in fk),
+                                             f"{sum(c.ok for c in fk)}/{len(fk)} constraint checks ok"),
+        "new indexes created and used by queries": (bool(idx) and all(c.ok for c in idx),
+                                                    f"{sum(c.ok for c in idx)}/{len(idx)} index and EXPLAIN checks ok"),
+        "no data loss or corruption": (not lost_rows, "exact row counts equal before and after" if not lost_rows
+                                       else f"row counts changed: {lost_rows}"),
+        "query performance meets expectations": (
+            perf["speedups_meeting_plan"] == len(perf["speedup_pct"]),
+            f"{perf['speedups_meeting_plan']}/{len(perf['speedup_pct'])} timed queries at least as fast as the plan "
+            f"expects; index storage {perf['storage_mb']} MB ({perf['storage']} the plan's range)"),
+    }
 
 
 def verify(conn: psycopg.Connection, statements: list[Statement], verify_dir: Path | None) -> VerifyReport:

@@ -2,7 +2,8 @@
 
 Connection ids are the design's: `staging_db`, `production_db` (postgres),
 `backup_s3` (aws; `endpoint_url` read from extra by the hook), `slack_deploys`
-(slackwebhook, the webhook URL as password). Only named fields are read.
+(`slackwebhook` with the webhook URL as password, or `slack` with an API token as
+password for threaded replies under one message per run). Only named fields are read.
 """
 from __future__ import annotations
 
@@ -40,9 +41,18 @@ def s3_client(conn_id: str = S3_CONNECTION):
     return S3Hook(aws_conn_id=conn_id, config={"s3": {"addressing_style": "path"}}).get_conn()
 
 
-def slack_poster(conn_id: str = SLACK_CONNECTION) -> Callable[[dict[str, object]], str | None]:
-    """A `notify.deliver` poster through the Slack provider's webhook hook."""
-    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-    from schema_deploy.notify import webhook_poster
+def slack_poster(channel: str, thread_ts: str | None = None,
+                 conn_id: str = SLACK_CONNECTION) -> Callable[[dict[str, object]], str | None]:
+    """A `notify.deliver` poster through the Slack provider's hooks.
 
+    A `slack` (API token) connection posts with chat.postMessage to `channel`,
+    as a reply in `thread_ts` when given; a `slackwebhook` connection posts to
+    its webhook (one channel, fixed by the webhook; no threads).
+    """
+    from airflow.providers.slack.hooks.slack import SlackHook
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+    from schema_deploy.notify import api_poster, webhook_poster
+
+    if SlackHook.get_connection(conn_id).conn_type == "slack":
+        return api_poster(SlackHook(slack_conn_id=conn_id).client, channel, thread_ts)
     return webhook_poster(SlackWebhookHook(slack_webhook_conn_id=conn_id).client)

@@ -3,14 +3,12 @@
 Every function takes plain values (the run's params, earlier results) and
 returns a JSON-serialisable dict for XCom, so the DAG file stays declarative
 and each step can be retried on its own: apply resumes, backup starts clean,
-verification only reads.
+the gate and verification only read.
 """
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,13 +17,42 @@ from schema_deploy import config as deploy_config
 from schema_deploy.errors import SchemaDeployError, UsageError, scrub
 from schema_deploy_airflow import connections
 
+PREFLIGHT = "preflight"
+
 
 def task_log() -> logging.Logger:
     """The logger whose records land in the running task's log."""
     return logging.getLogger("schema_deploy")
 
 
-def check_params(params: dict[str, Any]) -> None:
+def current_context() -> dict[str, Any]:
+    """The running task's context, or {} outside a task (unit tests, callbacks after the fact)."""
+    try:
+        from airflow.sdk import get_current_context
+
+        return get_current_context()
+    except Exception:  # noqa: BLE001 - no task is running
+        return {}
+
+
+def run_facts(context: dict[str, Any]) -> dict[str, str]:
+    """Who and what, for the first Slack message and the audit trail."""
+    dag_run = context.get("dag_run")
+    if dag_run is None:
+        return {}
+    run_type = str(getattr(dag_run, "run_type", "") or "")
+    return {"run": dag_run.run_id, "run type": run_type.split(".")[-1].lower(),
+            "triggered by": getattr(dag_run, "triggering_user_name", None) or "schedule"}
+
+
+def approval_required(params: dict[str, Any], run_type: str, cfg: deploy_config.DeployConfig) -> bool:
+    """deploy.yaml's approval policy applied to this run (scheduled runs ignore the form)."""
+    if run_type.endswith("scheduled"):
+        return cfg.approval_scheduled
+    return cfg.approval_manual or bool(params.get("require_approval", True))
+
+
+def check_params(params: dict[str, Any], cfg: deploy_config.DeployConfig, run_type: str = "manual") -> None:
     """Reject contradictory trigger-form choices before anything runs."""
     if params.get("skip_window") and not str(params.get("skip_window_reason") or "").strip():
         raise UsageError("skip_window is on but skip_window_reason is empty: say why production may change "
@@ -33,20 +60,36 @@ def check_params(params: dict[str, Any]) -> None:
     if params.get("dry_run") and params.get("skip_window"):
         raise UsageError("dry_run leaves production untouched, so skip_window makes no sense with it; "
                          "turn one of them off.")
-    if int(params.get("lock_retries", 0)) < 0:
-        raise UsageError(f"lock_retries must be 0 or more (got {params.get('lock_retries')}).")
+    retries = params.get("lock_retries")
+    if retries is not None and int(retries) < 0:
+        raise UsageError(f"lock_retries must be 0 or more (got {retries}).")
+    if not run_type.endswith("scheduled") and cfg.approval_manual and params.get("require_approval") is False:
+        raise UsageError(f"{cfg.source or 'deploy.yaml'}: approval.manual_runs is 'required', so require_approval "
+                         "cannot be turned off in the trigger form; leave it on, or set approval.manual_runs: form.")
 
 
-def notify(event: str, facts: dict[str, object], log) -> dict[str, object]:
-    """Post to Slack through the `slack_deploys` connection; never raises."""
+def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | None = None) -> dict[str, object]:
+    """Post to Slack through the `slack_deploys` connection, threaded under the run's first message
+    when the connection is a Web API one. Never raises: a deployment never waits on Slack."""
     from schema_deploy.notify import Delivery, deliver, message
 
+    cfg = deploy_config.load()
+    context = current_context()
+    thread = None
+    if event != "started" and context.get("ti") is not None:
+        try:
+            thread = (context["ti"].xcom_pull(task_ids=PREFLIGHT) or {}).get("slack_ts")
+        except Exception:  # noqa: BLE001 - no thread then
+            thread = None
     try:
-        poster = connections.slack_poster()
+        poster = connections.slack_poster(cfg.slack_channel, thread)
     except Exception as exc:  # noqa: BLE001 - a missing Slack connection must not stop a deployment
         log.warning("Slack connection unusable (%s); notification '%s' not sent", scrub(str(exc)), event)
         return Delivery(event=event, ok=False, attempts=0, errors=[scrub(str(exc))]).as_dict()
-    return deliver(poster, message(event, facts), event, log=log.warning).as_dict()
+    outcome = deliver(poster, message(event, facts, links), event, log=log.warning).as_dict()
+    if outcome["ok"]:
+        log.info("Slack: '%s' delivered", event)
+    return outcome
 
 
 def bundle_for(params: dict[str, Any]):
@@ -62,15 +105,18 @@ def bundle_for(params: dict[str, Any]):
 def preflight(params: dict[str, Any], log) -> dict[str, Any]:
     """Bundle, lint, both ledgers, schema match, production prechecks, the plan. Changes nothing."""
     from schema_deploy.apply import connect, load_state
-    from schema_deploy.errors import LedgerBlocked
+    from schema_deploy.errors import LedgerBlocked, LintBlocked
     from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint
-    from schema_deploy.lint import lint_bundle
-    from schema_deploy.plan import check_applyable, plan_for, table_sizes
+    from schema_deploy.lint import lint_bundle, load_config
+    from schema_deploy.plan import check_applyable, plan_for, table_sizes, unfixed_findings
     from schema_deploy.prechecks import require_clean
 
-    check_params(params)
+    cfg = deploy_config.load()
+    facts = run_facts(current_context())
+    check_params(params, cfg, facts.get("run type", "manual"))
+    online = bool(params.get("online", True))
     bundle = bundle_for(params)
-    findings = lint_bundle(bundle)
+    findings = lint_bundle(bundle, config=load_config(cfg.source) if cfg.source else None)
     urls = {env: connections.database_url(conn_id) for env, conn_id in connections.DB_CONNECTIONS.items()}
     fingerprints, pending = {}, {}
     for env, url in urls.items():
@@ -79,28 +125,48 @@ def preflight(params: dict[str, Any], log) -> dict[str, Any]:
             check_applyable(status, bundle)
             pending[env] = status.pending
             fingerprints[env] = schema_fingerprint(conn)
+        log.info("%s: pending %s", env, ", ".join(status.pending) or "nothing")
     diff = diff_fingerprints(fingerprints["staging"], fingerprints["production"], "staging", "production")
     if diff and pending["staging"] == pending["production"]:
         raise LedgerBlocked("staging and production schemas differ before the change, so a staging rehearsal "
-                            "would prove nothing:\n" + "\n".join(f"- {d}" for d in diff[:30]))
+                            "would prove nothing:\n" + "\n".join(f"- {d}" for d in diff[:30])
+                            + "\nBring staging to production's schema (restore it from a production backup), "
+                              "then clear preflight.")
     with connect(urls["production"]) as conn:
         status, interrupted = load_state(conn, bundle)
-        plan = plan_for(conn, bundle, status, interrupted, online=bool(params.get("online", True)))
+        plan = plan_for(conn, bundle, status, interrupted, online=online)
+        unfixed = unfixed_findings(findings, plan)
+        if unfixed:
+            raise LintBlocked(unfixed)
         prechecks = require_clean(conn, plan)
         sizes = table_sizes(conn, plan.tables())
+    for r in prechecks:
+        log.info("precheck ok: %s", r.as_dict())
     summary = {
-        "migrations": [{"name": mp.migration.name, "checksum": mp.migration.checksum, "steps": len(mp.steps),
-                        "rewritten": sum(1 for s in mp.steps for p in s.statements if p.reason)}
+        "migrations": [{"name": mp.migration.name, "checksum": mp.migration.checksum,
+                        "steps": [{"number": s.number, "transactional": s.transactional,
+                                   "sql": [p.sql for p in s.statements],
+                                   "rewritten": [p.reason for p in s.statements if p.reason],
+                                   "locks": s.locks} for s in mp.steps],
+                        "resume_from": mp.resume_from}
                        for mp in plan.migrations],
+        "online": online,
         "pending": pending,
-        "lint": {"errors": sum(f.severity == "error" and not f.suppressed for f in findings),
-                 "warnings": sum(f.severity == "warning" and not f.suppressed for f in findings)},
+        "lint": {"errors": sum(f.blocking for f in findings), "fixed_by_plan": sum(f.blocking for f in findings)
+                 - len(unfixed), "warnings": sum(f.severity == "warning" and not f.suppressed for f in findings)},
         "prechecks": [r.as_dict() for r in prechecks],
-        "locks": {t: m for mp in plan.migrations for s in mp.steps for t, m in s.locks.items()},
+        "table_sizes": sizes,
         "production_table_bytes": sum(v["bytes"] for v in sizes.values()),
+        **facts,
     }
-    notify("started", {"migrations": ", ".join(m["name"] for m in summary["migrations"]) or "none pending",
-                       "dry run": bool(params.get("dry_run")), "online": bool(params.get("online", True))}, log)
+    for mp in summary["migrations"]:
+        log.info("plan %s (%s): %d steps, %d rewritten for online mode", mp["name"], mp["checksum"][:12],
+                 len(mp["steps"]), sum(bool(s["rewritten"]) for s in mp["steps"]))
+    names = ", ".join(m["name"] for m in summary["migrations"]) or "nothing pending"
+    sent = notify("started", {"migrations": names, "who": facts.get("triggered by", "?"),
+                              "where": "staging, then production" if not params.get("dry_run") else "staging only (dry run)",
+                              "online": online, "run": facts.get("run", "")}, log)
+    summary["slack_ts"] = sent.get("ts")
     return summary
 
 
@@ -115,100 +181,147 @@ def backup_production(run_id: str, log) -> dict[str, Any]:
     result = backup(s3, url, f"s3://{cfg.backup_bucket}/{cfg.backup_prefix}", environment="production",
                     run_id=run_id, sse=cfg.backup_sse, kms_key_id=cfg.backup_kms_key_id, log=log.info)
     check = verify_backup(s3, result.uri, restore_check=cfg.backup_restore_check, admin_url=url, log=log.info)
+    if not check.ok:
+        from schema_deploy.errors import VerifyFailed
+
+        raise VerifyFailed(result.uri, check.problems)
+    log.info("backup %s (%d bytes, sha256 %s) verified by %s", result.uri, result.size, result.sha256, check.method)
     return {"uri": result.uri, "sha256": result.sha256, "size": result.size, "rows": sum(result.row_counts.values()),
-            "verified": check.method if check.ok else f"FAILED: {check.problems}"}
+            "verified": check.method}
 
 
-def apply_to(env: str, params: dict[str, Any], log) -> dict[str, Any]:
-    """Apply pending migrations to one target with the online plan and lock retries."""
-    from schema_deploy.apply import Settings, apply
+def touched_tables(summary: dict[str, Any]) -> list[str]:
+    return sorted({t for m in summary.get("migrations", []) for s in m["steps"] for t in s["locks"] if "." not in t})
+
+
+def apply_to(env: str, params: dict[str, Any], summary: dict[str, Any], log) -> dict[str, Any]:
+    """Apply pending migrations to one target with the online plan and lock retries.
+
+    Before applying: exact row counts of the touched tables and the representative
+    queries' timings, so verification can report before/after. When nothing was left
+    to apply (a retry after the work was done), the ledger's own durations stand in
+    for the measured time, so the window estimate stays honest.
+    """
+    from schema_deploy.apply import Settings, apply, connect
+    from schema_deploy.ledger import read_rows
     from schema_deploy.plan import table_sizes
+    from schema_deploy.verify import query_timings, row_counts
 
     cfg = deploy_config.load()
+    retries = params.get("lock_retries")
     settings = Settings(lock_timeout_ms=cfg.lock_timeout_ms, max_lock_timeout_ms=cfg.max_lock_timeout_ms,
-                        lock_retries=int(params.get("lock_retries", cfg.lock_retries)))
+                        lock_retries=cfg.lock_retries if retries is None else int(retries))
     url = connections.database_url(connections.DB_CONNECTIONS[env])
-    t0 = time.monotonic()
-    result = apply(url, bundle_for(params), settings, online=bool(params.get("online", True)), log=log.info)
-    seconds = time.monotonic() - t0
-    from schema_deploy.apply import connect
-
+    bundle = bundle_for(params)
+    tables = touched_tables(summary)
     with connect(url) as conn:
-        tables = sorted({t for m in result.applied for t in _tables(m.sql)})
+        analyze(conn, tables)
+        before = {"rows": row_counts(conn, tables), "query_ms": query_timings(conn, cfg.verify_dir / "explain")}
+    log.info("%s before: rows %s", env, before["rows"])
+    t0 = time.monotonic()
+    result = apply(url, bundle, settings, online=bool(params.get("online", True)), log=log.info)
+    seconds = time.monotonic() - t0
+    this_run = summary.get("pending", {}).get(env, [])
+    with connect(url) as conn:
         size = sum(v["bytes"] for v in table_sizes(conn, tables).values())
-    return {"env": env, "seconds": round(seconds, 3), "table_bytes": size,
+        ledger_seconds = sum((r.finished_at - r.started_at).total_seconds() for r in read_rows(conn)
+                             if r.migration_name in this_run and r.applied)
+    log.info("%s: applied %s in %.2f s (%d lock retries)", env, [m.name for m in result.applied] or "nothing",
+             seconds, sum(m.lock_retries for m in result.applied))
+    return {"env": env, "seconds": round(seconds if result.applied else ledger_seconds, 3),
+            "table_bytes": size, "migrations": this_run, "before": before,
+            "lock_retries": sum(m.lock_retries for m in result.applied),
             "applied": [m.as_dict() for m in result.applied]}
 
 
-def _tables(statements: list[str]) -> set[str]:
-    from schema_deploy.parse import parse_sql
-
-    return {t for sql in statements for s in parse_sql(sql) for t in s.locks}
-
-
-def verify_target(env: str, params: dict[str, Any], log) -> dict[str, Any]:
-    """Every expectation of the applied migrations plus sql/verify; raises on a failed check."""
-    from schema_deploy.apply import connect, load_state
-    from schema_deploy.parse import parse_migration
+def analyze(conn, tables: list[str]) -> None:
+    """Fresh planner statistics (ANALYZE takes SHARE UPDATE EXCLUSIVE: reads and writes go on)."""
     from psycopg import sql as psycopg_sql
-    from schema_deploy.verify import verify
 
-    cfg = deploy_config.load()
-    bundle = bundle_for(params)
-    url = connections.database_url(connections.DB_CONNECTIONS[env])
-    with connect(url) as conn:
-        status, _ = load_state(conn, bundle)
-        applied = set(status.names("applied"))
-        statements = [s for m in bundle.migrations if m.name in applied for s in parse_migration(m)]
-        # Fresh statistics for the tables the migrations touched, so the index-usage checks see
-        # the planner's real choice (ANALYZE takes SHARE UPDATE EXCLUSIVE: writes go on).
-        for table in sorted({t for s in statements for t in s.locks if "." not in t}):
-            conn.execute(psycopg_sql.SQL("ANALYZE {}").format(psycopg_sql.Identifier(table)))
-        report = verify(conn, statements, cfg.verify_dir)
-    for check in report.checks:
-        log.info("%s %s: %s", "ok  " if check.ok else "FAIL", check.name, check.detail)
-    if not report.ok:
-        raise VerificationFailed(env, [f"{c.name}: {c.detail}" for c in report.failed])
-    return {"env": env, "checks": len(report.checks), "failed": 0}
+    for table in tables:
+        conn.execute(psycopg_sql.SQL("ANALYZE {}").format(psycopg_sql.Identifier(table)))
 
 
 class VerificationFailed(SchemaDeployError):
     exit_code = 1
 
     def __init__(self, env: str, failures: list[str]) -> None:
-        super().__init__(f"verification of {env} failed: " + "; ".join(failures[:10]))
+        super().__init__(f"verification of {env} failed: " + "; ".join(failures[:10])
+                         + ". The change is applied; investigate, then roll back from the backup if needed.")
 
 
-def run_gate(params: dict[str, Any], log) -> dict[str, Any]:
-    """The configured test commands against staging (DATABASE_URL), with a timeout."""
+def verify_target(env: str, params: dict[str, Any], applied: dict[str, Any], log) -> dict[str, Any]:
+    """Expectations of this run's migrations, sql/verify, EXPLAIN checks, and the facts of the change.
+
+    Raises on a failed check. Row counts that changed are a failure (no data loss);
+    index sizes and timings are reported against the plan's expectations as facts.
+    """
+    from schema_deploy.apply import connect
+    from schema_deploy.parse import parse_migration
+    from schema_deploy.verify import (criteria, index_sizes, performance_facts, query_timings, row_counts,
+                                      verify)
+
+    cfg = deploy_config.load()
+    bundle = bundle_for(params)
+    names = applied.get("migrations") or []
+    statements = [s for m in bundle.migrations if m.name in names for s in parse_migration(m)]
+    tables = sorted(applied.get("before", {}).get("rows", {}))
+    url = connections.database_url(connections.DB_CONNECTIONS[env])
+    with connect(url) as conn:
+        analyze(conn, tables)
+        report = verify(conn, statements, cfg.verify_dir)
+        rows_after = row_counts(conn, tables)
+        new_indexes = [s.node.idxname for s in statements if s.kind == "CREATE INDEX" and s.node.idxname]
+        sizes = index_sizes(conn, new_indexes)
+        after_ms = query_timings(conn, cfg.verify_dir / "explain")
+    for check in report.checks:
+        log.info("%s %s: %s", "ok  " if check.ok else "FAIL", check.name, check.detail)
+    rows_before = applied.get("before", {}).get("rows", {})
+    lost = {t: (rows_before.get(t), rows_after.get(t)) for t in tables if rows_before.get(t) != rows_after.get(t)}
+    perf = performance_facts(sizes, applied.get("before", {}).get("query_ms", {}), after_ms,
+                             cfg.expect_index_mb, cfg.expect_speedup_pct)
+    for line in perf["lines"]:
+        log.info("fact: %s", line)
+    outcome = criteria(report, lost, perf)
+    for name, (ok, detail) in outcome.items():
+        log.info("success criterion %-40s %s  %s", name, "MET " if ok else "NOT MET", detail)
+    if not report.ok or lost:
+        raise VerificationFailed(env, [f"{c.name}: {c.detail}" for c in report.failed]
+                                 + [f"row count of {t} changed {b} -> {a}" for t, (b, a) in lost.items()])
+    return {"env": env, "checks": len(report.checks), "failed": 0,
+            "rows_before": rows_before, "rows_after": rows_after, "index_bytes": sizes,
+            "query_ms_before": applied.get("before", {}).get("query_ms", {}), "query_ms_after": after_ms,
+            "facts": perf["lines"], "criteria": {k: {"met": ok, "detail": d} for k, (ok, d) in outcome.items()}}
+
+
+def run_gate(params: dict[str, Any], backup_uri: str | None, log) -> dict[str, Any]:
+    """The configured test commands against staging (DATABASE_URL), with a timeout; JUnit XML kept
+    beside the backup in S3."""
+    from schema_deploy.backup_store import parse_s3_uri
+    from schema_deploy.gate import GateFailed, run_commands
+
     cfg = deploy_config.load()
     url = connections.database_url(connections.DB_CONNECTIONS["staging"])
-    results = []
-    for cmd in cfg.gate_commands:
-        if cmd and cmd[0] in ("python", "python3"):  # the deployment's own interpreter and packages
-            cmd = (sys.executable, *cmd[1:])
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.run(list(cmd), cwd=deploy_config.ROOT, capture_output=True, text=True,
-                                  timeout=cfg.gate_timeout.total_seconds(),
-                                  env={**os.environ, "DATABASE_URL": url})
-            code, out = proc.returncode, (proc.stdout + proc.stderr)
-        except subprocess.TimeoutExpired as exc:
-            code, out = -1, f"timed out after {cfg.gate_timeout}: {exc}"
-        results.append({"command": " ".join(cmd), "exit_code": code, "seconds": round(time.monotonic() - t0, 2),
-                        "output_tail": scrub(out[-3000:])})
-        log.info("gate command %s exited %s", " ".join(cmd), code)
-    failed = [r for r in results if r["exit_code"] != 0]
+    with tempfile.TemporaryDirectory(prefix="schema-deploy-gate-") as tmp:
+        results = run_commands(list(cfg.gate_commands), database_url=url, cwd=deploy_config.ROOT,
+                               timeout_s=cfg.gate_timeout.total_seconds(), workdir=Path(tmp), log=log.info)
+        uploaded = []
+        if backup_uri:
+            bucket, key = parse_s3_uri(backup_uri)
+            s3 = connections.s3_client()
+            for i, r in enumerate(results, 1):
+                if r.junit_path:
+                    junit_key = f"{key.rsplit('.', 1)[0]}.gate-{i}.junit.xml"
+                    s3.upload_file(r.junit_path, bucket, junit_key)
+                    uploaded.append(f"s3://{bucket}/{junit_key}")
+                    log.info("JUnit report of gate command %d kept at s3://%s/%s", i, bucket, junit_key)
+    failed = [r for r in results if not r.ok]
+    names = [n for r in failed if r.junit for n in r.junit.failed]
+    tests = sum(r.junit.tests for r in results if r.junit)
     notify("gate_failed" if failed else "gate_passed",
-           {"commands": len(results), "failed": ", ".join(r["command"] for r in failed) or "none"}, log)
+           {"commands": f"{len(results) - len(failed)}/{len(results)} passed",
+            "tests": f"{tests} run" if tests else "",
+            "failing tests": "\n".join(names[:10]) or ("see the log" if failed else "")}, log)
     if failed:
         raise GateFailed(failed)
-    return {"commands": results}
-
-
-class GateFailed(SchemaDeployError):
-    exit_code = 1
-
-    def __init__(self, failed: list[dict[str, Any]]) -> None:
-        lines = [f"{r['command']} exited {r['exit_code']}:\n{r['output_tail'][-1500:]}" for r in failed]
-        super().__init__("the staging test gate failed; production was not touched.\n" + "\n".join(lines))
+    return {"commands": [r.as_dict() for r in results], "junit": uploaded, "tests": tests}

@@ -65,8 +65,24 @@ def test_trigger_form_has_titled_typed_params(dagbag) -> None:
     ({"lock_retries": -1}, "lock_retries must be 0 or more"),
 ])
 def test_contradictory_trigger_choices_are_rejected_by_the_first_task(params: dict, message: str) -> None:
+    from schema_deploy.config import DeployConfig
     from schema_deploy.errors import UsageError
     from schema_deploy_airflow.steps import check_params
 
     with pytest.raises(UsageError, match=message):
-        check_params(params)
+        check_params(params, DeployConfig(approval_manual=False))
+
+
+def test_a_manual_run_cannot_turn_off_approval_when_deploy_yaml_requires_it() -> None:
+    from schema_deploy.config import DeployConfig
+    from schema_deploy.errors import UsageError
+    from schema_deploy_airflow.steps import approval_required, check_params
+
+    required = DeployConfig(approval_manual=True, source=Path("deploy.yaml"))
+    with pytest.raises(UsageError, match="deploy.yaml: approval.manual_runs is 'required', so require_approval "
+                                         "cannot be turned off in the trigger form"):
+        check_params({"require_approval": False}, required)
+    check_params({"require_approval": False}, required, "scheduled")  # the schedule policy decides those
+    assert approval_required({"require_approval": False}, "manual", DeployConfig(approval_manual=False)) is False
+    assert approval_required({"require_approval": False}, "manual", required) is True
+    assert approval_required({}, "DagRunType.SCHEDULED".lower(), DeployConfig(approval_scheduled=False)) is False
