@@ -279,13 +279,22 @@ def table_sizes(conn: psycopg.Connection, tables: list[str]) -> dict[str, dict[s
     return sizes
 
 
+# The lint rules whose findings online mode's rewrites remove. Another finding at a rewritten
+# statement (DROP COLUMN beside a foreign key in one ALTER TABLE) still stands.
+FIXED_BY_ONLINE = frozenset({"require-concurrent-index", "adding-foreign-key-constraint",
+                             "constraint-missing-not-valid", "adding-not-nullable-field",
+                             "disallowed-unique-constraint", "adding-serial-primary-key-field"})
+
+
 def unfixed_findings(findings: list, plan: Plan) -> list:
     """Blocking lint findings the plan leaves as they are.
 
     In online mode a finding at a statement the plan rewrites (a plain CREATE INDEX
     built CONCURRENTLY, a foreign key added NOT VALID then validated, …) is fixed
-    by the plan; every other blocking finding still stands.
+    by the plan when its rule is one the rewrite addresses; every other blocking
+    finding still stands.
     """
     rewritten = {(str(ps.source.path), ps.source.line) for mp in plan.migrations for step in mp.steps
                  for ps in step.statements if ps.reason}
-    return [f for f in findings if f.blocking and (str(f.path), f.line) not in rewritten]
+    return [f for f in findings if f.blocking
+            and not (f.rule in FIXED_BY_ONLINE and (str(f.path), f.line) in rewritten)]

@@ -310,7 +310,7 @@ def criteria(report: "VerifyReport", lost_rows: dict[str, object], perf: dict[st
         "no data loss or corruption": (not lost_rows, "exact row counts equal before and after" if not lost_rows
                                        else f"row counts changed: {lost_rows}"),
         "query performance meets expectations": (
-            perf["speedups_meeting_plan"] == len(perf["speedup_pct"]),
+            bool(perf["speedup_pct"]) and perf["speedups_meeting_plan"] == len(perf["speedup_pct"]),
             f"{perf['speedups_meeting_plan']}/{len(perf['speedup_pct'])} timed queries at least as fast as the plan "
             f"expects; index storage {perf['storage_mb']} MB ({perf['storage']} the plan's range)"),
     }
