@@ -23,7 +23,9 @@ where. Every task is safe to clear and re-run:
 * `approve_production` rejected → production is skipped; nothing to undo.
 
 **Trigger form**: dry run (staging only), online mode, approval, skipping the window (needs a
-reason, recorded), lock retry budget. Connections: `staging_db`, `production_db`, `backup_s3`,
+reason, recorded), lock retry budget. **Schedule**: manual, or `schedule.lead` in deploy.yaml
+starts a run that long before each maintenance window (approval per `approval.scheduled_runs`).
+Connections: `staging_db`, `production_db`, `backup_s3`,
 `slack_deploys`; settings: deploy.yaml.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from schema_deploy_airflow.operators import ProductionApprovalOperator, WaitForWindowOperator
+from schema_deploy_airflow.timetable import deploy_schedule
 
 DEFAULT_ARGS = {
     "owner": "platform-db",
@@ -52,7 +55,7 @@ def on_failure(context):
 
 @dag(
     dag_id="deploy_schema",
-    schedule=None,
+    schedule=deploy_schedule(),  # manual only, unless deploy.yaml sets schedule.lead
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

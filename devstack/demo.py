@@ -1,206 +1,136 @@
-"""`make demo`: the Epic 5 deployment, end to end, on the local stack.
+"""`make demo`: the Epic 5 deployment through the real `deploy_schema` DAG, on the local stack.
 
-Each run starts from scratch: both databases are recreated at the baseline with the
-same deterministic demo data. Then, in the order the Airflow DAG will run them:
-
-  preflight     lint, ledger status of both targets, staging-vs-production schema
-                fingerprint, data prechecks on production, the online plan
-  backup        production streamed to S3, then verified by a restore into a scratch
-                database with row counts compared to the manifest
-  staging       the online plan applied and verified
-  production    the same plan applied and verified (the DAG adds the approval and the
-                maintenance-window wait in front of this step)
-
-Every step posts to the Slack stand-in, and a report says what happened where.
+1. Both stack databases are recreated at the baseline with the same demo data.
+2. `deploy_schema` runs once under `dag.test()` (devstack/run_deploy.py) with
+   devstack/demo-deploy.yaml, whose two demo-only settings are said out loud:
+   * the approval is REQUIRED and is answered by a scripted approver, `demo-approver`,
+     through Airflow's REST route (the same call the UI's Approve button makes);
+   * the maintenance window is one minute long and opens every minute, so the run
+     visibly waits (deferred) for the next one instead of for 02:00 UTC.
+3. A report: migrations, timings per task, backup, gate, approval, window,
+   verification with the plan's success criteria, and where the Slack messages are.
 """
 from __future__ import annotations
 
-import os
-import shlex
+import json
+import re
+import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "devstack")]
 
-from generate_data import generate  # noqa: E402
-from schema_deploy.apply import apply, connect, load_state  # noqa: E402
-from schema_deploy.backup import backup  # noqa: E402
-from schema_deploy.backup_store import default_s3_client  # noqa: E402
-from schema_deploy.bundle import load_bundle  # noqa: E402
-from schema_deploy.errors import SchemaDeployError, scrub  # noqa: E402
-from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint  # noqa: E402
-from schema_deploy.lint import lint_bundle  # noqa: E402
-from schema_deploy.notify import deliver, message, webhook_poster  # noqa: E402
-from schema_deploy.parse import parse_migration  # noqa: E402
-from schema_deploy.plan import plan_for  # noqa: E402
-from schema_deploy.prechecks import require_clean  # noqa: E402
-from schema_deploy.restore import verify_backup  # noqa: E402
-from schema_deploy.verify import row_counts, verify  # noqa: E402
+from airflow_env import stack_env  # noqa: E402
+from schema_deploy.errors import scrub  # noqa: E402
+from seed import reset  # noqa: E402
 
-BASELINE = "20250915090000_baseline"
-TABLES = ["behavioral_events", "experiment_assignments", "personalization_experiments", "behavioral_patterns",
-          "struggle_predictions", "recommendations", "personalization_configs", "study_schedule_recommendations"]
-
-
-def stack_env() -> dict[str, str]:
-    path = Path(os.environ.get("DEVSTACK_DIR", REPO / ".devstack")) / "env"
-    env = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line[7:].partition("=")
-            env[key] = shlex.split(value)[0] if value else ""
-    return env
+CONFIG = REPO / "devstack" / "demo-deploy.yaml"
+APPROVER = "demo-approver"
+ORDER = ["preflight", "backup_production", "apply_staging", "test_gate", "production_requested", "approval_needed",
+         "approve_production", "wait_for_window", "apply_production", "verify_production"]
+LOGGER_TAIL = re.compile(r"\s+\[[\w.]+\]\s+(loc=\S+.*)?$|\s+map_index=-1.*$")
+PROGRESS = ("[DAG TEST] starting task_id=", "[demo approver]", "waiting for window", "maintenance window open",
+            "lock not granted", "success criterion", "Task failed with exception", "DagRun Finished")
 
 
 def say(text: str) -> None:
-    print(scrub(text), file=sys.stderr, flush=True)
+    print(text, file=sys.stderr, flush=True)
 
 
-class Demo:
-    """Runs the steps, timing each, posting each to Slack."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        from slack_sdk.webhook import WebhookClient
-
-        self.env = env
-        self.urls = {"staging": env["STAGING_DATABASE_URL"], "production": env["PRODUCTION_DATABASE_URL"]}
-        self.bundle = load_bundle(REPO / "sql" / "migrations")
-        self.run_id = f"demo-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        self.timings: dict[str, float] = {}
-        self.facts: dict[str, object] = {}
-        self.post = webhook_poster(WebhookClient(env["SLACK_WEBHOOK_URL"]))
-        self.notes: list[str] = []
-
-    def notify(self, event: str, facts: dict[str, object]) -> None:
-        outcome = deliver(self.post, message(event, {"run": self.run_id, **facts}), event, log=say)
-        self.notes.append(f"{event}: {'delivered' if outcome.ok else 'NOT delivered'}")
-
-    def step(self, name: str, func):
-        say(f"--- {name}")
-        t0 = time.monotonic()
-        result = func()
-        self.timings[name] = time.monotonic() - t0
-        return result
-
-    # -- the steps ---------------------------------------------------------------------
-
-    def reset(self) -> None:
-        for name, url in self.urls.items():
-            recreate(url)
-            apply(url, self.bundle, to=BASELINE, log=lambda m, n=name: say(f"[{n}] {m}"))
-            generate(url, seed=42, scale="demo")
-            say(f"[{name}] recreated at the baseline with demo data")
-
-    def preflight(self) -> None:
-        findings = lint_bundle(self.bundle)
-        errors = [f for f in findings if f.severity == "error" and not f.suppressed]
-        fps = {}
-        for name, url in self.urls.items():
-            with connect(url) as conn:
-                status, _ = load_state(conn, self.bundle)
-                fps[name] = schema_fingerprint(conn)
-            say(f"[{name}] pending: {', '.join(status.pending) or 'nothing'}")
-        diff = diff_fingerprints(fps["staging"], fps["production"], "staging", "production")
-        if diff:
-            raise SystemExit("staging and production schemas differ before the change:\n" + "\n".join(diff))
-        with connect(self.urls["production"]) as conn:
-            status, interrupted = load_state(conn, self.bundle)
-            plan = plan_for(conn, self.bundle, status, interrupted, online=True)
-            checks = require_clean(conn, plan)
-        rewritten = {id(ps.source) for step in plan.migrations[0].steps for ps in step.statements if ps.reason}
-        rules = sorted({f.rule for f in errors})
-        self.facts["lint"] = f"{len(errors)} errors in the SQL as written ({', '.join(rules)})"
-        self.facts["plan"] = (f"{len(plan.migrations[0].steps)} online steps for {plan.migrations[0].migration.name}; "
-                              f"{len(rewritten)} statements rewritten")
-        self.facts["prechecks"] = f"{len(checks)} passed (no orphan assignments)"
-        self.notify("started", {"migrations": plan.migrations[0].migration.name, "targets": "staging, production",
-                                "plan": self.facts["plan"]})
-
-    def backup(self) -> None:
-        s3 = default_s3_client()
-        target = f"s3://{self.env['BACKUP_BUCKET']}/demo"
-        result = backup(s3, self.urls["production"], target, environment="production", run_id=self.run_id, log=say)
-        check = verify_backup(s3, result.uri, restore_check=True, admin_url=self.urls["production"], log=say)
-        self.facts["backup"] = result.uri
-        self.facts["backup sha256"] = result.sha256
-        self.facts["backup size"] = f"{result.size / 1e6:.1f} MB, {sum(result.row_counts.values()):,} rows"
-        self.facts["backup verified"] = f"{check.method}: {'ok' if check.ok else 'FAILED'}"
-
-    def deploy(self, name: str) -> None:
-        url = self.urls[name]
-        with psycopg.connect(url) as conn:
-            before = row_counts(conn, TABLES)
-        result = apply(url, self.bundle, online=True, log=lambda m: say(f"[{name}] {m}"))
-        migrated = result.applied[0]
-        with psycopg.connect(url) as conn:
-            after = row_counts(conn, TABLES)
-            statements = parse_migration(self.bundle.by_name()[migrated.name])
-            report = verify(conn, statements, REPO / "sql" / "verify")
-        lost = {t: before[t] - after[t] for t in TABLES if after.get(t) != before.get(t)}
-        self.facts[f"{name} apply"] = f"{migrated.seconds:.2f} s, {len(migrated.steps)} steps, {migrated.lock_retries} lock retries"
-        self.facts[f"{name} verification"] = f"{len(report.checks) - len(report.failed)}/{len(report.checks)} checks ok"
-        self.facts[f"{name} rows"] = "unchanged in every touched table" if not lost else f"CHANGED: {lost}"
-        if not report.ok or lost:
-            self.notify("failed", {"step": f"verify {name}", "error": "; ".join(c.name for c in report.failed)})
-            raise SystemExit(f"{name}: verification failed: {[c.name for c in report.failed]} {lost}")
-        self.notify("gate_passed" if name == "staging" else "production_done",
-                    {"target": name, "verification": self.facts[f"{name} verification"]})
+def run_dag(work: Path) -> tuple[int, dict, Path]:
+    """Run deploy_schema; show the milestones as they happen, keep the full log in a file."""
+    log_path, result_path = work / "run.log", work / "result.json"
+    result_path.unlink(missing_ok=True)
+    cmd = [sys.executable, str(REPO / "devstack/run_deploy.py"), "--home", str(work / "airflow"),
+           "--config", str(CONFIG), "--approve-as", APPROVER, "--result", str(result_path)]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        for line in proc.stdout:
+            log.write(line)
+            if any(marker in line for marker in PROGRESS):
+                text = line.split("] ", 1)[-1] if line[:4].isdigit() else line
+                text = LOGGER_TAIL.sub("", text.strip()).replace("[DAG TEST] starting task_id=", "task ")
+                say("  " + scrub(text)[:160])
+        code = proc.wait()
+    result = json.loads(result_path.read_text()) if result_path.exists() else {"tasks": {}}
+    return code, result, log_path
 
 
-def recreate(url: str) -> None:
-    """Drop and create the database `url` names (the stack's role owns it)."""
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                     "AND pid <> pg_backend_pid() AND usename = current_user", (name,))
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
+def report(result: dict, log_path: Path, slack_file: Path, slack_start: int, seconds: float) -> str:
+    tasks = result["tasks"]
+    x = {name: (tasks.get(name) or {}).get("xcom") or {} for name in ORDER}
+    out = ["", "=" * 78, f"deploy_schema on the local stack — run {result.get('run_id')}: {result.get('state')}",
+           "=" * 78, "", "migrations"]
+    for m in x["preflight"].get("migrations", []):
+        rewritten = sum(bool(s["rewritten"]) for s in m["steps"])
+        out.append(f"  {m['name']}  sha256 {m['checksum'][:16]}…  {len(m['steps'])} steps, {rewritten} rewritten online")
+    lint = x["preflight"].get("lint", {})
+    out.append(f"  lint: {lint.get('errors', 0)} errors in the SQL as written, {lint.get('fixed_by_plan', 0)} fixed by "
+               f"the online plan; prechecks: {len(x['preflight'].get('prechecks', []))} passed")
+    out += ["", "tasks (state, seconds)"]
+    for name in ORDER:
+        t = tasks.get(name) or {}
+        seconds_text = f"{t['seconds']:8.2f}" if t.get("seconds") is not None else "       -"
+        out.append(f"  {name:<22} {str(t.get('state')):<16} {seconds_text}")
+    b = x["backup_production"]
+    out += ["", "backup", f"  {b.get('uri')}", f"  sha256 {b.get('sha256')}  {b.get('size', 0) / 1e6:.1f} MB, "
+            f"{b.get('rows', 0):,} rows, verified by {b.get('verified')}"]
+    gate = x["test_gate"].get("gate", {})
+    out += ["", "test gate (staging)"]
+    for c in gate.get("commands", []):
+        junit = c.get("junit") or {}
+        out.append(f"  exit {c['exit_code']}  {c['seconds']:.1f} s  {junit.get('tests', '?')} tests, "
+                   f"{len(junit.get('failed', []))} failing  {c['command']}")
+    out += [f"  JUnit XML: {u}" for u in gate.get("junit", [])]
+    out.append(f"  staging verification: {x['test_gate'].get('verification', {}).get('checks', 0)} checks ok")
+    a = ((tasks.get("approve_production") or {}).get("xcom_keys") or {}).get("approval") or {}
+    w = x["wait_for_window"]
+    out += ["", "approval (demo configuration: answered by a scripted approver through the REST API)",
+            f"  {'approved' if a.get('approved') else 'NOT approved'} by {a.get('approver')} at {a.get('responded_at')}"
+            f" (run triggered by {a.get('triggered_by')})",
+            "", "maintenance window (demo configuration: a 1-minute window every minute)",
+            f"  {w.get('window')}: waited {w.get('waited_s') or 0:.0f} s (deferred), open {w.get('opens')} → "
+            f"{w.get('closes')}; production needed {w.get('needed')}"]
+    p, v = x["apply_production"], x["verify_production"]
+    out += ["", "production apply",
+            f"  {p.get('seconds')} s, {sum(len(m['steps']) for m in p.get('applied', []))} steps, "
+            f"{p.get('lock_retries', 0)} lock retries", "", "verification (production)",
+            f"  {v.get('checks', 0)} checks ok (expectations from the plan, sql/verify, EXPLAIN index usage)"]
+    for name, c in v.get("criteria", {}).items():
+        out.append(f"  {'MET    ' if c['met'] else 'NOT MET'} {name}: {c['detail']}")
+    out.append("  rows before → after:")
+    for table, before in sorted(v.get("rows_before", {}).items()):
+        out.append(f"    {table:<34} {before:>9,} → {v['rows_after'].get(table, 0):>9,}")
+    out.append("  facts against the plan's expectations (demo data is small: sizes and sub-millisecond timings "
+               "say little; bench/ runs at scale):")
+    out += [f"    {line}" for line in v.get("facts", [])]
+    lines = slack_file.read_text().splitlines()[slack_start:] if slack_file.exists() else []
+    out += ["", "Slack (stand-in)", f"  {len(lines)} messages this run, recorded in {slack_file}:"]
+    out += [f"    {json.loads(line).get('text', '')[:110]}" for line in lines]
+    out += ["", f"full Airflow log: {log_path}", f"total {seconds:.0f} s. `make airflow` runs the same DAG in the "
+            "Airflow UI; `make stack-down` stops the stack."]
+    return "\n".join(out)
 
 
 def main() -> int:
     env = stack_env()
-    os.environ.update({k: env[k] for k in env if k.startswith("AWS_")})
-    os.environ.setdefault("PG_BINDIR", env.get("PG_BINDIR", ""))
-    demo = Demo(env)
-    try:
-        demo.step("reset", demo.reset)
-        demo.step("preflight", demo.preflight)
-        demo.step("backup production", demo.backup)
-        demo.step("apply + verify staging", lambda: demo.deploy("staging"))
-        demo.step("apply + verify production", lambda: demo.deploy("production"))
-    except SchemaDeployError as exc:
-        say(f"demo: {exc}")
-        demo.notify("failed", {"error": str(exc)[:500]})
-        return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - the demo reports, it does not dump a trace
-        say(f"demo failed: {type(exc).__name__}: {exc}")
-        demo.notify("failed", {"error": f"{type(exc).__name__}: {exc}"[:500]})
-        return 1
-    print("\n=== Epic 5 deployment on the local stack ===")
-    print(f"run id        {demo.run_id}")
-    for name, url in demo.urls.items():
-        print(f"{name:<13} {scrub(url)}")
-    print("\nsteps")
-    for name, seconds in demo.timings.items():
-        print(f"  {name:<28} {seconds:7.2f} s")
-    print("\nfacts")
-    for key, value in demo.facts.items():
-        print(f"  {key:<24} {value}")
-    print("\nSlack (stand-in)")
-    for note in demo.notes:
-        print(f"  {note}")
-    print(f"  messages recorded in {env['SLACK_MESSAGES_FILE']}")
-    print("\nnext: the Airflow DAG (deploy_schema) runs these steps with approval and a maintenance window;")
-    print("      `make stack-down` stops the stack.")
-    return 0
+    work = Path(env.get("DEVSTACK_DIR", REPO / ".devstack")) / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    say("demo: recreating staging and production at the baseline with demo data")
+    for key in ("STAGING_DATABASE_URL", "PRODUCTION_DATABASE_URL"):
+        reset(env[key], seed=42, log=lambda _: None)
+    slack_file = Path(env["SLACK_MESSAGES_FILE"])
+    slack_start = len(slack_file.read_text().splitlines()) if slack_file.exists() else 0
+    say(f"demo: running deploy_schema with {CONFIG.relative_to(REPO)} (approval by '{APPROVER}', a window every "
+        "minute)")
+    code, result, log_path = run_dag(work)
+    print(report(result, log_path, slack_file, slack_start, time.monotonic() - t0))
+    if code != 0:
+        say(f"demo: the run did not succeed; read {log_path}")
+    return code
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     who.add_argument("--approve-as", metavar="USER", help="answer the approval with Approve as USER")
     who.add_argument("--reject-as", metavar="USER", help="answer the approval with Reject as USER")
     p.add_argument("--result", type=Path, help="write the run's outcome here as JSON")
+    p.add_argument("--migrate-only", action="store_true", help="only create the metadata database, then exit")
     return p.parse_args(argv)
 
 
@@ -103,13 +104,15 @@ def outcome(dag_run) -> dict:
     tasks = {}
     with create_session() as session:
         for ti in dag_run.get_task_instances(session=session):
-            value = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=ti.dag_id,
-                                                       task_ids=ti.task_id, key="return_value")).first()
+            rows = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=ti.dag_id,
+                                                      task_ids=ti.task_id)).all()
+            values = {row.key: XComModel.deserialize_value(row) for row in rows}
             tasks[ti.task_id] = {
                 "state": str(ti.state) if ti.state else None,
                 "try_number": ti.try_number,
                 "seconds": round(ti.duration, 3) if ti.duration is not None else None,
-                "xcom": XComModel.deserialize_value(value) if value is not None else None,
+                "xcom": values.pop("return_value", None),
+                "xcom_keys": values,
             }
     return {"run_id": dag_run.run_id, "state": str(dag_run.state), "tasks": tasks}
 
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)
     if not (home / "airflow.db").exists():
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    if args.migrate_only:
+        return 0
 
     from airflow.dag_processing.dagbag import DagBag
 

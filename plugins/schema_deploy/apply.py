@@ -164,7 +164,7 @@ def run_migration(conn: psycopg.Connection, url: str, mp: MigrationPlan, setting
     try:
         if mp.atomic:
             log(f"{m.name}: applying in one transaction")
-            result.steps.append(run_atomic(conn, mp, settings, watch))
+            result.steps.append(run_atomic(conn, mp, settings, watch, log))
         else:
             result.steps.extend(run_stepped(conn, mp, settings, watch, log))
     finally:
@@ -174,7 +174,8 @@ def run_migration(conn: psycopg.Connection, url: str, mp: MigrationPlan, setting
     return result
 
 
-def run_atomic(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings, watch: BlockerWatch) -> StepResult:
+def run_atomic(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings, watch: BlockerWatch,
+               log: Log = lambda _: None) -> StepResult:
     """Statements and ledger row in one transaction; a failure leaves only a rolled-back record."""
     m, step, schema = mp.migration, mp.steps[0], settings.schema
     if mp.resume_row_id:
@@ -191,7 +192,7 @@ def run_atomic(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings, 
 
     t0 = time.monotonic()
     try:
-        attempts = with_lock_retries(attempt, settings, watch)
+        attempts = with_lock_retries(attempt, settings, watch, log)
     except LockRetriesExhaustedInternal as exc:
         ledger.insert_rolled_back(conn, m.name, m.checksum, ledger.RETRYABLE_MARK + "\n" + exc.logs(m.name, 1), schema)
         raise exc.public(m.name) from None
@@ -224,7 +225,7 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
         skipped: list[str] = []
         try:
             attempts = with_lock_retries(lambda lt, s=step: run_step(conn, row_id, s, lt, settings, skipped),
-                                         settings, watch)
+                                         settings, watch, log)
         except LockRetriesExhaustedInternal as exc:
             ledger.mark_failed(conn, row_id, f"{ledger.RETRYABLE_MARK} plan={mp.digest}\n"
                                + exc.logs(m.name, step.number), schema)
@@ -427,8 +428,11 @@ class LockRetriesExhaustedInternal(Exception):
                                     self.attempts, self.blockers)
 
 
-def with_lock_retries(attempt_fn: Callable[[int], None], settings: Settings, watch: BlockerWatch) -> int:
-    """Run `attempt_fn(lock_timeout_ms)` until it does not time out on a lock; return attempts used."""
+def with_lock_retries(attempt_fn: Callable[[int], None], settings: Settings, watch: BlockerWatch,
+                      log: Log = lambda _: None) -> int:
+    """Run `attempt_fn(lock_timeout_ms)` until it does not time out on a lock; return attempts used.
+
+    Each timeout is logged with the sessions that held the lock (the blocker report)."""
     attempts = settings.lock_retries + 1
     for i in range(attempts):
         watch.start()
@@ -440,10 +444,21 @@ def with_lock_retries(attempt_fn: Callable[[int], None], settings: Settings, wat
             if i + 1 == attempts:
                 failing = getattr(exc, "planned", None)
                 raise LockRetriesExhaustedInternal(failing, "", attempts, blockers) from None
-            time.sleep(settings.sleep_before(i))
+            pause = settings.sleep_before(i)
+            log(f"lock not granted within {settings.lock_timeout_for(i)} ms (attempt {i + 1} of {attempts}); "
+                f"blocked by {describe_blockers(blockers)}; lock retry in {pause:.2f} s")
+            time.sleep(pause)
         finally:
             watch.stop()
     raise AssertionError("unreachable")
+
+
+def describe_blockers(blockers: list[dict]) -> str:
+    """`pid 123 (psql, idle in transaction for 0:00:04: SELECT …)` for each blocking session."""
+    if not blockers:
+        return "a session that ended before it could be sampled"
+    return "; ".join(f"pid {b['pid']} ({b.get('application_name') or 'no application_name'}, {b.get('state')} "
+                     f"for {b.get('xact_age')}: {scrub(str(b.get('query') or ''))[:120]})" for b in blockers)
 
 
 class BlockerWatch:

@@ -42,6 +42,7 @@ class DeployConfig:
     max_lock_timeout_ms: int = 2000
     lock_retries: int = 10
     slack_channel: str = "#deploys"
+    schedule_lead: timedelta | None = None  # scheduled runs start this long before each window; None = manual only
     expect_index_mb: tuple[float, float] = (50.0, 100.0)
     expect_speedup_pct: tuple[float, float] = (20.0, 40.0)
     demo: dict[str, object] = field(default_factory=dict)
@@ -78,6 +79,10 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
     backup, gate, approval = section(data, "backup", path), section(data, "gate", path), section(data, "approval", path)
     lock, slack = section(data, "lock", path), section(data, "slack", path)
     expect = section(data, "expectations", path)
+    schedule = section(data, "schedule", path)
+    if schedule and not data.get("windows"):
+        raise ConfigError(path, "schedule is set but there are no windows to schedule against",
+                          "Add a window under 'windows:', or remove 'schedule:' for manual runs only.")
     windows = []
     for i, w in enumerate(data.get("windows") or []):
         if not isinstance(w, dict) or not {"cron", "duration"} <= set(w):
@@ -125,6 +130,7 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         max_lock_timeout_ms=int(lock.get("max_lock_timeout_ms", defaults.max_lock_timeout_ms)),
         lock_retries=int(lock.get("lock_retries", defaults.lock_retries)),
         slack_channel=str(slack.get("channel", defaults.slack_channel)),
+        schedule_lead=parse_duration(str(schedule["lead"])) if schedule.get("lead") else None,
         expect_index_mb=_range(expect, "index_storage_mb", defaults.expect_index_mb, path),
         expect_speedup_pct=_range(expect, "query_speedup_percent", defaults.expect_speedup_pct, path),
         demo=dict(data.get("demo") or {}),
@@ -136,7 +142,7 @@ def _range(section: dict, key: str, default: tuple[float, float], path: Path) ->
     value = section.get(key)
     if value is None:
         return default
-    if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value)
+    if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
             or value[0] > value[1]):
         raise ConfigError(path, f"expectations.{key} is {value!r}", "Give [low, high] numbers, e.g. [20, 40].")
     return float(value[0]), float(value[1])

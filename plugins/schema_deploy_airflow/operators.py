@@ -53,17 +53,24 @@ class ProductionApprovalOperator(ApprovalOperator):
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        """Record and announce the decision, then let ApprovalOperator act on it.
+
+        The record is pushed first under the XCom key `approval`: on Reject the base class
+        skips the downstream tasks by raising, so nothing after it would run.
+        """
         from schema_deploy import config
         from schema_deploy_airflow.steps import notify
 
-        result = super().execute_complete(context=context, event=event)
-        user = result["responded_by_user"] or {}
+        if "error" in event:  # a timeout or trigger error: the base class raises the right exception
+            return super().execute_complete(context=context, event=event)
+        user = event.get("responded_by_user") or {}
         approver = user.get("name") or user.get("id") or "?"
-        approved = result["chosen_options"][0] == self.APPROVE
+        approved = list(event.get("chosen_options") or [])[:1] == [self.APPROVE]
         triggered_by = getattr(context.get("dag_run"), "triggering_user_name", None)
         record = {"approved": approved, "approver": approver, "approver_id": user.get("id"),
-                  "responded_at": str(result["responded_at"]), "triggered_by": triggered_by}
+                  "responded_at": str(event.get("responded_at")), "triggered_by": triggered_by}
         self.log.info("approval record: %s", record)
+        context["ti"].xcom_push(key="approval", value=record)
         if approved and config.load().approver_must_differ and triggered_by and approver == triggered_by:
             notify("rejected", {"by": approver, "why": "the approver must differ from who triggered the run"},
                    self.log)
@@ -71,20 +78,28 @@ class ProductionApprovalOperator(ApprovalOperator):
         notify("approved" if approved else "rejected",
                {"by": approver, "at": record["responded_at"],
                 "production": "next: the maintenance window" if approved else "skipped, untouched"}, self.log)
+        super().execute_complete(context=context, event=event)  # on Reject: skips downstream, raising
         return record
 
 
 def approval_body(summary: dict[str, Any], backup: dict[str, Any], gate: dict[str, Any]) -> str:
     """Markdown for the approval page: what will run, where the backup is, what the gate found."""
+    from schema_deploy.parse import LOCK_MODES
+
     lines = ["### Plan"]
     for m in summary.get("migrations", []):
         rewritten = sum(bool(s["rewritten"]) for s in m["steps"])
-        lines.append(f"* **{m['name']}** — sha256 `{m['checksum'][:16]}…`, {len(m['steps'])} steps, "
+        steps = len(m["steps"])
+        lines.append(f"* **{m['name']}** — sha256 `{m['checksum'][:16]}…`, {steps} step{'s' if steps != 1 else ''}, "
                      f"{rewritten} rewritten for online mode")
-    locks = sorted({f"{t}: {mode}" for m in summary.get("migrations", []) for s in m["steps"]
-                    for t, mode in s["locks"].items()})
-    if locks:
-        lines.append("\n**Strongest locks taken**: " + "; ".join(locks))
+    strongest: dict[str, str] = {}
+    for m in summary.get("migrations", []):
+        for s in m["steps"]:
+            for table, mode in s["locks"].items():
+                if table not in strongest or LOCK_MODES.index(mode) > LOCK_MODES.index(strongest[table]):
+                    strongest[table] = mode
+    if strongest:
+        lines.append("\n**Strongest lock per table**: " + "; ".join(f"{t}: {m}" for t, m in sorted(strongest.items())))
     sizes = summary.get("table_sizes", {})
     if sizes:
         lines.append("\n**Tables** (production): " + ", ".join(
@@ -142,12 +157,15 @@ class WaitForWindowOperator(BaseOperator):
                                   "expected duration": str(needed)}, self.log)
         self.log.info("waiting for window %s at %s (%s needed); deferred, no worker slot held",
                       slot.window.label, slot.start, needed)
-        self.defer(trigger=DateTimeTrigger(moment=slot.start + timedelta(seconds=1)),
-                   method_name="execute_complete", kwargs={"facts": {**facts, "deferred_at": now.isoformat()}})
+        # The plan of the wait goes to XCom rather than into defer()'s kwargs, which not every
+        # executor path hands back to execute_complete (dag.test() does not).
+        ti.xcom_push(key="window_wait", value={**facts, "deferred_at": now.isoformat()})
+        self.defer(trigger=DateTimeTrigger(moment=slot.start + timedelta(seconds=1)), method_name="execute_complete")
 
-    def execute_complete(self, context: Any, event: Any = None, facts: dict[str, Any] | None = None) -> dict[str, Any]:
-        facts = facts or {}
-        waited = (datetime.now(timezone.utc) - datetime.fromisoformat(facts["deferred_at"])).total_seconds() \
-            if "deferred_at" in facts else None
+    def execute_complete(self, context: Any, event: Any = None) -> dict[str, Any]:
+        facts = context["ti"].xcom_pull(task_ids=self.task_id, key="window_wait") or {}
+        deferred_at = facts.pop("deferred_at", None)
+        waited = (datetime.now(timezone.utc) - datetime.fromisoformat(deferred_at)).total_seconds() \
+            if deferred_at else None
         self.log.info("maintenance window open after waiting %s s: %s", waited, facts)
         return {"skipped": False, "waited_s": waited, **facts}

@@ -7,9 +7,11 @@ the gate and verification only read.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,32 @@ from schema_deploy.errors import SchemaDeployError, UsageError, scrub
 from schema_deploy_airflow import connections
 
 PREFLIGHT = "preflight"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth an automatic retry: a lock not granted, a busy advisory lock, a lost connection, S3 or
+    pg_dump trouble. Bad input, failed checks and failed gates would fail the same way again."""
+    from schema_deploy.errors import AdvisoryLockTimeout, BackupFailed, DatabaseError, LockRetriesExhausted
+
+    return not isinstance(exc, SchemaDeployError) or isinstance(
+        exc, (LockRetriesExhausted, AdvisoryLockTimeout, DatabaseError, BackupFailed))
+
+
+def fail_fast(step: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a non-transient SchemaDeployError into Airflow's no-retry failure, message kept whole."""
+
+    @functools.wraps(step)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return step(*args, **kwargs)
+        except SchemaDeployError as exc:
+            if is_transient(exc):
+                raise
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+
+    return run
 
 
 def task_log() -> logging.Logger:
@@ -102,6 +130,7 @@ def bundle_for(params: dict[str, Any]):
     return load_bundle(folder)
 
 
+@fail_fast
 def preflight(params: dict[str, Any], log) -> dict[str, Any]:
     """Bundle, lint, both ledgers, schema match, production prechecks, the plan. Changes nothing."""
     from schema_deploy.apply import connect, load_state
@@ -170,6 +199,7 @@ def preflight(params: dict[str, Any], log) -> dict[str, Any]:
     return summary
 
 
+@fail_fast
 def backup_production(run_id: str, log) -> dict[str, Any]:
     """pg_dump of production streamed to S3, then verified (restore check per deploy.yaml)."""
     from schema_deploy.backup import backup
@@ -194,6 +224,7 @@ def touched_tables(summary: dict[str, Any]) -> list[str]:
     return sorted({t for m in summary.get("migrations", []) for s in m["steps"] for t in s["locks"] if "." not in t})
 
 
+@fail_fast
 def apply_to(env: str, params: dict[str, Any], summary: dict[str, Any], log) -> dict[str, Any]:
     """Apply pending migrations to one target with the online plan and lock retries.
 
@@ -250,6 +281,7 @@ class VerificationFailed(SchemaDeployError):
                          + ". The change is applied; investigate, then roll back from the backup if needed.")
 
 
+@fail_fast
 def verify_target(env: str, params: dict[str, Any], applied: dict[str, Any], log) -> dict[str, Any]:
     """Expectations of this run's migrations, sql/verify, EXPLAIN checks, and the facts of the change.
 
@@ -294,6 +326,7 @@ def verify_target(env: str, params: dict[str, Any], applied: dict[str, Any], log
             "facts": perf["lines"], "criteria": {k: {"met": ok, "detail": d} for k, (ok, d) in outcome.items()}}
 
 
+@fail_fast
 def run_gate(params: dict[str, Any], backup_uri: str | None, log) -> dict[str, Any]:
     """The configured test commands against staging (DATABASE_URL), with a timeout; JUnit XML kept
     beside the backup in S3."""

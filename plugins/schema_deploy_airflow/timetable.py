@@ -122,3 +122,11 @@ def _spec(window: Window) -> dict[str, str]:
 
 def _utc(moment: datetime) -> DateTime:
     return pendulum.instance(moment.astimezone(timezone.utc))
+
+
+def deploy_schedule() -> MaintenanceWindowTimetable | None:
+    """deploy_schema's schedule from deploy.yaml: `schedule.lead` before each window, else manual only."""
+    from schema_deploy import config
+
+    lead = config.load().schedule_lead
+    return MaintenanceWindowTimetable.from_config(lead=lead) if lead is not None else None

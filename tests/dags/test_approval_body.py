@@ -102,18 +102,20 @@ def test_each_migration_is_listed_with_its_checksum_prefix_and_step_and_rewrite_
 
     assert plan.splitlines()[:2] == [
         f"* **{EPIC5}** — sha256 `{EPIC5_SHA[:16]}…`, 4 steps, 3 rewritten for online mode",
-        f"* **{FOLLOW_UP}** — sha256 `{FOLLOW_UP_SHA[:16]}…`, 1 steps, 0 rewritten for online mode",
+        f"* **{FOLLOW_UP}** — sha256 `{FOLLOW_UP_SHA[:16]}…`, 1 step, 0 rewritten for online mode",
     ]
     assert EPIC5_SHA[16:] not in plan
 
 
-def test_the_locks_of_every_step_are_listed_by_table(summary: dict[str, Any], backup: dict[str, Any],
+def test_the_strongest_lock_of_each_table_is_listed_once(summary: dict[str, Any], backup: dict[str, Any],
                                                      gate: dict[str, Any]) -> None:
     plan = section(approval_body(summary, backup, gate), "Plan")
 
-    [locks] = [line for line in plan.splitlines() if line.startswith("**Strongest locks taken**: ")]
-    listed = locks.removeprefix("**Strongest locks taken**: ").split("; ")
+    [locks] = [line for line in plan.splitlines() if line.startswith("**Strongest lock per table**: ")]
+    listed = locks.removeprefix("**Strongest lock per table**: ").split("; ")
     assert listed == sorted(listed)
+    tables = [entry.split(": ")[0] for entry in listed]
+    assert len(tables) == len(set(tables))  # one entry per table
     assert {"behavioral_events: SHARE UPDATE EXCLUSIVE", "experiment_assignments: ACCESS EXCLUSIVE",
             "personalization_experiments: SHARE ROW EXCLUSIVE",
             "study_schedule_recommendations: ACCESS EXCLUSIVE"} <= set(listed)
@@ -163,7 +165,7 @@ def test_missing_xcoms_give_a_body_that_says_so_instead_of_failing() -> None:
 
     assert section(body, "Backup").strip() == "`none` sha256 `?`, verified by ?"
     assert section(body, "Staging gate").strip() == "0/0 commands passed, 0 tests; verification 0 checks ok"
-    assert "Strongest locks" not in body and "**Tables**" not in body
+    assert "Strongest lock" not in body and "**Tables**" not in body
 
 
 def test_a_plan_without_table_sizes_omits_the_tables_line(summary: dict[str, Any], backup: dict[str, Any],

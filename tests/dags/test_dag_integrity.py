@@ -86,3 +86,21 @@ def test_a_manual_run_cannot_turn_off_approval_when_deploy_yaml_requires_it() ->
     assert approval_required({"require_approval": False}, "manual", DeployConfig(approval_manual=False)) is False
     assert approval_required({"require_approval": False}, "manual", required) is True
     assert approval_required({}, "DagRunType.SCHEDULED".lower(), DeployConfig(approval_scheduled=False)) is False
+
+
+def test_deploy_schema_is_manual_unless_deploy_yaml_schedules_it_before_each_window(tmp_path, monkeypatch) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from schema_deploy_airflow.timetable import MaintenanceWindowTimetable
+
+    config = tmp_path / "deploy.yaml"
+    config.write_text("windows: [{name: nightly, cron: '0 2 * * *', duration: 2h, timezone: Europe/Berlin}]\n"
+                      "schedule: {lead: 90m}\n")
+    monkeypatch.setenv("SCHEMA_DEPLOY_CONFIG", str(config))
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags["deploy_schema"]
+    assert isinstance(dag.timetable, MaintenanceWindowTimetable)
+    assert dag.timetable.summary.startswith("1h30m before nightly")
+
+    config.write_text("windows: [{name: nightly, cron: '0 2 * * *', duration: 2h}]\n")
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags["deploy_schema"]
+    assert not isinstance(dag.timetable, MaintenanceWindowTimetable)

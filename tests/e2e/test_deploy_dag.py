@@ -1,122 +1,374 @@
-"""deploy_schema end to end with `airflow dags test` on the local stack (a dry run: staging only)."""
+"""deploy_schema end to end with `dag.test()` on the local stack (devstack/run_deploy.py).
+
+Each test gets its own staging and production databases (one on each cluster),
+seeded at the baseline with the same data, and its own Airflow home. The approval
+is answered through Airflow's REST route by run_deploy's responder, as a person
+would in the UI; the window wait defers and resumes through its trigger.
+"""
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import sqlite3
 import subprocess
+import sys
+import threading
+import time
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
 import pytest
+import requests
 
-from generate_data import generate
-from schema_deploy.apply import apply
-from schema_deploy.bundle import load_bundle
+from schema_deploy.backup_store import parse_s3_uri
+from schema_deploy.fingerprint import schema_fingerprint
 from schema_deploy.ledger import read_rows
+from seed import reset
 from tests.conftest import drop_database, with_database
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLE = load_bundle(REPO / "sql" / "migrations")
 EPIC5 = "20251017120000_epic5_schema_completion"
+GATE = '    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, "--junitxml={junit}"]\n'
 
 
 @pytest.fixture
 def targets(stack_env: dict[str, str]):
-    """A fresh staging and production database (one on each cluster), at the baseline with data."""
+    """A fresh staging and production database, at the baseline with identical demo data."""
     name = f"t_dag_{uuid.uuid4().hex[:8]}"
-    urls = {}
-    for env in ("STAGING", "PRODUCTION"):
-        base = stack_env[f"{env}_DATABASE_URL"]
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        urls[env.lower()] = with_database(base, name)
-        apply(urls[env.lower()], BUNDLE, to="20250915090000_baseline")
-        generate(urls[env.lower()], seed=9, scale="demo")
+    urls = {env.lower(): with_database(stack_env[f"{env}_DATABASE_URL"], name) for env in ("STAGING", "PRODUCTION")}
+    for url in urls.values():
+        reset(url, seed=9, log=lambda _: None)
     yield urls
     for env in ("STAGING", "PRODUCTION"):
         drop_database(stack_env[f"{env}_DATABASE_URL"], name)
 
 
 @pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory, stack_env: dict[str, str]) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("airflow")
+def migrated_home(tmp_path_factory) -> Path:
+    """An Airflow home with its metadata database migrated once; each test copies it."""
+    home = tmp_path_factory.mktemp("airflow-template")
     config = home / "deploy.yaml"
-    config.write_text(
-        f"migrations: {REPO / 'sql/migrations'}\nverify_dir: {REPO / 'sql/verify'}\n"
-        f"backup: {{bucket: {stack_env['BACKUP_BUCKET']}, prefix: e2e, restore_check: true}}\n"
-        "gate:\n  timeout: 2m\n  commands:\n"
-        "    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider]\n"
-        "windows: [{cron: '* * * * *', duration: 1h}]\n")
-    env = {**os.environ, **{k: v for k, v in stack_env.items() if k.startswith(("AWS_", "PG_BINDIR"))},
-           "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-           "AIRFLOW_CONN_BACKUP_S3": stack_env["AIRFLOW_CONN_BACKUP_S3"],
-           "AIRFLOW_CONN_SLACK_DEPLOYS": stack_env["AIRFLOW_CONN_SLACK_DEPLOYS"],
-           "SCHEMA_DEPLOY_CONFIG": str(config),
-           "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}"}
-    subprocess.run([str(REPO / ".venv/bin/airflow"), "db", "migrate"], env=env, check=True,
-                   capture_output=True, timeout=300)
-    return env
+    config.write_text("")
+    run = subprocess.run([sys.executable, str(REPO / "devstack/run_deploy.py"), "--home", str(home),
+                          "--config", str(config), "--migrate-only"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return home
 
 
-def run_dag(env: dict[str, str], targets: dict[str, str], conf: dict) -> str:
-    env = {**env, "AIRFLOW_CONN_STAGING_DB": targets["staging"], "AIRFLOW_CONN_PRODUCTION_DB": targets["production"]}
-    run = subprocess.run([str(REPO / ".venv/bin/airflow"), "dags", "test", "deploy_schema", "-c", json.dumps(conf)],
-                         env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
-    return log
+@dataclass
+class Run:
+    returncode: int
+    log: str
+    result: dict
+    home: Path
+
+    def state(self, task_id: str) -> str | None:
+        return self.result["tasks"].get(task_id, {}).get("state")
+
+    def xcom(self, task_id: str):
+        return self.result["tasks"][task_id]["xcom"]
+
+    def approval(self) -> dict:
+        return self.result["tasks"]["approve_production"]["xcom_keys"]["approval"]
+
+
+class Deployer:
+    def __init__(self, tmp_path: Path, migrated_home: Path, targets: dict[str, str], stack_env: dict[str, str]):
+        self.tmp, self.targets, self.stack_env = tmp_path, targets, stack_env
+        self.home = tmp_path / "airflow"
+        shutil.copytree(migrated_home, self.home)
+        self.prefix = f"e2e-{uuid.uuid4().hex[:8]}"
+
+    def config(self, windows: str = "[{cron: '* * * * *', duration: 1h}]", gate: str = GATE, extra: str = "") -> Path:
+        path = self.tmp / "deploy.yaml"
+        path.write_text(
+            f"migrations: {REPO / 'sql/migrations'}\nverify_dir: {REPO / 'sql/verify'}\n"
+            f"backup: {{bucket: {self.stack_env['BACKUP_BUCKET']}, prefix: {self.prefix}, restore_check: true}}\n"
+            f"gate:\n  timeout: 2m\n  commands:\n{gate}"
+            f"windows: {windows}\napproval: {{manual_runs: form, scheduled_runs: required}}\n{extra}")
+        return path
+
+    def command(self, conf: dict, config: Path, approve: str | None, reject: str | None) -> list[str]:
+        cmd = [sys.executable, str(REPO / "devstack/run_deploy.py"), "--home", str(self.home), "--config",
+               str(config), "--conf", json.dumps(conf), "--result", str(self.tmp / "result.json")]
+        if approve:
+            cmd += ["--approve-as", approve]
+        if reject:
+            cmd += ["--reject-as", reject]
+        return cmd
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "AIRFLOW_CONN_STAGING_DB": self.targets["staging"],
+                "AIRFLOW_CONN_PRODUCTION_DB": self.targets["production"]}
+
+    def run(self, conf: dict | None = None, config: Path | None = None, approve: str | None = None,
+            reject: str | None = None) -> Run:
+        proc = subprocess.run(self.command(conf or {}, config or self.config(), approve, reject), env=self.env(),
+                              capture_output=True, text=True, timeout=600, cwd=REPO)
+        result = self.tmp / "result.json"
+        return Run(proc.returncode, proc.stdout + proc.stderr,
+                   json.loads(result.read_text()) if result.exists() else {"tasks": {}}, self.home)
+
+
+@pytest.fixture
+def deployer(tmp_path, migrated_home, targets, stack_env) -> Deployer:
+    return Deployer(tmp_path, migrated_home, targets, stack_env)
+
+
+def ledger(url: str) -> list:
+    with psycopg.connect(url) as conn:
+        return read_rows(conn)
 
 
 def applied(url: str) -> list[str]:
+    return [r.migration_name for r in ledger(url) if r.applied]
+
+
+def fingerprint(url: str):
     with psycopg.connect(url) as conn:
-        return [r.migration_name for r in read_rows(conn) if r.applied]
+        return schema_fingerprint(conn)
 
 
-def slack_since(stack_env: dict[str, str], marker: int) -> str:
-    lines = Path(stack_env["SLACK_MESSAGES_FILE"]).read_text().splitlines()[marker:]
-    return " ".join(json.loads(line).get("text") or "" for line in lines)
+class Slack:
+    """Messages the Slack stand-in recorded since this object was made."""
+
+    def __init__(self, stack_env: dict[str, str]) -> None:
+        self.path = Path(stack_env["SLACK_MESSAGES_FILE"])
+        self.start = len(self.path.read_text().splitlines()) if self.path.exists() else 0
+
+    def texts(self) -> str:
+        """What the channel shows: each message's text and blocks (not the stand-in's request record)."""
+        lines = self.path.read_text().splitlines()[self.start:] if self.path.exists() else []
+        return "\n".join(json.dumps({k: json.loads(line).get(k) for k in ("text", "blocks")}) for line in lines)
 
 
-def slack_marker(stack_env: dict[str, str]) -> int:
-    path = Path(stack_env["SLACK_MESSAGES_FILE"])
-    return len(path.read_text().splitlines()) if path.exists() else 0
+def s3_keys(stack_env: dict[str, str], prefix: str) -> list[str]:
+    from schema_deploy.backup_store import default_s3_client
+
+    os.environ.update({k: v for k, v in stack_env.items() if k.startswith("AWS_")})
+    s3 = default_s3_client()
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack_env["BACKUP_BUCKET"], Prefix=prefix + "/")
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-def test_a_dry_run_migrates_staging_and_leaves_production_untouched(
-        targets: dict[str, str], airflow_home: dict[str, str], stack_env: dict[str, str]) -> None:
-    marker = slack_marker(stack_env)
-    log = run_dag(airflow_home, targets, {"dry_run": True})
-    assert EPIC5 in applied(targets["staging"])
-    assert EPIC5 not in applied(targets["production"])
-    texts = slack_since(stack_env, marker)
-    assert "Schema deployment started" in texts and "Dry run finished" in texts and "gate passed" in texts
-    password = targets["production"].split(":")[2].split("@")[0]
-    assert password not in log and password not in texts
+def secrets_of(stack_env: dict[str, str], targets: dict[str, str]) -> list[str]:
+    from urllib.parse import urlsplit
+
+    found = [urlsplit(u).password for u in targets.values()]
+    found += [stack_env["AWS_SECRET_ACCESS_KEY"], stack_env["SLACK_WEBHOOK_URL"].rsplit("/", 1)[-1]]
+    return [s for s in found if s]
 
 
-def test_without_approval_production_is_migrated_verified_and_announced(
-        targets: dict[str, str], airflow_home: dict[str, str], stack_env: dict[str, str]) -> None:
-    marker = slack_marker(stack_env)
-    run_dag(airflow_home, targets, {"require_approval": False})
+class LockHolder(threading.Thread):
+    """Holds ACCESS SHARE on a production table (a long read) until `release()` or a condition."""
+
+    def __init__(self, url: str, table: str) -> None:
+        super().__init__(daemon=True)
+        self.conn = psycopg.connect(url)
+        self.conn.execute(f'SELECT 1 FROM "{table}" LIMIT 1')  # the transaction keeps the lock
+        self.table, self.url = table, url
+        self.released = threading.Event()
+
+    def waiters(self) -> int:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                "AND wait_event_type = 'Lock' AND query ILIKE %s", (f"%{self.table}%",)).fetchone()[0]
+
+    def release(self) -> None:
+        if not self.released.is_set():
+            self.conn.rollback()
+            self.conn.close()
+            self.released.set()
+
+
+def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_announces_production(
+        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+    slack = Slack(stack_env)
+    holder = LockHolder(targets["production"], "experiment_assignments")
+
+    def release_after_retries() -> None:  # the ALTER waits, times out, retries: then the long read ends
+        seen = 0
+        while not holder.released.is_set() and seen < 3:
+            seen += 1 if holder.waiters() else 0
+            time.sleep(0.3)
+        holder.release()
+
+    watcher = threading.Thread(target=release_after_retries, daemon=True)
+    watcher.start()
+    try:
+        run = deployer.run(approve="alice")
+    finally:
+        holder.release()
+    assert run.returncode == 0, run.log[-5000:]
     assert EPIC5 in applied(targets["staging"]) and EPIC5 in applied(targets["production"])
-    texts = slack_since(stack_env, marker)
-    assert "Production migrated and verified" in texts
+    assert fingerprint(targets["staging"]) == fingerprint(targets["production"])
+
+    production = run.xcom("apply_production")
+    assert production["lock_retries"] >= 1
+    assert "lock not granted within 100 ms (attempt 1 of 11); blocked by pid" in run.log
+    approval = run.approval()
+    assert approval == run.xcom("approve_production")
+    assert approval["approved"] and approval["approver"] == "alice" and approval["triggered_by"] == "dag_test"
+    assert run.result["approvals"][0]["status"] == 200  # answered through the REST route
+
+    verified = run.xcom("verify_production")
+    assert verified["rows_before"] == verified["rows_after"] and verified["rows_after"]["behavioral_events"] > 0
+    assert len(verified["index_bytes"]) == 12 and all(b > 0 for b in verified["index_bytes"].values())
+    criteria = verified["criteria"]
+    assert criteria["foreign key constraints enforced"]["met"]
+    assert criteria["new indexes created and used by queries"]["met"]
+    assert criteria["no data loss or corruption"]["met"]
+    assert "query performance meets expectations" in criteria  # a fact, whichever way it goes
+    assert "success criterion foreign key constraints enforced" in run.log
+
+    backup = run.xcom("backup_production")
+    junit = run.xcom("test_gate")["gate"]["junit"]
+    bucket, key = parse_s3_uri(junit[0])
+    assert key in s3_keys(stack_env, deployer.prefix) and key.startswith(parse_s3_uri(backup["uri"])[1][:-5])
+    assert run.xcom("test_gate")["gate"]["tests"] >= 10
+
+    texts = slack.texts()
+    for title in ("Schema deployment started", "Staging test gate passed", "Waiting for approval",
+                  "Production change approved", "Production migrated and verified"):
+        assert title in texts, title
+    assert "required_actions" in texts  # the approval link
+    for secret in secrets_of(stack_env, targets):
+        assert secret not in run.log and secret not in texts
+
+
+def test_a_dry_run_with_slack_down_still_migrates_staging_and_logs_the_lost_notifications(
+        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+    control = stack_env["SLACK_CONTROL_URL"].rstrip("/")
+    requests.post(control + "/fail", json={"status": 500, "paths": "all"}, timeout=5).raise_for_status()
+    slack = Slack(stack_env)
+    try:
+        run = deployer.run({"dry_run": True})
+    finally:
+        requests.delete(control + "/fail", timeout=5)
+    assert run.returncode == 0, run.log[-5000:]
+    assert EPIC5 in applied(targets["staging"]) and EPIC5 not in applied(targets["production"])
+    assert run.state("apply_production") == "skipped" and run.state("approve_production") == "skipped"
+    assert "Slack notification 'started' not delivered" in run.log
+    assert "giving up on Slack notification 'gate_passed'" in run.log
+    assert slack.texts() == ""
+
+
+def test_a_failing_gate_stops_before_production_and_names_the_failing_test(
+        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+    failing = deployer.tmp / "test_release_blocker.py"
+    failing.write_text("def test_checkout_still_works():\n    assert 1 + 1 == 3, 'checkout broke'\n")
+    gate = GATE + f'    - [python, -m, pytest, {failing}, -q, -p, no:cacheprovider, "--junitxml={{junit}}"]\n'
+    before = fingerprint(targets["production"])
+    slack = Slack(stack_env)
+    run = deployer.run(config=deployer.config(gate=gate), approve="alice")
+    assert run.returncode == 1
+    assert run.state("test_gate") == "failed" and run.state("apply_production") in ("upstream_failed", None)
+    assert EPIC5 not in applied(targets["production"]) and fingerprint(targets["production"]) == before
+    assert "the staging test gate failed, so production was not touched" in run.log
+    assert "test_release_blocker.py::test_checkout_still_works" in run.log
+    texts = slack.texts()
+    assert "Staging test gate FAILED" in texts and "test_checkout_still_works" in texts
+    assert "Schema deployment FAILED" in texts  # the failure callback
+
+
+def test_a_rejected_approval_skips_production_and_says_so(
+        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+    slack = Slack(stack_env)
+    run = deployer.run(reject="bob")
+    assert run.returncode == 0, run.log[-5000:]
+    assert run.approval()["approved"] is False and run.approval()["approver"] == "bob"
+    for task in ("wait_for_window", "apply_production", "verify_production"):
+        assert run.state(task) == "skipped", task
+    assert EPIC5 in applied(targets["staging"]) and EPIC5 not in applied(targets["production"])
+    assert "Production change rejected" in slack.texts() and "bob" in slack.texts()
+
+
+def test_a_closed_window_defers_the_production_change_until_it_opens(
+        deployer: Deployer, targets: dict[str, str]) -> None:
+    # A one-minute window every minute: with at least a minute needed, only a whole window fits,
+    # so the wait defers until the next minute starts, then production proceeds.
+    run = deployer.run({"require_approval": False}, config=deployer.config(windows="[{cron: '* * * * *', duration: 1m}]"))
+    assert run.returncode == 0, run.log[-5000:]
+    window = run.xcom("wait_for_window")
+    assert window["waited_s"] > 0 and "deferred, no worker slot held" in run.log
+    opens = datetime.fromisoformat(window["opens"])
+    assert opens.second == 0 and opens.microsecond == 0
+    assert EPIC5 in applied(targets["production"])
+    conn = sqlite3.connect(run.home / "airflow.db")
+    started = conn.execute("SELECT start_date FROM task_instance WHERE task_id = 'apply_production'").fetchone()[0]
+    assert datetime.fromisoformat(started.replace(" ", "T")).replace(tzinfo=opens.tzinfo) >= opens
+
+
+def test_orphan_rows_in_production_stop_preflight_with_nothing_changed_anywhere(
+        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     with psycopg.connect(targets["production"]) as conn:
-        assert conn.execute("SELECT convalidated FROM pg_constraint "
-                            "WHERE conname = 'experiment_assignments_experimentId_fkey'").fetchone()[0]
+        conn.execute('INSERT INTO experiment_assignments (id, "experimentId", "userId", variant, "assignedAt") '
+                     "SELECT 'orphan-' || g, 'no-such-experiment', 'orphan-user-' || g, 'A', now() FROM generate_series(1, 3) g")
+    before = {env: fingerprint(url) for env, url in targets.items()}
+    run = deployer.run(approve="alice")
+    assert run.returncode == 1
+    assert run.state("preflight") == "failed" and run.state("backup_production") == "upstream_failed"
+    assert "experiment_assignments" in run.log and "orphan" in run.log.lower()
+    assert {env: fingerprint(url) for env, url in targets.items()} == before
+    assert not ledger(targets["staging"])[1:] and EPIC5 not in applied(targets["production"])
+    assert s3_keys(stack_env, deployer.prefix) == []  # no backup taken either
+
+
+def test_a_crashed_production_apply_converges_when_the_task_is_run_again(
+        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+    # A long read on a table of step 4 stalls production after steps 1-3 have committed;
+    # then the whole process running the DAG is killed (SIGKILL: no cleanup of any kind).
+    holder = LockHolder(targets["production"], "study_schedule_recommendations")
+    config = deployer.config(extra="lock: {lock_timeout_ms: 100, max_lock_timeout_ms: 2000, lock_retries: 100}\n")
+    proc = subprocess.Popen(deployer.command({"require_approval": False}, config, None, None), env=deployer.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (holder.waiters() and any(r.applied_steps_count >= 3 for r in ledger(targets["production"])
+                                             if r.migration_name == EPIC5)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached the held lock"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        holder.release()
+    row = next(r for r in ledger(targets["production"]) if r.migration_name == EPIC5)
+    assert not row.applied and row.applied_steps_count == 3
+
+    run_id = sqlite3.connect(deployer.home / "airflow.db").execute(
+        "SELECT run_id FROM dag_run ORDER BY id DESC LIMIT 1").fetchone()[0]
+    env = {**airflow_env_for(deployer, config), "AIRFLOW_CONN_STAGING_DB": targets["staging"],
+           "AIRFLOW_CONN_PRODUCTION_DB": targets["production"]}
+    logs = {}
+    for task in ("apply_production", "verify_production"):
+        again = subprocess.run([str(REPO / ".venv/bin/airflow"), "tasks", "test", "deploy_schema", task, run_id],
+                               env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+        logs[task] = again.stdout + again.stderr  # `airflow tasks test` exits 0 whatever the task did
+        assert "Task failed with exception" not in logs[task], logs[task][-4000:]
+    rows = [r for r in ledger(targets["production"]) if r.migration_name == EPIC5]
+    assert len(rows) == 1 and rows[0].applied and rows[0].applied_steps_count == 16
+    assert "'resumed_from_step': 4" in logs["apply_production"]
+    with psycopg.connect(targets["production"]) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()[0] == 0
+    assert fingerprint(targets["production"]) == fingerprint(targets["staging"])
+
+
+def airflow_env_for(deployer: Deployer, config: Path) -> dict[str, str]:
+    from airflow_env import airflow_env
+
+    return airflow_env(deployer.home, deployer.stack_env, config)
 
 
 def test_a_skip_window_without_reason_is_refused_by_preflight_before_any_change(
-        targets: dict[str, str], airflow_home: dict[str, str], stack_env: dict[str, str]) -> None:
-    env = {**airflow_home, "AIRFLOW_CONN_STAGING_DB": targets["staging"],
-           "AIRFLOW_CONN_PRODUCTION_DB": targets["production"]}
-    run = subprocess.run([str(REPO / ".venv/bin/airflow"), "tasks", "test", "deploy_schema", "preflight",
-                          "-t", json.dumps({"skip_window": True, "skip_window_reason": ""})],
-                         env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
-    out = run.stdout + run.stderr  # `airflow tasks test` exits 0 whatever the task did; read its log
-    assert "Task failed with exception" in out
-    assert "skip_window is on but skip_window_reason is empty: say why production may change" in out
+        deployer: Deployer, targets: dict[str, str]) -> None:
+    run = deployer.run({"skip_window": True, "skip_window_reason": ""}, approve="alice")
+    assert run.returncode == 1 and run.state("preflight") == "failed"
+    assert "skip_window is on but skip_window_reason is empty: say why production may change" in run.log
     assert EPIC5 not in applied(targets["staging"]) and EPIC5 not in applied(targets["production"])
