@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     home = args.home.resolve()
     env = airflow_env(home, stack_env(), args.config.resolve())
-    env.update({k: v for k, v in os.environ.items() if k in ("AIRFLOW_CONN_STAGING_DB", "AIRFLOW_CONN_PRODUCTION_DB")})
+    env.update({k: v for k, v in os.environ.items() if k.startswith("AIRFLOW_CONN_")})  # caller's override the stack's
     os.environ.clear()
     os.environ.update(env)
     if not (home / "airflow.db").exists():

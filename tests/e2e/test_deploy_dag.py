@@ -83,6 +83,7 @@ class Deployer:
         self.home = tmp_path / "airflow"
         shutil.copytree(migrated_home, self.home)
         self.prefix = f"e2e-{uuid.uuid4().hex[:8]}"
+        self.extra_env: dict[str, str] = {}
 
     def config(self, windows: str = "[{cron: '* * * * *', duration: 1h}]", gate: str = GATE, extra: str = "") -> Path:
         path = self.tmp / "deploy.yaml"
@@ -104,7 +105,7 @@ class Deployer:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "AIRFLOW_CONN_STAGING_DB": self.targets["staging"],
-                "AIRFLOW_CONN_PRODUCTION_DB": self.targets["production"]}
+                "AIRFLOW_CONN_PRODUCTION_DB": self.targets["production"], **self.extra_env}
 
     def run(self, conf: dict | None = None, config: Path | None = None, approve: str | None = None,
             reject: str | None = None) -> Run:
@@ -140,6 +141,10 @@ class Slack:
     def __init__(self, stack_env: dict[str, str]) -> None:
         self.path = Path(stack_env["SLACK_MESSAGES_FILE"])
         self.start = len(self.path.read_text().splitlines()) if self.path.exists() else 0
+
+    def records(self) -> list[dict]:
+        lines = self.path.read_text().splitlines()[self.start:] if self.path.exists() else []
+        return [json.loads(line) for line in lines]
 
     def texts(self) -> str:
         """What the channel shows: each message's text and blocks (not the stand-in's request record)."""
@@ -276,8 +281,12 @@ def test_a_failing_gate_stops_before_production_and_names_the_failing_test(
     assert "Schema deployment FAILED" in texts  # the failure callback
 
 
-def test_a_rejected_approval_skips_production_and_says_so(
+def test_a_rejected_approval_skips_production_and_says_so_in_the_runs_slack_thread(
         deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+    # slack_deploys as a Web API connection: every message after the first is a reply in its thread.
+    deployer.extra_env["AIRFLOW_CONN_SLACK_DEPLOYS"] = json.dumps({
+        "conn_type": "slack", "password": stack_env["SLACK_API_TOKEN"],
+        "extra": {"base_url": stack_env["SLACK_API_URL"]}})
     slack = Slack(stack_env)
     run = deployer.run(reject="bob")
     assert run.returncode == 0, run.log[-5000:]
@@ -286,6 +295,12 @@ def test_a_rejected_approval_skips_production_and_says_so(
         assert run.state(task) == "skipped", task
     assert EPIC5 in applied(targets["staging"]) and EPIC5 not in applied(targets["production"])
     assert "Production change rejected" in slack.texts() and "bob" in slack.texts()
+    records = slack.records()
+    assert [r["kind"] for r in records] == ["chat.postMessage"] * len(records) and len(records) >= 4
+    first = records[0]
+    assert first["thread_ts"] is None and "Schema deployment started" in first["text"]
+    assert all(r["thread_ts"] == first["ts"] for r in records[1:])
+    assert len({r["channel"] for r in records}) == 1  # deploy.yaml's slack.channel, resolved to its id
 
 
 def test_a_closed_window_defers_the_production_change_until_it_opens(

@@ -1,0 +1,57 @@
+"""The approval's record and its policy, on ProductionApprovalOperator.execute_complete.
+
+The full approve/reject paths run end to end in tests/e2e; here the one rule that needs a
+particular user: with approver_must_differ, whoever triggered a run cannot approve it.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+import pytest
+
+from schema_deploy_airflow.operators import ApproverRefused, ProductionApprovalOperator
+
+
+class RecordingTI:
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+def decide(monkeypatch, tmp_path, *, must_differ: bool, approver: str, option: str = "Approve"):
+    config = tmp_path / "deploy.yaml"
+    config.write_text(f"approval: {{manual_runs: required, approver_must_differ: {str(must_differ).lower()}}}\n")
+    monkeypatch.setenv("SCHEMA_DEPLOY_CONFIG", str(config))
+    monkeypatch.delenv("AIRFLOW_CONN_SLACK_DEPLOYS", raising=False)  # no Slack here: logged, not raised
+    op = ProductionApprovalOperator(task_id="approve_production", preflight_task_id="preflight",
+                                    backup_task_id="backup_production", gate_task_id="test_gate")
+    ti = RecordingTI()
+    context = {"ti": ti, "dag_run": SimpleNamespace(triggering_user_name="alice")}
+    event = {"chosen_options": [option], "params_input": {},
+             "responded_at": datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc),
+             "responded_by_user": {"id": approver, "name": approver}}
+    return op, context, event, ti
+
+
+def test_with_approver_must_differ_the_trigger_user_cannot_approve_their_own_run(monkeypatch, tmp_path) -> None:
+    op, context, event, ti = decide(monkeypatch, tmp_path, must_differ=True, approver="alice")
+    with pytest.raises(ApproverRefused, match="alice approved their own deployment, but deploy.yaml sets "
+                                              "approval.approver_must_differ: a second person must approve"):
+        op.execute_complete(context, event)
+    assert ti.pushed["approval"]["approver"] == "alice" and ti.pushed["approval"]["triggered_by"] == "alice"
+
+
+def test_a_second_person_may_approve_and_is_recorded_with_the_time(monkeypatch, tmp_path) -> None:
+    op, context, event, ti = decide(monkeypatch, tmp_path, must_differ=True, approver="bob")
+    record = op.execute_complete(context, event)
+    assert record == ti.pushed["approval"] == {
+        "approved": True, "approver": "bob", "approver_id": "bob",
+        "responded_at": "2026-11-26 03:00:00+00:00", "triggered_by": "alice"}
+
+
+def test_without_the_rule_the_trigger_user_may_approve(monkeypatch, tmp_path) -> None:
+    op, context, event, _ = decide(monkeypatch, tmp_path, must_differ=False, approver="alice")
+    assert op.execute_complete(context, event)["approved"] is True
