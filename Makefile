@@ -9,11 +9,12 @@ STACK := $(PY) devstack/stack.py
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 PYTEST_ARGS ?=
 
-.PHONY: help venv postgres stack-up stack-down stack-status demo test requirements clean
+.PHONY: help venv postgres stack-up stack-down stack-status demo airflow test requirements clean
 
 help:
 	@echo "make demo          bring up the local stack, seed it, run the deployment, print a report"
 	@echo "make test          run the whole test suite on the local stack"
+	@echo "make airflow       start Airflow (UI on http://localhost:8080, scheduler, triggerer) on the local stack; Ctrl-C stops it"
 	@echo "make stack-up      start the local stack (2 PostgreSQL clusters, S3, Slack stand-in)"
 	@echo "make stack-status  show what runs where (passwords masked)"
 	@echo "make stack-down    stop every process of the local stack"
@@ -35,6 +36,10 @@ stack-status:
 
 demo: stack-up
 	@$(PY) devstack/demo.py
+
+# Airflow's real services in the foreground (devstack/airflow_local.py); Ctrl-C stops them all.
+airflow: stack-up
+	@$(PY) devstack/airflow_local.py start
 
 # Runs the suite; stops the stack afterwards only if this target started it.
 test: venv postgres

@@ -1,0 +1,207 @@
+"""deploy_schema on Airflow's real services, as `make airflow` runs them (devstack/airflow_local.py).
+
+The api-server, scheduler, dag-processor and triggerer run on a free port with a
+private AIRFLOW_HOME against two fresh databases; the test drives the REST API the
+way the UI does: trigger with approval, answer the approval, wait for success, then
+read every task's state and log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+import psycopg
+import pytest
+
+from airflow_local import airflow_processes, free_port
+from schema_deploy.ledger import read_rows
+from seed import reset
+from tests.conftest import drop_database, with_database
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "devstack" / "airflow_local.py"
+DAG = "deploy_schema"
+EPIC5 = "20251017120000_epic5_schema_completion"
+TASKS = ("preflight", "backup_production", "apply_staging", "test_gate", "production_requested",
+         "approval_needed", "approve_production", "wait_for_window", "apply_production", "verify_production")
+RUN_TIMEOUT_S = 480
+APPROVE_AFTER_S = 5
+
+pytestmark = pytest.mark.timeout(1200)
+
+
+@pytest.fixture(scope="module")
+def targets(stack_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A fresh database on each cluster, at the baseline with the demo data."""
+    name = f"t_svc_{uuid.uuid4().hex[:8]}"
+    urls = {env: with_database(stack_env[f"{env.upper()}_DATABASE_URL"], name) for env in ("staging", "production")}
+    try:
+        for url in urls.values():
+            reset(url, log=lambda _msg: None)  # creates the database, then baseline + data
+        yield urls
+    finally:
+        for env in ("STAGING", "PRODUCTION"):
+            drop_database(stack_env[f"{env}_DATABASE_URL"], name)
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, stack_env: dict[str, str], targets: dict[str, str]) -> Iterator[httpx.Client]:
+    """The four services running; an API client logged in as admin. Stopped, with no process left, after."""
+    base = tmp_path_factory.mktemp("services")
+    home, config, port = base / "airflow", base / "deploy.yaml", free_port()
+    config.write_text(
+        f"migrations: {REPO / 'sql/migrations'}\nverify_dir: {REPO / 'sql/verify'}\n"
+        f"backup: {{bucket: {stack_env['BACKUP_BUCKET']}, prefix: e2e-services, restore_check: true}}\n"
+        "gate:\n  timeout: 5m\n  commands:\n"
+        "    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, '--junitxml={junit}']\n"
+        "approval: {manual_runs: form, scheduled_runs: required}\n"
+        "windows: [{name: always-open, cron: '* * * * *', duration: 1h, timezone: UTC}]\n")
+    env = {**os.environ, "AIRFLOW_CONN_STAGING_DB": targets["staging"],
+           "AIRFLOW_CONN_PRODUCTION_DB": targets["production"]}
+    common = ["--home", str(home)]
+    try:
+        t0 = time.monotonic()
+        start = subprocess.run([sys.executable, str(SCRIPT), "start", "--background", "--no-seed", *common,
+                                "--port", str(port), "--config", str(config)],
+                               env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert start.returncode == 0, start.stdout[-4000:] + start.stderr[-2000:]
+        print(f"services ready after {time.monotonic() - t0:.1f} s")
+        password = json.loads((home / "passwords.json").read_text())["admin"]
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        token = api.post("/auth/token", json={"username": "admin", "password": password})
+        assert token.status_code == 201, token.text
+        api.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        yield api
+    finally:
+        stop = subprocess.run([sys.executable, str(SCRIPT), "stop", *common], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=180)
+        left = airflow_processes(home.resolve())
+        assert stop.returncode == 0 and not left, (stop.stdout + stop.stderr, [p.cmdline() for p in left])
+
+
+def stack_secrets(stack_env: dict[str, str]) -> dict[str, str]:
+    """What must never reach a task log, by a name that can be printed."""
+    secrets = {f"{env.lower()} role password": unquote(urlsplit(stack_env[f"{env}_DATABASE_URL"]).password or "")
+               for env in ("STAGING", "PRODUCTION")}
+    secrets["AWS_SECRET_ACCESS_KEY"] = stack_env["AWS_SECRET_ACCESS_KEY"]
+    secrets["Slack webhook token"] = stack_env["SLACK_WEBHOOK_URL"].rstrip("/").rsplit("/", 1)[-1]
+    secrets["SLACK_API_TOKEN"] = stack_env["SLACK_API_TOKEN"]
+    assert all(len(v) >= 8 for v in secrets.values())
+    return secrets
+
+
+def masked(text: str, secrets: dict[str, str]) -> str:
+    for name, value in secrets.items():
+        text = text.replace(value, f"<{name}>")
+    return text
+
+
+def wait_for(what: str, check, timeout: float, every: float = 2.0, explain=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (result := check()) is not None:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{explain()}")
+
+
+def import_errors(api: httpx.Client) -> list[str]:
+    """The DAG files that do not import (a run cannot finish while its DAG has one)."""
+    return [f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}"
+            for e in api.get("/api/v2/importErrors").json()["import_errors"]]
+
+
+def run_path(run_id: str) -> str:
+    return f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}"
+
+
+def task_instances(api: httpx.Client, run_id: str) -> dict[str, dict]:
+    resp = api.get(f"{run_path(run_id)}/taskInstances", params={"limit": 100})
+    resp.raise_for_status()
+    return {ti["task_id"]: ti for ti in resp.json()["task_instances"]}
+
+
+def task_logs(api: httpx.Client, run_id: str, ti: dict) -> list[str]:
+    """Every try's full log as the API serves it (JSON: the events with all their fields)."""
+    tries = []
+    for attempt in range(1, ti["try_number"] + 1):
+        resp = api.get(f"{run_path(run_id)}/taskInstances/{ti['task_id']}/logs/{attempt}",
+                       params={"full_content": "true"}, headers={"Accept": "application/json"})
+        tries.append(resp.text if resp.status_code == 200 else "")
+    return tries
+
+
+def events(log: str) -> list[str]:
+    """The event lines of one try's log."""
+    try:
+        return [str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in json.loads(log)["content"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+def test_a_run_triggered_and_approved_over_the_api_migrates_production_and_logs_no_secret(
+        airflow: httpx.Client, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+    api, secrets = airflow, stack_secrets(stack_env)
+    t0 = time.monotonic()
+    wait_for("the dag-processor to parse deploy_schema",
+             lambda: True if api.get(f"/api/v2/dags/{DAG}").status_code == 200 else None, 180,
+             explain=lambda: f"; import errors: {import_errors(api) or 'none'}")
+    assert api.patch(f"/api/v2/dags/{DAG}", json={"is_paused": False}).status_code == 200
+    trigger = api.post(f"/api/v2/dags/{DAG}/dagRuns", json={"logical_date": None, "conf": {"require_approval": True}})
+    assert trigger.status_code == 200, trigger.text
+    run_id = trigger.json()["dag_run_id"]
+
+    asked: list[dict] = []
+    parked: list[float] = []
+
+    def finished():
+        state = api.get(run_path(run_id)).json()["state"]
+        if state in ("success", "failed"):
+            return state
+        approval = task_instances(api, run_id).get("approve_production", {})
+        if approval.get("state") in ("awaiting_input", "deferred") and not parked:
+            parked.append(time.monotonic())
+        # Answer like a person, not at once: an answer within ~0.5 s of the task parking races the
+        # scheduler's handling of the parked worker's exit, and Airflow 3.3 then fails the task.
+        if not asked and parked and time.monotonic() - parked[0] >= APPROVE_AFTER_S:
+            detail = api.get(f"{run_path(run_id)}/taskInstances/approve_production/-1/hitlDetails")
+            if detail.status_code == 200:
+                answer = api.patch(f"{run_path(run_id)}/taskInstances/approve_production/-1/hitlDetails",
+                                   json={"chosen_options": ["Approve"], "params_input": {}})
+                assert answer.status_code == 200, answer.text
+                asked.append(detail.json())
+        return None
+
+    def explain() -> str:
+        states = {t: ti["state"] for t, ti in task_instances(api, run_id).items()}
+        return f"\ntask states: {states}\nimport errors: {import_errors(api) or 'none'}"
+
+    state = wait_for(f"run {run_id} to finish", finished, RUN_TIMEOUT_S, every=3, explain=explain)
+    print(f"run {run_id}: {state} after {time.monotonic() - t0:.1f} s")
+    tis = task_instances(api, run_id)
+    logs = {task_id: task_logs(api, run_id, ti) for task_id, ti in tis.items()}
+    not_ok = {t: tis.get(t, {}).get("state") for t in TASKS if tis.get(t, {}).get("state") != "success"}
+    assert state == "success" and not not_ok, masked(
+        f"run {state}; tasks not successful: {not_ok}\n"
+        + "\n".join(f"--- {t}\n" + "\n".join(events(logs[t][-1])[-40:]) for t in not_ok if logs.get(t)), secrets)
+
+    assert asked and "Approve" in asked[0]["options"]
+    record = api.get(f"{run_path(run_id)}/taskInstances/approve_production/xcomEntries/return_value",
+                     params={"deserialize": "true"})
+    assert record.status_code == 200, record.text
+    assert {k: record.json()["value"].get(k) for k in ("approved", "approver")} == {"approved": True, "approver": "admin"}
+    with psycopg.connect(targets["production"]) as conn:
+        assert EPIC5 in [r.migration_name for r in read_rows(conn) if r.applied]
+
+    assert all(events(logs[t][-1]) for t in TASKS), {t: len(events(logs[t][-1])) for t in TASKS}
+    leaks = sorted(f"{task_id}: {name}" for task_id, tries in logs.items()
+                   for name, value in secrets.items() if any(value in log for log in tries))
+    assert not leaks, f"stack secrets in task logs: {leaks}"
