@@ -23,6 +23,7 @@ EMOJI = {
     "started": ":rocket:", "gate_passed": ":white_check_mark:", "gate_failed": ":x:",
     "awaiting_approval": ":raised_hand:", "approved": ":ok_hand:", "rejected": ":no_entry:", "waiting_window": ":hourglass_flowing_sand:",
     "production_done": ":tada:", "failed": ":rotating_light:", "dry_run_done": ":test_tube:",
+    "nothing_pending": ":zzz:",
 }
 TITLES = {
     "started": "Schema deployment started", "gate_passed": "Staging test gate passed",
@@ -32,6 +33,7 @@ TITLES = {
     "rejected": "Production change rejected — skipped", "waiting_window": "Waiting for the maintenance window",
     "production_done": "Production migrated and verified", "failed": "Schema deployment FAILED",
     "dry_run_done": "Dry run finished — production untouched",
+    "nothing_pending": "Nothing to deploy — every migration is applied",
 }
 
 

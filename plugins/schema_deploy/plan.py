@@ -292,9 +292,11 @@ def unfixed_findings(findings: list, plan: Plan) -> list:
     In online mode a finding at a statement the plan rewrites (a plain CREATE INDEX
     built CONCURRENTLY, a foreign key added NOT VALID then validated, …) is fixed
     by the plan when its rule is one the rewrite addresses; every other blocking
-    finding still stands.
+    finding still stands. Findings in migrations the plan does not run (applied long
+    ago) are history, not a reason to stop.
     """
+    planned = {mp.migration.name for mp in plan.migrations}
     rewritten = {(str(ps.source.path), ps.source.line) for mp in plan.migrations for step in mp.steps
                  for ps in step.statements if ps.reason}
-    return [f for f in findings if f.blocking
+    return [f for f in findings if f.blocking and f.migration in planned
             and not (f.rule in FIXED_BY_ONLINE and (str(f.path), f.line) in rewritten)]

@@ -155,6 +155,13 @@ def preflight(params: dict[str, Any], log) -> dict[str, Any]:
             pending[env] = status.pending
             fingerprints[env] = schema_fingerprint(conn)
         log.info("%s: pending %s", env, ", ".join(status.pending) or "nothing")
+    if not pending["staging"] and not pending["production"]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        notify("nothing_pending", {"migrations": f"all {len(bundle.migrations)} applied on staging and production",
+                                   **{k: v for k, v in facts.items() if k in ("run", "triggered by")}}, log)
+        raise AirflowSkipException(f"nothing to deploy: all {len(bundle.migrations)} migrations of {bundle.root} "
+                                   "are applied on staging and production")
     diff = diff_fingerprints(fingerprints["staging"], fingerprints["production"], "staging", "production")
     if diff and pending["staging"] == pending["production"]:
         raise LedgerBlocked("staging and production schemas differ before the change, so a staging rehearsal "

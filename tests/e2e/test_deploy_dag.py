@@ -374,6 +374,11 @@ def test_a_crashed_production_apply_converges_when_the_task_is_run_again(
         assert conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()[0] == 0
     assert fingerprint(targets["production"]) == fingerprint(targets["staging"])
 
+    # With everything applied on both, the next run (say, a scheduled one) ends at preflight.
+    run = deployer.run(config=config)
+    assert run.returncode == 0 and run.state("preflight") == "skipped", run.log[-3000:]
+    assert "nothing to deploy: all 2 migrations" in run.log and run.state("backup_production") == "skipped"
+
 
 def airflow_env_for(deployer: Deployer, config: Path) -> dict[str, str]:
     from airflow_env import airflow_env

@@ -120,6 +120,15 @@ def test_a_finding_in_another_file_at_a_rewritten_line_number_still_stands(tmp_p
     assert [(f.rule, f.migration) for f in findings] == [("require-concurrent-index", "20250102000000_change_2")]
 
 
+def test_findings_in_migrations_the_plan_does_not_run_are_history(tmp_path: Path) -> None:
+    # The first file was applied in an earlier deployment; only the pending one is planned.
+    bundle = bundle_of(tmp_path, COLUMN_TYPE, PLAIN_INDEX)
+    pending_only = Plan([plan_migration(bundle.migrations[1], set(), EXISTING)], online=True)
+
+    assert unfixed_findings(lint_bundle(bundle), pending_only) == []
+    assert unfixed_findings(lint_bundle(bundle), Plan([], online=True)) == []
+
+
 # --- LintBlocked ---------------------------------------------------------------------------
 
 def test_lint_blocked_names_each_finding_with_file_line_rule_and_fix(tmp_path: Path) -> None:
