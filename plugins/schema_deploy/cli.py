@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
@@ -267,6 +268,42 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# --- audit trail ---------------------------------------------------------------------
+
+def _since(text: str) -> datetime:
+    """--since: an ISO date or date-time; UTC unless it carries an offset."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since {text!r} is not an ISO date or time; expected e.g. 2026-11-01, "
+                         "2026-11-01T09:30 or 2026-11-01T09:30:00+01:00 (UTC unless an offset is given).") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """`audit verify` walks the hash chain of the database's audit trail (schema_deploy.audit_events)
+    and names the first row whose hash does not hold; `audit export` prints the rows recorded since a
+    date, with their hashes, as JSON or CSV. Neither changes anything."""
+    from schema_deploy import audit
+
+    if args.action == "verify":
+        if args.since or args.format:
+            raise UsageError("--since and --format belong to `audit export`; `audit verify` always walks the "
+                             "whole chain.")
+        with connect(database_url(args)) as conn:
+            report = audit.verify_chain(conn)
+        emit(args, report.as_dict(), report.message)
+        return 0 if report.ok else 1
+    fmt = args.format or "json"
+    if args.json and fmt != "json":
+        raise UsageError(f"--json and --format {fmt} contradict each other; pass one of them.")
+    since = _since(args.since) if args.since else None
+    with connect(database_url(args)) as conn:
+        text = audit.export(conn, since, fmt)
+    sys.stdout.write(text)  # as stored: payloads were scrubbed when appended, and must match their hashes
+    return 0
+
+
 # --- rendering -------------------------------------------------------------------
 
 def render_status(status: Status) -> str:
@@ -388,6 +425,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, help="prune: newest complete backups to keep per database")
     p.add_argument("--older-than", metavar="AGE", help="prune: only delete backups older than this (30m, 12h, 7d, 2w)")
     p.add_argument("--dry-run", action="store_true", help="prune: show what would be deleted")
+    p = verb("audit", cmd_audit, "check or export the audit trail (schema_deploy.audit_events)")
+    p.add_argument("action", choices=("verify", "export"),
+                   help="verify: check the hash chain (exit 1 at the first broken row); export: print the rows")
+    p.add_argument("--since", metavar="ISO-DATE",
+                   help="export: only rows recorded at or after this date or time (UTC unless an offset is given)")
+    p.add_argument("--format", choices=("json", "csv"), help="export: output format (default json)")
     return top
 
 
