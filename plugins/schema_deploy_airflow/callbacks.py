@@ -15,9 +15,9 @@ def notify_failure(context: Any) -> None:
         "task": getattr(ti, "task_id", "?"),
         "try": getattr(ti, "try_number", "?"),
         "error": scrub(str(error))[:600] if error else "see the log",
-        "log": getattr(ti, "log_url", ""),
     }
+    log_url = getattr(ti, "log_url", "")
     try:
-        notify("failed", facts, task_log())
+        notify("failed", facts, task_log(), links={"Task log": log_url} if log_url else None, context=context)
     except Exception:  # noqa: BLE001 - a callback must never raise
         pass

@@ -96,13 +96,14 @@ def check_params(params: dict[str, Any], cfg: deploy_config.DeployConfig, run_ty
                          "cannot be turned off in the trigger form; leave it on, or set approval.manual_runs: form.")
 
 
-def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | None = None) -> dict[str, object]:
+def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | None = None,
+           context: dict[str, Any] | None = None) -> dict[str, object]:
     """Post to Slack through the `slack_deploys` connection, threaded under the run's first message
     when the connection is a Web API one. Never raises: a deployment never waits on Slack."""
     from schema_deploy.notify import Delivery, deliver, message
 
     cfg = deploy_config.load()
-    context = current_context()
+    context = context or current_context()
     thread = None
     if event != "started" and context.get("ti") is not None:
         try:

@@ -278,7 +278,7 @@ def test_a_failing_gate_stops_before_production_and_names_the_failing_test(
     assert "test_release_blocker.py::test_checkout_still_works" in run.log
     texts = slack.texts()
     assert "Staging test gate FAILED" in texts and "test_checkout_still_works" in texts
-    assert "Schema deployment FAILED" in texts  # the failure callback
+    assert "Schema deployment FAILED" in texts and "|Task log>" in texts  # the failure callback, with the log link
 
 
 def test_a_rejected_approval_skips_production_and_says_so_in_the_runs_slack_thread(
