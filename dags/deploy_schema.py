@@ -3,14 +3,15 @@
 
 **What it does**, one task per step: `preflight` (lint, both ledgers, staging and production
 schemas must match, orphan/duplicate/NULL prechecks on production, the online plan) →
-`backup_production` (pg_dump streamed to S3, verified by a restore into a scratch database)
-→ `apply_staging` → `test_gate` (the gate commands of deploy.yaml against staging, plus
-verification) → `approve_production` (Approve / Reject under "Required actions"; who and when is
-recorded) →
-`wait_for_window` (deferred until a maintenance window with time enough) →
+`backup_production` (pg_dump streamed to S3, verified by a restore into a scratch database) →
+`apply_staging` → `test_gate` (the gate commands of deploy.yaml against staging, plus
+verification) → `approve_production` (Approve / Reject under "Required actions"; who and when
+is recorded) → `wait_for_window` (deferred until a maintenance window with time enough) →
 `apply_production` → `verify_production` (the plan's success criteria, each with its evidence:
-constraints validated, indexes valid and chosen by the planner, exact row counts unchanged, index
-sizes and query timings against the plan's expectations). Slack hears about every step.
+constraints validated, indexes valid and chosen by the planner, exact row counts unchanged,
+index sizes and query timings against the plan's expectations) → `audit_record` (always runs:
+the run's record, hash-chained into `schema_deploy.audit_events` of each database the run
+changed, and kept beside the backup in S3). Slack hears about every step.
 
 **If it failed at 2 a.m.** — read the failed task's log; the first lines say what and
 where. Every task is safe to clear and re-run:
@@ -33,7 +34,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag, task, teardown
 
 from schema_deploy_airflow.operators import ProductionApprovalOperator, WaitForWindowOperator
 from schema_deploy_airflow.timetable import deploy_schedule
@@ -164,13 +165,27 @@ def deploy_schema():
     summary = preflight()
     backup = backup_production(summary)
     staged = apply_staging(summary, backup)
-    requested = production_requested(test_gate(staged, backup))
+    gated = test_gate(staged, backup)
+    requested = production_requested(gated)
     branch = approval_needed()
     requested >> branch >> [approve, window]
     approve >> window
     applied = apply_production(summary)
     window >> applied
-    verify_production(applied, backup)
+    verified = verify_production(applied, backup)
+
+    @teardown
+    @task(doc_md="The run's audit record: hash-chained into each database it changed "
+                 "(schema_deploy.audit_events) and kept beside the backup in S3. A teardown: it runs "
+                 "whatever happened, and the run's state stays that of the deployment.")
+    def audit_record():
+        from airflow.sdk import get_current_context
+
+        from schema_deploy_airflow.steps import record_audit, task_log
+
+        return record_audit(get_current_context(), task_log())
+
+    [summary, backup, staged, gated, requested, branch, approve, window, applied, verified] >> audit_record()
 
 
 deploy_schema()

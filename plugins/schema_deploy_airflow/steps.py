@@ -366,3 +366,63 @@ def run_gate(params: dict[str, Any], backup_uri: str | None, log) -> dict[str, A
     if failed:
         raise GateFailed(failed)
     return {"commands": [r.as_dict() for r in results], "junit": uploaded, "tests": tests}
+
+
+TASKS = ("preflight", "backup_production", "apply_staging", "test_gate", "production_requested", "approval_needed",
+         "approve_production", "wait_for_window", "apply_production", "verify_production")
+
+
+@fail_fast
+def record_audit(context: dict[str, Any], log) -> dict[str, Any]:
+    """The run's audit record: chained into each database the run changed, and kept in S3.
+
+    Idempotent: a retry finds its rows already in the chain and writes the same S3 object again.
+    """
+    import hashlib
+    import json
+    from urllib.parse import quote
+
+    from schema_deploy import audit
+    from schema_deploy.apply import connect
+    from schema_deploy.backup_store import Sse, parse_s3_uri
+    from schema_deploy.deploy_record import build
+
+    ti, dag_run, params = context["ti"], context["dag_run"], dict(context["params"])
+    states = (ti.get_task_states(dag_id=ti.dag_id, run_ids=[dag_run.run_id]) or {}).get(dag_run.run_id, {})
+    states = {t: (str(s) if s else None) for t, s in states.items() if t in TASKS}
+    results = {t: ti.xcom_pull(task_ids=t) for t in TASKS}
+    results["approval"] = ti.xcom_pull(task_ids="approve_production", key="approval")
+    base = (getattr(ti, "log_url", "") or "").split("/dags/")[0]
+    run = {"run_id": dag_run.run_id, "url": f"{base}/dags/{ti.dag_id}/runs/{quote(dag_run.run_id, safe='')}",
+           **{k: v for k, v in run_facts(context).items() if k != "run"},
+           "started": str(getattr(dag_run, "start_date", "") or "")}
+    record = build(run, params, results, states)
+    chained = []
+    for env, task in (("staging", "apply_staging"), ("production", "apply_production")):
+        if states.get(task) not in ("success", "failed"):
+            continue  # this run did not touch that database
+        with connect(connections.database_url(connections.DB_CONNECTIONS[env])) as conn:
+            audit.ensure_table(conn)
+            mine = [r for r in audit.read_rows(conn) if r.run_id == dag_run.run_id and r.kind == "deploy"
+                    and r.environment == env]
+            row = mine[0] if mine else audit.append(conn, "deploy", dag_run.run_id, env, record)
+            chained.append(row)
+            log.info("audit: %s row %d (%s) %s", env, row.id, row.row_hash[:16], "already there" if mine else "added")
+    cfg = deploy_config.load()
+    backup_uri = (results.get("backup_production") or {}).get("uri")
+    if backup_uri:
+        bucket, key = parse_s3_uri(backup_uri)
+        key = key.rsplit(".", 1)[0] + ".audit.json"
+    else:
+        bucket, key = cfg.backup_bucket, f"{cfg.backup_prefix}/audit/{quote(dag_run.run_id, safe='')}.audit.json"
+    body = json.dumps({"record": record, "chain": [r.as_dict() for r in chained]}, indent=2, sort_keys=True,
+                      default=str).encode() + b"\n"
+    digest = hashlib.sha256(body).hexdigest()
+    s3, sse = connections.s3_client(), Sse(cfg.backup_sse, cfg.backup_kms_key_id).put_args()
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", Metadata={"sha256": digest},
+                  **sse)
+    s3.put_object(Bucket=bucket, Key=key + ".sha256", Body=f"{digest}  {key.rsplit('/', 1)[-1]}\n".encode(), **sse)
+    log.info("audit: record of %s (%s) kept at s3://%s/%s sha256 %s", dag_run.run_id, record["outcome"], bucket, key,
+             digest)
+    return {"outcome": record["outcome"], "s3": f"s3://{bucket}/{key}", "sha256": digest,
+            "chain": {r.environment: {"id": r.id, "row_hash": r.row_hash} for r in chained}}

@@ -38,6 +38,9 @@ def test_the_chain_follows_the_design(dagbag) -> None:
                                  ("approve_production", "wait_for_window"), ("wait_for_window", "apply_production"),
                                  ("apply_production", "verify_production")]:
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+    audit = dag.get_task("audit_record")  # runs whatever happened; the run's state stays the deployment's
+    assert audit.is_teardown and not audit.on_failure_fail_dagrun
+    assert audit.upstream_task_ids == set(order)
 
 
 def test_every_task_but_the_approval_retries_with_backoff_and_has_docs(dagbag) -> None:

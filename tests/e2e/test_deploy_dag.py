@@ -7,6 +7,7 @@ would in the UI; the window wait defers and resumes through its trigger.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -161,6 +162,19 @@ def s3_keys(stack_env: dict[str, str], prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
+def s3_object(stack_env: dict[str, str], uri: str) -> bytes:
+    from schema_deploy.backup_store import default_s3_client
+
+    os.environ.update({k: v for k, v in stack_env.items() if k.startswith("AWS_")})
+    bucket, key = parse_s3_uri(uri)
+    return default_s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def has_audit_table(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT to_regclass('schema_deploy.audit_events') IS NOT NULL").fetchone()[0]
+
+
 def secrets_of(stack_env: dict[str, str], targets: dict[str, str]) -> list[str]:
     from urllib.parse import urlsplit
 
@@ -237,6 +251,20 @@ def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_anno
     assert key in s3_keys(stack_env, deployer.prefix) and key.startswith(parse_s3_uri(backup["uri"])[1][:-5])
     assert run.xcom("test_gate")["gate"]["tests"] >= 10
 
+    audit_result = run.xcom("audit_record")
+    assert audit_result["outcome"] == "production migrated" and set(audit_result["chain"]) == {"staging", "production"}
+    verify = subprocess.run([sys.executable, "-m", "schema_deploy", "audit", "verify", "--db", targets["production"]],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "plugins")})
+    assert verify.returncode == 0 and "audit chain ok" in verify.stdout, verify.stdout + verify.stderr
+    document = s3_object(stack_env, audit_result["s3"])
+    assert hashlib.sha256(document).hexdigest() == audit_result["sha256"]
+    record = json.loads(document)["record"]
+    assert record["approval"]["approver"] == "alice" and record["backup"]["sha256"] == backup["sha256"]
+    assert record["bundle"] == [{"name": EPIC5, "checksum": run.xcom("preflight")["migrations"][0]["checksum"]}]
+    assert any("CONCURRENTLY" in sql for step in record["sql_executed"] for sql in step["sql"])
+    assert record["production"]["lock_retries"] == production["lock_retries"]
+
     texts = slack.texts()
     for title in ("Schema deployment started", "Staging test gate passed", "Waiting for approval",
                   "Production change approved", "Production migrated and verified"):
@@ -295,6 +323,8 @@ def test_a_rejected_approval_skips_production_and_says_so_in_the_runs_slack_thre
         assert run.state(task) == "skipped", task
     assert EPIC5 in applied(targets["staging"]) and EPIC5 not in applied(targets["production"])
     assert "Production change rejected" in slack.texts() and "bob" in slack.texts()
+    assert run.xcom("audit_record")["outcome"] == "rejected"
+    assert has_audit_table(targets["staging"]) and not has_audit_table(targets["production"])  # untouched
     records = slack.records()
     assert [r["kind"] for r in records] == ["chat.postMessage"] * len(records) and len(records) >= 4
     first = records[0]
@@ -331,7 +361,12 @@ def test_orphan_rows_in_production_stop_preflight_with_nothing_changed_anywhere(
     assert "experiment_assignments" in run.log and "orphan" in run.log.lower()
     assert {env: fingerprint(url) for env, url in targets.items()} == before
     assert not ledger(targets["staging"])[1:] and EPIC5 not in applied(targets["production"])
-    assert s3_keys(stack_env, deployer.prefix) == []  # no backup taken either
+    keys = s3_keys(stack_env, deployer.prefix)
+    assert not [k for k in keys if k.endswith(".dump")]  # no backup taken either
+    audit_key = next(k for k in keys if k.endswith(".audit.json"))  # only the record of the refusal
+    record = json.loads(s3_object(stack_env, f"s3://{stack_env['BACKUP_BUCKET']}/{audit_key}"))["record"]
+    assert record["outcome"] == "failed" and record["task_states"]["preflight"] == "failed"
+    assert not has_audit_table(targets["staging"]) and not has_audit_table(targets["production"])
 
 
 def test_a_crashed_production_apply_converges_when_the_task_is_run_again(
