@@ -102,7 +102,10 @@ def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | No
     when the connection is a Web API one. Never raises: a deployment never waits on Slack."""
     from schema_deploy.notify import Delivery, deliver, message
 
-    cfg = deploy_config.load()
+    try:
+        channel = deploy_config.load().slack_channel
+    except SchemaDeployError:  # a broken deploy.yaml is reported by the task; Slack still hears of it
+        channel = deploy_config.DeployConfig().slack_channel
     context = context or current_context()
     thread = None
     if event != "started" and context.get("ti") is not None:
@@ -111,7 +114,7 @@ def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | No
         except Exception:  # noqa: BLE001 - no thread then
             thread = None
     try:
-        poster = connections.slack_poster(cfg.slack_channel, thread)
+        poster = connections.slack_poster(channel, thread)
     except Exception as exc:  # noqa: BLE001 - a missing Slack connection must not stop a deployment
         log.warning("Slack connection unusable (%s); notification '%s' not sent", scrub(str(exc)), event)
         return Delivery(event=event, ok=False, attempts=0, errors=[scrub(str(exc))]).as_dict()
