@@ -9,7 +9,7 @@ STACK := $(PY) devstack/stack.py
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 PYTEST_ARGS ?=
 
-.PHONY: help venv postgres stack-up stack-down stack-status demo airflow test requirements clean
+.PHONY: help venv postgres compose stack-up stack-down stack-status demo airflow test requirements clean
 
 help:
 	@echo "make demo          bring up the local stack, seed it, run the deployment, print a report"
@@ -24,6 +24,10 @@ venv:
 
 postgres:
 	@devstack/ensure_postgres.sh
+
+# docker-compose (Debian's, no engine) validates docker-compose.yaml in the test suite.
+compose:
+	@devstack/ensure_compose.sh
 
 stack-up: venv postgres
 	@$(STACK) up
@@ -42,7 +46,7 @@ airflow: stack-up
 	@$(PY) devstack/airflow_local.py start
 
 # Runs the suite; stops the stack afterwards only if this target started it.
-test: venv postgres
+test: venv postgres compose
 	@was_up=0; python3 devstack/stack.py status >/dev/null 2>&1 && was_up=1; \
 	$(STACK) up >/dev/null || exit $$?; \
 	rc=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || rc=$$?; \
