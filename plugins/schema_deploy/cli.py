@@ -128,6 +128,19 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Undo the newest applied migrations with their down.sql (newest first) and mark them rolled back
+    in _prisma_migrations, as `prisma migrate resolve --rolled-back` writes it: pending again."""
+    from schema_deploy.rollback import down
+
+    bundle = load_bundle(args.migrations)
+    result = down(database_url(args), bundle, steps=args.steps, to=args.to, settings=settings_from(args),
+                  online=args.online, log=say)
+    emit(args, result.as_dict(),
+         "\n".join(f"rolled back {m.name} in {m.seconds:.2f} s" for m in result.rolled_back) or "nothing to roll back")
+    return 0
+
+
 # --- lint ---------------------------------------------------------------------------
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -397,6 +410,15 @@ def parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--applied", metavar="NAME")
     group.add_argument("--rolled-back", metavar="NAME")
+    p = verb("rollback", cmd_rollback, "undo the newest applied migrations with their down.sql")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--steps", type=int, help="how many applied migrations to undo, newest first (default 1)")
+    group.add_argument("--to", metavar="NAME", help="undo NAME and every applied migration after it")
+    p.add_argument("--online", action=argparse.BooleanOptionalAction, default=True,
+                   help="rewrite lock-heavy statements on existing tables into online forms (default: on)")
+    p.add_argument("--lock-timeout-ms", type=int, help="lock_timeout of the first attempt (default 100)")
+    p.add_argument("--lock-retries", type=int, help="retries after a lock timeout (default 10)")
+    p.add_argument("--advisory-lock-timeout-s", type=float, help="wait for another migrator (default 60)")
     p = verb("lint", cmd_lint, "check migrations for locking, rewriting and destructive statements")
     p.add_argument("--config", type=Path,
                    help="deploy.yaml with lint.severity overrides (default: ./deploy.yaml if present)")

@@ -1,0 +1,273 @@
+"""Roll back applied migrations with their `down.sql`, through the same engine as apply.
+
+* The migrations to undo are the newest applied ones (bundle order), newest first:
+  `steps=N`, or `to=NAME` (NAME and every applied migration after it).
+* Every `down.sql` is parsed and planned before anything runs (pglast, online
+  rewrites against the live tables), then run step by step under Prisma's advisory
+  lock, with `lock_timeout`, lock retries with backoff and the blocker report. A
+  down migration that is one transaction commits together with its ledger update.
+* The ledger: when a migration's down.sql has run, its applied row gets
+  `rolled_back_at = now()` (what Prisma's `migrate resolve --rolled-back` writes).
+  Prisma's `migrate deploy` treats a name as applied only through a row whose
+  `rolled_back_at` is NULL, so the migration is pending again and the next deploy
+  re-applies it as a new row; the rolled-back row stays as history.
+* Resume: a stepped down migration commits step by step, and the ledger keeps the
+  migration applied until its last step is done. A crash or a lock-retry failure
+  half-way is finished by running the rollback again: down.sql guards every
+  statement with IF EXISTS, and the engine skips a concurrent DROP INDEX whose
+  index is already gone.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from schema_deploy import ledger
+from schema_deploy.apply import (BlockerWatch, Log, LockRetriesExhaustedInternal, MigrationResult, Settings,
+                                 StatementFailed, StepResult, connect, execute_statements, is_concurrent_build,
+                                 not_valid_constraint_exists, prepare_non_transactional, set_timeouts,
+                                 with_lock_retries)
+from schema_deploy.bundle import Bundle, Migration, read_sql_bytes
+from schema_deploy.errors import SchemaDeployError, UsageError
+from schema_deploy.plan import MigrationPlan, Step, existing_tables, plan_migration
+from schema_deploy.parse import parse_migration
+from schema_deploy.status import APPLIED, FAILED, INTERRUPTED, MigrationState, Status, compute_status
+
+DOWN_FILE = "down.sql"
+
+
+class RollbackRefused(SchemaDeployError):
+    """A rollback that cannot be done as asked; nothing was changed."""
+
+    exit_code = 1
+
+
+class NoDownMigration(RollbackRefused):
+    """A migration to roll back has no down.sql."""
+
+    def __init__(self, name: str, expected: str) -> None:
+        self.name, self.expected = name, expected
+        super().__init__(
+            f"cannot roll back {name}: it has no down migration; expected {expected}. Write the SQL that "
+            "reverses migration.sql there (guard each statement with IF EXISTS so a re-run is harmless), "
+            "or roll back from a backup instead. Nothing was changed.")
+
+
+class NotApplied(RollbackRefused):
+    """The migration named by `to` is not applied on the target."""
+
+    def __init__(self, name: str, state: str, applied: list[str]) -> None:
+        self.name, self.state = name, state
+        newest = ", ".join(applied[-3:]) or "none"
+        super().__init__(
+            f"cannot roll back {name}: it is not applied to this database (its state is {state}). Only "
+            f"applied migrations can be rolled back; the newest applied ones are: {newest}. Nothing was changed.")
+
+
+class RollbackFailed(SchemaDeployError):
+    """A statement of a down migration failed; the ledger still records the migration applied."""
+
+    exit_code = 1
+
+    def __init__(self, migration: str, where: str, sqlstate: str | None, pg_message: str, done: int,
+                 total: int) -> None:
+        self.migration, self.where, self.sqlstate, self.pg_message = migration, where, sqlstate, pg_message
+        kept = (f"Steps 1..{done} of {total} ran and stay committed" if done else "Nothing of it ran")
+        super().__init__(
+            f"rollback of {migration} failed at {where}: SQLSTATE {sqlstate or '?'}: {pg_message.strip()}\n"
+            f"{kept}; _prisma_migrations still records {migration} as applied. Fix the cause (or the "
+            f"down.sql), then run the rollback again: statements guarded with IF EXISTS skip what is done.")
+
+
+@dataclass
+class RollbackResult:
+    """The migrations rolled back, newest first, with their steps and the SQL run."""
+
+    rolled_back: list[MigrationResult] = field(default_factory=list)
+    status_before: Status | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.rolled_back]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"rolled_back": [m.as_dict() for m in self.rolled_back]}
+
+
+def down(url: str, bundle: Bundle, *, steps: int | None = None, to: str | None = None,
+         settings: Settings = Settings(), online: bool = True, log: Log = lambda _: None) -> RollbackResult:
+    """Run the down.sql of the newest applied migrations, newest first, and mark them rolled back.
+
+    `steps` (default 1) migrations, or every applied migration down to and including
+    `to`. Refused, with nothing changed, when the ledger has failed or drifted
+    migrations, when `to` is not applied, or when a migration to undo has no down.sql.
+    """
+    if steps is not None and to is not None:
+        raise UsageError("give either steps or to (--steps N or --to NAME), not both.")
+    if steps is not None and steps < 1:
+        raise UsageError(f"steps must be 1 or more (got {steps}).")
+    with connect(url) as conn:
+        log(f"waiting for the migration lock (pg_advisory_lock {ledger.PRISMA_LOCK_KEY})")
+        ledger.acquire_lock(conn, settings.advisory_lock_timeout_s)
+        try:
+            status = compute_status(bundle, ledger.read_rows(conn, settings.schema))
+            targets = choose(bundle, status, steps=1 if steps is None and to is None else steps, to=to)
+            plans = plan_downs(conn, targets, online)
+            if not plans:
+                log("nothing to roll back: no migration is applied")
+            result = RollbackResult(status_before=status)
+            for mp in plans:
+                result.rolled_back.append(run_down(conn, url, mp, settings, log))
+        finally:
+            if not conn.closed and not conn.broken:
+                ledger.release_lock(conn)
+    return result
+
+
+def choose(bundle: Bundle, status: Status, *, steps: int | None, to: str | None) -> list[Migration]:
+    """The migrations to undo, newest first; refuses before anything changes."""
+    check_rollbackable(status)
+    files = bundle.by_name()
+    applied = [s.name for s in status.states if s.state == APPLIED and s.name in files]
+    if to is not None:
+        if to not in files:
+            raise UsageError(f"--to {to}: no such migration in {bundle.root}; use a folder name, e.g. "
+                             f"{(applied or [bundle.migrations[-1].name])[-1]}.")
+        if to not in applied:
+            state = next((s.state for s in status.states if s.name == to), "pending")
+            raise NotApplied(to, state, applied)
+        names = applied[applied.index(to):]
+    else:
+        names = applied[-steps:] if steps else []
+    chosen = [files[name] for name in reversed(names)]
+    for m in chosen:
+        if m.down_path is None:
+            raise NoDownMigration(m.name, expected_down_path(m))
+    return chosen
+
+
+def expected_down_path(m: Migration) -> str:
+    if m.path.name == "migration.sql":
+        return str(m.path.parent / DOWN_FILE)
+    return f"{m.path.parent / m.name}/{DOWN_FILE} (down migrations need Prisma's folder layout: " \
+           f"{m.name}/migration.sql beside {m.name}/{DOWN_FILE})"
+
+
+def check_rollbackable(status: Status) -> None:
+    """A failed or drifted ledger is resolved first: undoing on top of it would make history lie."""
+    problems = [f"- {s.name} is {s.state} (after {s.applied_steps} step(s)): resolve it first "
+                f"(`python -m schema_deploy status`, then apply again or `resolve`)"
+                for s in status.states if s.state in (FAILED, INTERRUPTED)]
+    problems += [f"- {s.name} is {s.state}: the bundle does not hold the applied version, so its down.sql "
+                 "cannot be trusted to reverse it. Roll back from a backup, or deploy from the right bundle."
+                 for s in status.drift]
+    if problems:
+        raise RollbackRefused("refusing to roll back: the ledger is not in a state to undo from; nothing was "
+                              "changed.\n" + "\n".join(problems))
+
+
+def down_migration(m: Migration) -> Migration:
+    """The down.sql of `m` as a migration of its own name (checked like any migration file)."""
+    assert m.down_path is not None
+    return Migration(name=m.name, path=m.down_path, raw=read_sql_bytes(m.down_path))
+
+
+def plan_downs(conn: psycopg.Connection, targets: list[Migration], online: bool) -> list[MigrationPlan]:
+    """Parse and plan every down.sql before running any (a syntax error changes nothing)."""
+    downs = [down_migration(m) for m in targets]
+    existing = None
+    if online:
+        tables: set[str] = set()
+        for d in downs:
+            for s in parse_migration(d):
+                tables |= set(s.locks) | s.creates
+        existing = existing_tables(conn, tables)
+    return [plan_migration(d, set(), existing) for d in downs]
+
+
+def run_down(conn: psycopg.Connection, url: str, mp: MigrationPlan, settings: Settings, log: Log) -> MigrationResult:
+    """The steps of one down migration, then its ledger row marked rolled back."""
+    m, schema = mp.migration, settings.schema
+    started = time.monotonic()
+    result = MigrationResult(name=m.name, checksum=m.checksum, seconds=0.0, steps=[],
+                             sql=[s.sql for step in mp.steps for s in step.statements])
+    watch = BlockerWatch(url, conn.info.backend_pid)
+    log(f"{m.name}: rolling back with {m.path} in {len(mp.steps)} step(s)"
+        + (" (one transaction, with the ledger update)" if mp.atomic else ""))
+    try:
+        for step in mp.steps:
+            t0, skipped = time.monotonic(), []
+            last = mp.atomic
+            try:
+                attempts = with_lock_retries(
+                    lambda lt, s=step: run_down_step(conn, m.name, s, lt, settings, skipped, mark=last),
+                    settings, watch, log)
+            except LockRetriesExhaustedInternal as exc:
+                raise exc.public(m.name) from None
+            except StatementFailed as exc:
+                raise RollbackFailed(m.name, f"step {step.number} of {len(mp.steps)}, {exc.ps.where}", exc.sqlstate,
+                                     exc.message, 0 if mp.atomic else step.number - 1, len(mp.steps)) from None
+            result.steps.append(StepResult(number=step.number, seconds=time.monotonic() - t0, attempts=attempts,
+                                           skipped=skipped))
+            log(f"{m.name}: down step {step.number}/{len(mp.steps)} done in {result.steps[-1].seconds:.2f} s"
+                + (f" (skipped: {', '.join(skipped)})" if skipped else ""))
+        if not mp.atomic:
+            marked = mark_applied_rolled_back(conn, m.name, schema)
+    finally:
+        watch.close()
+    result.seconds = time.monotonic() - started
+    log(f"{m.name}: rolled back in {result.seconds:.2f} s ({result.lock_retries} lock retries); "
+        "_prisma_migrations marks it rolled back, so it is pending again")
+    if not mp.atomic and not marked:
+        log(f"warning: {m.name} had no applied ledger row left to mark (another session changed the ledger?)")
+    return result
+
+
+def run_down_step(conn: psycopg.Connection, name: str, step: Step, lock_timeout_ms: int, settings: Settings,
+                  skipped: list[str], *, mark: bool) -> None:
+    """One step, as apply runs it, minus apply's ledger bookkeeping; `mark` adds the ledger
+    update to the step's transaction (a down migration that is a single transaction)."""
+    if step.transactional:
+        with conn.transaction():
+            set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=True)
+            todo = [ps for ps in step.statements if not not_valid_constraint_exists(conn, ps)]
+            skipped.extend(ps.sql.split("\n")[0][:80] for ps in step.statements if ps not in todo)
+            execute_statements(conn, todo)
+            if mark:
+                mark_applied_rolled_back(conn, name, settings.schema)
+        return
+    ps = step.statements[0]
+    if is_concurrent_build(ps) or is_concurrent_drop(ps):
+        # Neither blocks reads or writes; a short lock_timeout would only throw the work away.
+        lock_timeout_ms = max(lock_timeout_ms, settings.concurrent_lock_timeout_ms)
+    set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=False)
+    if prepare_non_transactional(conn, ps):
+        execute_statements(conn, [ps])
+    else:
+        skipped.append(ps.sql.split("\n")[0][:80])
+
+
+def is_concurrent_drop(ps) -> bool:
+    from pglast import ast, enums
+
+    node = ps.ast
+    return (isinstance(node, ast.DropStmt) and bool(node.concurrent)
+            and node.removeType == enums.ObjectType.OBJECT_INDEX)
+
+
+def mark_applied_rolled_back(conn: psycopg.Connection, name: str, schema: str = "public") -> int:
+    """`rolled_back_at = now()` on the applied rows of `name` (finished_at kept): pending again for
+    Prisma and this tool; the row stays as history."""
+    cur = conn.execute(
+        sql.SQL("UPDATE {} SET rolled_back_at = now() WHERE migration_name = %s "
+                "AND finished_at IS NOT NULL AND rolled_back_at IS NULL").format(ledger.table_ident(schema)),
+        (name,))
+    return cur.rowcount
+
+
+def states_after(bundle: Bundle, conn: psycopg.Connection, schema: str = "public") -> list[MigrationState]:
+    """Every migration's state now (for the CLI and the DAG's verification)."""
+    return compute_status(bundle, ledger.read_rows(conn, schema)).states
