@@ -41,7 +41,9 @@ def test_committed_bundle_loads_in_prisma_layout_in_timestamp_order() -> None:
     assert bundle.layout == "prisma"
     assert [m.name for m in bundle.migrations] == [
         "20250915090000_baseline", "20251017120000_epic5_schema_completion"]
-    assert all(m.path.name == "migration.sql" and m.down_path is None for m in bundle.migrations)
+    assert all(m.path.name == "migration.sql" for m in bundle.migrations)
+    # Only Epic 5 has a down migration (for rollback_schema); it is never part of the checksum.
+    assert [m.down_path.name if m.down_path else None for m in bundle.migrations] == [None, "down.sql"]
 
 
 def test_plain_layout_of_sql_files_loads_in_name_order(tmp_path: Path) -> None:
