@@ -9,7 +9,7 @@ STACK := $(PY) devstack/stack.py
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 PYTEST_ARGS ?=
 
-.PHONY: help venv postgres compose stack-up stack-down stack-status demo airflow test requirements clean
+.PHONY: help venv postgres compose chromium stack-up stack-down stack-status demo airflow test requirements clean
 
 help:
 	@echo "make demo          bring up the local stack, seed it, run the deployment, print a report"
@@ -29,6 +29,10 @@ postgres:
 compose:
 	@devstack/ensure_compose.sh
 
+# Headless Chromium + chromedriver for the UI page's browser test (installed as root when missing).
+chromium:
+	@devstack/ensure_chromium.sh
+
 stack-up: venv postgres
 	@$(STACK) up
 
@@ -46,7 +50,7 @@ airflow: stack-up
 	@$(PY) devstack/airflow_local.py start
 
 # Runs the suite; stops the stack afterwards only if this target started it.
-test: venv postgres compose
+test: venv postgres compose chromium
 	@was_up=0; python3 devstack/stack.py status >/dev/null 2>&1 && was_up=1; \
 	$(STACK) up >/dev/null || exit $$?; \
 	rc=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || rc=$$?; \

@@ -1,0 +1,259 @@
+"""The "Schema deployments" UI page on Airflow's real services (devstack/airflow_local.py).
+
+The api-server, scheduler, dag-processor and triggerer start once for this module, on
+a free port with a private AIRFLOW_HOME, against two fresh databases: staging with
+every migration applied (Epic 5 included), production at the baseline (Epic 5
+pending), an audit record on staging, and a real backup of production in S3 under a
+private prefix. The JSON endpoints are called with a JWT and without one; then a
+headless Chromium (Debian's chromium + chromedriver, driven by selenium) logs in on
+Airflow's login page, opens the page and reads the matrix. Screenshots go to
+tests/artifacts/ (git-ignored).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import psycopg
+import pytest
+from botocore.config import Config
+
+from airflow_local import airflow_processes, free_port
+from schema_deploy import audit
+from schema_deploy.apply import apply, connect
+from schema_deploy.backup import backup
+from schema_deploy.bundle import load_bundle
+from tests.conftest import drop_database, with_database
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "devstack" / "airflow_local.py"
+ARTIFACTS = REPO / "tests" / "artifacts"
+BASELINE = "20250915090000_baseline"
+EPIC5 = "20251017120000_epic5_schema_completion"
+PREFIX = "/schema-deploy"
+ENDPOINTS = ("/", "/api/matrix", "/api/runs", "/api/backups", "/api/audit")
+RUN_ID = f"ui-test__{uuid.uuid4().hex[:8]}"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def stack(stack_env: dict[str, str]) -> Iterator[dict]:
+    """Fresh staging (all applied) and production (baseline) databases, an audit row, a backup."""
+    name = f"t_ui_{uuid.uuid4().hex[:8]}"
+    urls = {env: with_database(stack_env[f"{env.upper()}_DATABASE_URL"], name) for env in ("staging", "production")}
+    bucket, prefix = stack_env["BACKUP_BUCKET"], f"ui-tests/{name}"
+    s3 = boto3.session.Session().client(
+        "s3", endpoint_url=stack_env["S3_ENDPOINT_URL"], region_name="us-east-1",
+        aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"],
+        config=Config(s3={"addressing_style": "path"}))
+    bundle = load_bundle(REPO / "sql" / "migrations")
+    try:
+        for env, url in urls.items():
+            with psycopg.connect(stack_env[f"{env.upper()}_DATABASE_URL"], autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        apply(urls["staging"], bundle)
+        apply(urls["production"], bundle, to=BASELINE)
+        with connect(urls["staging"]) as conn:
+            row = audit.append(conn, "deploy", RUN_ID, "staging",
+                               {"outcome": "dry run", "run": {"run_id": RUN_ID, "run_type": "manual"},
+                                "approval": {"approved": True, "approver": "ui-test"},
+                                "bundle": [{"name": m.name, "checksum": m.checksum} for m in bundle.migrations]})
+        made = backup(s3, urls["production"], f"s3://{bucket}/{prefix}", environment="production", run_id=RUN_ID,
+                      pg_bindir=stack_env["PG_BINDIR"])
+        yield {"urls": urls, "bucket": bucket, "prefix": prefix, "bundle": bundle, "audit_row": row, "backup": made}
+    finally:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
+        for env in ("STAGING", "PRODUCTION"):
+            drop_database(stack_env[f"{env}_DATABASE_URL"], name)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory, stack: dict) -> Iterator[dict]:
+    """The four services, up; yields the base URL and the admin's password. Nothing left running after."""
+    base = tmp_path_factory.mktemp("ui")
+    home, config, port = base / "airflow", base / "deploy.yaml", free_port()
+    config.write_text(f"migrations: {REPO / 'sql/migrations'}\n"
+                      f"backup: {{bucket: {stack['bucket']}, prefix: {stack['prefix']}}}\n")
+    env = {**os.environ, "AIRFLOW_CONN_STAGING_DB": stack["urls"]["staging"],
+           "AIRFLOW_CONN_PRODUCTION_DB": stack["urls"]["production"]}
+    common = ["--home", str(home)]
+    try:
+        t0 = time.monotonic()
+        start = subprocess.run([sys.executable, str(SCRIPT), "start", "--background", "--no-seed", *common,
+                                "--port", str(port), "--config", str(config)],
+                               env=env, cwd=REPO, capture_output=True, text=True, timeout=500)
+        assert start.returncode == 0, start.stdout[-4000:] + start.stderr[-2000:]
+        print(f"services ready after {time.monotonic() - t0:.1f} s")
+        yield {"url": f"http://127.0.0.1:{port}", "password": json.loads((home / "passwords.json").read_text())["admin"],
+               "home": home}
+    finally:
+        stop = subprocess.run([sys.executable, str(SCRIPT), "stop", *common], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=180)
+        left = airflow_processes(home.resolve())
+        assert stop.returncode == 0 and not left, (stop.stdout + stop.stderr, [p.cmdline() for p in left])
+
+
+@pytest.fixture(scope="module")
+def api(services: dict) -> Iterator[httpx.Client]:
+    """An API client with the admin's JWT (POST /auth/token)."""
+    with httpx.Client(base_url=services["url"], timeout=60) as client:
+        token = client.post("/auth/token", json={"username": "admin", "password": services["password"]})
+        assert token.status_code == 201, token.text
+        client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        yield client
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_an_anonymous_request_is_refused_on_every_route(services: dict, path: str) -> None:
+    with httpx.Client(base_url=services["url"], timeout=30) as anonymous:
+        assert anonymous.get(PREFIX + path).status_code == 401
+        forged = anonymous.get(PREFIX + path, headers={"Authorization": "Bearer not-a-jwt"})
+        assert forged.status_code == 403
+    with httpx.Client(base_url=services["url"], timeout=30, cookies={"_token": "not-a-jwt"}) as forged_cookie:
+        assert forged_cookie.get(PREFIX + path).status_code == 403
+
+
+def test_no_openapi_or_docs_route_is_served_under_the_prefix(services: dict) -> None:
+    with httpx.Client(base_url=services["url"], timeout=30) as anonymous:
+        assert {p: anonymous.get(PREFIX + p).status_code for p in ("/docs", "/redoc", "/openapi.json")} == {
+            "/docs": 404, "/redoc": 404, "/openapi.json": 404}
+
+
+# --- the JSON endpoints, authenticated ------------------------------------------------------------
+
+def test_the_matrix_shows_epic5_applied_on_staging_and_pending_on_production(api: httpx.Client, stack: dict) -> None:
+    resp = api.get(f"{PREFIX}/api/matrix")
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert [(e["name"], e["reachable"]) for e in data["environments"]] == [("staging", True), ("production", True)]
+    assert data["schemas_match"] is False  # production lacks Epic 5
+    rows = {m["name"]: m for m in data["migrations"]}
+    assert list(rows) == [BASELINE, EPIC5]
+    epic5 = rows[EPIC5]
+    assert epic5["checksum"] == stack["bundle"].migrations[1].checksum
+    assert epic5["environments"]["staging"]["state"] == "applied"
+    assert epic5["environments"]["staging"]["ledger_checksum"] == epic5["checksum"]
+    assert epic5["environments"]["staging"]["applied_at"]
+    assert epic5["environments"]["production"]["state"] == "pending"
+    assert rows[BASELINE]["environments"]["production"]["state"] == "applied"
+
+
+def test_runs_list_the_audit_record_of_a_run(api: httpx.Client, stack: dict) -> None:
+    resp = api.get(f"{PREFIX}/api/runs")
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert data["audit_errors"] == {}
+    run = next(r for r in data["runs"] if r["run_id"] == RUN_ID)
+    assert (run["source"], run["dag_id"]) == ("audit only", "deploy_schema")  # this Airflow never ran it
+    (record,) = run["audit"]
+    assert (record["environment"], record["outcome"], record["approver"], record["row_hash"]) == (
+        "staging", "dry run", "ui-test", stack["audit_row"].row_hash)
+    assert record["migrations"] == [BASELINE, EPIC5]
+
+
+def test_backups_list_the_production_backup_with_its_manifest_facts(api: httpx.Client, stack: dict) -> None:
+    resp = api.get(f"{PREFIX}/api/backups")
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert data["error"] is None and data["uri"] == f"s3://{stack['bucket']}/{stack['prefix']}"
+    (entry,) = data["backups"]
+    made = stack["backup"]
+    assert (entry["uri"], entry["environment"], entry["state"], entry["verification_state"]) == (
+        made.uri, "production", "complete", "not verified")
+    assert (entry["sha256"], entry["size"], entry["run_id"]) == (made.sha256, made.size, RUN_ID)
+
+
+def test_audit_status_is_ok_on_staging_and_no_trail_on_production(api: httpx.Client) -> None:
+    resp = api.get(f"{PREFIX}/api/audit")
+    assert resp.status_code == 200, resp.text
+    states = {e["name"]: e for e in resp.json()["environments"]}
+    assert (states["staging"]["state"], states["staging"]["rows_checked"]) == ("ok", 1)
+    assert states["production"]["state"] == "no trail"
+
+
+def test_the_page_is_linked_in_the_ui_navigation(api: httpx.Client) -> None:
+    plugins = api.get("/api/v2/plugins", params={"limit": 100}).json()["plugins"]
+    (ui,) = [p for p in plugins if p["name"] == "schema_deploy_ui"]
+    assert ui["fastapi_apps"][0]["url_prefix"] == PREFIX
+    (view,) = ui["external_views"]
+    assert (view["href"], view["url_route"], view["destination"]) == (f"{PREFIX}/", "schema-deploy", "nav")
+
+
+# --- a real browser ----------------------------------------------------------------------------------
+
+def chrome(tmp_path: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser = os.environ.get("CHROME_BIN") or shutil.which("chromium")
+    driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.fail("chromium and chromedriver are needed for the browser test: run devstack/ensure_chromium.sh "
+                    "as root (apt-get install -y --no-install-recommends chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1100", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+def test_after_login_the_page_shows_the_matrix_in_a_real_browser(services: dict, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser = chrome(tmp_path)
+    wait = WebDriverWait(browser, 60)
+    try:
+        browser.get(services["url"] + PREFIX + "/")  # anonymous: refused, no page
+        assert "Schema deployments" not in browser.page_source
+
+        browser.get(services["url"] + "/")  # Airflow sends an anonymous visitor to its login page
+        wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
+        browser.find_element(By.NAME, "password").send_keys(services["password"])
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(lambda b: "/auth/login" not in b.current_url and b.get_cookie("_token"))
+
+        browser.get(services["url"] + PREFIX + "/")
+        wait.until(lambda b: all(b.find_element(By.ID, t).get_attribute("data-state") != "loading"
+                                 for t in ("matrix", "audit", "runs", "backups")))
+        assert browser.find_element(By.ID, "matrix").get_attribute("data-state") == "loaded"
+        row = browser.find_element(By.CSS_SELECTOR, f'#matrix tr[data-migration="{EPIC5}"]')
+        cells = {c.get_attribute("data-env"): c for c in row.find_elements(By.CSS_SELECTOR, "td[data-env]")}
+        assert (cells["staging"].get_attribute("data-state"), cells["production"].get_attribute("data-state")) == (
+            "applied", "pending")
+        assert "applied" in cells["staging"].text and "pending" in cells["production"].text
+        assert EPIC5 in row.text and "admin" in browser.find_element(By.TAG_NAME, "p").text
+        assert RUN_ID in browser.find_element(By.ID, "runs").text
+        assert "not verified" in browser.find_element(By.ID, "backups").text
+        browser.save_screenshot(str(ARTIFACTS / "ui_page.png"))
+
+        # The same page inside Airflow's UI, where its navigation entry leads (Browse → Schema deployments).
+        browser.get(services["url"] + "/plugin/schema-deploy")
+        frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f'iframe[src*="{PREFIX}"]')))
+        browser.switch_to.frame(frame)
+        wait.until(lambda b: b.find_element(By.ID, "matrix").get_attribute("data-state") == "loaded")
+        browser.switch_to.default_content()
+        browser.save_screenshot(str(ARTIFACTS / "ui_page_in_airflow.png"))
+    except Exception:
+        browser.save_screenshot(str(ARTIFACTS / "ui_page_failure.png"))
+        raise
+    finally:
+        browser.quit()
+    assert (ARTIFACTS / "ui_page.png").stat().st_size > 10_000
