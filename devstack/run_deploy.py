@@ -33,6 +33,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="AIRFLOW_HOME for this run (SQLite metadata database inside)")
     p.add_argument("--config", type=Path, default=REPO / "deploy.yaml", help="deploy.yaml to use")
     p.add_argument("--conf", default="{}", help="the run's trigger-form values, as JSON")
+    p.add_argument("--dag-id", default="deploy_schema", help="the DAG to run (default deploy_schema)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--approve-as", metavar="USER", help="answer the approval with Approve as USER")
     who.add_argument("--reject-as", metavar="USER", help="answer the approval with Reject as USER")
@@ -44,9 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 class Responder(threading.Thread):
     """Answers deploy_schema's pending approval through the API app, like a person in the UI."""
 
-    def __init__(self, user: str, option: str) -> None:
+    def __init__(self, user: str, option: str, dag_id: str = "deploy_schema") -> None:
         super().__init__(daemon=True, name="approval-responder")
-        self.user, self.option = user, option
+        self.user, self.option, self.dag_id = user, option, dag_id
         self.answered: list[dict] = []
         self.error: str | None = None
         self.stop = threading.Event()
@@ -67,7 +68,7 @@ class Responder(threading.Thread):
         while not self.stop.wait(1.0):
             with create_session() as session:
                 waiting = session.query(TaskInstance).filter(
-                    TaskInstance.dag_id == "deploy_schema",
+                    TaskInstance.dag_id == self.dag_id,
                     TaskInstance.state == TaskInstanceState.AWAITING_INPUT).count()
             if waiting:
                 self.answer()
@@ -81,7 +82,7 @@ class Responder(threading.Thread):
         client = TestClient(create_app("core"))
         token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username=self.user, role="admin"))
         headers = {"Authorization": f"Bearer {token}"}
-        r = client.get("/api/v2/dags/~/dagRuns/~/hitlDetails", params={"dag_id": "deploy_schema"}, headers=headers)
+        r = client.get("/api/v2/dags/~/dagRuns/~/hitlDetails", params={"dag_id": self.dag_id}, headers=headers)
         r.raise_for_status()
         for detail in r.json().get("hitl_details", []):
             if detail.get("response_received"):
@@ -133,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     if bag.import_errors:
-        print(f"deploy_schema does not load: {bag.import_errors}", file=sys.stderr)
+        print(f"{args.dag_id} does not load: {bag.import_errors}", file=sys.stderr)
         return 2
-    dag = bag.get_dag("deploy_schema")
+    dag = bag.get_dag(args.dag_id)
     responder = None
     if args.approve_as or args.reject_as:
-        responder = Responder(args.approve_as or args.reject_as, "Approve" if args.approve_as else "Reject")
+        responder = Responder(args.approve_as or args.reject_as, "Approve" if args.approve_as else "Reject",
+                              args.dag_id)
         responder.start()
     try:
         dag_run = dag.test(run_conf=json.loads(args.conf))

@@ -35,6 +35,11 @@ TITLES = {
     "dry_run_done": "Dry run finished — production untouched",
     "nothing_pending": "Nothing to deploy — every migration is applied",
 }
+# rollback_schema's events.
+EMOJI.update({"rollback_started": ":rewind:", "rollback_done": ":leftwards_arrow_with_hook:",
+              "rollback_failed": ":rotating_light:"})
+TITLES.update({"rollback_started": "Schema rollback started", "rollback_done": "Schema rollback done and verified",
+               "rollback_failed": "Schema rollback FAILED"})
 
 
 def message(event: str, facts: dict[str, object], links: dict[str, str] | None = None) -> dict[str, object]:

@@ -1,0 +1,150 @@
+"""
+### rollback_schema — put a database back: restore a backup, or run down migrations
+
+**What it does**, one task per step: `preflight` (for production, `confirm_database` must be
+the production database's exact name — checked before anything else; then either the backup
+to restore — the one in `backup_uri`, or the newest complete and verified backup of that
+database; every candidate is listed in the log with size, rows, sha256 and verification — or
+the newest applied migrations to undo, with their `down.sql` parsed and planned) →
+`approval_needed` (production: yes; staging: no) → `approve_rollback` (Approve / Reject under
+"Required actions"; Reject stops here, nothing changed) → `safety_backup` (the current state,
+pg_dump streamed to S3 and verified: the way back from this rollback) → `rollback` (a streamed
+`pg_restore --clean` in one transaction, or the down migrations through the deploy engine with
+lock retries; the ledger marks them rolled back, so they are pending again) → `verify_rollback`
+(row counts equal the backup's manifest, or the undone migrations are pending; no INVALID
+index; the schema fingerprint recorded) → `audit_record` (always runs: kind `rollback` chained
+into `schema_deploy.audit_events` of the target when the rollback ran, and a JSON document
+beside the safety backup in S3; Slack hears "rollback done"). Slack hears every step and failure.
+
+**If it failed at 2 a.m.** — read the failed task's log; its first lines say what and where.
+* `preflight` changed nothing: a wrong `confirm_database`, no verified backup, no `down.sql`,
+  or a failed migration in the ledger are each named with the fix. Trigger again.
+* `safety_backup` changed nothing; clear it to retry.
+* `rollback` from a backup is all or nothing (one transaction): on failure the target is as it
+  was — clear to retry (other sessions connected? end them, or trigger with `force`).
+  Down migrations commit step by step; clearing the task finishes the ones still applied
+  (each statement of down.sql is guarded with IF EXISTS) and never undoes one more.
+* `verify_rollback` failed → the rollback ran; compare with the log, and if needed restore the
+  safety backup (its URI is in the `safety_backup` log) with this DAG.
+
+**Trigger form**: environment, method (`backup` | `down_migrations`), backup URI (empty = newest
+verified backup of that database), steps (down migrations to undo), confirm_database
+(production: its name), force. Connections: `staging_db`, `production_db`, `backup_s3`,
+`slack_deploys`; settings: deploy.yaml.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param, dag, task, teardown
+
+DEFAULT_ARGS = {
+    "owner": "platform-db",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+def on_failure(context):
+    from schema_deploy_airflow.rollback_steps import notify_failure
+
+    notify_failure(context)
+
+
+@dag(
+    dag_id="rollback_schema",
+    schedule=None,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["schema-deploy", "postgresql", "rollback"],
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    params={
+        "environment": Param("staging", type="string", enum=["staging", "production"], title="Environment",
+                             description="The database to roll back."),
+        "method": Param("backup", type="string", enum=["backup", "down_migrations"], title="Method",
+                        description="Restore a backup (everything since it is replaced), or run the down.sql "
+                                    "of the newest applied migrations."),
+        "backup_uri": Param("", type="string", title="Backup URI",
+                            description="s3://…/X.dump; empty = the newest verified backup of that database "
+                                        "(preflight lists them)."),
+        "steps": Param(1, type="integer", minimum=1, maximum=50, title="Down migrations to undo",
+                       description="For down_migrations: how many applied migrations, newest first."),
+        "confirm_database": Param("", type="string", title="Confirm the database name",
+                                  description="Production only: type the production database's name."),
+        "force": Param(False, type="boolean", title="Restore with other sessions connected",
+                       description="A restore refuses a database with other sessions unless this is on."),
+    },
+)
+def rollback_schema():
+    @task(doc_md="Confirmation, then the backup or down migrations to use; Slack 'rollback started'. "
+                 "Changes nothing.")
+    def preflight(params=None):
+        from schema_deploy_airflow.rollback_steps import preflight as run
+        from schema_deploy_airflow.steps import task_log
+
+        return run(params, task_log())
+
+    @task.branch(doc_md="Production needs a human Approve; staging goes straight on.")
+    def approval_needed(summary):
+        return "approve_rollback" if summary["environment"] == "production" else "safety_backup"
+
+    approve = ApprovalOperator(
+        task_id="approve_rollback",
+        subject="Roll back {{ params.environment }} database "
+                "{{ ti.xcom_pull(task_ids='preflight')['database'] }} ({{ params.method }})?",
+        body="{{ ti.xcom_pull(task_ids='preflight')['approval_body'] }}",
+        retries=0,
+        doc_md="Approve or reject the production rollback; Reject ends the run with nothing changed.",
+    )
+
+    @task(trigger_rule="none_failed_min_one_success",
+          doc_md="pg_dump of the target as it is now, to S3, verified: the way back from this rollback.")
+    def safety_backup(params=None, run_id=None):
+        from schema_deploy_airflow.rollback_steps import safety_backup as run
+        from schema_deploy_airflow.steps import task_log
+
+        return run(params["environment"], run_id, task_log())
+
+    @task(doc_md="Streamed restore of the chosen backup, or the down migrations with lock retries.")
+    def rollback(summary, backup, params=None):
+        from schema_deploy_airflow.rollback_steps import rollback as run
+        from schema_deploy_airflow.steps import task_log
+
+        return run(params, summary, task_log())
+
+    @task(doc_md="Row counts against the manifest or the ledger's states, INVALID indexes, fingerprint.")
+    def verify_rollback(summary, done, params=None):
+        from schema_deploy_airflow.rollback_steps import verify
+        from schema_deploy_airflow.steps import task_log
+
+        return verify(params, summary, task_log())
+
+    summary = preflight()
+    branch = approval_needed(summary)
+    backup = safety_backup()
+    branch >> [approve, backup]
+    approve >> backup
+    done = rollback(summary, backup)
+    verified = verify_rollback(summary, done)
+
+    @teardown
+    @task(doc_md="kind 'rollback' in the target's audit chain and a JSON record in S3; Slack 'rollback done'. "
+                 "A teardown: it runs whatever happened.")
+    def audit_record():
+        from airflow.sdk import get_current_context
+
+        from schema_deploy_airflow.rollback_steps import record
+        from schema_deploy_airflow.steps import task_log
+
+        return record(get_current_context(), task_log())
+
+    [summary, branch, approve, backup, done, verified] >> audit_record()
+
+
+rollback_schema()
