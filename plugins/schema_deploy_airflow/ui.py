@@ -6,6 +6,8 @@ Every route requires an authenticated Airflow user: the app-wide dependency is
 `_token` cookie), because Airflow 3.3 mounts plugin apps without any authentication
 of their own. No token: 401; an invalid one: 403. OpenAPI docs are switched off, so
 nothing under the prefix is served anonymously.
+A browser asking for the page gets that status with a link to Airflow's login page
+(`next` back to the page).
 
 Routes (GET; JSON unless said otherwise):
 
@@ -35,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse
+from starlette.exceptions import HTTPException
 
 from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_authenticated
@@ -45,6 +49,21 @@ PAGE = Path(__file__).with_name("ui_page.html")
 
 app = FastAPI(title="schema-deploy", description=__doc__, docs_url=None, redoc_url=None, openapi_url=None,
               dependencies=[Depends(requires_authenticated())])
+
+
+@app.exception_handler(HTTPException)
+async def refused(request: Request, exc: HTTPException):
+    """A browser refused the page (not the JSON) gets the same status with a link to Airflow's login."""
+    root = request.scope.get("root_path", "").rstrip("/") or URL_PREFIX
+    page_asked = request.url.path.rstrip("/") == root and "text/html" in request.headers.get("accept", "")
+    if exc.status_code not in (401, 403) or not page_asked:
+        return await http_exception_handler(request, exc)
+    from airflow.api_fastapi.app import get_auth_manager
+
+    login = get_auth_manager().get_url_login(next_url=f"{root}/")
+    body = (f"<!doctype html><title>Schema deployments: sign in</title><p>{escape(str(exc.detail))}. "
+            f"<a id='login' href='{escape(login, quote=True)}'>Sign in to Airflow</a> to see schema deployments.</p>")
+    return HTMLResponse(body, status_code=exc.status_code)
 
 
 def _urls_or_errors() -> tuple[dict[str, str], dict[str, str]]:

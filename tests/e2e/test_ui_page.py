@@ -127,6 +127,13 @@ def test_an_anonymous_request_is_refused_on_every_route(services: dict, path: st
         assert forged_cookie.get(PREFIX + path).status_code == 403
 
 
+def test_a_browser_refused_the_page_gets_a_link_to_airflows_login(services: dict) -> None:
+    with httpx.Client(base_url=services["url"], timeout=30, headers={"Accept": "text/html"}) as anonymous:
+        resp = anonymous.get(PREFIX + "/")
+    assert resp.status_code == 401 and "Sign in to Airflow" in resp.text
+    assert "/auth/login?next=%2Fschema-deploy%2F" in resp.text and "Migrations" not in resp.text
+
+
 def test_no_openapi_or_docs_route_is_served_under_the_prefix(services: dict) -> None:
     with httpx.Client(base_url=services["url"], timeout=30) as anonymous:
         assert {p: anonymous.get(PREFIX + p).status_code for p in ("/docs", "/redoc", "/openapi.json")} == {
@@ -163,6 +170,24 @@ def test_runs_list_the_audit_record_of_a_run(api: httpx.Client, stack: dict) -> 
     assert (record["environment"], record["outcome"], record["approver"], record["row_hash"]) == (
         "staging", "dry run", "ui-test", stack["audit_row"].row_hash)
     assert record["migrations"] == [BASELINE, EPIC5]
+
+
+def test_a_run_airflow_knows_is_joined_with_its_audit_record(api: httpx.Client, stack: dict) -> None:
+    deadline = time.monotonic() + 150
+    while api.get("/api/v2/dags/deploy_schema").status_code != 200:
+        assert time.monotonic() < deadline, "the dag-processor did not parse deploy_schema"
+        time.sleep(2)
+    # Paused, the run stays queued: this test needs Airflow to know it, not to run it.
+    assert api.patch("/api/v2/dags/deploy_schema", json={"is_paused": True}).status_code == 200
+    trigger = api.post("/api/v2/dags/deploy_schema/dagRuns", json={"dag_run_id": RUN_ID, "logical_date": None})
+    assert trigger.status_code == 200, trigger.text
+
+    runs = api.get(f"{PREFIX}/api/runs").json()["runs"]
+
+    (run,) = [r for r in runs if r["run_id"] == RUN_ID]
+    assert (run["source"], run["dag_id"], run["state"]) == ("airflow", "deploy_schema", "queued")
+    assert run["url"].endswith(f"/dags/deploy_schema/runs/{RUN_ID}")
+    assert [a["row_hash"] for a in run["audit"]] == [stack["audit_row"].row_hash]
 
 
 def test_backups_list_the_production_backup_with_its_manifest_facts(api: httpx.Client, stack: dict) -> None:
@@ -221,16 +246,15 @@ def test_after_login_the_page_shows_the_matrix_in_a_real_browser(services: dict,
     browser = chrome(tmp_path)
     wait = WebDriverWait(browser, 60)
     try:
-        browser.get(services["url"] + PREFIX + "/")  # anonymous: refused, no page
-        assert "Schema deployments" not in browser.page_source
-
-        browser.get(services["url"] + "/")  # Airflow sends an anonymous visitor to its login page
+        browser.get(services["url"] + PREFIX + "/")  # anonymous: refused, with a link to Airflow's login
+        assert not browser.find_elements(By.ID, "matrix")
+        browser.find_element(By.ID, "login").click()
         wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
         browser.find_element(By.NAME, "password").send_keys(services["password"])
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(lambda b: "/auth/login" not in b.current_url and b.get_cookie("_token"))
-
-        browser.get(services["url"] + PREFIX + "/")
+        # Airflow's login sets the _token cookie and sends the browser back to the page.
+        wait.until(lambda b: b.current_url.rstrip("/").endswith(PREFIX) and b.find_elements(By.ID, "matrix"))
+        assert browser.get_cookie("_token")
         wait.until(lambda b: all(b.find_element(By.ID, t).get_attribute("data-state") != "loading"
                                  for t in ("matrix", "audit", "runs", "backups")))
         assert browser.find_element(By.ID, "matrix").get_attribute("data-state") == "loaded"
@@ -240,7 +264,7 @@ def test_after_login_the_page_shows_the_matrix_in_a_real_browser(services: dict,
             "applied", "pending")
         assert "applied" in cells["staging"].text and "pending" in cells["production"].text
         assert EPIC5 in row.text and "admin" in browser.find_element(By.TAG_NAME, "p").text
-        assert RUN_ID in browser.find_element(By.ID, "runs").text
+        assert browser.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{RUN_ID}"] a').get_attribute("href")
         assert "not verified" in browser.find_element(By.ID, "backups").text
         browser.save_screenshot(str(ARTIFACTS / "ui_page.png"))
 
