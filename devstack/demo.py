@@ -29,7 +29,7 @@ from seed import reset  # noqa: E402
 CONFIG = REPO / "devstack" / "demo-deploy.yaml"
 APPROVER = "demo-approver"
 ORDER = ["preflight", "backup_production", "apply_staging", "test_gate", "production_requested", "approval_needed",
-         "approve_production", "wait_for_window", "apply_production", "verify_production"]
+         "approve_production", "wait_for_window", "apply_production", "verify_production", "audit_record"]
 LOGGER_TAIL = re.compile(r"\s+\[[\w.]+\]\s+(loc=\S+.*)?$|\s+map_index=-1.*$")
 PROGRESS = ("[DAG TEST] starting task_id=", "[demo approver]", "waiting for window", "maintenance window open",
             "lock not granted", "success criterion", "Task failed with exception", "DagRun Finished")
@@ -106,6 +106,13 @@ def report(result: dict, log_path: Path, slack_file: Path, slack_start: int, sec
     out.append("  facts against the plan's expectations (demo data is small: sizes and sub-millisecond timings "
                "say little; bench/ runs at scale):")
     out += [f"    {line}" for line in v.get("facts", [])]
+    au = x["audit_record"]
+    out += ["", "audit trail",
+            f"  outcome '{au.get('outcome')}', chained in " + ", ".join(
+                f"{env} (row {c['id']}, {c['row_hash'][:16]}…)" for env, c in (au.get("chain") or {}).items()),
+            f"  record beside the backup: {au.get('s3')} (sha256 {au.get('sha256')})",
+            "  check it: . .devstack/env && PYTHONPATH=plugins .venv/bin/python -m schema_deploy audit verify "
+            "--db \"$PRODUCTION_DATABASE_URL\""]
     lines = slack_file.read_text().splitlines()[slack_start:] if slack_file.exists() else []
     out += ["", "Slack (stand-in)", f"  {len(lines)} messages this run, recorded in {slack_file}:"]
     out += [f"    {json.loads(line).get('text', '')[:110]}" for line in lines]
