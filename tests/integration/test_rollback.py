@@ -218,3 +218,15 @@ def test_a_failed_migration_in_the_ledger_blocks_a_rollback(fresh_db: str, tmp_p
 def test_steps_and_to_together_are_a_usage_error(fresh_db: str, bundle) -> None:
     with pytest.raises(UsageError, match=r"^give either steps or to"):
         down(fresh_db, bundle, steps=1, to=EPIC5)
+
+
+def test_to_names_the_oldest_migration_to_undo_and_the_cli_reports_json(baseline_db: str, bundle) -> None:
+    import json
+
+    apply(baseline_db, bundle, FAST, online=True)
+    run = run_cli("rollback", "--db", baseline_db, "--to", EPIC5, "--json")
+    assert run.returncode == 0, run.stderr
+    assert [m["name"] for m in json.loads(run.stdout)["rolled_back"]] == [EPIC5]
+    assert states(baseline_db, bundle) == {BASELINE: "applied", EPIC5: "pending"}
+    again = run_cli("rollback", "--db", baseline_db, "--to", EPIC5)
+    assert again.returncode == 1 and f"error: cannot roll back {EPIC5}: it is not applied" in again.stderr
