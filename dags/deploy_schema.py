@@ -31,21 +31,12 @@ Connections: `staging_db`, `production_db`, `backup_s3`,
 """
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import Param, dag, task, teardown
 
+from schema_deploy_airflow.defaults import DEFAULT_ARGS
 from schema_deploy_airflow.operators import ProductionApprovalOperator, WaitForWindowOperator
 from schema_deploy_airflow.timetable import deploy_schedule
-
-DEFAULT_ARGS = {
-    "owner": "platform-db",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-}
 
 
 def on_failure(context):

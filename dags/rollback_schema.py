@@ -34,19 +34,11 @@ verified backup of that database), steps (down migrations to undo), confirm_data
 """
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task, teardown
 
-DEFAULT_ARGS = {
-    "owner": "platform-db",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-}
+from schema_deploy_airflow.defaults import DEFAULT_ARGS
 
 
 def on_failure(context):

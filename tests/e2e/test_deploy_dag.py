@@ -10,15 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -27,99 +24,15 @@ import pytest
 import requests
 
 from schema_deploy.backup_store import parse_s3_uri
-from schema_deploy.fingerprint import schema_fingerprint
 from schema_deploy.ledger import read_rows
-from seed import reset
-from tests.conftest import drop_database, with_database
+from tests.e2e.harness import GATE, REPO, DagRunner, Slack, fingerprint, has_audit_table
 
-REPO = Path(__file__).resolve().parents[2]
 EPIC5 = "20251017120000_epic5_schema_completion"
-GATE = '    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, "--junitxml={junit}"]\n'
 
 
 @pytest.fixture
-def targets(stack_env: dict[str, str]):
-    """A fresh staging and production database, at the baseline with identical demo data."""
-    name = f"t_dag_{uuid.uuid4().hex[:8]}"
-    urls = {env.lower(): with_database(stack_env[f"{env}_DATABASE_URL"], name) for env in ("STAGING", "PRODUCTION")}
-    for url in urls.values():
-        reset(url, seed=9, log=lambda _: None)
-    yield urls
-    for env in ("STAGING", "PRODUCTION"):
-        drop_database(stack_env[f"{env}_DATABASE_URL"], name)
-
-
-@pytest.fixture(scope="module")
-def migrated_home(tmp_path_factory) -> Path:
-    """An Airflow home with its metadata database migrated once; each test copies it."""
-    home = tmp_path_factory.mktemp("airflow-template")
-    config = home / "deploy.yaml"
-    config.write_text("")
-    run = subprocess.run([sys.executable, str(REPO / "devstack/run_deploy.py"), "--home", str(home),
-                          "--config", str(config), "--migrate-only"], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return home
-
-
-@dataclass
-class Run:
-    returncode: int
-    log: str
-    result: dict
-    home: Path
-
-    def state(self, task_id: str) -> str | None:
-        return self.result["tasks"].get(task_id, {}).get("state")
-
-    def xcom(self, task_id: str):
-        return self.result["tasks"][task_id]["xcom"]
-
-    def approval(self) -> dict:
-        return self.result["tasks"]["approve_production"]["xcom_keys"]["approval"]
-
-
-class Deployer:
-    def __init__(self, tmp_path: Path, migrated_home: Path, targets: dict[str, str], stack_env: dict[str, str]):
-        self.tmp, self.targets, self.stack_env = tmp_path, targets, stack_env
-        self.home = tmp_path / "airflow"
-        shutil.copytree(migrated_home, self.home)
-        self.prefix = f"e2e-{uuid.uuid4().hex[:8]}"
-        self.extra_env: dict[str, str] = {}
-
-    def config(self, windows: str = "[{cron: '* * * * *', duration: 1h}]", gate: str = GATE, extra: str = "") -> Path:
-        path = self.tmp / "deploy.yaml"
-        path.write_text(
-            f"migrations: {REPO / 'sql/migrations'}\nverify_dir: {REPO / 'sql/verify'}\n"
-            f"backup: {{bucket: {self.stack_env['BACKUP_BUCKET']}, prefix: {self.prefix}, restore_check: true}}\n"
-            f"gate:\n  timeout: 2m\n  commands:\n{gate}"
-            f"windows: {windows}\napproval: {{manual_runs: form, scheduled_runs: required}}\n{extra}")
-        return path
-
-    def command(self, conf: dict, config: Path, approve: str | None, reject: str | None) -> list[str]:
-        cmd = [sys.executable, str(REPO / "devstack/run_deploy.py"), "--home", str(self.home), "--config",
-               str(config), "--conf", json.dumps(conf), "--result", str(self.tmp / "result.json")]
-        if approve:
-            cmd += ["--approve-as", approve]
-        if reject:
-            cmd += ["--reject-as", reject]
-        return cmd
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "AIRFLOW_CONN_STAGING_DB": self.targets["staging"],
-                "AIRFLOW_CONN_PRODUCTION_DB": self.targets["production"], **self.extra_env}
-
-    def run(self, conf: dict | None = None, config: Path | None = None, approve: str | None = None,
-            reject: str | None = None) -> Run:
-        proc = subprocess.run(self.command(conf or {}, config or self.config(), approve, reject), env=self.env(),
-                              capture_output=True, text=True, timeout=600, cwd=REPO)
-        result = self.tmp / "result.json"
-        return Run(proc.returncode, proc.stdout + proc.stderr,
-                   json.loads(result.read_text()) if result.exists() else {"tasks": {}}, self.home)
-
-
-@pytest.fixture
-def deployer(tmp_path, migrated_home, targets, stack_env) -> Deployer:
-    return Deployer(tmp_path, migrated_home, targets, stack_env)
+def deployer(tmp_path, migrated_home, targets, stack_env) -> DagRunner:
+    return DagRunner("deploy_schema", tmp_path, migrated_home, targets, stack_env)
 
 
 def ledger(url: str) -> list:
@@ -129,50 +42,6 @@ def ledger(url: str) -> list:
 
 def applied(url: str) -> list[str]:
     return [r.migration_name for r in ledger(url) if r.applied]
-
-
-def fingerprint(url: str):
-    with psycopg.connect(url) as conn:
-        return schema_fingerprint(conn)
-
-
-class Slack:
-    """Messages the Slack stand-in recorded since this object was made."""
-
-    def __init__(self, stack_env: dict[str, str]) -> None:
-        self.path = Path(stack_env["SLACK_MESSAGES_FILE"])
-        self.start = len(self.path.read_text().splitlines()) if self.path.exists() else 0
-
-    def records(self) -> list[dict]:
-        lines = self.path.read_text().splitlines()[self.start:] if self.path.exists() else []
-        return [json.loads(line) for line in lines]
-
-    def texts(self) -> str:
-        """What the channel shows: each message's text and blocks (not the stand-in's request record)."""
-        lines = self.path.read_text().splitlines()[self.start:] if self.path.exists() else []
-        return "\n".join(json.dumps({k: json.loads(line).get(k) for k in ("text", "blocks")}) for line in lines)
-
-
-def s3_keys(stack_env: dict[str, str], prefix: str) -> list[str]:
-    from schema_deploy.backup_store import default_s3_client
-
-    os.environ.update({k: v for k, v in stack_env.items() if k.startswith("AWS_")})
-    s3 = default_s3_client()
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack_env["BACKUP_BUCKET"], Prefix=prefix + "/")
-    return [o["Key"] for page in pages for o in page.get("Contents", [])]
-
-
-def s3_object(stack_env: dict[str, str], uri: str) -> bytes:
-    from schema_deploy.backup_store import default_s3_client
-
-    os.environ.update({k: v for k, v in stack_env.items() if k.startswith("AWS_")})
-    bucket, key = parse_s3_uri(uri)
-    return default_s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def has_audit_table(url: str) -> bool:
-    with psycopg.connect(url) as conn:
-        return conn.execute("SELECT to_regclass('schema_deploy.audit_events') IS NOT NULL").fetchone()[0]
 
 
 def secrets_of(stack_env: dict[str, str], targets: dict[str, str]) -> list[str]:
@@ -206,7 +75,7 @@ class LockHolder(threading.Thread):
 
 
 def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_announces_production(
-        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+        deployer: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     slack = Slack(stack_env)
     holder = LockHolder(targets["production"], "experiment_assignments")
 
@@ -248,7 +117,7 @@ def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_anno
     backup = run.xcom("backup_production")
     junit = run.xcom("test_gate")["gate"]["junit"]
     bucket, key = parse_s3_uri(junit[0])
-    assert key in s3_keys(stack_env, deployer.prefix) and key.startswith(parse_s3_uri(backup["uri"])[1][:-5])
+    assert key in deployer.keys() and key.startswith(parse_s3_uri(backup["uri"])[1][:-5])
     assert run.xcom("test_gate")["gate"]["tests"] >= 10
 
     audit_result = run.xcom("audit_record")
@@ -257,7 +126,7 @@ def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_anno
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(REPO / "plugins")})
     assert verify.returncode == 0 and "audit chain ok" in verify.stdout, verify.stdout + verify.stderr
-    document = s3_object(stack_env, audit_result["s3"])
+    document = deployer.object(audit_result["s3"])
     assert hashlib.sha256(document).hexdigest() == audit_result["sha256"]
     record = json.loads(document)["record"]
     assert record["approval"]["approver"] == "alice" and record["backup"]["sha256"] == backup["sha256"]
@@ -275,7 +144,7 @@ def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_anno
 
 
 def test_a_dry_run_with_slack_down_still_migrates_staging_and_logs_the_lost_notifications(
-        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+        deployer: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     control = stack_env["SLACK_CONTROL_URL"].rstrip("/")
     requests.post(control + "/fail", json={"status": 500, "paths": "all"}, timeout=5).raise_for_status()
     slack = Slack(stack_env)
@@ -292,7 +161,7 @@ def test_a_dry_run_with_slack_down_still_migrates_staging_and_logs_the_lost_noti
 
 
 def test_a_failing_gate_stops_before_production_and_names_the_failing_test(
-        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+        deployer: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     failing = deployer.tmp / "test_release_blocker.py"
     failing.write_text("def test_checkout_still_works():\n    assert 1 + 1 == 3, 'checkout broke'\n")
     gate = GATE + f'    - [python, -m, pytest, {failing}, -q, -p, no:cacheprovider, "--junitxml={{junit}}"]\n'
@@ -310,7 +179,7 @@ def test_a_failing_gate_stops_before_production_and_names_the_failing_test(
 
 
 def test_a_rejected_approval_skips_production_and_says_so_in_the_runs_slack_thread(
-        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+        deployer: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     # slack_deploys as a Web API connection: every message after the first is a reply in its thread.
     deployer.extra_env["AIRFLOW_CONN_SLACK_DEPLOYS"] = json.dumps({
         "conn_type": "slack", "password": stack_env["SLACK_API_TOKEN"],
@@ -334,7 +203,7 @@ def test_a_rejected_approval_skips_production_and_says_so_in_the_runs_slack_thre
 
 
 def test_a_closed_window_defers_the_production_change_until_it_opens(
-        deployer: Deployer, targets: dict[str, str]) -> None:
+        deployer: DagRunner, targets: dict[str, str]) -> None:
     # A one-minute window every minute: with at least a minute needed, only a whole window fits,
     # so the wait defers until the next minute starts, then production proceeds.
     run = deployer.run({"require_approval": False}, config=deployer.config(windows="[{cron: '* * * * *', duration: 1m}]"))
@@ -350,7 +219,7 @@ def test_a_closed_window_defers_the_production_change_until_it_opens(
 
 
 def test_orphan_rows_in_production_stop_preflight_with_nothing_changed_anywhere(
-        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+        deployer: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     with psycopg.connect(targets["production"]) as conn:
         conn.execute('INSERT INTO experiment_assignments (id, "experimentId", "userId", variant, "assignedAt") '
                      "SELECT 'orphan-' || g, 'no-such-experiment', 'orphan-user-' || g, 'A', now() FROM generate_series(1, 3) g")
@@ -361,16 +230,16 @@ def test_orphan_rows_in_production_stop_preflight_with_nothing_changed_anywhere(
     assert "experiment_assignments" in run.log and "orphan" in run.log.lower()
     assert {env: fingerprint(url) for env, url in targets.items()} == before
     assert not ledger(targets["staging"])[1:] and EPIC5 not in applied(targets["production"])
-    keys = s3_keys(stack_env, deployer.prefix)
+    keys = deployer.keys()
     assert not [k for k in keys if k.endswith(".dump")]  # no backup taken either
     audit_key = next(k for k in keys if k.endswith(".audit.json"))  # only the record of the refusal
-    record = json.loads(s3_object(stack_env, f"s3://{stack_env['BACKUP_BUCKET']}/{audit_key}"))["record"]
+    record = json.loads(deployer.object(f"s3://{stack_env['BACKUP_BUCKET']}/{audit_key}"))["record"]
     assert record["outcome"] == "failed" and record["task_states"]["preflight"] == "failed"
     assert not has_audit_table(targets["staging"]) and not has_audit_table(targets["production"])
 
 
 def test_a_crashed_production_apply_converges_when_the_task_is_run_again(
-        deployer: Deployer, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+        deployer: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     # A long read on a table of step 4 stalls production after steps 1-3 have committed;
     # then the whole process running the DAG is killed (SIGKILL: no cleanup of any kind).
     holder = LockHolder(targets["production"], "study_schedule_recommendations")
@@ -415,14 +284,14 @@ def test_a_crashed_production_apply_converges_when_the_task_is_run_again(
     assert "nothing to deploy: all 2 migrations" in run.log and run.state("backup_production") == "skipped"
 
 
-def airflow_env_for(deployer: Deployer, config: Path) -> dict[str, str]:
+def airflow_env_for(deployer: DagRunner, config: Path) -> dict[str, str]:
     from airflow_env import airflow_env
 
     return airflow_env(deployer.home, deployer.stack_env, config)
 
 
 def test_a_skip_window_without_reason_is_refused_by_preflight_before_any_change(
-        deployer: Deployer, targets: dict[str, str]) -> None:
+        deployer: DagRunner, targets: dict[str, str]) -> None:
     run = deployer.run({"skip_window": True, "skip_window_reason": ""}, approve="alice")
     assert run.returncode == 1 and run.state("preflight") == "failed"
     assert "skip_window is on but skip_window_reason is empty: say why production may change" in run.log

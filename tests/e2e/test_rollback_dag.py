@@ -8,12 +8,6 @@ run_deploy's responder, as a person would in the UI.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -21,12 +15,9 @@ import pytest
 
 from schema_deploy.apply import apply
 from schema_deploy.bundle import load_bundle
-from schema_deploy.fingerprint import schema_fingerprint
 from schema_deploy.ledger import read_rows
-from seed import reset
-from tests.conftest import drop_database, with_database
+from tests.e2e.harness import REPO, DagRunner, fingerprint
 
-REPO = Path(__file__).resolve().parents[2]
 BASELINE = "20250915090000_baseline"
 EPIC5 = "20251017120000_epic5_schema_completion"
 TABLES = ("personalization_experiments", "experiment_assignments", "behavioral_events", "behavioral_patterns",
@@ -34,89 +25,8 @@ TABLES = ("personalization_experiments", "experiment_assignments", "behavioral_e
 
 
 @pytest.fixture
-def targets(stack_env: dict[str, str]):
-    """A fresh staging and production database, at the baseline with identical demo data."""
-    name = f"t_rb_{uuid.uuid4().hex[:8]}"
-    urls = {env.lower(): with_database(stack_env[f"{env}_DATABASE_URL"], name) for env in ("STAGING", "PRODUCTION")}
-    for url in urls.values():
-        reset(url, seed=9, log=lambda _: None)
-    yield urls
-    for env in ("STAGING", "PRODUCTION"):
-        drop_database(stack_env[f"{env}_DATABASE_URL"], name)
-
-
-@pytest.fixture(scope="module")
-def migrated_home(tmp_path_factory) -> Path:
-    """An Airflow home with its metadata database migrated once; each test copies it."""
-    home = tmp_path_factory.mktemp("airflow-template")
-    config = home / "deploy.yaml"
-    config.write_text("")
-    run = subprocess.run([sys.executable, str(REPO / "devstack/run_deploy.py"), "--home", str(home),
-                          "--config", str(config), "--migrate-only"], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return home
-
-
-@dataclass
-class Run:
-    returncode: int
-    log: str
-    result: dict
-
-    def state(self, task_id: str) -> str | None:
-        return self.result["tasks"].get(task_id, {}).get("state")
-
-    def xcom(self, task_id: str):
-        return self.result["tasks"][task_id]["xcom"]
-
-
-class RollbackRunner:
-    def __init__(self, tmp_path: Path, migrated_home: Path, targets: dict[str, str], stack_env: dict[str, str]):
-        self.tmp, self.targets, self.stack_env = tmp_path, targets, stack_env
-        self.home = tmp_path / "airflow"
-        shutil.copytree(migrated_home, self.home)
-        self.prefix = f"e2e-rb-{uuid.uuid4().hex[:8]}"
-
-    def config(self) -> Path:
-        path = self.tmp / "deploy.yaml"
-        path.write_text(
-            f"migrations: {REPO / 'sql/migrations'}\nverify_dir: {REPO / 'sql/verify'}\n"
-            f"backup: {{bucket: {self.stack_env['BACKUP_BUCKET']}, prefix: {self.prefix}, restore_check: true}}\n")
-        return path
-
-    def run(self, conf: dict, approve: str | None = None) -> Run:
-        cmd = [sys.executable, str(REPO / "devstack/run_deploy.py"), "--dag-id", "rollback_schema", "--home",
-               str(self.home), "--config", str(self.config()), "--conf", json.dumps(conf),
-               "--result", str(self.tmp / "result.json")]
-        if approve:
-            cmd += ["--approve-as", approve]
-        env = {**os.environ, "AIRFLOW_CONN_STAGING_DB": self.targets["staging"],
-               "AIRFLOW_CONN_PRODUCTION_DB": self.targets["production"]}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-        result = self.tmp / "result.json"
-        return Run(proc.returncode, proc.stdout + proc.stderr,
-                   json.loads(result.read_text()) if result.exists() else {"tasks": {}})
-
-    def s3(self):
-        from schema_deploy.backup_store import default_s3_client
-
-        os.environ.update({k: v for k, v in self.stack_env.items() if k.startswith("AWS_")})
-        return default_s3_client()
-
-    def keys(self) -> list[str]:
-        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.stack_env["BACKUP_BUCKET"],
-                                                                     Prefix=self.prefix + "/")
-        return [o["Key"] for page in pages for o in page.get("Contents", [])]
-
-
-@pytest.fixture
-def runner(tmp_path, migrated_home, targets, stack_env) -> RollbackRunner:
-    return RollbackRunner(tmp_path, migrated_home, targets, stack_env)
-
-
-def fingerprint(url: str):
-    with psycopg.connect(url) as conn:
-        return schema_fingerprint(conn)
+def runner(tmp_path, migrated_home, targets, stack_env) -> DagRunner:
+    return DagRunner("rollback_schema", tmp_path, migrated_home, targets, stack_env)
 
 
 def counts(url: str) -> dict[str, int]:
@@ -157,7 +67,7 @@ def deploy_epic5(url: str) -> None:
 
 
 def test_staging_down_migrations_bring_back_the_baseline_schema_and_leave_epic5_pending(
-        runner: RollbackRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+        runner: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     staging = targets["staging"]
     baseline_fp, baseline_rows = fingerprint(staging), counts(staging)
     deploy_epic5(staging)
@@ -177,7 +87,7 @@ def test_staging_down_migrations_bring_back_the_baseline_schema_and_leave_epic5_
 
 
 def test_production_rollback_from_the_pre_deploy_backup_after_approval_restores_rows_and_schema(
-        runner: RollbackRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+        runner: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     from schema_deploy.backup import backup
     from schema_deploy.restore import verify_backup
 
@@ -209,7 +119,7 @@ def test_production_rollback_from_the_pre_deploy_backup_after_approval_restores_
 
 
 def test_a_wrong_production_confirmation_is_refused_by_preflight_with_nothing_changed(
-        runner: RollbackRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+        runner: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     production = targets["production"]
     database = production.rsplit("/", 1)[1]
     deploy_epic5(production)

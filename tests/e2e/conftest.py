@@ -1,0 +1,37 @@
+"""Fixtures of the DAG end-to-end tests: fresh target databases and a migrated Airflow home."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from seed import reset
+from tests.conftest import drop_database, with_database
+from tests.e2e.harness import REPO
+
+
+@pytest.fixture
+def targets(stack_env: dict[str, str]):
+    """A fresh staging and production database, at the baseline with identical demo data."""
+    name = f"t_dag_{uuid.uuid4().hex[:8]}"
+    urls = {env.lower(): with_database(stack_env[f"{env}_DATABASE_URL"], name) for env in ("STAGING", "PRODUCTION")}
+    for url in urls.values():
+        reset(url, seed=9, log=lambda _: None)
+    yield urls
+    for env in ("STAGING", "PRODUCTION"):
+        drop_database(stack_env[f"{env}_DATABASE_URL"], name)
+
+
+@pytest.fixture(scope="session")
+def migrated_home(tmp_path_factory) -> Path:
+    """An Airflow home with its metadata database migrated once; each run copies it."""
+    home = tmp_path_factory.mktemp("airflow-template")
+    config = home / "deploy.yaml"
+    config.write_text("")
+    run = subprocess.run([sys.executable, str(REPO / "devstack/run_deploy.py"), "--home", str(home),
+                          "--config", str(config), "--migrate-only"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return home

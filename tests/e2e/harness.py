@@ -1,0 +1,123 @@
+"""The DAG end-to-end tests' harness: run one DAG under `dag.test()` (devstack/run_deploy.py)
+against given target databases with a deploy.yaml of its own, and read what it did."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from schema_deploy.fingerprint import schema_fingerprint
+
+REPO = Path(__file__).resolve().parents[2]
+GATE = '    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, "--junitxml={junit}"]\n'
+
+
+@dataclass
+class Run:
+    returncode: int
+    log: str
+    result: dict
+    home: Path
+
+    def state(self, task_id: str) -> str | None:
+        return self.result["tasks"].get(task_id, {}).get("state")
+
+    def xcom(self, task_id: str):
+        return self.result["tasks"][task_id]["xcom"]
+
+    def approval(self) -> dict:
+        return self.result["tasks"]["approve_production"]["xcom_keys"]["approval"]
+
+
+class DagRunner:
+    """Runs one DAG against `targets`, with a deploy.yaml of its own and a private S3 prefix."""
+
+    def __init__(self, dag_id: str, tmp_path: Path, migrated_home: Path, targets: dict[str, str],
+                 stack_env: dict[str, str]) -> None:
+        self.dag_id, self.tmp, self.targets, self.stack_env = dag_id, tmp_path, targets, stack_env
+        self.home = tmp_path / "airflow"
+        shutil.copytree(migrated_home, self.home)
+        self.prefix = f"e2e-{uuid.uuid4().hex[:8]}"
+        self.extra_env: dict[str, str] = {}
+
+    def config(self, windows: str = "[{cron: '* * * * *', duration: 1h}]", gate: str = GATE, extra: str = "") -> Path:
+        path = self.tmp / "deploy.yaml"
+        path.write_text(
+            f"migrations: {REPO / 'sql/migrations'}\nverify_dir: {REPO / 'sql/verify'}\n"
+            f"backup: {{bucket: {self.stack_env['BACKUP_BUCKET']}, prefix: {self.prefix}, restore_check: true}}\n"
+            f"gate:\n  timeout: 2m\n  commands:\n{gate}"
+            f"windows: {windows}\napproval: {{manual_runs: form, scheduled_runs: required}}\n{extra}")
+        return path
+
+    def command(self, conf: dict, config: Path, approve: str | None, reject: str | None) -> list[str]:
+        cmd = [sys.executable, str(REPO / "devstack/run_deploy.py"), "--dag-id", self.dag_id, "--home",
+               str(self.home), "--config", str(config), "--conf", json.dumps(conf),
+               "--result", str(self.tmp / "result.json")]
+        if approve:
+            cmd += ["--approve-as", approve]
+        if reject:
+            cmd += ["--reject-as", reject]
+        return cmd
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "AIRFLOW_CONN_STAGING_DB": self.targets["staging"],
+                "AIRFLOW_CONN_PRODUCTION_DB": self.targets["production"], **self.extra_env}
+
+    def run(self, conf: dict | None = None, config: Path | None = None, approve: str | None = None,
+            reject: str | None = None) -> Run:
+        result = self.tmp / "result.json"
+        result.unlink(missing_ok=True)
+        proc = subprocess.run(self.command(conf or {}, config or self.config(), approve, reject), env=self.env(),
+                              capture_output=True, text=True, timeout=600, cwd=REPO)
+        return Run(proc.returncode, proc.stdout + proc.stderr,
+                   json.loads(result.read_text()) if result.exists() else {"tasks": {}}, self.home)
+
+    def s3(self):
+        from schema_deploy.backup_store import default_s3_client
+
+        os.environ.update({k: v for k, v in self.stack_env.items() if k.startswith("AWS_")})
+        return default_s3_client()
+
+    def keys(self) -> list[str]:
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.stack_env["BACKUP_BUCKET"],
+                                                                     Prefix=self.prefix + "/")
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    def object(self, uri: str) -> bytes:
+        from schema_deploy.backup_store import parse_s3_uri
+
+        bucket, key = parse_s3_uri(uri)
+        return self.s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+class Slack:
+    """Messages the Slack stand-in recorded since this object was made."""
+
+    def __init__(self, stack_env: dict[str, str]) -> None:
+        self.path = Path(stack_env["SLACK_MESSAGES_FILE"])
+        self.start = len(self.path.read_text().splitlines()) if self.path.exists() else 0
+
+    def records(self) -> list[dict]:
+        lines = self.path.read_text().splitlines()[self.start:] if self.path.exists() else []
+        return [json.loads(line) for line in lines]
+
+    def texts(self) -> str:
+        """What the channel shows: each message's text and blocks (not the stand-in's request record)."""
+        return "\n".join(json.dumps({k: r.get(k) for k in ("text", "blocks")}) for r in self.records())
+
+
+def fingerprint(url: str):
+    with psycopg.connect(url) as conn:
+        return schema_fingerprint(conn)
+
+
+def has_audit_table(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT to_regclass('schema_deploy.audit_events') IS NOT NULL").fetchone()[0]
