@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -45,6 +46,7 @@ OPTIONAL_ENV = {
     "PG_BINDIR": "unset, so pg_dump/pg_restore come from PATH (the image's postgresql-client)",
     "PGDATABASE": "libpq's default database, a fallback for URLs that name none; every connection names one",
     "SCHEMA_DEPLOY_LOG_TIME": "wall-clock prefix on CLI log lines, off by default",
+    "SCHEMA_DEPLOY_UI": "builds the UI page's app outside `airflow api-server` too; the api-server builds it anyway",
 }
 ENV_READ = re.compile(r"""(?:environ\.get|getenv|environ\.setdefault)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
                       r"""|environ\[\s*["']([A-Z][A-Z0-9_]*)["']\s*\]""")
@@ -65,7 +67,10 @@ def compose_config(compose_file: Path, env_file: Path = ENV_EXAMPLE, *, quiet: b
     """`docker-compose config` of `compose_file` (relative paths resolve against the repository)."""
     argv = [docker_compose(), "--project-directory", str(REPO), "--env-file", str(env_file),
             "-f", str(compose_file), "config"] + (["-q"] if quiet else [])
-    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    # Only the example env file fills the variables: not whatever this test process has exported
+    # (the DAG tests' conftest sets SCHEMA_DEPLOY_CONFIG and AIRFLOW_* for their own Airflow).
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
 
 
 def schema_check(compose_file: Path) -> subprocess.CompletedProcess[str]:
