@@ -224,7 +224,8 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
         t0 = time.monotonic()
         skipped: list[str] = []
         try:
-            attempts = with_lock_retries(lambda lt, s=step: run_step(conn, row_id, s, lt, settings, skipped),
+            attempts = with_lock_retries(lambda lt, s=step: run_step(
+                conn, s, lt, settings, skipped, lambda c, n=s.number: ledger.set_steps(c, row_id, n, settings.schema)),
                                          settings, watch, log)
         except LockRetriesExhaustedInternal as exc:
             ledger.mark_failed(conn, row_id, f"{ledger.RETRYABLE_MARK} plan={mp.digest}\n"
@@ -262,18 +263,21 @@ def check_same_plan(mp: MigrationPlan) -> None:
             "(online or --no-online) against the same database. Nothing was changed.")
 
 
-def run_step(conn: psycopg.Connection, row_id: str, step: Step, lock_timeout_ms: int, settings: Settings,
-             skipped: list[str]) -> None:
+def run_step(conn: psycopg.Connection, step: Step, lock_timeout_ms: int, settings: Settings, skipped: list[str],
+             record: Callable[[psycopg.Connection], object]) -> None:
+    """One step; `record(conn)` is its ledger bookkeeping, inside the step's transaction when it
+    has one, right after it otherwise (apply advances applied_steps_count, a rollback marks the row)."""
     if step.transactional:
         with conn.transaction():
             set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=True)
             todo = [ps for ps in step.statements if not not_valid_constraint_exists(conn, ps)]
             skipped.extend(ps.sql.split("\n")[0][:80] for ps in step.statements if ps not in todo)
             execute_statements(conn, todo)
-            ledger.set_steps(conn, row_id, step.number, settings.schema)
+            record(conn)
         return
     ps = step.statements[0]
-    if is_concurrent_build(ps):
+    if is_concurrent_build(ps) or is_concurrent_drop(ps):
+        # Neither blocks reads or writes; a short lock_timeout would only throw the work away.
         lock_timeout_ms = max(lock_timeout_ms, settings.concurrent_lock_timeout_ms)
     set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=False)
     try:
@@ -285,7 +289,7 @@ def run_step(conn: psycopg.Connection, row_id: str, step: Step, lock_timeout_ms:
         execute_statements(conn, [ps])
     else:
         skipped.append(ps.sql.split("\n")[0][:80])
-    ledger.set_steps(conn, row_id, step.number, settings.schema)
+    record(conn)
 
 
 def set_timeouts(conn: psycopg.Connection, lock_timeout_ms: int, statement_timeout_ms: int, *, local: bool) -> None:
@@ -319,7 +323,7 @@ def prepare_non_transactional(conn: psycopg.Connection, ps: PlannedStatement) ->
     node = ps.ast
     if isinstance(node, ast.IndexStmt) and node.concurrent and node.idxname:
         return prepare_concurrent_index(conn, node)
-    if isinstance(node, ast.DropStmt) and node.concurrent and node.removeType == enums.ObjectType.OBJECT_INDEX:
+    if is_concurrent_drop(ps):
         return any(regclass(conn, ".".join(p.sval for p in obj)) for obj in node.objects)
     if isinstance(node, ast.AlterEnumStmt) and node.newVal and not node.oldVal:
         type_name = ".".join(p.sval for p in node.typeName)
@@ -335,6 +339,12 @@ def is_concurrent_build(ps: PlannedStatement) -> bool:
     return ((isinstance(node, ast.IndexStmt) and bool(node.concurrent))
             or (isinstance(node, ast.ReindexStmt) and any(getattr(p, "defname", "") == "concurrently"
                                                            for p in node.params or ())))
+
+
+def is_concurrent_drop(ps: PlannedStatement) -> bool:
+    node = ps.ast
+    return (isinstance(node, ast.DropStmt) and bool(node.concurrent)
+            and node.removeType == enums.ObjectType.OBJECT_INDEX)
 
 
 def not_valid_constraint_exists(conn: psycopg.Connection, ps: PlannedStatement) -> bool:

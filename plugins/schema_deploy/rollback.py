@@ -27,12 +27,10 @@ from psycopg import sql
 
 from schema_deploy import ledger
 from schema_deploy.apply import (BlockerWatch, Log, LockRetriesExhaustedInternal, MigrationResult, Settings,
-                                 StatementFailed, StepResult, connect, execute_statements, is_concurrent_build,
-                                 not_valid_constraint_exists, prepare_non_transactional, set_timeouts,
-                                 with_lock_retries)
+                                 StatementFailed, StepResult, connect, run_step, with_lock_retries)
 from schema_deploy.bundle import Bundle, Migration, read_sql_bytes
 from schema_deploy.errors import SchemaDeployError, UsageError
-from schema_deploy.plan import MigrationPlan, Step, existing_tables, plan_migration
+from schema_deploy.plan import MigrationPlan, existing_tables, plan_migration
 from schema_deploy.parse import parse_migration
 from schema_deploy.status import APPLIED, FAILED, INTERRUPTED, MigrationState, Status, compute_status
 
@@ -200,11 +198,11 @@ def run_down(conn: psycopg.Connection, url: str, mp: MigrationPlan, settings: Se
     try:
         for step in mp.steps:
             t0, skipped = time.monotonic(), []
-            last = mp.atomic
+            # A one-transaction down migration commits together with its ledger update.
+            record = (lambda c: mark_applied_rolled_back(c, m.name, schema)) if mp.atomic else (lambda c: None)
             try:
-                attempts = with_lock_retries(
-                    lambda lt, s=step: run_down_step(conn, m.name, s, lt, settings, skipped, mark=last),
-                    settings, watch, log)
+                attempts = with_lock_retries(lambda lt, s=step: run_step(conn, s, lt, settings, skipped, record),
+                                             settings, watch, log)
             except LockRetriesExhaustedInternal as exc:
                 raise exc.public(m.name) from None
             except StatementFailed as exc:
@@ -224,38 +222,6 @@ def run_down(conn: psycopg.Connection, url: str, mp: MigrationPlan, settings: Se
     if not mp.atomic and not marked:
         log(f"warning: {m.name} had no applied ledger row left to mark (another session changed the ledger?)")
     return result
-
-
-def run_down_step(conn: psycopg.Connection, name: str, step: Step, lock_timeout_ms: int, settings: Settings,
-                  skipped: list[str], *, mark: bool) -> None:
-    """One step, as apply runs it, minus apply's ledger bookkeeping; `mark` adds the ledger
-    update to the step's transaction (a down migration that is a single transaction)."""
-    if step.transactional:
-        with conn.transaction():
-            set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=True)
-            todo = [ps for ps in step.statements if not not_valid_constraint_exists(conn, ps)]
-            skipped.extend(ps.sql.split("\n")[0][:80] for ps in step.statements if ps not in todo)
-            execute_statements(conn, todo)
-            if mark:
-                mark_applied_rolled_back(conn, name, settings.schema)
-        return
-    ps = step.statements[0]
-    if is_concurrent_build(ps) or is_concurrent_drop(ps):
-        # Neither blocks reads or writes; a short lock_timeout would only throw the work away.
-        lock_timeout_ms = max(lock_timeout_ms, settings.concurrent_lock_timeout_ms)
-    set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=False)
-    if prepare_non_transactional(conn, ps):
-        execute_statements(conn, [ps])
-    else:
-        skipped.append(ps.sql.split("\n")[0][:80])
-
-
-def is_concurrent_drop(ps) -> bool:
-    from pglast import ast, enums
-
-    node = ps.ast
-    return (isinstance(node, ast.DropStmt) and bool(node.concurrent)
-            and node.removeType == enums.ObjectType.OBJECT_INDEX)
 
 
 def mark_applied_rolled_back(conn: psycopg.Connection, name: str, schema: str = "public") -> int:
