@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,25 +22,9 @@ from engine_support import REPO, run_cli
 
 from schema_deploy import audit
 from schema_deploy.apply import connect
-from schema_deploy.cli import main
 from schema_deploy.errors import AuditPayloadInvalid, AuditProtectionMissing
 
 REFUSED = "schema_deploy.audit_events is append-only: {} refused"
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    """Run `python -m schema_deploy ARGS` in-process: (exit code, stdout, stderr)."""
-    monkeypatch.chdir(REPO)
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 @pytest.fixture

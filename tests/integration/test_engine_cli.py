@@ -23,21 +23,6 @@ from engine_support import BASELINE, EPIC5, MIGRATIONS, REPO, cli_command, cli_e
 from schema_deploy.cli import main
 
 
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    """Run `python -m schema_deploy ARGS` in-process from the repository root: (exit code, stdout, stderr)."""
-    monkeypatch.chdir(REPO)
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
-
-
 def with_password(url: str, password: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(netloc=f"{parts.username}:{password}@{parts.hostname}:{parts.port}"))
