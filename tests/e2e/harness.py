@@ -7,7 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import psycopg
 from schema_deploy.fingerprint import schema_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
+AIRFLOW_LOCAL = REPO / "devstack" / "airflow_local.py"
 GATE = '    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, "--junitxml={junit}"]\n'
 
 
@@ -121,3 +125,28 @@ def fingerprint(url: str):
 def has_audit_table(url: str) -> bool:
     with psycopg.connect(url) as conn:
         return conn.execute("SELECT to_regclass('schema_deploy.audit_events') IS NOT NULL").fetchone()[0]
+
+
+@contextmanager
+def airflow_services(home: Path, config: Path, targets: dict[str, str], timeout_s: float = 600) -> Iterator[dict]:
+    """The four Airflow services (devstack/airflow_local.py) on a free port, against `targets`;
+    yields the URL and the admin's password; stopped after, asserting no process is left."""
+    from airflow_local import airflow_processes, free_port
+
+    port = free_port()
+    env = {**os.environ, "AIRFLOW_CONN_STAGING_DB": targets["staging"],
+           "AIRFLOW_CONN_PRODUCTION_DB": targets["production"]}
+    try:
+        t0 = time.monotonic()
+        start = subprocess.run([sys.executable, str(AIRFLOW_LOCAL), "start", "--background", "--no-seed", "--home",
+                                str(home), "--port", str(port), "--config", str(config)],
+                               env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+        assert start.returncode == 0, start.stdout[-4000:] + start.stderr[-2000:]
+        print(f"services ready after {time.monotonic() - t0:.1f} s")
+        yield {"url": f"http://127.0.0.1:{port}", "home": home,
+               "password": json.loads((home / "passwords.json").read_text())["admin"]}
+    finally:
+        stop = subprocess.run([sys.executable, str(AIRFLOW_LOCAL), "stop", "--home", str(home)], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=180)
+        left = airflow_processes(home.resolve())
+        assert stop.returncode == 0 and not left, (stop.stdout + stop.stderr, [p.cmdline() for p in left])

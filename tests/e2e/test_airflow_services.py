@@ -8,9 +8,6 @@ read every task's state and log.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,13 +18,12 @@ import httpx
 import psycopg
 import pytest
 
-from airflow_local import airflow_processes, free_port
 from schema_deploy.ledger import read_rows
 from seed import reset
 from tests.conftest import drop_database, with_database
+from tests.e2e.harness import airflow_services
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "devstack" / "airflow_local.py"
 DAG = "deploy_schema"
 EPIC5 = "20251017120000_epic5_schema_completion"
 TASKS = ("preflight", "backup_production", "apply_staging", "test_gate", "production_requested",
@@ -56,7 +52,7 @@ def targets(stack_env: dict[str, str]) -> Iterator[dict[str, str]]:
 def airflow(tmp_path_factory, stack_env: dict[str, str], targets: dict[str, str]) -> Iterator[httpx.Client]:
     """The four services running; an API client logged in as admin. Stopped, with no process left, after."""
     base = tmp_path_factory.mktemp("services")
-    home, config, port = base / "airflow", base / "deploy.yaml", free_port()
+    home, config = base / "airflow", base / "deploy.yaml"
     config.write_text(
         f"migrations: {REPO / 'sql/migrations'}\nverify_dir: {REPO / 'sql/verify'}\n"
         f"backup: {{bucket: {stack_env['BACKUP_BUCKET']}, prefix: e2e-services, restore_check: true}}\n"
@@ -64,27 +60,12 @@ def airflow(tmp_path_factory, stack_env: dict[str, str], targets: dict[str, str]
         "    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, '--junitxml={junit}']\n"
         "approval: {manual_runs: form, scheduled_runs: required}\n"
         "windows: [{name: always-open, cron: '* * * * *', duration: 1h, timezone: UTC}]\n")
-    env = {**os.environ, "AIRFLOW_CONN_STAGING_DB": targets["staging"],
-           "AIRFLOW_CONN_PRODUCTION_DB": targets["production"]}
-    common = ["--home", str(home)]
-    try:
-        t0 = time.monotonic()
-        start = subprocess.run([sys.executable, str(SCRIPT), "start", "--background", "--no-seed", *common,
-                                "--port", str(port), "--config", str(config)],
-                               env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert start.returncode == 0, start.stdout[-4000:] + start.stderr[-2000:]
-        print(f"services ready after {time.monotonic() - t0:.1f} s")
-        password = json.loads((home / "passwords.json").read_text())["admin"]
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        token = api.post("/auth/token", json={"username": "admin", "password": password})
+    with airflow_services(home, config, targets) as services, \
+            httpx.Client(base_url=services["url"], timeout=30) as api:
+        token = api.post("/auth/token", json={"username": "admin", "password": services["password"]})
         assert token.status_code == 201, token.text
         api.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
         yield api
-    finally:
-        stop = subprocess.run([sys.executable, str(SCRIPT), "stop", *common], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=180)
-        left = airflow_processes(home.resolve())
-        assert stop.returncode == 0 and not left, (stop.stdout + stop.stderr, [p.cmdline() for p in left])
 
 
 def stack_secrets(stack_env: dict[str, str]) -> dict[str, str]:

@@ -11,11 +11,8 @@ tests/artifacts/ (git-ignored).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,15 +24,14 @@ import psycopg
 import pytest
 from botocore.config import Config
 
-from airflow_local import airflow_processes, free_port
 from schema_deploy import audit
 from schema_deploy.apply import apply, connect
 from schema_deploy.backup import backup
 from schema_deploy.bundle import load_bundle
 from tests.conftest import drop_database, with_database
+from tests.e2e.harness import airflow_services
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "devstack" / "airflow_local.py"
 ARTIFACTS = REPO / "tests" / "artifacts"
 BASELINE = "20250915090000_baseline"
 EPIC5 = "20251017120000_epic5_schema_completion"
@@ -83,26 +79,11 @@ def stack(stack_env: dict[str, str]) -> Iterator[dict]:
 def services(tmp_path_factory, stack: dict) -> Iterator[dict]:
     """The four services, up; yields the base URL and the admin's password. Nothing left running after."""
     base = tmp_path_factory.mktemp("ui")
-    home, config, port = base / "airflow", base / "deploy.yaml", free_port()
+    home, config = base / "airflow", base / "deploy.yaml"
     config.write_text(f"migrations: {REPO / 'sql/migrations'}\n"
                       f"backup: {{bucket: {stack['bucket']}, prefix: {stack['prefix']}}}\n")
-    env = {**os.environ, "AIRFLOW_CONN_STAGING_DB": stack["urls"]["staging"],
-           "AIRFLOW_CONN_PRODUCTION_DB": stack["urls"]["production"]}
-    common = ["--home", str(home)]
-    try:
-        t0 = time.monotonic()
-        start = subprocess.run([sys.executable, str(SCRIPT), "start", "--background", "--no-seed", *common,
-                                "--port", str(port), "--config", str(config)],
-                               env=env, cwd=REPO, capture_output=True, text=True, timeout=500)
-        assert start.returncode == 0, start.stdout[-4000:] + start.stderr[-2000:]
-        print(f"services ready after {time.monotonic() - t0:.1f} s")
-        yield {"url": f"http://127.0.0.1:{port}", "password": json.loads((home / "passwords.json").read_text())["admin"],
-               "home": home}
-    finally:
-        stop = subprocess.run([sys.executable, str(SCRIPT), "stop", *common], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=180)
-        left = airflow_processes(home.resolve())
-        assert stop.returncode == 0 and not left, (stop.stdout + stop.stderr, [p.cmdline() for p in left])
+    with airflow_services(home, config, stack["urls"], timeout_s=500) as services:
+        yield services
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from engine_support import REPO, run_cli
+from engine_support import run_cli
 
 from schema_deploy import audit
 from schema_deploy.apply import connect
