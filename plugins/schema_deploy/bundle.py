@@ -35,6 +35,7 @@ class Migration:
     path: Path
     raw: bytes
     down_path: Path | None = None
+    down_raw: bytes | None = None  # read with the migration, so a release can carry it frozen
 
     @property
     def timestamp(self) -> str:
@@ -140,8 +141,9 @@ def read_prisma_migration(folder: Path) -> Migration:
                           "Every migration folder needs a migration.sql; remove the empty folder "
                           "or add the file.")
     down = folder / "down.sql"
+    has_down = down.is_file()
     return Migration(name=folder.name, path=sql, raw=read_sql_bytes(sql),
-                     down_path=down if down.is_file() else None)
+                     down_path=down if has_down else None, down_raw=read_sql_bytes(down) if has_down else None)
 
 
 def read_plain_migration(path: Path) -> Migration:

@@ -170,7 +170,8 @@ def check_rollbackable(status: Status) -> None:
 def down_migration(m: Migration) -> Migration:
     """The down.sql of `m` as a migration of its own name (checked like any migration file)."""
     assert m.down_path is not None
-    return Migration(name=m.name, path=m.down_path, raw=read_sql_bytes(m.down_path))
+    return Migration(name=m.name, path=m.down_path,
+                     raw=m.down_raw if m.down_raw is not None else read_sql_bytes(m.down_path))
 
 
 def plan_downs(conn: psycopg.Connection, targets: list[Migration], online: bool) -> list[MigrationPlan]:
