@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import threading
-from urllib.parse import unquote, urlsplit
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,15 +24,15 @@ from pglast import ast, enums
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from schema_deploy import ledger
+from schema_deploy import db, ledger
 from schema_deploy.bundle import Bundle
+from schema_deploy.db import connect  # re-exported for callers outside this cleanup; see db.py
 from schema_deploy.errors import DatabaseError, LedgerBlocked, LockRetriesExhausted, MigrationFailed, scrub
 from schema_deploy.plan import MigrationPlan, PlannedStatement, Step, plan_for
 from schema_deploy.prechecks import require_clean
 from schema_deploy.status import Status, compute_status
 
 Log = Callable[[str], None]
-APPLICATION_NAME = "schema-deploy"
 
 
 @dataclass(frozen=True)
@@ -97,29 +96,6 @@ class ApplyResult:
         return {"applied": [m.as_dict() for m in self.applied]}
 
 
-def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection:
-    """Open a session for migrating; errors name the target without its password."""
-    userinfo, at, _ = url.partition("://")[2].partition("?")[0].rpartition("@")
-    if at and any(c in userinfo for c in "@/"):
-        # libpq would split the URL inside the password and echo a piece of it as the host.
-        raise DatabaseError(f"cannot connect to {scrub(url)}: the user name or password contains '@' or '/'. "
-                            "Percent-encode them in the URL ('@' as %40, '/' as %2F).")
-    try:
-        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10,
-                               application_name=APPLICATION_NAME)
-    except psycopg.Error as exc:
-        detail = str(exc).strip()
-        password = urlsplit(url).password
-        for secret in {password, unquote(password or "")} - {None, ""}:
-            detail = detail.replace(secret, "****")  # libpq may echo a piece of the URL back
-        raise DatabaseError(f"cannot connect to {scrub(url)}: {detail}. Check the URL, "
-                            "that the server is running, and the role's password.") from None
-    # Lets the server abort our statements soon after this process dies (PostgreSQL 14+),
-    # so a crash leaves no backend building an index on our behalf.
-    conn.execute("SET client_connection_check_interval = '1s'")
-    return conn
-
-
 def load_state(conn: psycopg.Connection, bundle: Bundle, schema: str = "public") -> tuple[Status, dict]:
     rows = ledger.read_rows(conn, schema)
     interrupted = {r.migration_name: (r.id, r.applied_steps_count, r.plan_digest) for r in rows if r.resumable}
@@ -134,7 +110,7 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
     `prechecks` first looks for rows that would make a statement fail (orphans,
     duplicates, NULLs) and stops with nothing changed if it finds any.
     """
-    with connect(url) as conn:
+    with db.connect(url) as conn:
         log(f"waiting for the migration lock (pg_advisory_lock {ledger.PRISMA_LOCK_KEY})")
         ledger.acquire_lock(conn, settings.advisory_lock_timeout_s)
         try:
@@ -488,7 +464,7 @@ class BlockerWatch:
 
     def start(self) -> None:
         if self.conn is None:
-            self.conn = psycopg.connect(self.url, autocommit=True, application_name=APPLICATION_NAME + "-watch")
+            self.conn = db.connect(self.url, application_name=db.APPLICATION_NAME + "-watch")
         self.last = []
         self.running.set()
         self.thread = threading.Thread(target=self._loop, daemon=True)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from schema_deploy import ledger
-from schema_deploy.apply import Settings, connect
+from schema_deploy.apply import Settings
 from schema_deploy.bundle import Bundle
+from schema_deploy.db import connect
 from schema_deploy.errors import ResolveRefused
 
 

@@ -27,8 +27,9 @@ from psycopg import sql
 
 from schema_deploy import ledger
 from schema_deploy.apply import (BlockerWatch, Log, LockRetriesExhaustedInternal, MigrationResult, Settings,
-                                 StatementFailed, StepResult, connect, run_step, with_lock_retries)
+                                 StatementFailed, StepResult, run_step, with_lock_retries)
 from schema_deploy.bundle import Bundle, Migration, read_sql_bytes
+from schema_deploy.db import connect
 from schema_deploy.errors import SchemaDeployError, UsageError
 from schema_deploy.plan import MigrationPlan, existing_tables, plan_migration
 from schema_deploy.parse import parse_migration

@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from schema_deploy import audit
-from schema_deploy.apply import connect
+from schema_deploy.db import connect
 from schema_deploy.pg_tools import target_of
 from schema_deploy.restore import RestoreResult, _refuse_production, load_backup, restore
 
