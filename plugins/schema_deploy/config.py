@@ -8,23 +8,28 @@ Airflow connections (`staging_db`, `production_db`, `backup_s3`,
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import yaml
 
-from schema_deploy.errors import ConfigError, UsageError
+from schema_deploy.errors import BundleNotDeclared, ConfigError, UsageError
+from schema_deploy.lint import LintConfig, config_from
 from schema_deploy.window import Window, parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
+BUNDLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
 class DeployConfig:
     """Everything a deployment needs to know that is not a secret."""
 
-    migrations: Path = ROOT / "sql" / "migrations"
+    # The bundles a deployment may use, by name: the trigger form offers these names, never a path.
+    bundles: tuple[tuple[str, Path], ...] = (("main", ROOT / "sql" / "migrations"),)
+    default_bundle: str = "main"
     verify_dir: Path = ROOT / "sql" / "verify"
     backup_bucket: str = "schema-deploy-backups"
     backup_prefix: str = "backups"
@@ -46,20 +51,44 @@ class DeployConfig:
     expect_index_mb: tuple[float, float] = (50.0, 100.0)
     expect_speedup_pct: tuple[float, float] = (20.0, 40.0)
     demo: dict[str, object] = field(default_factory=dict)
+    lint: LintConfig = field(default_factory=LintConfig)
     source: Path | None = None
+
+    @property
+    def migrations(self) -> Path:
+        """The default bundle's folder."""
+        return dict(self.bundles)[self.default_bundle]
+
+    @property
+    def bundle_names(self) -> list[str]:
+        return [name for name, _ in self.bundles]
+
+    def bundle_path(self, name: str | None) -> Path:
+        """The folder of a declared bundle (the default one for None or ""); anything else, a path
+        above all, is refused with the declared names."""
+        name = (name or "").strip() or self.default_bundle
+        declared = dict(self.bundles)
+        if name not in declared:
+            raise BundleNotDeclared(name, self.bundle_names, str(self.source or "deploy.yaml"))
+        return declared[name]
 
 
 def config_path() -> Path:
     return Path(os.environ.get("SCHEMA_DEPLOY_CONFIG", ROOT / "deploy.yaml"))
 
 
-def load(path: Path | str | None = None) -> DeployConfig:
-    """Read deploy.yaml (or the defaults when it does not exist); errors name the key and the fix."""
+def load(path: Path | str | None = None, *, must_exist: bool = False) -> DeployConfig:
+    """Read deploy.yaml (or the defaults when it does not exist and `must_exist` is off); errors name the
+    key and the fix. The one reader of deploy.yaml: lint's severities come from here too."""
     path = Path(path) if path else config_path()
     if not path.exists():
+        if must_exist:
+            raise ConfigError(path, "not found", "Pass an existing file with --config, or omit --config.")
         return DeployConfig()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot be read ({exc})", "Make it a readable UTF-8 YAML file.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, f"not valid YAML ({exc})", "Fix the YAML syntax at the position shown.") from None
     if not isinstance(data, dict):
@@ -111,8 +140,10 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         if key in lock and int(lock[key]) < 1:
             raise ConfigError(path, f"lock.{key} is {lock[key]}",
                               "Give a positive number of milliseconds: 0 would wait for locks forever.")
+    bundles, default_bundle = _bundles(data, base, path)
     return DeployConfig(
-        migrations=(base / data["migrations"]) if "migrations" in data else defaults.migrations,
+        bundles=bundles,
+        default_bundle=default_bundle,
         verify_dir=(base / data["verify_dir"]) if "verify_dir" in data else defaults.verify_dir,
         backup_bucket=str(backup.get("bucket", defaults.backup_bucket)),
         backup_prefix=str(backup.get("prefix", defaults.backup_prefix)),
@@ -134,8 +165,42 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         expect_index_mb=_range(expect, "index_storage_mb", defaults.expect_index_mb, path),
         expect_speedup_pct=_range(expect, "query_speedup_percent", defaults.expect_speedup_pct, path),
         demo=dict(data.get("demo") or {}),
+        lint=config_from(data, path),
         source=path,
     )
+
+
+def _bundles(data: dict, base: Path, path: Path) -> tuple[tuple[tuple[str, Path], ...], str]:
+    """`bundles: {name: folder, ...}` with `default_bundle:` (optional with one bundle), or the older
+    single `migrations: folder`, which declares it as the bundle `main`."""
+    if "bundles" in data and "migrations" in data:
+        raise ConfigError(path, "both 'bundles' and 'migrations' are set",
+                          "Declare every folder under 'bundles:' (name: folder) and remove 'migrations:'.")
+    if "bundles" not in data:
+        folder = base / data["migrations"] if "migrations" in data else DeployConfig().migrations
+        return (("main", folder),), "main"
+    declared = data["bundles"]
+    example = "e.g. bundles: {main: sql/migrations}"
+    if not isinstance(declared, dict) or not declared:
+        raise ConfigError(path, "'bundles' must map bundle names to folders", f"Write it as a mapping, {example}.")
+    bundles = []
+    for name, folder in declared.items():
+        if not isinstance(name, str) or not BUNDLE_NAME.match(name):
+            raise ConfigError(path, f"bundles: {name!r} is not a bundle name",
+                              "Use letters, digits, '_', '-' or '.', starting with a letter or digit.")
+        if not isinstance(folder, str) or not folder.strip():
+            raise ConfigError(path, f"bundles.{name} must be a folder path", f"Give the folder as a string, {example}.")
+        bundles.append((name, base / folder))
+    default = data.get("default_bundle")
+    if default is None:
+        if len(bundles) > 1:
+            raise ConfigError(path, f"{len(bundles)} bundles are declared but no default_bundle",
+                              f"Add default_bundle: one of {', '.join(n for n, _ in bundles)}.")
+        default = bundles[0][0]
+    if default not in dict(bundles):
+        raise ConfigError(path, f"default_bundle {default!r} is not declared under bundles",
+                          f"Use one of {', '.join(n for n, _ in bundles)}.")
+    return tuple(bundles), str(default)
 
 
 def _range(section: dict, key: str, default: tuple[float, float], path: Path) -> tuple[float, float]:
