@@ -1,0 +1,245 @@
+"""A release: the frozen unit of deployment, stored content-addressed in S3.
+
+A release holds the exact text of every migration of a bundle (and its down.sql),
+their checksums, where the bundle came from (folder, git commit), the lint and
+precheck summary, and the plan per target (the steps with the SQL after online
+rewrites). It is one JSON document, written once under
+`s3://BUCKET/PREFIX/releases/<sha256>.json`, whose name is the sha256 of its bytes.
+
+Why one JSON document rather than a tarball and a manifest: migrations are UTF-8
+text (the bundle reader refuses anything else), so JSON carries their bytes
+exactly (CR, LF, tabs as escapes); one GET and one hash check load and prove the
+whole release; and an auditor can read it with any tool.
+
+Every task after preflight loads the release by its URI and works from it, never
+from the migrations folder, so what was approved is what runs, on any worker.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from schema_deploy.bundle import Bundle, Migration, load_bundle, sha256_hex
+from schema_deploy.errors import ReleaseInvalid, ReleaseMissing, ReleaseTampered, UsageError
+
+FORMAT = 1
+RELEASES = "releases"
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    """One migration as frozen: its ledger name, path inside the bundle, text and checksums."""
+
+    name: str
+    path: str  # relative to the bundle folder, e.g. 20251017120000_epic5/migration.sql
+    sql: str
+    checksum: str
+    down_sql: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "sql": self.sql, "checksum": self.checksum,
+                "down_sql": self.down_sql,
+                "down_checksum": sha256_hex(self.down_sql.encode()) if self.down_sql is not None else None}
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a deployment applies, frozen. `digest` (sha256 of `document()`) is its name."""
+
+    bundle: str  # the declared bundle name (deploy.yaml `bundles:`), or the folder's name from the CLI
+    source: dict[str, Any]  # folder, git commit and whether the work tree had changes there
+    layout: str
+    files: tuple[ReleaseFile, ...]
+    lint: dict[str, Any] = field(default_factory=dict)
+    prechecks: tuple[dict[str, Any], ...] = ()
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)  # target name -> plan summary
+    uri: str | None = field(default=None, compare=False)  # where it is stored, once stored
+
+    def document(self) -> bytes:
+        """The canonical bytes: sorted keys, no whitespace, UTF-8. Same content, same digest."""
+        body = {"format": FORMAT, "bundle": self.bundle, "source": self.source, "layout": self.layout,
+                "migrations": [f.as_dict() for f in self.files], "lint": self.lint,
+                "prechecks": list(self.prechecks), "plans": self.plans}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+    @property
+    def digest(self) -> str:
+        return sha256_hex(self.document())
+
+    @property
+    def short(self) -> str:
+        return self.digest[:12]
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.files]
+
+    def to_bundle(self) -> Bundle:
+        """The release as a Bundle, for the engine: its bytes, never the folder's."""
+        root = Path(self.source.get("folder") or f"release-{self.short}")
+        migrations = tuple(
+            Migration(name=f.name, path=root / f.path, raw=f.sql.encode(),
+                      down_path=(root / f.path).parent / "down.sql" if f.down_sql is not None else None,
+                      down_raw=f.down_sql.encode() if f.down_sql is not None else None)
+            for f in self.files)
+        return Bundle(root=root, layout=self.layout, migrations=migrations)
+
+    def plan(self, target: str) -> dict[str, Any] | None:
+        return self.plans.get(target)
+
+    def summary(self) -> dict[str, Any]:
+        """The short form that travels in XCom, Slack and the audit record."""
+        return {"uri": self.uri, "sha256": self.digest, "short": self.short, "bundle": self.bundle,
+                "source": self.source, "migrations": [{"name": f.name, "checksum": f.checksum} for f in self.files]}
+
+
+# --- building ---------------------------------------------------------------------
+
+def freeze(bundle: Bundle, name: str, *, lint: dict[str, Any] | None = None,
+           prechecks: list[dict[str, Any]] | None = None, plans: dict[str, dict[str, Any]] | None = None) -> Release:
+    """A release of `bundle` as read from disk now."""
+    files = []
+    for m in bundle.migrations:
+        files.append(ReleaseFile(name=m.name, path=str(m.path.relative_to(bundle.root)), sql=m.raw.decode("utf-8"),
+                                 checksum=m.checksum,
+                                 down_sql=m.down_raw.decode("utf-8") if m.down_raw is not None else None))
+    return Release(bundle=name, source=source_of(bundle.root), layout=bundle.layout, files=tuple(files),
+                   lint=lint or {}, prechecks=tuple(prechecks or ()), plans=plans or {})
+
+
+def source_of(folder: Path) -> dict[str, Any]:
+    """The folder, and the git commit of its work tree (with whether the folder differs from it)."""
+    source: dict[str, Any] = {"folder": str(folder), "git_commit": None, "git_dirty": None}
+    try:
+        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--", "."],
+                                   capture_output=True, text=True, timeout=10)
+            source.update(git_commit=commit.stdout.strip(), git_dirty=bool(dirty.stdout.strip()))
+    except (OSError, subprocess.TimeoutExpired):  # no git on this machine: the folder alone is the source
+        pass
+    return source
+
+
+def plan_summary(plan: Any) -> dict[str, Any]:
+    """A `plan.Plan` as the release keeps it: per migration its steps with the SQL that will run."""
+    return {"online": plan.online, "migrations": [
+        {"name": mp.migration.name, "checksum": mp.migration.checksum, "digest": mp.digest,
+         "resume_from": mp.resume_from,
+         "steps": [{"number": s.number, "transactional": s.transactional, "sql": [p.sql for p in s.statements],
+                    "rewritten": [p.reason for p in s.statements if p.reason], "locks": s.locks} for s in mp.steps]}
+        for mp in plan.migrations]}
+
+
+def check_plan(release: Release, target: str, plan: Any) -> None:
+    """Refuse a plan for `target` that is not the one frozen in the release (another step list,
+    or a migration the release did not plan there): nothing unapproved runs."""
+    frozen = release.plan(target)
+    if frozen is None:
+        return
+    approved = {m["name"]: m["digest"] for m in frozen["migrations"]}
+    for mp in plan.migrations:
+        name = mp.migration.name
+        if name not in approved:
+            raise ReleaseInvalid(release.uri or release.short, f"{name} is pending on {target} now, but the release "
+                                 f"planned only {', '.join(approved) or 'nothing'} there",
+                                 "The target's ledger changed since preflight; start a new run, which plans it again.")
+        if approved[name] != mp.digest:
+            raise ReleaseInvalid(release.uri or release.short, f"the plan of {name} on {target} differs from the "
+                                 f"one frozen in the release (steps {mp.digest} now, {approved[name]} approved)",
+                                 "The target's tables changed since preflight (online rewrites depend on them); "
+                                 "start a new run, which plans and approves it again.")
+
+
+def changes_on_disk(release: Release, folder: Path | None = None) -> list[str]:
+    """What differs between the release and the folder it came from, as it is on this machine now:
+    files edited, added or missing. The release wins; callers log this."""
+    folder = Path(folder or release.source.get("folder") or "")
+    if not folder.is_dir():
+        return [f"{folder}: the migrations folder is not on this machine (the release is used)"]
+    try:
+        disk = load_bundle(folder).by_name()
+    except Exception as exc:  # noqa: BLE001 - an unreadable folder is just another difference
+        return [f"{folder}: cannot be read as a bundle here ({exc})"]
+    frozen = {f.name: f for f in release.files}
+    changes = [f"{disk[n].path}: edited since the release (sha256 {disk[n].checksum[:12]}… on disk, "
+               f"{f.checksum[:12]}… in the release)" for n, f in frozen.items() if n in disk
+               and disk[n].checksum != f.checksum]
+    changes += [f"{disk[n].path}: not in the release (added since)" for n in disk if n not in frozen]
+    changes += [f"{folder / f.path}: in the release, missing on disk" for n, f in frozen.items() if n not in disk]
+    return changes
+
+
+# --- storing and loading -----------------------------------------------------------
+
+def release_uri(root: str, digest: str) -> str:
+    return f"{root.rstrip('/')}/{RELEASES}/{digest}.json"
+
+
+def store(s3: Any, release: Release, root: str, sse: dict[str, str] | None = None) -> Release:
+    """Write the release under `root` (s3://BUCKET/PREFIX) once; an object already there with the
+    same name is the same release (its bytes are checked, never overwritten)."""
+    from schema_deploy.backup_store import not_found, parse_s3_uri
+    from botocore.exceptions import ClientError
+
+    body, digest = release.document(), release.digest
+    uri = release_uri(root, digest)
+    bucket, key = parse_s3_uri(uri)
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        load(s3, uri)  # present: prove it is intact rather than trusting the name
+    except ClientError as exc:
+        if not not_found(exc):
+            raise
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
+                      Metadata={"sha256": digest}, **(sse or {}))
+    return replace(release, uri=uri)
+
+
+def digest_of(uri: str) -> str:
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    digest = name[:-len(".json")] if name.endswith(".json") else ""
+    if f"/{RELEASES}/" not in uri or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise UsageError(f"{uri!r} does not name a release: expected s3://BUCKET/PREFIX/{RELEASES}/<sha256>.json "
+                         "(what `release create` printed, or the preflight task's log).")
+    return digest
+
+
+def load(s3: Any, uri: str) -> Release:
+    """The release at `uri`, after checking that its bytes hash to its name."""
+    from schema_deploy.backup_store import not_found, parse_s3_uri
+    from botocore.exceptions import ClientError
+
+    digest = digest_of(uri)
+    bucket, key = parse_s3_uri(uri)
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if not_found(exc):
+            raise ReleaseMissing(uri) from None
+        raise
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != digest:
+        raise ReleaseTampered(uri, actual)
+    try:
+        data = json.loads(body)
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, this version reads format {FORMAT}")
+        files = tuple(ReleaseFile(name=m["name"], path=m["path"], sql=m["sql"], checksum=m["checksum"],
+                                  down_sql=m.get("down_sql")) for m in data["migrations"])
+        release = Release(bundle=data["bundle"], source=data["source"], layout=data["layout"], files=files,
+                          lint=data.get("lint") or {}, prechecks=tuple(data.get("prechecks") or ()),
+                          plans=data.get("plans") or {}, uri=uri)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReleaseInvalid(uri, f"cannot be read as a release ({exc})",
+                             "Create the release again with this version (`release create`).") from None
+    for f in files:
+        if sha256_hex(f.sql.encode()) != f.checksum:
+            raise ReleaseInvalid(uri, f"{f.path} does not hash to its recorded checksum",
+                                 "The release is corrupt; create a new one from the migrations folder.")
+    return release
