@@ -36,6 +36,7 @@ from airflow.sdk import Param, dag, task, teardown
 
 from schema_deploy_airflow.defaults import DEFAULT_ARGS
 from schema_deploy_airflow.operators import ProductionApprovalOperator, WaitForWindowOperator
+from schema_deploy_airflow.steps import bundle_param
 from schema_deploy_airflow.timetable import deploy_schedule
 
 
@@ -55,8 +56,7 @@ def on_failure(context):
     tags=["schema-deploy", "postgresql", "migrations"],
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
     params={
-        "migrations": Param("sql/migrations", type="string", title="Migrations folder",
-                            description="Prisma layout or plain .sql files, relative to the project root."),
+        "bundle": bundle_param(),  # the names deploy.yaml declares under bundles:, never a path
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="Preflight, backup and staging only; production is not touched."),
         "online": Param(True, type="boolean", title="Online mode",
@@ -73,30 +73,29 @@ def on_failure(context):
     },
 )
 def deploy_schema():
-    @task(doc_md="Lint, ledgers, schema match, prechecks, plan. Changes nothing.")
-    def preflight(params=None):
-        from schema_deploy_airflow.steps import preflight as run, task_log
+    @task(doc_md="Lint, ledgers, schema match, prechecks, plan; freezes the release in S3. Changes nothing.")
+    def preflight():
+        from schema_deploy_airflow import steps
 
-        return run(params, task_log())
+        return steps.preflight()
 
     @task(doc_md="pg_dump of production streamed to S3 and verified.")
-    def backup_production(summary, run_id=None):
-        from schema_deploy_airflow.steps import backup_production as run, task_log
+    def backup_production(summary):
+        from schema_deploy_airflow import steps
 
-        return run(run_id, task_log())
+        return steps.backup_production()
 
-    @task(doc_md="Apply the pending migrations to staging (the plan production will get).")
-    def apply_staging(summary, backup, params=None):
-        from schema_deploy_airflow.steps import apply_to, task_log
+    @task(doc_md="Apply the release to staging (the plan production will get).")
+    def apply_staging(summary, backup):
+        from schema_deploy_airflow import steps
 
-        return apply_to("staging", params, summary, task_log())
+        return steps.apply_to("staging")
 
     @task(doc_md="Gate commands against staging, then verification of staging.")
-    def test_gate(staged, backup, params=None):
-        from schema_deploy_airflow.steps import run_gate, task_log, verify_target
+    def test_gate(staged, backup):
+        from schema_deploy_airflow import steps
 
-        log = task_log()
-        return {"gate": run_gate(params, backup["uri"], log), "verification": verify_target("staging", params, staged, log)}
+        return steps.test_gate()
 
     @task.short_circuit(doc_md="Stops here on a dry run: production stays untouched.")
     def production_requested(gate, params=None):
@@ -127,31 +126,21 @@ def deploy_schema():
         task_id="wait_for_window",
         staging_task_id="apply_staging",
         preflight_task_id="preflight",
-        skip_window="{{ params.skip_window }}",
-        skip_reason="{{ params.skip_window_reason }}",
         trigger_rule="none_failed_min_one_success",
         doc_md="Deferred until a maintenance window is open and long enough.",
     )
 
-    @task(doc_md="Apply the same plan to production, with lock retries and blocker reports.")
-    def apply_production(summary, params=None):
-        from schema_deploy_airflow.steps import apply_to, task_log
+    @task(doc_md="Apply the release to production, with lock retries and blocker reports.")
+    def apply_production(summary):
+        from schema_deploy_airflow import steps
 
-        return apply_to("production", params, summary, task_log())
+        return steps.apply_to("production")
 
     @task(doc_md="The plan's success criteria on production: checks, row counts, sizes, timings.")
-    def verify_production(applied, backup, params=None):
-        from schema_deploy_airflow.steps import notify, task_log, verify_target
+    def verify_production(applied, backup):
+        from schema_deploy_airflow import steps
 
-        log = task_log()
-        result = verify_target("production", params, applied, log)
-        met = sum(c["met"] for c in result["criteria"].values())
-        notify("production_done", {
-            "apply": f"{applied['seconds']} s, {applied['lock_retries']} lock retries",
-            "verification": f"{result['checks']} checks ok; {met}/{len(result['criteria'])} success criteria met",
-            "rows": "unchanged in every touched table", "backup": f"{backup['uri']} (sha256 {backup['sha256'][:12]}…)",
-            "facts": "\n".join(result["facts"][:3])}, log)
-        return result
+        return steps.verify_production()
 
     summary = preflight()
     backup = backup_production(summary)
@@ -170,11 +159,9 @@ def deploy_schema():
                  "(schema_deploy.audit_events) and kept beside the backup in S3. A teardown: it runs "
                  "whatever happened, and the run's state stays that of the deployment.")
     def audit_record():
-        from airflow.sdk import get_current_context
+        from schema_deploy_airflow import steps
 
-        from schema_deploy_airflow.steps import record_audit, task_log
-
-        return record_audit(get_current_context(), task_log())
+        return steps.record_audit()
 
     [summary, backup, staged, gated, requested, branch, approve, window, applied, verified] >> audit_record()
 

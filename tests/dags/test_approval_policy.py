@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from schema_deploy_airflow.operators import ApproverRefused, ProductionApprovalOperator
+from schema_deploy.errors import ApproverRefused
+from schema_deploy_airflow.operators import ProductionApprovalOperator
 
 
 class RecordingTI:
@@ -48,8 +49,8 @@ def test_a_second_person_may_approve_and_is_recorded_with_the_time(monkeypatch, 
     op, context, event, ti = decide(monkeypatch, tmp_path, must_differ=True, approver="bob")
     record = op.execute_complete(context, event)
     assert record == ti.pushed["approval"] == {
-        "approved": True, "approver": "bob", "approver_id": "bob",
-        "responded_at": "2026-11-26 03:00:00+00:00", "triggered_by": "alice"}
+        "type": "Approval", "version": 1, "approved": True, "approver": "bob", "approver_id": "bob",
+        "responded_at": "2026-11-26 03:00:00+00:00", "triggered_by": "alice", "via": "airflow"}
 
 
 def test_without_the_rule_the_trigger_user_may_approve(monkeypatch, tmp_path) -> None:

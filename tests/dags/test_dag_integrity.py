@@ -55,11 +55,53 @@ def test_every_task_but_the_approval_retries_with_backoff_and_has_docs(dagbag) -
 
 def test_trigger_form_has_titled_typed_params(dagbag) -> None:
     params = dagbag.dags["deploy_schema"].params
-    for name in ("migrations", "dry_run", "online", "require_approval", "skip_window", "skip_window_reason",
+    for name in ("bundle", "dry_run", "online", "require_approval", "skip_window", "skip_window_reason",
                  "lock_retries"):
         spec = params.get_param(name).schema
         assert spec.get("title") and spec.get("type"), name
     assert params["online"] is True and params["dry_run"] is False
+
+
+def test_the_form_offers_the_declared_bundles_by_name_and_no_folder_field(tmp_path, monkeypatch) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    config = tmp_path / "deploy.yaml"
+    config.write_text("bundles: {main: sql/migrations, hotfix: hotfixes}\ndefault_bundle: main\n")
+    monkeypatch.setenv("SCHEMA_DEPLOY_CONFIG", str(config))
+    params = DagBag(dag_folder=str(REPO / "dags")).dags["deploy_schema"].params
+    schema = params.get_param("bundle").schema
+    assert schema["enum"] == ["main", "hotfix"] and params["bundle"] == "main"
+    assert "migrations" not in params
+
+
+@pytest.mark.parametrize("given, message", [
+    ("nightly", "bundle 'nightly' is not declared: a deployment takes one of the bundles declared under 'bundles:' "
+                "in deploy.yaml, by name: main, hotfix. Pick one of them, or declare the folder there first."),
+    ("/etc", "bundle '/etc' is a path: a deployment takes one of the bundles declared under 'bundles:' in "
+             "deploy.yaml, by name: main, hotfix."),
+    ("../../..", "bundle '../../..' is a path: a deployment takes one of the bundles declared under 'bundles:' in "
+                 "deploy.yaml, by name: main, hotfix."),
+    ("sql/migrations", "bundle 'sql/migrations' is a path: .* by name: main, hotfix."),
+])
+def test_a_bundle_that_is_not_a_declared_name_is_refused_listing_the_declared_ones(given: str, message: str) -> None:
+    from schema_deploy.config import DeployConfig
+    from schema_deploy.errors import BundleNotDeclared
+    from schema_deploy.pipeline import RunParams
+
+    cfg = DeployConfig(bundles=(("main", REPO / "sql/migrations"), ("hotfix", REPO / "hotfixes")),
+                       approval_manual=False, source=Path("deploy.yaml"))
+    with pytest.raises(BundleNotDeclared, match=message) as info:
+        RunParams.from_mapping({"bundle": given}).check(cfg)
+    assert info.value.exit_code == 2
+
+
+def test_the_old_migrations_folder_field_is_refused_rather_than_obeyed() -> None:
+    from schema_deploy.errors import UsageError
+    from schema_deploy.pipeline import RunParams
+
+    with pytest.raises(UsageError, match="the run asks for migrations folder '/etc/secrets', but deployments take "
+                                         "a declared bundle now: pass 'bundle' with one of deploy.yaml's bundle"):
+        RunParams.from_mapping({"migrations": "/etc/secrets"})
 
 
 @pytest.mark.parametrize("params, message", [
@@ -70,16 +112,20 @@ def test_trigger_form_has_titled_typed_params(dagbag) -> None:
 def test_contradictory_trigger_choices_are_rejected_by_the_first_task(params: dict, message: str) -> None:
     from schema_deploy.config import DeployConfig
     from schema_deploy.errors import UsageError
-    from schema_deploy_airflow.steps import check_params
+    from schema_deploy.pipeline import RunParams
 
     with pytest.raises(UsageError, match=message):
-        check_params(params, DeployConfig(approval_manual=False))
+        RunParams.from_mapping(params).check(DeployConfig(approval_manual=False))
 
 
 def test_a_manual_run_cannot_turn_off_approval_when_deploy_yaml_requires_it() -> None:
     from schema_deploy.config import DeployConfig
     from schema_deploy.errors import UsageError
-    from schema_deploy_airflow.steps import approval_required, check_params
+    from schema_deploy.pipeline import RunParams
+    from schema_deploy_airflow.steps import approval_required
+
+    def check_params(params: dict, cfg: DeployConfig, run_type: str = "manual") -> None:
+        RunParams.from_mapping(params).check(cfg, run_type)
 
     required = DeployConfig(approval_manual=True, source=Path("deploy.yaml"))
     with pytest.raises(UsageError, match="deploy.yaml: approval.manual_runs is 'required', so require_approval "

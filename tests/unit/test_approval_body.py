@@ -1,7 +1,7 @@
 """The approval page's markdown: what will run on production, where the backup is, what the gate found.
 
-The inputs have the shape of the XComs of preflight, backup_production and test_gate (see
-schema_deploy_airflow.steps and dags/deploy_schema.py).
+The inputs have the shape of the results of the pipeline's preflight, backup and gate steps as they
+travel (`to_xcom()`; see schema_deploy.pipeline and dags/deploy_schema.py).
 """
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from typing import Any
 import pytest
 
 from schema_deploy.gate import CommandResult, JUnitSummary
-from schema_deploy_airflow.operators import approval_body
+from schema_deploy.pipeline.record import approval_body
 
 EPIC5 = "20251017120000_epic5_schema_completion"
 FOLLOW_UP = "20251020090000_recommendations_applied_at"
 EPIC5_SHA = "3f9a1c0e7b2d4a6f8e1c3b5d7f9a0b2c4d6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a"
 FOLLOW_UP_SHA = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1"
 BACKUP_URI = "s3://schema-deploy-backups/backups/production/app/20261126T024218Z_manual__2026-11-26.dump"
+RELEASE_SHA = "5b0e2f4a6c8d0e2f4a6b8c0d2e4f6a8b0c2d4e6f8a0b2c4d6e8f0a2b4c6d8e0f"
+RELEASE_URI = f"s3://schema-deploy-backups/backups/releases/{RELEASE_SHA}.json"
 BACKUP_SHA = "9c1e5d0f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0c2d4e6f8a0b2c4d6e8f0a2b4c6d"
 
 
@@ -30,6 +32,7 @@ def step(number: int, sql: list[str], locks: dict[str, str], rewritten: list[str
 def summary() -> dict[str, Any]:
     """preflight's return value for two pending migrations in online mode."""
     return {
+        "release": {"uri": RELEASE_URI, "sha256": RELEASE_SHA, "short": RELEASE_SHA[:12], "bundle": "main"},
         "migrations": [
             {"name": EPIC5, "checksum": EPIC5_SHA, "resume_from": 0, "steps": [
                 step(1, ['CREATE INDEX CONCURRENTLY "behavioral_events_userId_idx" ON behavioral_events ("userId")'],
@@ -62,9 +65,7 @@ def summary() -> dict[str, Any]:
             "behavioral_events": {"rows_estimate": 1_250_000, "bytes": 412_000_000},
         },
         "production_table_bytes": 418_553_600,
-        "run": "manual__2026-11-26T02:40:00+00:00",
-        "run type": "manual",
-        "triggered by": "alice",
+        "run": {"run_id": "manual__2026-11-26T02:40:00+00:00", "run_type": "manual", "triggered_by": "alice"},
         "slack_ts": None,
     }
 
@@ -152,12 +153,21 @@ def test_a_failed_gate_command_is_not_counted_as_passed(summary: dict[str, Any],
     assert shown.startswith("1/2 commands passed, 12 tests")
 
 
-def test_the_body_has_plan_backup_and_gate_sections_in_that_order(
+def test_the_release_heads_the_body_with_its_short_digest_uri_and_bundle(
+        summary: dict[str, Any], backup: dict[str, Any], gate: dict[str, Any]) -> None:
+    body = approval_body(summary, backup, gate)
+
+    assert body.splitlines()[0] == f"### Release `{RELEASE_SHA[:12]}`"
+    assert section(body, "Release `" + RELEASE_SHA[:12] + "`").strip() == (
+        f"`{RELEASE_URI}` (bundle main, sha256 `{RELEASE_SHA}`)")
+
+
+def test_the_body_has_release_plan_backup_and_gate_sections_in_that_order(
         summary: dict[str, Any], backup: dict[str, Any], gate: dict[str, Any]) -> None:
     body = approval_body(summary, backup, gate)
 
     headings = [line for line in body.splitlines() if line.startswith("### ")]
-    assert headings == ["### Plan", "### Backup", "### Staging gate"]
+    assert headings == [f"### Release `{RELEASE_SHA[:12]}`", "### Plan", "### Backup", "### Staging gate"]
 
 
 def test_missing_xcoms_give_a_body_that_says_so_instead_of_failing() -> None:

@@ -1,0 +1,22 @@
+"""The deploy and rollback pipelines, without Airflow: one function per step, typed results.
+
+Deploy (`deploy.py`, then `record.py`)::
+
+    preflight → backup → apply(staging) → gate → verify(staging) → [approval] → window
+              → apply(production) → verify(production) → record
+
+Rollback (`rollback.py`)::
+
+    preflight → [approval] → safety_backup → rollback → verify → record
+
+Inputs: a `Deployment` (deploy.yaml's settings, the backup store, the notifier, the
+run's facts and choices) and `Target`s (`target.py`); outputs: frozen results with
+`to_xcom()` / `from_xcom()` (`results.py`). The Airflow glue in
+`schema_deploy_airflow/` and the `deploy` command both call these steps.
+"""
+from schema_deploy.pipeline.results import (Approval, ApplyResult, AuditRecord, BackupResult, GateResult,
+                                            PreflightResult, ReleaseRef, Result, Verification, WindowSlot)
+from schema_deploy.pipeline.target import Deployment, RunInfo, RunParams, Store, Target
+
+__all__ = ["Approval", "ApplyResult", "AuditRecord", "BackupResult", "Deployment", "GateResult", "PreflightResult",
+           "ReleaseRef", "Result", "RunInfo", "RunParams", "Store", "Target", "Verification", "WindowSlot"]

@@ -1,0 +1,311 @@
+"""The deployment pipeline, one function per step, free of any orchestrator.
+
+    preflight  →  backup  →  apply (staging)  →  gate  →  [approval]  →  window  →  apply (production)
+               →  verify  →  record
+
+Each step takes the run's `Deployment` (settings, store, notifier, log), the
+`Target`s it works on and the typed results of earlier steps, and returns a
+frozen result (`results.py`). Preflight is the only step that reads the
+migrations folder: it freezes the bundle into a release in the store, and every
+later step loads that release by its URI (checking its sha256), so any worker
+applies exactly what was planned and approved.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from schema_deploy import release as releases
+from schema_deploy.config import ROOT
+from schema_deploy.errors import LedgerBlocked, LintBlocked, NothingToDeploy, VerificationFailed
+from schema_deploy.pipeline.results import (ApplyResult, BackupResult, GateResult, PreflightResult, ReleaseRef,
+                                            Verification, WindowSlot)
+from schema_deploy.pipeline.target import Deployment, Target
+from schema_deploy.release import Release
+
+
+def load_release(ctx: Deployment, pre: PreflightResult) -> Release:
+    """The run's release from the store (its bytes proven against its name). When this machine's
+    migrations folder differs from it, the log says which files, and the release is used."""
+    release = releases.load(ctx.store.s3, pre.release_uri)
+    try:
+        folder = ctx.cfg.bundle_path(release.bundle)
+    except Exception:  # noqa: BLE001 - the bundle is not declared on this worker: compare with its source
+        folder = None
+    changes = releases.changes_on_disk(release, folder)
+    if changes:
+        ctx.log.warning("the migrations folder here differs from release %s; applying the release, not the folder:"
+                        "\n%s", release.short, "\n".join(f"  - {c}" for c in changes))
+    ctx.log.info("release %s (%s, %d migrations) loaded from %s", release.short, release.bundle,
+                 len(release.files), release.uri)
+    return release
+
+
+# --- preflight -----------------------------------------------------------------------
+
+def preflight(ctx: Deployment, staging: Target, production: Target) -> PreflightResult:
+    """Lint, both ledgers, staging and production schemas must match, production prechecks, the
+    plan per target; then the release is frozen into the store. Changes no database."""
+    from schema_deploy.bundle import load_bundle
+    from schema_deploy.db import connect
+    from schema_deploy.apply import load_state
+    from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint
+    from schema_deploy.lint import lint_bundle
+    from schema_deploy.plan import check_applyable, plan_for, table_sizes, unfixed_findings
+    from schema_deploy.prechecks import require_clean
+
+    cfg, params, log = ctx.cfg, ctx.params, ctx.log
+    params.check(cfg, ctx.run.run_type)
+    name = params.bundle or cfg.default_bundle
+    bundle = load_bundle(cfg.bundle_path(name))
+    findings = lint_bundle(bundle, config=cfg.lint)
+    fingerprints, pending = {}, {}
+    for target in (staging, production):
+        with connect(target.url) as conn:
+            status, _ = load_state(conn, bundle)
+            check_applyable(status, bundle)
+            pending[target.name] = status.pending
+            fingerprints[target.name] = schema_fingerprint(conn)
+        log.info("%s: pending %s", target.name, ", ".join(status.pending) or "nothing")
+    if not any(pending.values()):
+        ctx.notify("nothing_pending", {"migrations": f"all {len(bundle.migrations)} applied on "
+                                                     f"{staging.name} and {production.name}",
+                                       "run": ctx.run.run_id, "triggered by": ctx.run.triggered_by}, None)
+        raise NothingToDeploy(len(bundle.migrations), str(bundle.root), [staging.name, production.name])
+    diff = diff_fingerprints(fingerprints[staging.name], fingerprints[production.name], staging.name, production.name)
+    if diff and pending[staging.name] == pending[production.name]:
+        raise LedgerBlocked(f"{staging.name} and {production.name} schemas differ before the change, so a staging "
+                            "rehearsal would prove nothing:\n" + "\n".join(f"- {d}" for d in diff[:30])
+                            + f"\nBring {staging.name} to {production.name}'s schema (restore it from a production "
+                              "backup), then clear preflight.")
+    plans, sizes, prechecks, unfixed = {}, {}, [], []
+    for target in (staging, production):
+        with connect(target.url) as conn:
+            status, interrupted = load_state(conn, bundle)
+            plan = plan_for(conn, bundle, status, interrupted, online=params.online)
+            plans[target.name] = releases.plan_summary(plan)
+            if target is production:
+                unfixed = unfixed_findings(findings, plan)
+                if unfixed:
+                    raise LintBlocked(unfixed)
+                prechecks = [r.as_dict() for r in require_clean(conn, plan)]
+                sizes = table_sizes(conn, plan.tables())
+    for r in prechecks:
+        log.info("precheck ok: %s", r)
+    blocking = sum(f.blocking for f in findings)
+    lint = {"errors": blocking, "fixed_by_plan": blocking - len(unfixed),
+            "warnings": sum(f.severity == "warning" and not f.suppressed for f in findings)}
+    release = releases.store(ctx.store.s3, releases.freeze(bundle, name, lint=lint, prechecks=prechecks, plans=plans),
+                             ctx.store.root, ctx.store.sse)
+    log.info("release %s frozen: %s (sha256 %s)", release.short, release.uri, release.digest)
+    ref = ReleaseRef(**release.summary())
+    migrations = plans[production.name]["migrations"]
+    for mp in migrations:
+        log.info("plan %s (%s): %d steps, %d rewritten for online mode", mp["name"], mp["checksum"][:12],
+                 len(mp["steps"]), sum(bool(s["rewritten"]) for s in mp["steps"]))
+    names = ", ".join(m["name"] for m in migrations) or "nothing pending"
+    sent = ctx.notify("started", {"migrations": names, "release": release.short, "who": ctx.run.triggered_by,
+                                  "where": f"{staging.name}, then {production.name}" if not params.dry_run
+                                  else f"{staging.name} only (dry run)",
+                                  "online": params.online, "run": ctx.run.run_id}, None)
+    return PreflightResult(release=ref.to_xcom(), migrations=migrations, online=params.online, pending=pending,
+                           lint=lint, prechecks=prechecks, table_sizes=sizes,
+                           production_table_bytes=sum(v["bytes"] for v in sizes.values()), run=ctx.run.facts(),
+                           slack_ts=sent.get("ts"))
+
+
+# --- backup ---------------------------------------------------------------------------
+
+def backup(ctx: Deployment, target: Target, pre: PreflightResult) -> BackupResult:
+    """pg_dump of the target streamed to the store, then verified (restore check per deploy.yaml)."""
+    from schema_deploy.backup import backup as take_backup
+    from schema_deploy.errors import VerifyFailed
+    from schema_deploy.restore import verify_backup
+
+    cfg, log = ctx.cfg, ctx.log
+    load_release(ctx, pre)  # a run whose release is gone or altered stops before anything else
+    result = take_backup(ctx.store.s3, target.url, ctx.store.root, environment=target.name, run_id=ctx.run.run_id,
+                         sse=cfg.backup_sse, kms_key_id=cfg.backup_kms_key_id, log=log.info)
+    check = verify_backup(ctx.store.s3, result.uri, restore_check=cfg.backup_restore_check, admin_url=target.url,
+                          log=log.info)
+    if not check.ok:
+        raise VerifyFailed(result.uri, check.problems)
+    log.info("backup %s (%d bytes, sha256 %s) verified by %s", result.uri, result.size, result.sha256, check.method)
+    return BackupResult(uri=result.uri, sha256=result.sha256, size=result.size,
+                        rows=sum(result.row_counts.values()), verified=check.method)
+
+
+# --- apply ----------------------------------------------------------------------------
+
+def touched_tables(pre: PreflightResult) -> list[str]:
+    return sorted({t for m in pre.migrations for s in m["steps"] for t in s["locks"] if "." not in t})
+
+
+def analyze(conn: Any, tables: list[str]) -> None:
+    """Fresh planner statistics (ANALYZE takes SHARE UPDATE EXCLUSIVE: reads and writes go on)."""
+    from psycopg import sql
+
+    for table in tables:
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+
+
+def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
+    """Apply the release's pending migrations to one target with its frozen plan and lock retries.
+
+    Before applying: exact row counts of the touched tables and the representative
+    queries' timings, so verification can report before/after. A plan that differs
+    from the release's for this target is refused. When nothing was left to apply
+    (a retry after the work was done), the ledger's own durations stand in for the
+    measured time, so the window estimate stays honest.
+    """
+    from schema_deploy.apply import Settings, apply as run_apply, load_state
+    from schema_deploy.db import connect
+    from schema_deploy.ledger import read_rows
+    from schema_deploy.plan import plan_for, table_sizes
+    from schema_deploy.verify import query_timings, row_counts
+
+    cfg, params, log = ctx.cfg, ctx.params, ctx.log
+    release = load_release(ctx, pre)
+    bundle = release.to_bundle()
+    settings = Settings(lock_timeout_ms=cfg.lock_timeout_ms, max_lock_timeout_ms=cfg.max_lock_timeout_ms,
+                        lock_retries=cfg.lock_retries if params.lock_retries is None else params.lock_retries)
+    tables = touched_tables(pre)
+    with connect(target.url) as conn:
+        status, interrupted = load_state(conn, bundle)
+        releases.check_plan(release, target.name, plan_for(conn, bundle, status, interrupted, online=params.online))
+        analyze(conn, tables)
+        before = {"rows": row_counts(conn, tables), "query_ms": query_timings(conn, cfg.verify_dir / "explain")}
+    log.info("%s before: rows %s", target.name, before["rows"])
+    t0 = time.monotonic()
+    result = run_apply(target.url, bundle, settings, online=params.online, log=log.info)
+    seconds = time.monotonic() - t0
+    this_run = pre.pending.get(target.name, [])
+    with connect(target.url) as conn:
+        size = sum(v["bytes"] for v in table_sizes(conn, tables).values())
+        ledger_seconds = sum((r.finished_at - r.started_at).total_seconds() for r in read_rows(conn)
+                             if r.migration_name in this_run and r.applied)
+    retries = sum(m.lock_retries for m in result.applied)
+    log.info("%s: applied %s from release %s in %.2f s (%d lock retries)", target.name,
+             [m.name for m in result.applied] or "nothing", release.short, seconds, retries)
+    return ApplyResult(env=target.name, seconds=round(seconds if result.applied else ledger_seconds, 3),
+                       table_bytes=size, migrations=this_run, before=before, lock_retries=retries,
+                       applied=[m.as_dict() for m in result.applied], release=release.digest)
+
+
+# --- verify ---------------------------------------------------------------------------
+
+def verify(ctx: Deployment, target: Target, pre: PreflightResult, applied: ApplyResult) -> Verification:
+    """Expectations of this run's migrations (from the release), sql/verify, EXPLAIN checks, and the
+    facts of the change. A failed check or a changed row count raises; sizes and timings are facts."""
+    from schema_deploy.db import connect
+    from schema_deploy.parse import parse_migration
+    from schema_deploy.verify import (criteria, index_sizes, performance_facts, query_timings, row_counts,
+                                      verify as run_verify)
+
+    cfg, log = ctx.cfg, ctx.log
+    bundle = load_release(ctx, pre).to_bundle()
+    statements = [s for m in bundle.migrations if m.name in applied.migrations for s in parse_migration(m)]
+    rows_before, before_ms = applied.before.get("rows", {}), applied.before.get("query_ms", {})
+    tables = sorted(rows_before)
+    with connect(target.url) as conn:
+        analyze(conn, tables)
+        report = run_verify(conn, statements, cfg.verify_dir)
+        rows_after = row_counts(conn, tables)
+        sizes = index_sizes(conn, [s.node.idxname for s in statements if s.kind == "CREATE INDEX" and s.node.idxname])
+        after_ms = query_timings(conn, cfg.verify_dir / "explain")
+    for check in report.checks:
+        log.info("%s %s: %s", "ok  " if check.ok else "FAIL", check.name, check.detail)
+    lost = {t: (rows_before.get(t), rows_after.get(t)) for t in tables if rows_before.get(t) != rows_after.get(t)}
+    perf = performance_facts(sizes, before_ms, after_ms, cfg.expect_index_mb, cfg.expect_speedup_pct)
+    for line in perf["lines"]:
+        log.info("fact: %s", line)
+    outcome = criteria(report, lost, perf)
+    for name, (ok, detail) in outcome.items():
+        log.info("success criterion %-40s %s  %s", name, "MET " if ok else "NOT MET", detail)
+    if not report.ok or lost:
+        raise VerificationFailed(target.name, [f"{c.name}: {c.detail}" for c in report.failed]
+                                 + [f"row count of {t} changed {b} -> {a}" for t, (b, a) in lost.items()])
+    return Verification(env=target.name, checks=len(report.checks), failed=0, rows_before=rows_before,
+                        rows_after=rows_after, index_bytes=sizes, query_ms_before=before_ms, query_ms_after=after_ms,
+                        facts=perf["lines"], criteria={k: {"met": ok, "detail": d} for k, (ok, d) in outcome.items()})
+
+
+def production_done(ctx: Deployment, applied: ApplyResult, verified: Verification, backup_: BackupResult,
+                    pre: PreflightResult) -> None:
+    """The closing Slack message of a successful deployment."""
+    met = sum(c["met"] for c in verified.criteria.values())
+    ctx.notify("production_done", {
+        "release": pre.release["short"],
+        "apply": f"{applied.seconds} s, {applied.lock_retries} lock retries",
+        "verification": f"{verified.checks} checks ok; {met}/{len(verified.criteria)} success criteria met",
+        "rows": "unchanged in every touched table", "backup": f"{backup_.uri} (sha256 {backup_.sha256[:12]}…)",
+        "facts": "\n".join(verified.facts[:3])}, None)
+
+
+# --- gate -----------------------------------------------------------------------------
+
+def gate(ctx: Deployment, staging: Target, pre: PreflightResult, backup_: BackupResult | None) -> GateResult:
+    """The configured test commands against staging (DATABASE_URL), with a timeout; JUnit XML kept
+    beside the backup in the store. Raises GateFailed naming the failing tests."""
+    from schema_deploy.backup_store import parse_s3_uri
+    from schema_deploy.gate import GateFailed, run_commands
+
+    cfg, log = ctx.cfg, ctx.log
+    load_release(ctx, pre)
+    with tempfile.TemporaryDirectory(prefix="schema-deploy-gate-") as tmp:
+        results = run_commands(list(cfg.gate_commands), database_url=staging.url, cwd=ROOT,
+                               timeout_s=cfg.gate_timeout.total_seconds(), workdir=Path(tmp), log=log.info)
+        uploaded = []
+        if backup_ is not None:
+            bucket, key = parse_s3_uri(backup_.uri)
+            for i, r in enumerate(results, 1):
+                if r.junit_path:
+                    junit_key = f"{key.rsplit('.', 1)[0]}.gate-{i}.junit.xml"
+                    ctx.store.s3.upload_file(r.junit_path, bucket, junit_key)
+                    uploaded.append(f"s3://{bucket}/{junit_key}")
+                    log.info("JUnit report of gate command %d kept at s3://%s/%s", i, bucket, junit_key)
+    failed = [r for r in results if not r.ok]
+    names = [n for r in failed if r.junit for n in r.junit.failed]
+    tests = sum(r.junit.tests for r in results if r.junit)
+    ctx.notify("gate_failed" if failed else "gate_passed",
+               {"release": pre.release["short"], "commands": f"{len(results) - len(failed)}/{len(results)} passed",
+                "tests": f"{tests} run" if tests else "",
+                "failing tests": "\n".join(names[:10]) or ("see the log" if failed else "")}, None)
+    if failed:
+        raise GateFailed(failed)
+    return GateResult(commands=[r.as_dict() for r in results], junit=uploaded, tests=tests)
+
+
+# --- window ---------------------------------------------------------------------------
+
+def window(ctx: Deployment, pre: PreflightResult, staged: ApplyResult | None,
+           now: datetime | None = None) -> tuple[WindowSlot, datetime | None]:
+    """The maintenance window production may change in: open now (the slot, None), or the next one
+    with time enough (the slot, when to wake up). A skipped window (with its reason) is open now.
+
+    The expected production duration is staging's apply time scaled by the size ratio of the
+    touched tables, times deploy.yaml's safety factor; a window too short for it is passed over.
+    """
+    from schema_deploy.window import expected_duration, next_slot
+
+    params, log = ctx.params, ctx.log
+    if params.skip_window:
+        log.warning("maintenance window skipped: %s", params.skip_window_reason)
+        return WindowSlot(skipped=True, reason=params.skip_window_reason), None
+    seconds = staged.seconds if staged is not None else 60.0
+    needed = expected_duration(float(seconds), int(staged.table_bytes if staged else 0),
+                               int(pre.production_table_bytes or 0), ctx.cfg.window_safety_factor)
+    now = now or datetime.now(timezone.utc)
+    slot = next_slot(list(ctx.cfg.windows), now, needed)
+    found = WindowSlot(skipped=False, window=slot.window.label, opens=slot.start.isoformat(),
+                       closes=slot.end.isoformat(), needed=str(needed), staging_seconds=seconds)
+    if slot.start <= now:
+        log.info("window %s is open until %s; %s needed", slot.window.label, slot.end, needed)
+        return WindowSlot(**{**found.__dict__, "waited_s": 0}), None
+    ctx.notify("waiting_window", {"until": slot.start.isoformat(), "window": slot.window.label,
+                                  "expected duration": str(needed), "release": pre.release["short"]}, None)
+    log.info("waiting for window %s at %s (%s needed)", slot.window.label, slot.start, needed)
+    return found, slot.start + timedelta(seconds=1)

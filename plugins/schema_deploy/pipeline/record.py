@@ -1,0 +1,176 @@
+"""The audit record of a run, and the approval's rules: the last steps of both pipelines.
+
+`deploy_record` builds the document from the results of the run's steps (keyed by
+step name, see `STEPS`) and their states: who, what, where, when, with which exact
+SQL (the release), which backup, which tests, who approved, in which window, what
+verification found, how it ended. `record` chains it into each target the run
+changed (`schema_deploy.audit_events`) and keeps it, with its sha256, in the store.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+from urllib.parse import quote
+
+from schema_deploy.errors import ApproverRefused
+from schema_deploy.pipeline.results import Approval, AuditRecord
+from schema_deploy.pipeline.target import Deployment, RunParams, Target
+
+RECORD_VERSION = 2
+# The deploy pipeline's steps, as the record names them (the orchestrator maps its task ids here).
+STEPS = ("preflight", "backup", "apply_staging", "gate", "production_requested", "approval_needed", "approval",
+         "window", "apply_production", "verification")
+
+
+def _steps(applied: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return [{"migration": m["name"], **step} for m in (applied or {}).get("applied", []) for step in m.get("steps", [])]
+
+
+def outcome_of(params: RunParams, results: dict[str, Any], states: dict[str, str | None]) -> str:
+    approval = results.get("approval") or {}
+    failed = [t for t, s in states.items() if s in ("failed", "upstream_failed")]
+    return ("failed" if failed else "production migrated" if states.get("verification") == "success"
+            else "nothing to deploy" if states.get("preflight") == "skipped"
+            else "rejected" if approval and not approval.get("approved")
+            else "dry run" if states.get("apply_staging") == "success" and params.dry_run
+            else "incomplete")
+
+
+def deploy_record(ctx: Deployment, results: dict[str, Any], states: dict[str, str | None]) -> dict[str, Any]:
+    """The JSON-able record of a deploy run; `results`: step name -> its result's to_xcom() (or None)."""
+    preflight = results.get("preflight") or {}
+    backup = results.get("backup") or {}
+    gate = results.get("gate") or {}
+    approval = results.get("approval") or {}
+    window = results.get("window") or {}
+    staging, production = results.get("apply_staging"), results.get("apply_production")
+    verification = results.get("verification") or {}
+    release = preflight.get("release") or {}
+    run = {**ctx.run.facts(), "url": ctx.run.url, "started": ctx.run.started}
+    return {
+        "record_version": RECORD_VERSION,
+        "run": run,
+        "parameters": ctx.params.__dict__,
+        "outcome": outcome_of(ctx.params, results, states),
+        "failed_tasks": sorted(t for t, s in states.items() if s in ("failed", "upstream_failed")),
+        "task_states": states,
+        "release": {k: release.get(k) for k in ("uri", "sha256", "short", "bundle", "source")} if release else None,
+        "bundle": [{"name": m["name"], "checksum": m["checksum"]} for m in preflight.get("migrations", [])],
+        "sql_executed": [{"migration": m["name"], "step": s["number"], "sql": s["sql"], "rewritten": s["rewritten"],
+                          "locks": s["locks"]} for m in preflight.get("migrations", []) for s in m["steps"]],
+        "lint": preflight.get("lint"),
+        "prechecks": preflight.get("prechecks"),
+        "backup": {k: backup.get(k) for k in ("uri", "sha256", "size", "rows", "verified")} if backup else None,
+        "gate": {"commands": [{k: c.get(k) for k in ("command", "exit_code", "seconds", "junit")}
+                              for c in gate.get("gate", {}).get("commands", [])],
+                 "junit_uris": gate.get("gate", {}).get("junit", []),
+                 "staging_verification": gate.get("verification", {}).get("criteria")} if gate else None,
+        "approval": approval or None,
+        "window": window or None,
+        "staging": {"seconds": staging.get("seconds"), "lock_retries": staging.get("lock_retries"),
+                    "steps": _steps(staging)} if staging else None,
+        "production": {"seconds": production.get("seconds"), "lock_retries": production.get("lock_retries"),
+                       "steps": _steps(production)} if production else None,
+        "verification": {k: verification.get(k) for k in ("checks", "failed", "criteria", "facts", "rows_before",
+                                                          "rows_after", "index_bytes")} if verification else None,
+    }
+
+
+def chain_into(ctx: Deployment, target: Target, kind: str, record_: dict[str, Any]) -> Any:
+    """The run's row in the target's audit chain: appended once, found again on a retry."""
+    from schema_deploy import audit
+    from schema_deploy.db import connect
+
+    with connect(target.url) as conn:
+        audit.ensure_table(conn)
+        mine = [r for r in audit.read_rows(conn) if r.run_id == ctx.run.run_id and r.kind == kind
+                and r.environment == target.name]
+        row = mine[0] if mine else audit.append(conn, kind, ctx.run.run_id, target.name, record_)
+    ctx.log.info("audit: %s row %d (%s) %s", target.name, row.id, row.row_hash[:16],
+                 "already there" if mine else "added")
+    return row
+
+
+def keep_document(ctx: Deployment, record_: dict[str, Any], chain: list[Any], beside: str | None) -> tuple[str, str]:
+    """The record and its chain rows as a JSON document in the store, beside `beside` (a backup's URI)
+    or under audit/; written again identically on a retry. Returns (uri, sha256)."""
+    from schema_deploy.backup_store import parse_s3_uri
+
+    if beside:
+        bucket, key = parse_s3_uri(beside)
+        key = key.rsplit(".", 1)[0] + ".audit.json"
+    else:
+        bucket, prefix = parse_s3_uri(ctx.store.root)
+        key = f"{prefix}/audit/{quote(ctx.run.run_id, safe='')}.audit.json".lstrip("/")
+    body = json.dumps({"record": record_, "chain": [r.as_dict() for r in chain]}, indent=2, sort_keys=True,
+                      default=str).encode() + b"\n"
+    digest = hashlib.sha256(body).hexdigest()
+    s3 = ctx.store.s3
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", Metadata={"sha256": digest},
+                  **ctx.store.sse)
+    s3.put_object(Bucket=bucket, Key=key + ".sha256", Body=f"{digest}  {key.rsplit('/', 1)[-1]}\n".encode(),
+                  **ctx.store.sse)
+    ctx.log.info("audit: record of %s kept at s3://%s/%s sha256 %s", ctx.run.run_id, bucket, key, digest)
+    return f"s3://{bucket}/{key}", digest
+
+
+def record(ctx: Deployment, changed: list[Target], results: dict[str, Any],
+           states: dict[str, str | None]) -> AuditRecord:
+    """Chain the deploy run's record into every target it changed and keep it in the store.
+    Idempotent: a retry finds its rows already in the chain and writes the same document again."""
+    record_ = deploy_record(ctx, results, states)
+    chained = [chain_into(ctx, t, "deploy", record_) for t in changed]
+    uri, digest = keep_document(ctx, record_, chained, (results.get("backup") or {}).get("uri"))
+    release = (results.get("preflight") or {}).get("release") or {}
+    return AuditRecord(outcome=record_["outcome"], s3=uri, sha256=digest,
+                       chain={r.environment: {"id": r.id, "row_hash": r.row_hash} for r in chained},
+                       release=release.get("sha256", ""))
+
+
+# --- approval -------------------------------------------------------------------------
+
+def check_approval(ctx: Deployment, approval: Approval) -> None:
+    """deploy.yaml's rule that someone else must approve; announces the decision."""
+    if approval.approved and ctx.cfg.approver_must_differ and approval.triggered_by \
+            and approval.approver == approval.triggered_by:
+        ctx.notify("rejected", {"by": approval.approver, "why": "the approver must differ from who triggered the run"},
+                   None)
+        raise ApproverRefused(approval.approver)
+    ctx.notify("approved" if approval.approved else "rejected",
+               {"by": approval.approver, "at": approval.responded_at, "via": approval.via,
+                "production": "next: the maintenance window" if approval.approved else "skipped, untouched"}, None)
+
+
+def approval_body(pre: dict[str, Any], backup: dict[str, Any], gate: dict[str, Any]) -> str:
+    """Markdown for the approval page: the release, what will run, the backup, what the gate found."""
+    from schema_deploy.parse import LOCK_MODES
+
+    release = pre.get("release") or {}
+    lines = [f"### Release `{release.get('short', '?')}`",
+             f"`{release.get('uri', '?')}` (bundle {release.get('bundle', '?')}, sha256 `{release.get('sha256', '?')}`)",
+             "", "### Plan"]
+    for m in pre.get("migrations", []):
+        rewritten = sum(bool(s["rewritten"]) for s in m["steps"])
+        steps = len(m["steps"])
+        lines.append(f"* **{m['name']}** — sha256 `{m['checksum'][:16]}…`, {steps} step{'s' if steps != 1 else ''}, "
+                     f"{rewritten} rewritten for online mode")
+    strongest: dict[str, str] = {}
+    for m in pre.get("migrations", []):
+        for s in m["steps"]:
+            for table, mode in s["locks"].items():
+                if table not in strongest or LOCK_MODES.index(mode) > LOCK_MODES.index(strongest[table]):
+                    strongest[table] = mode
+    if strongest:
+        lines.append("\n**Strongest lock per table**: " + "; ".join(f"{t}: {m}" for t, m in sorted(strongest.items())))
+    sizes = pre.get("table_sizes", {})
+    if sizes:
+        lines.append("\n**Tables** (production): " + ", ".join(
+            f"{t} ~{v.get('rows_estimate', '?')} rows / {v['bytes'] / 1e6:.1f} MB" for t, v in sorted(sizes.items())))
+    lines += ["\n### Backup", f"`{backup.get('uri', 'none')}` sha256 `{backup.get('sha256', '?')}`, "
+              f"verified by {backup.get('verified', '?')}"]
+    cmds = gate.get("gate", {}).get("commands", [])
+    verification = gate.get("verification", {})
+    lines += ["\n### Staging gate", f"{sum(c['exit_code'] == 0 for c in cmds)}/{len(cmds)} commands passed, "
+              f"{gate.get('gate', {}).get('tests', 0)} tests; verification {verification.get('checks', 0)} checks ok"]
+    return "\n".join(lines)

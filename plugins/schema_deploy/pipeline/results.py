@@ -1,0 +1,160 @@
+"""What each pipeline step returns: frozen dataclasses that travel as versioned JSON.
+
+`to_xcom()` gives a JSON-safe dict tagged with the type and its version, the form
+Airflow's XCom (or any queue, or a file) carries between workers; `from_xcom()`
+reads it back and refuses another type or an unknown version, so a worker running
+an older release of this package never misreads a newer result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from schema_deploy.errors import UsageError
+
+R = TypeVar("R", bound="Result")
+
+
+@dataclass(frozen=True)
+class Result:
+    """Base of every step's result."""
+
+    VERSION = 1
+
+    def to_xcom(self) -> dict[str, Any]:
+        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        # A round trip through JSON makes tuples lists and proves the value is JSON-safe now,
+        # not when a worker on another machine tries to read it.
+        return {"type": type(self).__name__, "version": self.VERSION, **json.loads(json.dumps(body, default=str))}
+
+    @classmethod
+    def from_xcom(cls: type[R], data: dict[str, Any] | None) -> R:
+        if not isinstance(data, dict) or data.get("type") != cls.__name__:
+            got = data.get("type") if isinstance(data, dict) else type(data).__name__
+            raise UsageError(f"expected a {cls.__name__} from the earlier step, got {got!r}: the run's results "
+                             "were made by another version of schema_deploy, or by another step. Clear the run "
+                             "from its first task.")
+        if data.get("version") != cls.VERSION:
+            raise UsageError(f"{cls.__name__} version {data.get('version')!r} from the earlier step; this worker "
+                             f"reads version {cls.VERSION}. Run every worker on the same schema_deploy version.")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style access for report code that reads a result or its XCom alike."""
+        return getattr(self, key, default)
+
+
+@dataclass(frozen=True)
+class ReleaseRef(Result):
+    """Where the run's release is and what it holds, in short."""
+
+    uri: str
+    sha256: str
+    short: str
+    bundle: str
+    source: dict[str, Any] = field(default_factory=dict)
+    migrations: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PreflightResult(Result):
+    """Nothing changed yet: the release, what is pending where, lint, prechecks and the production plan."""
+
+    release: dict[str, Any]  # ReleaseRef.to_xcom()
+    migrations: list[dict[str, Any]]  # production's plan: name, checksum, digest, steps (sql, locks, rewritten)
+    online: bool
+    pending: dict[str, list[str]]
+    lint: dict[str, int]
+    prechecks: list[dict[str, Any]]
+    table_sizes: dict[str, dict[str, int]]
+    production_table_bytes: int
+    run: dict[str, str] = field(default_factory=dict)  # run id, run type, triggered by
+    slack_ts: str | None = None
+
+    @property
+    def release_uri(self) -> str:
+        return self.release["uri"]
+
+    @property
+    def triggered_by(self) -> str:
+        return self.run.get("triggered_by", "?")
+
+
+@dataclass(frozen=True)
+class BackupResult(Result):
+    uri: str
+    sha256: str
+    size: int
+    rows: int
+    verified: str
+
+
+@dataclass(frozen=True)
+class ApplyResult(Result):
+    """One target migrated: how long it took, lock retries, and the facts measured before."""
+
+    env: str
+    seconds: float
+    table_bytes: int
+    migrations: list[str]  # what this run had pending there
+    before: dict[str, Any]  # rows and representative query timings before the change
+    lock_retries: int
+    applied: list[dict[str, Any]]
+    release: str = ""  # the release's sha256
+
+
+@dataclass(frozen=True)
+class GateResult(Result):
+    commands: list[dict[str, Any]]
+    junit: list[str]
+    tests: int
+
+
+@dataclass(frozen=True)
+class Verification(Result):
+    env: str
+    checks: int
+    failed: int
+    rows_before: dict[str, int]
+    rows_after: dict[str, int]
+    index_bytes: dict[str, int]
+    query_ms_before: dict[str, float]
+    query_ms_after: dict[str, float]
+    facts: list[str]
+    criteria: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Approval(Result):
+    """Who decided, when, and how (the Airflow UI, or --approved-by on the command line)."""
+
+    approved: bool
+    approver: str
+    responded_at: str
+    triggered_by: str | None = None
+    approver_id: str | None = None
+    via: str = "airflow"
+
+
+@dataclass(frozen=True)
+class WindowSlot(Result):
+    skipped: bool
+    reason: str = ""
+    window: str = ""
+    opens: str = ""
+    closes: str = ""
+    needed: str = ""
+    staging_seconds: float | None = None
+    waited_s: float | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord(Result):
+    outcome: str
+    s3: str
+    sha256: str
+    chain: dict[str, dict[str, Any]]
+    release: str = ""
