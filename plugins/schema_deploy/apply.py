@@ -27,8 +27,9 @@ from psycopg import sql
 from schema_deploy import db, ledger
 from schema_deploy.bundle import Bundle
 from schema_deploy.db import connect  # re-exported for callers outside this cleanup; see db.py
-from schema_deploy.errors import DatabaseError, LedgerBlocked, LockRetriesExhausted, MigrationFailed, scrub
-from schema_deploy.plan import MigrationPlan, PlannedStatement, Step, plan_for
+from schema_deploy.errors import DatabaseError, LedgerBlocked, LockRetriesExhausted, MigrationFailed
+from schema_deploy.plan import MigrationPlan, plan_for
+from schema_deploy.planned import PlannedStatement, Step
 from schema_deploy.prechecks import require_clean
 from schema_deploy.status import Status, compute_status
 
@@ -300,12 +301,11 @@ def prepare_non_transactional(conn: psycopg.Connection, ps: PlannedStatement) ->
     if isinstance(node, ast.IndexStmt) and node.concurrent and node.idxname:
         return prepare_concurrent_index(conn, node)
     if is_concurrent_drop(ps):
-        return any(regclass(conn, ".".join(p.sval for p in obj)) for obj in node.objects)
+        return any(db.relation_exists(conn, *(p.sval for p in obj)) for obj in node.objects)
     if isinstance(node, ast.AlterEnumStmt) and node.newVal and not node.oldVal:
-        type_name = ".".join(p.sval for p in node.typeName)
         exists = conn.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_enum WHERE enumtypid = to_regtype(%s) AND enumlabel = %s)",
-            (quote_qualified(type_name), node.newVal)).fetchone()[0]
+            (db.quoted(*(p.sval for p in node.typeName)), node.newVal)).fetchone()[0]
         return not exists
     return True
 
@@ -335,16 +335,17 @@ def not_valid_constraint_exists(conn: psycopg.Connection, ps: PlannedStatement) 
     c = cmd.def_
     if not (c.skip_validation and c.conname):
         return False
-    table = f"{node.relation.schemaname}.{node.relation.relname}" if node.relation.schemaname else node.relation.relname
+    rv = node.relation
+    table = db.quoted(rv.schemaname, rv.relname) if rv.schemaname else db.quoted(rv.relname, split=False)
     return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = %s AND conrelid = to_regclass(%s))",
-                             (c.conname, quote_qualified(table))).fetchone()[0])
+                             (c.conname, table)).fetchone()[0])
 
 
 def prepare_concurrent_index(conn: psycopg.Connection, node: ast.IndexStmt) -> bool:
     """Skip a valid index; drop an INVALID one (a crashed or cancelled build) so it is rebuilt."""
     schema = node.relation.schemaname
-    name = f"{schema}.{node.idxname}" if schema else node.idxname
-    oid = regclass(conn, name)
+    parts = (schema, node.idxname) if schema else (node.idxname,)
+    oid = db.relation_oid(conn, *parts, split=False)
     if oid is None:
         return True
     wait_for_builds(conn, oid)
@@ -352,8 +353,7 @@ def prepare_concurrent_index(conn: psycopg.Connection, node: ast.IndexStmt) -> b
                                 (oid,)).fetchone()
     if valid and ready:
         return False
-    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-        sql.Identifier(*name.split(".", 1)) if schema else sql.Identifier(name)))
+    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(db.ident(*parts, split=False)))
     return True
 
 
@@ -366,15 +366,6 @@ def wait_for_builds(conn: psycopg.Connection, index_oid: int, timeout_s: float =
         if not busy:
             return
         time.sleep(0.5)
-
-
-def quote_qualified(name: str) -> str:
-    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split(".", 1))
-
-
-def regclass(conn: psycopg.Connection, name: str) -> int | None:
-    row = conn.execute("SELECT to_regclass(%s)::oid", (quote_qualified(name),)).fetchone()
-    return row[0] if row and row[0] else None
 
 
 # --- lock retries -------------------------------------------------------------
@@ -399,12 +390,13 @@ class StatementFailed(Exception):
 
 
 class LockRetriesExhaustedInternal(Exception):
-    def __init__(self, ps: PlannedStatement | None, step_sql: str, attempts: int, blockers: list[dict]) -> None:
+    def __init__(self, ps: PlannedStatement | None, step_sql: str, attempts: int,
+                 blockers: list[db.Session]) -> None:
         self.ps, self.step_sql, self.attempts, self.blockers = ps, step_sql, attempts, blockers
         super().__init__("lock retries exhausted")
 
     def logs(self, migration: str, step: int) -> str:
-        who = ", ".join(f"pid {b['pid']}" for b in self.blockers) or "unknown"
+        who = ", ".join(f"pid {b.pid}" for b in self.blockers) or "unknown"
         return (f"Migration {migration}: step {step} could not get its locks in {self.attempts} attempts "
                 f"(SQLSTATE 55P03); blocked by {who}.")
 
@@ -432,35 +424,22 @@ def with_lock_retries(attempt_fn: Callable[[int], None], settings: Settings, wat
                 raise LockRetriesExhaustedInternal(failing, "", attempts, blockers) from None
             pause = settings.sleep_before(i)
             log(f"lock not granted within {settings.lock_timeout_for(i)} ms (attempt {i + 1} of {attempts}); "
-                f"blocked by {describe_blockers(blockers)}; lock retry in {pause:.2f} s")
+                f"blocked by {db.describe_blockers(blockers)}; lock retry in {pause:.2f} s")
             time.sleep(pause)
         finally:
             watch.stop()
     raise AssertionError("unreachable")
 
 
-def describe_blockers(blockers: list[dict]) -> str:
-    """`pid 123 (psql, idle in transaction for 0:00:04: SELECT …)` for each blocking session."""
-    if not blockers:
-        return "a session that ended before it could be sampled"
-    return "; ".join(f"pid {b['pid']} ({b.get('application_name') or 'no application_name'}, {b.get('state')} "
-                     f"for {b.get('xact_age')}: {scrub(str(b.get('query') or ''))[:120]})" for b in blockers)
-
-
 class BlockerWatch:
     """Samples `pg_blocking_pids()` of our session from a second connection while a step runs."""
-
-    QUERY = """
-        SELECT a.pid, a.application_name, a.state, now() - a.xact_start AS xact_age, left(a.query, 200) AS query
-        FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids(%s))
-    """
 
     def __init__(self, url: str, pid: int, interval_s: float = 0.05) -> None:
         self.url, self.pid, self.interval_s = url, pid, interval_s
         self.conn: psycopg.Connection | None = None
         self.thread: threading.Thread | None = None
         self.running = threading.Event()
-        self.last: list[dict] = []
+        self.last: list[db.Session] = []
 
     def start(self) -> None:
         if self.conn is None:
@@ -473,14 +452,14 @@ class BlockerWatch:
     def _loop(self) -> None:
         while self.running.is_set():
             try:
-                rows = self.conn.execute(self.QUERY, (self.pid,)).fetchall()
+                found = db.blockers(self.conn, self.pid)
             except psycopg.Error:
                 return
-            if rows:
-                self.last = [dict(zip(("pid", "application_name", "state", "xact_age", "query"), r)) for r in rows]
+            if found:
+                self.last = found
             time.sleep(self.interval_s)
 
-    def stop(self) -> list[dict]:
+    def stop(self) -> list[db.Session]:
         self.running.clear()
         if self.thread is not None:
             self.thread.join()

@@ -44,13 +44,13 @@ from typing import IO, Any
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from schema_deploy import ledger
+from schema_deploy import db, ledger
 from schema_deploy.backup_store import (DUMP_SUFFIX, Sse, check_bucket, check_object_sse, database_prefix,
                                         dump_key, manifest_key, not_found, parse_s3_uri, s3_error, segment,
                                         write_manifest)
 from schema_deploy.errors import BackupFailed, BucketCheckFailed, PgDumpFailed, S3TransferFailed, UsageError
-from schema_deploy.pg_tools import (Child, Target, connect, count_rows, describe_sessions, find_binary,
-                                    lock_tables_nowait, qualified, target_of, tool_version, user_tables)
+from schema_deploy.pg_tools import (Child, Target, count_rows, find_binary, lock_tables_nowait, qualified, target_of,
+                                    tool_version, user_tables)
 
 Log = Callable[[str], None]
 MIB = 1 << 20
@@ -319,7 +319,7 @@ def backup(s3: Any, url: str, to: str, *, environment: str = "default", run_id: 
     bucket_facts = check_bucket(s3, bucket, log)
     run_id = run_id or uuid.uuid4().hex[:12]
 
-    with connect(target, APPLICATION) as conn:
+    with db.connect(target.url, application_name=APPLICATION) as conn:
         _take_backup_lock(conn, target)
         _abort_leftover_uploads(s3, bucket, database_prefix(prefix, environment, target.dbname), run_id,
                                 stale_upload_after_s, log)
@@ -440,15 +440,9 @@ def _stop(dump: Child | None, counter: _SnapshotCounter) -> None:
 def _take_backup_lock(conn: psycopg.Connection, target: Target) -> None:
     if conn.execute("SELECT pg_try_advisory_lock(%s, %s)", BACKUP_LOCK).fetchone()[0]:
         return
-    holders = conn.execute(
-        """SELECT a.pid, coalesce(nullif(a.application_name, ''), '(none)') AS application,
-                  coalesce(host(a.client_addr), 'local socket') AS client, a.usename AS user, a.state
-           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-           WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 2""",
-        BACKUP_LOCK).fetchall()
-    sessions = [dict(zip(("pid", "application", "client", "user", "state"), h)) for h in holders]
+    holders = db.advisory_lock_holders(conn, *BACKUP_LOCK, 2)  # two int keys: objsubid 2 in pg_locks
     raise BackupFailed(f"another backup of database {target.dbname!r} is running "
-                       f"({describe_sessions(sessions) or 'it just finished'}): wait for it to finish.")
+                       f"({db.describe_sessions(holders) or 'it just finished'}): wait for it to finish.")
 
 
 def _abort_leftover_uploads(s3: Any, bucket: str, prefix: str, run_id: str, stale_after_s: float,

@@ -82,30 +82,31 @@ def connect(url: str, *, autocommit: bool = True, application_name: str = APPLIC
 
 # --- identifiers ----------------------------------------------------------------------
 
-def ident(*parts: str) -> sql.Identifier:
+def ident(*parts: str, split: bool = True) -> sql.Identifier:
     """A (schema-)qualified identifier: `ident("public.t")` or `ident("public", "t")`.
 
-    One argument is split at its first dot ("schema.table"); several are taken as they are,
-    so a name that itself contains a dot is passed as its own part."""
-    if len(parts) == 1:
+    A single argument is a qualified name, split at its first dot; parts given apart, or
+    `split=False` (a column, a constraint, a database), are taken as they are, so a name
+    that contains a dot stays one name."""
+    if split and len(parts) == 1:
         parts = tuple(parts[0].split(".", 1))
     return sql.Identifier(*parts)
 
 
-def quoted(*parts: str) -> str:
-    """`ident(...)` as text, for functions that parse a name (`to_regclass`, `to_regtype`)."""
-    return ident(*parts).as_string()
+def quoted(*parts: str, split: bool = True) -> str:
+    """`ident(...)` as text: for `to_regclass`/`to_regtype`, SQL built as text, and messages."""
+    return ident(*parts, split=split).as_string()
 
 
-def relation_oid(conn: psycopg.Connection, *parts: str) -> int | None:
+def relation_oid(conn: psycopg.Connection, *parts: str, split: bool = True) -> int | None:
     """The oid of the relation named (as for `ident`), or None when there is none."""
-    row = conn.execute("SELECT to_regclass(%s)::oid", (quoted(*parts),)).fetchone()
+    row = conn.execute("SELECT to_regclass(%s)::oid", (quoted(*parts, split=split),)).fetchone()
     return row[0] if row and row[0] else None
 
 
-def relation_exists(conn: psycopg.Connection, *parts: str) -> bool:
+def relation_exists(conn: psycopg.Connection, *parts: str, split: bool = True) -> bool:
     """Does the relation named (as for `ident`) exist, on the search path if unqualified?"""
-    return relation_oid(conn, *parts) is not None
+    return relation_oid(conn, *parts, split=split) is not None
 
 
 def existing_relations(conn: psycopg.Connection, names: Iterable[str]) -> set[str]:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # db imports this module; its sessions render themselves
+    from schema_deploy.db import Session
 
 # The password runs to the URL's last '@': an unencoded '@' in it must not leave its tail visible.
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>\S+)(?P<at>@)", re.I)
@@ -95,13 +99,10 @@ class AdvisoryLockTimeout(SchemaDeployError):
 
     exit_code = 1
 
-    def __init__(self, waited_s: float, holders: list[dict[str, object]]) -> None:
+    def __init__(self, waited_s: float, holders: list[Session]) -> None:
         self.waited_s, self.holders = waited_s, holders
         if holders:
-            who = "; ".join(
-                f"pid {h['pid']} (application {h['application_name']!r}, client {h['client_addr']}, "
-                f"connected since {h['backend_start']}, state {h['state']})" for h in holders
-            )
+            who = "; ".join(h.as_session() for h in holders)
         else:
             who = "a session that released it just now"
         super().__init__(
@@ -117,7 +118,7 @@ class LockRetriesExhausted(SchemaDeployError):
     exit_code = 1
 
     def __init__(self, migration: str, where: str, statement: str, attempts: int,
-                 blockers: list[dict[str, object]]) -> None:
+                 blockers: list[Session]) -> None:
         self.migration, self.where, self.attempts, self.blockers = migration, where, attempts, blockers
         lines = [
             f"{migration} ({where}): gave up after {attempts} attempts: the statement could not get its "
@@ -126,11 +127,7 @@ class LockRetriesExhausted(SchemaDeployError):
         ]
         if blockers:
             lines.append("    blocked by:")
-            for b in blockers:
-                lines.append(
-                    f"      pid {b['pid']} application {b['application_name']!r} state {b['state']} "
-                    f"transaction age {b['xact_age']} query: {shorten(str(b['query']), 200)}"
-                )
+            lines.extend(f"      {b.as_blocker()}" for b in blockers)
         else:
             lines.append("    the blocking sessions had finished by the time they were looked up.")
         lines.append("Retry when the blocking work is done (the migration resumes where it stopped), "

@@ -19,6 +19,7 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
+from schema_deploy import db
 from schema_deploy.errors import AdvisoryLockTimeout
 
 PRISMA_LOCK_KEY = 72707369
@@ -85,14 +86,12 @@ class LedgerRow:
         return None
 
 
-def table_ident(schema: str = "public") -> sql.Composed:
-    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(TABLE))
+def table_ident(schema: str = "public") -> sql.Identifier:
+    return db.ident(schema, TABLE)
 
 
 def ledger_exists(conn: psycopg.Connection, schema: str = "public") -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                       (f'"{schema}"."{TABLE}"',)).fetchone()
-    return bool(row and row[0])
+    return db.relation_exists(conn, schema, TABLE)
 
 
 def ensure_ledger(conn: psycopg.Connection, schema: str = "public") -> None:
@@ -175,22 +174,6 @@ def insert_applied(conn: psycopg.Connection, name: str, checksum: str, schema: s
 
 # --- the advisory lock -------------------------------------------------------
 
-def lock_holders(conn: psycopg.Connection) -> list[dict[str, object]]:
-    """Sessions holding Prisma's advisory lock, with who and since when."""
-    rows = conn.execute(
-        """
-        SELECT a.pid, a.application_name, coalesce(host(a.client_addr), 'local socket'),
-               a.backend_start, a.state, a.query_start
-        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-        WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %s
-          AND l.objsubid = 1 AND l.pid <> pg_backend_pid()
-        """,
-        (PRISMA_LOCK_KEY,),
-    ).fetchall()
-    keys = ("pid", "application_name", "client_addr", "backend_start", "state", "query_start")
-    return [dict(zip(keys, r)) for r in rows]
-
-
 def acquire_lock(conn: psycopg.Connection, timeout_s: float, poll_s: float = 0.25) -> None:
     """Take the session advisory lock, waiting at most `timeout_s`.
 
@@ -203,7 +186,8 @@ def acquire_lock(conn: psycopg.Connection, timeout_s: float, poll_s: float = 0.2
             return
         waited = time.monotonic() - start
         if waited >= timeout_s:
-            raise AdvisoryLockTimeout(waited, lock_holders(conn))
+            # A bigint key is classid 0, objid the key, objsubid 1 in pg_locks.
+            raise AdvisoryLockTimeout(waited, db.advisory_lock_holders(conn, 0, PRISMA_LOCK_KEY, 1))
         time.sleep(min(poll_s, max(timeout_s - waited, 0.01)))
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 import psycopg
 import yaml
 
+from schema_deploy import db
 # Importing the rule modules registers their rules (locks first: that is the order of --list-rules).
 from schema_deploy import lint_locks  # noqa: F401
 from schema_deploy import lint_hygiene  # noqa: F401
@@ -304,10 +305,9 @@ def relation_facts(conn: psycopg.Connection, names: list[str]) -> tuple[set[str]
 
     A table that was never analyzed has no estimate (reltuples = -1) and is left out of the estimates.
     """
-    quoted = [".".join('"' + p.replace('"', '""') + '"' for p in n.split(".", 1)) for n in names]
     rows = conn.execute(
         "SELECT u.i, c.reltuples::bigint FROM unnest(%s::text[]) WITH ORDINALITY AS u(name, i) "
-        "JOIN pg_class c ON c.oid = to_regclass(u.name)", (quoted,)).fetchall()
+        "JOIN pg_class c ON c.oid = to_regclass(u.name)", ([db.quoted(n) for n in names],)).fetchall()
     existing = {names[i - 1] for i, _ in rows}
     estimates = {names[i - 1]: int(n) for i, n in rows if n is not None and n >= 0}
     return existing, estimates

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pglast import ast, enums
 from pglast.stream import RawStream
 
+from schema_deploy import db
 from schema_deploy.parse import Statement, relname
 
 SEVERITIES = ("error", "warning", "info")
@@ -172,7 +173,7 @@ def norm(name: str) -> str:
 
 def q(name: str | None) -> str:
     """Quote a name for a message; `schema.table` becomes "schema"."table"."""
-    return ".".join(f'"{part}"' for part in str(name).split(".", 1))
+    return db.quoted(str(name))
 
 
 def article(mode: str) -> str:

@@ -22,9 +22,10 @@ import pglast
 from pglast import ast, enums
 from pglast.stream import RawStream
 
+from schema_deploy import db
 from schema_deploy.parse import (ACCESS_EXCLUSIVE, SHARE_ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE, Statement,
                                  relname)
-from schema_deploy.plan import PlannedStatement
+from schema_deploy.planned import PlannedStatement
 
 AT = enums.AlterTableType
 CT = enums.ConstrType
@@ -40,11 +41,12 @@ def fresh(sql: str) -> ast.Node:
 
 
 def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    """One name (a column, a constraint, an index) for SQL built as text."""
+    return db.quoted(name, split=False)
 
 
 def qualified(rv: ast.RangeVar) -> str:
-    return f"{quote(rv.schemaname)}.{quote(rv.relname)}" if rv.schemaname else quote(rv.relname)
+    return db.quoted(rv.schemaname, rv.relname) if rv.schemaname else quote(rv.relname)
 
 
 def rewrite_statement(stmt: Statement, existing: set[str]) -> list[PlannedStatement] | None:

@@ -26,9 +26,9 @@ from typing import Any
 
 import psycopg
 
-from schema_deploy import audit, ledger
+from schema_deploy import audit, db, ledger
 from schema_deploy.bundle import Bundle
-from schema_deploy.errors import SchemaDeployError, scrub
+from schema_deploy.errors import SchemaDeployError
 from schema_deploy.fingerprint import fingerprint_digest, schema_fingerprint
 from schema_deploy.status import APPLIED, EDITED, FAILED, INTERRUPTED, MISSING, PENDING, Status, compute_status
 
@@ -49,23 +49,13 @@ Urls = Mapping[str, str]
 
 def open_readonly(url: str) -> psycopg.Connection:
     """A read-only autocommit session with short connect and statement timeouts."""
-    try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
-                               application_name=APPLICATION_NAME,
-                               options=f"-c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT_MS}")
-    except psycopg.Error as exc:
-        raise SchemaDeployError(f"cannot connect to {scrub(url)}: {str(exc).strip()}") from None
+    return db.connect(url, application_name=APPLICATION_NAME, connect_timeout=CONNECT_TIMEOUT_S,
+                      settings={"default_transaction_read_only": "on", "statement_timeout": str(STATEMENT_TIMEOUT_MS)})
 
 
 def error_text(exc: BaseException, url: str | None = None) -> str:
     """An error for the page: one line, no password (libpq may echo pieces of the URL)."""
-    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-    if url:
-        from urllib.parse import unquote, urlsplit
-        password = urlsplit(url).password
-        for secret in {password, unquote(password or "")} - {None, ""}:
-            text = text.replace(secret, "****")
-    return scrub(text)
+    return db.mask_password((str(exc).strip() or type(exc).__name__).splitlines()[0], url)
 
 
 def describe(conn: psycopg.Connection) -> str:
@@ -172,7 +162,7 @@ def merge_runs(airflow_runs: list[dict[str, Any]], audit_rows: Mapping[str, list
 
 def recent_audit_rows(conn: psycopg.Connection, limit: int = 50) -> list[audit.AuditRow]:
     """The newest `limit` rows of the trail, oldest first; [] when there is no trail yet."""
-    if conn.execute("SELECT to_regclass(%s) IS NULL", (audit.QUALIFIED,)).fetchone()[0]:
+    if not db.relation_exists(conn, audit.QUALIFIED):
         return []
     rows = conn.execute(f"SELECT {', '.join(audit.COLUMNS)} FROM {audit.QUALIFIED} ORDER BY id DESC LIMIT %s",
                         (limit,)).fetchall()
@@ -233,7 +223,7 @@ def chain_status(url: str) -> dict[str, Any]:
     """One environment's chain: state ok | broken | no trail | error, with verify's report and message."""
     try:
         with open_readonly(url) as conn:
-            if conn.execute("SELECT to_regclass(%s) IS NULL", (audit.QUALIFIED,)).fetchone()[0]:
+            if not db.relation_exists(conn, audit.QUALIFIED):
                 return {"state": "no trail", "database": describe(conn), "message":
                         f"{audit.QUALIFIED} does not exist yet: no deploy has recorded itself in {describe(conn)}"}
             report = audit.verify_chain(conn)

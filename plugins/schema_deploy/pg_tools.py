@@ -1,4 +1,4 @@
-"""What backups need from PostgreSQL: pg_dump/pg_restore children, row counts, sessions.
+"""What backups need from PostgreSQL: pg_dump/pg_restore children, row counts.
 
 Passwords never reach a command line: a URL becomes a libpq connection string
 without its password (passed as `--dbname`) plus `PGPASSWORD` in the child's
@@ -19,6 +19,7 @@ import psycopg
 from psycopg import conninfo as pg_conninfo
 from psycopg import sql
 
+from schema_deploy import db
 from schema_deploy.errors import DatabaseError, UsageError, scrub
 
 STDERR_TAIL_LINES = 20
@@ -65,10 +66,7 @@ class Target:
 
     def redact(self, text: str) -> str:
         """`text` without this target's password, in URL, key=value or bare form."""
-        text = scrub(text)
-        if self.password:
-            text = text.replace(self.password, "****")
-        return text
+        return db.mask_password(text, self.url)
 
     @property
     def display(self) -> str:
@@ -91,16 +89,6 @@ def target_of(url: str) -> Target:
     conninfo = pg_conninfo.make_conninfo("", **{k: v for k, v in params.items() if v is not None})
     return Target(url=url, conninfo=conninfo, password=None if password is None else str(password),
                   dbname=dbname, host=host)
-
-
-def connect(target: Target, application: str, *, autocommit: bool = True) -> psycopg.Connection:
-    """A session on `target`; a failure names the database, never the password."""
-    try:
-        return psycopg.connect(target.url, autocommit=autocommit, connect_timeout=10,
-                               application_name=application)
-    except psycopg.Error as exc:
-        raise DatabaseError(f"cannot connect to {target.display}: {target.redact(str(exc)).strip()}. "
-                            "Check the URL, that the server is running, and the role's password.") from None
 
 
 class Child:
@@ -197,21 +185,16 @@ def qualified(schema: str, table: str) -> str:
     return f"{schema}.{table}"
 
 
-def table_ident(name: str) -> sql.Composed:
-    schema, _, table = name.partition(".")
-    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-
-
 def lock_tables_nowait(conn: psycopg.Connection, tables: list[tuple[str, str]]) -> None:
     """ACCESS SHARE on every table at once, failing (55P03) rather than queueing."""
     if tables:
-        idents = sql.SQL(", ").join(table_ident(qualified(s, t)) for s, t in tables)
+        idents = sql.SQL(", ").join(db.ident(s, t) for s, t in tables)
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(idents))
 
 
 def count_rows(conn: psycopg.Connection, tables: list[str]) -> dict[str, int]:
     """Exact `count(*)` per table ('schema.table' names), in the session's snapshot."""
-    return {name: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table_ident(name))).fetchone()[0]
+    return {name: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(db.ident(name))).fetchone()[0]
             for name in tables}
 
 
@@ -225,40 +208,20 @@ def compare_counts(conn: psycopg.Connection, expected: dict[str, int]) -> tuple[
     return counts, diffs
 
 
-def other_sessions(conn: psycopg.Connection) -> list[dict[str, object]]:
-    """Client sessions on the same database other than this one."""
-    rows = conn.execute(
-        """
-        SELECT pid, coalesce(nullif(application_name, ''), '(none)'),
-               coalesce(host(client_addr), CASE WHEN client_port = -1 THEN 'local socket' ELSE '(hidden)' END),
-               coalesce(usename::text, '?'), coalesce(state, '?')
-        FROM pg_stat_activity
-        WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
-        ORDER BY pid
-        """
-    ).fetchall()
-    return [dict(zip(("pid", "application", "client", "user", "state"), r)) for r in rows]
-
-
-def describe_sessions(sessions: list[dict[str, object]]) -> str:
-    return "; ".join(f"pid {s['pid']} (application {s['application']!r}, client {s['client']}, "
-                     f"user {s['user']}, state {s['state']})" for s in sessions)
-
-
 def drop_database(admin: Target, name: str, application: str) -> None:
     """Drop database `name` on `admin`'s server, ending the role's own sessions in it first.
 
     Plain DROP DATABASE, retried: it makes an autovacuum worker (likely right after a
     restore or bulk load) exit, which WITH (FORCE) cannot do for a role that is not a superuser.
     """
-    with connect(admin, application) as conn:
+    with db.connect(admin.url, application_name=application) as conn:
         for _ in range(100):
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
                          "AND pid <> pg_backend_pid() AND usename = current_user", (name,))
             try:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(db.ident(name, split=False)))
                 return
             except psycopg.errors.ObjectInUse:
                 time.sleep(0.1)
     raise DatabaseError(f"could not drop the database {name} on {admin.display}: still in use. "
-                        f"Drop it by hand: DROP DATABASE \"{name}\"")
+                        f"Drop it by hand: DROP DATABASE {db.quoted(name, split=False)}")

@@ -12,60 +12,14 @@ import hashlib
 from dataclasses import dataclass, field
 
 import psycopg
-from pglast import ast
 
+from schema_deploy import db
 from schema_deploy.bundle import Bundle, Migration, checksum_matches
 from schema_deploy.errors import LedgerBlocked, UsageError
-from schema_deploy.parse import LOCK_MODES, Statement, parse_migration
+from schema_deploy.online import rewrite_statement
+from schema_deploy.parse import Statement, parse_migration
+from schema_deploy.planned import PlannedStatement, Step
 from schema_deploy.status import INTERRUPTED, PENDING, Status
-
-
-@dataclass
-class PlannedStatement:
-    """SQL to run, and the file statement it comes from."""
-
-    sql: str
-    source: Statement
-    locks: dict[str, str]
-    transactional: bool
-    reason: str | None = None  # why this differs from the file (online rewrites)
-    node: ast.Node | None = None  # AST of `sql` when it differs from the source statement's
-
-    @property
-    def ast(self) -> ast.Node:
-        return self.node if self.node is not None else self.source.node
-
-    @property
-    def where(self) -> str:
-        return self.source.where
-
-
-@dataclass
-class Step:
-    """What runs at once: a transaction, or one non-transactional statement."""
-
-    number: int
-    transactional: bool
-    statements: list[PlannedStatement] = field(default_factory=list)
-
-    @property
-    def locks(self) -> dict[str, str]:
-        merged: dict[str, str] = {}
-        for st in self.statements:
-            for table, mode in st.locks.items():
-                if table not in merged or LOCK_MODES.index(mode) > LOCK_MODES.index(merged[table]):
-                    merged[table] = mode
-        return merged
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "step": self.number,
-            "transaction": self.transactional,
-            "locks": self.locks,
-            "statements": [
-                {"sql": s.sql, "where": s.where, "locks": s.locks, "reason": s.reason} for s in self.statements
-            ],
-        }
 
 
 @dataclass
@@ -135,8 +89,6 @@ def plan_statements(statements: list[Statement], created: set[str],
                     existing: set[str] | None) -> list[PlannedStatement]:
     """Planned statements; with `existing` (online mode), lock-heavy statements on
     tables that exist and were not created by this plan get their online forms."""
-    from schema_deploy.online import rewrite_statement
-
     planned: list[PlannedStatement] = []
     for s in statements:
         rewritten = None
@@ -178,16 +130,6 @@ def referenced_tables(bundle: Bundle, names: list[str]) -> set[str]:
     return tables
 
 
-def existing_tables(conn: psycopg.Connection, tables: set[str]) -> set[str]:
-    """The subset of `tables` that exists in the database now."""
-    found = set()
-    for table in tables:
-        ident = ".".join('"' + p.replace('"', '""') + '"' for p in table.split(".", 1))
-        if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident,)).fetchone()[0]:
-            found.add(table)
-    return found
-
-
 def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple[str, int, str | None]] | None = None,
                to: str | None = None, existing: set[str] | None = None) -> Plan:
     """Plan every pending or interrupted migration of `bundle`, in order (up to `to`, inclusive).
@@ -226,7 +168,7 @@ def plan_for(conn: psycopg.Connection, bundle: Bundle, status: Status,
     existing = None
     if online:
         todo = [s.name for s in status.states if s.state in (PENDING, INTERRUPTED)]
-        existing = existing_tables(conn, referenced_tables(bundle, todo))
+        existing = db.existing_relations(conn, referenced_tables(bundle, todo))
     plan = build_plan(bundle, status, interrupted_rows, to=to, existing=existing)
     plan.online = online
     return plan
@@ -270,10 +212,9 @@ def table_sizes(conn: psycopg.Connection, tables: list[str]) -> dict[str, dict[s
     """Estimated rows and total bytes of each existing table (for plans and window estimates)."""
     sizes: dict[str, dict[str, int]] = {}
     for table in tables:
-        ident = ".".join('"' + p.replace('"', '""') + '"' for p in table.split(".", 1))
         row = conn.execute(
             "SELECT greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid) "
-            "FROM pg_class c WHERE c.oid = to_regclass(%s)", (ident,)).fetchone()
+            "FROM pg_class c WHERE c.oid = to_regclass(%s)", (db.quoted(table),)).fetchone()
         if row:
             sizes[table] = {"rows_estimate": int(row[0]), "bytes": int(row[1])}
     return sizes

@@ -20,6 +20,7 @@ from pglast import ast, enums
 from pglast.stream import RawStream
 from psycopg import sql
 
+from schema_deploy import db
 from schema_deploy.errors import PrecheckFailed
 from schema_deploy.parse import Statement, relname
 from schema_deploy.plan import Plan
@@ -50,11 +51,6 @@ class PrecheckResult:
         return {"check": self.check, "where": self.statement.where, "table": self.table,
                 "description": self.description, "violations": self.violations, "samples": self.samples,
                 "fix": self.fix, "skipped": self.skipped}
-
-
-def ident(name: str) -> sql.Composable:
-    parts = name.split(".", 1)
-    return sql.Identifier(*parts)
 
 
 def cols(names: list[str]) -> sql.Composable:
@@ -123,11 +119,11 @@ def foreign_key(table: str, d: dict) -> tuple[str, sql.Composable, sql.Composabl
         sql.SQL("p.{} = c.{}").format(sql.Identifier(pc), sql.Identifier(cc)) for pc, cc in zip(parent_cols, child_cols))
     not_null = sql.SQL(" AND ").join(sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(cc)) for cc in child_cols)
     where = sql.SQL("{nn} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {join})").format(
-        nn=not_null, parent=ident(parent), join=join)
+        nn=not_null, parent=db.ident(parent), join=join)
     key = sql.SQL(" || ', ' || ").join(sql.SQL("c.{}::text").format(sql.Identifier(cc)) for cc in child_cols)
-    count_q = sql.SQL("SELECT count(*) FROM {t} c WHERE {w}").format(t=ident(table), w=where)
+    count_q = sql.SQL("SELECT count(*) FROM {t} c WHERE {w}").format(t=db.ident(table), w=where)
     sample_q = sql.SQL("SELECT DISTINCT {k} FROM {t} c WHERE {w} ORDER BY 1 LIMIT {n}").format(
-        k=key, t=ident(table), w=where, n=sql.Literal(SAMPLES))
+        k=key, t=db.ident(table), w=where, n=sql.Literal(SAMPLES))
     child, parent_s = ", ".join(child_cols), ", ".join(parent_cols)
     return (f"rows of {table} whose ({child}) has no row in {parent} ({parent_s})", count_q, sample_q,
             f"delete or re-point the orphan rows of {table} (or insert the missing {parent} rows) before "
@@ -139,7 +135,7 @@ def unique(table: str, d: dict) -> tuple[str, sql.Composable, sql.Composable, st
     keys = d["columns"]
     not_null = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(k)) for k in keys)
     groups = sql.SQL("SELECT {c} FROM {t} WHERE {nn} GROUP BY {c} HAVING count(*) > 1").format(
-        c=cols(keys), t=ident(table), nn=not_null)
+        c=cols(keys), t=db.ident(table), nn=not_null)
     key = sql.SQL(" || ', ' || ").join(sql.SQL("g.{}::text").format(sql.Identifier(k)) for k in keys)
     count_q = sql.SQL("SELECT count(*) FROM ({g}) g").format(g=groups)
     sample_q = sql.SQL("SELECT {k} FROM ({g}) g ORDER BY 1 LIMIT {n}").format(k=key, g=groups, n=sql.Literal(SAMPLES))
@@ -149,9 +145,9 @@ def unique(table: str, d: dict) -> tuple[str, sql.Composable, sql.Composable, st
 
 def not_null(table: str, d: dict) -> tuple[str, sql.Composable, sql.Composable, str]:
     column = d["column"]
-    count_q = sql.SQL("SELECT count(*) FROM {t} WHERE {c} IS NULL").format(t=ident(table), c=sql.Identifier(column))
+    count_q = sql.SQL("SELECT count(*) FROM {t} WHERE {c} IS NULL").format(t=db.ident(table), c=sql.Identifier(column))
     sample_q = sql.SQL("SELECT ctid::text FROM {t} WHERE {c} IS NULL LIMIT {n}").format(
-        t=ident(table), c=sql.Identifier(column), n=sql.Literal(SAMPLES))
+        t=db.ident(table), c=sql.Identifier(column), n=sql.Literal(SAMPLES))
     return (f"rows of {table} where {column} IS NULL", count_q, sample_q,
             f"backfill {table}.{column} (UPDATE ... SET \"{column}\" = ... WHERE \"{column}\" IS NULL, in batches) "
             "in an earlier deployment, then set NOT NULL.")
@@ -159,9 +155,9 @@ def not_null(table: str, d: dict) -> tuple[str, sql.Composable, sql.Composable, 
 
 def check(table: str, d: dict) -> tuple[str, sql.Composable, sql.Composable, str]:
     expr = sql.SQL(d["expr"])
-    count_q = sql.SQL("SELECT count(*) FROM {t} WHERE ({e}) IS FALSE").format(t=ident(table), e=expr)
+    count_q = sql.SQL("SELECT count(*) FROM {t} WHERE ({e}) IS FALSE").format(t=db.ident(table), e=expr)
     sample_q = sql.SQL("SELECT ctid::text FROM {t} WHERE ({e}) IS FALSE LIMIT {n}").format(
-        t=ident(table), e=expr, n=sql.Literal(SAMPLES))
+        t=db.ident(table), e=expr, n=sql.Literal(SAMPLES))
     return (f"rows of {table} violating CHECK ({d['expr']})", count_q, sample_q,
             f"fix the rows of {table} that violate the check before deploying it.")
 

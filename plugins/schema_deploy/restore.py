@@ -28,13 +28,14 @@ from typing import Any
 
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
+from psycopg import sql
 
+from schema_deploy import db
 from schema_deploy.backup_store import (manifest_key, not_found, parse_dump_uri, read_manifest, s3_error,
                                         sse_of, write_manifest)
 from schema_deploy.errors import (BackupIncomplete, BackupNotFound, DatabaseError, RestoreFailed, RestoreRefused,
                                   S3TransferFailed, UsageError, VerifyFailed)
-from schema_deploy.pg_tools import (Child, Target, compare_counts, connect, describe_sessions, drop_database,
-                                    find_binary, other_sessions, target_of)
+from schema_deploy.pg_tools import Child, Target, compare_counts, drop_database, find_binary, target_of
 
 Log = Callable[[str], None]
 CHUNK = 1 << 20
@@ -214,7 +215,7 @@ def _check_restore(loader: Child, scratch: Target, manifest: dict[str, Any],
         problems.append(f"pg_restore into the scratch database failed (exit code {code}): "
                         f"{scratch.redact(loader.stderr_tail()) or 'no message'}")
         return None
-    with connect(scratch, APPLICATION) as conn:
+    with db.connect(scratch.url, application_name=APPLICATION) as conn:
         counts, diffs = compare_counts(conn, manifest["row_counts"])
     if diffs:
         problems.append("row counts differ from the manifest after a restore: " + "; ".join(diffs))
@@ -223,9 +224,9 @@ def _check_restore(loader: Child, scratch: Target, manifest: dict[str, Any],
 
 def _create_scratch(admin: Target) -> Target:
     name = f"schema_deploy_verify_{uuid.uuid4().hex[:12]}"
-    with connect(admin, APPLICATION) as conn:
+    with db.connect(admin.url, application_name=APPLICATION) as conn:
         try:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(db.ident(name, split=False)))
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot create the scratch database for the restore check on {admin.display}: "
                                 f"{str(exc).strip()}. Use --db with a role that has CREATEDB on that server.") from None
@@ -293,7 +294,7 @@ def restore(s3: Any, uri: str, target_url: str, clean: bool = False, jobs: int =
         raise RestoreFailed(target.dbname, uri, f"pg_restore exited with code {code}:\n    " + "\n    ".join(said),
                             "pg_restore ran in a single transaction, so the target is unchanged. Fix the cause "
                             "above (with --clean if the objects exist already) and restore again.")
-    with connect(target, APPLICATION) as conn:
+    with db.connect(target.url, application_name=APPLICATION) as conn:
         counts, diffs = compare_counts(conn, manifest["row_counts"])
     if diffs:
         raise RestoreFailed(target.dbname, uri, "row counts differ from the manifest: " + "; ".join(diffs),
@@ -319,16 +320,16 @@ def _refuse_production(target: Target, environment: str | None, confirm_producti
 
 
 def _refuse_busy(target: Target, force: bool, log: Log) -> None:
-    with connect(target, APPLICATION) as conn:
-        sessions = other_sessions(conn)
+    with db.connect(target.url, application_name=APPLICATION) as conn:
+        sessions = db.other_sessions(conn)
     if sessions and not force:
         raise RestoreRefused(target.dbname, f"{len(sessions)} other session(s) are connected to it: "
-                             f"{describe_sessions(sessions)}",
+                             f"{db.describe_sessions(sessions)}",
                              "They would block the restore on locks or see a half-restored database. Ask them "
                              "to disconnect (or end them: SELECT pg_terminate_backend(<pid>)), or pass --force "
                              "(force=True) to restore anyway.")
     if sessions:
-        log(f"warning: restoring with other sessions connected (force): {describe_sessions(sessions)}")
+        log(f"warning: restoring with other sessions connected (force): {db.describe_sessions(sessions)}")
 
 
 def _feed_verified(s3: Any, bucket: str, key: str, manifest: dict[str, Any], loader: Child, target: Target,

@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from schema_deploy import ledger
+from schema_deploy import db, ledger
 from schema_deploy.apply import (BlockerWatch, Log, LockRetriesExhaustedInternal, MigrationResult, Settings,
                                  StatementFailed, StepResult, run_step, with_lock_retries)
 from schema_deploy.bundle import Bundle, Migration, read_sql_bytes
-from schema_deploy.db import connect
 from schema_deploy.errors import SchemaDeployError, UsageError
-from schema_deploy.plan import MigrationPlan, existing_tables, plan_migration
+from schema_deploy.plan import MigrationPlan, plan_migration
 from schema_deploy.parse import parse_migration
 from schema_deploy.status import APPLIED, FAILED, INTERRUPTED, MigrationState, Status, compute_status
 
@@ -108,7 +107,7 @@ def down(url: str, bundle: Bundle, *, steps: int | None = None, to: str | None =
         raise UsageError("give either steps or to (--steps N or --to NAME), not both.")
     if steps is not None and steps < 1:
         raise UsageError(f"steps must be 1 or more (got {steps}).")
-    with connect(url) as conn:
+    with db.connect(url) as conn:
         log(f"waiting for the migration lock (pg_advisory_lock {ledger.PRISMA_LOCK_KEY})")
         ledger.acquire_lock(conn, settings.advisory_lock_timeout_s)
         try:
@@ -184,7 +183,7 @@ def plan_downs(conn: psycopg.Connection, targets: list[Migration], online: bool)
         for d in downs:
             for s in parse_migration(d):
                 tables |= set(s.locks) | s.creates
-        existing = existing_tables(conn, tables)
+        existing = db.existing_relations(conn, tables)
     return [plan_migration(d, set(), existing) for d in downs]
 
 

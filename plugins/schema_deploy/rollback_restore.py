@@ -22,8 +22,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from schema_deploy import audit
-from schema_deploy.db import connect
+from schema_deploy import audit, db
 from schema_deploy.pg_tools import target_of
 from schema_deploy.restore import RestoreResult, _refuse_production, load_backup, restore
 
@@ -62,7 +61,7 @@ def restore_over(s3: Any, uri: str, url: str, *, confirm_production: str | None,
     _refuse_production(target_of(url), environment, confirm_production)
     _, _, manifest = load_backup(s3, uri)
     tables = sorted(manifest.get("row_counts") or {})
-    with connect(url) as conn:
+    with db.connect(url) as conn:
         kept = audit_rows(conn)
         dropped = drop_foreign_keys(conn, tables, log)
     try:
@@ -70,10 +69,10 @@ def restore_over(s3: Any, uri: str, url: str, *, confirm_production: str | None,
                          environment=environment, log=log, pg_bindir=pg_bindir)
     except BaseException:
         if dropped:
-            with connect(url) as conn:
+            with db.connect(url) as conn:
                 add_foreign_keys(conn, dropped, log)
         raise
-    with connect(url) as conn:
+    with db.connect(url) as conn:
         put_back = put_back_audit_rows(conn, kept, log)
     return BackupRollback(result, manifest, [f"{s}.{t}.{name}" for s, t, name, _ in dropped], put_back)
 
@@ -85,8 +84,8 @@ def drop_foreign_keys(conn: psycopg.Connection, tables: list[str], log: Log) -> 
         with conn.transaction():
             conn.execute("SET LOCAL lock_timeout = '5s'")
             for schema, table, name, _ in fks:
-                conn.execute(sql.SQL("ALTER TABLE {}.{} DROP CONSTRAINT {}").format(
-                    sql.Identifier(schema), sql.Identifier(table), sql.Identifier(name)))
+                conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    db.ident(schema, table), db.ident(name, split=False)))
         log(f"dropped {len(fks)} foreign key(s) first (the backup brings back its own): "
             + ", ".join(f"{t}.{n}" for _, t, n, _ in fks))
     return fks
@@ -96,16 +95,17 @@ def add_foreign_keys(conn: psycopg.Connection, fks: list[tuple[str, str, str, st
     """Put foreign keys back after a failed restore (the target is otherwise unchanged)."""
     for schema, table, name, definition in fks:
         try:
-            conn.execute(sql.SQL("ALTER TABLE {}.{} ADD CONSTRAINT {} ").format(
-                sql.Identifier(schema), sql.Identifier(table), sql.Identifier(name)) + sql.SQL(definition))
+            conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(
+                db.ident(schema, table), db.ident(name, split=False)) + sql.SQL(definition))
             log(f"restore failed: foreign key {table}.{name} added back")
         except psycopg.Error as exc:
             log(f"restore failed, and foreign key {table}.{name} could not be added back ({str(exc).strip()}): "
-                f"add it by hand: ALTER TABLE {schema}.{table} ADD CONSTRAINT \"{name}\" {definition}")
+                f"add it by hand: ALTER TABLE {db.quoted(schema, table)} ADD CONSTRAINT {db.quoted(name, split=False)} "
+                f"{definition}")
 
 
 def audit_rows(conn: psycopg.Connection) -> list[audit.AuditRow]:
-    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (audit.QUALIFIED,)).fetchone()[0]:
+    if not db.relation_exists(conn, audit.QUALIFIED):
         return []
     return audit.read_rows(conn)
 
@@ -115,7 +115,7 @@ def put_back_audit_rows(conn: psycopg.Connection, before: list[audit.AuditRow], 
     if not before:
         return 0
     after = audit_rows(conn)
-    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (audit.QUALIFIED,)).fetchone()[0]:
+    if not db.relation_exists(conn, audit.QUALIFIED):
         audit.ensure_table(conn)
     have = {r.id: r.row_hash for r in after}
     missing = [r for r in before if r.id not in have]

@@ -24,6 +24,7 @@ from pglast import ast, enums
 from pglast.stream import RawStream
 from psycopg import sql
 
+from schema_deploy import db
 from schema_deploy.parse import Statement, relname
 
 AT = enums.AlterTableType
@@ -112,8 +113,8 @@ def check_index(conn: psycopg.Connection, st: Statement, d: dict) -> CheckResult
     row = conn.execute(
         """SELECT t.relname, x.indisvalid, x.indisready, pg_get_indexdef(x.indexrelid)
            FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
-           WHERE i.oid = to_regclass(format('%%I.%%I', %s::text, %s::text))""",
-        (d["schema"], d["name"])).fetchone()
+           WHERE i.oid = to_regclass(%s)""",
+        (db.quoted(d["schema"], d["name"]),)).fetchone()
     name = f"index {d['name']}"
     if row is None:
         return CheckResult(name, False, "missing", st.where)
@@ -126,8 +127,8 @@ def check_index(conn: psycopg.Connection, st: Statement, d: dict) -> CheckResult
 def check_column(conn: psycopg.Connection, st: Statement, d: dict) -> CheckResult:
     actual = conn.execute(
         """SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a
-           WHERE a.attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text)) AND a.attname = %s
-             AND NOT a.attisdropped""", (d["schema"], d["table"], d["column"])).fetchone()
+           WHERE a.attrelid = to_regclass(%s) AND a.attname = %s
+             AND NOT a.attisdropped""", (db.quoted(d["schema"], d["table"]), d["column"])).fetchone()
     name = f"column {d['table']}.{d['column']}"
     if actual is None:
         return CheckResult(name, False, "missing", st.where)
@@ -149,8 +150,8 @@ def canonical_type(conn: psycopg.Connection, type_sql: str) -> str:
 def check_not_null(conn: psycopg.Connection, st: Statement, d: dict) -> CheckResult:
     row = conn.execute(
         """SELECT a.attnotnull FROM pg_attribute a
-           WHERE a.attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text)) AND a.attname = %s""",
-        (d["schema"], d["table"], d["column"])).fetchone()
+           WHERE a.attrelid = to_regclass(%s) AND a.attname = %s""",
+        (db.quoted(d["schema"], d["table"]), d["column"])).fetchone()
     ok = bool(row and row[0])
     return CheckResult(f"NOT NULL {d['table']}.{d['column']}", ok, "NOT NULL" if ok else "nullable", st.where)
 
@@ -158,8 +159,8 @@ def check_not_null(conn: psycopg.Connection, st: Statement, d: dict) -> CheckRes
 def check_constraint(conn: psycopg.Connection, st: Statement, d: dict) -> CheckResult:
     row = conn.execute(
         """SELECT k.convalidated, k.confdeltype, pg_get_constraintdef(k.oid) FROM pg_constraint k
-           WHERE k.conname = %s AND k.conrelid = to_regclass(format('%%I.%%I', %s::text, %s::text))""",
-        (d["name"], d["schema"], d["table"])).fetchone()
+           WHERE k.conname = %s AND k.conrelid = to_regclass(%s)""",
+        (d["name"], db.quoted(d["schema"], d["table"]))).fetchone()
     name = f"constraint {d['name']}"
     if row is None:
         return CheckResult(name, False, "missing", st.where)
@@ -231,8 +232,8 @@ def row_counts(conn: psycopg.Connection, tables: list[str]) -> dict[str, int]:
     counts = {}
     for table in tables:
         schema, name = split_name(table)
-        if conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (schema, name)).fetchone()[0]:
-            counts[table] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))).fetchone()[0]
+        if db.relation_exists(conn, schema, name):
+            counts[table] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(db.ident(schema, name))).fetchone()[0]
     return counts
 
 
@@ -240,8 +241,7 @@ def index_sizes(conn: psycopg.Connection, names: list[str]) -> dict[str, int]:
     sizes = {}
     for name in names:
         schema, idx = split_name(name)
-        row = conn.execute("SELECT pg_relation_size(to_regclass(format('%%I.%%I', %s::text, %s::text)))",
-                           (schema, idx)).fetchone()
+        row = conn.execute("SELECT pg_relation_size(to_regclass(%s))", (db.quoted(schema, idx),)).fetchone()
         if row and row[0] is not None:
             sizes[name] = int(row[0])
     return sizes

@@ -1,0 +1,60 @@
+"""What a plan is made of: planned statements, grouped into steps.
+
+Its own module so that the planner (plan.py) and the online rewrites (online.py),
+which produce these, both import them without importing each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pglast import ast
+
+from schema_deploy.parse import LOCK_MODES, Statement
+
+
+@dataclass
+class PlannedStatement:
+    """SQL to run, and the file statement it comes from."""
+
+    sql: str
+    source: Statement
+    locks: dict[str, str]
+    transactional: bool
+    reason: str | None = None  # why this differs from the file (online rewrites)
+    node: ast.Node | None = None  # AST of `sql` when it differs from the source statement's
+
+    @property
+    def ast(self) -> ast.Node:
+        return self.node if self.node is not None else self.source.node
+
+    @property
+    def where(self) -> str:
+        return self.source.where
+
+
+@dataclass
+class Step:
+    """What runs at once: a transaction, or one non-transactional statement."""
+
+    number: int
+    transactional: bool
+    statements: list[PlannedStatement] = field(default_factory=list)
+
+    @property
+    def locks(self) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for st in self.statements:
+            for table, mode in st.locks.items():
+                if table not in merged or LOCK_MODES.index(mode) > LOCK_MODES.index(merged[table]):
+                    merged[table] = mode
+        return merged
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "step": self.number,
+            "transaction": self.transactional,
+            "locks": self.locks,
+            "statements": [
+                {"sql": s.sql, "where": s.where, "locks": s.locks, "reason": s.reason} for s in self.statements
+            ],
+        }
