@@ -32,7 +32,6 @@ from schema_deploy.errors import SchemaDeployError
 from schema_deploy.fingerprint import fingerprint_digest, schema_fingerprint
 from schema_deploy.status import APPLIED, EDITED, FAILED, INTERRUPTED, MISSING, PENDING, Status, compute_status
 
-ENVIRONMENTS = ("staging", "production")
 APPLICATION_NAME = "schema-deploy-ui"
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 15000

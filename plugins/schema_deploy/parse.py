@@ -26,17 +26,6 @@ LOCK_MODES = (
 ACCESS_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE = (
     "ACCESS EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE")
 
-LOCK_BLOCKS = {
-    "ACCESS SHARE": "blocks only ACCESS EXCLUSIVE (DDL)",
-    "ROW SHARE": "blocks EXCLUSIVE and ACCESS EXCLUSIVE",
-    "ROW EXCLUSIVE": "blocks SHARE and stronger (index builds, DDL)",
-    "SHARE UPDATE EXCLUSIVE": "blocks other DDL and VACUUM, but not reads or writes",
-    "SHARE": "blocks writes (INSERT, UPDATE, DELETE), not reads",
-    "SHARE ROW EXCLUSIVE": "blocks writes, not reads",
-    "EXCLUSIVE": "blocks writes and row locks; only plain reads proceed",
-    "ACCESS EXCLUSIVE": "blocks reads and writes",
-}
-
 AT = enums.AlterTableType
 # ALTER TABLE subcommands that take less than ACCESS EXCLUSIVE (PostgreSQL 15 docs).
 AT_LOCKS = {

@@ -32,7 +32,7 @@ from schema_deploy.bundle import Bundle, Migration, read_sql_bytes
 from schema_deploy.errors import SchemaDeployError, UsageError
 from schema_deploy.plan import MigrationPlan, plan_migration
 from schema_deploy.parse import parse_migration
-from schema_deploy.status import APPLIED, FAILED, INTERRUPTED, MigrationState, Status, compute_status
+from schema_deploy.status import APPLIED, FAILED, INTERRUPTED, Status, compute_status
 
 DOWN_FILE = "down.sql"
 
@@ -233,8 +233,3 @@ def mark_applied_rolled_back(conn: psycopg.Connection, name: str, schema: str = 
                 "AND finished_at IS NOT NULL AND rolled_back_at IS NULL").format(ledger.table_ident(schema)),
         (name,))
     return cur.rowcount
-
-
-def states_after(bundle: Bundle, conn: psycopg.Connection, schema: str = "public") -> list[MigrationState]:
-    """Every migration's state now (for the CLI and the DAG's verification)."""
-    return compute_status(bundle, ledger.read_rows(conn, schema)).states
