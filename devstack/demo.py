@@ -28,10 +28,8 @@ from seed import reset  # noqa: E402
 
 CONFIG = REPO / "devstack" / "demo-deploy.yaml"
 APPROVER = "demo-approver"
-ORDER = ["preflight", "backup_production", "apply_staging", "test_gate", "production_requested", "approval_needed",
-         "approve_production", "wait_for_window", "apply_production", "verify_production", "audit_record"]
 LOGGER_TAIL = re.compile(r"\s+\[[\w.]+\]\s+(loc=\S+.*)?$|\s+map_index=-1.*$")
-PROGRESS = ("[DAG TEST] starting task_id=", "[demo approver]", "waiting for window", "maintenance window open",
+PROGRESS = ("[DAG TEST] starting task_id=", "frozen:", "differs from release", "[demo approver]", "waiting for window", "maintenance window open",
             "lock not granted", "success criterion", "Task failed with exception", "DagRun Finished")
 
 
@@ -59,60 +57,23 @@ def run_dag(work: Path) -> tuple[int, dict, Path]:
 
 
 def report(result: dict, log_path: Path, slack_file: Path, slack_start: int, seconds: float) -> str:
+    """The pipeline's report of the run, from the DAG's task results mapped to step names."""
+    from schema_deploy.pipeline.report import render
+    from schema_deploy_airflow.steps import TASK_STEPS
+
     tasks = result["tasks"]
-    x = {name: (tasks.get(name) or {}).get("xcom") or {} for name in ORDER}
-    out = ["", "=" * 78, f"deploy_schema on the local stack — run {result.get('run_id')}: {result.get('state')}",
-           "=" * 78, "", "migrations"]
-    for m in x["preflight"].get("migrations", []):
-        rewritten = sum(bool(s["rewritten"]) for s in m["steps"])
-        out.append(f"  {m['name']}  sha256 {m['checksum'][:16]}…  {len(m['steps'])} steps, {rewritten} rewritten online")
-    lint = x["preflight"].get("lint", {})
-    out.append(f"  lint: {lint.get('errors', 0)} errors in the SQL as written, {lint.get('fixed_by_plan', 0)} fixed by "
-               f"the online plan; prechecks: {len(x['preflight'].get('prechecks', []))} passed")
-    out += ["", "tasks (state, seconds)"]
-    for name in ORDER:
-        t = tasks.get(name) or {}
-        seconds_text = f"{t['seconds']:8.2f}" if t.get("seconds") is not None else "       -"
-        out.append(f"  {name:<22} {str(t.get('state')):<16} {seconds_text}")
-    b = x["backup_production"]
-    out += ["", "backup", f"  {b.get('uri')}", f"  sha256 {b.get('sha256')}  {b.get('size', 0) / 1e6:.1f} MB, "
-            f"{b.get('rows', 0):,} rows, verified by {b.get('verified')}"]
-    gate = x["test_gate"].get("gate", {})
-    out += ["", "test gate (staging)"]
-    for c in gate.get("commands", []):
-        junit = c.get("junit") or {}
-        out.append(f"  exit {c['exit_code']}  {c['seconds']:.1f} s  {junit.get('tests', '?')} tests, "
-                   f"{len(junit.get('failed', []))} failing  {c['command']}")
-    out += [f"  JUnit XML: {u}" for u in gate.get("junit", [])]
-    out.append(f"  staging verification: {x['test_gate'].get('verification', {}).get('checks', 0)} checks ok")
-    a = ((tasks.get("approve_production") or {}).get("xcom_keys") or {}).get("approval") or {}
-    w = x["wait_for_window"]
-    out += ["", "approval (demo configuration: answered by a scripted approver through the REST API)",
-            f"  {'approved' if a.get('approved') else 'NOT approved'} by {a.get('approver')} at {a.get('responded_at')}"
-            f" (run triggered by {a.get('triggered_by')})",
-            "", "maintenance window (demo configuration: a 1-minute window every minute)",
-            f"  {w.get('window')}: waited {w.get('waited_s') or 0:.0f} s (deferred), open {w.get('opens')} → "
-            f"{w.get('closes')}; production needed {w.get('needed')}"]
-    p, v = x["apply_production"], x["verify_production"]
-    out += ["", "production apply",
-            f"  {p.get('seconds')} s, {sum(len(m['steps']) for m in p.get('applied', []))} steps, "
-            f"{p.get('lock_retries', 0)} lock retries", "", "verification (production)",
-            f"  {v.get('checks', 0)} checks ok (expectations from the plan, sql/verify, EXPLAIN index usage)"]
-    for name, c in v.get("criteria", {}).items():
-        out.append(f"  {'MET    ' if c['met'] else 'NOT MET'} {name}: {c['detail']}")
-    out.append("  rows before → after:")
-    for table, before in sorted(v.get("rows_before", {}).items()):
-        out.append(f"    {table:<34} {before:>9,} → {v['rows_after'].get(table, 0):>9,}")
-    out.append("  facts against the plan's expectations (demo data is small: sizes and sub-millisecond timings "
-               "say little; bench/ runs at scale):")
-    out += [f"    {line}" for line in v.get("facts", [])]
-    au = x["audit_record"]
-    out += ["", "audit trail",
-            f"  outcome '{au.get('outcome')}', chained in " + ", ".join(
-                f"{env} (row {c['id']}, {c['row_hash'][:16]}…)" for env, c in (au.get("chain") or {}).items()),
-            f"  record beside the backup: {au.get('s3')} (sha256 {au.get('sha256')})",
-            "  check it: . .devstack/env && PYTHONPATH=plugins .venv/bin/python -m schema_deploy audit verify "
-            "--db \"$PRODUCTION_DATABASE_URL\""]
+    steps = {**TASK_STEPS, "audit_record": "record"}
+    results = {step: (tasks.get(task) or {}).get("xcom") for task, step in steps.items()}
+    results["approval"] = ((tasks.get("approve_production") or {}).get("xcom_keys") or {}).get("approval")
+    states = {step: (tasks.get(task) or {}).get("state") for task, step in steps.items()}
+    took = {step: (tasks.get(task) or {}).get("seconds") for task, step in steps.items()}
+    out = render(f"deploy_schema on the local stack — run {result.get('run_id')}: {result.get('state')}", results,
+                 states, took, notes={
+                     "approval": "demo configuration: answered by a scripted approver through the REST API",
+                     "window": "demo configuration: a 1-minute window every minute",
+                     "facts": "demo data is small: sizes and sub-millisecond timings say little; bench/ runs at scale"})
+    out.append("  check it: . .devstack/env && PYTHONPATH=plugins .venv/bin/python -m schema_deploy audit verify "
+               "--db \"$PRODUCTION_DATABASE_URL\"")
     lines = slack_file.read_text().splitlines()[slack_start:] if slack_file.exists() else []
     out += ["", "Slack (stand-in)", f"  {len(lines)} messages this run, recorded in {slack_file}:"]
     out += [f"    {json.loads(line).get('text', '')[:110]}" for line in lines]

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import psycopg
 
-from schema_deploy.apply import Settings, apply, connect, load_state
-from schema_deploy.bundle import load_bundle
+from schema_deploy.apply import Settings, apply, load_state
+from schema_deploy.bundle import Bundle, load_bundle
+from schema_deploy.db import connect
 from schema_deploy.errors import SchemaDeployError, UsageError, scrub
 from schema_deploy.plan import Plan, plan_for, table_sizes
 from schema_deploy.resolve import resolve_applied, resolve_rolled_back
@@ -65,11 +66,46 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**fields)
 
 
+def bundle_of(args: argparse.Namespace) -> Bundle:
+    """The migrations to work on: the release's (--release URI, loaded and proven by its sha256), or
+    the folder's (--migrations DIR, default sql/migrations)."""
+    uri = getattr(args, "release", None)
+    if not uri:
+        return load_bundle(args.migrations or DEFAULT_MIGRATIONS)
+    if args.migrations:
+        raise UsageError("--release and --migrations both name the migrations; pass one of them (a release "
+                         "carries its own migrations).")
+    return release_of(uri).to_bundle()
+
+
+def release_of(uri: str):
+    from schema_deploy import release
+    from schema_deploy.backup_store import default_s3_client
+
+    found = release.load(default_s3_client(), uri)
+    say(f"release {found.short}: {len(found.files)} migrations of bundle {found.bundle}, from {uri}")
+    return found
+
+
+def deploy_yaml(args: argparse.Namespace):
+    """deploy.yaml's settings: --config (which must exist), else ./deploy.yaml when the current folder has
+    one, else $SCHEMA_DEPLOY_CONFIG or the project's."""
+    from schema_deploy import config
+
+    if args.config:
+        return config.load(args.config, must_exist=True)
+    return config.load(Path("deploy.yaml") if Path("deploy.yaml").is_file() else None)
+
+
+def lint_config(args: argparse.Namespace):
+    return deploy_yaml(args).lint
+
+
 # --- verbs ---------------------------------------------------------------------
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Applied, pending, failed and drifted migrations of the bundle against the database."""
-    bundle = load_bundle(args.migrations)
+    bundle = bundle_of(args)
     with connect(database_url(args)) as conn:
         status, _ = load_state(conn, bundle)
     emit(args, status.as_dict(), render_status(status))
@@ -79,12 +115,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     """What `apply` would do: steps, SQL, transactions, locks, table sizes, lint findings
     and data prechecks of the pending migrations. Changes nothing."""
-    from schema_deploy.lint import lint_parsed, load_config, referenced_relations, relation_facts
+    from schema_deploy.lint import lint_parsed, referenced_relations, relation_facts
     from schema_deploy.lint import render as render_lint
     from schema_deploy.prechecks import run_prechecks
 
-    bundle = load_bundle(args.migrations)
-    config = load_config(args.config)
+    bundle = bundle_of(args)
+    config = lint_config(args)
     with connect(database_url(args)) as conn:
         status, interrupted = load_state(conn, bundle)
         plan = plan_for(conn, bundle, status, interrupted, to=args.to, online=args.online)
@@ -107,9 +143,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    """Apply pending migrations in order, under the migration lock."""
-    bundle = load_bundle(args.migrations)
-    result = apply(database_url(args), bundle, settings_from(args), log=say, to=args.to, online=args.online)
+    """Apply pending migrations in order, under the migration lock. With --release, exactly the
+    release's migrations (and, with --target, only the plan the release froze for that target)."""
+    bundle, url = bundle_of(args), database_url(args)
+    if args.release and args.target:
+        from schema_deploy.plan import plan_for
+        from schema_deploy.release import check_plan
+
+        with connect(url) as conn:
+            status, interrupted = load_state(conn, bundle)
+            check_plan(release_of(args.release), args.target,
+                       plan_for(conn, bundle, status, interrupted, to=args.to, online=args.online))
+    result = apply(url, bundle, settings_from(args), log=say, to=args.to, online=args.online)
     emit(args, result.as_dict(),
          "\n".join(f"applied {m.name} in {m.seconds:.2f} s" for m in result.applied) or "nothing to apply")
     return 0
@@ -117,7 +162,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     """Mark a migration applied (baselining) or rolled back, as `prisma migrate resolve` does."""
-    bundle = load_bundle(args.migrations)
+    bundle = load_bundle(args.migrations or DEFAULT_MIGRATIONS)
     url = database_url(args)
     if args.applied:
         resolve_applied(url, bundle, args.applied)
@@ -133,7 +178,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     in _prisma_migrations, as `prisma migrate resolve --rolled-back` writes it: pending again."""
     from schema_deploy.rollback import down
 
-    bundle = load_bundle(args.migrations)
+    bundle = load_bundle(args.migrations or DEFAULT_MIGRATIONS)
     result = down(database_url(args), bundle, steps=args.steps, to=args.to, settings=settings_from(args),
                   online=args.online, log=say)
     emit(args, result.as_dict(),
@@ -147,16 +192,15 @@ def cmd_lint(args: argparse.Namespace) -> int:
     """Check migrations for statements that block, rewrite, lose data or break the running application.
     Without a database, a table is existing unless created earlier in the same file; with one (--db or
     $DATABASE_URL), when the database has it, and its row estimate goes into the messages."""
-    from schema_deploy.lint import (lint_parsed, load_config, parse_bundle, referenced_relations, relation_facts,
-                                    rule_table)
+    from schema_deploy.lint import lint_parsed, parse_bundle, referenced_relations, relation_facts, rule_table
     from schema_deploy.lint import render as render_lint
 
     if args.list_rules:
         rules = rule_table()
         emit(args, rules, "\n".join(f"{r['id']:<38} {r['severity']:<8} {r['summary']}" for r in rules))
         return 0
-    bundle = load_bundle(args.migrations)
-    config = load_config(args.config)
+    bundle = load_bundle(args.migrations or DEFAULT_MIGRATIONS)
+    config = lint_config(args)
     files = parse_bundle(bundle)
     existing = estimates = None
     if args.db or os.environ.get("DATABASE_URL"):
@@ -266,7 +310,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from schema_deploy import verify as verification
     from schema_deploy.parse import parse_migration
 
-    bundle = load_bundle(args.migrations)
+    bundle = bundle_of(args)
     with connect(database_url(args)) as conn:
         status, _ = load_state(conn, bundle)
         applied = set(status.names("applied"))
@@ -315,6 +359,146 @@ def cmd_audit(args: argparse.Namespace) -> int:
         text = audit.export(conn, since, fmt)
     sys.stdout.write(text)  # as stored: payloads were scrubbed when appended, and must match their hashes
     return 0
+
+
+# --- releases and the whole pipeline -------------------------------------------------
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """`release create` freezes the migrations folder (exact bytes, checksums, source, lint, and with
+    --plan-for the plan per target) into s3://BUCKET/PREFIX/releases/<sha256>.json; `release show`
+    prints what a release holds. The sha256 is the release's name."""
+    from schema_deploy import release
+    from schema_deploy.backup_store import Sse, default_s3_client
+
+    s3 = default_s3_client()
+    if args.action == "show":
+        if not args.uri or args.to or args.plan_for:
+            raise UsageError("release show takes the release's URI only: release show s3://BUCKET/PREFIX/releases/"
+                             "<sha256>.json")
+        found = release.load(s3, args.uri)
+        emit(args, {**found.summary(), "lint": found.lint, "prechecks": list(found.prechecks), "plans": found.plans},
+             render_release(found))
+        return 0
+    if args.uri or not args.to:
+        raise UsageError("release create needs --to s3://BUCKET/PREFIX (and no URI): "
+                         "release create --migrations DIR --to s3://BUCKET/PREFIX")
+    from schema_deploy.lint import lint_bundle
+    from schema_deploy.plan import plan_for
+
+    folder = Path(args.migrations or DEFAULT_MIGRATIONS)
+    bundle = load_bundle(folder)
+    findings = lint_bundle(bundle, config=lint_config(args))
+    lint = {"errors": sum(f.blocking for f in findings),
+            "warnings": sum(f.severity == "warning" and not f.suppressed for f in findings)}
+    plans = {}
+    for spec in args.plan_for or []:
+        name, _, url = spec.partition("=")
+        if not name or not url.startswith(("postgresql://", "postgres://")):
+            raise UsageError(f"--plan-for {scrub(spec)!r}: expected NAME=postgresql://user:password@host:port/db.")
+        with connect(url) as conn:
+            status, interrupted = load_state(conn, bundle)
+            plans[name] = release.plan_summary(plan_for(conn, bundle, status, interrupted, online=args.online))
+    cfg = deploy_yaml(args)
+    frozen = release.store(s3, release.freeze(bundle, args.name or folder.resolve().name, lint=lint, plans=plans),
+                           args.to, Sse(cfg.backup_sse, cfg.backup_kms_key_id).put_args())
+    say(f"release {frozen.short} of {len(frozen.files)} migrations ({lint['errors']} lint errors, "
+        f"{lint['warnings']} warnings)" + (f", planned for {', '.join(plans)}" if plans else ""))
+    emit(args, frozen.summary(), f"{frozen.uri}\nsha256 {frozen.digest}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """The whole pipeline without Airflow: preflight (freezing a release, or from --release), backup of
+    production, staging, the test gate; then, with --approved-by, the maintenance window (or
+    --skip-window REASON), production and its verification; the audit record in either case. Without
+    --approved-by it stops after the gate and prints the command that goes on."""
+    from schema_deploy.backup_store import default_s3_client
+    from schema_deploy.pipeline import Deployment, RunInfo, RunParams, Store, Target
+    from schema_deploy.pipeline.report import render
+    from schema_deploy.pipeline.run import run
+
+    for flag, url in (("--staging", args.staging), ("--production", args.production)):
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise UsageError(f"{flag} {scrub(url)!r} is not a PostgreSQL URL; expected "
+                             "postgresql://user:password@host:port/dbname.")
+    if args.staging == args.production:
+        raise UsageError("--staging and --production are the same database: the staging rehearsal would change "
+                         "production before its approval. Give two databases.")
+    cfg = deploy_yaml(args)
+    if args.migrations:  # a folder named on the command line is a bundle of its own, for this run
+        if args.bundle or args.release:
+            raise UsageError("--migrations, --bundle and --release each name the migrations; pass one of them.")
+        from dataclasses import replace
+
+        cfg = replace(cfg, bundles=(("cli", args.migrations.resolve()),), default_bundle="cli")
+    params = RunParams(bundle=args.bundle or "", dry_run=args.dry_run, online=args.online, require_approval=True,
+                       skip_window=bool(args.skip_window), skip_window_reason=args.skip_window or "",
+                       lock_retries=args.lock_retries)
+    store = Store.from_config(default_s3_client(), cfg)
+    store = Store(store.s3, args.to.rstrip("/"), store.sse)
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or "command line"
+    info = RunInfo(run_id=f"cli__{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}", run_type="manual",
+                   triggered_by=user, started=datetime.now(timezone.utc).isoformat())
+    ctx = Deployment(cfg=cfg, store=store, run=info, params=params, notify=cli_notifier(cfg), log=cli_logger())
+    source = release_of(args.release) if args.release else None
+    outcome = run(ctx, Target("staging", "staging", args.staging), Target("production", "production", args.production),
+                  source=source, approved_by=args.approved_by)
+    lines = render(f"deploy {info.run_id}: {outcome.stopped or 'production migrated and verified'}",
+                   outcome.results, outcome.states, outcome.seconds,
+                   notes={"approval": "given on the command line with --approved-by"} if args.approved_by else None)
+    release = (outcome.results.get("preflight") or {}).get("release") or {}
+    if outcome.stopped.startswith("awaiting approval"):
+        lines += ["", "next: production, once someone approves this release:",
+                  f"  python -m schema_deploy deploy --staging URL --production URL --to {args.to} "
+                  f"--release {release.get('uri')} --approved-by NAME"]
+    emit(args, {"results": outcome.results, "states": outcome.states, "seconds": outcome.seconds,
+                "stopped": outcome.stopped}, "\n".join(lines))
+    return 0
+
+
+def cli_notifier(cfg):
+    """Slack through $SLACK_WEBHOOK_URL when it is set; otherwise each notification is a log line."""
+    from schema_deploy.notify import deliver, message, webhook_poster
+
+    webhook = os.environ.get("SLACK_WEBHOOK_URL")
+
+    def notify(event: str, facts: dict, links: dict | None = None) -> dict:
+        if not webhook:
+            say(f"notification {event}: " + "; ".join(f"{k}: {v}" for k, v in facts.items() if v not in (None, "")))
+            return {"event": event, "ok": False, "attempts": 0, "errors": ["SLACK_WEBHOOK_URL is not set"]}
+        from slack_sdk.webhook import WebhookClient
+
+        return deliver(webhook_poster(WebhookClient(webhook)), message(event, facts, links), event, log=say).as_dict()
+
+    return notify
+
+
+def cli_logger():
+    """The pipeline's log on stderr, scrubbed, like every other message of the CLI."""
+    import logging
+
+    class Say(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            say(record.getMessage())
+
+    log = logging.getLogger("schema_deploy.cli")
+    log.handlers[:] = [Say()]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log
+
+
+def render_release(found) -> str:
+    lines = [f"release  {found.uri}", f"sha256   {found.digest}", f"bundle   {found.bundle} ({found.layout} layout)",
+             f"source   {found.source.get('folder')}" + (f" at git {found.source['git_commit'][:12]}"
+                                                         + (" (with uncommitted changes)" if found.source.get("git_dirty")
+                                                            else "") if found.source.get("git_commit") else ""),
+             f"lint     {found.lint}", "migrations"]
+    lines += [f"  {f.name:<50} {f.checksum[:12]}{'  + down.sql' if f.down_sql is not None else ''}" for f in found.files]
+    for target, plan in sorted(found.plans.items()):
+        lines.append(f"plan for {target}: " + (", ".join(f"{m['name']} ({len(m['steps'])} steps)"
+                                                         for m in plan["migrations"]) or "nothing pending"))
+    return "\n".join(lines)
 
 
 # --- rendering -------------------------------------------------------------------
@@ -384,19 +568,28 @@ def parser() -> argparse.ArgumentParser:
     def verb(name: str, func, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=func.__doc__)
         p.set_defaults(func=func)
-        p.add_argument("--migrations", type=Path, default=Path(DEFAULT_MIGRATIONS),
+        p.add_argument("--migrations", type=Path, default=None,
                        help=f"migrations folder (default {DEFAULT_MIGRATIONS})")
         p.add_argument("--db", help="postgresql:// URL of the target (default: $DATABASE_URL)")
         p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         return p
 
-    verb("status", cmd_status, "compare the bundle with the database's ledger")
+    def release_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--release", metavar="s3://BUCKET/PREFIX/releases/SHA256.json",
+                       help="work from this release's migrations instead of a folder")
+
+    p = verb("status", cmd_status, "compare the bundle with the database's ledger")
+    release_option(p)
     p = verb("plan", cmd_plan, "show what apply would do")
     add_plan_options(p)
+    release_option(p)
     p.add_argument("--config", type=Path,
                    help="deploy.yaml with lint.severity overrides (default: ./deploy.yaml if present)")
     p = verb("apply", cmd_apply, "apply pending migrations")
     add_plan_options(p)
+    release_option(p)
+    p.add_argument("--target", metavar="NAME", help="with --release: refuse a plan other than the one the release "
+                                                    "froze for this target (e.g. production)")
     p.add_argument("--lock-timeout-ms", type=int, help="lock_timeout of the first attempt (default 100)")
     p.add_argument("--max-lock-timeout-ms", type=int, help="lock_timeout cap as retries grow (default 2000)")
     p.add_argument("--lock-retries", type=int, help="retries after a lock timeout (default 10)")
@@ -404,6 +597,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--advisory-lock-timeout-s", type=float, help="wait for another migrator (default 60)")
     p = verb("verify", cmd_verify, "check the database against its applied migrations")
     p.add_argument("--migration", metavar="NAME", help="only this migration's expectations")
+    release_option(p)
     p.add_argument("--verify-dir", type=Path, default=Path("sql/verify"),
                    help="folder of SQL checks and explain/ queries (default sql/verify)")
     p = verb("resolve", cmd_resolve, "mark a migration applied or rolled back")
@@ -447,6 +641,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, help="prune: newest complete backups to keep per database")
     p.add_argument("--older-than", metavar="AGE", help="prune: only delete backups older than this (30m, 12h, 7d, 2w)")
     p.add_argument("--dry-run", action="store_true", help="prune: show what would be deleted")
+    p = verb("release", cmd_release, "freeze the migrations into a release in S3, or show one")
+    p.add_argument("action", choices=("create", "show"))
+    p.add_argument("uri", nargs="?", metavar="URI", help="show: the release's s3:// URI")
+    p.add_argument("--to", metavar="s3://BUCKET/PREFIX", help="create: where releases/<sha256>.json goes")
+    p.add_argument("--name", help="create: the bundle's name in the release (default: the folder's name)")
+    p.add_argument("--plan-for", action="append", metavar="NAME=URL",
+                   help="create: freeze the plan for this target too (repeatable)")
+    p.add_argument("--online", action=argparse.BooleanOptionalAction, default=True,
+                   help="create: plan with online rewrites (default: on)")
+    p.add_argument("--config", type=Path, help="deploy.yaml (lint severities, SSE; default ./deploy.yaml)")
+    p = verb("deploy", cmd_deploy, "the whole pipeline without Airflow: staging, gate, then production")
+    p.add_argument("--staging", required=True, metavar="URL", help="postgresql:// URL of staging")
+    p.add_argument("--production", required=True, metavar="URL", help="postgresql:// URL of production")
+    p.add_argument("--to", required=True, metavar="s3://BUCKET/PREFIX", help="the store: backups, releases, audit")
+    p.add_argument("--release", metavar="URI", help="deploy this release instead of freezing the folder")
+    p.add_argument("--bundle", metavar="NAME", help="a bundle declared in deploy.yaml (default: its default_bundle)")
+    p.add_argument("--dry-run", action="store_true", help="staging and its gate only; production untouched")
+    p.add_argument("--approved-by", metavar="NAME", help="who approves production (recorded as given on the "
+                                                         "command line); without it the run stops after the gate")
+    p.add_argument("--skip-window", metavar="REASON", help="change production now, outside the maintenance window "
+                                                           "(the reason is recorded)")
+    p.add_argument("--online", action=argparse.BooleanOptionalAction, default=True,
+                   help="rewrite lock-heavy statements into online forms (default: on)")
+    p.add_argument("--lock-retries", type=int, help="retries after a lock timeout (default: deploy.yaml's)")
+    p.add_argument("--config", type=Path, help="deploy.yaml (default: $SCHEMA_DEPLOY_CONFIG or the project's)")
     p = verb("audit", cmd_audit, "check or export the audit trail (schema_deploy.audit_events)")
     p.add_argument("action", choices=("verify", "export"),
                    help="verify: check the hash chain (exit 1 at the first broken row); export: print the rows")

@@ -45,7 +45,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psycopg
-import yaml
 
 from schema_deploy import db
 # Importing the rule modules registers their rules (locks first: that is the order of --list-rules).
@@ -109,27 +108,9 @@ class LintConfig:
 
 # --- configuration -------------------------------------------------------------------------
 
-def load_config(path: Path | str | None = None) -> LintConfig:
-    """The `lint:` section of deploy.yaml; `path=None` reads ./deploy.yaml if it exists."""
-    if path is None:
-        if not Path(DEFAULT_CONFIG).is_file():
-            return LintConfig()
-        path = DEFAULT_CONFIG
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(path, "not found", "Pass an existing file with --config, or omit --config.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, f"cannot be read ({exc})", "Make it a readable UTF-8 YAML file.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, f"is not valid YAML ({' '.join(str(exc).split())})",
-                          "Fix the YAML syntax at that position.") from None
-    return config_from(data, path)
-
-
 def config_from(data: object, path: Path | str = DEFAULT_CONFIG) -> LintConfig:
-    """Validate a parsed deploy.yaml and return its lint settings."""
+    """Validate a parsed deploy.yaml and return its lint settings (config.load calls this: it is the
+    one reader of the file)."""
     example = "e.g. lint: {severity: {require-concurrent-index: warning}}"
     if data is None:
         return LintConfig(source=str(path))

@@ -100,14 +100,15 @@ class Release:
 # --- building ---------------------------------------------------------------------
 
 def freeze(bundle: Bundle, name: str, *, lint: dict[str, Any] | None = None,
-           prechecks: list[dict[str, Any]] | None = None, plans: dict[str, dict[str, Any]] | None = None) -> Release:
-    """A release of `bundle` as read from disk now."""
+           prechecks: list[dict[str, Any]] | None = None, plans: dict[str, dict[str, Any]] | None = None,
+           source: dict[str, Any] | None = None) -> Release:
+    """A release of `bundle` as read from disk now (or re-frozen from a release: pass its `source`)."""
     files = []
     for m in bundle.migrations:
         files.append(ReleaseFile(name=m.name, path=str(m.path.relative_to(bundle.root)), sql=m.raw.decode("utf-8"),
                                  checksum=m.checksum,
                                  down_sql=m.down_raw.decode("utf-8") if m.down_raw is not None else None))
-    return Release(bundle=name, source=source_of(bundle.root), layout=bundle.layout, files=tuple(files),
+    return Release(bundle=name, source=source or source_of(bundle.root), layout=bundle.layout, files=tuple(files),
                    lint=lint or {}, prechecks=tuple(prechecks or ()), plans=plans or {})
 
 
@@ -172,6 +173,14 @@ def changes_on_disk(release: Release, folder: Path | None = None) -> list[str]:
                and disk[n].checksum != f.checksum]
     changes += [f"{disk[n].path}: not in the release (added since)" for n in disk if n not in frozen]
     changes += [f"{folder / f.path}: in the release, missing on disk" for n, f in frozen.items() if n not in disk]
+    for n, f in frozen.items():  # down.sql too: a rollback runs the release's, never the folder's
+        mine, theirs = (f.down_sql.encode() if f.down_sql is not None else None), disk[n].down_raw if n in disk else None
+        if n in disk and mine != theirs:
+            where = disk[n].down_path or (folder / f.path).parent / "down.sql"
+            changes.append(f"{where}: " + ("not in the release (added since)" if mine is None
+                                           else "in the release, missing on disk" if theirs is None
+                                           else f"edited since the release (sha256 {sha256_hex(theirs)[:12]}… on "
+                                                f"disk, {sha256_hex(mine)[:12]}… in the release)"))
     return changes
 
 

@@ -22,7 +22,8 @@ from schema_deploy.bundle import load_bundle
 from schema_deploy.cli import main
 from schema_deploy.errors import ConfigError, SqlSyntaxError, TransactionControlError
 from schema_deploy.fastparse import fast_parse_sql
-from schema_deploy.lint import LintConfig, config_from, lint_bundle, lint_sql, load_config, render
+from schema_deploy.config import load as load_deploy_yaml
+from schema_deploy.lint import LintConfig, config_from, lint_bundle, lint_sql, render
 from schema_deploy.lint_hygiene import pg_truncate
 from schema_deploy.lint_rules import RULES, SEVERITIES
 from schema_deploy.parse import parse_sql
@@ -357,7 +358,7 @@ def test_severity_overrides_from_deploy_yaml_change_and_turn_off_rules(tmp_path:
     path = tmp_path / "deploy.yaml"
     path.write_text("targets: [staging]\nlint:\n  severity:\n    require-concurrent-index: warning\n"
                     "    ban-drop-table: off\n")
-    config = load_config(path)
+    config = load_deploy_yaml(path).lint
     findings = lint_sql("CREATE INDEX i ON t (a);\nDROP TABLE t;\n", config=config)
     (index,) = of_rule(findings, "require-concurrent-index")
     assert index.severity == "warning" and not index.blocking
@@ -369,7 +370,7 @@ def test_an_unknown_rule_id_in_config_is_an_error_listing_the_valid_ids(tmp_path
     path.write_text("lint:\n  severity:\n    require-concurrent-indexes: warning\n")
     with pytest.raises(ConfigError, match=r"unknown rule id 'require-concurrent-indexes' \(did you mean "
                                           r"require-concurrent-index\?\)\. Valid rule ids: .*ban-drop-table, ") as info:
-        load_config(path)
+        load_deploy_yaml(path)
     assert info.value.exit_code == 2 and all(rid in str(info.value) for rid in RULES)
 
 
@@ -386,10 +387,9 @@ def test_malformed_lint_config_is_rejected_with_the_fix(data: object, problem: s
 
 
 def test_no_config_file_means_default_severities(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert load_config() == LintConfig()
-    with pytest.raises(ConfigError, match=r"missing\.yaml: not found"):
-        load_config(tmp_path / "missing.yaml")
+    assert load_deploy_yaml(tmp_path / "absent.yaml").lint == LintConfig()
+    with pytest.raises(ConfigError, match=r"missing\.yaml: not found\. Pass an existing file with --config"):
+        load_deploy_yaml(tmp_path / "missing.yaml", must_exist=True)
 
 
 # --- the Epic 5 bundle and the CLI ------------------------------------------------------------------

@@ -46,9 +46,13 @@ def load_release(ctx: Deployment, pre: PreflightResult) -> Release:
 
 # --- preflight -----------------------------------------------------------------------
 
-def preflight(ctx: Deployment, staging: Target, production: Target) -> PreflightResult:
+def preflight(ctx: Deployment, staging: Target, production: Target, source: Release | None = None) -> PreflightResult:
     """Lint, both ledgers, staging and production schemas must match, production prechecks, the
-    plan per target; then the release is frozen into the store. Changes no database."""
+    plan per target; then the release is frozen into the store. Changes no database.
+
+    The bundle is the declared folder's, or `source`'s (an existing release, from `release create`):
+    then its plans, where it has them, must be what the targets get now.
+    """
     from schema_deploy.bundle import load_bundle
     from schema_deploy.db import connect
     from schema_deploy.apply import load_state
@@ -59,8 +63,12 @@ def preflight(ctx: Deployment, staging: Target, production: Target) -> Preflight
 
     cfg, params, log = ctx.cfg, ctx.params, ctx.log
     params.check(cfg, ctx.run.run_type)
-    name = params.bundle or cfg.default_bundle
-    bundle = load_bundle(cfg.bundle_path(name))
+    if source is not None:
+        name, bundle = source.bundle, source.to_bundle()
+        ctx.log.info("bundle from release %s (%s), not from a folder", source.short, source.uri)
+    else:
+        name = params.bundle or cfg.default_bundle
+        bundle = load_bundle(cfg.bundle_path(name))
     findings = lint_bundle(bundle, config=cfg.lint)
     fingerprints, pending = {}, {}
     for target in (staging, production):
@@ -86,6 +94,8 @@ def preflight(ctx: Deployment, staging: Target, production: Target) -> Preflight
         with connect(target.url) as conn:
             status, interrupted = load_state(conn, bundle)
             plan = plan_for(conn, bundle, status, interrupted, online=params.online)
+            if source is not None:
+                releases.check_plan(source, target.name, plan)
             plans[target.name] = releases.plan_summary(plan)
             if target is production:
                 unfixed = unfixed_findings(findings, plan)
@@ -98,9 +108,14 @@ def preflight(ctx: Deployment, staging: Target, production: Target) -> Preflight
     blocking = sum(f.blocking for f in findings)
     lint = {"errors": blocking, "fixed_by_plan": blocking - len(unfixed),
             "warnings": sum(f.severity == "warning" and not f.suppressed for f in findings)}
-    release = releases.store(ctx.store.s3, releases.freeze(bundle, name, lint=lint, prechecks=prechecks, plans=plans),
-                             ctx.store.root, ctx.store.sse)
-    log.info("release %s frozen: %s (sha256 %s)", release.short, release.uri, release.digest)
+    if source is not None and all(source.plan(t.name) is not None for t in (staging, production)):
+        release = source  # planned for these targets already, and the plans hold: it is the release
+        log.info("release %s is deployed as given: %s", release.short, release.uri)
+    else:
+        derived = {**source.source, "release": source.uri} if source is not None else None
+        frozen = releases.freeze(bundle, name, lint=lint, prechecks=prechecks, plans=plans, source=derived)
+        release = releases.store(ctx.store.s3, frozen, ctx.store.root, ctx.store.sse)
+        log.info("release %s frozen: %s (sha256 %s)", release.short, release.uri, release.digest)
     ref = ReleaseRef(**release.summary())
     migrations = plans[production.name]["migrations"]
     for mp in migrations:

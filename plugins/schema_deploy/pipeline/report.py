@@ -1,0 +1,83 @@
+"""The human report of one deployment run, from its steps' results (`make demo`, `deploy`).
+
+`render` takes each step's result as it travels (`to_xcom()`), keyed by step name
+(`record.STEPS` plus "record"), with the steps' states and durations, and returns
+plain text for a terminal.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+ORDER = ("preflight", "backup", "apply_staging", "gate", "production_requested", "approval_needed", "approval",
+         "window", "apply_production", "verification", "record")
+
+
+def render(title: str, results: dict[str, Any], states: dict[str, str | None],
+           seconds: dict[str, float | None], notes: dict[str, str] | None = None) -> list[str]:
+    """The report's lines. `notes` may explain how the approval and the window were configured."""
+    notes = notes or {}
+    x = {name: results.get(name) or {} for name in ORDER}
+    pre = x["preflight"]
+    release = pre.get("release") or {}
+    out = ["", "=" * 78, title, "=" * 78, "", "release"]
+    out.append(f"  {release.get('short', '?')}  {release.get('uri', '(none)')}")
+    out.append(f"  sha256 {release.get('sha256', '?')}  bundle {release.get('bundle', '?')}"
+               + (f", git {str((release.get('source') or {}).get('git_commit'))[:12]}"
+                  if (release.get("source") or {}).get("git_commit") else ""))
+    out += ["", "migrations"]
+    for m in pre.get("migrations", []):
+        rewritten = sum(bool(s["rewritten"]) for s in m["steps"])
+        out.append(f"  {m['name']}  sha256 {m['checksum'][:16]}…  {len(m['steps'])} steps, {rewritten} rewritten online")
+    lint = pre.get("lint", {})
+    out.append(f"  lint: {lint.get('errors', 0)} errors in the SQL as written, {lint.get('fixed_by_plan', 0)} fixed by "
+               f"the online plan; prechecks: {len(pre.get('prechecks', []))} passed")
+    out += ["", "steps (state, seconds)"]
+    for name in ORDER:
+        if name in states or name in seconds:
+            took = seconds.get(name)
+            out.append(f"  {name:<22} {str(states.get(name)):<16} {f'{took:8.2f}' if took is not None else '       -'}")
+    b = x["backup"]
+    out += ["", "backup", f"  {b.get('uri')}", f"  sha256 {b.get('sha256')}  {(b.get('size') or 0) / 1e6:.1f} MB, "
+            f"{b.get('rows') or 0:,} rows, verified by {b.get('verified')}"]
+    gate = x["gate"].get("gate", {})
+    out += ["", "test gate (staging)"]
+    for c in gate.get("commands", []):
+        junit = c.get("junit") or {}
+        out.append(f"  exit {c['exit_code']}  {c['seconds']:.1f} s  {junit.get('tests', '?')} tests, "
+                   f"{len(junit.get('failed', []))} failing  {c['command']}")
+    out += [f"  JUnit XML: {u}" for u in gate.get("junit", [])]
+    out.append(f"  staging verification: {x['gate'].get('verification', {}).get('checks', 0)} checks ok")
+    a, w = x["approval"], x["window"]
+    out += ["", "approval" + (f" ({notes['approval']})" if notes.get("approval") else ""),
+            f"  {'approved' if a.get('approved') else 'NOT approved'} by {a.get('approver')} at {a.get('responded_at')}"
+            f" via {a.get('via', '?')} (run triggered by {a.get('triggered_by')})" if a else "  none (not reached)",
+            "", "maintenance window" + (f" ({notes['window']})" if notes.get("window") else "")]
+    if w.get("skipped"):
+        out.append(f"  skipped: {w.get('reason')}")
+    elif w:
+        out.append(f"  {w.get('window')}: waited {w.get('waited_s') or 0:.0f} s, open {w.get('opens')} → "
+                   f"{w.get('closes')}; production needed {w.get('needed')}")
+    else:
+        out.append("  not reached")
+    p, v = x["apply_production"], x["verification"]
+    out += ["", "production apply",
+            f"  {p.get('seconds')} s, {sum(len(m['steps']) for m in p.get('applied', []))} steps, "
+            f"{p.get('lock_retries', 0)} lock retries", "", "verification (production)",
+            f"  {v.get('checks', 0)} checks ok (expectations from the plan, sql/verify, EXPLAIN index usage)"]
+    for name, c in v.get("criteria", {}).items():
+        out.append(f"  {'MET    ' if c['met'] else 'NOT MET'} {name}: {c['detail']}")
+    if v.get("rows_before"):
+        out.append("  rows before → after:")
+        for table, before in sorted(v.get("rows_before", {}).items()):
+            out.append(f"    {table:<34} {before:>9,} → {v['rows_after'].get(table, 0):>9,}")
+    if v.get("facts"):
+        out.append("  facts against the plan's expectations" + (f" ({notes['facts']})" if notes.get("facts") else "")
+                   + ":")
+        out += [f"    {line}" for line in v.get("facts", [])]
+    au = x["record"]
+    out += ["", "audit trail",
+            f"  outcome '{au.get('outcome')}', chained in " + (", ".join(
+                f"{env} (row {c['id']}, {c['row_hash'][:16]}…)" for env, c in (au.get("chain") or {}).items())
+                or "no database"),
+            f"  record: {au.get('s3')} (sha256 {au.get('sha256')})"]
+    return out

@@ -1,0 +1,157 @@
+"""Releases on the local stack's S3: created once under their sha256, applied exactly as frozen even after
+the folder changed, and refused (nothing changed) when missing or altered."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from schema_deploy.backup_store import default_s3_client, parse_s3_uri
+from schema_deploy.ledger import read_rows
+
+REPO = Path(__file__).resolve().parents[2]
+BASELINE = "20250915090000_baseline"
+EPIC5 = "20251017120000_epic5_schema_completion"
+
+
+@pytest.fixture
+def s3(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+    for key, value in stack_env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    return default_s3_client()
+
+
+@pytest.fixture
+def store(stack_env: dict[str, str], s3) -> str:
+    return f"s3://{stack_env['BACKUP_BUCKET']}/release-tests-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A copy of the shipped bundle that the test may edit."""
+    copy = tmp_path / "migrations"
+    shutil.copytree(REPO / "sql" / "migrations", copy)
+    return copy
+
+
+def ledger(url: str) -> dict[str, str]:
+    with psycopg.connect(url) as conn:
+        return {r.migration_name: r.checksum for r in read_rows(conn) if r.applied}
+
+
+def create(cli, folder: Path, store: str, *extra: str) -> tuple[str, str]:
+    done = cli("release", "create", "--migrations", str(folder), "--to", store, *extra)
+    assert done.returncode == 0, done.stderr
+    uri, sha_line = done.stdout.strip().splitlines()
+    return uri, sha_line.removeprefix("sha256 ")
+
+
+def test_a_release_is_stored_once_under_the_sha256_of_its_bytes(cli, folder: Path, store: str, s3) -> None:
+    uri, digest = create(cli, folder, store)
+
+    assert uri == f"{store}/releases/{digest}.json"
+    bucket, key = parse_s3_uri(uri)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == digest
+    document = json.loads(body)
+    epic5 = next(m for m in document["migrations"] if m["name"] == EPIC5)
+    assert epic5["sql"].encode() == (folder / EPIC5 / "migration.sql").read_bytes()
+    assert epic5["down_sql"].encode() == (folder / EPIC5 / "down.sql").read_bytes()
+    assert epic5["checksum"] == hashlib.sha256((folder / EPIC5 / "migration.sql").read_bytes()).hexdigest()
+    first = s3.head_object(Bucket=bucket, Key=key)["LastModified"]
+
+    assert create(cli, folder, store) == (uri, digest)  # same content, same name: not written again
+    assert s3.head_object(Bucket=bucket, Key=key)["LastModified"] == first
+    shown = cli("release", "show", uri)
+    assert shown.returncode == 0 and f"sha256   {digest}" in shown.stdout and EPIC5 in shown.stdout
+
+
+def test_apply_from_a_release_applies_exactly_the_release_after_the_folder_was_edited(
+        cli, folder: Path, store: str, fresh_db: str) -> None:
+    uri, _ = create(cli, folder, store)
+    frozen = {name: hashlib.sha256((folder / name / "migration.sql").read_bytes()).hexdigest()
+              for name in (BASELINE, EPIC5)}
+    epic5 = folder / EPIC5 / "migration.sql"
+    epic5.write_text(epic5.read_text() + "\nCREATE TABLE not_approved (id int);\n")
+    (folder / "20261201000000_later").mkdir()
+    (folder / "20261201000000_later" / "migration.sql").write_text("CREATE TABLE later (id int);\n")
+
+    done = cli("apply", "--release", uri, "--db", fresh_db)
+
+    assert done.returncode == 0, done.stderr
+    assert ledger(fresh_db) == frozen
+    with psycopg.connect(fresh_db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert "not_approved" not in tables and "later" not in tables and "behavioral_events" in tables
+    status = cli("status", "--migrations", str(folder), "--db", fresh_db)  # the folder, as edited, is not the release
+    assert status.returncode == 1 and "edited-after-apply" in status.stdout and "20261201000000_later" in status.stdout
+    assert cli("status", "--release", uri, "--db", fresh_db).returncode == 0
+
+
+def test_a_tampered_release_is_refused_and_nothing_is_changed(cli, folder: Path, store: str, fresh_db: str,
+                                                              s3) -> None:
+    uri, digest = create(cli, folder, store)
+    bucket, key = parse_s3_uri(uri)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    forged = body.replace(b"CREATE INDEX", b"DROP TABLE x; CREATE INDEX", 1)
+    s3.put_object(Bucket=bucket, Key=key, Body=forged)
+
+    done = cli("apply", "--release", uri, "--db", fresh_db)
+
+    assert done.returncode == 1
+    assert (f"error: release {uri} was changed after it was written: its bytes hash to sha256 "
+            f"{hashlib.sha256(forged).hexdigest()}, not to its name. Nothing was changed.") in done.stderr
+    assert "Traceback" not in done.stderr
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT to_regclass('public._prisma_migrations')").fetchone()[0] is None
+    again = cli("release", "create", "--migrations", str(folder), "--to", store)  # never overwritten either
+    assert again.returncode == 1 and "was changed after it was written" in again.stderr
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == forged
+
+
+def test_a_deleted_release_is_refused_naming_what_to_do(cli, folder: Path, store: str, fresh_db: str, s3) -> None:
+    uri, _ = create(cli, folder, store)
+    bucket, key = parse_s3_uri(uri)
+    s3.delete_object(Bucket=bucket, Key=key)
+
+    done = cli("apply", "--release", uri, "--db", fresh_db)
+
+    assert done.returncode == 1
+    assert (f"error: release {uri} does not exist (deleted, or a wrong bucket/prefix). Nothing was changed. "
+            "Trigger a new run (its preflight freezes a new release), or pass the URI `release create` printed."
+            ) in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("apply", "--release", "s3://bucket/x/backup.dump"),
+     "error: 's3://bucket/x/backup.dump' does not name a release: expected s3://BUCKET/PREFIX/releases/<sha256>.json"),
+    (("apply", "--release", "s3://b/p/releases/" + "0" * 64 + ".json", "--migrations", "sql/migrations"),
+     "error: --release and --migrations both name the migrations; pass one of them"),
+    (("release", "create", "--migrations", "sql/migrations"),
+     "error: release create needs --to s3://BUCKET/PREFIX (and no URI)"),
+])
+def test_bad_release_arguments_are_refused_with_the_fix(cli, fresh_db: str, args: tuple[str, ...],
+                                                        message: str) -> None:
+    done = cli(*args, "--db", fresh_db)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_a_plan_frozen_for_a_target_is_the_only_plan_apply_runs_there(cli, folder: Path, store: str,
+                                                                      fresh_db: str) -> None:
+    cli("apply", "--migrations", str(folder), "--db", fresh_db, "--to", BASELINE)
+    uri, _ = create(cli, folder, store, "--plan-for", f"production={fresh_db}")
+    with psycopg.connect(fresh_db, autocommit=True) as conn:  # the table an online rewrite depends on goes away
+        conn.execute("DROP TABLE behavioral_events CASCADE")
+
+    done = cli("apply", "--release", uri, "--target", "production", "--db", fresh_db)
+
+    assert done.returncode == 1
+    assert (f"error: release {uri}: the plan of {EPIC5} on production differs from the one frozen in the release"
+            in done.stderr)
+    assert list(ledger(fresh_db)) == [BASELINE]
