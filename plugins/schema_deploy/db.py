@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from urllib.parse import unquote, urlsplit
 
 import psycopg
@@ -124,7 +124,7 @@ def existing_relations(conn: psycopg.Connection, names: Iterable[str]) -> set[st
 SESSIONS = """
 SELECT a.pid, coalesce(nullif(a.application_name, ''), '(none)'),
        coalesce(host(a.client_addr), CASE WHEN a.client_port = -1 THEN 'local socket' ELSE '(hidden)' END),
-       coalesce(a.usename::text, '?'), coalesce(a.state, '?'), a.backend_start, now() - a.xact_start,
+       coalesce(a.usename::text, '?'), coalesce(a.state, '?'), now() - a.xact_start,
        coalesce(a.query, '')
 FROM pg_stat_activity a WHERE {condition} ORDER BY a.pid
 """
@@ -139,7 +139,6 @@ class Session:
     client: str
     user: str
     state: str
-    backend_start: datetime | None = None
     xact_age: timedelta | None = None
     query: str = ""
 
