@@ -111,21 +111,15 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
     `prechecks` first looks for rows that would make a statement fail (orphans,
     duplicates, NULLs) and stops with nothing changed if it finds any.
     """
-    with db.connect(url) as conn:
-        log(f"waiting for the migration lock (pg_advisory_lock {ledger.PRISMA_LOCK_KEY})")
-        ledger.acquire_lock(conn, settings.advisory_lock_timeout_s)
-        try:
-            ledger.ensure_ledger(conn, settings.schema)
-            status, interrupted = load_state(conn, bundle, settings.schema)
-            plan = plan_for(conn, bundle, status, interrupted, to=to, online=online)
-            if prechecks and plan.migrations:
-                require_clean(conn, plan)
-            if not plan.migrations:
-                log("nothing to apply: every migration is applied")
-            results = [run_migration(conn, url, mp, settings, log) for mp in plan.migrations]
-        finally:
-            if not conn.closed and not conn.broken:
-                ledger.release_lock(conn)
+    with db.connect(url) as conn, ledger.migration_lock(conn, settings.advisory_lock_timeout_s, log):
+        ledger.ensure_ledger(conn, settings.schema)
+        status, interrupted = load_state(conn, bundle, settings.schema)
+        plan = plan_for(conn, bundle, status, interrupted, to=to, online=online)
+        if prechecks and plan.migrations:
+            require_clean(conn, plan)
+        if not plan.migrations:
+            log("nothing to apply: every migration is applied")
+        results = [run_migration(conn, url, mp, settings, log) for mp in plan.migrations]
     return ApplyResult(applied=results, status_before=status)
 
 

@@ -352,7 +352,7 @@ def append(conn: psycopg.Connection, kind: str, run_id: str | None, environment:
            payload: Mapping[str, Any]) -> AuditRow:
     """Append one record to the chain and return it (creating the table on first use).
 
-    On an autocommit connection (as `apply.connect` opens them) the row is committed when
+    On an autocommit connection (as `db.connect` opens them) the row is committed when
     this returns. Dates in the payload become ISO strings, other non-JSON values their str(),
     and passwords in strings are masked (`errors.scrub`).
     """

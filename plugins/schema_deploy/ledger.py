@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -193,3 +195,16 @@ def acquire_lock(conn: psycopg.Connection, timeout_s: float, poll_s: float = 0.2
 
 def release_lock(conn: psycopg.Connection) -> None:
     conn.execute("SELECT pg_advisory_unlock(%s)", (PRISMA_LOCK_KEY,))
+
+
+@contextmanager
+def migration_lock(conn: psycopg.Connection, timeout_s: float,
+                   log: Callable[[str], None] = lambda _: None) -> Iterator[None]:
+    """Hold the advisory lock for the block (apply, rollback, resolve)."""
+    log(f"waiting for the migration lock (pg_advisory_lock {PRISMA_LOCK_KEY})")
+    acquire_lock(conn, timeout_s)
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:  # a lost session's lock went with it
+            release_lock(conn)

@@ -15,8 +15,7 @@ def resolve_rolled_back(url: str, bundle: Bundle, name: str, settings: Settings 
     failed state (P3012). Returns the number of rows marked.
     """
     require_in_bundle(bundle, name)
-    with connect(url) as conn:
-        ledger.acquire_lock(conn, settings.advisory_lock_timeout_s)
+    with connect(url) as conn, ledger.migration_lock(conn, settings.advisory_lock_timeout_s):
         rows = [r for r in ledger.read_rows(conn, settings.schema) if r.migration_name == name]
         if not rows:
             raise ResolveRefused(
@@ -39,8 +38,7 @@ def resolve_applied(url: str, bundle: Bundle, name: str, settings: Settings = Se
     missing (baselining an existing database). Refused when already applied (P3008).
     """
     migration = require_in_bundle(bundle, name)
-    with connect(url) as conn:
-        ledger.acquire_lock(conn, settings.advisory_lock_timeout_s)
+    with connect(url) as conn, ledger.migration_lock(conn, settings.advisory_lock_timeout_s):
         ledger.ensure_ledger(conn, settings.schema)
         rows = [r for r in ledger.read_rows(conn, settings.schema) if r.migration_name == name]
         if any(r.applied for r in rows):

@@ -107,21 +107,15 @@ def down(url: str, bundle: Bundle, *, steps: int | None = None, to: str | None =
         raise UsageError("give either steps or to (--steps N or --to NAME), not both.")
     if steps is not None and steps < 1:
         raise UsageError(f"steps must be 1 or more (got {steps}).")
-    with db.connect(url) as conn:
-        log(f"waiting for the migration lock (pg_advisory_lock {ledger.PRISMA_LOCK_KEY})")
-        ledger.acquire_lock(conn, settings.advisory_lock_timeout_s)
-        try:
-            status = compute_status(bundle, ledger.read_rows(conn, settings.schema))
-            targets = choose(bundle, status, steps=1 if steps is None and to is None else steps, to=to)
-            plans = plan_downs(conn, targets, online)
-            if not plans:
-                log("nothing to roll back: no migration is applied")
-            result = RollbackResult(status_before=status)
-            for mp in plans:
-                result.rolled_back.append(run_down(conn, url, mp, settings, log))
-        finally:
-            if not conn.closed and not conn.broken:
-                ledger.release_lock(conn)
+    with db.connect(url) as conn, ledger.migration_lock(conn, settings.advisory_lock_timeout_s, log):
+        status = compute_status(bundle, ledger.read_rows(conn, settings.schema))
+        targets = choose(bundle, status, steps=1 if steps is None and to is None else steps, to=to)
+        plans = plan_downs(conn, targets, online)
+        if not plans:
+            log("nothing to roll back: no migration is applied")
+        result = RollbackResult(status_before=status)
+        for mp in plans:
+            result.rolled_back.append(run_down(conn, url, mp, settings, log))
     return result
 
 
