@@ -368,3 +368,110 @@ class AuditReadRefused(AuditError):
             f"role {role!r} may not read the audit trail in {where}: {pg_message.strip()}. Connect as a role "
             f"that may, or grant it: GRANT USAGE ON SCHEMA schema_deploy TO {role}; "
             f"GRANT SELECT ON schema_deploy.audit_events TO {role};")
+
+
+# --- releases and bundles ---------------------------------------------------------------
+
+class BundleNotDeclared(UsageError):
+    """A trigger-form or command-line bundle that is not one of deploy.yaml's declared bundles."""
+
+    def __init__(self, given: str, declared: list[str], source: str) -> None:
+        self.given, self.declared = given, declared
+        what = ("is a path" if given.startswith("/") or "/" in given or ".." in given or "\\" in given
+                else "is not declared")
+        super().__init__(
+            f"bundle {given!r} {what}: a deployment takes one of the bundles declared under 'bundles:' in "
+            f"{source}, by name: {', '.join(declared)}. Pick one of them, or declare the folder there first.")
+
+
+class ReleaseError(SchemaDeployError):
+    """A release that cannot be used; nothing was changed."""
+
+    exit_code = 1
+
+
+class ReleaseMissing(ReleaseError):
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        super().__init__(
+            f"release {uri} does not exist (deleted, or a wrong bucket/prefix). Nothing was changed. Trigger a new "
+            "run (its preflight freezes a new release), or pass the URI `release create` printed.")
+
+
+class ReleaseTampered(ReleaseError):
+    def __init__(self, uri: str, actual: str) -> None:
+        self.uri, self.actual = uri, actual
+        super().__init__(
+            f"release {uri} was changed after it was written: its bytes hash to sha256 {actual}, not to its name. "
+            "Nothing was changed. Find out who wrote to the releases prefix (S3 access logs); trigger a new run "
+            "to freeze a new release.")
+
+
+class ReleaseInvalid(ReleaseError):
+    def __init__(self, where: str, problem: str, fix: str) -> None:
+        self.where, self.problem, self.fix = where, problem, fix
+        super().__init__(f"release {where}: {problem}. Nothing was changed. {fix}")
+
+
+# --- deployment and rollback pipelines --------------------------------------------------
+
+class VerificationFailed(SchemaDeployError):
+    exit_code = 1
+
+    def __init__(self, target: str, failures: list[str]) -> None:
+        self.target, self.failures = target, failures
+        super().__init__(f"verification of {target} failed: " + "; ".join(failures[:10])
+                         + ". The change is applied; investigate, then roll back from the backup if needed.")
+
+
+class ApproverRefused(SchemaDeployError):
+    exit_code = 1
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        super().__init__(f"{user} approved their own deployment, but deploy.yaml sets approval.approver_must_differ: "
+                         "a second person must approve. Production was not touched; trigger a new run and ask "
+                         "a colleague to approve it.")
+
+
+class ConfirmationMismatch(UsageError):
+    """The production database name typed in the trigger form does not match the target."""
+
+    def __init__(self, given: str, database: str) -> None:
+        self.given, self.database = given, database
+        shown = repr(given) if given else "empty"
+        super().__init__(
+            f"confirm_database is {shown}, but the production database is {database!r}: a production rollback "
+            f"needs its database name typed exactly in confirm_database. Nothing was changed; trigger again with "
+            f"confirm_database = {database}.")
+
+
+class NoBackupToRestore(SchemaDeployError):
+    exit_code = 1
+
+    def __init__(self, environment: str, database: str, where: str, found: int) -> None:
+        self.environment, self.database = environment, database
+        super().__init__(
+            f"no verified backup of {environment} database {database!r} under {where} ({found} backup(s) there, "
+            "none complete and verified). Nothing was changed. Pick one explicitly in backup_uri (see the list in "
+            "this log or `python -m schema_deploy backups list`), or roll back with down_migrations.")
+
+
+class RollbackVerificationFailed(SchemaDeployError):
+    exit_code = 1
+
+    def __init__(self, target: str, problems: list[str]) -> None:
+        self.target, self.problems = target, problems
+        super().__init__(f"verification of the {target} rollback failed: " + "; ".join(problems[:10])
+                         + ". Investigate; the safety backup taken before the rollback holds the state before it.")
+
+
+class NothingToDeploy(SchemaDeployError):
+    """Every migration of the bundle is applied on every target: the run ends here, successfully."""
+
+    exit_code = 0
+
+    def __init__(self, count: int, bundle: str, targets: list[str]) -> None:
+        self.count, self.bundle, self.targets = count, bundle, targets
+        super().__init__(f"nothing to deploy: all {count} migrations of {bundle} are applied on "
+                         f"{' and '.join(targets)}")

@@ -51,10 +51,11 @@ class DagRunner:
         self.prefix = f"e2e-{uuid.uuid4().hex[:8]}"
         self.extra_env: dict[str, str] = {}
 
-    def config(self, windows: str = "[{cron: '* * * * *', duration: 1h}]", gate: str = GATE, extra: str = "") -> Path:
+    def config(self, windows: str = "[{cron: '* * * * *', duration: 1h}]", gate: str = GATE, extra: str = "",
+               bundle: Path = REPO / "sql/migrations") -> Path:
         path = self.tmp / "deploy.yaml"
         path.write_text(
-            f"migrations: {REPO / 'sql/migrations'}\nverify_dir: {REPO / 'sql/verify'}\n"
+            f"bundles: {{main: {bundle}}}\nverify_dir: {REPO / 'sql/verify'}\n"
             f"backup: {{bucket: {self.stack_env['BACKUP_BUCKET']}, prefix: {self.prefix}, restore_check: true}}\n"
             f"gate:\n  timeout: 2m\n  commands:\n{gate}"
             f"windows: {windows}\napproval: {{manual_runs: form, scheduled_runs: required}}\n{extra}")

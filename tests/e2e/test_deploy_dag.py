@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -24,10 +26,12 @@ import pytest
 import requests
 
 from schema_deploy.backup_store import parse_s3_uri
+from schema_deploy.bundle import load_bundle
 from schema_deploy.ledger import read_rows
 from tests.e2e.harness import GATE, REPO, DagRunner, Slack, fingerprint, has_audit_table
 
 EPIC5 = "20251017120000_epic5_schema_completion"
+LATER = "20261201000000_next_release"
 
 
 @pytest.fixture
@@ -202,20 +206,79 @@ def test_a_rejected_approval_skips_production_and_says_so_in_the_runs_slack_thre
     assert len({r["channel"] for r in records}) == 1  # deploy.yaml's slack.channel, resolved to its id
 
 
-def test_a_closed_window_defers_the_production_change_until_it_opens(
-        deployer: DagRunner, targets: dict[str, str]) -> None:
+class FolderChanger(threading.Thread):
+    """Plays the other workers and the git-sync: once preflight has frozen the release (Slack says the
+    deployment started), the migrations folder disappears; once the run waits for its window, the folder
+    is back, with the pending migration edited and a new migration added."""
+
+    def __init__(self, folder: Path, slack: Slack) -> None:
+        super().__init__(daemon=True)
+        self.folder, self.slack, self.backup = folder, slack, folder.parent / "kept"
+        self.done, self.stop = [], threading.Event()
+
+    def wait_for(self, title: str) -> bool:
+        while not self.stop.is_set():
+            if title in self.slack.texts():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def run(self) -> None:
+        if not self.wait_for("Schema deployment started"):
+            return
+        shutil.move(self.folder, self.backup)
+        self.done.append("removed")
+        if not self.wait_for("Waiting for the maintenance window"):
+            return
+        shutil.move(self.backup, self.folder)
+        epic5 = self.folder / EPIC5 / "migration.sql"
+        epic5.write_text(epic5.read_text() + "\nCREATE TABLE not_approved (id int);\n")
+        later = self.folder / LATER
+        later.mkdir()
+        (later / "migration.sql").write_text("CREATE TABLE later_change (id int);\n")
+        self.done.append("edited")
+
+
+def test_a_closed_window_defers_production_which_then_gets_the_release_not_the_folder_edited_meanwhile(
+        deployer: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     # A one-minute window every minute: with at least a minute needed, only a whole window fits,
-    # so the wait defers until the next minute starts, then production proceeds.
-    run = deployer.run({"require_approval": False}, config=deployer.config(windows="[{cron: '* * * * *', duration: 1m}]"))
+    # so the wait defers until the next minute starts, then production proceeds. Meanwhile the
+    # migrations folder goes missing (another worker's disk), then comes back changed (a git-sync).
+    folder = deployer.tmp / "migrations"
+    shutil.copytree(REPO / "sql" / "migrations", folder)
+    frozen = {m.name: m.checksum for m in load_bundle(folder).migrations}
+    changer = FolderChanger(folder, Slack(stack_env))
+    changer.start()
+    try:
+        run = deployer.run({"require_approval": False},
+                           config=deployer.config(windows="[{cron: '* * * * *', duration: 1m}]", bundle=folder))
+    finally:
+        changer.stop.set()
     assert run.returncode == 0, run.log[-5000:]
+    assert changer.done == ["removed", "edited"]
     window = run.xcom("wait_for_window")
-    assert window["waited_s"] > 0 and "deferred, no worker slot held" in run.log
+    assert window["waited_s"] > 0 and "no worker slot held" in run.log
     opens = datetime.fromisoformat(window["opens"])
     assert opens.second == 0 and opens.microsecond == 0
-    assert EPIC5 in applied(targets["production"])
     conn = sqlite3.connect(run.home / "airflow.db")
     started = conn.execute("SELECT start_date FROM task_instance WHERE task_id = 'apply_production'").fetchone()[0]
     assert datetime.fromisoformat(started.replace(" ", "T")).replace(tzinfo=opens.tzinfo) >= opens
+
+    # Both databases hold exactly the release: its migrations, its checksums; the later one is pending.
+    assert {r.migration_name: r.checksum for r in ledger(targets["production"]) if r.applied} == frozen
+    assert {r.migration_name: r.checksum for r in ledger(targets["staging"]) if r.applied} == frozen
+    with psycopg.connect(targets["production"]) as pg:
+        assert pg.execute("SELECT to_regclass('public.not_approved'), to_regclass('public.later_change')"
+                          ).fetchone() == (None, None)
+    assert "the migrations folder is not on this machine (the release is used)" in run.log
+    assert f"{folder / EPIC5 / 'migration.sql'}: edited since the release" in run.log
+    assert f"{folder / LATER / 'migration.sql'}: not in the release (added since)" in run.log
+    release = run.xcom("preflight")["release"]
+    assert run.xcom("apply_production")["release"] == release["sha256"]
+    status = subprocess.run([sys.executable, "-m", "schema_deploy", "status", "--migrations", str(folder), "--db",
+                             targets["production"]], capture_output=True, text=True, timeout=60, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "plugins")})
+    assert re.search(rf"{LATER}\s+pending", status.stdout), status.stdout
 
 
 def test_orphan_rows_in_production_stop_preflight_with_nothing_changed_anywhere(
