@@ -1,0 +1,152 @@
+"""The deploy pipeline's steps called directly, without Airflow, on the local stack.
+
+Each step gets a `Deployment` and `Target`s built here, and the results of earlier steps after a
+round trip through their XCom form (as they travel between workers). The migrations folder is
+gone after preflight, as on a worker that never had it: every later step works from the release.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from schema_deploy import audit
+from schema_deploy.backup_store import default_s3_client, parse_s3_uri
+from schema_deploy.config import DeployConfig
+from schema_deploy.errors import ReleaseMissing, ReleaseTampered
+from schema_deploy.ledger import read_rows
+from schema_deploy.pipeline import (ApplyResult, BackupResult, Deployment, PreflightResult, RunInfo, RunParams, Store,
+                                    Target, Verification, deploy, record)
+from seed import reset
+from tests.conftest import drop_database, with_database
+
+REPO = Path(__file__).resolve().parents[2]
+EPIC5 = "20251017120000_epic5_schema_completion"
+
+
+class Notes:
+    """A second notifier implementation: keeps what it was told, as Slack would show it."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def __call__(self, event: str, facts: dict, links: dict | None = None) -> dict:
+        self.events.append((event, facts))
+        return {"event": event, "ok": True, "ts": f"{len(self.events)}.0"}
+
+
+@pytest.fixture
+def targets(stack_env: dict[str, str]):
+    name = f"t_pipe_{uuid.uuid4().hex[:8]}"
+    urls = {env: with_database(stack_env[f"{env.upper()}_DATABASE_URL"], name) for env in ("staging", "production")}
+    for url in urls.values():
+        reset(url, seed=5, log=lambda _: None)
+    yield {env: Target(env, env, url) for env, url in urls.items()}
+    for env in ("staging", "production"):
+        drop_database(stack_env[f"{env.upper()}_DATABASE_URL"], name)
+
+
+@pytest.fixture
+def ctx(stack_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> Deployment:
+    for key, value in stack_env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    folder = tmp_path / "migrations"
+    shutil.copytree(REPO / "sql" / "migrations", folder)
+    cfg = DeployConfig(bundles=(("main", folder),), verify_dir=REPO / "sql" / "verify",
+                       gate_commands=(("python", "-m", "pytest", "tests/gate", "-q", "-p", "no:cacheprovider",
+                                       "--junitxml={junit}"),), approval_manual=False)
+    store = Store(default_s3_client(), f"s3://{stack_env['BACKUP_BUCKET']}/pipeline-{uuid.uuid4().hex[:8]}",
+                  {"ServerSideEncryption": "AES256"})
+    caplog.set_level(logging.INFO, logger="schema_deploy")
+    return Deployment(cfg=cfg, store=store, run=RunInfo(run_id=f"test__{uuid.uuid4().hex[:6]}", triggered_by="ci"),
+                      params=RunParams(skip_window=True, skip_window_reason="a test"), notify=Notes())
+
+
+def travel(result):
+    """What the next step gets: the result after its trip through XCom."""
+    return type(result).from_xcom(result.to_xcom())
+
+
+def applied(target: Target) -> dict[str, str]:
+    with psycopg.connect(target.url) as conn:
+        return {r.migration_name: r.checksum for r in read_rows(conn) if r.applied}
+
+
+def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the_folder(
+        ctx: Deployment, targets: dict[str, Target], caplog) -> None:
+    staging, production = targets["staging"], targets["production"]
+    folder = ctx.cfg.migrations
+    pre = travel(deploy.preflight(ctx, staging, production))
+    frozen = {m["name"]: m["checksum"] for m in pre.release["migrations"]}
+    assert pre.pending == {"staging": [EPIC5], "production": [EPIC5]} and pre.migrations[0]["name"] == EPIC5
+    shutil.rmtree(folder)  # the next steps run "elsewhere"
+
+    backup = travel(deploy.backup(ctx, production, pre))
+    staged = travel(deploy.apply(ctx, staging, pre))
+    gated = travel(deploy.gate(ctx, staging, pre, backup))
+    checked = travel(deploy.verify(ctx, staging, pre, staged))
+    slot, wake_at = deploy.window(ctx, pre, staged)
+    production_applied = travel(deploy.apply(ctx, production, pre))
+    verified = travel(deploy.verify(ctx, production, pre, production_applied))
+    results = {"preflight": pre.to_xcom(), "backup": backup.to_xcom(), "apply_staging": staged.to_xcom(),
+               "gate": {"gate": gated.to_xcom(), "verification": checked.to_xcom()}, "window": slot.to_xcom(),
+               "apply_production": production_applied.to_xcom(), "verification": verified.to_xcom()}
+    states = {step: "success" for step in results}
+    kept = record.record(ctx, [staging, production], results, states)
+
+    assert applied(staging) == applied(production) == frozen
+    assert backup.verified.endswith("restore") and gated.tests > 0 and gated.junit
+    assert slot.skipped and wake_at is None
+    assert verified.rows_before == verified.rows_after and verified.criteria["no data loss or corruption"]["met"]
+    assert production_applied.release == pre.release["sha256"] == kept.release
+    assert kept.outcome == "production migrated" and set(kept.chain) == {"staging", "production"}
+    for target in (staging, production):
+        with psycopg.connect(target.url) as conn:
+            assert audit.verify_chain(conn).ok
+    assert "the migrations folder is not on this machine (the release is used)" in caplog.text
+    assert [e for e, _ in ctx.notify.events] == ["started", "gate_passed"]
+    assert ctx.notify.events[0][1]["release"] == pre.release["short"]
+
+
+def test_a_tampered_or_deleted_release_stops_the_next_step_before_it_changes_anything(
+        ctx: Deployment, targets: dict[str, Target]) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from schema_deploy_airflow.steps import fail_fast
+
+    staging, production = targets["staging"], targets["production"]
+    pre = travel(deploy.preflight(ctx, staging, production))
+    bucket, key = parse_s3_uri(pre.release_uri)
+    s3 = ctx.store.s3
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=body.replace(b"CREATE INDEX", b"CREATE UNIQUE INDEX", 1))
+
+    with pytest.raises(ReleaseTampered, match=f"release {pre.release_uri} was changed after it was written"):
+        deploy.apply(ctx, staging, pre)
+    with pytest.raises(AirflowFailException, match="ReleaseTampered: release .* Nothing was changed"):
+        fail_fast(deploy.backup)(ctx, production, pre)  # as a task: failed, not retried
+    s3.delete_object(Bucket=bucket, Key=key)
+    with pytest.raises(ReleaseMissing, match=f"release {pre.release_uri} does not exist"):
+        deploy.apply(ctx, production, pre)
+
+    assert EPIC5 not in applied(staging) and EPIC5 not in applied(production)
+    _, prefix = parse_s3_uri(ctx.store.root)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", [])]
+    assert not [k for k in keys if k.endswith(".dump")]  # no backup was started either
+
+
+def test_results_refuse_another_steps_or_versions_xcom() -> None:
+    from schema_deploy.errors import UsageError
+
+    backup = BackupResult(uri="s3://b/k.dump", sha256="0" * 64, size=1, rows=2, verified="sha256")
+    with pytest.raises(UsageError, match="expected a ApplyResult from the earlier step, got 'BackupResult'"):
+        ApplyResult.from_xcom(backup.to_xcom())
+    with pytest.raises(UsageError, match="BackupResult version 99 from the earlier step; this worker reads version 1"):
+        BackupResult.from_xcom({**backup.to_xcom(), "version": 99})
+    assert BackupResult.from_xcom(backup.to_xcom()) == backup
+    assert PreflightResult.VERSION == Verification.VERSION == 1
