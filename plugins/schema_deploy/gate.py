@@ -61,7 +61,7 @@ class GateFailed(SchemaDeployError):
                          + (f"; failing tests: {', '.join(names[:20])}" if names else "")
                          + f"\n{r.output_tail[-1500:]}")
         super().__init__("the staging test gate failed, so production was not touched.\n" + "\n".join(lines)
-                         + "\nFix the migration or the tests, then clear test_gate (staging keeps the change).")
+                         + "\nFix the migration or the tests, then run the gate again (in Airflow: clear its task; staging keeps the change).")
 
 
 def parse_junit(path: Path) -> JUnitSummary:

@@ -235,7 +235,7 @@ def test_gate_failed_names_the_failing_tests_and_says_production_was_not_touched
         "`python -m pytest tests/gate` exited 1; failing tests: tests/gate/test_a.py::test_x, "
         "tests/gate/test_b.py::test_y\n1 failed, 1 error in 0.1s\n"
         "`npm test` exited 127\ncould not start 'npm': No such file or directory.\n"
-        "Fix the migration or the tests, then clear test_gate (staging keeps the change).")
+        "Fix the migration or the tests, then run the gate again (in Airflow: clear its task; staging keeps the change).")
 
 
 def test_gate_failed_scrubs_passwords_from_the_output_it_quotes() -> None:

@@ -88,7 +88,7 @@ def preflight(ctx: Deployment, staging: Target, production: Target, source: Rele
         raise LedgerBlocked(f"{staging.name} and {production.name} schemas differ before the change, so a staging "
                             "rehearsal would prove nothing:\n" + "\n".join(f"- {d}" for d in diff[:30])
                             + f"\nBring {staging.name} to {production.name}'s schema (restore it from a production "
-                              "backup), then clear preflight.")
+                              "backup), then run preflight again.")
     plans, sizes, prechecks, unfixed = {}, {}, [], []
     for target in (staging, production):
         with connect(target.url) as conn:
