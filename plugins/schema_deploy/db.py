@@ -67,7 +67,9 @@ def connect(url: str, *, autocommit: bool = True, application_name: str = APPLIC
         # libpq would split the URL inside the password and echo a piece of it as the host.
         raise DatabaseError(f"cannot connect to {scrub(url)}: the user name or password contains '@' or '/'. "
                             "Percent-encode them in the URL ('@' as %40, '/' as %2F).")
-    options = " ".join(f"-c {name}={value}" for name, value in (settings or {}).items())
+    # libpq splits `options` at unescaped spaces; a backslash escapes.
+    options = " ".join(f"-c {name}=" + str(value).replace("\\", "\\\\").replace(" ", "\\ ")
+                       for name, value in (settings or {}).items())
     try:
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
                                application_name=application_name, **({"options": options} if options else {}))

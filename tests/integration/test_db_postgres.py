@@ -44,13 +44,14 @@ def test_nothing_listening_is_reported_without_the_password_within_the_connect_t
 
 def test_a_session_carries_its_application_name_timeouts_and_settings(fresh_db: str) -> None:
     with db.connect(fresh_db, application_name="db-test",
-                    settings={"default_transaction_read_only": "on", "statement_timeout": "1234"}) as conn:
+                    settings={"default_transaction_read_only": "on", "statement_timeout": "1234",
+                              "search_path": "\"a b\", public"}) as conn:
         assert conn.autocommit
         got = conn.execute("SELECT current_setting('application_name'), "
                            "current_setting('client_connection_check_interval'), "
                            "current_setting('default_transaction_read_only'), "
-                           "current_setting('statement_timeout')").fetchone()
-        assert got == ("db-test", "1s", "on", "1234ms")
+                           "current_setting('statement_timeout'), current_setting('search_path')").fetchone()
+        assert got == ("db-test", "1s", "on", "1234ms", "\"a b\", public")
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("CREATE TABLE t (a int)")
     with db.connect(fresh_db) as conn:
