@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
+from schema_deploy import db
 from schema_deploy.apply import Settings
 from schema_deploy.bundle import Bundle, load_bundle
 
@@ -55,7 +56,9 @@ def ledger(url: str, name: str | None = None) -> list[dict]:
 
 
 def table_exists(url: str, name: str) -> bool:
-    return bool(scalar(url, "SELECT to_regclass(%s) IS NOT NULL", (f'"{name}"',)))
+    """Is there a table `name` (one unqualified name, on the search path)?"""
+    with db.connect(url) as conn:
+        return db.relation_exists(conn, name, split=False)
 
 
 def cli_env(**extra: str) -> dict[str, str]:
