@@ -38,7 +38,7 @@ class ProductionApprovalOperator(ApprovalOperator):
             link = self.generate_link_to_ui_from_context(context=context)
         except ValueError:
             link = ""
-        notify("awaiting_approval", {"migrations": ", ".join(names), "release": release,
+        notify("awaiting_approval", {"migrations": ", ".join(names),
                                      "triggered by": (summary.get("run") or {}).get("triggered_by", "?"),
                                      "backup": backup.get("uri", "?")}, self.log,
                links={"Approve or reject": link} if link else None)

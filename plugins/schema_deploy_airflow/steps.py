@@ -112,9 +112,14 @@ def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | No
     thread = None
     if event not in ("started", "rollback_started") and context.get("ti") is not None:
         try:
-            thread = (context["ti"].xcom_pull(task_ids=PREFLIGHT) or {}).get("slack_ts")
+            summary = context["ti"].xcom_pull(task_ids=PREFLIGHT) or {}
         except Exception:  # noqa: BLE001 - no thread then
-            thread = None
+            summary = {}
+        thread = summary.get("slack_ts")
+        if summary.get("release") and "release" not in facts:  # every message of the run names its release
+            from schema_deploy.pipeline.deploy import release_fact
+
+            facts = {**facts, "release": release_fact(summary["release"])}
     try:
         poster = connections.slack_poster(channel, thread)
     except Exception as exc:  # noqa: BLE001 - a missing Slack connection must not stop a deployment

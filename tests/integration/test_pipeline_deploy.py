@@ -110,7 +110,7 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
             assert audit.verify_chain(conn).ok
     assert "the migrations folder is not on this machine (the release is used)" in caplog.text
     assert [e for e, _ in ctx.notify.events] == ["started", "gate_passed"]
-    assert ctx.notify.events[0][1]["release"] == pre.release["short"]
+    assert ctx.notify.events[0][1]["release"] == f"{pre.release['short']} ({pre.release_uri})"
 
 
 def test_a_tampered_or_deleted_release_stops_the_next_step_before_it_changes_anything(

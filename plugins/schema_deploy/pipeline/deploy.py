@@ -44,6 +44,11 @@ def load_release(ctx: Deployment, pre: PreflightResult) -> Release:
     return release
 
 
+def release_fact(release: dict[str, Any]) -> str:
+    """How every message names the release: its short digest, then where it is."""
+    return f"{release.get('short', '?')} ({release.get('uri', '?')})"
+
+
 # --- preflight -----------------------------------------------------------------------
 
 def preflight(ctx: Deployment, staging: Target, production: Target, source: Release | None = None) -> PreflightResult:
@@ -122,7 +127,8 @@ def preflight(ctx: Deployment, staging: Target, production: Target, source: Rele
         log.info("plan %s (%s): %d steps, %d rewritten for online mode", mp["name"], mp["checksum"][:12],
                  len(mp["steps"]), sum(bool(s["rewritten"]) for s in mp["steps"]))
     names = ", ".join(m["name"] for m in migrations) or "nothing pending"
-    sent = ctx.notify("started", {"migrations": names, "release": release.short, "who": ctx.run.triggered_by,
+    sent = ctx.notify("started", {"migrations": names, "release": release_fact(release.summary()),
+                                  "who": ctx.run.triggered_by,
                                   "where": f"{staging.name}, then {production.name}" if not params.dry_run
                                   else f"{staging.name} only (dry run)",
                                   "online": params.online, "run": ctx.run.run_id}, None)
@@ -253,7 +259,7 @@ def production_done(ctx: Deployment, applied: ApplyResult, verified: Verificatio
     """The closing Slack message of a successful deployment."""
     met = sum(c["met"] for c in verified.criteria.values())
     ctx.notify("production_done", {
-        "release": pre.release["short"],
+        "release": release_fact(pre.release),
         "apply": f"{applied.seconds} s, {applied.lock_retries} lock retries",
         "verification": f"{verified.checks} checks ok; {met}/{len(verified.criteria)} success criteria met",
         "rows": "unchanged in every touched table", "backup": f"{backup_.uri} (sha256 {backup_.sha256[:12]}…)",
@@ -286,7 +292,7 @@ def gate(ctx: Deployment, staging: Target, pre: PreflightResult, backup_: Backup
     names = [n for r in failed if r.junit for n in r.junit.failed]
     tests = sum(r.junit.tests for r in results if r.junit)
     ctx.notify("gate_failed" if failed else "gate_passed",
-               {"release": pre.release["short"], "commands": f"{len(results) - len(failed)}/{len(results)} passed",
+               {"release": release_fact(pre.release), "commands": f"{len(results) - len(failed)}/{len(results)} passed",
                 "tests": f"{tests} run" if tests else "",
                 "failing tests": "\n".join(names[:10]) or ("see the log" if failed else "")}, None)
     if failed:
@@ -321,6 +327,6 @@ def window(ctx: Deployment, pre: PreflightResult, staged: ApplyResult | None,
         log.info("window %s is open until %s; %s needed", slot.window.label, slot.end, needed)
         return WindowSlot(**{**found.__dict__, "waited_s": 0}), None
     ctx.notify("waiting_window", {"until": slot.start.isoformat(), "window": slot.window.label,
-                                  "expected duration": str(needed), "release": pre.release["short"]}, None)
+                                  "expected duration": str(needed), "release": release_fact(pre.release)}, None)
     log.info("waiting for window %s at %s (%s needed)", slot.window.label, slot.start, needed)
     return found, slot.start + timedelta(seconds=1)

@@ -64,7 +64,7 @@ def run(ctx: Deployment, staging: Target, production: Target, *, source: Release
             return out
         if not approved_by:
             ctx.notify("awaiting_approval", {"migrations": ", ".join(m["name"] for m in pre.migrations),
-                                             "release": pre.release["short"], "backup": backup.uri}, None)
+                                             "release": deploy.release_fact(pre.release), "backup": backup.uri}, None)
             out.stopped = "awaiting approval: production untouched"
             return out
         approval = Approval(approved=True, approver=approved_by, responded_at=datetime.now(timezone.utc).isoformat(),
