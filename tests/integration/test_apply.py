@@ -16,8 +16,9 @@ import pytest
 from engine_support import (BASELINE, EPIC5, FAST, MIGRATIONS, copy_bundle, ledger, plain_bundle, rows, scalar,
                             table_exists)
 
-from schema_deploy.apply import apply, connect, load_state
+from schema_deploy.apply import apply, load_state
 from schema_deploy.bundle import load_bundle, sha256_hex
+from schema_deploy.db import connect
 from schema_deploy.errors import AdvisoryLockTimeout, LedgerBlocked, LockRetriesExhausted, MigrationFailed
 from schema_deploy.ledger import LEDGER_DDL, PRISMA_LOCK_KEY, RETRYABLE_MARK
 from schema_deploy.status import APPLIED, EDITED, MISSING, PENDING

@@ -21,7 +21,7 @@ from psycopg.conninfo import make_conninfo
 from engine_support import run_cli
 
 from schema_deploy import audit
-from schema_deploy.apply import connect
+from schema_deploy.db import connect
 from schema_deploy.errors import AuditPayloadInvalid, AuditProtectionMissing
 
 REFUSED = "schema_deploy.audit_events is append-only: {} refused"

@@ -13,8 +13,9 @@ from psycopg.conninfo import make_conninfo
 
 from engine_support import FAST, plain_bundle
 from schema_deploy import audit, ledger, overview
-from schema_deploy.apply import apply, connect
+from schema_deploy.apply import apply
 from schema_deploy.bundle import load_bundle
+from schema_deploy.db import connect
 
 UNREACHABLE = "postgresql://migrator:s3cret-pw-xyz@127.0.0.1:1/nowhere"
 M1, M2, M3, M4 = ("20260101000001_create_t", "20260101000002_add_column", "20260101000003_broken",

@@ -7,8 +7,9 @@ import psycopg
 import pytest
 from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS, ledger, plain_bundle, table_exists
 
-from schema_deploy.apply import apply, connect, load_state
+from schema_deploy.apply import apply, load_state
 from schema_deploy.bundle import load_bundle
+from schema_deploy.db import connect
 from schema_deploy.errors import MigrationFailed, ResolveRefused
 from schema_deploy.resolve import resolve_applied, resolve_rolled_back
 

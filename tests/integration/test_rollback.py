@@ -15,8 +15,9 @@ import pytest
 from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS, copy_bundle, ledger, plain_bundle, run_cli
 
 from generate_data import generate
-from schema_deploy.apply import apply, connect, load_state
+from schema_deploy.apply import apply, load_state
 from schema_deploy.bundle import load_bundle
+from schema_deploy.db import connect
 from schema_deploy.errors import LockRetriesExhausted, SqlSyntaxError, UsageError
 from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint
 from schema_deploy.rollback import NoDownMigration, NotApplied, RollbackFailed, RollbackRefused, down
