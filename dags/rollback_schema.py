@@ -5,12 +5,14 @@
 the production database's exact name — checked before anything else; then either the backup
 to restore — the one in `backup_uri`, or the newest complete and verified backup of that
 database; every candidate is listed in the log with size, rows, sha256 and verification — or
-the newest applied migrations to undo, with their `down.sql` parsed and planned) →
+the newest applied migrations to undo, with their `down.sql` parsed and planned, and the
+bundle frozen into a release in S3 (`releases/<sha256>.json`): the later tasks run that
+release's `down.sql`, never the folder's, and say in their log when the folder differs) →
 `approval_needed` (production: yes; staging: no) → `approve_rollback` (Approve / Reject under
 "Required actions"; Reject stops here, nothing changed) → `safety_backup` (the current state,
 pg_dump streamed to S3 and verified: the way back from this rollback) → `rollback` (a streamed
-`pg_restore --clean` in one transaction, or the down migrations through the deploy engine with
-lock retries; the ledger marks them rolled back, so they are pending again) → `verify_rollback`
+`pg_restore --clean` in one transaction, or the release's down migrations through the deploy
+engine with lock retries; the ledger marks them rolled back, so they are pending again) → `verify_rollback`
 (row counts equal the backup's manifest, or the undone migrations are pending; no INVALID
 index; the schema fingerprint recorded) → `audit_record` (always runs: kind `rollback` chained
 into `schema_deploy.audit_events` of the target when the rollback ran, and a JSON document
@@ -19,6 +21,8 @@ beside the safety backup in S3; Slack hears "rollback done"). Slack hears every 
 **If it failed at 2 a.m.** — read the failed task's log; its first lines say what and where.
 * `preflight` changed nothing: a wrong `confirm_database`, no verified backup, no `down.sql`,
   or a failed migration in the ledger are each named with the fix. Trigger again.
+* A release missing or altered in S3 stops the task, not retried, nothing changed: trigger again
+  (its preflight freezes a new one).
 * `safety_backup` changed nothing; clear it to retry.
 * `rollback` from a backup is all or nothing (one transaction): on failure the target is as it
   was — clear to retry (other sessions connected? end them, or trigger with `force`).
@@ -29,7 +33,8 @@ beside the safety backup in S3; Slack hears "rollback done"). Slack hears every 
 
 **Trigger form**: environment, method (`backup` | `down_migrations`), backup URI (empty = newest
 verified backup of that database), steps (down migrations to undo), confirm_database
-(production: its name), force. Connections: `staging_db`, `production_db`, `backup_s3`,
+(production: its name), force, bundle (one of deploy.yaml's `bundles:`, by name: whose
+`down.sql` runs). Connections: `staging_db`, `production_db`, `backup_s3`,
 `slack_deploys`; settings: deploy.yaml.
 """
 from __future__ import annotations
@@ -39,6 +44,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task, teardown
 
 from schema_deploy_airflow.defaults import DEFAULT_ARGS
+from schema_deploy_airflow.steps import bundle_param
 
 
 def on_failure(context):
@@ -71,20 +77,20 @@ def on_failure(context):
                                   description="Production only: type the production database's name."),
         "force": Param(False, type="boolean", title="Restore with other sessions connected",
                        description="A restore refuses a database with other sessions unless this is on."),
+        "bundle": bundle_param(),  # down_migrations: the declared bundle whose down.sql runs, never a path
     },
 )
 def rollback_schema():
-    @task(doc_md="Confirmation, then the backup or down migrations to use; Slack 'rollback started'. "
-                 "Changes nothing.")
-    def preflight(params=None):
-        from schema_deploy_airflow.rollback_steps import preflight as run
-        from schema_deploy_airflow.steps import task_log
+    @task(doc_md="Confirmation, then the backup to restore, or the down migrations planned and frozen into a "
+                 "release in S3; Slack 'rollback started'. Changes nothing.")
+    def preflight():
+        from schema_deploy_airflow import rollback_steps
 
-        return run(params, task_log())
+        return rollback_steps.preflight()
 
-    @task.branch(doc_md="Production needs a human Approve; staging goes straight on.")
+    @task.branch(doc_md="A production target needs a human Approve (preflight says); staging goes straight on.")
     def approval_needed(summary):
-        return "approve_rollback" if summary["environment"] == "production" else "safety_backup"
+        return "approve_rollback" if summary["needs_approval"] else "safety_backup"
 
     approve = ApprovalOperator(
         task_id="approve_rollback",
@@ -97,25 +103,22 @@ def rollback_schema():
 
     @task(trigger_rule="none_failed_min_one_success",
           doc_md="pg_dump of the target as it is now, to S3, verified: the way back from this rollback.")
-    def safety_backup(params=None, run_id=None):
-        from schema_deploy_airflow.rollback_steps import safety_backup as run
-        from schema_deploy_airflow.steps import task_log
+    def safety_backup():
+        from schema_deploy_airflow import rollback_steps
 
-        return run(params["environment"], run_id, task_log())
+        return rollback_steps.safety_backup()
 
-    @task(doc_md="Streamed restore of the chosen backup, or the down migrations with lock retries.")
-    def rollback(summary, backup, params=None):
-        from schema_deploy_airflow.rollback_steps import rollback as run
-        from schema_deploy_airflow.steps import task_log
+    @task(doc_md="Streamed restore of the chosen backup, or the release's down migrations with lock retries.")
+    def rollback(summary, backup):
+        from schema_deploy_airflow import rollback_steps
 
-        return run(params, summary, task_log())
+        return rollback_steps.run_rollback()
 
     @task(doc_md="Row counts against the manifest or the ledger's states, INVALID indexes, fingerprint.")
-    def verify_rollback(summary, done, params=None):
-        from schema_deploy_airflow.rollback_steps import verify
-        from schema_deploy_airflow.steps import task_log
+    def verify_rollback(summary, done):
+        from schema_deploy_airflow import rollback_steps
 
-        return verify(params, summary, task_log())
+        return rollback_steps.verify()
 
     summary = preflight()
     branch = approval_needed(summary)
@@ -129,12 +132,9 @@ def rollback_schema():
     @task(doc_md="kind 'rollback' in the target's audit chain and a JSON record in S3; Slack 'rollback done'. "
                  "A teardown: it runs whatever happened.")
     def audit_record():
-        from airflow.sdk import get_current_context
+        from schema_deploy_airflow import rollback_steps
 
-        from schema_deploy_airflow.rollback_steps import record
-        from schema_deploy_airflow.steps import task_log
-
-        return record(get_current_context(), task_log())
+        return rollback_steps.record()
 
     [summary, branch, approve, backup, done, verified] >> audit_record()
 

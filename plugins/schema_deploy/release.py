@@ -174,8 +174,10 @@ def changes_on_disk(release: Release, folder: Path | None = None) -> list[str]:
     changes += [f"{disk[n].path}: not in the release (added since)" for n in disk if n not in frozen]
     changes += [f"{folder / f.path}: in the release, missing on disk" for n, f in frozen.items() if n not in disk]
     for n, f in frozen.items():  # down.sql too: a rollback runs the release's, never the folder's
-        mine, theirs = (f.down_sql.encode() if f.down_sql is not None else None), disk[n].down_raw if n in disk else None
-        if n in disk and mine != theirs:
+        if n not in disk:
+            continue
+        mine, theirs = (f.down_sql.encode() if f.down_sql is not None else None), disk[n].down_raw
+        if mine != theirs:
             where = disk[n].down_path or (folder / f.path).parent / "down.sql"
             changes.append(f"{where}: " + ("not in the release (added since)" if mine is None
                                            else "in the release, missing on disk" if theirs is None

@@ -50,12 +50,23 @@ def test_trigger_form_offers_the_environments_and_methods_as_choices(dag) -> Non
     assert params.get_param("environment").schema["enum"] == ["staging", "production"]
     assert params.get_param("method").schema["enum"] == ["backup", "down_migrations"]
     assert params.get_param("steps").schema["type"] == "integer"
-    for name in ("environment", "method", "backup_uri", "steps", "confirm_database", "force"):
+    for name in ("environment", "method", "backup_uri", "steps", "confirm_database", "force", "bundle"):
         assert params.get_param(name).schema.get("title"), name
 
 
+def test_the_form_offers_the_declared_bundles_by_name_for_the_down_migrations(tmp_path, monkeypatch) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    config = tmp_path / "deploy.yaml"
+    config.write_text("bundles: {main: sql/migrations, hotfix: hotfixes}\ndefault_bundle: main\n")
+    monkeypatch.setenv("SCHEMA_DEPLOY_CONFIG", str(config))
+    params = DagBag(dag_folder=str(REPO / "dags")).dags["rollback_schema"].params
+    assert params.get_param("bundle").schema["enum"] == ["main", "hotfix"] and params["bundle"] == "main"
+    assert "migrations" not in params
+
+
 def test_a_wrong_confirmation_names_the_database_to_type() -> None:
-    from schema_deploy_airflow.rollback_steps import ConfirmationMismatch
+    from schema_deploy.errors import ConfirmationMismatch
 
     assert str(ConfirmationMismatch("", "shop")) == (
         "confirm_database is empty, but the production database is 'shop': a production rollback needs its "

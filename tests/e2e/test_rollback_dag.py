@@ -79,6 +79,9 @@ def test_staging_down_migrations_bring_back_the_baseline_schema_and_leave_epic5_
     assert fingerprint(staging) == baseline_fp and counts(staging) == baseline_rows
     assert ledger_states(staging) == {BASELINE: "applied", EPIC5: "pending"}
     assert [m["name"] for m in run.xcom("rollback")["rolled_back"]] == [EPIC5]
+    release = run.xcom("preflight")["release"]  # the down.sql that ran is the release's, frozen by preflight
+    assert run.xcom("rollback")["release"] == release["sha256"]
+    assert f"{runner.prefix}/releases/{release['sha256']}.json" in runner.keys()
     assert run.xcom("verify_rollback")["ledger"][EPIC5] == "pending"
     assert audit_kinds(staging) == ["rollback"] and run.xcom("audit_record")["outcome"] == "rolled back and verified"
     assert any(k.endswith(".dump") and "/staging/" in k for k in runner.keys())  # the safety backup

@@ -15,8 +15,10 @@ run's facts and choices) and `Target`s (`target.py`); outputs: frozen results wi
 `schema_deploy_airflow/` and the `deploy` command both call these steps.
 """
 from schema_deploy.pipeline.results import (Approval, ApplyResult, AuditRecord, BackupResult, GateResult,
-                                            PreflightResult, ReleaseRef, Result, Verification, WindowSlot)
+                                            PreflightResult, ReleaseRef, Result, RollbackPlan, RollbackResult,
+                                            RollbackVerification, Verification, WindowSlot)
 from schema_deploy.pipeline.target import Deployment, RunInfo, RunParams, Store, Target
 
 __all__ = ["Approval", "ApplyResult", "AuditRecord", "BackupResult", "Deployment", "GateResult", "PreflightResult",
-           "ReleaseRef", "Result", "RunInfo", "RunParams", "Store", "Target", "Verification", "WindowSlot"]
+           "ReleaseRef", "Result", "RollbackPlan", "RollbackResult", "RollbackVerification", "RunInfo", "RunParams",
+           "Store", "Target", "Verification", "WindowSlot"]

@@ -158,3 +158,59 @@ class AuditRecord(Result):
     sha256: str
     chain: dict[str, dict[str, Any]]
     release: str = ""
+
+
+# --- the rollback pipeline ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RollbackPlan(Result):
+    """What a rollback will do, decided before anything changes: the backup to restore (method
+    `backup`), or the down migrations to run from the frozen release (`down_migrations`)."""
+
+    environment: str  # the target's name
+    database: str
+    method: str
+    needs_approval: bool  # a production target waits for a human
+    backup: dict[str, Any] | None = None  # uri, sha256, size, started_at, run_id, row_counts, total_rows, verified
+    migrations: list[dict[str, Any]] = field(default_factory=list)  # newest first: name, down_sql, down_sha256, steps
+    release: dict[str, Any] | None = None  # ReleaseRef.to_xcom() of the down path's release
+    confirmed: str = ""  # the database name the operator typed (production)
+    force: bool = False  # restore with other sessions connected
+    approval_body: str = ""
+    run: dict[str, str] = field(default_factory=dict)
+    slack_ts: str | None = None
+
+    @property
+    def release_uri(self) -> str:
+        if not self.release:
+            raise UsageError(f"the {self.method} rollback of {self.environment} has no release: only the "
+                             "down_migrations path freezes one. Clear the run from preflight.")
+        return self.release["uri"]
+
+
+@dataclass(frozen=True)
+class RollbackResult(Result):
+    """What the rollback did: the down migrations undone (with their steps and SQL), or the restore."""
+
+    method: str
+    rolled_back: list[dict[str, Any]] = field(default_factory=list)  # down: newest first
+    already_rolled_back: list[str] = field(default_factory=list)  # down: undone by an earlier try
+    release: str = ""  # down: the release's sha256
+    uri: str = ""  # backup: what was restored, and what the restore found
+    database: str = ""
+    size: int = 0
+    seconds: float = 0.0
+    row_counts: dict[str, int] = field(default_factory=dict)
+    foreign_keys_dropped_first: list[str] = field(default_factory=list)
+    audit_rows_put_back: int = 0
+    manifest_sha256: str | None = None
+    manifest_row_counts: dict[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class RollbackVerification(Result):
+    environment: str
+    fingerprint_sha256: str
+    ledger: dict[str, str]  # migration -> state after the rollback
+    problems: list[str]
+    row_counts: dict[str, int] = field(default_factory=dict)  # backup: the restored tables' exact counts
