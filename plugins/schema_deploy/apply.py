@@ -26,7 +26,6 @@ from psycopg import sql
 
 from schema_deploy import db, ledger
 from schema_deploy.bundle import Bundle
-from schema_deploy.db import connect  # re-exported for callers outside this cleanup; see db.py
 from schema_deploy.errors import DatabaseError, LedgerBlocked, LockRetriesExhausted, MigrationFailed
 from schema_deploy.plan import MigrationPlan, plan_for
 from schema_deploy.planned import PlannedStatement, Step

@@ -118,8 +118,7 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
             raise ConfigError(path, f"windows[{i}] needs 'cron' and 'duration'",
                               "Give each window a cron start, a duration such as '2h', and optionally 'timezone' and 'name'.")
         try:
-            windows.append(Window(str(w["cron"]), parse_duration(str(w["duration"])), str(w.get("timezone", "UTC")),
-                                  str(w.get("name", ""))))
+            windows.append(Window.from_spec(w))
         except UsageError as exc:
             raise ConfigError(path, f"windows[{i}]: {exc}", "Fix that window's entry.") from None
     commands = []

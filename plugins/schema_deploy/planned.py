@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pglast import ast
+from pglast import ast as pg_ast
 
 from schema_deploy.parse import LOCK_MODES, Statement
 
@@ -21,10 +21,10 @@ class PlannedStatement:
     locks: dict[str, str]
     transactional: bool
     reason: str | None = None  # why this differs from the file (online rewrites)
-    node: ast.Node | None = None  # AST of `sql` when it differs from the source statement's
+    node: pg_ast.Node | None = None  # AST of `sql` when it differs from the source statement's
 
     @property
-    def ast(self) -> ast.Node:
+    def ast(self) -> pg_ast.Node:
         return self.node if self.node is not None else self.source.node
 
     @property

@@ -6,9 +6,10 @@ windows may be configured; the earliest slot that fits wins.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -40,6 +41,18 @@ class Window:
     @property
     def label(self) -> str:
         return self.name or self.cron
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> Window:
+        """A window from its spec as deploy.yaml (and the timetable's serialized form) writes it:
+        `{cron, duration, timezone?, name?}`; the caller checks that cron and duration are there."""
+        return cls(str(spec["cron"]), parse_duration(str(spec["duration"])), str(spec.get("timezone", "UTC")),
+                   str(spec.get("name", "")))
+
+    def spec(self) -> dict[str, str]:
+        """The inverse of `from_spec`, durations as text ('2h')."""
+        return {"cron": self.cron, "duration": format_duration(self.duration), "timezone": self.timezone,
+                "name": self.name}
 
     def occurrence_at_or_before(self, moment: datetime) -> datetime:
         local = moment.astimezone(ZoneInfo(self.timezone))

@@ -53,7 +53,7 @@ class MaintenanceWindowTimetable(Timetable):
     @classmethod
     def from_config(cls, lead: str | timedelta = "1h") -> MaintenanceWindowTimetable:
         """The windows of deploy.yaml (or `$SCHEMA_DEPLOY_CONFIG`), `lead` before each."""
-        return cls([_spec(w) for w in config.load().windows], lead=lead)
+        return cls([w.spec() for w in config.load().windows], lead=lead)
 
     @classmethod
     def deserialize(cls, data: dict[str, Any]) -> MaintenanceWindowTimetable:
@@ -62,7 +62,7 @@ class MaintenanceWindowTimetable(Timetable):
 
     def serialize(self) -> dict[str, Any]:
         """The windows and lead as JSON-ready specs, durations as text ('2h')."""
-        return {"windows": [_spec(w) for w in self.windows], "lead": format_duration(self.lead)}
+        return {"windows": [w.spec() for w in self.windows], "lead": format_duration(self.lead)}
 
     def validate(self) -> None:
         """Called by the DagBag: no window, or a negative lead, is an import error that says the fix."""
@@ -111,13 +111,7 @@ def _window(spec: Mapping[str, Any]) -> Window:
     if not {"cron", "duration"} <= set(spec):
         raise AirflowTimetableInvalid(f"maintenance window {dict(spec)!r} needs 'cron' and 'duration': "
                                       "write it like {'cron': '0 2 * * *', 'duration': '2h', 'timezone': 'UTC'}.")
-    return Window(str(spec["cron"]), parse_duration(str(spec["duration"])), str(spec.get("timezone", "UTC")),
-                  str(spec.get("name", "")))
-
-
-def _spec(window: Window) -> dict[str, str]:
-    return {"cron": window.cron, "duration": format_duration(window.duration), "timezone": window.timezone,
-            "name": window.name}
+    return Window.from_spec(spec)
 
 
 def _utc(moment: datetime) -> DateTime:

@@ -25,7 +25,8 @@ import pytest
 from botocore.config import Config
 
 from schema_deploy import audit
-from schema_deploy.apply import apply, connect
+from schema_deploy.apply import apply
+from schema_deploy.db import connect
 from schema_deploy.backup import backup
 from schema_deploy.bundle import load_bundle
 from tests.conftest import drop_database, with_database

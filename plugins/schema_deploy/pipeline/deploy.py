@@ -169,8 +169,10 @@ def analyze(conn: Any, tables: list[str]) -> None:
     """Fresh planner statistics (ANALYZE takes SHARE UPDATE EXCLUSIVE: reads and writes go on)."""
     from psycopg import sql
 
+    from schema_deploy.db import ident
+
     for table in tables:
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+        conn.execute(sql.SQL("ANALYZE {}").format(ident(table)))
 
 
 def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
