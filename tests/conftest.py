@@ -72,3 +72,14 @@ def fresh_db(stack_env: dict[str, str]) -> Iterator[str]:
         yield with_database(base, name)
     finally:
         drop_database(base, name)
+
+
+@pytest.fixture
+def s3(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+    """The product's own S3 client (boto3's standard environment) pointed at the stack's endpoint."""
+    from schema_deploy.backup_store import default_s3_client
+
+    for key, value in stack_env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    return default_s3_client()

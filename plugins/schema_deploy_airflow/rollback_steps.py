@@ -12,7 +12,7 @@ from typing import Any
 
 from schema_deploy.errors import UsageError
 from schema_deploy_airflow import connections
-from schema_deploy_airflow.steps import current_context, deployment, fail_fast, notify, pulled, target
+from schema_deploy_airflow.steps import current_context, deployment, fail_fast, notify, pulled, run_results, target
 
 PREFLIGHT = "preflight"
 # Task id -> the rollback pipeline's step name, for the audit record.
@@ -89,10 +89,7 @@ def record() -> dict[str, Any]:
     from schema_deploy.pipeline import rollback
 
     ctx = current_context()
-    ti, run_id = ctx["ti"], ctx["dag_run"].run_id
-    states = (ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]) or {}).get(run_id, {})
-    states = {TASK_STEPS[t]: (str(s) if s else None) for t, s in states.items() if t in TASK_STEPS}
-    results = {step: ti.xcom_pull(task_ids=t) for t, step in TASK_STEPS.items()}
+    results, states = run_results(ctx, TASK_STEPS)
     answer = approval(ctx)
     results["approval"] = answer.to_xcom() if answer else None
     return rollback.record(deployment(ctx), rollback_target(ctx), request(ctx), results, states).to_xcom()

@@ -157,6 +157,14 @@ def pulled(context: dict[str, Any], task_id: str, result_type, key: str | None =
     return None if data is None else result_type.from_xcom(data)
 
 
+def run_results(context: dict[str, Any], task_steps: dict[str, str]) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """Each task's XCom and state in this run, keyed by the pipeline's step names (for the record)."""
+    ti, run_id = context["ti"], context["dag_run"].run_id
+    found = (ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]) or {}).get(run_id, {})
+    states = {task_steps[t]: (str(s) if s else None) for t, s in found.items() if t in task_steps}
+    return {step: ti.xcom_pull(task_ids=t) for t, step in task_steps.items()}, states
+
+
 def approval_required(params: dict[str, Any], run_type: str, cfg: deploy_config.DeployConfig) -> bool:
     from schema_deploy.pipeline.target import RunParams
 
@@ -230,10 +238,7 @@ def record_audit() -> dict[str, Any]:
     from schema_deploy.pipeline import record
 
     ctx = current_context()
-    ti, run_id = ctx["ti"], ctx["dag_run"].run_id
-    states = (ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]) or {}).get(run_id, {})
-    states = {TASK_STEPS[t]: (str(s) if s else None) for t, s in states.items() if t in TASK_STEPS}
-    results = {step: ti.xcom_pull(task_ids=t) for t, step in TASK_STEPS.items()}
-    results["approval"] = ti.xcom_pull(task_ids="approve_production", key="approval")
+    results, states = run_results(ctx, TASK_STEPS)
+    results["approval"] = ctx["ti"].xcom_pull(task_ids="approve_production", key="approval")
     changed = [target(env) for env in ("staging", "production") if states.get(f"apply_{env}") in ("success", "failed")]
     return record.record(deployment(ctx), changed, results, states).to_xcom()

@@ -145,7 +145,8 @@ def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_anno
     assert "required_actions" in texts  # the approval link
     release = run.xcom("preflight")["release"]
     assert release["uri"].endswith(f"/releases/{release['sha256']}.json") and record["release"] == {
-        k: release[k] for k in ("uri", "sha256", "short", "bundle", "source")}
+        **{k: release[k] for k in ("uri", "sha256", "short", "bundle", "source")},
+        "check": "present, sha256 matches its name"}
     unnamed = [r["text"] for r in slack.records() if release["short"] not in json.dumps(r)
                and not r.get("text", "").startswith("Schema rollback")]  # another run's, when run beside one
     assert not unnamed  # every message of the run names its release

@@ -6,6 +6,7 @@ gone after preflight, as on a worker that never had it: every later step works f
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import uuid
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 from schema_deploy import audit
-from schema_deploy.backup_store import default_s3_client, parse_s3_uri
+from schema_deploy.backup_store import parse_s3_uri
 from schema_deploy.config import DeployConfig
 from schema_deploy.errors import ReleaseMissing, ReleaseTampered
 from schema_deploy.ledger import read_rows
@@ -51,16 +52,13 @@ def targets(stack_env: dict[str, str]):
 
 
 @pytest.fixture
-def ctx(stack_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> Deployment:
-    for key, value in stack_env.items():
-        if key.startswith("AWS_"):
-            monkeypatch.setenv(key, value)
+def ctx(stack_env: dict[str, str], tmp_path: Path, s3, caplog) -> Deployment:
     folder = tmp_path / "migrations"
     shutil.copytree(REPO / "sql" / "migrations", folder)
     cfg = DeployConfig(bundles=(("main", folder),), verify_dir=REPO / "sql" / "verify",
                        gate_commands=(("python", "-m", "pytest", "tests/gate", "-q", "-p", "no:cacheprovider",
                                        "--junitxml={junit}"),), approval_manual=False)
-    store = Store(default_s3_client(), f"s3://{stack_env['BACKUP_BUCKET']}/pipeline-{uuid.uuid4().hex[:8]}",
+    store = Store(s3, f"s3://{stack_env['BACKUP_BUCKET']}/pipeline-{uuid.uuid4().hex[:8]}",
                   {"ServerSideEncryption": "AES256"})
     caplog.set_level(logging.INFO, logger="schema_deploy")
     return Deployment(cfg=cfg, store=store, run=RunInfo(run_id=f"test__{uuid.uuid4().hex[:6]}", triggered_by="ci"),
@@ -105,6 +103,10 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
     assert verified.rows_before == verified.rows_after and verified.criteria["no data loss or corruption"]["met"]
     assert production_applied.release == pre.release["sha256"] == kept.release
     assert kept.outcome == "production migrated" and set(kept.chain) == {"staging", "production"}
+    bucket, key = parse_s3_uri(kept.s3)
+    document = json.loads(ctx.store.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert document["record"]["release"]["check"] == "present, sha256 matches its name"
+    assert document["record"]["release"]["sha256"] == pre.release["sha256"]
     for target in (staging, production):
         with psycopg.connect(target.url) as conn:
             assert audit.verify_chain(conn).ok
@@ -135,6 +137,12 @@ def test_a_tampered_or_deleted_release_stops_the_next_step_before_it_changes_any
         deploy.apply(ctx, production, pre)
 
     assert EPIC5 not in applied(staging) and EPIC5 not in applied(production)
+    results = {"preflight": pre.to_xcom()}
+    kept = record.record(ctx, [], results, {"preflight": "success", "backup": "failed"})
+    assert kept.outcome == "failed"
+    bucket_, key_ = parse_s3_uri(kept.s3)
+    document = json.loads(s3.get_object(Bucket=bucket_, Key=key_)["Body"].read())
+    assert document["record"]["release"]["check"].startswith(f"FAILED: release {pre.release_uri} does not exist")
     _, prefix = parse_s3_uri(ctx.store.root)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", [])]
     assert not [k for k in keys if k.endswith(".dump")]  # no backup was started either

@@ -22,7 +22,7 @@ from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS
 from generate_data import generate
 from schema_deploy import audit
 from schema_deploy.apply import apply
-from schema_deploy.backup_store import default_s3_client, parse_s3_uri
+from schema_deploy.backup_store import parse_s3_uri
 from schema_deploy.bundle import load_bundle
 from schema_deploy.config import DeployConfig
 from schema_deploy.errors import ConfirmationMismatch, NoBackupToRestore, ReleaseMissing
@@ -36,14 +36,6 @@ from schema_deploy.ledger import read_rows
 from schema_deploy.status import compute_status
 
 EDITED_DOWN = 'CREATE TABLE "edited_after_preflight" (id int);\n'
-
-
-@pytest.fixture
-def s3(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
-    for key, value in stack_env.items():
-        if key.startswith("AWS_"):
-            monkeypatch.setenv(key, value)
-    return default_s3_client()
 
 
 @pytest.fixture

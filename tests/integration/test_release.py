@@ -11,20 +11,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from schema_deploy.backup_store import default_s3_client, parse_s3_uri
+from schema_deploy.backup_store import parse_s3_uri
 from schema_deploy.ledger import read_rows
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = "20250915090000_baseline"
 EPIC5 = "20251017120000_epic5_schema_completion"
-
-
-@pytest.fixture
-def s3(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
-    for key, value in stack_env.items():
-        if key.startswith("AWS_"):
-            monkeypatch.setenv(key, value)
-    return default_s3_client()
 
 
 @pytest.fixture

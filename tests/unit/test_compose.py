@@ -46,6 +46,10 @@ OPTIONAL_ENV = {
     "PG_BINDIR": "unset, so pg_dump/pg_restore come from PATH (the image's postgresql-client)",
     "PGDATABASE": "libpq's default database, a fallback for URLs that name none; every connection names one",
     "SCHEMA_DEPLOY_LOG_TIME": "wall-clock prefix on CLI log lines, off by default",
+    "SLACK_WEBHOOK_URL": "`deploy` (the CLI, outside Airflow) posts there when set; in Airflow Slack is the "
+                         "slack_deploys connection",
+    "USER": "`deploy` records who ran it; in Airflow the triggering user comes from the DAG run",
+    "LOGNAME": "the same, where USER is not set",
     "SCHEMA_DEPLOY_UI": "builds the UI page's app outside `airflow api-server` too; the api-server builds it anyway",
 }
 ENV_READ = re.compile(r"""(?:environ\.get|getenv|environ\.setdefault)\(\s*["']([A-Z][A-Z0-9_]*)["']"""

@@ -115,11 +115,26 @@ def keep_document(ctx: Deployment, record_: dict[str, Any], chain: list[Any], be
     return f"s3://{bucket}/{key}", digest
 
 
+def release_check(ctx: Deployment, uri: str) -> str:
+    """Whether the run's release is still in the store as it was frozen, in words for the record
+    (the record is written whatever the answer)."""
+    from schema_deploy import release
+    from schema_deploy.errors import ReleaseError
+
+    try:
+        release.load(ctx.store.s3, uri)
+    except ReleaseError as exc:
+        return f"FAILED: {exc}"
+    return "present, sha256 matches its name"
+
+
 def record(ctx: Deployment, changed: list[Target], results: dict[str, Any],
            states: dict[str, str | None]) -> AuditRecord:
     """Chain the deploy run's record into every target it changed and keep it in the store.
     Idempotent: a retry finds its rows already in the chain and writes the same document again."""
     record_ = deploy_record(ctx, results, states)
+    if record_["release"]:
+        record_["release"]["check"] = release_check(ctx, record_["release"]["uri"])
     chained = [chain_into(ctx, t, "deploy", record_) for t in changed]
     uri, digest = keep_document(ctx, record_, chained, (results.get("backup") or {}).get("uri"))
     release = (results.get("preflight") or {}).get("release") or {}
