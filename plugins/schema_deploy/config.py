@@ -21,6 +21,38 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
+class PrismaSettings:
+    """The `prisma:` section: does the team also deploy with Prisma, and where its schema is."""
+
+    deploys: bool = False  # also `prisma migrate deploy`: lint's prisma-splitter-semicolon becomes an error
+    schema: Path | None = None  # a schema.prisma that preflight diffs against the migrations (prisma_check.py)
+
+
+PRISMA_EXAMPLE = "e.g. prisma: {deploys: true, schema: prisma/schema.prisma}"
+
+
+def prisma_settings(data: dict, path: Path) -> PrismaSettings:
+    """Validate the `prisma:` section of a parsed deploy.yaml (lint reads it too: this is its one parser)."""
+    value = data.get("prisma")
+    if value is None:
+        return PrismaSettings()
+    if not isinstance(value, dict):
+        raise ConfigError(path, "'prisma' must be a mapping", f"Write its keys indented under 'prisma:', {PRISMA_EXAMPLE}.")
+    unknown = sorted(set(value) - {"deploys", "schema"})
+    if unknown:
+        raise ConfigError(path, f"prisma: unknown keys {unknown}", f"It takes deploys and schema, {PRISMA_EXAMPLE}.")
+    deploys = value.get("deploys", False)
+    if not isinstance(deploys, bool):
+        raise ConfigError(path, f"prisma.deploys is {deploys!r}",
+                          "Write true (the team also runs prisma migrate deploy) or false.")
+    schema = value.get("schema")
+    if schema is not None and (not isinstance(schema, str) or not schema):
+        raise ConfigError(path, f"prisma.schema is {schema!r}",
+                          "Give the path of a schema.prisma, relative to this file, e.g. prisma/schema.prisma.")
+    return PrismaSettings(deploys=deploys, schema=path.parent / schema if schema else None)
+
+
+@dataclass(frozen=True)
 class DeployConfig:
     """Everything a deployment needs to know that is not a secret."""
 
@@ -45,6 +77,7 @@ class DeployConfig:
     schedule_lead: timedelta | None = None  # scheduled runs start this long before each window; None = manual only
     expect_index_mb: tuple[float, float] = (50.0, 100.0)
     expect_speedup_pct: tuple[float, float] = (20.0, 40.0)
+    prisma: PrismaSettings = field(default_factory=PrismaSettings)
     demo: dict[str, object] = field(default_factory=dict)
     source: Path | None = None
 
@@ -133,6 +166,7 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         schedule_lead=parse_duration(str(schedule["lead"])) if schedule.get("lead") else None,
         expect_index_mb=_range(expect, "index_storage_mb", defaults.expect_index_mb, path),
         expect_speedup_pct=_range(expect, "query_speedup_percent", defaults.expect_speedup_pct, path),
+        prisma=prisma_settings(data, path),
         demo=dict(data.get("demo") or {}),
         source=path,
     )
