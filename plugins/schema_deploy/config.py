@@ -26,9 +26,11 @@ class PrismaSettings:
 
     deploys: bool = False  # also `prisma migrate deploy`: lint's prisma-splitter-semicolon becomes an error
     schema: Path | None = None  # a schema.prisma that preflight diffs against the migrations (prisma_check.py)
+    cli: Path | None = None  # a folder with Prisma installed (node_modules/prisma); default: `npx --no-install prisma`
 
 
 PRISMA_EXAMPLE = "e.g. prisma: {deploys: true, schema: prisma/schema.prisma}"
+PRISMA_KEYS = ("deploys", "schema", "cli")
 
 
 def prisma_settings(data: dict, path: Path) -> PrismaSettings:
@@ -38,18 +40,23 @@ def prisma_settings(data: dict, path: Path) -> PrismaSettings:
         return PrismaSettings()
     if not isinstance(value, dict):
         raise ConfigError(path, "'prisma' must be a mapping", f"Write its keys indented under 'prisma:', {PRISMA_EXAMPLE}.")
-    unknown = sorted(set(value) - {"deploys", "schema"})
+    unknown = sorted(set(value) - set(PRISMA_KEYS))
     if unknown:
-        raise ConfigError(path, f"prisma: unknown keys {unknown}", f"It takes deploys and schema, {PRISMA_EXAMPLE}.")
+        raise ConfigError(path, f"prisma: unknown keys {unknown}",
+                          f"It takes {', '.join(PRISMA_KEYS)}, {PRISMA_EXAMPLE}.")
     deploys = value.get("deploys", False)
     if not isinstance(deploys, bool):
         raise ConfigError(path, f"prisma.deploys is {deploys!r}",
                           "Write true (the team also runs prisma migrate deploy) or false.")
-    schema = value.get("schema")
-    if schema is not None and (not isinstance(schema, str) or not schema):
-        raise ConfigError(path, f"prisma.schema is {schema!r}",
-                          "Give the path of a schema.prisma, relative to this file, e.g. prisma/schema.prisma.")
-    return PrismaSettings(deploys=deploys, schema=path.parent / schema if schema else None)
+    paths: dict[str, Path | None] = {}
+    for key, example in (("schema", "the path of a schema.prisma, relative to this file, e.g. prisma/schema.prisma"),
+                         ("cli", "the folder where Prisma is installed (it holds node_modules/prisma), relative to "
+                                 "this file, e.g. tests/prisma")):
+        given = value.get(key)
+        if given is not None and (not isinstance(given, str) or not given):
+            raise ConfigError(path, f"prisma.{key} is {given!r}", f"Give {example}.")
+        paths[key] = path.parent / given if given else None
+    return PrismaSettings(deploys=deploys, **paths)
 
 
 @dataclass(frozen=True)

@@ -105,20 +105,23 @@ def test_an_explicit_lint_severity_wins_over_prisma_deploys() -> None:
 
 def test_deploy_yaml_prisma_section_is_read_relative_to_the_file(tmp_path: Path) -> None:
     path = tmp_path / "deploy.yaml"
-    path.write_text("prisma: {deploys: true, schema: prisma/schema.prisma}\n")
-    assert load(path).prisma == PrismaSettings(deploys=True, schema=tmp_path / "prisma" / "schema.prisma")
+    path.write_text("prisma: {deploys: true, schema: prisma/schema.prisma, cli: tests/prisma}\n")
+    assert load(path).prisma == PrismaSettings(deploys=True, schema=tmp_path / "prisma" / "schema.prisma",
+                                               cli=tmp_path / "tests" / "prisma")
     path.write_text("slack: {channel: '#x'}\n")
-    assert load(path).prisma == PrismaSettings(deploys=False, schema=None)
+    assert load(path).prisma == PrismaSettings(deploys=False, schema=None, cli=None)
 
 
 @pytest.mark.parametrize("text, message", [
     ("prisma: true", r"deploy\.yaml: 'prisma' must be a mapping\. Write its keys indented under 'prisma:', e\.g\. "
                      r"prisma: \{deploys: true, schema: prisma/schema\.prisma\}\.$"),
-    ("prisma: {deploy: true}", r"prisma: unknown keys \['deploy'\]\. It takes deploys and schema, e\.g\. "),
+    ("prisma: {deploy: true}", r"prisma: unknown keys \['deploy'\]\. It takes deploys, schema, cli, e\.g\. "),
     ("prisma: {deploys: 'yes'}", r"prisma\.deploys is 'yes'\. Write true \(the team also runs prisma migrate deploy\) "
                                  r"or false\.$"),
     ("prisma: {schema: 3}", r"prisma\.schema is 3\. Give the path of a schema\.prisma, relative to this file, e\.g\. "
                             r"prisma/schema\.prisma\.$"),
+    ("prisma: {cli: ''}", r"prisma\.cli is ''\. Give the folder where Prisma is installed \(it holds "
+                          r"node_modules/prisma\), relative to this file, e\.g\. tests/prisma\.$"),
 ])
 def test_a_bad_prisma_section_is_rejected_naming_the_key_and_the_fix(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "deploy.yaml"
