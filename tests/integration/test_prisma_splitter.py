@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from engine_support import FAST, ledger, plain_bundle
-from prisma_support import Prisma, databases, outcome, prisma_bundle, run_parallel
+from prisma_support import Prisma, PrismaUnavailable, databases, ensure_prisma, outcome, prisma_bundle, run_parallel
 
 from schema_deploy.apply import apply
 from schema_deploy.lint import lint_sql
@@ -83,3 +83,11 @@ def test_our_engine_applies_every_case_prisma_cannot(fresh_db: str, tmp_path: Pa
     result = apply(fresh_db, bundle, FAST)
     assert [m.name for m in result.applied] == [migration_name(c) for c in FILES]
     assert all(r["finished_at"] is not None and r["rolled_back_at"] is None for r in ledger(fresh_db))
+
+
+def test_without_node_the_prisma_tests_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(PrismaUnavailable, match=r"^node not found: the Prisma tests need Node\.js 20 and npm "
+                                                r"\(Debian: apt-get install nodejs npm\); `npm ci` in tests/prisma "
+                                                r"then installs the pinned Prisma CLI from the npm registry$"):
+        ensure_prisma()
