@@ -142,3 +142,10 @@ def test_json_output_carries_the_rule_line_and_severity(
     assert main(["lint", "--migrations", str(root), "--json"]) == 1
     found = [(f["line"], f["severity"]) for f in json.loads(capsys.readouterr().out) if f["rule"] == RULE]
     assert found == [(4, "error"), (5, "error"), (9, "error"), (10, "error")]
+
+
+def test_a_suppression_with_a_reason_above_the_statement_keeps_the_finding_marked() -> None:
+    sql = ("-- schema-deploy: ignore prisma-splitter-semicolon only schema-deploy applies this bundle\n"
+           "CREATE TABLE t (sep text DEFAULT ';');\n")
+    (finding,) = prisma_findings(sql)
+    assert finding.suppressed and finding.reason == "only schema-deploy applies this bundle" and finding.line == 2
