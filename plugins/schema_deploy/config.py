@@ -24,6 +24,45 @@ BUNDLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
+class PrismaSettings:
+    """The `prisma:` section: does the team also deploy with Prisma, and where its schema is."""
+
+    deploys: bool = False  # also `prisma migrate deploy`: lint's prisma-splitter-semicolon becomes an error
+    schema: Path | None = None  # a schema.prisma that preflight diffs against the migrations (prisma_check.py)
+    cli: Path | None = None  # a folder with Prisma installed (node_modules/prisma); default: `npx --no-install prisma`
+
+
+PRISMA_EXAMPLE = "e.g. prisma: {deploys: true, schema: prisma/schema.prisma}"
+PRISMA_KEYS = ("deploys", "schema", "cli")
+
+
+def prisma_settings(data: dict, path: Path) -> PrismaSettings:
+    """Validate the `prisma:` section of a parsed deploy.yaml (lint reads it too: this is its one parser)."""
+    value = data.get("prisma")
+    if value is None:
+        return PrismaSettings()
+    if not isinstance(value, dict):
+        raise ConfigError(path, "'prisma' must be a mapping", f"Write its keys indented under 'prisma:', {PRISMA_EXAMPLE}.")
+    unknown = sorted(set(value) - set(PRISMA_KEYS))
+    if unknown:
+        raise ConfigError(path, f"prisma: unknown keys {unknown}",
+                          f"It takes {', '.join(PRISMA_KEYS)}, {PRISMA_EXAMPLE}.")
+    deploys = value.get("deploys", False)
+    if not isinstance(deploys, bool):
+        raise ConfigError(path, f"prisma.deploys is {deploys!r}",
+                          "Write true (the team also runs prisma migrate deploy) or false.")
+    paths: dict[str, Path | None] = {}
+    for key, example in (("schema", "the path of a schema.prisma, relative to this file, e.g. prisma/schema.prisma"),
+                         ("cli", "the folder where Prisma is installed (it holds node_modules/prisma), relative to "
+                                 "this file, e.g. tests/prisma")):
+        given = value.get(key)
+        if given is not None and (not isinstance(given, str) or not given):
+            raise ConfigError(path, f"prisma.{key} is {given!r}", f"Give {example}.")
+        paths[key] = path.parent / given if given else None
+    return PrismaSettings(deploys=deploys, **paths)
+
+
+@dataclass(frozen=True)
 class DeployConfig:
     """Everything a deployment needs to know that is not a secret."""
 
@@ -50,6 +89,7 @@ class DeployConfig:
     schedule_lead: timedelta | None = None  # scheduled runs start this long before each window; None = manual only
     expect_index_mb: tuple[float, float] = (50.0, 100.0)
     expect_speedup_pct: tuple[float, float] = (20.0, 40.0)
+    prisma: PrismaSettings = field(default_factory=PrismaSettings)
     demo: dict[str, object] = field(default_factory=dict)
     lint: LintConfig = field(default_factory=LintConfig)
     source: Path | None = None
@@ -163,6 +203,7 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         schedule_lead=parse_duration(str(schedule["lead"])) if schedule.get("lead") else None,
         expect_index_mb=_range(expect, "index_storage_mb", defaults.expect_index_mb, path),
         expect_speedup_pct=_range(expect, "query_speedup_percent", defaults.expect_speedup_pct, path),
+        prisma=prisma_settings(data, path),
         demo=dict(data.get("demo") or {}),
         lint=config_from(data, path),
         source=path,

@@ -299,6 +299,35 @@ class LintBlocked(SchemaDeployError):
                            "comment right above the statement.")
 
 
+# --- Prisma schema check ------------------------------------------------------
+
+class PrismaSchemaMismatch(SchemaDeployError):
+    """schema.prisma declares something the migrations do not create, or the other way round."""
+
+    exit_code = 1
+
+    def __init__(self, schema: Path | str, migrations: Path | str, differences: list[str]) -> None:
+        self.schema, self.migrations, self.differences = Path(schema), Path(migrations), differences
+        super().__init__(
+            f"{schema} does not match what the migrations in {migrations} create (`prisma migrate diff`); "
+            "nothing was changed:\n" + "\n".join(f"- {d}" for d in differences)
+            + f"\nAdd a migration that makes them agree (`prisma migrate diff --from-migrations {migrations} "
+              f"--to-schema-datamodel {schema} --script` writes its SQL), or correct schema.prisma.")
+
+
+class PrismaCheckFailed(SchemaDeployError):
+    """`prisma migrate diff` ran but could not compare (a migration fails on the shadow database, a bad schema)."""
+
+    exit_code = 1
+
+    def __init__(self, schema: Path | str, migrations: Path | str, code: int, output: str) -> None:
+        self.schema, self.migrations, self.code = Path(schema), Path(migrations), code
+        tail = "\n".join(line for line in output.strip().splitlines()[-12:])
+        super().__init__(
+            f"`prisma migrate diff` of {migrations} against {schema} failed (exit {code}):\n{tail}\n"
+            "Fix what it names (a migration that fails on an empty database, or a schema `prisma validate` "
+            "rejects), or remove prisma.schema from deploy.yaml to skip this check.")
+
 # --- audit trail --------------------------------------------------------------
 
 class AuditError(SchemaDeployError):

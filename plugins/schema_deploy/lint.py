@@ -33,7 +33,9 @@ effect and is itself an error (`suppression-without-reason`). Suppressed
 findings stay in the output, marked with their reason.
 
 Configuration. ``deploy.yaml`` (``--config``; by default ./deploy.yaml when it
-exists) may set per-rule severities: ``lint: {severity: {rule-id: error|warning|info|off}}``.
+exists) may set per-rule severities: ``lint: {severity: {rule-id: error|warning|info|off}}``;
+``prisma: {deploys: true}`` (the team also runs `prisma migrate deploy`) makes
+prisma-splitter-semicolon an error unless lint.severity says otherwise.
 
 Exit code: 1 when an unsuppressed finding of severity error remains, else 0.
 """
@@ -50,7 +52,9 @@ from schema_deploy import db
 # Importing the rule modules registers their rules (locks first: that is the order of --list-rules).
 from schema_deploy import lint_locks  # noqa: F401
 from schema_deploy import lint_hygiene  # noqa: F401
+from schema_deploy import lint_prisma  # noqa: F401
 from schema_deploy.bundle import Bundle, Migration
+from schema_deploy.config import prisma_settings
 from schema_deploy.errors import ConfigError
 from schema_deploy.fastparse import fast_parse_migration, fast_parse_sql
 from schema_deploy.lint_rules import (ANY_STATEMENT, BY_NODE, FILE_RULES, META_RULES, RULES, SEVERITIES, BundleFacts,
@@ -58,6 +62,7 @@ from schema_deploy.lint_rules import (ANY_STATEMENT, BY_NODE, FILE_RULES, META_R
 from schema_deploy.parse import Statement
 
 DEFAULT_CONFIG = "deploy.yaml"
+PRISMA_SPLITTER_RULE = "prisma-splitter-semicolon"
 OFF = "off"
 DIRECTIVE = re.compile(r"--\s*schema-deploy:\s*ignore\b(?P<rest>.*)$")
 
@@ -136,6 +141,9 @@ def config_from(data: object, path: Path | str = DEFAULT_CONFIG) -> LintConfig:
         if level not in valid:
             raise ConfigError(path, f"lint.severity.{rid}: {level!r} is not a severity",
                               f"Use one of {', '.join(valid)}.")
+    if prisma_settings(data, Path(path)).deploys:
+        # A team that also runs `prisma migrate deploy` cannot deploy a file Prisma's splitter cuts wrongly.
+        overrides.setdefault(PRISMA_SPLITTER_RULE, "error")
     return LintConfig(severity=dict(overrides), source=str(path))
 
 
@@ -206,7 +214,7 @@ class Run:
     def lint_file(self, statements: list[Statement], source: str, *, path: str, migration: str) -> list[Finding]:
         directives = parse_directives(source)
         ctx = Context(statements=statements, existing=self.existing, rows=self.rows, facts=self.facts,
-                      directives=list(directives.values()))
+                      directives=list(directives.values()), source=source)
         found: list[tuple[Rule, Statement | None, int, object]] = []
         for stmt in statements:
             for r in self.by_node.get(type(stmt.node), self.every_statement):

@@ -124,6 +124,7 @@ class Context:
     facts: BundleFacts = field(default_factory=BundleFacts)
     directives: list[Directive] = field(default_factory=list)
     created_at: dict[str, int] = field(default_factory=dict)  # name -> index of the statement creating it
+    source: str = ""  # the file's text, for rules that read what the parser drops (comments, where `;`s are)
 
     atomic: bool = field(init=False)  # the whole file runs as one transaction
     _columns: dict[int, list] = field(init=False, default_factory=dict)

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 from engine_support import REPO
+from prisma_support import Prisma, PrismaUnavailable, ensure_prisma
 
 from schema_deploy.cli import main
 
@@ -22,3 +23,12 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
         return subprocess.CompletedProcess(args, code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def prisma() -> Prisma:
+    """The real Prisma CLI of tests/prisma, installed by `npm ci` once if needed (see prisma_support.py)."""
+    try:
+        return Prisma(ensure_prisma())
+    except PrismaUnavailable as exc:
+        pytest.fail(str(exc))

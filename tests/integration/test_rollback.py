@@ -22,7 +22,7 @@ from schema_deploy.errors import LockRetriesExhausted, SqlSyntaxError, UsageErro
 from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint
 from schema_deploy.rollback import NoDownMigration, NotApplied, RollbackFailed, RollbackRefused, down
 
-EPIC5_SHA256 = "d261f8d47bdf62be9168aa67f2affcf70105e9f5198867229d773beda0b1ca31"
+EPIC5_SHA256 = "57965b6ac4b88a1e29b62a7d04cf43fc6c759b7ab1d22d401bcd9fb73186749e"
 TABLES = ("personalization_experiments", "experiment_assignments", "behavioral_events", "behavioral_patterns",
           "struggle_predictions", "recommendations", "personalization_configs", "study_schedule_recommendations")
 

@@ -34,6 +34,16 @@ EPIC5 = "20251017120000_epic5_schema_completion"
 NAME_63 = "struggle_predictions_userId_predictionStatus_predictedStrug_idx"
 LOCKS = "takes an ACCESS EXCLUSIVE lock: blocks reads and writes"
 
+# Prisma splitter cases are files, each proven against the real Prisma CLI in
+# tests/integration/test_prisma_splitter.py: fails-* fail `prisma migrate deploy`, deploys-* do not.
+SPLITTER_CASES = REPO / "tests" / "prisma" / "splitter_cases"
+SPLIT = "`prisma migrate deploy` through a driver adapter will fail here, because it cuts the script at every `;`"
+
+
+def splitter_case(name: str) -> str:
+    return (SPLITTER_CASES / name).read_text()
+
+
 # rule id -> ([(sql that fires, pattern its message must match)], [near misses])
 CASES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
     # --- indexes
@@ -199,6 +209,25 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
     "ban-char-field": (
         [("CREATE TABLE n (code char(2));", r'^column "code" of "n": char\(n\) pads values')],
         ["CREATE TABLE n (code text);"]),
+    # --- Prisma's statement splitter (file cases: see SPLITTER_CASES)
+    "prisma-splitter-semicolon": (
+        [(splitter_case("fails-line-comment.sql"),
+          rf"^`;` inside a -- comment \(column 30\): {re.escape(SPLIT)} and the rest of the comment line reaches "
+          r"PostgreSQL as SQL \(PostgreSQL, and schema-deploy, read this `;` as part of a -- comment\)$"),
+         (splitter_case("fails-comment-in-statement.sql"),
+          r"^`;` inside a -- comment within a statement \(column 47\): .* receives the statement cut off at the "
+          r"comment"),
+         (splitter_case("fails-block-comment.sql"), r"^`;` inside a /\* \*/ comment .* an unterminated /\* comment"),
+         (splitter_case("fails-string.sql"), r"^`;` inside a string literal .* an unterminated quoted string"),
+         (splitter_case("fails-escape-string.sql"), r"^`;` inside an E'…' string .* an unterminated quoted string"),
+         (splitter_case("fails-plpgsql-function.sql"),
+          r"^`;` inside a dollar-quoted body .* unterminated dollar-quoted string \(every PL/pgSQL function"),
+         (splitter_case("fails-do-block.sql"), r"^`;` inside a dollar-quoted body \(column 26\)"),
+         (splitter_case("fails-quoted-identifier.sql"),
+          r"^`;` inside a quoted identifier .* an unterminated quoted identifier"),
+         (splitter_case("fails-atomic-body.sql"),
+          r"^`;` inside a BEGIN ATOMIC … END body .* the function cut off after its first statement")],
+        [splitter_case("deploys-near-misses.sql"), "SELECT 1;\n-- done;\nSELECT 2;;\n"]),
     # --- suppression comments
     "suppression-without-reason": (
         [("-- schema-deploy: ignore ban-drop-table\nDROP TABLE t;",

@@ -1,5 +1,5 @@
 -- Epic 5 schema completion, exactly as the migration plan gives it
--- (2025-10-17). The deployment tool applies it; in online mode it rewrites
+-- (2025-10-17). The deployment tool applies it: in online mode it rewrites
 -- the lock-heavy statements below without changing this file's checksum.
 
 -- AlterTable
