@@ -205,7 +205,7 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         expect_speedup_pct=_range(expect, "query_speedup_percent", defaults.expect_speedup_pct, path),
         prisma=prisma_settings(data, path),
         demo=dict(data.get("demo") or {}),
-        lint=config_from(data, path),
+        lint=config_from(data, path, prisma_deploys=prisma_settings(data, path).deploys),
         source=path,
     )
 

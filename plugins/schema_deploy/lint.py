@@ -54,7 +54,6 @@ from schema_deploy import lint_locks  # noqa: F401
 from schema_deploy import lint_hygiene  # noqa: F401
 from schema_deploy import lint_prisma  # noqa: F401
 from schema_deploy.bundle import Bundle, Migration
-from schema_deploy.config import prisma_settings
 from schema_deploy.errors import ConfigError
 from schema_deploy.fastparse import fast_parse_migration, fast_parse_sql
 from schema_deploy.lint_rules import (ANY_STATEMENT, BY_NODE, FILE_RULES, META_RULES, RULES, SEVERITIES, BundleFacts,
@@ -113,9 +112,9 @@ class LintConfig:
 
 # --- configuration -------------------------------------------------------------------------
 
-def config_from(data: object, path: Path | str = DEFAULT_CONFIG) -> LintConfig:
+def config_from(data: object, path: Path | str = DEFAULT_CONFIG, *, prisma_deploys: bool = False) -> LintConfig:
     """Validate a parsed deploy.yaml and return its lint settings (config.load calls this: it is the
-    one reader of the file)."""
+    one reader of the file). `prisma_deploys`: deploy.yaml's prisma.deploys, as config.load read it."""
     example = "e.g. lint: {severity: {require-concurrent-index: warning}}"
     if data is None:
         return LintConfig(source=str(path))
@@ -141,7 +140,7 @@ def config_from(data: object, path: Path | str = DEFAULT_CONFIG) -> LintConfig:
         if level not in valid:
             raise ConfigError(path, f"lint.severity.{rid}: {level!r} is not a severity",
                               f"Use one of {', '.join(valid)}.")
-    if prisma_settings(data, Path(path)).deploys:
+    if prisma_deploys:
         # A team that also runs `prisma migrate deploy` cannot deploy a file Prisma's splitter cuts wrongly.
         overrides.setdefault(PRISMA_SPLITTER_RULE, "error")
     return LintConfig(severity=dict(overrides), source=str(path))

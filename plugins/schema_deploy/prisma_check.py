@@ -25,8 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from psycopg import sql
+
+from schema_deploy import db
 from schema_deploy.errors import PrismaCheckFailed, PrismaSchemaMismatch, scrub
-from schema_deploy.pg_tools import connect, drop_database, target_of
+from schema_deploy.pg_tools import drop_database, target_of
 
 Log = Callable[[str], None]
 APPLICATION = "schema-deploy-prisma-check"
@@ -88,8 +91,8 @@ def schema_differences(schema_path: Path, migrations_dir: Path, shadow_url: str,
         return None
     admin = target_of(shadow_url)
     name = f"schema_deploy_shadow_{uuid.uuid4().hex[:12]}"
-    with connect(admin, APPLICATION) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    with db.connect(admin.url, application_name=APPLICATION) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(db.ident(name, split=False)))
     try:
         scratch = urlunsplit(urlsplit(shadow_url)._replace(path="/" + name))
         args = ["migrate", "diff", "--from-migrations", str(migrations_dir.resolve()),

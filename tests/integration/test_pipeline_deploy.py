@@ -158,3 +158,32 @@ def test_results_refuse_another_steps_or_versions_xcom() -> None:
         BackupResult.from_xcom({**backup.to_xcom(), "version": 99})
     assert BackupResult.from_xcom(backup.to_xcom()) == backup
     assert PreflightResult.VERSION == Verification.VERSION == 1
+
+
+def test_preflight_stops_on_a_schema_prisma_the_releases_migrations_do_not_create(
+        ctx: Deployment, targets: dict[str, Target], prisma, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from prisma_support import PRISMA_DIR
+
+    from schema_deploy import release
+    from schema_deploy.bundle import load_bundle
+    from schema_deploy.config import PrismaSettings
+    from schema_deploy.errors import PrismaSchemaMismatch
+
+    schema = tmp_path / "schema.prisma"
+    shipped = (REPO / "prisma" / "schema.prisma").read_text()
+    schema.write_text(shipped.replace("  metrics      Json? // Epic 5\n",
+                                      "  metrics      Json? // Epic 5\n  score        Float?\n"))
+    checked = replace(ctx, cfg=replace(ctx.cfg, prisma=PrismaSettings(schema=schema, cli=PRISMA_DIR)))
+    frozen = release.store(ctx.store.s3, release.freeze(load_bundle(ctx.cfg.migrations), "main"), ctx.store.root)
+    shutil.rmtree(ctx.cfg.migrations)  # the check reads the release's bytes, not a folder
+
+    with pytest.raises(PrismaSchemaMismatch, match="schema.prisma has field experiment_assignments.score that no "
+                                                   "migration creates"):
+        deploy.preflight(checked, targets["staging"], targets["production"], source=frozen)
+    assert ctx.notify.events == []  # stopped before the run was announced
+
+    schema.write_text(shipped)
+    pre = deploy.preflight(checked, targets["staging"], targets["production"], source=frozen)
+    assert pre.pending["production"] == [EPIC5]

@@ -15,7 +15,8 @@ import pytest
 from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS, ledger
 from prisma_support import Prisma, databases, outcome, prisma_bundle, run_parallel
 
-from schema_deploy.apply import apply, connect, load_state
+from schema_deploy.apply import apply, load_state
+from schema_deploy.db import connect
 from schema_deploy.bundle import load_bundle
 from schema_deploy.errors import LedgerBlocked, MigrationFailed
 from schema_deploy.resolve import resolve_applied, resolve_rolled_back

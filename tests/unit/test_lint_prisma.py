@@ -17,7 +17,7 @@ from test_lint import CASES, MIGRATIONS, SPLITTER_CASES
 from schema_deploy.cli import main
 from schema_deploy.config import PrismaSettings, load
 from schema_deploy.errors import ConfigError
-from schema_deploy.lint import config_from, lint_sql, load_config
+from schema_deploy.lint import config_from, lint_sql
 from schema_deploy.lint_prisma import prisma_cuts
 
 RULE = "prisma-splitter-semicolon"
@@ -93,12 +93,12 @@ def test_it_is_a_warning_by_default_and_an_error_when_the_team_also_deploys_with
 
     path = tmp_path / "deploy.yaml"
     path.write_text("prisma:\n  deploys: true\n")
-    (strict,) = prisma_findings(sql, config=load_config(path))
+    (strict,) = prisma_findings(sql, config=load(path).lint)
     assert (strict.severity, strict.blocking) == ("error", True)
 
 
 def test_an_explicit_lint_severity_wins_over_prisma_deploys() -> None:
-    config = config_from({"prisma": {"deploys": True}, "lint": {"severity": {RULE: "info"}}})
+    config = config_from({"prisma": {"deploys": True}, "lint": {"severity": {RULE: "info"}}}, prisma_deploys=True)
     assert config.severity[RULE] == "info"
     assert config_from({"prisma": {"deploys": False}}).severity == {}
 
@@ -127,9 +127,7 @@ def test_a_bad_prisma_section_is_rejected_naming_the_key_and_the_fix(tmp_path: P
     path = tmp_path / "deploy.yaml"
     path.write_text(text + "\n")
     with pytest.raises(ConfigError, match=message):
-        load(path)
-    with pytest.raises(ConfigError, match=message):
-        load_config(path)  # lint reads the same section through the same parser
+        load(path)  # lint's severities come from the same reader
 
 
 def test_json_output_carries_the_rule_line_and_severity(

@@ -75,6 +75,8 @@ def preflight(ctx: Deployment, staging: Target, production: Target, source: Rele
         name = params.bundle or cfg.default_bundle
         bundle = load_bundle(cfg.bundle_path(name))
     findings = lint_bundle(bundle, config=cfg.lint)
+    if cfg.prisma.schema is not None:
+        check_prisma_schema(ctx, bundle, staging, on_disk=source is None)
     fingerprints, pending = {}, {}
     for target in (staging, production):
         with connect(target.url) as conn:
@@ -136,6 +138,26 @@ def preflight(ctx: Deployment, staging: Target, production: Target, source: Rele
                            lint=lint, prechecks=prechecks, table_sizes=sizes,
                            production_table_bytes=sum(v["bytes"] for v in sizes.values()), run=ctx.run.facts(),
                            slack_ts=sent.get("ts"))
+
+
+def check_prisma_schema(ctx: Deployment, bundle: Any, staging: Target, *, on_disk: bool) -> None:
+    """deploy.yaml's `prisma.schema` must describe what the migrations create (`prisma migrate diff`
+    with a scratch database on staging's server); skipped, once said, where Prisma is not installed.
+    A bundle from a release is written to a scratch folder first (its bytes, not the folder's)."""
+    from schema_deploy.prisma_check import require_schema_matches
+
+    schema, cli = ctx.cfg.prisma.schema, ctx.cfg.prisma.cli
+    if on_disk:
+        require_schema_matches(schema, bundle.root, staging.url, ctx.log.info, cli_dir=cli)
+        return
+    with tempfile.TemporaryDirectory(prefix="schema-deploy-bundle-") as tmp:
+        folder = Path(tmp) / "migrations"
+        for m in bundle.migrations:
+            path = folder / m.path.relative_to(bundle.root)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(m.raw)
+        (folder / "migration_lock.toml").write_text('provider = "postgresql"\n')
+        require_schema_matches(schema, folder, staging.url, ctx.log.info, cli_dir=cli)
 
 
 # --- backup ---------------------------------------------------------------------------
