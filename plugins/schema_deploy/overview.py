@@ -130,6 +130,7 @@ def audit_summary(row: audit.AuditRow) -> dict[str, Any]:
             "triggered_by": run.get("triggered_by"), "run_type": run.get("run_type"),
             "approver": approval.get("approver"), "approved": approval.get("approved"),
             "backup_uri": backup.get("uri"), "backup_sha256": backup.get("sha256"),
+            "release": (p.get("release") or {}).get("short"), "release_uri": (p.get("release") or {}).get("uri"),
             "migrations": [m.get("name") for m in p.get("bundle") or [] if isinstance(m, dict)],
             "record": row.payload}
 

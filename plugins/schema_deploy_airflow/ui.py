@@ -18,7 +18,7 @@ Routes (GET; JSON unless said otherwise):
   detail, ledger_checksum, applied_at, applied_steps, logs}}}]}`;
 * `/schema-deploy/api/runs?limit=20` — `{runs: [{dag_id, run_id, state, run_type,
   start_date, end_date, triggered_by, url, source: airflow|audit only, audit: [{id,
-  environment, kind, recorded_at, row_hash, outcome, approver, backup_uri, migrations,
+  environment, kind, recorded_at, row_hash, outcome, approver, backup_uri, release, release_uri, migrations,
   record}]}], audit_errors: {environment: message}}` (DAGs deploy_schema and rollback_schema);
 * `/schema-deploy/api/backups` — `{uri, error, count, backups: [{uri, environment,
   database, run_id, created, state, complete, verified, verification_state, verified_at,

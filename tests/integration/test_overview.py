@@ -92,7 +92,8 @@ def record(outcome: str, approver: str | None = "ana") -> dict:
     return {"outcome": outcome, "run": {"run_type": "manual", "triggered_by": "admin", "started": "2026-11-26T01:00:00"},
             "approval": {"approved": True, "approver": approver} if approver else None,
             "backup": {"uri": "s3://b/backups/production/db/x.dump", "sha256": "ab" * 32},
-            "bundle": [{"name": M1, "checksum": "c" * 64}], "failed_tasks": []}
+            "bundle": [{"name": M1, "checksum": "c" * 64}], "failed_tasks": [],
+            "release": {"uri": "s3://b/backups/releases/" + "d" * 64 + ".json", "short": "d" * 12}}
 
 
 def test_runs_carry_their_audit_records_and_audit_only_runs_are_kept(fresh_db: str) -> None:
@@ -110,6 +111,7 @@ def test_runs_carry_their_audit_records_and_audit_only_runs_are_kept(fresh_db: s
     assert [(a["environment"], a["outcome"], a["approver"]) for a in new["audit"]] == [
         ("production", "production migrated", "ana"), ("staging", "production migrated", "ana")]
     assert new["audit"][0]["backup_uri"].endswith("x.dump") and new["audit"][0]["migrations"] == [M1]
+    assert new["audit"][0]["release"] == "d" * 12 and new["audit"][0]["release_uri"].endswith("d" * 64 + ".json")
     assert new["audit"][0]["record"]["outcome"] == "production migrated" and len(new["audit"][0]["row_hash"]) == 64
     assert (old["run_id"], old["source"], old["dag_id"], old["state"]) == ("manual__old", "audit only",
                                                                           "deploy_schema", None)
