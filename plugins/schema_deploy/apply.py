@@ -27,7 +27,7 @@ from psycopg import sql
 from schema_deploy import db, ledger
 from schema_deploy.bundle import Bundle
 from schema_deploy.errors import DatabaseError, LedgerBlocked, LockRetriesExhausted, MigrationFailed
-from schema_deploy.plan import MigrationPlan, plan_for
+from schema_deploy.plan import MigrationPlan, Plan, plan_for
 from schema_deploy.planned import PlannedStatement, Step
 from schema_deploy.prechecks import require_clean
 from schema_deploy.status import Status, compute_status
@@ -103,17 +103,25 @@ def load_state(conn: psycopg.Connection, bundle: Bundle, schema: str = "public")
 
 
 def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log = lambda _: None,
-          to: str | None = None, online: bool = False, prechecks: bool = True) -> ApplyResult:
+          to: str | None = None, online: bool = False, prechecks: bool = True,
+          created: Callable[[Status], set[str]] | None = None,
+          approve: Callable[[Plan], None] | None = None) -> ApplyResult:
     """Apply every pending migration of `bundle` (up to `to`) to the database at `url`.
 
     `online` rewrites lock-heavy statements on existing tables (see online.py).
     `prechecks` first looks for rows that would make a statement fail (orphans,
     duplicates, NULLs) and stops with nothing changed if it finds any.
+    `created(status)` names the tables this deployment already created (see plan_for);
+    `approve(plan)` may refuse the plan (by raising) before anything runs. Both are called
+    under the migration lock, with the ledger as it is then, so what is checked is what runs.
     """
     with db.connect(url) as conn, ledger.migration_lock(conn, settings.advisory_lock_timeout_s, log):
         ledger.ensure_ledger(conn, settings.schema)
         status, interrupted = load_state(conn, bundle, settings.schema)
-        plan = plan_for(conn, bundle, status, interrupted, to=to, online=online)
+        plan = plan_for(conn, bundle, status, interrupted, to=to, online=online,
+                        created=created(status) if created else None)
+        if approve is not None:
+            approve(plan)
         if prechecks and plan.migrations:
             require_clean(conn, plan)
         if not plan.migrations:

@@ -145,16 +145,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     """Apply pending migrations in order, under the migration lock. With --release, exactly the
     release's migrations (and, with --target, only the plan the release froze for that target)."""
-    bundle, url = bundle_of(args), database_url(args)
+    url, approve = database_url(args), None
+    if args.target and not args.release:
+        raise UsageError("--target names a plan frozen in a release; pass --release URI with it.")
     if args.release and args.target:
-        from schema_deploy.plan import plan_for
         from schema_deploy.release import check_plan
 
-        with connect(url) as conn:
-            status, interrupted = load_state(conn, bundle)
-            check_plan(release_of(args.release), args.target,
-                       plan_for(conn, bundle, status, interrupted, to=args.to, online=args.online))
-    result = apply(url, bundle, settings_from(args), log=say, to=args.to, online=args.online)
+        if args.migrations:
+            raise UsageError("--release and --migrations both name the migrations; pass one of them (a release "
+                             "carries its own migrations).")
+        found = release_of(args.release)
+        bundle = found.to_bundle()
+        approve = lambda plan: check_plan(found, args.target, plan)  # noqa: E731 - under apply's lock
+    else:
+        bundle = bundle_of(args)
+    result = apply(url, bundle, settings_from(args), log=say, to=args.to, online=args.online, approve=approve)
     emit(args, result.as_dict(),
          "\n".join(f"applied {m.name} in {m.seconds:.2f} s" for m in result.applied) or "nothing to apply")
     return 0

@@ -131,7 +131,7 @@ def referenced_tables(bundle: Bundle, names: list[str]) -> set[str]:
 
 
 def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple[str, int, str | None]] | None = None,
-               to: str | None = None, existing: set[str] | None = None) -> Plan:
+               to: str | None = None, existing: set[str] | None = None, created: set[str] | None = None) -> Plan:
     """Plan every pending or interrupted migration of `bundle`, in order (up to `to`, inclusive).
 
     `existing` (the tables that exist in the target) turns on online mode.
@@ -146,7 +146,7 @@ def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple
     interrupted_rows = interrupted_rows or {}
     todo = {s.name: s.state for s in status.states if s.state in (PENDING, INTERRUPTED)}
     plans = []
-    created: set[str] = set()
+    created = set(created or ())  # tables this deployment created (keep their plain forms, as at preflight)
     for m in bundle.migrations:
         if m.name not in todo:
             if m.name == to:
@@ -163,13 +163,17 @@ def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple
 
 def plan_for(conn: psycopg.Connection, bundle: Bundle, status: Status,
              interrupted_rows: dict[str, tuple[str, int, str | None]] | None = None, *, to: str | None = None,
-             online: bool = False) -> Plan:
-    """Build the plan against a live target: online rewrites need to know which tables exist."""
+             online: bool = False, created: set[str] | None = None) -> Plan:
+    """Build the plan against a live target: online rewrites need to know which tables exist.
+
+    `created`: tables that earlier migrations of the same deployment created (a retry after some
+    of them committed): they are planned as created by the plan, as they were the first time.
+    """
     existing = None
     if online:
         todo = [s.name for s in status.states if s.state in (PENDING, INTERRUPTED)]
         existing = db.existing_relations(conn, referenced_tables(bundle, todo))
-    plan = build_plan(bundle, status, interrupted_rows, to=to, existing=existing)
+    plan = build_plan(bundle, status, interrupted_rows, to=to, existing=existing, created=created)
     plan.online = online
     return plan
 

@@ -192,23 +192,47 @@ def release_uri(root: str, digest: str) -> str:
     return f"{root.rstrip('/')}/{RELEASES}/{digest}.json"
 
 
+def _s3_failed(operation: str, uri: str, exc: BaseException) -> Exception:
+    """An S3 failure as the package's (transient) error, naming the call, the object and the fix."""
+    from schema_deploy.backup_store import parse_s3_uri, s3_error
+    from schema_deploy.errors import S3TransferFailed
+
+    bucket, key = parse_s3_uri(uri)
+    code, detail = s3_error(exc)
+    return S3TransferFailed(operation, bucket, key, code, detail, "Nothing was changed.", context="release")
+
+
 def store(s3: Any, release: Release, root: str, sse: dict[str, str] | None = None) -> Release:
     """Write the release under `root` (s3://BUCKET/PREFIX) once; an object already there with the
     same name is the same release (its bytes are checked, never overwritten)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from schema_deploy.backup_store import not_found, parse_s3_uri
-    from botocore.exceptions import ClientError
 
     body, digest = release.document(), release.digest
     uri = release_uri(root, digest)
     bucket, key = parse_s3_uri(uri)
     try:
         s3.head_object(Bucket=bucket, Key=key)
-        load(s3, uri)  # present: prove it is intact rather than trusting the name
     except ClientError as exc:
         if not not_found(exc):
-            raise
-        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
-                      Metadata={"sha256": digest}, **(sse or {}))
+            raise _s3_failed("HeadObject", uri, exc) from None
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
+                          Metadata={"sha256": digest}, **(sse or {}))
+        except (ClientError, BotoCoreError) as put_exc:
+            raise _s3_failed("PutObject", uri, put_exc) from None
+        return replace(release, uri=uri)
+    except BotoCoreError as exc:
+        raise _s3_failed("HeadObject", uri, exc) from None
+    try:
+        load(s3, uri)  # present: prove it is intact rather than trusting the name
+    except ReleaseTampered as exc:
+        raise ReleaseInvalid(uri, f"an object is already stored under this release's name, but it was changed "
+                             f"after it was written: its bytes hash to sha256 {exc.actual}",
+                             "It was not overwritten. Find out who wrote to the releases prefix (S3 access logs), "
+                             "keep a copy for the investigation, then delete that object: the next run writes "
+                             "the release again.") from None
     return replace(release, uri=uri)
 
 
@@ -221,10 +245,25 @@ def digest_of(uri: str) -> str:
     return digest
 
 
+def check_file(uri: str, f: ReleaseFile) -> None:
+    """A release names its files as a bundle does (`<name>/migration.sql` or `<name>.sql`): nothing
+    else, so no path inside it can point outside a folder it is written to."""
+    from schema_deploy.bundle import NAME_RE
+
+    if not NAME_RE.match(f.name) or f.path not in (f"{f.name}/migration.sql", f"{f.name}.sql"):
+        raise ReleaseInvalid(uri, f"migration {f.name!r} has path {f.path!r}, which is not "
+                             "<timestamp>_<name>/migration.sql or <timestamp>_<name>.sql",
+                             "The release was not written by `release create` or a preflight; do not use it.")
+    if sha256_hex(f.sql.encode()) != f.checksum:
+        raise ReleaseInvalid(uri, f"{f.path} does not hash to its recorded checksum",
+                             "The release is corrupt; create a new one from the migrations folder.")
+
+
 def load(s3: Any, uri: str) -> Release:
     """The release at `uri`, after checking that its bytes hash to its name."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from schema_deploy.backup_store import not_found, parse_s3_uri
-    from botocore.exceptions import ClientError
 
     digest = digest_of(uri)
     bucket, key = parse_s3_uri(uri)
@@ -233,7 +272,9 @@ def load(s3: Any, uri: str) -> Release:
     except ClientError as exc:
         if not_found(exc):
             raise ReleaseMissing(uri) from None
-        raise
+        raise _s3_failed("GetObject", uri, exc) from None
+    except BotoCoreError as exc:
+        raise _s3_failed("GetObject", uri, exc) from None
     actual = hashlib.sha256(body).hexdigest()
     if actual != digest:
         raise ReleaseTampered(uri, actual)
@@ -246,11 +287,9 @@ def load(s3: Any, uri: str) -> Release:
         release = Release(bundle=data["bundle"], source=data["source"], layout=data["layout"], files=files,
                           lint=data.get("lint") or {}, prechecks=tuple(data.get("prechecks") or ()),
                           plans=data.get("plans") or {}, uri=uri)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ReleaseInvalid(uri, f"cannot be read as a release ({exc})",
                              "Create the release again with this version (`release create`).") from None
     for f in files:
-        if sha256_hex(f.sql.encode()) != f.checksum:
-            raise ReleaseInvalid(uri, f"{f.path} does not hash to its recorded checksum",
-                                 "The release is corrupt; create a new one from the migrations folder.")
+        check_file(uri, f)
     return release

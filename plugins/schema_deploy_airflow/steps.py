@@ -214,11 +214,9 @@ def test_gate() -> dict[str, Any]:
     from schema_deploy.pipeline import ApplyResult, BackupResult, PreflightResult, deploy
 
     ctx = current_context()
-    run, staging = deployment(ctx), target("staging")
-    pre = pulled(ctx, PREFLIGHT, PreflightResult)
-    gated = deploy.gate(run, staging, pre, pulled(ctx, "backup_production", BackupResult))
-    verified = deploy.verify(run, staging, pre, pulled(ctx, "apply_staging", ApplyResult))
-    return {"gate": gated.to_xcom(), "verification": verified.to_xcom()}
+    return deploy.staging_gate(deployment(ctx), target("staging"), pulled(ctx, PREFLIGHT, PreflightResult),
+                               pulled(ctx, "backup_production", BackupResult),
+                               pulled(ctx, "apply_staging", ApplyResult)).to_xcom()
 
 
 @fail_fast
@@ -240,5 +238,5 @@ def record_audit() -> dict[str, Any]:
     ctx = current_context()
     results, states = run_results(ctx, TASK_STEPS)
     results["approval"] = ctx["ti"].xcom_pull(task_ids="approve_production", key="approval")
-    changed = [target(env) for env in ("staging", "production") if states.get(f"apply_{env}") in ("success", "failed")]
-    return record.record(deployment(ctx), changed, results, states).to_xcom()
+    targets = {"apply_staging": target("staging"), "apply_production": target("production")}
+    return record.record(deployment(ctx), targets, results, states).to_xcom()

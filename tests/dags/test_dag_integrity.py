@@ -96,12 +96,13 @@ def test_a_bundle_that_is_not_a_declared_name_is_refused_listing_the_declared_on
 
 
 def test_the_old_migrations_folder_field_is_refused_rather_than_obeyed() -> None:
+    from schema_deploy.config import DeployConfig
     from schema_deploy.errors import UsageError
     from schema_deploy.pipeline import RunParams
 
     with pytest.raises(UsageError, match="the run asks for migrations folder '/etc/secrets', but deployments take "
                                          "a declared bundle now: pass 'bundle' with one of deploy.yaml's bundle"):
-        RunParams.from_mapping({"migrations": "/etc/secrets"})
+        RunParams.from_mapping({"migrations": "/etc/secrets"}).check(DeployConfig(approval_manual=False))
 
 
 @pytest.mark.parametrize("params, message", [

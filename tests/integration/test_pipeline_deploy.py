@@ -20,8 +20,8 @@ from schema_deploy.backup_store import parse_s3_uri
 from schema_deploy.config import DeployConfig
 from schema_deploy.errors import ReleaseMissing, ReleaseTampered
 from schema_deploy.ledger import read_rows
-from schema_deploy.pipeline import (ApplyResult, BackupResult, Deployment, PreflightResult, RunInfo, RunParams, Store,
-                                    Target, Verification, deploy, record)
+from schema_deploy.pipeline import (ApplyResult, BackupResult, Deployment, GateResult, PreflightResult, RunInfo,
+                                    RunParams, Store, Target, Verification, deploy, record)
 from seed import reset
 from tests.conftest import drop_database, with_database
 
@@ -86,22 +86,23 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
 
     backup = travel(deploy.backup(ctx, production, pre))
     staged = travel(deploy.apply(ctx, staging, pre))
-    gated = travel(deploy.gate(ctx, staging, pre, backup))
-    checked = travel(deploy.verify(ctx, staging, pre, staged))
+    staged_gate = travel(deploy.staging_gate(ctx, staging, pre, backup, staged))
+    gated, checked = GateResult.from_xcom(staged_gate.gate), Verification.from_xcom(staged_gate.verification)
     slot, wake_at = deploy.window(ctx, pre, staged)
     production_applied = travel(deploy.apply(ctx, production, pre))
     verified = travel(deploy.verify(ctx, production, pre, production_applied))
     results = {"preflight": pre.to_xcom(), "backup": backup.to_xcom(), "apply_staging": staged.to_xcom(),
-               "gate": {"gate": gated.to_xcom(), "verification": checked.to_xcom()}, "window": slot.to_xcom(),
+               "gate": staged_gate.to_xcom(), "window": slot.to_xcom(),
                "apply_production": production_applied.to_xcom(), "verification": verified.to_xcom()}
     states = {step: "success" for step in results}
-    kept = record.record(ctx, [staging, production], results, states)
+    kept = record.record(ctx, {"apply_staging": staging, "apply_production": production}, results, states)
 
     assert applied(staging) == applied(production) == frozen
     assert backup.verified.endswith("restore") and gated.tests > 0 and gated.junit
     assert slot.skipped and wake_at is None
     assert verified.rows_before == verified.rows_after and verified.criteria["no data loss or corruption"]["met"]
     assert production_applied.release == pre.release["sha256"] == kept.release
+    assert checked.checks > 0 and staged.migrations == [EPIC5]
     assert kept.outcome == "production migrated" and set(kept.chain) == {"staging", "production"}
     bucket, key = parse_s3_uri(kept.s3)
     document = json.loads(ctx.store.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -138,7 +139,8 @@ def test_a_tampered_or_deleted_release_stops_the_next_step_before_it_changes_any
 
     assert EPIC5 not in applied(staging) and EPIC5 not in applied(production)
     results = {"preflight": pre.to_xcom()}
-    kept = record.record(ctx, [], results, {"preflight": "success", "backup": "failed"})
+    kept = record.record(ctx, {"apply_staging": staging, "apply_production": production}, results,
+                         {"preflight": "success", "backup": "failed"})
     assert kept.outcome == "failed"
     bucket_, key_ = parse_s3_uri(kept.s3)
     document = json.loads(s3.get_object(Bucket=bucket_, Key=key_)["Body"].read())
@@ -187,3 +189,33 @@ def test_preflight_stops_on_a_schema_prisma_the_releases_migrations_do_not_creat
     schema.write_text(shipped)
     pre = deploy.preflight(checked, targets["staging"], targets["production"], source=frozen)
     assert pre.pending["production"] == [EPIC5]
+
+
+def test_a_retry_after_some_migrations_committed_runs_the_frozen_plan_and_converges(
+        ctx: Deployment, targets: dict[str, Target], tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from schema_deploy.apply import Settings, apply as engine_apply
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(REPO / "sql" / "migrations", folder, ignore=shutil.ignore_patterns("*epic5*"))
+    for name, text in (("20251101000000_a_new_table", "CREATE TABLE scores (id bigint PRIMARY KEY, v int);\n"),
+                       ("20251101000001_b_its_index",
+                        "-- schema-deploy: ignore require-concurrent-index scores is new: created just before\n"
+                        "CREATE INDEX scores_v_idx ON scores (v);\n")):
+        (folder / name).mkdir()
+        (folder / name / "migration.sql").write_text(text)
+    run = replace(ctx, cfg=replace(ctx.cfg, bundles=(("main", folder),)))
+    production = targets["production"]
+    pre = travel(deploy.preflight(run, targets["staging"], production))
+    frozen = {m["name"]: m for m in pre.migrations}
+    assert frozen["20251101000001_b_its_index"]["steps"][0]["sql"] == ["CREATE INDEX scores_v_idx ON scores (v)"]
+
+    # The first try committed A, then died: on the retry, B's table exists, but B keeps the plan it was given.
+    engine_apply(production.url, deploy.load_release(run, pre).to_bundle(), Settings(), online=True,
+                 to="20251101000000_a_new_table")
+    applied_now = travel(deploy.apply(run, production, pre))
+
+    assert [m["name"] for m in applied_now.applied] == ["20251101000001_b_its_index"]
+    assert applied_now.applied[0]["sql"] == ["CREATE INDEX scores_v_idx ON scores (v)"]
+    assert set(applied(production)) >= set(frozen)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -103,7 +104,9 @@ def test_a_tampered_release_is_refused_and_nothing_is_changed(cli, folder: Path,
     with psycopg.connect(fresh_db) as conn:
         assert conn.execute("SELECT to_regclass('public._prisma_migrations')").fetchone()[0] is None
     again = cli("release", "create", "--migrations", str(folder), "--to", store)  # never overwritten either
-    assert again.returncode == 1 and "was changed after it was written" in again.stderr
+    assert again.returncode == 1
+    assert (f"error: release {uri}: an object is already stored under this release's name, but it was changed "
+            "after it was written") in again.stderr and "then delete that object" in again.stderr
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == forged
 
 
@@ -147,3 +150,32 @@ def test_a_plan_frozen_for_a_target_is_the_only_plan_apply_runs_there(cli, folde
     assert (f"error: release {uri}: the plan of {EPIC5} on production differs from the one frozen in the release"
             in done.stderr)
     assert list(ledger(fresh_db)) == [BASELINE]
+
+
+def test_a_release_whose_paths_leave_the_bundle_is_refused(s3, store: str, fresh_db: str, cli) -> None:
+    from schema_deploy.release import Release, ReleaseFile
+
+    sql = "CREATE TABLE x (id int);\n"
+    forged = Release(bundle="main", source={"folder": "/tmp"}, layout="prisma", files=(ReleaseFile(
+        name="20250101000000_x", path="../../../../tmp/owned/migration.sql", sql=sql,
+        checksum=hashlib.sha256(sql.encode()).hexdigest()),))
+    uri = f"{store}/releases/{forged.digest}.json"
+    bucket, key = parse_s3_uri(uri)
+    s3.put_object(Bucket=bucket, Key=key, Body=forged.document())  # hashes to its name: only its content is bad
+
+    done = cli("apply", "--release", uri, "--db", fresh_db)
+
+    assert done.returncode == 1
+    assert (f"error: release {uri}: migration '20250101000000_x' has path '../../../../tmp/owned/migration.sql', "
+            "which is not <timestamp>_<name>/migration.sql or <timestamp>_<name>.sql. Nothing was changed."
+            ) in done.stderr
+
+
+def test_an_unreachable_store_is_an_error_naming_the_call_not_a_traceback(cli, folder: Path) -> None:
+    done = cli("release", "create", "--migrations", str(folder), "--to", "s3://no-such-bucket-here/x")
+
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    # HEAD on a missing bucket is a 404 to real S3 (then PutObject fails) and NoSuchBucket to ours.
+    assert re.search(r"error: release: (HeadObject|PutObject) on s3://no-such-bucket-here/x/releases/[0-9a-f]{64}"
+                     r"\.json failed with \w+", done.stderr), done.stderr
+    assert "Nothing was changed. Check that the S3 endpoint is reachable" in done.stderr

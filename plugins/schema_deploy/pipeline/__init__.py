@@ -16,9 +16,9 @@ run's facts and choices) and `Target`s (`target.py`); outputs: frozen results wi
 """
 from schema_deploy.pipeline.results import (Approval, ApplyResult, AuditRecord, BackupResult, GateResult,
                                             PreflightResult, ReleaseRef, Result, RollbackPlan, RollbackResult,
-                                            RollbackVerification, Verification, WindowSlot)
+                                            RollbackVerification, StagingGate, Verification, WindowSlot)
 from schema_deploy.pipeline.target import Deployment, RunInfo, RunParams, Store, Target
 
 __all__ = ["Approval", "ApplyResult", "AuditRecord", "BackupResult", "Deployment", "GateResult", "PreflightResult",
            "ReleaseRef", "Result", "RollbackPlan", "RollbackResult", "RollbackVerification", "RunInfo", "RunParams",
-           "Store", "Target", "Verification", "WindowSlot"]
+           "StagingGate", "Store", "Target", "Verification", "WindowSlot"]

@@ -22,7 +22,7 @@ from schema_deploy import release as releases
 from schema_deploy.config import ROOT
 from schema_deploy.errors import LedgerBlocked, LintBlocked, NothingToDeploy, VerificationFailed
 from schema_deploy.pipeline.results import (ApplyResult, BackupResult, GateResult, PreflightResult, ReleaseRef,
-                                            Verification, WindowSlot)
+                                            StagingGate, Verification, WindowSlot)
 from schema_deploy.pipeline.target import Deployment, Target
 from schema_deploy.release import Release
 
@@ -197,19 +197,59 @@ def analyze(conn: Any, tables: list[str]) -> None:
         conn.execute(sql.SQL("ANALYZE {}").format(ident(table)))
 
 
+def deploying(pre: PreflightResult) -> list[str]:
+    """The migrations this run deploys: pending on any target at preflight, in the bundle's order."""
+    names = {n for pending in pre.pending.values() for n in pending}
+    return [m["name"] for m in pre.release["migrations"] if m["name"] in names]
+
+
+def tables_created(bundle: Any, names: set[str]) -> set[str]:
+    """Tables the named migrations create."""
+    from schema_deploy.parse import parse_migration
+
+    return {t for m in bundle.migrations if m.name in names for s in parse_migration(m) for t in s.creates}
+
+
+def measured_before(ctx: Deployment, target: Target, measure: Any) -> dict[str, Any]:
+    """Row counts and query timings before the change, measured by the run's first try at this target
+    and kept in the store: a retry after some steps committed compares with the state before them."""
+    import json
+    from urllib.parse import quote
+
+    from botocore.exceptions import ClientError
+
+    from schema_deploy.backup_store import not_found, parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(ctx.store.root)
+    key = f"{prefix}/runs/{quote(ctx.run.run_id, safe='')}/{target.name}.before.json".lstrip("/")
+    try:
+        kept = json.loads(ctx.store.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        ctx.log.info("%s before: as the run's first try measured it (s3://%s/%s)", target.name, bucket, key)
+        return kept
+    except ClientError as exc:
+        if not not_found(exc):
+            raise
+    before = measure()
+    ctx.store.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(before, sort_keys=True).encode(),
+                            ContentType="application/json", **ctx.store.sse)
+    return before
+
+
 def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
     """Apply the release's pending migrations to one target with its frozen plan and lock retries.
 
-    Before applying: exact row counts of the touched tables and the representative
-    queries' timings, so verification can report before/after. A plan that differs
-    from the release's for this target is refused. When nothing was left to apply
-    (a retry after the work was done), the ledger's own durations stand in for the
-    measured time, so the window estimate stays honest.
+    Before applying: exact row counts of the touched tables and the representative queries'
+    timings (once per run and target), so verification can report before/after. Under the
+    migration lock the plan is recomputed from the release and refused if it is not the one
+    frozen for this target; tables that earlier migrations of this run created keep their plain
+    forms, as at preflight, so a retry after a partial apply runs the same plan. When nothing was
+    left to apply (a retry after the work was done, or a second `deploy` after the approval), the
+    ledger's own durations stand in for the measured time, so the window estimate stays honest.
     """
-    from schema_deploy.apply import Settings, apply as run_apply, load_state
+    from schema_deploy.apply import Settings, apply as run_apply
     from schema_deploy.db import connect
     from schema_deploy.ledger import read_rows
-    from schema_deploy.plan import plan_for, table_sizes
+    from schema_deploy.plan import table_sizes
     from schema_deploy.verify import query_timings, row_counts
 
     cfg, params, log = ctx.cfg, ctx.params, ctx.log
@@ -217,26 +257,29 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
     bundle = release.to_bundle()
     settings = Settings(lock_timeout_ms=cfg.lock_timeout_ms, max_lock_timeout_ms=cfg.max_lock_timeout_ms,
                         lock_retries=cfg.lock_retries if params.lock_retries is None else params.lock_retries)
-    tables = touched_tables(pre)
-    with connect(target.url) as conn:
-        status, interrupted = load_state(conn, bundle)
-        releases.check_plan(release, target.name, plan_for(conn, bundle, status, interrupted, online=params.online))
-        analyze(conn, tables)
-        before = {"rows": row_counts(conn, tables), "query_ms": query_timings(conn, cfg.verify_dir / "explain")}
+    tables, this_run, names = touched_tables(pre), set(pre.pending.get(target.name, [])), deploying(pre)
+
+    def measure() -> dict[str, Any]:
+        with connect(target.url) as conn:
+            analyze(conn, tables)
+            return {"rows": row_counts(conn, tables), "query_ms": query_timings(conn, cfg.verify_dir / "explain")}
+
+    before = measured_before(ctx, target, measure)
     log.info("%s before: rows %s", target.name, before["rows"])
     t0 = time.monotonic()
-    result = run_apply(target.url, bundle, settings, online=params.online, log=log.info)
+    result = run_apply(target.url, bundle, settings, online=params.online, log=log.info,
+                       created=lambda status: tables_created(bundle, set(status.names("applied")) & this_run),
+                       approve=lambda plan: releases.check_plan(release, target.name, plan))
     seconds = time.monotonic() - t0
-    this_run = pre.pending.get(target.name, [])
     with connect(target.url) as conn:
         size = sum(v["bytes"] for v in table_sizes(conn, tables).values())
         ledger_seconds = sum((r.finished_at - r.started_at).total_seconds() for r in read_rows(conn)
-                             if r.migration_name in this_run and r.applied)
+                             if r.migration_name in names and r.applied)
     retries = sum(m.lock_retries for m in result.applied)
     log.info("%s: applied %s from release %s in %.2f s (%d lock retries)", target.name,
              [m.name for m in result.applied] or "nothing", release.short, seconds, retries)
     return ApplyResult(env=target.name, seconds=round(seconds if result.applied else ledger_seconds, 3),
-                       table_bytes=size, migrations=this_run, before=before, lock_retries=retries,
+                       table_bytes=size, migrations=names, before=before, lock_retries=retries,
                        applied=[m.as_dict() for m in result.applied], release=release.digest)
 
 
@@ -322,6 +365,14 @@ def gate(ctx: Deployment, staging: Target, pre: PreflightResult, backup_: Backup
     if failed:
         raise GateFailed(failed)
     return GateResult(commands=[r.as_dict() for r in results], junit=uploaded, tests=tests)
+
+
+def staging_gate(ctx: Deployment, staging: Target, pre: PreflightResult, backup_: BackupResult | None,
+                 staged: ApplyResult) -> StagingGate:
+    """The gate on staging: its test commands, then the verification of staging; production waits
+    for both."""
+    gated = gate(ctx, staging, pre, backup_)
+    return StagingGate(gate=gated.to_xcom(), verification=verify(ctx, staging, pre, staged).to_xcom())
 
 
 # --- window ---------------------------------------------------------------------------

@@ -128,10 +128,13 @@ def release_check(ctx: Deployment, uri: str) -> str:
     return "present, sha256 matches its name"
 
 
-def record(ctx: Deployment, changed: list[Target], results: dict[str, Any],
+def record(ctx: Deployment, targets: dict[str, Target], results: dict[str, Any],
            states: dict[str, str | None]) -> AuditRecord:
     """Chain the deploy run's record into every target it changed and keep it in the store.
-    Idempotent: a retry finds its rows already in the chain and writes the same document again."""
+    `targets`: the apply step's name -> its target; a target was changed when its apply step ran
+    (succeeded or failed). Idempotent: a retry finds its rows already in the chain and writes the
+    same document again."""
+    changed = [t for step, t in targets.items() if states.get(step) in ("success", "failed")]
     record_ = deploy_record(ctx, results, states)
     if record_["release"]:
         record_["release"]["check"] = release_check(ctx, record_["release"]["uri"])

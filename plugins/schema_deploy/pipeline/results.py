@@ -40,7 +40,11 @@ class Result:
             raise UsageError(f"{cls.__name__} version {data.get('version')!r} from the earlier step; this worker "
                              f"reads version {cls.VERSION}. Run every worker on the same schema_deploy version.")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:  # a field missing: not this version's shape after all
+            raise UsageError(f"{cls.__name__} from the earlier step cannot be read ({exc}): run every worker on "
+                             "the same schema_deploy version, and clear the run from its first task.") from None
 
     def get(self, key: str, default: Any = None) -> Any:
         """Dict-style access for report code that reads a result or its XCom alike."""
@@ -111,6 +115,14 @@ class GateResult(Result):
     commands: list[dict[str, Any]]
     junit: list[str]
     tests: int
+
+
+@dataclass(frozen=True)
+class StagingGate(Result):
+    """The gate step on staging: its commands' result and staging's verification (each to_xcom())."""
+
+    gate: dict[str, Any]
+    verification: dict[str, Any]
 
 
 @dataclass(frozen=True)

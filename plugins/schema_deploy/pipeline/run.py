@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -54,10 +54,10 @@ def run(ctx: Deployment, staging: Target, production: Target, *, source: Release
     out = RunOutcome()
     try:
         pre = out.step("preflight", lambda: deploy.preflight(ctx, staging, production, source))
+        ctx = replace(ctx, notify=naming_release(ctx.notify, pre))
         backup = out.step("backup", lambda: deploy.backup(ctx, production, pre))
         staged = out.step("apply_staging", lambda: deploy.apply(ctx, staging, pre))
-        out.step("gate", lambda: {"gate": deploy.gate(ctx, staging, pre, backup).to_xcom(),
-                                  "verification": deploy.verify(ctx, staging, pre, staged).to_xcom()})
+        out.step("gate", lambda: deploy.staging_gate(ctx, staging, pre, backup, staged))
         if ctx.params.dry_run:
             ctx.notify("dry_run_done", {"staging": "migrated and verified", "production": "untouched"}, None)
             out.stopped = "dry run: staging migrated and verified, production untouched"
@@ -79,12 +79,19 @@ def run(ctx: Deployment, staging: Target, production: Target, *, source: Release
         out.stopped = "nothing to deploy"
         return out
     finally:
-        changed = [t for t, step in ((staging, "apply_staging"), (production, "apply_production"))
-                   if out.states.get(step) in ("success", "failed")]
+        targets = {"apply_staging": staging, "apply_production": production}
         try:
-            out.step("record", lambda: record.record(ctx, changed, out.results, dict(out.states)))
+            out.step("record", lambda: record.record(ctx, targets, out.results, dict(out.states)))
         except Exception as exc:  # noqa: BLE001 - the deployment's own error, if any, is the one to see
             ctx.log.error("audit record not written: %s", exc)
+
+
+def naming_release(notify: Any, pre: Any) -> Any:
+    """The notifier, with the run's release added to every message that does not name it yet."""
+    def with_release(event: str, facts: dict, links: dict | None = None) -> dict:
+        return notify(event, {**facts, "release": facts.get("release") or deploy.release_fact(pre.release)}, links)
+
+    return with_release
 
 
 def wait_for_window(ctx: Deployment, pre: Any, staged: Any, sleep: Callable[[float], None]) -> Any:
@@ -95,6 +102,4 @@ def wait_for_window(ctx: Deployment, pre: Any, staged: Any, sleep: Callable[[flo
     started = time.monotonic()
     while (left := (wake_at - datetime.now(timezone.utc)).total_seconds()) > 0:
         sleep(min(left, 30.0))
-    from dataclasses import replace
-
     return replace(slot, waited_s=round(time.monotonic() - started, 1))

@@ -59,23 +59,28 @@ class RunParams:
     skip_window: bool = False
     skip_window_reason: str = ""
     lock_retries: int | None = None
+    migrations: str = ""  # the old form field (a folder path): kept only to be refused by check()
 
     @classmethod
     def from_mapping(cls, params: dict[str, Any]) -> RunParams:
-        """From the trigger form; a `migrations` path (the old form field) is refused, not obeyed."""
-        if params.get("migrations"):
-            raise UsageError(f"the run asks for migrations folder {params['migrations']!r}, but deployments take a "
-                             "declared bundle now: pass 'bundle' with one of deploy.yaml's bundle names.")
+        """From the trigger form (check() refuses what it must; every later step only reads)."""
         retries = params.get("lock_retries")
-        return cls(bundle=str(params.get("bundle") or ""), dry_run=bool(params.get("dry_run", False)),
+        try:
+            retries = None if retries in (None, "") else int(retries)
+        except (TypeError, ValueError):
+            raise UsageError(f"lock_retries must be a whole number (got {retries!r}).") from None
+        return cls(bundle=str(params.get("bundle") or ""), migrations=str(params.get("migrations") or ""), dry_run=bool(params.get("dry_run", False)),
                    online=bool(params.get("online", True)),
                    require_approval=bool(params.get("require_approval", True)),
                    skip_window=bool(params.get("skip_window", False)),
-                   skip_window_reason=str(params.get("skip_window_reason") or ""),
-                   lock_retries=None if retries in (None, "") else int(retries))
+                   skip_window_reason=str(params.get("skip_window_reason") or ""), lock_retries=retries)
 
     def check(self, cfg: DeployConfig, run_type: str = "manual") -> None:
-        """Refuse contradictory choices before anything runs."""
+        """Refuse contradictory choices before anything runs; a `migrations` path (the old form
+        field) is refused, not obeyed."""
+        if self.migrations:
+            raise UsageError(f"the run asks for migrations folder {self.migrations!r}, but deployments take a "
+                             "declared bundle now: pass 'bundle' with one of deploy.yaml's bundle names.")
         cfg.bundle_path(self.bundle)
         if self.skip_window and not self.skip_window_reason.strip():
             raise UsageError("skip_window is on but skip_window_reason is empty: say why production may change "
