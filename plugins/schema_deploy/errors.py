@@ -504,3 +504,63 @@ class NothingToDeploy(SchemaDeployError):
         self.count, self.bundle, self.targets = count, bundle, targets
         super().__init__(f"nothing to deploy: all {count} migrations of {bundle} are applied on "
                          f"{' and '.join(targets)}")
+
+
+# --- the test gate and rollbacks ------------------------------------------------------
+
+class GateFailed(SchemaDeployError):
+    exit_code = 1
+
+    def __init__(self, failed: list) -> None:  # gate.CommandResult
+        self.results = failed
+        lines = []
+        for r in failed:
+            names = r.junit.failed if r.junit else []
+            lines.append(f"`{r.command}` exited {r.exit_code}"
+                         + (f"; failing tests: {', '.join(names[:20])}" if names else "")
+                         + f"\n{r.output_tail[-1500:]}")
+        super().__init__("the staging test gate failed, so production was not touched.\n" + "\n".join(lines)
+                         + "\nFix the migration or the tests, then run the gate again (in Airflow: clear its task; staging keeps the change).")
+
+
+class RollbackRefused(SchemaDeployError):
+    """A rollback that cannot be done as asked; nothing was changed."""
+
+    exit_code = 1
+
+
+class NoDownMigration(RollbackRefused):
+    """A migration to roll back has no down.sql."""
+
+    def __init__(self, name: str, expected: str) -> None:
+        self.name, self.expected = name, expected
+        super().__init__(
+            f"cannot roll back {name}: it has no down migration; expected {expected}. Write the SQL that "
+            "reverses migration.sql there (guard each statement with IF EXISTS so a re-run is harmless), "
+            "or roll back from a backup instead. Nothing was changed.")
+
+
+class NotApplied(RollbackRefused):
+    """The migration named by `to` is not applied on the target."""
+
+    def __init__(self, name: str, state: str, applied: list[str]) -> None:
+        self.name, self.state = name, state
+        newest = ", ".join(applied[-3:]) or "none"
+        super().__init__(
+            f"cannot roll back {name}: it is not applied to this database (its state is {state}). Only "
+            f"applied migrations can be rolled back; the newest applied ones are: {newest}. Nothing was changed.")
+
+
+class RollbackFailed(SchemaDeployError):
+    """A statement of a down migration failed; the ledger still records the migration applied."""
+
+    exit_code = 1
+
+    def __init__(self, migration: str, where: str, sqlstate: str | None, pg_message: str, done: int,
+                 total: int) -> None:
+        self.migration, self.where, self.sqlstate, self.pg_message = migration, where, sqlstate, pg_message
+        kept = (f"Steps 1..{done} of {total} ran and stay committed" if done else "Nothing of it ran")
+        super().__init__(
+            f"rollback of {migration} failed at {where}: SQLSTATE {sqlstate or '?'}: {pg_message.strip()}\n"
+            f"{kept}; _prisma_migrations still records {migration} as applied. Fix the cause (or the "
+            f"down.sql), then run the rollback again: statements guarded with IF EXISTS skip what is done.")

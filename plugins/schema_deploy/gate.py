@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from schema_deploy.errors import SchemaDeployError, scrub
+from schema_deploy.errors import scrub
 
 JUNIT = "{junit}"
 
@@ -47,21 +47,6 @@ class CommandResult:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-class GateFailed(SchemaDeployError):
-    exit_code = 1
-
-    def __init__(self, failed: list[CommandResult]) -> None:
-        self.results = failed
-        lines = []
-        for r in failed:
-            names = r.junit.failed if r.junit else []
-            lines.append(f"`{r.command}` exited {r.exit_code}"
-                         + (f"; failing tests: {', '.join(names[:20])}" if names else "")
-                         + f"\n{r.output_tail[-1500:]}")
-        super().__init__("the staging test gate failed, so production was not touched.\n" + "\n".join(lines)
-                         + "\nFix the migration or the tests, then run the gate again (in Airflow: clear its task; staging keeps the change).")
 
 
 def parse_junit(path: Path) -> JUnitSummary:

@@ -29,55 +29,12 @@ from schema_deploy import db, ledger
 from schema_deploy.apply import (BlockerWatch, Log, LockRetriesExhaustedInternal, MigrationResult, Settings,
                                  StatementFailed, StepResult, run_step, with_lock_retries)
 from schema_deploy.bundle import Bundle, Migration, read_sql_bytes
-from schema_deploy.errors import SchemaDeployError, UsageError
+from schema_deploy.errors import NoDownMigration, NotApplied, RollbackFailed, RollbackRefused, UsageError
 from schema_deploy.plan import MigrationPlan, plan_migration
 from schema_deploy.parse import parse_migration
 from schema_deploy.status import APPLIED, FAILED, INTERRUPTED, Status, compute_status
 
 DOWN_FILE = "down.sql"
-
-
-class RollbackRefused(SchemaDeployError):
-    """A rollback that cannot be done as asked; nothing was changed."""
-
-    exit_code = 1
-
-
-class NoDownMigration(RollbackRefused):
-    """A migration to roll back has no down.sql."""
-
-    def __init__(self, name: str, expected: str) -> None:
-        self.name, self.expected = name, expected
-        super().__init__(
-            f"cannot roll back {name}: it has no down migration; expected {expected}. Write the SQL that "
-            "reverses migration.sql there (guard each statement with IF EXISTS so a re-run is harmless), "
-            "or roll back from a backup instead. Nothing was changed.")
-
-
-class NotApplied(RollbackRefused):
-    """The migration named by `to` is not applied on the target."""
-
-    def __init__(self, name: str, state: str, applied: list[str]) -> None:
-        self.name, self.state = name, state
-        newest = ", ".join(applied[-3:]) or "none"
-        super().__init__(
-            f"cannot roll back {name}: it is not applied to this database (its state is {state}). Only "
-            f"applied migrations can be rolled back; the newest applied ones are: {newest}. Nothing was changed.")
-
-
-class RollbackFailed(SchemaDeployError):
-    """A statement of a down migration failed; the ledger still records the migration applied."""
-
-    exit_code = 1
-
-    def __init__(self, migration: str, where: str, sqlstate: str | None, pg_message: str, done: int,
-                 total: int) -> None:
-        self.migration, self.where, self.sqlstate, self.pg_message = migration, where, sqlstate, pg_message
-        kept = (f"Steps 1..{done} of {total} ran and stay committed" if done else "Nothing of it ran")
-        super().__init__(
-            f"rollback of {migration} failed at {where}: SQLSTATE {sqlstate or '?'}: {pg_message.strip()}\n"
-            f"{kept}; _prisma_migrations still records {migration} as applied. Fix the cause (or the "
-            f"down.sql), then run the rollback again: statements guarded with IF EXISTS skip what is done.")
 
 
 @dataclass

@@ -20,7 +20,8 @@ from schema_deploy.bundle import load_bundle
 from schema_deploy.db import connect
 from schema_deploy.errors import LockRetriesExhausted, SqlSyntaxError, UsageError
 from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint
-from schema_deploy.rollback import NoDownMigration, NotApplied, RollbackFailed, RollbackRefused, down
+from schema_deploy.errors import NoDownMigration, NotApplied, RollbackFailed, RollbackRefused
+from schema_deploy.rollback import down
 
 EPIC5_SHA256 = "57965b6ac4b88a1e29b62a7d04cf43fc6c759b7ab1d22d401bcd9fb73186749e"
 TABLES = ("personalization_experiments", "experiment_assignments", "behavioral_events", "behavioral_patterns",

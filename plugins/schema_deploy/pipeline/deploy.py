@@ -339,7 +339,8 @@ def gate(ctx: Deployment, staging: Target, pre: PreflightResult, backup_: Backup
     """The configured test commands against staging (DATABASE_URL), with a timeout; JUnit XML kept
     beside the backup in the store. Raises GateFailed naming the failing tests."""
     from schema_deploy.backup_store import parse_s3_uri
-    from schema_deploy.gate import GateFailed, run_commands
+    from schema_deploy.errors import GateFailed
+    from schema_deploy.gate import run_commands
 
     cfg, log = ctx.cfg, ctx.log
     load_release(ctx, pre)

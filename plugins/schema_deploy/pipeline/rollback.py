@@ -211,7 +211,8 @@ def run_downs(ctx: Deployment, target: Target, plan: RollbackPlan) -> RollbackRe
     from schema_deploy import ledger
     from schema_deploy.apply import Settings
     from schema_deploy.db import connect
-    from schema_deploy.rollback import RollbackRefused, down
+    from schema_deploy.errors import RollbackRefused
+    from schema_deploy.rollback import down
     from schema_deploy.status import APPLIED, compute_status
 
     cfg, params, log = ctx.cfg, ctx.params, ctx.log
