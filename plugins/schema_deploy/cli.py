@@ -404,7 +404,8 @@ def cmd_release(args: argparse.Namespace) -> int:
             status, interrupted = load_state(conn, bundle)
             plans[name] = release.plan_summary(plan_for(conn, bundle, status, interrupted, online=args.online))
     cfg = deploy_yaml(args)
-    frozen = release.store(s3, release.freeze(bundle, args.name or folder.resolve().name, lint=lint, plans=plans),
+    frozen = release.store(s3, release.freeze(bundle, args.name or folder.resolve().name, lint=lint, plans=plans,
+                                              verify=release.verify_files(args.verify_dir)),
                            args.to, Sse(cfg.backup_sse, cfg.backup_kms_key_id).put_args())
     say(f"release {frozen.short} of {len(frozen.files)} migrations ({lint['errors']} lint errors, "
         f"{lint['warnings']} warnings)" + (f", planned for {', '.join(plans)}" if plans else ""))
@@ -656,6 +657,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--online", action=argparse.BooleanOptionalAction, default=True,
                    help="create: plan with online rewrites (default: on)")
     p.add_argument("--config", type=Path, help="deploy.yaml (lint severities, SSE; default ./deploy.yaml)")
+    p.add_argument("--verify-dir", type=Path, default=Path("sql/verify"),
+                   help="create: the verification queries frozen with the release (default sql/verify)")
     p = verb("deploy", cmd_deploy, "the whole pipeline without Airflow: staging, gate, then production")
     p.add_argument("--staging", required=True, metavar="URL", help="postgresql:// URL of staging")
     p.add_argument("--production", required=True, metavar="URL", help="postgresql:// URL of production")

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,13 +61,14 @@ class Release:
     lint: dict[str, Any] = field(default_factory=dict)
     prechecks: tuple[dict[str, Any], ...] = ()
     plans: dict[str, dict[str, Any]] = field(default_factory=dict)  # target name -> plan summary
+    verify: dict[str, str] = field(default_factory=dict)  # the verification queries: relative path -> text
     uri: str | None = field(default=None, compare=False)  # where it is stored, once stored
 
     def document(self) -> bytes:
         """The canonical bytes: sorted keys, no whitespace, UTF-8. Same content, same digest."""
         body = {"format": FORMAT, "bundle": self.bundle, "source": self.source, "layout": self.layout,
                 "migrations": [f.as_dict() for f in self.files], "lint": self.lint,
-                "prechecks": list(self.prechecks), "plans": self.plans}
+                "prechecks": list(self.prechecks), "plans": self.plans, "verify": self.verify}
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
     @property
@@ -101,15 +106,44 @@ class Release:
 
 def freeze(bundle: Bundle, name: str, *, lint: dict[str, Any] | None = None,
            prechecks: list[dict[str, Any]] | None = None, plans: dict[str, dict[str, Any]] | None = None,
-           source: dict[str, Any] | None = None) -> Release:
-    """A release of `bundle` as read from disk now (or re-frozen from a release: pass its `source`)."""
+           source: dict[str, Any] | None = None, verify: dict[str, str] | None = None) -> Release:
+    """A release of `bundle` as read from disk now (or re-frozen from a release: pass its `source`);
+    `verify`: the verification queries that go with it (see `verify_files`)."""
     files = []
     for m in bundle.migrations:
         files.append(ReleaseFile(name=m.name, path=str(m.path.relative_to(bundle.root)), sql=m.raw.decode("utf-8"),
                                  checksum=m.checksum,
                                  down_sql=m.down_raw.decode("utf-8") if m.down_raw is not None else None))
     return Release(bundle=name, source=source or source_of(bundle.root), layout=bundle.layout, files=tuple(files),
-                   lint=lint or {}, prechecks=tuple(prechecks or ()), plans=plans or {})
+                   lint=lint or {}, prechecks=tuple(prechecks or ()), plans=plans or {}, verify=verify or {})
+
+
+VERIFY_PATH = re.compile(r"^(explain/)?[A-Za-z0-9][A-Za-z0-9_.-]*\.sql$")
+
+
+def verify_files(folder: Path) -> dict[str, str]:
+    """The checks (`*.sql`) and representative queries (`explain/*.sql`) of a verification folder,
+    frozen with the release: verification on any worker runs what was approved with it."""
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): p.read_text(encoding="utf-8")
+            for pattern in ("*.sql", "explain/*.sql") for p in sorted(folder.glob(pattern))}
+
+
+@contextmanager
+def verify_dir(release: Release, fallback: Path) -> Iterator[Path]:
+    """A folder holding the release's verification queries (`fallback`, the worker's own, for a
+    release frozen without any)."""
+    if not release.verify:
+        yield fallback
+        return
+    with tempfile.TemporaryDirectory(prefix="schema-deploy-verify-") as tmp:
+        folder = Path(tmp) / "verify"
+        for rel, text in release.verify.items():
+            path = folder / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        yield folder
 
 
 def source_of(folder: Path) -> dict[str, Any]:
@@ -286,10 +320,14 @@ def load(s3: Any, uri: str) -> Release:
                                   down_sql=m.get("down_sql")) for m in data["migrations"])
         release = Release(bundle=data["bundle"], source=data["source"], layout=data["layout"], files=files,
                           lint=data.get("lint") or {}, prechecks=tuple(data.get("prechecks") or ()),
-                          plans=data.get("plans") or {}, uri=uri)
+                          plans=data.get("plans") or {}, verify=dict(data.get("verify") or {}), uri=uri)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ReleaseInvalid(uri, f"cannot be read as a release ({exc})",
                              "Create the release again with this version (`release create`).") from None
     for f in files:
         check_file(uri, f)
+    for rel in release.verify:
+        if not VERIFY_PATH.match(rel):
+            raise ReleaseInvalid(uri, f"verification query path {rel!r} is not <name>.sql or explain/<name>.sql",
+                                 "The release was not written by `release create` or a preflight; do not use it.")
     return release

@@ -77,12 +77,15 @@ def applied(target: Target) -> dict[str, str]:
 
 def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the_folder(
         ctx: Deployment, targets: dict[str, Target], caplog) -> None:
+    from dataclasses import replace
+
     staging, production = targets["staging"], targets["production"]
     folder = ctx.cfg.migrations
     pre = travel(deploy.preflight(ctx, staging, production))
     frozen = {m["name"]: m["checksum"] for m in pre.release["migrations"]}
     assert pre.pending == {"staging": [EPIC5], "production": [EPIC5]} and pre.migrations[0]["name"] == EPIC5
-    shutil.rmtree(folder)  # the next steps run "elsewhere"
+    shutil.rmtree(folder)  # the next steps run "elsewhere": no migrations folder, no verification queries
+    ctx = replace(ctx, cfg=replace(ctx.cfg, verify_dir=folder.parent / "no-verify-here"))
 
     backup = travel(deploy.backup(ctx, production, pre))
     staged = travel(deploy.apply(ctx, staging, pre))
@@ -103,6 +106,7 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
     assert verified.rows_before == verified.rows_after and verified.criteria["no data loss or corruption"]["met"]
     assert production_applied.release == pre.release["sha256"] == kept.release
     assert checked.checks > 0 and staged.migrations == [EPIC5]
+    assert len(verified.query_ms_after) == 12  # the release's EXPLAIN queries, one per new index
     assert kept.outcome == "production migrated" and set(kept.chain) == {"staging", "production"}
     bucket, key = parse_s3_uri(kept.s3)
     document = json.loads(ctx.store.s3.get_object(Bucket=bucket, Key=key)["Body"].read())

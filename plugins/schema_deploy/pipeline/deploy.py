@@ -120,7 +120,9 @@ def preflight(ctx: Deployment, staging: Target, production: Target, source: Rele
         log.info("release %s is deployed as given: %s", release.short, release.uri)
     else:
         derived = {**source.source, "release": source.uri} if source is not None else None
-        frozen = releases.freeze(bundle, name, lint=lint, prechecks=prechecks, plans=plans, source=derived)
+        frozen = releases.freeze(bundle, name, lint=lint, prechecks=prechecks, plans=plans, source=derived,
+                                 verify=(source.verify if source is not None and source.verify
+                                         else releases.verify_files(cfg.verify_dir)))
         release = releases.store(ctx.store.s3, frozen, ctx.store.root, ctx.store.sse)
         log.info("release %s frozen: %s (sha256 %s)", release.short, release.uri, release.digest)
     ref = ReleaseRef(**release.summary())
@@ -260,9 +262,9 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
     tables, this_run, names = touched_tables(pre), set(pre.pending.get(target.name, [])), deploying(pre)
 
     def measure() -> dict[str, Any]:
-        with connect(target.url) as conn:
+        with connect(target.url) as conn, releases.verify_dir(release, cfg.verify_dir) as queries:
             analyze(conn, tables)
-            return {"rows": row_counts(conn, tables), "query_ms": query_timings(conn, cfg.verify_dir / "explain")}
+            return {"rows": row_counts(conn, tables), "query_ms": query_timings(conn, queries / "explain")}
 
     before = measured_before(ctx, target, measure)
     log.info("%s before: rows %s", target.name, before["rows"])
@@ -286,24 +288,25 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
 # --- verify ---------------------------------------------------------------------------
 
 def verify(ctx: Deployment, target: Target, pre: PreflightResult, applied: ApplyResult) -> Verification:
-    """Expectations of this run's migrations (from the release), sql/verify, EXPLAIN checks, and the
-    facts of the change. A failed check or a changed row count raises; sizes and timings are facts."""
+    """Expectations of this run's migrations, the verification queries and EXPLAIN checks (all from
+    the release), and the facts of the change. A failed check or a changed row count raises; sizes and timings are facts."""
     from schema_deploy.db import connect
     from schema_deploy.parse import parse_migration
     from schema_deploy.verify import (criteria, index_sizes, performance_facts, query_timings, row_counts,
                                       verify as run_verify)
 
     cfg, log = ctx.cfg, ctx.log
-    bundle = load_release(ctx, pre).to_bundle()
+    release = load_release(ctx, pre)
+    bundle = release.to_bundle()
     statements = [s for m in bundle.migrations if m.name in applied.migrations for s in parse_migration(m)]
     rows_before, before_ms = applied.before.get("rows", {}), applied.before.get("query_ms", {})
     tables = sorted(rows_before)
-    with connect(target.url) as conn:
+    with connect(target.url) as conn, releases.verify_dir(release, cfg.verify_dir) as queries:
         analyze(conn, tables)
-        report = run_verify(conn, statements, cfg.verify_dir)
+        report = run_verify(conn, statements, queries)
         rows_after = row_counts(conn, tables)
         sizes = index_sizes(conn, [s.node.idxname for s in statements if s.kind == "CREATE INDEX" and s.node.idxname])
-        after_ms = query_timings(conn, cfg.verify_dir / "explain")
+        after_ms = query_timings(conn, queries / "explain")
     for check in report.checks:
         log.info("%s %s: %s", "ok  " if check.ok else "FAIL", check.name, check.detail)
     lost = {t: (rows_before.get(t), rows_after.get(t)) for t in tables if rows_before.get(t) != rows_after.get(t)}
