@@ -69,13 +69,19 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def bundle_of(args: argparse.Namespace) -> Bundle:
     """The migrations to work on: the release's (--release URI, loaded and proven by its sha256), or
     the folder's (--migrations DIR, default sql/migrations)."""
+    return release_and_bundle(args)[1]
+
+
+def release_and_bundle(args: argparse.Namespace):
+    """(the release or None, the bundle to work on); see `bundle_of`."""
     uri = getattr(args, "release", None)
     if not uri:
-        return load_bundle(args.migrations or DEFAULT_MIGRATIONS)
+        return None, load_bundle(args.migrations or DEFAULT_MIGRATIONS)
     if args.migrations:
         raise UsageError("--release and --migrations both name the migrations; pass one of them (a release "
                          "carries its own migrations).")
-    return release_of(uri).to_bundle()
+    found = release_of(uri)
+    return found, found.to_bundle()
 
 
 def release_of(uri: str):
@@ -145,20 +151,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     """Apply pending migrations in order, under the migration lock. With --release, exactly the
     release's migrations (and, with --target, only the plan the release froze for that target)."""
+    from schema_deploy.release import check_plan
+
     url, approve = database_url(args), None
     if args.target and not args.release:
         raise UsageError("--target names a plan frozen in a release; pass --release URI with it.")
-    if args.release and args.target:
-        from schema_deploy.release import check_plan
-
-        if args.migrations:
-            raise UsageError("--release and --migrations both name the migrations; pass one of them (a release "
-                             "carries its own migrations).")
-        found = release_of(args.release)
-        bundle = found.to_bundle()
-        approve = lambda plan: check_plan(found, args.target, plan)  # noqa: E731 - under apply's lock
-    else:
-        bundle = bundle_of(args)
+    found, bundle = release_and_bundle(args)
+    if args.target:
+        approve = lambda plan: check_plan(found, args.target, plan)  # noqa: E731 - called under apply's lock
     result = apply(url, bundle, settings_from(args), log=say, to=args.to, online=args.online, approve=approve)
     emit(args, result.as_dict(),
          "\n".join(f"applied {m.name} in {m.seconds:.2f} s" for m in result.applied) or "nothing to apply")

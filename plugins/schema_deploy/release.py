@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,9 @@ class Release:
                 "prechecks": list(self.prechecks), "plans": self.plans, "verify": self.verify}
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """sha256 of `document()`: computed once (the dataclass is frozen, so it cannot go stale)."""
         return sha256_hex(self.document())
 
     @property
@@ -131,18 +133,26 @@ def verify_files(folder: Path) -> dict[str, str]:
 
 
 @contextmanager
+def scratch_folder(name: str, files: dict[str, bytes]) -> Iterator[Path]:
+    """A temporary folder `name` holding `files` (relative path -> bytes), removed afterwards: how
+    tools that read a folder (verification, `prisma migrate diff`) get a release's bytes."""
+    with tempfile.TemporaryDirectory(prefix=f"schema-deploy-{name}-") as tmp:
+        folder = Path(tmp) / name
+        for rel, data in files.items():
+            path = folder / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        yield folder
+
+
+@contextmanager
 def verify_dir(release: Release, fallback: Path) -> Iterator[Path]:
     """A folder holding the release's verification queries (`fallback`, the worker's own, for a
     release frozen without any)."""
     if not release.verify:
         yield fallback
         return
-    with tempfile.TemporaryDirectory(prefix="schema-deploy-verify-") as tmp:
-        folder = Path(tmp) / "verify"
-        for rel, text in release.verify.items():
-            path = folder / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+    with scratch_folder("verify", {rel: text.encode() for rel, text in release.verify.items()}) as folder:
         yield folder
 
 

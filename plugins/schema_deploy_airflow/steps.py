@@ -116,10 +116,9 @@ def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | No
         except Exception:  # noqa: BLE001 - no thread then
             summary = {}
         thread = summary.get("slack_ts")
-        if summary.get("release") and "release" not in facts:  # every message of the run names its release
-            from schema_deploy.pipeline.deploy import release_fact
+        from schema_deploy.pipeline.deploy import naming_release
 
-            facts = {**facts, "release": release_fact(summary["release"])}
+        facts = naming_release(facts, summary.get("release"))  # every message of the run names its release
     try:
         poster = connections.slack_poster(channel, thread)
     except Exception as exc:  # noqa: BLE001 - a missing Slack connection must not stop a deployment

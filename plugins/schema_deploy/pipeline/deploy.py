@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,10 @@ from schema_deploy.release import Release
 
 def load_release(ctx: Deployment, pre: PreflightResult) -> Release:
     """The run's release from the store (its bytes proven against its name). When this machine's
-    migrations folder differs from it, the log says which files, and the release is used."""
+    migrations folder differs from it, the log says which files, and the release is used. Loaded
+    once per Deployment: its bytes, once proven, cannot change."""
+    if pre.release_uri in ctx.loaded:
+        return ctx.loaded[pre.release_uri]
     release = releases.load(ctx.store.s3, pre.release_uri)
     try:
         folder = ctx.cfg.bundle_path(release.bundle)
@@ -41,12 +45,19 @@ def load_release(ctx: Deployment, pre: PreflightResult) -> Release:
                         "\n%s", release.short, "\n".join(f"  - {c}" for c in changes))
     ctx.log.info("release %s (%s, %d migrations) loaded from %s", release.short, release.bundle,
                  len(release.files), release.uri)
+    ctx.loaded[pre.release_uri] = release
     return release
 
 
 def release_fact(release: dict[str, Any]) -> str:
     """How every message names the release: its short digest, then where it is."""
     return f"{release.get('short', '?')} ({release.get('uri', '?')})"
+
+
+def naming_release(facts: dict[str, Any], release: dict[str, Any] | None) -> dict[str, Any]:
+    """A message's facts with the run's release, for notifiers that wrap the run's messages (those
+    of the steps name it already; approvals, dry runs and failures are raised outside them)."""
+    return facts if not release or "release" in facts else {**facts, "release": release_fact(release)}
 
 
 # --- preflight -----------------------------------------------------------------------
@@ -152,13 +163,8 @@ def check_prisma_schema(ctx: Deployment, bundle: Any, staging: Target, *, on_dis
     if on_disk:
         require_schema_matches(schema, bundle.root, staging.url, ctx.log.info, cli_dir=cli)
         return
-    with tempfile.TemporaryDirectory(prefix="schema-deploy-bundle-") as tmp:
-        folder = Path(tmp) / "migrations"
-        for m in bundle.migrations:
-            path = folder / m.path.relative_to(bundle.root)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(m.raw)
-        (folder / "migration_lock.toml").write_text('provider = "postgresql"\n')
+    files = {str(m.path.relative_to(bundle.root)): m.raw for m in bundle.migrations}
+    with releases.scratch_folder("migrations", {**files, "migration_lock.toml": b'provider = "postgresql"\n'}) as folder:
         require_schema_matches(schema, folder, staging.url, ctx.log.info, cli_dir=cli)
 
 
@@ -404,7 +410,7 @@ def window(ctx: Deployment, pre: PreflightResult, staged: ApplyResult | None,
                        closes=slot.end.isoformat(), needed=str(needed), staging_seconds=seconds)
     if slot.start <= now:
         log.info("window %s is open until %s; %s needed", slot.window.label, slot.end, needed)
-        return WindowSlot(**{**found.__dict__, "waited_s": 0}), None
+        return replace(found, waited_s=0), None
     ctx.notify("waiting_window", {"until": slot.start.isoformat(), "window": slot.window.label,
                                   "expected duration": str(needed), "release": release_fact(pre.release)}, None)
     log.info("waiting for window %s at %s (%s needed)", slot.window.label, slot.start, needed)

@@ -54,7 +54,9 @@ def run(ctx: Deployment, staging: Target, production: Target, *, source: Release
     out = RunOutcome()
     try:
         pre = out.step("preflight", lambda: deploy.preflight(ctx, staging, production, source))
-        ctx = replace(ctx, notify=naming_release(ctx.notify, pre))
+        notify = ctx.notify
+        ctx = replace(ctx, notify=lambda event, facts, links=None: notify(
+            event, deploy.naming_release(facts, pre.release), links))
         backup = out.step("backup", lambda: deploy.backup(ctx, production, pre))
         staged = out.step("apply_staging", lambda: deploy.apply(ctx, staging, pre))
         out.step("gate", lambda: deploy.staging_gate(ctx, staging, pre, backup, staged))
@@ -64,12 +66,12 @@ def run(ctx: Deployment, staging: Target, production: Target, *, source: Release
             return out
         if not approved_by:
             ctx.notify("awaiting_approval", {"migrations": ", ".join(m["name"] for m in pre.migrations),
-                                             "release": deploy.release_fact(pre.release), "backup": backup.uri}, None)
+                                             "backup": backup.uri}, None)
             out.stopped = "awaiting approval: production untouched"
             return out
         approval = Approval(approved=True, approver=approved_by, responded_at=datetime.now(timezone.utc).isoformat(),
                             triggered_by=ctx.run.triggered_by, via="command line")
-        out.step("approval", lambda: (record.check_approval(ctx, approval), approval)[1])
+        out.step("approval", lambda: approve(ctx, approval))
         out.step("window", lambda: wait_for_window(ctx, pre, staged, sleep))
         applied = out.step("apply_production", lambda: deploy.apply(ctx, production, pre))
         verified = out.step("verification", lambda: deploy.verify(ctx, production, pre, applied))
@@ -86,12 +88,10 @@ def run(ctx: Deployment, staging: Target, production: Target, *, source: Release
             ctx.log.error("audit record not written: %s", exc)
 
 
-def naming_release(notify: Any, pre: Any) -> Any:
-    """The notifier, with the run's release added to every message that does not name it yet."""
-    def with_release(event: str, facts: dict, links: dict | None = None) -> dict:
-        return notify(event, {**facts, "release": facts.get("release") or deploy.release_fact(pre.release)}, links)
-
-    return with_release
+def approve(ctx: Deployment, approval: Approval) -> Approval:
+    """The command line's approval, under deploy.yaml's approval rules."""
+    record.check_approval(ctx, approval)
+    return approval
 
 
 def wait_for_window(ctx: Deployment, pre: Any, staged: Any, sleep: Callable[[float], None]) -> Any:

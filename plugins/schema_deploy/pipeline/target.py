@@ -129,3 +129,6 @@ class Deployment:
     params: RunParams = field(default_factory=RunParams)
     notify: Notifier = _no_notifier
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("schema_deploy"))
+    # Releases this Deployment has loaded and proven, by URI: a task (or a `deploy` run) whose steps
+    # each need the release reads and checks it once.
+    loaded: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
