@@ -109,6 +109,7 @@ def test_the_old_migrations_folder_field_is_refused_rather_than_obeyed() -> None
     ({"skip_window": True, "skip_window_reason": " "}, "skip_window is on but skip_window_reason is empty"),
     ({"dry_run": True, "skip_window": True, "skip_window_reason": "x"}, "dry_run leaves production untouched"),
     ({"lock_retries": -1}, "lock_retries must be 0 or more"),
+    ({"lock_retries": "ten"}, r"lock_retries must be a whole number \(got 'ten'\)"),
 ])
 def test_contradictory_trigger_choices_are_rejected_by_the_first_task(params: dict, message: str) -> None:
     from schema_deploy.config import DeployConfig

@@ -20,7 +20,7 @@ from schema_deploy.backup_store import parse_s3_uri
 from schema_deploy.config import DeployConfig
 from schema_deploy.errors import ReleaseMissing, ReleaseTampered
 from schema_deploy.ledger import read_rows
-from schema_deploy.pipeline import (ApplyResult, BackupResult, Deployment, GateResult, PreflightResult, RunInfo,
+from schema_deploy.pipeline import (ApplyResult, BackupResult, Deployment, GateResult, RunInfo,
                                     RunParams, Store, Target, Verification, deploy, record)
 from seed import reset
 from tests.conftest import drop_database, with_database
@@ -163,7 +163,10 @@ def test_results_refuse_another_steps_or_versions_xcom() -> None:
     with pytest.raises(UsageError, match="BackupResult version 99 from the earlier step; this worker reads version 1"):
         BackupResult.from_xcom({**backup.to_xcom(), "version": 99})
     assert BackupResult.from_xcom(backup.to_xcom()) == backup
-    assert PreflightResult.VERSION == Verification.VERSION == 1
+    short = {k: v for k, v in backup.to_xcom().items() if k != "sha256"}
+    with pytest.raises(UsageError, match=r"BackupResult from the earlier step cannot be read \(.*sha256.*\): run "
+                                         "every worker on the same schema_deploy version"):
+        BackupResult.from_xcom(short)
 
 
 def test_preflight_stops_on_a_schema_prisma_the_releases_migrations_do_not_create(

@@ -130,6 +130,9 @@ def test_a_deleted_release_is_refused_naming_what_to_do(cli, folder: Path, store
      "error: --release and --migrations both name the migrations; pass one of them"),
     (("release", "create", "--migrations", "sql/migrations"),
      "error: release create needs --to s3://BUCKET/PREFIX (and no URI)"),
+    (("release", "show"), "error: release show takes the release's URI only: release show s3://BUCKET/PREFIX/"),
+    (("apply", "--target", "production"),
+     "error: --target names a plan frozen in a release; pass --release URI with it."),
 ])
 def test_bad_release_arguments_are_refused_with_the_fix(cli, fresh_db: str, args: tuple[str, ...],
                                                         message: str) -> None:
@@ -179,3 +182,63 @@ def test_an_unreachable_store_is_an_error_naming_the_call_not_a_traceback(cli, f
     assert re.search(r"error: release: (HeadObject|PutObject) on s3://no-such-bucket-here/x/releases/[0-9a-f]{64}"
                      r"\.json failed with \w+", done.stderr), done.stderr
     assert "Nothing was changed. Check that the S3 endpoint is reachable" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--staging", "mysql://x@y/z", "--production", "postgresql://a@b/c"),
+     # the example's password is masked like any other: messages never print one
+     "error: --staging 'mysql://x@y/z' is not a PostgreSQL URL; expected postgresql://user:****@host:port/dbname."),
+    (("--staging", "postgresql://a:secret@b/c", "--production", "postgresql://a:secret@b/c"),
+     "error: --staging and --production are the same database: the staging rehearsal would change production "
+     "before its approval. Give two databases."),
+    (("--staging", "postgresql://a@b/s", "--production", "postgresql://a@b/p", "--migrations", "sql/migrations",
+      "--bundle", "main"),
+     "error: --migrations, --bundle and --release each name the migrations; pass one of them."),
+])
+def test_bad_deploy_arguments_are_refused_before_anything_runs(cli, args: tuple[str, ...], message: str) -> None:
+    done = cli("deploy", *args, "--to", "s3://bucket/prefix")
+    assert done.returncode == 2 and message in done.stderr and "secret" not in done.stderr
+
+
+def put_release(s3, store: str, document: bytes) -> str:
+    """A document stored under the name its own bytes hash to: proven intact, whatever it says."""
+    uri = f"{store}/releases/{hashlib.sha256(document).hexdigest()}.json"
+    bucket, key = parse_s3_uri(uri)
+    s3.put_object(Bucket=bucket, Key=key, Body=document)
+    return uri
+
+
+def test_a_document_that_is_not_a_release_is_refused_even_when_it_hashes_to_its_name(
+        cli, s3, store: str, fresh_db: str) -> None:
+    uri = put_release(s3, store, b'["not", "a", "release"]')
+    done = cli("apply", "--release", uri, "--db", fresh_db)
+    assert done.returncode == 1
+    assert (f"error: release {uri}: cannot be read as a release (") in done.stderr
+    assert "Create the release again with this version (`release create`)." in done.stderr
+
+
+def test_a_release_with_a_verification_query_outside_its_folder_is_refused(cli, s3, store: str, folder: Path,
+                                                                          fresh_db: str) -> None:
+    from schema_deploy.bundle import load_bundle
+    from schema_deploy.release import freeze
+
+    forged = freeze(load_bundle(folder), "main", verify={"../../etc/cron.d/x.sql": "SELECT 1"})
+    uri = put_release(s3, store, forged.document())
+    done = cli("apply", "--release", uri, "--db", fresh_db)
+    assert done.returncode == 1
+    assert (f"error: release {uri}: verification query path '../../etc/cron.d/x.sql' is not <name>.sql or "
+            "explain/<name>.sql. Nothing was changed.") in done.stderr
+
+
+def test_a_migration_pending_now_that_the_release_did_not_plan_there_is_refused(
+        cli, folder: Path, store: str, fresh_db: str) -> None:
+    cli("apply", "--migrations", str(folder), "--db", fresh_db)  # everything applied when the plan was frozen
+    uri, _ = create(cli, folder, store, "--plan-for", f"production={fresh_db}")
+    with psycopg.connect(fresh_db, autocommit=True) as conn:  # the ledger moves back: Epic 5 is pending again
+        conn.execute("UPDATE _prisma_migrations SET rolled_back_at = now() WHERE migration_name = %s", (EPIC5,))
+
+    done = cli("apply", "--release", uri, "--target", "production", "--db", fresh_db)
+
+    assert done.returncode == 1
+    assert (f"error: release {uri}: {EPIC5} is pending on production now, but the release planned only nothing "
+            "there. Nothing was changed. The target's ledger changed since preflight") in done.stderr

@@ -37,3 +37,36 @@ def test_bad_settings_are_rejected_naming_the_key(tmp_path: Path, text: str, mes
     with pytest.raises(ConfigError, match=message) as info:
         load(path)
     assert info.value.exit_code == 2 and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("bundles: {main: sql/migrations}\nmigrations: sql/migrations",
+     r"both 'bundles' and 'migrations' are set\. Declare every folder under 'bundles:'"),
+    ("bundles: [sql/migrations]", r"'bundles' must map bundle names to folders\. Write it as a mapping"),
+    ("bundles: {'../up': sql/migrations}", r"bundles: '\.\./up' is not a bundle name\. Use letters, digits"),
+    ("bundles: {main: ''}", r"bundles\.main must be a folder path"),
+    ("bundles: {main: a, hotfix: b}", r"2 bundles are declared but no default_bundle\. Add default_bundle: one of "
+                                      r"main, hotfix"),
+    ("bundles: {main: a}\ndefault_bundle: other", r"default_bundle 'other' is not declared under bundles\. Use one of "
+                                                  r"main"),
+])
+def test_bad_bundle_declarations_are_rejected_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "deploy.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load(path)
+
+
+def test_bundles_are_read_relative_to_the_file_and_the_old_key_is_bundle_main(tmp_path: Path) -> None:
+    path = tmp_path / "deploy.yaml"
+    path.write_text("bundles: {main: sql/migrations, hotfix: hot}\ndefault_bundle: hotfix\n")
+    cfg = load(path)
+    assert cfg.bundles == (("main", tmp_path / "sql/migrations"), ("hotfix", tmp_path / "hot"))
+    assert cfg.migrations == tmp_path / "hot" and cfg.bundle_path("") == tmp_path / "hot"
+    path.write_text("migrations: old/place\n")
+    assert load(path).bundles == (("main", tmp_path / "old/place"),)
+
+
+def test_a_missing_config_given_explicitly_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: not found\. Pass an existing file with --config"):
+        load(Path("/nonexistent/nope.yaml"), must_exist=True)
