@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from schema_deploy.errors import BundleNotDeclared, ConfigError, UsageError
-from schema_deploy.lint import LintConfig, config_from
 from schema_deploy.window import Window, parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +60,18 @@ def prisma_settings(data: dict, path: Path) -> PrismaSettings:
             raise ConfigError(path, f"prisma.{key} is {given!r}", f"Give {example}.")
         paths[key] = path.parent / given if given else None
     return PrismaSettings(deploys=deploys, **paths)
+
+
+@dataclass(frozen=True)
+class LintConfig:
+    """deploy.yaml's per-rule lint severity overrides (`off` disables a rule); lint.config_from
+    validates them against the rule registry."""
+
+    severity: dict[str, str] = field(default_factory=dict)
+    source: str | None = None
+
+    def severity_of(self, r: Any) -> str:  # r: lint_rules.Rule
+        return self.severity.get(r.id, r.severity)
 
 
 @dataclass(frozen=True)
@@ -205,9 +217,21 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         expect_speedup_pct=_range(expect, "query_speedup_percent", defaults.expect_speedup_pct, path),
         prisma=prisma_settings(data, path),
         demo=dict(data.get("demo") or {}),
-        lint=config_from(data, path, prisma_deploys=prisma_settings(data, path).deploys),
+        lint=lint_settings(data, path),
         source=path,
     )
+
+
+def lint_settings(data: dict, path: Path) -> LintConfig:
+    """The `lint:` section, validated against the rule registry. Without overrides (and without
+    prisma.deploys, which adds one) there is nothing to validate, so the registry, pglast and the
+    rules are not imported: the DAG files read deploy.yaml at parse time."""
+    deploys = prisma_settings(data, path).deploys
+    if not deploys and data.get("lint") in (None, {}, {"severity": None}, {"severity": {}}):
+        return LintConfig(source=str(path))
+    from schema_deploy.lint import config_from
+
+    return config_from(data, path, prisma_deploys=deploys)
 
 
 def _bundles(data: dict, base: Path, path: Path) -> tuple[tuple[tuple[str, Path], ...], str]:

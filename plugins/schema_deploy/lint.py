@@ -54,6 +54,7 @@ from schema_deploy import lint_locks  # noqa: F401
 from schema_deploy import lint_hygiene  # noqa: F401
 from schema_deploy import lint_prisma  # noqa: F401
 from schema_deploy.bundle import Bundle, Migration
+from schema_deploy.config import LintConfig
 from schema_deploy.errors import ConfigError
 from schema_deploy.fastparse import fast_parse_migration, fast_parse_sql
 from schema_deploy.lint_rules import (ANY_STATEMENT, BY_NODE, FILE_RULES, META_RULES, RULES, SEVERITIES, BundleFacts,
@@ -97,17 +98,6 @@ class Finding:
             return (f"{self.where}: suppressed {self.severity}[{self.rule}] {self.message}\n"
                     f"  reason: {self.reason}")
         return f"{self.where}: {self.severity}[{self.rule}] {self.message}\n  help: {self.help}"
-
-
-@dataclass(frozen=True)
-class LintConfig:
-    """Per-rule severity overrides (`off` disables a rule)."""
-
-    severity: dict[str, str] = field(default_factory=dict)
-    source: str | None = None
-
-    def severity_of(self, r: Rule) -> str:
-        return self.severity.get(r.id, r.severity)
 
 
 # --- configuration -------------------------------------------------------------------------

@@ -70,3 +70,16 @@ def test_bundles_are_read_relative_to_the_file_and_the_old_key_is_bundle_main(tm
 def test_a_missing_config_given_explicitly_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"nope\.yaml: not found\. Pass an existing file with --config"):
         load(Path("/nonexistent/nope.yaml"), must_exist=True)
+
+
+def test_reading_the_shipped_deploy_yaml_does_not_import_the_sql_parser() -> None:
+    # The DAG files read deploy.yaml at parse time (form choices, schedule): that must stay cheap.
+    import subprocess
+    import sys
+
+    code = ("import sys; from schema_deploy import config; config.load(sys.argv[1]); "
+            "print(sorted(m for m in ('pglast', 'psycopg', 'schema_deploy.lint') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "deploy.yaml")], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT / "plugins")}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
