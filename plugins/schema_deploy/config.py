@@ -102,6 +102,8 @@ class DeployConfig:
     expect_index_mb: tuple[float, float] = (50.0, 100.0)
     expect_speedup_pct: tuple[float, float] = (20.0, 40.0)
     prisma: PrismaSettings = field(default_factory=PrismaSettings)
+    # Celery queue per environment, and `default` for the tasks that open no database.
+    queues: tuple[tuple[str, str], ...] = ()
     demo: dict[str, object] = field(default_factory=dict)
     lint: LintConfig = field(default_factory=LintConfig)
     source: Path | None = None
@@ -114,6 +116,12 @@ class DeployConfig:
     @property
     def bundle_names(self) -> list[str]:
         return [name for name, _ in self.bundles]
+
+    def queue(self, env: str | None) -> str:
+        """The queue a task of `env` ("staging", "production"; None for a task that opens no database)
+        runs on: deploy.yaml's `queues:`, else `default` (Airflow's default queue, one worker for all)."""
+        declared = dict(self.queues)
+        return declared.get(env or "default") or declared.get("default") or DEFAULT_QUEUE
 
     def bundle_path(self, name: str | None) -> Path:
         """The folder of a declared bundle (the default one for None or ""); anything else, a path
@@ -216,10 +224,30 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         expect_index_mb=_range(expect, "index_storage_mb", defaults.expect_index_mb, path),
         expect_speedup_pct=_range(expect, "query_speedup_percent", defaults.expect_speedup_pct, path),
         prisma=prisma_settings(data, path),
+        queues=_queues(data, path),
         demo=dict(data.get("demo") or {}),
         lint=lint_settings(data, path),
         source=path,
     )
+
+
+QUEUE_KEYS = ("staging", "production", "default")
+DEFAULT_QUEUE = "default"
+
+
+def _queues(data: dict, path: Path) -> tuple[tuple[str, str], ...]:
+    """`queues: {staging: q, production: q, default: q}`: which Celery queue serves each environment's
+    tasks (and, for `default`, those that open no database). Unset names fall back to `default`."""
+    value = section(data, "queues", path)
+    unknown = sorted(set(value) - set(QUEUE_KEYS))
+    if unknown:
+        raise ConfigError(path, f"queues: unknown keys {unknown}",
+                          f"Name the queues of {', '.join(QUEUE_KEYS)} (the tasks that open no database run on default).")
+    for key, queue in value.items():
+        if not isinstance(queue, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", queue):
+            raise ConfigError(path, f"queues.{key} is {queue!r}",
+                              "Give a queue name: letters, digits, '_', '-', '.' or ':' (what the worker's --queues takes).")
+    return tuple((key, value[key]) for key in QUEUE_KEYS if key in value)
 
 
 def lint_settings(data: dict, path: Path) -> LintConfig:

@@ -564,3 +564,22 @@ class RollbackFailed(SchemaDeployError):
             f"rollback of {migration} failed at {where}: SQLSTATE {sqlstate or '?'}: {pg_message.strip()}\n"
             f"{kept}; _prisma_migrations still records {migration} as applied. Fix the cause (or the "
             f"down.sql), then run the rollback again: statements guarded with IF EXISTS skip what is done.")
+
+
+# --- workers and queues ------------------------------------------------------------------
+
+class ConnectionNotOnWorker(SchemaDeployError):
+    """A task asked for a connection this worker does not hold: it was routed to the wrong queue,
+    or the worker of the right queue lacks the connection. Retrying lands it on the same worker."""
+
+    def __init__(self, conn_id: str, *, queue: str, host: str, wanted: str | None = None,
+                 setting: str | None = None) -> None:
+        self.conn_id, self.queue, self.host, self.wanted = conn_id, queue, host, wanted
+        where = f"connection {conn_id} is not defined on this worker ({host}, queue {queue})"
+        if wanted and wanted != queue:
+            fix = (f"route the task to queue {wanted}" + (f" (deploy.yaml {setting})" if setting else "")
+                   + f", whose workers hold {conn_id}")
+        else:
+            fix = (f"define {conn_id} on the workers of queue {queue} "
+                   f"(AIRFLOW_CONN_{conn_id.upper()} or the worker's secrets backend)")
+        super().__init__(f"{where}: {fix}")

@@ -15,12 +15,26 @@ S3_CONNECTION = "backup_s3"
 SLACK_CONNECTION = "slack_deploys"
 
 
+class ConnectionMissing(LookupError):
+    """The connection is defined nowhere this process can see (env, secrets backend, metastore)."""
+
+
+def get_connection(conn_id: str):
+    """The connection, or ConnectionMissing (not Airflow's exception, which names no fix)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise ConnectionMissing(conn_id) from None
+
+
 def database_url(conn_id: str) -> str:
     """A postgresql:// URL (password percent-encoded) from a postgres connection."""
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
     from schema_deploy.errors import ConfigError
 
-    conn = PostgresHook.get_connection(conn_id)
+    conn = get_connection(conn_id)
     if not conn.host or not conn.schema:
         raise ConfigError(f"Airflow connection {conn_id!r}", "has no host or no database (schema field)",
                           "Set host, port, login, password and the database name in it.")

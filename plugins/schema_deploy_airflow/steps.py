@@ -143,11 +143,40 @@ def deployment(context: dict[str, Any] | None = None, *, store: bool = True):
                       notify=lambda event, facts, links=None: notify(event, facts, log, links, context), log=log)
 
 
-def target(name: str):
-    """The Target of an environment, from its connection."""
+def worker_place(context: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(this worker's hostname as Airflow records it, the queue the running task came from)."""
+    from airflow.sdk.api.client import get_hostname
+
+    context = context if context is not None else current_context()
+    task = getattr(context.get("ti"), "task", None)
+    return get_hostname(), str(getattr(task, "queue", None) or deploy_config.DEFAULT_QUEUE)
+
+
+def target(name: str, context: dict[str, Any] | None = None):
+    """The Target of an environment, from its connection. A worker without that connection (the task
+    was routed to another environment's queue) gets a message naming the connection, queue and fix."""
+    from schema_deploy.errors import ConnectionNotOnWorker
     from schema_deploy.pipeline.target import Target
 
-    return Target(name=name, role=name, url=connections.database_url(connections.DB_CONNECTIONS[name]))
+    conn_id = connections.DB_CONNECTIONS[name]
+    try:
+        return Target(name=name, role=name, url=connections.database_url(conn_id))
+    except connections.ConnectionMissing:
+        host, queue = worker_place(context)
+        try:
+            wanted = deploy_config.load().queue(name)
+        except SchemaDeployError:
+            wanted = None
+        raise ConnectionNotOnWorker(conn_id, queue=queue, host=host, wanted=wanted,
+                                    setting=f"queues.{name}") from None
+
+
+def queue(env: str | None) -> str:
+    """The queue for a task of `env` (None: a task that opens no database), read at DAG-parse time."""
+    try:
+        return deploy_config.load().queue(env)
+    except SchemaDeployError:  # the DAG still loads; preflight reports the broken file
+        return deploy_config.DEFAULT_QUEUE
 
 
 def pulled(context: dict[str, Any], task_id: str, result_type, key: str | None = None):

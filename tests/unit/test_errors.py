@@ -26,3 +26,17 @@ def test_scrub_masks_passwords_and_keeps_the_rest(text: str, expected: str) -> N
 def test_every_package_error_is_scrubbed_when_built() -> None:
     error = SchemaDeployError("failed on postgresql://migrator:s3cret@db/app")
     assert "s3cret" not in str(error) and "migrator:****@db/app" in error.message
+
+
+def test_a_connection_missing_on_the_worker_names_the_connection_the_queue_and_the_route() -> None:
+    from schema_deploy.errors import ConnectionNotOnWorker
+
+    wrong_queue = ConnectionNotOnWorker("production_db", queue="staging", host="worker-staging", wanted="production",
+                                        setting="queues.production")
+    assert str(wrong_queue) == ("connection production_db is not defined on this worker (worker-staging, queue "
+                                "staging): route the task to queue production (deploy.yaml queues.production), "
+                                "whose workers hold production_db")
+    right_queue = ConnectionNotOnWorker("production_db", queue="production", host="w2", wanted="production")
+    assert str(right_queue) == ("connection production_db is not defined on this worker (w2, queue production): "
+                                "define production_db on the workers of queue production "
+                                "(AIRFLOW_CONN_PRODUCTION_DB or the worker's secrets backend)")
