@@ -8,13 +8,16 @@ PY := $(VENV)/bin/python
 STACK := $(PY) devstack/stack.py
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 PYTEST_ARGS ?=
+# make airflow EXECUTOR=celery: metadata on PostgreSQL, Redis, one Celery worker per environment.
+EXECUTOR ?= local
 
-.PHONY: help venv postgres compose chromium stack-up stack-down stack-status demo airflow test requirements clean
+.PHONY: help venv postgres redis compose chromium stack-up stack-down stack-status demo airflow test requirements clean
 
 help:
 	@echo "make demo          bring up the local stack, seed it, run the deployment, print a report"
 	@echo "make test          run the whole test suite on the local stack"
 	@echo "make airflow       start Airflow (UI on http://localhost:8080, scheduler, triggerer) on the local stack; Ctrl-C stops it"
+	@echo "                   EXECUTOR=celery: CeleryExecutor, a worker per environment holding only its own credentials"
 	@echo "make stack-up      start the local stack (2 PostgreSQL clusters, S3, Slack stand-in)"
 	@echo "make stack-status  show what runs where (passwords masked)"
 	@echo "make stack-down    stop every process of the local stack"
@@ -24,6 +27,10 @@ venv:
 
 postgres:
 	@devstack/ensure_postgres.sh
+
+# redis-server, the Celery broker (installed from Debian's packages as root when missing).
+redis:
+	@devstack/ensure_redis.sh
 
 # docker-compose (Debian's, no engine) validates docker-compose.yaml in the test suite.
 compose:
@@ -46,11 +53,11 @@ demo: stack-up
 	@$(PY) devstack/demo.py
 
 # Airflow's real services in the foreground (devstack/airflow_local.py); Ctrl-C stops them all.
-airflow: stack-up
-	@$(PY) devstack/airflow_local.py start
+airflow: $(if $(filter celery,$(EXECUTOR)),venv postgres redis) stack-up
+	@$(PY) devstack/airflow_local.py start --executor $(EXECUTOR)
 
 # Runs the suite; stops the stack afterwards only if this target started it.
-test: venv postgres compose chromium
+test: venv postgres redis compose chromium
 	@was_up=0; python3 devstack/stack.py status >/dev/null 2>&1 && was_up=1; \
 	$(STACK) up >/dev/null || exit $$?; \
 	rc=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || rc=$$?; \

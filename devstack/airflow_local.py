@@ -1,6 +1,7 @@
 """`make airflow`: Airflow's real services on this machine, against the local stack.
 
-    python devstack/airflow_local.py start [--background] [--no-seed] [--port N] [--home DIR] [--config FILE]
+    python devstack/airflow_local.py start [--executor local|celery] [--background] [--no-seed] [--port N]
+                                           [--home DIR] [--config FILE]
     python devstack/airflow_local.py stop [--home DIR]
 
 `start` puts both stack databases back at the baseline with demo data (unless
@@ -16,6 +17,18 @@ Airflow's components stop cleanly on SIGINT, not SIGTERM, so stopping sends SIGI
 each component's process group, waits, then SIGKILLs whatever is left, including task
 processes that made a process group of their own.
 
+`--executor celery` (`make airflow EXECUTOR=celery`) runs what a distributed
+installation runs: the metadata database on the stack's `airflow` PostgreSQL
+cluster (one database per home), Redis as broker and result backend, and two
+Celery workers, each started from its own copy of the project under
+<home>/workers/<env>/project (its own AIRFLOW_HOME, dags, plugins, settings, as
+another machine would have), each consuming one queue (deploy.yaml `queues:`)
+and holding only its own environment's database connection (plus the backup store
+and Slack). The control plane (api-server, scheduler, dag-processor, triggerer)
+holds no database connection at all, so the Execution API cannot hand one
+environment's credentials to the other's worker. Task logs go to the stack's S3
+(remote logging), so the UI reads the logs of either worker.
+
 Defaults: home `.devstack/airflow` ($DEVSTACK_AIRFLOW_HOME), port 8080
 ($DEVSTACK_AIRFLOW_PORT), settings `devstack/airflow-deploy.yaml`. AIRFLOW_CONN_STAGING_DB
 and AIRFLOW_CONN_PRODUCTION_DB in the environment override the stack's (the tests use this).
@@ -23,6 +36,7 @@ and AIRFLOW_CONN_PRODUCTION_DB in the environment override the stack's (the test
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -33,7 +47,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
@@ -44,6 +60,11 @@ if str(REPO / "devstack") not in sys.path:
 from airflow_env import CONNECTIONS, airflow_env, stack_env  # noqa: E402
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+ENVIRONMENTS = ("staging", "production")
+DB_CONNECTION = {"staging": "AIRFLOW_CONN_STAGING_DB", "production": "AIRFLOW_CONN_PRODUCTION_DB"}
+# What a worker's copy of the project holds (the rest of the checkout is not needed to run tasks).
+PROJECT_PARTS = ("dags", "plugins", "sql", "tests/gate", "devstack", "prisma", "deploy.yaml", "pytest.ini")
+WORKER_READY = "ready."  # the line a Celery worker logs once it consumes its queue
 HOST = "127.0.0.1"
 USERS = "admin:admin"
 DEFAULT_HOME = Path(os.environ.get("DEVSTACK_AIRFLOW_HOME")
@@ -142,7 +163,7 @@ def supervisor_alive(state: dict | None) -> bool:
 # --- environment and set-up ------------------------------------------------
 
 def local_env(home: Path, port: int, config: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """(the stack's variables, the environment every Airflow component runs with)."""
+    """(the stack's variables, the environment every Airflow component runs with on LocalExecutor)."""
     env_file = os.environ.get("DEVSTACK_ENV_FILE")
     try:
         stack = stack_env(Path(env_file) if env_file else None)
@@ -158,6 +179,119 @@ def local_env(home: Path, port: int, config: Path) -> tuple[dict[str, str], dict
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
     })
     return stack, env
+
+
+def home_key(home: Path) -> str:
+    return hashlib.sha1(str(home).encode()).hexdigest()[:10]
+
+
+def metadata_database(stack: dict[str, str], home: Path) -> str:
+    """This home's Airflow metadata database on the stack's `airflow` cluster (created when missing);
+    its SQLAlchemy URL. One database per home, so the tests' Airflow and `make airflow` never meet."""
+    import psycopg
+    from psycopg import sql
+
+    if not stack.get("AIRFLOW_METADATA_URL"):
+        raise LocalAirflowError("the local stack has no Airflow metadata cluster: run `make stack-up` again.")
+    name = f"airflow_{home_key(home)}"
+    try:
+        with psycopg.connect(stack["AIRFLOW_METADATA_ADMIN_URL"], autocommit=True, connect_timeout=5) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER airflow").format(sql.Identifier(name)))
+    except psycopg.Error as exc:
+        raise LocalAirflowError(f"cannot create Airflow's metadata database {name} on the stack's airflow "
+                                f"cluster ({str(exc).strip()}): is the stack up? `make stack-up`") from None
+    url = urlsplit(stack["AIRFLOW_METADATA_URL"])
+    return urlunsplit(("postgresql+psycopg2", url.netloc, f"/{name}", "", ""))
+
+
+def drop_metadata_database(stack: dict[str, str], home: Path) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(stack["AIRFLOW_METADATA_ADMIN_URL"], autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(f"airflow_{home_key(home)}")))
+
+
+def celery_env(home: Path, stack: dict[str, str], env: dict[str, str]) -> dict[str, str]:
+    """The control plane's environment on CeleryExecutor: metadata on PostgreSQL, Redis as broker and
+    result backend (the workers then need no metadata database), task logs in the stack's S3, and no
+    database connection (a worker asking the Execution API for one it lacks must get nothing)."""
+    if not stack.get("REDIS_URL") or not port_open(urlsplit(stack["REDIS_URL"]).port or 0):
+        raise LocalAirflowError("Redis (the Celery broker) is not running: install it with "
+                                "devstack/ensure_redis.sh (as root: `make redis`), then `make stack-up`.")
+    broker = f"{stack['REDIS_URL']}/{int(home_key(home), 16) % 15 + 1}"  # a Redis db per home
+    env = {k: v for k, v in env.items() if k not in DB_CONNECTION.values()}
+    env.update({
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_database(stack, home),
+        "AIRFLOW__CELERY__BROKER_URL": broker,
+        "AIRFLOW__CELERY__RESULT_BACKEND": broker,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+        # A message not acknowledged within this is handed out again (a deployment step may build
+        # indexes for hours; a day is the provider's default, said out loud here).
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "86400",
+        # A worker that died (SIGKILL, OOM, power) is noticed after a minute here, not 5: its task
+        # then fails and is retried by Airflow on a live worker of the same queue.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+        "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "backup_s3",
+        "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER":
+            f"s3://{stack.get('BACKUP_BUCKET', 'schema-deploy-backups')}/airflow-logs/{home_key(home)}",
+    })
+    return env
+
+
+def worker_copy(home: Path, env_name: str) -> Path:
+    """A fresh copy of the project for one worker (as on another machine): the parts tasks need."""
+    root = home / "workers" / env_name / "project"
+    shutil.rmtree(root, ignore_errors=True)
+    ignore = shutil.ignore_patterns("__pycache__", "node_modules", ".pytest_cache", "*.pyc")
+    for part in PROJECT_PARTS:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, root / part, ignore=ignore)
+        elif src.exists():
+            (root / part).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / part)
+    return root
+
+
+def in_copy(path: Path, root: Path) -> Path:
+    """`path` of this checkout as it is in a worker's copy (a path outside the checkout stays)."""
+    try:
+        return root / path.resolve().relative_to(REPO)
+    except ValueError:
+        return path
+
+
+def worker_env(control: dict[str, str], stack: dict[str, str], home: Path, env_name: str,
+               root: Path) -> dict[str, str]:
+    """A worker's environment: its own home, copy, hostname and log server port, and of the two
+    database connections only its own environment's."""
+    whome = home / "workers" / env_name / "home"
+    whome.mkdir(parents=True, exist_ok=True)
+    env = dict(control)
+    env.update({
+        DB_CONNECTION[env_name]: stack[DB_CONNECTION[env_name]],
+        "AIRFLOW_HOME": str(whome),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devstack.worker_hostname.hostname",
+        "DEVSTACK_WORKER_HOSTNAME": f"{env_name}-worker",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "SCHEMA_DEPLOY_CONFIG": str(in_copy(Path(control["SCHEMA_DEPLOY_CONFIG"]), root)),
+        "PYTHONPATH": os.pathsep.join([str(root / "plugins"), str(root)]),
+    })
+    return env
+
+
+def worker_queue(env: dict[str, str], env_name: str) -> str:
+    """The queue deploy.yaml (as the worker's copy has it) routes `env_name`'s tasks to."""
+    sys.path.insert(0, str(REPO / "plugins"))
+    from schema_deploy import config
+
+    return config.load(env["SCHEMA_DEPLOY_CONFIG"]).queue(env_name)
 
 
 def seed_databases(stack: dict[str, str]) -> None:
@@ -203,7 +337,9 @@ def banner(home: Path, state: dict) -> str:
         passwords = {}
     login = ", ".join(f"{user} / {pw}" for user, pw in passwords.items()) or f"see {home / 'passwords.json'}"
     python = sys.executable.removeprefix(f"{REPO}/")
-    stop = ("Ctrl-C stops all four components" if not state.get("background")
+    workers = state.get("workers") or {}
+    names = [*COMPONENTS, *workers]
+    stop = (f"Ctrl-C stops all {len(names)} components" if not state.get("background")
             else f"stop with: {python} devstack/airflow_local.py stop" + (f" --home {home}" if home != DEFAULT_HOME else ""))
     return "\n".join([
         f"Airflow is up: {state['url']}   (ready after {state['ready_after_s']} s)",
@@ -215,18 +351,60 @@ def banner(home: Path, state: dict) -> str:
          if Path(state["config"]) == DEFAULT_CONFIG else
          f"  3. Watch: wait_for_window waits for a window of {state['config']}; then apply_production and "
          "verify_production run"),
-        f"  component logs: {home / 'logs'}/{{{','.join(COMPONENTS)}}}.log",
+        *([f"  executor: CeleryExecutor (metadata on PostgreSQL, Redis broker); task logs in S3 and in each "
+           "worker's home"] if workers else []),
+        *(f"  {name}: queue {w['queue']}, hostname {w['hostname']}, project copy {w['project']}"
+          for name, w in workers.items()),
+        f"  component logs: {home / 'logs'}/{{{','.join(names)}}}.log",
         f"  {stop}",
     ])
 
 
 # --- the supervisor ------------------------------------------------------------
 
-class Supervisor:
-    """Starts the four components, watches them, and stops every process they started."""
+@dataclass(frozen=True)
+class Component:
+    """One process tree the supervisor starts: its command, environment and working directory."""
 
-    def __init__(self, home: Path, port: int, env: dict[str, str], *, background: bool) -> None:
-        self.home, self.port, self.env, self.background = home, port, env, background
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: Path
+    queue: str | None = None  # a Celery worker's queue
+
+
+def components(port: int, env: dict[str, str]) -> list[Component]:
+    """The four services of every installation."""
+    return [Component(name, (airflow_bin(), name, *(["--host", HOST, "--port", str(port)]
+                                                    if name == "api-server" else [])), env, REPO)
+            for name in COMPONENTS]
+
+
+def celery_workers(home: Path, stack: dict[str, str], control: dict[str, str]) -> list[Component]:
+    """A worker per environment, each from its own copy of the project, consuming its queue."""
+    workers = []
+    for env_name in ENVIRONMENTS:
+        root = worker_copy(home, env_name)
+        env = worker_env(control, stack, home, env_name, root)
+        queue = worker_queue(env, env_name)
+        workers.append(Component(f"worker-{env_name}", (
+            airflow_bin(), "celery", "worker", "--queues", queue, "--concurrency", "2",
+            "--celery-hostname", f"{env_name}@{env['DEVSTACK_WORKER_HOSTNAME']}", "--without-mingle",
+            "--without-gossip"), env, root, queue))
+    if workers[0].queue == workers[1].queue:
+        raise LocalAirflowError(f"deploy.yaml routes staging and production to the same queue "
+                                f"({workers[0].queue}): give each its own under queues:, or run LocalExecutor")
+    return workers
+
+
+class Supervisor:
+    """Starts the components, watches them, and stops every process they started."""
+
+    def __init__(self, home: Path, port: int, parts: list[Component], *, background: bool,
+                 executor: str = "local") -> None:
+        self.home, self.port, self.parts, self.background = home, port, parts, background
+        self.executor = executor
+        self.env = parts[0].env
         self.logs = home / "logs"
         self.children: dict[str, subprocess.Popen] = {}
         self.known: dict[int, psutil.Process] = {}
@@ -235,24 +413,37 @@ class Supervisor:
     def request_stop(self, signum, _frame) -> None:
         self.stopping = True
 
-    def command(self, name: str) -> list[str]:
-        extra = ["--host", HOST, "--port", str(self.port)] if name == "api-server" else []
-        return [airflow_bin(), name, *extra]
-
     def start(self) -> None:
-        for name in COMPONENTS:
-            with open(self.logs / f"{name}.log", "ab") as out:
+        for part in self.parts:
+            with open(self.logs / f"{part.name}.log", "ab") as out:
                 # Own session: Ctrl-C reaches only us, and we stop the components in order.
-                self.children[name] = subprocess.Popen(self.command(name), env=self.env, stdout=out,
-                                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                       cwd=REPO, start_new_session=True)
+                self.children[part.name] = subprocess.Popen(list(part.argv), env=part.env, stdout=out,
+                                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                            cwd=part.cwd, start_new_session=True)
         self.track()
+
+    def workers_ready(self) -> list[str]:
+        """The Celery workers that have not logged that they consume their queue yet."""
+        waiting = []
+        for part in self.parts:
+            if part.queue is not None:
+                try:
+                    text = (self.logs / f"{part.name}.log").read_text(errors="replace")
+                except FileNotFoundError:
+                    text = ""
+                if WORKER_READY not in text:
+                    waiting.append(part.name)
+        return waiting
 
     def state(self, **extra) -> dict:
         return {"pid": os.getpid(), "url": f"http://localhost:{self.port}", "port": self.port,
-                "config": self.env["SCHEMA_DEPLOY_CONFIG"],
+                "config": self.env["SCHEMA_DEPLOY_CONFIG"], "executor": self.executor,
                 "background": self.background, "home": str(self.home),
-                "components": {n: p.pid for n, p in self.children.items()}, **extra}
+                "components": {n: p.pid for n, p in self.children.items()},
+                "workers": {p.name: {"queue": p.queue, "hostname": p.env.get("DEVSTACK_WORKER_HOSTNAME"),
+                                     "project": str(p.cwd), "home": p.env["AIRFLOW_HOME"],
+                                     "pid": self.children[p.name].pid if p.name in self.children else None}
+                            for p in self.parts if p.queue is not None}, **extra}
 
     def track(self) -> None:
         """Remember every descendant, so task processes in their own groups are stopped too."""
@@ -289,7 +480,7 @@ class Supervisor:
         while time.monotonic() < deadline and not self.stopping:
             if problem := self.exited():
                 raise LocalAirflowError(problem)
-            missing = unhealthy(health(self.port))
+            missing = unhealthy(health(self.port)) + self.workers_ready()
             if not missing and (self.home / "passwords.json").exists():
                 return
             self.track()
@@ -299,11 +490,31 @@ class Supervisor:
                                     f"see the logs in {self.logs}")
 
     def watch(self) -> None:
+        """Until asked to stop: a Celery worker that died is started again (as systemd or Kubernetes
+        would: its tasks are then retried by Airflow); any other component's exit ends the run."""
         while not self.stopping:
+            for part in self.parts:
+                proc = self.children[part.name]
+                if part.queue is not None and proc.poll() is not None and not self.stopping:
+                    say(f"{part.name} exited (code {proc.returncode}); starting it again")
+                    self.restart(part)
             if problem := self.exited():
                 raise LocalAirflowError(problem)
             self.track()
             time.sleep(1)
+
+    def restart(self, part: Component) -> None:
+        for proc in self.members():  # what the dead worker left (forked pool, task processes)
+            try:
+                if proc.environ().get("AIRFLOW_HOME") == part.env["AIRFLOW_HOME"]:
+                    proc.kill()
+            except psutil.Error:
+                continue
+        with open(self.logs / f"{part.name}.log", "ab") as out:
+            self.children[part.name] = subprocess.Popen(list(part.argv), env=part.env, stdout=out,
+                                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                        cwd=part.cwd, start_new_session=True)
+        write_state(self.home, self.state(ready=True, ready_after_s=read_state(self.home).get("ready_after_s")))
 
     def stop(self) -> list[str]:
         """SIGINT each component's group, wait, SIGKILL what is left; returns what had to be killed."""
@@ -337,7 +548,7 @@ class Supervisor:
         return killed
 
 
-def run(home: Path, port: int, config: Path, *, seed: bool, background: bool) -> int:
+def run(home: Path, port: int, config: Path, *, seed: bool, background: bool, executor: str = "local") -> int:
     """The foreground supervisor: set up, start, wait for Ctrl-C (or `stop`), stop everything."""
     t0 = time.monotonic()
     if supervisor_alive(read_state(home)):
@@ -350,17 +561,22 @@ def run(home: Path, port: int, config: Path, *, seed: bool, background: bool) ->
     stack, env = local_env(home, port, config)
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    workers: list[Component] = []
+    if executor == "celery":
+        env = celery_env(home, stack, env)
+        workers = celery_workers(home, stack, env)
     if seed:
         say("seeding the local stack's databases ...")
         seed_databases(stack)
-    say(f"airflow db migrate ({home / 'airflow.db'}) ...")
+    where = home / "airflow.db" if executor == "local" else urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).path[1:]
+    say(f"airflow db migrate ({where}) ...")
     migrate(env, logs)
-    sup = Supervisor(home, port, env, background=background)
+    sup = Supervisor(home, port, components(port, env) + workers, background=background, executor=executor)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, sup.request_stop)
     code = 0
     try:
-        say(f"starting {', '.join(COMPONENTS)} (logs in {logs}) ...")
+        say(f"starting {', '.join(p.name for p in sup.parts)} (logs in {logs}) ...")
         sup.start()
         write_state(home, sup.state(ready=False))
         sup.wait_ready(t0)
@@ -387,14 +603,14 @@ def run(home: Path, port: int, config: Path, *, seed: bool, background: bool) ->
     return code
 
 
-def start_background(home: Path, port: int, config: Path, *, seed: bool) -> int:
+def start_background(home: Path, port: int, config: Path, *, seed: bool, executor: str = "local") -> int:
     """Run the supervisor detached; return once it reports ready (or failed)."""
     if supervisor_alive(read_state(home)):
         raise LocalAirflowError(f"Airflow already runs from {home} (pid {read_state(home)['pid']})")
     (home / "logs").mkdir(parents=True, exist_ok=True)
     out_path = home / "logs" / "airflow-local.out"
     cmd = [sys.executable, str(Path(__file__).resolve()), "start", "--home", str(home), "--port", str(port),
-           "--config", str(config), "--detached"] + ([] if seed else ["--no-seed"])
+           "--config", str(config), "--executor", executor, "--detached"] + ([] if seed else ["--no-seed"])
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=REPO, start_new_session=True)
@@ -454,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="API server / UI port (default 8080, or $DEVSTACK_AIRFLOW_PORT)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="SCHEMA_DEPLOY_CONFIG for the tasks")
     parser.add_argument("--no-seed", action="store_true", help="leave the stack's databases as they are")
+    parser.add_argument("--executor", choices=["local", "celery"], default=os.environ.get("EXECUTOR") or "local",
+                        help="LocalExecutor on SQLite (default), or CeleryExecutor: metadata on PostgreSQL, Redis, "
+                             "a worker per environment")
     parser.add_argument("--background", action="store_true", help="detach; return once ready")
     parser.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)  # set by --background
     args = parser.parse_args(argv)
@@ -462,8 +681,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stop":
             return stop(home)
         if args.background:
-            return start_background(home, args.port, config, seed=not args.no_seed)
-        return run(home, args.port, config, seed=not args.no_seed, background=args.detached)
+            return start_background(home, args.port, config, seed=not args.no_seed, executor=args.executor)
+        return run(home, args.port, config, seed=not args.no_seed, background=args.detached, executor=args.executor)
     except LocalAirflowError as exc:
         say(f"airflow-local: {exc}")
         return 2

@@ -2,8 +2,10 @@
 
     python devstack/stack.py up | down | status | pids | destroy
 
-The stack is two PostgreSQL 15 clusters (staging, production), a disk-backed
-S3 endpoint and a Slack stand-in, all on loopback, all state under
+The stack is two PostgreSQL 15 clusters (staging, production), a third one for
+Airflow's metadata when Airflow runs on Celery, a disk-backed S3 endpoint, a Slack
+stand-in and, when redis-server is installed (devstack/ensure_redis.sh), a Redis
+with a password as the Celery broker, all on loopback, all state under
 `.devstack/` (or `$DEVSTACK_DIR`). `up` is idempotent and returns once every
 service answers; `down` stops every process `up` started. It works as root
 (PostgreSQL then runs as the `postgres` user) and as a normal user.
@@ -47,12 +49,20 @@ class StackError(Exception):
 class Cluster:
     """One PostgreSQL cluster of the stack."""
 
-    env: str  # "staging" | "production"
+    env: str  # "staging" | "production" | "airflow" (Airflow's metadata, for the CeleryExecutor)
     port: int
 
     @property
     def database(self) -> str:
-        return f"americano_{self.env}"
+        return "airflow" if self.env == "airflow" else f"americano_{self.env}"
+
+    @property
+    def role(self) -> str:
+        return "airflow" if self.env == "airflow" else APP_ROLE
+
+    @property
+    def port_variable(self) -> str:
+        return "DEVSTACK_AIRFLOW_DB_PORT" if self.env == "airflow" else f"DEVSTACK_{self.env.upper()}_PORT"
 
 
 def port_from_env(name: str, default: int) -> int:
@@ -64,10 +74,24 @@ def port_from_env(name: str, default: int) -> int:
 
 
 def clusters() -> list[Cluster]:
+    """The two application databases' clusters."""
     return [
         Cluster("staging", port_from_env("DEVSTACK_STAGING_PORT", 55432)),
         Cluster("production", port_from_env("DEVSTACK_PRODUCTION_PORT", 55433)),
     ]
+
+
+def metadata_cluster() -> Cluster:
+    """Airflow's metadata database for the CeleryExecutor (production Airflow never runs on SQLite)."""
+    return Cluster("airflow", port_from_env("DEVSTACK_AIRFLOW_DB_PORT", 55434))
+
+
+def all_clusters() -> list[Cluster]:
+    return [*clusters(), metadata_cluster()]
+
+
+def redis_port() -> int:
+    return port_from_env("DEVSTACK_REDIS_PORT", 56379)
 
 
 def s3_port() -> int:
@@ -80,17 +104,32 @@ def slack_port() -> int:
 
 # --- secrets ---------------------------------------------------------------
 
+LATER_SECRETS = {
+    "airflow_password": lambda: "afm-" + secrets.token_urlsafe(18),
+    "redis_password": lambda: "rds-" + secrets.token_urlsafe(18),
+}
+
+
 def load_secrets() -> dict[str, str]:
     """Passwords and keys, generated once per stack and kept in secrets.json (0600)."""
     path = STATE / "secrets.json"
     if path.exists():
-        return json.loads(path.read_text())
+        values = json.loads(path.read_text())
+        if not set(LATER_SECRETS) <= set(values):  # a stack created before these services existed
+            values = {**{k: make() for k, make in LATER_SECRETS.items()}, **values}
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(values, fh, indent=2)
+            os.replace(tmp, path)
+        return values
     values = {
         "staging_password": "stg-" + secrets.token_urlsafe(18),
         "production_password": "prd-" + secrets.token_urlsafe(18),
         "s3_secret_key": secrets.token_urlsafe(30),
         "slack_token": "xoxb-devstack-" + secrets.token_hex(12),
         "slack_webhook_path": "/services/T0DEVSTACK/B0DEPLOYS/" + secrets.token_hex(12),
+        **{k: make() for k, make in LATER_SECRETS.items()},
     }
     STATE.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -211,17 +250,18 @@ def start_cluster(cluster: Cluster, password: str) -> None:
     if not (data / "PG_VERSION").exists():
         init_cluster(cluster)
     if not pg_running(cluster):
-        ensure_port_free(cluster.port, f"{cluster.env} PostgreSQL", f"DEVSTACK_{cluster.env.upper()}_PORT")
+        ensure_port_free(cluster.port, f"{cluster.env} PostgreSQL", cluster.port_variable)
         run(as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "-l", str(log),
                         "-w", "-t", "60", "-o", f"-p {cluster.port}", "start"]),
             what=f"starting the {cluster.env} cluster (log: {log})")
     psql = [str(pg_bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
             "-h", str(sockdir), "-p", str(cluster.port), "-U", "postgres", "-d", "postgres"]
+    role = cluster.role
     role_sql = (
-        f"SELECT format('CREATE ROLE {APP_ROLE} LOGIN CREATEDB PASSWORD %L', :'pw') "
-        f"WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') \\gexec\n"
-        f"SELECT format('ALTER ROLE {APP_ROLE} PASSWORD %L', :'pw') \\gexec\n"
-        f"SELECT 'CREATE DATABASE {cluster.database} OWNER {APP_ROLE}' "
+        f"SELECT format('CREATE ROLE {role} LOGIN CREATEDB PASSWORD %L', :'pw') "
+        f"WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') \\gexec\n"
+        f"SELECT format('ALTER ROLE {role} PASSWORD %L', :'pw') \\gexec\n"
+        f"SELECT 'CREATE DATABASE {cluster.database} OWNER {role}' "
         f"WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{cluster.database}') \\gexec\n"
     )
     # The password goes in on stdin, not argv, where `ps` would show it (it is URL-safe base64).
@@ -238,7 +278,7 @@ def stop_cluster(cluster: Cluster) -> None:
 
 
 def database_url(cluster: Cluster, password: str) -> str:
-    return f"postgresql://{APP_ROLE}:{password}@{HOST}:{cluster.port}/{cluster.database}"
+    return f"postgresql://{cluster.role}:{password}@{HOST}:{cluster.port}/{cluster.database}"
 
 
 def admin_url(cluster: Cluster) -> str:
@@ -360,6 +400,66 @@ def stop_service(service: Service) -> None:
     service.pid_file.unlink(missing_ok=True)
 
 
+# --- Redis (the Celery broker) ------------------------------------------------
+
+def redis_server() -> str | None:
+    """The redis-server binary ($REDIS_SERVER or PATH), or None: the stack then runs without it."""
+    found = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    return found if found and os.access(found, os.X_OK) else None
+
+
+def redis_dir() -> Path:
+    return STATE / "redis"
+
+
+def redis_running() -> int | None:
+    pid = read_pid(redis_dir() / "redis.pid")
+    return pid if pid and port_open(redis_port()) else None
+
+
+def start_redis(password: str) -> None:
+    """Start Redis on loopback with a password, its data (an append-only file, so queued Celery
+    messages survive a restart) under .devstack/redis. The password is in a 0600 config file, not argv."""
+    if redis_server() is None or redis_running():
+        return
+    home = redis_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "redis.pid").unlink(missing_ok=True)
+    ensure_port_free(redis_port(), "Redis", "DEVSTACK_REDIS_PORT")
+    conf = home / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join([
+            "# Written by devstack/stack.py up",
+            f"bind {HOST}", f"port {redis_port()}", "protected-mode yes",
+            f"requirepass {password}", f"dir {home}", f"pidfile {home / 'redis.pid'}",
+            f"logfile {home / 'redis.log'}", "daemonize yes",
+            "appendonly yes", "appendfsync everysec", 'save ""', "databases 16", "",
+        ]))
+    run([redis_server(), str(conf)], what=f"starting Redis (log: {home / 'redis.log'})")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if redis_running():
+            return
+        time.sleep(0.1)
+    raise StackError(f"Redis did not answer on port {redis_port()} within {START_TIMEOUT_S:.0f} s; "
+                     f"see {home / 'redis.log'}")
+
+
+def stop_redis() -> None:
+    """SIGTERM (Redis flushes its append-only file and exits), SIGKILL after 10 s."""
+    pid = read_pid(redis_dir() / "redis.pid")
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.1)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    (redis_dir() / "redis.pid").unlink(missing_ok=True)
+
+
 # --- environment file --------------------------------------------------------
 
 def environment(values: dict[str, str]) -> dict[str, str]:
@@ -399,6 +499,10 @@ def environment(values: dict[str, str]) -> dict[str, str]:
         "AIRFLOW_CONN_PRODUCTION_DB": production_url,
         "AIRFLOW_CONN_BACKUP_S3": json.dumps(aws_conn, separators=(",", ":")),
         "AIRFLOW_CONN_SLACK_DEPLOYS": json.dumps(slack_conn, separators=(",", ":")),
+        # Airflow on Celery: its metadata database and the broker (devstack/airflow_local.py --executor celery).
+        "AIRFLOW_METADATA_URL": database_url(metadata_cluster(), values["airflow_password"]),
+        "AIRFLOW_METADATA_ADMIN_URL": admin_url(metadata_cluster()),
+        "REDIS_URL": f"redis://:{values['redis_password']}@{HOST}:{redis_port()}",
     }
 
 
@@ -428,7 +532,7 @@ def wait_for_database(cluster: Cluster, password: str) -> None:
     """Wait until the app role can log in over TCP with its password."""
     env = {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "2"}
     cmd = [str(pg_bindir() / "psql"), "-X", "-q", "-h", HOST, "-p", str(cluster.port),
-           "-U", APP_ROLE, "-d", cluster.database, "-c", "SELECT 1"]
+           "-U", cluster.role, "-d", cluster.database, "-c", "SELECT 1"]
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -442,12 +546,13 @@ def wait_for_database(cluster: Cluster, password: str) -> None:
 def cmd_up() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     values = load_secrets()
-    for cluster in clusters():
+    for cluster in all_clusters():
         password = values[f"{cluster.env}_password"]
         start_cluster(cluster, password)
         wait_for_database(cluster, password)
     for service in services():
         start_service(service, values)
+    start_redis(values["redis_password"])
     path = write_env_file(environment(values))
     print(f"local stack is up; environment in {path}", file=sys.stderr)
     cmd_status()
@@ -469,7 +574,8 @@ def cmd_down() -> None:
     started = stack_pids()
     for service in services():
         stop_service(service)
-    for cluster in clusters():
+    stop_redis()
+    for cluster in all_clusters():
         stop_cluster(cluster)
     leftovers = [f"{name} (pid {pid})" for name, pid in started.items() if pid_alive(pid)]
     if leftovers:
@@ -495,24 +601,30 @@ def cmd_status() -> int:
     values = load_secrets()
     env = environment(values)
     rows: list[tuple[str, str, str]] = []
-    for cluster in clusters():
+    for cluster in all_clusters():
         state = "running" if pg_running(cluster) else "stopped"
-        rows.append((f"postgres {cluster.env}", state, env[f"{cluster.env.upper()}_DATABASE_URL"]))
+        url = env["AIRFLOW_METADATA_URL" if cluster.env == "airflow" else f"{cluster.env.upper()}_DATABASE_URL"]
+        rows.append((f"postgres {cluster.env}", state, url))
     for service in services():
         pid = read_pid(service.pid_file)
         state = f"running (pid {pid})" if pid and port_open(service.port) else "stopped"
         url = env["S3_ENDPOINT_URL"] + f"  bucket {BACKUP_BUCKET}" if service.name == "s3" else env["SLACK_WEBHOOK_URL"]
         rows.append((service.name, state, url))
+    redis_pid = redis_running()
+    optional = {"redis"} if redis_server() is None else set()
+    rows.append(("redis", f"running (pid {redis_pid})" if redis_pid else
+                 "not installed" if optional else "stopped",
+                 env["REDIS_URL"] + ("  (only for Celery: devstack/ensure_redis.sh)" if optional else "")))
     for name, state, url in rows:
         print(f"{name:<20} {state:<20} {mask(url, values)}")
     print(f"{'state':<20} {'':<20} {STATE}  (env file: {STATE / 'env'})")
-    return 0 if all(r[1].startswith("running") for r in rows) else 1
+    return 0 if all(r[1].startswith("running") or r[0] in optional for r in rows) else 1
 
 
 def stack_pids() -> dict[str, int]:
     """The pid of every running process of this stack (postmasters and our two servers)."""
     pids: dict[str, int] = {}
-    for cluster in clusters():
+    for cluster in all_clusters():
         data, _, _ = cluster_dirs(cluster)
         pid_file = data / "postmaster.pid"
         if pg_running(cluster) and pid_file.exists():
@@ -521,6 +633,8 @@ def stack_pids() -> dict[str, int]:
         pid = read_pid(service.pid_file)
         if pid:
             pids[service.name] = pid
+    if redis_pid := read_pid(redis_dir() / "redis.pid"):
+        pids["redis"] = redis_pid
     return pids
 
 
