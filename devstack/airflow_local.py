@@ -64,7 +64,9 @@ ENVIRONMENTS = ("staging", "production")
 DB_CONNECTION = {"staging": "AIRFLOW_CONN_STAGING_DB", "production": "AIRFLOW_CONN_PRODUCTION_DB"}
 # What a worker's copy of the project holds (the rest of the checkout is not needed to run tasks).
 PROJECT_PARTS = ("dags", "plugins", "sql", "tests/gate", "devstack", "prisma", "deploy.yaml", "pytest.ini")
-WORKER_READY = "ready."  # the line a Celery worker logs once it consumes its queue
+WORKER_READY = "ready."
+CONTROL_ONLY = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")  # the line a Celery worker logs once it consumes its queue
 HOST = "127.0.0.1"
 USERS = "admin:admin"
 DEFAULT_HOME = Path(os.environ.get("DEVSTACK_AIRFLOW_HOME")
@@ -271,7 +273,9 @@ def worker_env(control: dict[str, str], stack: dict[str, str], home: Path, env_n
     database connections only its own environment's."""
     whome = home / "workers" / env_name / "home"
     whome.mkdir(parents=True, exist_ok=True)
-    env = dict(control)
+    # Nor the metadata database or the API's signing secrets: an Airflow 3 worker talks to the
+    # Execution API with the token each task brings, and to Redis.
+    env = {k: v for k, v in control.items() if k not in CONTROL_ONLY}
     env.update({
         DB_CONNECTION[env_name]: stack[DB_CONNECTION[env_name]],
         "AIRFLOW_HOME": str(whome),
