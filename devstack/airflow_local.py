@@ -122,18 +122,23 @@ def airflow_bin() -> str:
 
 
 def airflow_processes(home: Path) -> list[psutil.Process]:
-    """Live processes (other than this one and its ancestors) running with AIRFLOW_HOME=`home`."""
+    """Live processes (other than this one and its ancestors) of the installation in `home`."""
     me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
     found = []
     for proc in psutil.process_iter():
         if proc.pid in me:
             continue
         try:
-            if proc.environ().get("AIRFLOW_HOME") == str(home) and alive(proc):
+            if ours(proc.environ().get("AIRFLOW_HOME"), home) and alive(proc):
                 found.append(proc)
         except (psutil.Error, OSError):
             continue
     return found
+
+
+def ours(airflow_home: str | None, home: Path) -> bool:
+    """An AIRFLOW_HOME of this installation: `home`, or one of its Celery workers' homes."""
+    return airflow_home is not None and (airflow_home == str(home) or airflow_home.startswith(f"{home}/workers/"))
 
 
 def state_file(home: Path) -> Path:
@@ -259,12 +264,15 @@ def worker_copy(home: Path, env_name: str) -> Path:
     return root
 
 
-def in_copy(path: Path, root: Path) -> Path:
-    """`path` of this checkout as it is in a worker's copy (a path outside the checkout stays)."""
+def settings_in_copy(path: Path, root: Path) -> Path:
+    """The deploy settings file as a worker's copy has it: the same file of the copy, or, for a file
+    outside the checkout, a copy of it in <copy>/settings/ (its relative paths then name the copy's
+    files: `../sql/migrations` is the copy's migrations folder)."""
     try:
         return root / path.resolve().relative_to(REPO)
     except ValueError:
-        return path
+        (root / "settings").mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy2(path, root / "settings" / path.name))
 
 
 def worker_env(control: dict[str, str], stack: dict[str, str], home: Path, env_name: str,
@@ -284,7 +292,7 @@ def worker_env(control: dict[str, str], stack: dict[str, str], home: Path, env_n
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devstack.worker_hostname.hostname",
         "DEVSTACK_WORKER_HOSTNAME": f"{env_name}-worker",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "SCHEMA_DEPLOY_CONFIG": str(in_copy(Path(control["SCHEMA_DEPLOY_CONFIG"]), root)),
+        "SCHEMA_DEPLOY_CONFIG": str(settings_in_copy(Path(control["SCHEMA_DEPLOY_CONFIG"]), root)),
         "PYTHONPATH": os.pathsep.join([str(root / "plugins"), str(root)]),
     })
     return env

@@ -27,7 +27,8 @@ def get_connection(conn_id: str):
     try:
         return BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
-        raise ConnectionMissing(conn_id) from None
+        raise ConnectionMissing(f"{conn_id} is not defined for this process (environment, secrets backend "
+                                "or metadata database); on Celery only the worker of its environment holds it") from None
 
 
 def database_url(conn_id: str) -> str:

@@ -129,10 +129,12 @@ def has_audit_table(url: str) -> bool:
 
 
 @contextmanager
-def airflow_services(home: Path, config: Path, targets: dict[str, str], timeout_s: float = 600) -> Iterator[dict]:
-    """The four Airflow services (devstack/airflow_local.py) on a free port, against `targets`;
-    yields the URL and the admin's password; stopped after, asserting no process is left."""
-    from airflow_local import airflow_processes, free_port
+def airflow_services(home: Path, config: Path, targets: dict[str, str], timeout_s: float = 600,
+                     executor: str = "local") -> Iterator[dict]:
+    """The four Airflow services (devstack/airflow_local.py) on a free port, against `targets` (with
+    `executor="celery"` also a worker per environment); yields the URL, the admin's password and the
+    supervisor's state (pids, workers); stopped after, asserting no process is left."""
+    from airflow_local import airflow_processes, free_port, read_state
 
     port = free_port()
     env = {**os.environ, "AIRFLOW_CONN_STAGING_DB": targets["staging"],
@@ -140,14 +142,19 @@ def airflow_services(home: Path, config: Path, targets: dict[str, str], timeout_
     try:
         t0 = time.monotonic()
         start = subprocess.run([sys.executable, str(AIRFLOW_LOCAL), "start", "--background", "--no-seed", "--home",
-                                str(home), "--port", str(port), "--config", str(config)],
+                                str(home), "--port", str(port), "--config", str(config), "--executor", executor],
                                env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
         assert start.returncode == 0, start.stdout[-4000:] + start.stderr[-2000:]
         print(f"services ready after {time.monotonic() - t0:.1f} s")
-        yield {"url": f"http://127.0.0.1:{port}", "home": home,
+        yield {"url": f"http://127.0.0.1:{port}", "home": home, "state": read_state(home),
                "password": json.loads((home / "passwords.json").read_text())["admin"]}
     finally:
         stop = subprocess.run([sys.executable, str(AIRFLOW_LOCAL), "stop", "--home", str(home)], env=env, cwd=REPO,
                               capture_output=True, text=True, timeout=180)
         left = airflow_processes(home.resolve())
+        if executor == "celery":
+            from airflow_env import stack_env
+            from airflow_local import drop_metadata_database
+
+            drop_metadata_database(stack_env(), home.resolve())
         assert stop.returncode == 0 and not left, (stop.stdout + stop.stderr, [p.cmdline() for p in left])
