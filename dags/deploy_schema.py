@@ -1,21 +1,30 @@
 """
 ### deploy_schema — apply a migration bundle to staging, then production, safely
 
-**What it does**, one task per step: `preflight` (lint, both ledgers, staging and production
-schemas must match, orphan/duplicate/NULL prechecks on production, the online plan) →
-`backup_production` (pg_dump streamed to S3, verified by a restore into a scratch database) →
-`apply_staging` → `test_gate` (the gate commands of deploy.yaml against staging, plus
-verification) → `approve_production` (Approve / Reject under "Required actions"; who and when
-is recorded) → `wait_for_window` (deferred until a maintenance window with time enough) →
-`apply_production` → `verify_production` (the plan's success criteria, each with its evidence:
-constraints validated, indexes valid and chosen by the planner, exact row counts unchanged,
-index sizes and query timings against the plan's expectations) → `audit_record` (always runs:
-the run's record, hash-chained into `schema_deploy.audit_events` of each database the run
-changed, and kept beside the backup in S3). Slack hears about every step.
+**What it does**, one task per step, each on the Celery queue of the one database it opens
+(deploy.yaml `queues:`; `[default]` = opens no database, `[staging]`, `[production]`):
+`preflight_bundle` [default] (lint the declared bundle, freeze it in S3 as a release without plans) →
+`preflight_staging` [staging] and `preflight_production` [production] (each target's ledger, schema
+fingerprint and plan of that release; production also lint vs its plan, orphan/duplicate/NULL
+prechecks, table sizes) → `preflight` [default] (staging and production schemas must match; the
+release with both plans frozen in S3; Slack hears it started) → `backup_production` [production]
+(pg_dump streamed to S3, verified by a restore into a scratch database) → `apply_staging` [staging] →
+`test_gate` [staging] (the gate commands of deploy.yaml against staging, plus verification) →
+`production_requested`, `approval_needed`, `approve_production` [default] (Approve / Reject under
+"Required actions"; who and when is recorded) → `wait_for_window` [default] (deferred until a
+maintenance window with time enough) → `apply_production` [production] → `verify_production`
+[production] (the plan's success criteria, each with its evidence: constraints validated, indexes
+valid and chosen by the planner, exact row counts unchanged, index sizes and query timings against
+the plan's expectations) → the audit record, teardowns that always run: `audit_compose` [default]
+(the run's record, computed once) → `audit_staging` [staging] / `audit_production` [production]
+(hash-chained into `schema_deploy.audit_events` of each database the run changed) →
+`audit_record` [default] (kept beside the backup in S3). Slack hears about every step.
 
 **If it failed at 2 a.m.** — read the failed task's log; the first lines say what and
 where. Every task is safe to clear and re-run:
-* `preflight` changed nothing. Orphan rows, drift or a schema mismatch are named with the fix.
+* `preflight_*` changed nothing. Orphan rows, drift or a schema mismatch are named with the fix.
+* "connection … is not defined on this worker (host, queue q)": the task ran on another
+  environment's worker; fix the route (deploy.yaml `queues:`, the workers' `--queues`) as it says.
 * `backup_production` leaves no partial object; re-running starts a clean backup.
 * `apply_*` resumes at the first unfinished step (`_prisma_migrations.applied_steps_count`);
   a lock-retry failure names the blocking sessions — wait for them or end them, then clear.
@@ -26,8 +35,8 @@ where. Every task is safe to clear and re-run:
 **Trigger form**: dry run (staging only), online mode, approval, skipping the window (needs a
 reason, recorded), lock retry budget. **Schedule**: manual, or `schedule.lead` in deploy.yaml
 starts a run that long before each maintenance window (approval per `approval.scheduled_runs`).
-Connections: `staging_db`, `production_db`, `backup_s3`,
-`slack_deploys`; settings: deploy.yaml.
+Connections: `staging_db` (on staging's workers only), `production_db` (production's only),
+`backup_s3` and `slack_deploys` (every worker); settings: deploy.yaml.
 """
 from __future__ import annotations
 
@@ -36,7 +45,7 @@ from airflow.sdk import Param, dag, task, teardown
 
 from schema_deploy_airflow.defaults import DEFAULT_ARGS
 from schema_deploy_airflow.operators import ProductionApprovalOperator, WaitForWindowOperator
-from schema_deploy_airflow.steps import bundle_param
+from schema_deploy_airflow.steps import bundle_param, queue
 from schema_deploy_airflow.timetable import deploy_schedule
 
 
@@ -73,31 +82,53 @@ def on_failure(context):
     },
 )
 def deploy_schema():
-    @task(doc_md="Lint, ledgers, schema match, prechecks, plan; freezes the release in S3. Changes nothing.")
-    def preflight():
+    @task(queue=queue(None), doc_md="Reads and lints the declared bundle, freezes it in S3 as a release without "
+                                    "plans. Opens no database.")
+    def preflight_bundle():
+        from schema_deploy_airflow import steps
+
+        return steps.preflight_bundle()
+
+    @task(queue=queue("staging"), doc_md="Staging's ledger, schema fingerprint and plan of the release (and the "
+                                         "schema.prisma check when configured). Changes nothing.")
+    def preflight_staging(checked):
+        from schema_deploy_airflow import steps
+
+        return steps.preflight_target("staging")
+
+    @task(queue=queue("production"), doc_md="Production's ledger, schema fingerprint and plan; lint findings the "
+                                            "plan leaves, data prechecks, table sizes. Changes nothing.")
+    def preflight_production(checked):
+        from schema_deploy_airflow import steps
+
+        return steps.preflight_target("production")
+
+    @task(queue=queue(None), doc_md="Both surveys: nothing to deploy (skip), schemas that differ (stop), else "
+                                    "the release with both plans frozen in S3 and Slack told. Opens no database.")
+    def preflight(staging_survey, production_survey):
         from schema_deploy_airflow import steps
 
         return steps.preflight()
 
-    @task(doc_md="pg_dump of production streamed to S3 and verified.")
+    @task(queue=queue("production"), doc_md="pg_dump of production streamed to S3 and verified.")
     def backup_production(summary):
         from schema_deploy_airflow import steps
 
         return steps.backup_production()
 
-    @task(doc_md="Apply the release to staging (the plan production will get).")
+    @task(queue=queue("staging"), doc_md="Apply the release to staging (the plan production will get).")
     def apply_staging(summary, backup):
         from schema_deploy_airflow import steps
 
         return steps.apply_to("staging")
 
-    @task(doc_md="Gate commands against staging, then verification of staging.")
+    @task(queue=queue("staging"), doc_md="Gate commands against staging, then verification of staging.")
     def test_gate(staged, backup):
         from schema_deploy_airflow import steps
 
         return steps.test_gate()
 
-    @task.short_circuit(doc_md="Stops here on a dry run: production stays untouched.")
+    @task.short_circuit(queue=queue(None), doc_md="Stops here on a dry run: production stays untouched.")
     def production_requested(gate, params=None):
         if params["dry_run"]:
             from schema_deploy_airflow.steps import notify, task_log
@@ -105,7 +136,7 @@ def deploy_schema():
             notify("dry_run_done", {"staging": "migrated and verified", "production": "untouched"}, task_log())
         return not params["dry_run"]
 
-    @task.branch(doc_md="Approval when deploy.yaml's policy or the trigger form asks for it.")
+    @task.branch(queue=queue(None), doc_md="Approval when deploy.yaml's policy or the trigger form asks for it.")
     def approval_needed(params=None, dag_run=None):
         from schema_deploy import config
         from schema_deploy_airflow.steps import approval_required
@@ -119,6 +150,7 @@ def deploy_schema():
         backup_task_id="backup_production",
         gate_task_id="test_gate",
         retries=0,
+        queue=queue(None),
         doc_md="Approve or reject the production change; Reject skips production.",
     )
 
@@ -127,22 +159,26 @@ def deploy_schema():
         staging_task_id="apply_staging",
         preflight_task_id="preflight",
         trigger_rule="none_failed_min_one_success",
+        queue=queue(None),
         doc_md="Deferred until a maintenance window is open and long enough.",
     )
 
-    @task(doc_md="Apply the release to production, with lock retries and blocker reports.")
+    @task(queue=queue("production"), doc_md="Apply the release to production, with lock retries and blocker reports.")
     def apply_production(summary):
         from schema_deploy_airflow import steps
 
         return steps.apply_to("production")
 
-    @task(doc_md="The plan's success criteria on production: checks, row counts, sizes, timings.")
+    @task(queue=queue("production"), doc_md="The plan's success criteria on production: checks, row counts, "
+                                            "sizes, timings.")
     def verify_production(applied, backup):
         from schema_deploy_airflow import steps
 
         return steps.verify_production()
 
-    summary = preflight()
+    checked = preflight_bundle()
+    surveyed = [preflight_staging(checked), preflight_production(checked)]
+    summary = preflight(*surveyed)
     backup = backup_production(summary)
     staged = apply_staging(summary, backup)
     gated = test_gate(staged, backup)
@@ -154,16 +190,43 @@ def deploy_schema():
     window >> applied
     verified = verify_production(applied, backup)
 
+    # The audit record: teardowns, so they run whatever happened, and the run's state stays the deployment's.
     @teardown
-    @task(doc_md="The run's audit record: hash-chained into each database it changed "
-                 "(schema_deploy.audit_events) and kept beside the backup in S3. A teardown: it runs "
-                 "whatever happened, and the run's state stays that of the deployment.")
-    def audit_record():
+    @task(queue=queue(None), doc_md="The run's audit record, computed once (every copy carries these bytes). "
+                                    "Opens no database.")
+    def audit_compose():
+        from schema_deploy_airflow import steps
+
+        return steps.compose_audit()
+
+    @teardown
+    @task(queue=queue("staging"), doc_md="The record hash-chained into staging's schema_deploy.audit_events, "
+                                         "when the run changed staging.")
+    def audit_staging(composed):
+        from schema_deploy_airflow import steps
+
+        return steps.chain_audit("staging")
+
+    @teardown
+    @task(queue=queue("production"), doc_md="The record hash-chained into production's "
+                                            "schema_deploy.audit_events, when the run changed production.")
+    def audit_production(composed):
+        from schema_deploy_airflow import steps
+
+        return steps.chain_audit("production")
+
+    @teardown
+    @task(queue=queue(None), doc_md="The record and its chain rows kept beside the backup in S3; the run's "
+                                    "audit result. Opens no database.")
+    def audit_record(staging_row, production_row):
         from schema_deploy_airflow import steps
 
         return steps.record_audit()
 
-    [summary, backup, staged, gated, requested, branch, approve, window, applied, verified] >> audit_record()
+    composed = audit_compose()
+    [checked, *surveyed, summary, backup, staged, gated, requested, branch, approve, window, applied,
+     verified] >> composed
+    audit_record(audit_staging(composed), audit_production(composed))
 
 
 deploy_schema()

@@ -1,7 +1,11 @@
 """
 ### rollback_schema — put a database back: restore a backup, or run down migrations
 
-**What it does**, one task per step: `preflight` (for production, `confirm_database` must be
+**What it does**: `choose_environment` reads the form's `environment` and runs that
+environment's task group (`staging.…` or `production.…`); the other group is skipped whole,
+so nothing of it runs and its database connection is never read. Inside the group, one task
+per step: `check_environment` (this group is the form's environment) → `preflight` (for
+production, `confirm_database` must be
 the production database's exact name — checked before anything else; then either the backup
 to restore — the one in `backup_uri`, or the newest complete and verified backup of that
 database; every candidate is listed in the log with size, rows, sha256 and verification — or
@@ -14,11 +18,26 @@ pg_dump streamed to S3 and verified: the way back from this rollback) → `rollb
 `pg_restore --clean` in one transaction, or the release's down migrations through the deploy
 engine with lock retries; the ledger marks them rolled back, so they are pending again) → `verify_rollback`
 (row counts equal the backup's manifest, or the undone migrations are pending; no INVALID
-index; the schema fingerprint recorded) → `audit_record` (always runs: kind `rollback` chained
+index; the schema fingerprint recorded) → `audit_record` (the group's teardown: runs whatever
+happened once `check_environment` passed; kind `rollback` chained
 into `schema_deploy.audit_events` of the target when the rollback ran, and a JSON document
 beside the safety backup in S3; Slack hears "rollback done"). Slack hears every step and failure.
 
+**Where each task runs** (Celery queues from deploy.yaml `queues:`; `default` when unset): the
+tasks that open the database — `preflight`, `safety_backup`, `rollback`, `verify_rollback`,
+`audit_record` — run on the queue of their group's environment (`queues.staging`,
+`queues.production`), on workers that hold only that environment's connection
+(`staging_db` or `production_db`, plus `backup_s3` and `slack_deploys`).
+`choose_environment`, `check_environment`, `approval_needed` and `approve_rollback` open no
+database and run on `queues.default`. A database task that lands on a worker without its
+connection fails at once, not retried, with `ConnectionNotOnWorker`: its message names the
+connection, the worker, its queue and the queue to route to.
+
 **If it failed at 2 a.m.** — read the failed task's log; its first lines say what and where.
+* `choose_environment` or `check_environment` failed: the form's environment is not staging or
+  production (or a task of the other group was cleared by hand); nothing ran. Trigger again.
+* `ConnectionNotOnWorker`: the task reached a worker without that database's connection;
+  nothing changed. Fix the route or the worker's connections as the message says, then clear it.
 * `preflight` changed nothing: a wrong `confirm_database`, no verified backup, no `down.sql`,
   or a failed migration in the ledger are each named with the fix. Trigger again.
 * A release missing or altered in S3 stops the task, not retried, nothing changed: trigger again
@@ -41,10 +60,15 @@ from __future__ import annotations
 
 import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Param, dag, task, teardown
+from airflow.sdk import Param, TaskGroup, dag, task
 
 from schema_deploy_airflow.defaults import DEFAULT_ARGS
-from schema_deploy_airflow.steps import bundle_param
+from schema_deploy_airflow.steps import bundle_param, queue
+
+ENVIRONMENTS = ("staging", "production")  # one task group each; the group id is the environment
+NO_DB = queue(None)
+# The group's preflight summary in a template: the group comes from the running task's id.
+PLAN = "ti.xcom_pull(task_ids=ti.task_id.rpartition('.')[0] ~ '.preflight')"
 
 
 def on_failure(context):
@@ -63,7 +87,7 @@ def on_failure(context):
     tags=["schema-deploy", "postgresql", "rollback"],
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
     params={
-        "environment": Param("staging", type="string", enum=["staging", "production"], title="Environment",
+        "environment": Param("staging", type="string", enum=list(ENVIRONMENTS), title="Environment",
                              description="The database to roll back."),
         "method": Param("backup", type="string", enum=["backup", "down_migrations"], title="Method",
                         description="Restore a backup (everything since it is replaced), or run the down.sql "
@@ -81,6 +105,19 @@ def on_failure(context):
     },
 )
 def rollback_schema():
+    @task.branch(queue=NO_DB, doc_md="The form's environment: its group runs, the other is skipped whole.")
+    def choose_environment():
+        from schema_deploy_airflow import rollback_steps
+
+        return rollback_steps.choose_environment()
+
+    @task(queue=NO_DB, doc_md="This group is the form's environment; the group's setup, so its audit_record "
+                              "runs only when the group was chosen. Opens no database.")
+    def check_environment():
+        from schema_deploy_airflow import rollback_steps
+
+        return rollback_steps.check_environment()
+
     @task(doc_md="Confirmation, then the backup to restore, or the down migrations planned and frozen into a "
                  "release in S3; Slack 'rollback started'. Changes nothing.")
     def preflight():
@@ -88,18 +125,12 @@ def rollback_schema():
 
         return rollback_steps.preflight()
 
-    @task.branch(doc_md="A production target needs a human Approve (preflight says); staging goes straight on.")
+    @task.branch(queue=NO_DB, doc_md="A production target needs a human Approve (preflight says); staging goes "
+                                     "straight on.")
     def approval_needed(summary):
-        return "approve_rollback" if summary["needs_approval"] else "safety_backup"
+        from schema_deploy_airflow import rollback_steps
 
-    approve = ApprovalOperator(
-        task_id="approve_rollback",
-        subject="Roll back {{ params.environment }} database "
-                "{{ ti.xcom_pull(task_ids='preflight')['database'] }} ({{ params.method }})?",
-        body="{{ ti.xcom_pull(task_ids='preflight')['approval_body'] }}",
-        retries=0,
-        doc_md="Approve or reject the production rollback; Reject ends the run with nothing changed.",
-    )
+        return rollback_steps.after_preflight(summary)
 
     @task(trigger_rule="none_failed_min_one_success",
           doc_md="pg_dump of the target as it is now, to S3, verified: the way back from this rollback.")
@@ -120,23 +151,35 @@ def rollback_schema():
 
         return rollback_steps.verify()
 
-    summary = preflight()
-    branch = approval_needed(summary)
-    backup = safety_backup()
-    branch >> [approve, backup]
-    approve >> backup
-    done = rollback(summary, backup)
-    verified = verify_rollback(summary, done)
-
-    @teardown
     @task(doc_md="kind 'rollback' in the target's audit chain and a JSON record in S3; Slack 'rollback done'. "
-                 "A teardown: it runs whatever happened.")
+                 "The group's teardown: it runs whatever happened after check_environment.")
     def audit_record():
         from schema_deploy_airflow import rollback_steps
 
         return rollback_steps.record()
 
-    [summary, branch, approve, backup, done, verified] >> audit_record()
+    chosen = choose_environment()
+    for env in ENVIRONMENTS:
+        with TaskGroup(env, default_args={"queue": queue(env)}, tooltip=f"Roll back {env}"):
+            check = check_environment()
+            summary = preflight()
+            branch = approval_needed(summary)
+            approve = ApprovalOperator(
+                task_id="approve_rollback",
+                queue=NO_DB,
+                subject="Roll back {{ params.environment }} database {{ " + PLAN + "['database'] }} "
+                        "({{ params.method }})?",
+                body="{{ " + PLAN + "['approval_body'] }}",
+                retries=0,
+                doc_md="Approve or reject the production rollback; Reject ends the run with nothing changed.",
+            )
+            backup = safety_backup()
+            chosen >> check >> summary
+            branch >> [approve, backup]
+            approve >> backup
+            done = rollback(summary, backup)
+            verified = verify_rollback(summary, done)
+            [summary, branch, approve, backup, done, verified] >> audit_record().as_teardown(setups=check)
 
 
 rollback_schema()

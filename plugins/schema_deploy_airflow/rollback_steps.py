@@ -2,30 +2,48 @@
 
 The domain (confirmation, backup choice, the down migrations from a frozen release,
 verification, the outcome and the record) is in `schema_deploy.pipeline.rollback`;
-this module only adapts it to Airflow: the form's `environment` becomes a `Target`,
-earlier results come back from XCom with `from_xcom`, the stock approval's answer
-becomes an `Approval`, and a non-transient error a failure that is not retried.
+this module only adapts it to Airflow: the form's `environment` picks the task group
+to run, the running task's group (`staging.…`, `production.…`) becomes a `Target` from
+that environment's connection only, earlier results come back from XCom of the same
+group with `from_xcom`, the stock approval's answer becomes an `Approval`, and a
+non-transient error a failure that is not retried.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from schema_deploy.errors import UsageError
-from schema_deploy_airflow import connections
-from schema_deploy_airflow.steps import current_context, deployment, fail_fast, notify, pulled, run_results, target
+from schema_deploy_airflow import connections, steps
+from schema_deploy_airflow.steps import current_context, fail_fast, notify, pulled, run_results, target
 
 PREFLIGHT = "preflight"
-# Task id -> the rollback pipeline's step name, for the audit record.
+# Task id inside an environment's group -> the rollback pipeline's step name, for the audit record.
 TASK_STEPS = {"preflight": "preflight", "approval_needed": "approval_needed", "approve_rollback": "approval",
               "safety_backup": "safety_backup", "rollback": "rollback", "verify_rollback": "verify"}
 
 
+def group_of(context: dict[str, Any]) -> str:
+    """The group of the running task ("staging" for `staging.preflight`; "" outside a group)."""
+    return (getattr(context.get("ti"), "task_id", "") or "").rpartition(".")[0]
+
+
+def in_group(context: dict[str, Any], task_id: str) -> str:
+    """`task_id` in the running task's group: the prefix comes from the running task, never from the form."""
+    group = group_of(context)
+    return f"{group}.{task_id}" if group else task_id
+
+
+def environment(context: dict[str, Any]) -> str:
+    """The running task's environment (its group's id), which must be the form's: a task of the other
+    group (cleared by hand) is refused before it reads any connection."""
+    from schema_deploy.pipeline.rollback import chosen_environment
+
+    return chosen_environment(dict(context.get("params") or {}), group_of(context) or None)
+
+
 def rollback_target(context: dict[str, Any]):
-    """The Target of the form's environment, from its connection."""
-    env = (context.get("params") or {}).get("environment")
-    if env not in connections.DB_CONNECTIONS:
-        raise UsageError(f"environment {env!r} is not one of {', '.join(connections.DB_CONNECTIONS)}.")
-    return target(env)
+    """The Target of the running task's environment, from that environment's connection only."""
+    return target(environment(context), context)
 
 
 def request(context: dict[str, Any]):
@@ -34,12 +52,40 @@ def request(context: dict[str, Any]):
     return RollbackRequest.from_mapping(dict(context.get("params") or {}))
 
 
+class _GroupTaskInstance:
+    """The running task instance for `steps.notify`, which threads Slack messages under the summary
+    of task `preflight`: here that is this group's preflight."""
+
+    def __init__(self, ti: Any, context: dict[str, Any]) -> None:
+        self._ti, self._context = ti, context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ti, name)
+
+    def xcom_pull(self, task_ids: str | None = None, **kwargs: Any) -> Any:
+        return self._ti.xcom_pull(task_ids=in_group(self._context, task_ids) if task_ids else None, **kwargs)
+
+
+def notify_context(context: dict[str, Any]) -> dict[str, Any]:
+    """`context` with its task instance pulling from the running task's group (see _GroupTaskInstance)."""
+    ti = context.get("ti")
+    return {**context, "ti": _GroupTaskInstance(ti, context)} if ti is not None and group_of(context) else context
+
+
+def deployment(context: dict[str, Any]):
+    """steps.deployment, its Slack messages threaded under this group's preflight."""
+    run = steps.deployment(context)
+    threaded = notify_context(context)
+    return dataclasses.replace(run, notify=lambda event, facts, links=None: notify(event, facts, run.log, links,
+                                                                                   threaded))
+
+
 def approval(context: dict[str, Any]):
     """The stock ApprovalOperator's answer (its XCom) as the pipeline's Approval; None if unanswered."""
     from airflow.providers.standard.operators.hitl import ApprovalOperator
     from schema_deploy.pipeline import Approval
 
-    answer = context["ti"].xcom_pull(task_ids="approve_rollback")
+    answer = context["ti"].xcom_pull(task_ids=in_group(context, "approve_rollback"))
     if not answer:
         return None
     user = answer.get("responded_by_user") or {}
@@ -50,6 +96,29 @@ def approval(context: dict[str, Any]):
 
 
 # --- task bodies -----------------------------------------------------------------------
+
+@fail_fast
+def choose_environment() -> str:
+    """The form's environment: the id of the task group to run; the other group is skipped whole."""
+    from schema_deploy.pipeline.rollback import chosen_environment
+
+    return chosen_environment(dict(current_context().get("params") or {}))
+
+
+@fail_fast
+def check_environment() -> str:
+    """This group is the form's environment (opens no connection); logs where its tasks run."""
+    ctx = current_context()
+    env = environment(ctx)
+    steps.task_log().info("rolling back %s: its database tasks run on queue %s, whose workers hold %s", env,
+                          steps.queue(env), connections.DB_CONNECTIONS[env])
+    return env
+
+
+def after_preflight(summary: dict[str, Any]) -> str:
+    """approval_needed's branch: this group's approval when preflight says it is needed, else its safety backup."""
+    return in_group(current_context(), "approve_rollback" if summary["needs_approval"] else "safety_backup")
+
 
 @fail_fast
 def preflight() -> dict[str, Any]:
@@ -65,7 +134,7 @@ def safety_backup() -> dict[str, Any]:
 
     ctx = current_context()
     return rollback.safety_backup(deployment(ctx), rollback_target(ctx),
-                                  pulled(ctx, PREFLIGHT, RollbackPlan)).to_xcom()
+                                  pulled(ctx, in_group(ctx, PREFLIGHT), RollbackPlan)).to_xcom()
 
 
 @fail_fast
@@ -73,7 +142,8 @@ def run_rollback() -> dict[str, Any]:
     from schema_deploy.pipeline import RollbackPlan, rollback
 
     ctx = current_context()
-    return rollback.rollback(deployment(ctx), rollback_target(ctx), pulled(ctx, PREFLIGHT, RollbackPlan)).to_xcom()
+    return rollback.rollback(deployment(ctx), rollback_target(ctx),
+                             pulled(ctx, in_group(ctx, PREFLIGHT), RollbackPlan)).to_xcom()
 
 
 @fail_fast
@@ -81,7 +151,8 @@ def verify() -> dict[str, Any]:
     from schema_deploy.pipeline import RollbackPlan, rollback
 
     ctx = current_context()
-    return rollback.verify(deployment(ctx), rollback_target(ctx), pulled(ctx, PREFLIGHT, RollbackPlan)).to_xcom()
+    return rollback.verify(deployment(ctx), rollback_target(ctx),
+                           pulled(ctx, in_group(ctx, PREFLIGHT), RollbackPlan)).to_xcom()
 
 
 @fail_fast
@@ -89,7 +160,7 @@ def record() -> dict[str, Any]:
     from schema_deploy.pipeline import rollback
 
     ctx = current_context()
-    results, states = run_results(ctx, TASK_STEPS)
+    results, states = run_results(ctx, {in_group(ctx, t): step for t, step in TASK_STEPS.items()})
     answer = approval(ctx)
     results["approval"] = answer.to_xcom() if answer else None
     return rollback.record(deployment(ctx), rollback_target(ctx), request(ctx), results, states).to_xcom()
@@ -106,6 +177,7 @@ def notify_failure(context: Any) -> None:
              "error": scrub(str(error))[:600] if error else "see the log"}
     log_url = getattr(ti, "log_url", "")
     try:
-        notify("rollback_failed", facts, task_log(), links={"Task log": log_url} if log_url else None, context=context)
+        notify("rollback_failed", facts, task_log(), links={"Task log": log_url} if log_url else None,
+               context=notify_context(context))
     except Exception:  # noqa: BLE001 - a callback must never raise
         pass

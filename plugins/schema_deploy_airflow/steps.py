@@ -17,8 +17,11 @@ from schema_deploy.errors import SchemaDeployError, scrub
 from schema_deploy_airflow import connections
 
 PREFLIGHT = "preflight"
-# Task id -> the pipeline's step name, for the audit record.
-TASK_STEPS = {"preflight": "preflight", "backup_production": "backup", "apply_staging": "apply_staging",
+# Task id -> the pipeline's step name, for the audit record. The record's own tasks (audit_*) are not
+# in it: they run after the steps they record.
+TASK_STEPS = {"preflight_bundle": "preflight_bundle", "preflight_staging": "preflight_staging",
+              "preflight_production": "preflight_production", "preflight": "preflight",
+              "backup_production": "backup", "apply_staging": "apply_staging",
               "test_gate": "gate", "production_requested": "production_requested",
               "approval_needed": "approval_needed", "approve_production": "approval", "wait_for_window": "window",
               "apply_production": "apply_production", "verify_production": "verification"}
@@ -215,10 +218,30 @@ def bundle_param():
 # --- task bodies -----------------------------------------------------------------------
 
 @fail_fast
-def preflight() -> dict[str, Any]:
+def preflight_bundle() -> dict[str, Any]:
     from schema_deploy.pipeline import deploy
 
-    return deploy.preflight(deployment(), target("staging"), target("production")).to_xcom()
+    return deploy.preflight_bundle(deployment()).to_xcom()
+
+
+@fail_fast
+def preflight_target(env: str) -> dict[str, Any]:
+    """One target's survey, on the worker of its queue (it opens that target's database only)."""
+    from schema_deploy.pipeline import BundleCheck, deploy
+
+    ctx = current_context()
+    survey = deploy.preflight_staging if env == "staging" else deploy.preflight_production
+    return survey(deployment(ctx), target(env, ctx), pulled(ctx, "preflight_bundle", BundleCheck)).to_xcom()
+
+
+@fail_fast
+def preflight() -> dict[str, Any]:
+    from schema_deploy.pipeline import BundleCheck, TargetSurvey, deploy
+
+    ctx = current_context()
+    return deploy.preflight_release(deployment(ctx), pulled(ctx, "preflight_bundle", BundleCheck),
+                                    pulled(ctx, "preflight_staging", TargetSurvey),
+                                    pulled(ctx, "preflight_production", TargetSurvey)).to_xcom()
 
 
 @fail_fast
@@ -226,7 +249,7 @@ def backup_production() -> dict[str, Any]:
     from schema_deploy.pipeline import PreflightResult, deploy
 
     ctx = current_context()
-    return deploy.backup(deployment(ctx), target("production"), pulled(ctx, PREFLIGHT, PreflightResult)).to_xcom()
+    return deploy.backup(deployment(ctx), target("production", ctx), pulled(ctx, PREFLIGHT, PreflightResult)).to_xcom()
 
 
 @fail_fast
@@ -234,7 +257,7 @@ def apply_to(env: str) -> dict[str, Any]:
     from schema_deploy.pipeline import PreflightResult, deploy
 
     ctx = current_context()
-    return deploy.apply(deployment(ctx), target(env), pulled(ctx, PREFLIGHT, PreflightResult)).to_xcom()
+    return deploy.apply(deployment(ctx), target(env, ctx), pulled(ctx, PREFLIGHT, PreflightResult)).to_xcom()
 
 
 @fail_fast
@@ -242,7 +265,7 @@ def test_gate() -> dict[str, Any]:
     from schema_deploy.pipeline import ApplyResult, BackupResult, PreflightResult, deploy
 
     ctx = current_context()
-    return deploy.staging_gate(deployment(ctx), target("staging"), pulled(ctx, PREFLIGHT, PreflightResult),
+    return deploy.staging_gate(deployment(ctx), target("staging", ctx), pulled(ctx, PREFLIGHT, PreflightResult),
                                pulled(ctx, "backup_production", BackupResult),
                                pulled(ctx, "apply_staging", ApplyResult)).to_xcom()
 
@@ -254,17 +277,58 @@ def verify_production() -> dict[str, Any]:
     ctx = current_context()
     run, pre, applied = deployment(ctx), pulled(ctx, PREFLIGHT, PreflightResult), pulled(ctx, "apply_production",
                                                                                           ApplyResult)
-    verified = deploy.verify(run, target("production"), pre, applied)
+    verified = deploy.verify(run, target("production", ctx), pre, applied)
     deploy.production_done(run, applied, verified, pulled(ctx, "backup_production", BackupResult), pre)
     return verified.to_xcom()
 
 
+# Each apply task's step name -> the target it changes (the record is chained into those that ran).
+APPLIES = {"apply_staging": "staging", "apply_production": "production"}
+
+
 @fail_fast
-def record_audit() -> dict[str, Any]:
+def compose_audit() -> dict[str, Any]:
+    """The run's record, once, on a worker without database connections: every chain row and the
+    document carry these bytes (no task computes its own)."""
     from schema_deploy.pipeline import record
 
     ctx = current_context()
     results, states = run_results(ctx, TASK_STEPS)
     results["approval"] = ctx["ti"].xcom_pull(task_ids="approve_production", key="approval")
-    targets = {"apply_staging": target("staging"), "apply_production": target("production")}
-    return record.record(deployment(ctx), targets, results, states).to_xcom()
+    return record.compose(deployment(ctx), APPLIES, results, states).to_xcom()
+
+
+@fail_fast
+def chain_audit(env: str) -> dict[str, Any] | None:
+    """The composed record chained into `env`'s audit table when the run changed it; the connection
+    is looked up only then."""
+    from schema_deploy.pipeline import RunRecord, record
+
+    ctx = current_context()
+    composed = pulled(ctx, "audit_compose", RunRecord)
+    if composed is None:
+        raise_no_record()
+    if env not in composed.changed:
+        task_log().info("audit: %s was not changed by this run; nothing to chain", env)
+        return None
+    link = record.chain(deployment(ctx, store=False), target(env, ctx), composed)
+    return link.to_xcom() if link else None
+
+
+@fail_fast
+def record_audit() -> dict[str, Any]:
+    from schema_deploy.pipeline import AuditLink, RunRecord, record
+
+    ctx = current_context()
+    composed = pulled(ctx, "audit_compose", RunRecord)
+    if composed is None:
+        raise_no_record()
+    links = [pulled(ctx, f"audit_{env}", AuditLink) for env in APPLIES.values()]
+    return record.keep(deployment(ctx), composed, [link for link in links if link is not None]).to_xcom()
+
+
+def raise_no_record() -> None:
+    from schema_deploy.errors import UsageError
+
+    raise UsageError("audit_compose left no record (it failed: see its log); clear audit_compose, which clears "
+                     "the audit tasks after it.")

@@ -28,19 +28,105 @@ def test_deploy_schema_runs_one_at_a_time_with_docs_tags_and_owner(dagbag) -> No
     assert {t.owner for t in dag.tasks} == {"platform-db"}
 
 
+ORDER = ["preflight_bundle", "preflight_staging", "preflight_production", "preflight", "backup_production",
+         "apply_staging", "test_gate", "production_requested", "approval_needed", "approve_production",
+         "wait_for_window", "apply_production", "verify_production"]
+AUDIT = ["audit_compose", "audit_staging", "audit_production", "audit_record"]
+# Which environment's database each task opens (None: none): its queue is that environment's.
+ENVS = {"preflight_bundle": None, "preflight_staging": "staging", "preflight_production": "production",
+        "preflight": None, "backup_production": "production", "apply_staging": "staging", "test_gate": "staging",
+        "production_requested": None, "approval_needed": None, "approve_production": None, "wait_for_window": None,
+        "apply_production": "production", "verify_production": "production", "audit_compose": None,
+        "audit_staging": "staging", "audit_production": "production", "audit_record": None}
+QUEUES = "queues: {staging: stg-eu, production: prod-eu, default: control}\n"
+
+
 def test_the_chain_follows_the_design(dagbag) -> None:
     dag = dagbag.dags["deploy_schema"]
-    order = ["preflight", "backup_production", "apply_staging", "test_gate", "production_requested",
-             "approval_needed", "approve_production", "wait_for_window", "apply_production", "verify_production"]
-    assert set(order) <= set(dag.task_ids)
-    for upstream, downstream in [("preflight", "backup_production"), ("backup_production", "apply_staging"),
+    assert set(dag.task_ids) == set(ORDER) | set(AUDIT) == set(ENVS)
+    for upstream, downstream in [("preflight_bundle", "preflight_staging"),
+                                 ("preflight_bundle", "preflight_production"), ("preflight_staging", "preflight"), ("preflight_production", "preflight"),
+                                 ("preflight", "backup_production"), ("backup_production", "apply_staging"),
                                  ("apply_staging", "test_gate"), ("test_gate", "production_requested"),
                                  ("approve_production", "wait_for_window"), ("wait_for_window", "apply_production"),
                                  ("apply_production", "verify_production")]:
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
-    audit = dag.get_task("audit_record")  # runs whatever happened; the run's state stays the deployment's
-    assert audit.is_teardown and not audit.on_failure_fail_dagrun
-    assert audit.upstream_task_ids == set(order)
+    assert dag.get_task("preflight_staging").upstream_task_ids == {"preflight_bundle"}
+    assert dag.get_task("preflight_production").upstream_task_ids == {"preflight_bundle"}
+    assert dag.get_task("preflight").upstream_task_ids == {"preflight_staging", "preflight_production"}
+    # The record: computed once after every step, chained into each database, kept; all teardowns, so they
+    # run whatever happened and the run's state stays the deployment's.
+    assert dag.get_task("audit_compose").upstream_task_ids == set(ORDER)
+    assert dag.get_task("audit_staging").upstream_task_ids == {"audit_compose"}
+    assert dag.get_task("audit_production").upstream_task_ids == {"audit_compose"}
+    assert dag.get_task("audit_record").upstream_task_ids == {"audit_staging", "audit_production"}
+    for task_id in AUDIT:
+        task = dag.get_task(task_id)
+        assert task.is_teardown and not task.on_failure_fail_dagrun, task_id
+
+
+def test_the_record_names_a_step_for_every_task_but_its_own(dagbag) -> None:
+    from schema_deploy.pipeline.record import STEPS
+    from schema_deploy_airflow.steps import TASK_STEPS
+
+    assert list(TASK_STEPS) == ORDER
+    assert sorted(TASK_STEPS.values()) == sorted(STEPS)
+
+
+@pytest.fixture
+def queued_dag(tmp_path, monkeypatch):
+    """deploy_schema parsed with a deploy.yaml that gives each environment its own queue."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    config = tmp_path / "deploy.yaml"
+    config.write_text(QUEUES)
+    monkeypatch.setenv("SCHEMA_DEPLOY_CONFIG", str(config))
+    return DagBag(dag_folder=str(REPO / "dags")).dags["deploy_schema"]
+
+
+def test_each_task_runs_on_the_queue_of_the_database_it_opens(queued_dag, dagbag) -> None:
+    wanted = {None: "control", "staging": "stg-eu", "production": "prod-eu"}
+    assert {t.task_id: t.queue for t in queued_dag.tasks} == {t: wanted[env] for t, env in ENVS.items()}
+    assert {t.queue for t in dagbag.dags["deploy_schema"].tasks} == {"default"}  # deploy.yaml without queues:
+
+
+def test_no_task_reads_a_connection_other_than_its_queues_environments(queued_dag, monkeypatch) -> None:
+    """Each task body runs with the pipeline replaced by a stand-in and the connection lookup spied
+    on: what it asks for is what a worker of its queue must hold, and nothing else."""
+    import inspect
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    from schema_deploy import pipeline
+    from schema_deploy.pipeline import deploy, record  # noqa: F401 - imported, so that they can be stood in for
+    from schema_deploy_airflow import connections, steps
+
+    asked: list[str] = []
+    monkeypatch.setattr(connections, "database_url", lambda conn_id: asked.append(conn_id) or "postgresql://u@h/d")
+    monkeypatch.setattr(pipeline, "deploy", MagicMock())
+    monkeypatch.setattr(pipeline, "record", MagicMock())
+    monkeypatch.setattr(steps, "deployment", MagicMock())
+    monkeypatch.setattr(steps, "notify", lambda *a, **k: {})
+    monkeypatch.setattr(steps, "run_results", lambda *a: ({}, {}))
+    # Every earlier result as if present, the record as if the run changed both databases.
+    monkeypatch.setattr(steps, "pulled", lambda *a, **k: MagicMock(changed=["staging", "production"]))
+    envs = {conn_id: env for env, conn_id in connections.DB_CONNECTIONS.items()}
+    read = {}
+    for task in queued_dag.tasks:
+        context = {"ti": MagicMock(task=task), "params": {"dry_run": False, "skip_window": True},
+                   "dag_run": SimpleNamespace(run_type="manual", run_id="r")}
+        monkeypatch.setattr(steps, "current_context", lambda: context)
+        asked.clear()
+        if task.task_id == "approve_production":
+            continue  # HITL: reads the earlier tasks' XCom and asks a human (tests/dags/test_approval_policy.py)
+        if task.task_id == "wait_for_window":
+            task.execute(context)
+        else:
+            names = inspect.signature(task.python_callable).parameters
+            task.python_callable(*[None] * len(task.op_args), **{n: context[n] for n in ("params", "dag_run")
+                                                                  if n in names})
+        read[task.task_id] = {envs[c] for c in asked}
+    assert read == {t: ({env} if env else set()) for t, env in ENVS.items() if t != "approve_production"}
 
 
 def test_every_task_but_the_approval_retries_with_backoff_and_has_docs(dagbag) -> None:
@@ -155,3 +241,20 @@ def test_deploy_schema_is_manual_unless_deploy_yaml_schedules_it_before_each_win
     config.write_text("windows: [{name: nightly, cron: '0 2 * * *', duration: 2h}]\n")
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["deploy_schema"]
     assert not isinstance(dag.timetable, MaintenanceWindowTimetable)
+
+
+@pytest.mark.parametrize("body", ["chain_audit", "record_audit"])
+def test_an_audit_task_without_the_composed_record_fails_naming_the_task_to_clear(monkeypatch, body: str) -> None:
+    from unittest.mock import MagicMock
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from schema_deploy_airflow import steps
+
+    context = {"ti": MagicMock(**{"xcom_pull.return_value": None})}
+    monkeypatch.setattr(steps, "current_context", lambda: context)
+    run = getattr(steps, body)
+    with pytest.raises(AirflowFailException, match=r"^UsageError: audit_compose left no record \(it failed: see its "
+                                                   r"log\); clear audit_compose, which clears the audit tasks after "
+                                                   r"it.$"):
+        run("staging") if body == "chain_audit" else run()

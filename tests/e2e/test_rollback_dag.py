@@ -18,6 +18,9 @@ from schema_deploy.bundle import load_bundle
 from schema_deploy.ledger import read_rows
 from tests.e2e.harness import REPO, DagRunner, fingerprint
 
+GROUP = ("check_environment", "preflight", "approval_needed", "approve_rollback", "safety_backup", "rollback",
+         "verify_rollback", "audit_record")
+
 BASELINE = "20250915090000_baseline"
 EPIC5 = "20251017120000_epic5_schema_completion"
 TABLES = ("personalization_experiments", "experiment_assignments", "behavioral_events", "behavioral_patterns",
@@ -66,6 +69,19 @@ def deploy_epic5(url: str) -> None:
     apply(url, load_bundle(REPO / "sql/migrations"), online=True)
 
 
+def without_connection(runner: DagRunner, tmp_path: Path, stack_env: dict[str, str], conn_id: str) -> None:
+    """Runs of `runner` see no AIRFLOW_CONN_<conn_id> at all: neither from the caller nor from the
+    stack's env file (run_deploy reads both), as on a worker that does not hold that connection."""
+    var = f"AIRFLOW_CONN_{conn_id.upper()}"
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    lines = (Path(stack_env["DEVSTACK_DIR"]) / "env").read_text().splitlines()
+    (stack / "env").write_text("\n".join(line for line in lines if not line.startswith(f"export {var}=")) + "\n")
+    runner.extra_env["DEVSTACK_DIR"] = str(stack)
+    full_env = runner.env
+    runner.env = lambda: {k: v for k, v in full_env().items() if k != var}
+
+
 def test_staging_down_migrations_bring_back_the_baseline_schema_and_leave_epic5_pending(
         runner: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
     staging = targets["staging"]
@@ -75,15 +91,16 @@ def test_staging_down_migrations_bring_back_the_baseline_schema_and_leave_epic5_
     mark = slack_mark(stack_env)
     run = runner.run({"environment": "staging", "method": "down_migrations", "steps": 1})
     assert run.returncode == 0, run.log[-5000:]
-    assert run.state("approve_rollback") == "skipped" and run.state("safety_backup") == "success"
+    assert run.state("staging.approve_rollback") == "skipped" and run.state("staging.safety_backup") == "success"
     assert fingerprint(staging) == baseline_fp and counts(staging) == baseline_rows
     assert ledger_states(staging) == {BASELINE: "applied", EPIC5: "pending"}
-    assert [m["name"] for m in run.xcom("rollback")["rolled_back"]] == [EPIC5]
-    release = run.xcom("preflight")["release"]  # the down.sql that ran is the release's, frozen by preflight
-    assert run.xcom("rollback")["release"] == release["sha256"]
+    assert [m["name"] for m in run.xcom("staging.rollback")["rolled_back"]] == [EPIC5]
+    release = run.xcom("staging.preflight")["release"]  # the down.sql that ran is the release's, frozen by preflight
+    assert run.xcom("staging.rollback")["release"] == release["sha256"]
     assert f"{runner.prefix}/releases/{release['sha256']}.json" in runner.keys()
-    assert run.xcom("verify_rollback")["ledger"][EPIC5] == "pending"
-    assert audit_kinds(staging) == ["rollback"] and run.xcom("audit_record")["outcome"] == "rolled back and verified"
+    assert run.xcom("staging.verify_rollback")["ledger"][EPIC5] == "pending"
+    assert audit_kinds(staging) == ["rollback"]
+    assert run.xcom("staging.audit_record")["outcome"] == "rolled back and verified"
     assert any(k.endswith(".dump") and "/staging/" in k for k in runner.keys())  # the safety backup
     texts = slack_texts(stack_env, mark)
     assert "Schema rollback started" in texts and "Schema rollback done and verified" in texts
@@ -108,16 +125,16 @@ def test_production_rollback_from_the_pre_deploy_backup_after_approval_restores_
 
     run = runner.run({"environment": "production", "method": "backup", "confirm_database": database}, approve="alice")
     assert run.returncode == 0, run.log[-5000:]
-    assert run.result["approvals"][0]["status"] == 200 and run.state("approve_rollback") == "success"
-    assert run.xcom("approve_rollback")["responded_by_user"]["name"] == "alice"
-    assert run.xcom("preflight")["backup"]["uri"] == taken.uri  # the newest verified backup, chosen by preflight
+    assert run.result["approvals"][0]["status"] == 200 and run.state("production.approve_rollback") == "success"
+    assert run.xcom("production.approve_rollback")["responded_by_user"]["name"] == "alice"
+    assert run.xcom("production.preflight")["backup"]["uri"] == taken.uri  # the newest verified, preflight's choice
     assert f"chosen: {taken.uri}" in run.log
     assert fingerprint(production) == before_fp and counts(production) == before_rows
     assert ledger_states(production) == {BASELINE: "applied", EPIC5: "pending"}
-    assert run.xcom("rollback")["foreign_keys_dropped_first"] == [
+    assert run.xcom("production.rollback")["foreign_keys_dropped_first"] == [
         "public.experiment_assignments.experiment_assignments_experimentId_fkey"]
     assert audit_kinds(production) == ["rollback"]
-    safety = run.xcom("safety_backup")["uri"]
+    safety = run.xcom("production.safety_backup")["uri"]
     assert safety != taken.uri and safety.rsplit("/", 1)[1].replace(".dump", ".audit.json") in " ".join(runner.keys())
 
 
@@ -130,11 +147,56 @@ def test_a_wrong_production_confirmation_is_refused_by_preflight_with_nothing_ch
     run = runner.run({"environment": "production", "method": "down_migrations", "confirm_database": "production"},
                      approve="alice")
     assert run.returncode == 1
-    assert run.state("preflight") == "failed" and run.state("rollback") in ("upstream_failed", None)
+    assert run.state("production.preflight") == "failed"
+    assert run.state("production.rollback") in ("upstream_failed", None)
     assert (f"ConfirmationMismatch: confirm_database is 'production', but the production database is {database!r}: "
             "a production rollback needs its database name typed exactly in confirm_database. Nothing was changed; "
             f"trigger again with confirm_database = {database}.") in run.log
     assert fingerprint(production) == before_fp and counts(production) == before_rows
     assert ledger_states(production)[EPIC5] == "applied" and audit_kinds(production) == []
     assert not [k for k in runner.keys() if k.endswith(".dump")]  # no safety backup either
+    assert run.result["approvals"] == []
+
+
+def test_a_staging_rollback_runs_without_the_production_connection_and_skips_the_production_group(
+        runner: DagRunner, targets: dict[str, str], stack_env: dict[str, str], tmp_path: Path) -> None:
+    staging = targets["staging"]
+    baseline_fp = fingerprint(staging)
+    deploy_epic5(staging)
+    without_connection(runner, tmp_path, stack_env, "production_db")
+    config = runner.config(extra="queues: {staging: stg, production: prod}\n")
+    run = runner.run({"environment": "staging", "method": "down_migrations", "steps": 1}, config=config)
+    assert run.returncode == 0, run.log[-5000:]
+    assert run.state("choose_environment") == "success"
+    assert {t: run.state(f"production.{t}") for t in GROUP} == dict.fromkeys(GROUP, "skipped")
+    assert {t: run.state(f"staging.{t}") for t in GROUP} == {**dict.fromkeys(GROUP, "success"),
+                                                             "approve_rollback": "skipped"}
+    assert "production_db" not in run.log  # no step asked for it
+    assert fingerprint(staging) == baseline_fp and ledger_states(staging)[EPIC5] == "pending"
+    assert run.xcom("staging.audit_record")["outcome"] == "rolled back and verified"
+    assert "rolling back staging: its database tasks run on queue stg, whose workers hold staging_db" in run.log
+
+
+def test_a_production_rollback_on_a_worker_with_only_the_staging_connection_fails_at_preflight_naming_the_route(
+        runner: DagRunner, targets: dict[str, str], stack_env: dict[str, str], tmp_path: Path) -> None:
+    import re
+
+    production = targets["production"]
+    database = production.rsplit("/", 1)[1]
+    deploy_epic5(production)
+    before_fp = fingerprint(production)
+    without_connection(runner, tmp_path, stack_env, "production_db")
+    config = runner.config(extra="queues: {staging: stg, production: prod}\n")
+    run = runner.run({"environment": "production", "method": "down_migrations", "confirm_database": database},
+                     config=config, approve="alice")
+    assert run.returncode == 1
+    assert run.state("production.check_environment") == "success" and run.state("production.preflight") == "failed"
+    assert run.result["tasks"]["production.preflight"]["try_number"] == 1  # not retried: the same worker again
+    assert {run.state(f"production.{t}") for t in ("safety_backup", "rollback", "verify_rollback")} == {
+        "upstream_failed"}
+    assert {t: run.state(f"staging.{t}") for t in GROUP} == dict.fromkeys(GROUP, "skipped")
+    assert re.search(r"ConnectionNotOnWorker: connection production_db is not defined on this worker \([^,]+, "
+                     r"queue prod\): define production_db on the workers of queue prod \(AIRFLOW_CONN_PRODUCTION_DB "
+                     r"or the worker's secrets backend\)", run.log), run.log[-5000:]
+    assert fingerprint(production) == before_fp and ledger_states(production)[EPIC5] == "applied"
     assert run.result["approvals"] == []

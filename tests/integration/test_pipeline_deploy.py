@@ -226,3 +226,119 @@ def test_a_retry_after_some_migrations_committed_runs_the_frozen_plan_and_conver
     assert [m["name"] for m in applied_now.applied] == ["20251101000001_b_its_index"]
     assert applied_now.applied[0]["sql"] == ["CREATE INDEX scores_v_idx ON scores (v)"]
     assert set(applied(production)) >= set(frozen)
+
+
+# --- preflight and the record in parts, as the DAG runs them on each environment's worker -----------
+
+UNREACHABLE = "postgresql://deployer:not-the-password@127.0.0.1:9/production?connect_timeout=1"
+
+
+def test_the_preflight_parts_apart_freeze_the_release_the_whole_preflight_freezes(
+        ctx: Deployment, targets: dict[str, Target]) -> None:
+    from schema_deploy import release
+    from schema_deploy.pipeline import BundleCheck, TargetSurvey
+
+    staging, production = targets["staging"], targets["production"]
+    checked = travel(deploy.preflight_bundle(ctx))
+    planless = release.load(ctx.store.s3, checked.release_uri)
+    assert planless.plans == {} and planless.names == [m["name"] for m in checked.release["migrations"]]
+    assert isinstance(checked, BundleCheck) and not checked.given and checked.lint["errors"] > 0
+    whole = deploy.preflight(ctx, staging, production)  # the folder is still there for this one
+    shutil.rmtree(ctx.cfg.migrations)  # the surveys and the release work from the plan-less release
+
+    surveys = [deploy.preflight_staging(ctx, staging, checked), deploy.preflight_production(ctx, production, checked)]
+    for survey in surveys:
+        assert travel(survey) == survey and isinstance(survey, TargetSurvey)  # the fingerprint round-trips too
+        assert survey.pending == [EPIC5] and survey.release == planless.digest
+        assert survey.fingerprint["columns"] and survey.plan["migrations"][0]["name"] == EPIC5
+    staged, produced = (travel(s) for s in surveys)
+    assert staged.fingerprint == produced.fingerprint and not staged.prechecks and produced.prechecks
+    assert produced.table_sizes and set(produced.table_sizes) == set(whole.table_sizes)
+    pre = travel(deploy.preflight_release(ctx, checked, staged, produced))
+
+    assert pre.release["sha256"] == whole.release["sha256"]  # the same content, so the same release
+    assert pre.release["source"] == planless.source and "release" not in pre.release["source"]
+    assert (pre.pending, pre.lint, pre.prechecks, pre.migrations) == (whole.pending, whole.lint, whole.prechecks,
+                                                                       whole.migrations)
+    assert set(release.load(ctx.store.s3, pre.release_uri).plans) == {"staging", "production"}
+
+
+def test_the_staging_survey_opens_staging_only_and_production_stays_unreachable(
+        ctx: Deployment, targets: dict[str, Target], monkeypatch) -> None:
+    from schema_deploy import db
+    from schema_deploy.errors import DatabaseError
+
+    staging = targets["staging"]
+    production = Target("production", "production", UNREACHABLE)
+    opened, connect = [], db.connect
+    monkeypatch.setattr(db, "connect", lambda url, **kw: opened.append(url) or connect(url, **kw))
+
+    checked = travel(deploy.preflight_bundle(ctx))
+    assert opened == []  # the bundle part opens no database
+    survey = travel(deploy.preflight_staging(ctx, staging, checked))
+    assert survey.pending == [EPIC5] and opened and set(opened) == {staging.url}
+    with pytest.raises(DatabaseError, match=r"^cannot connect to postgresql://deployer:\*\*\*\*@127.0.0.1:9/production"
+                                            r"\?connect_timeout=1: "):
+        deploy.preflight_production(ctx, production, checked)
+    with pytest.raises(DatabaseError):  # the whole preflight needs both, as the CLI's deploy does
+        deploy.preflight(ctx, staging, production)
+
+
+def test_the_release_part_stops_on_schemas_that_differ_or_nothing_pending_and_on_a_survey_of_another_release(
+        ctx: Deployment, targets: dict[str, Target]) -> None:
+    from dataclasses import replace
+
+    from schema_deploy.errors import LedgerBlocked, NothingToDeploy, ReleaseInvalid
+
+    checked = travel(deploy.preflight_bundle(ctx))
+    staged = deploy.preflight_staging(ctx, targets["staging"], checked)
+    produced = deploy.preflight_production(ctx, targets["production"], checked)
+    columns = {**produced.fingerprint["columns"], "public.users.nickname": "text"}
+    drifted = travel(replace(produced, fingerprint={**produced.fingerprint, "columns": columns}))
+
+    with pytest.raises(LedgerBlocked, match=r"^staging and production schemas differ before the change, so a staging "
+                                            r"rehearsal would prove nothing:\n- columns public.users.nickname: only "
+                                            r"in production \(text\)\nBring staging to production's schema \(restore "
+                                            r"it from a production backup\), then run preflight again.$"):
+        deploy.preflight_release(ctx, checked, staged, drifted)
+    with pytest.raises(NothingToDeploy, match=r"nothing to deploy: all 2 migrations of .*migrations are applied on "
+                                              "staging and production"):
+        deploy.preflight_release(ctx, checked, replace(staged, pending=[]), replace(produced, pending=[]))
+    assert [e for e, _ in ctx.notify.events] == ["nothing_pending"]
+    other = replace(produced, release="f" * 64)
+    with pytest.raises(ReleaseInvalid, match=rf"^release {checked.release_uri}: the survey of production read release "
+                                             "ffffffffffff, not this one. Nothing was changed. Clear the run from "
+                                             "preflight_bundle, so that both targets are surveyed with the same "
+                                             "release.$"):
+        deploy.preflight_release(ctx, checked, staged, other)
+
+
+def test_the_record_composed_once_is_the_same_in_every_database_and_the_document(
+        ctx: Deployment, targets: dict[str, Target]) -> None:
+    from schema_deploy.pipeline import AuditLink, RunRecord
+
+    pre = travel(deploy.preflight(ctx, targets["staging"], targets["production"]))
+    results = {"preflight": pre.to_xcom()}
+    states = {"preflight": "success", "apply_staging": "success", "apply_production": "failed"}
+    composed = travel(record.compose(ctx, {"apply_staging": "staging", "apply_production": "production"},
+                                     results, states))
+    assert isinstance(composed, RunRecord) and composed.changed == ["staging", "production"]
+    links = [travel(record.chain(ctx, targets[env], composed)) for env in ("staging", "production")]
+    again = travel(record.chain(ctx, targets["staging"], composed))  # a retried task finds its row
+    kept = travel(record.keep(ctx, composed, links))
+
+    assert again == links[0] and all(isinstance(link, AuditLink) for link in links)
+    bucket, key = parse_s3_uri(kept.s3)
+    document = json.loads(ctx.store.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    payloads = []
+    for target in targets.values():
+        with psycopg.connect(target.url) as conn:
+            payloads += [r.payload for r in audit.read_rows(conn) if r.run_id == ctx.run.run_id]
+            assert audit.verify_chain(conn).ok
+    assert payloads == [document["record"], document["record"]] and document["record"] == composed.record
+    assert document["chain"] == [link.row for link in links]
+    assert kept.chain == {link.env: {"id": link.row["id"], "row_hash": link.row["row_hash"]} for link in links}
+    assert kept.outcome == "failed" and "preflight_staging" in record.STEPS
+
+    untouched = record.compose(ctx, {"apply_production": "production"}, results, {"preflight": "success"})
+    assert record.chain(ctx, Target("production", "production", UNREACHABLE), untouched) is None  # not opened

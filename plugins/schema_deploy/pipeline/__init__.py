@@ -2,8 +2,9 @@
 
 Deploy (`deploy.py`, then `record.py`)::
 
-    preflight → backup → apply(staging) → gate → verify(staging) → [approval] → window
-              → apply(production) → verify(production) → record
+    preflight (bundle → staging, production → release) → backup → apply(staging) → gate
+              → verify(staging) → [approval] → window → apply(production) → verify(production)
+              → record (compose → chain into each changed target → keep)
 
 Rollback (`rollback.py`)::
 
@@ -14,11 +15,13 @@ run's facts and choices) and `Target`s (`target.py`); outputs: frozen results wi
 `to_xcom()` / `from_xcom()` (`results.py`). The Airflow glue in
 `schema_deploy_airflow/` and the `deploy` command both call these steps.
 """
-from schema_deploy.pipeline.results import (Approval, ApplyResult, AuditRecord, BackupResult, GateResult,
-                                            PreflightResult, ReleaseRef, Result, RollbackPlan, RollbackResult,
-                                            RollbackVerification, StagingGate, Verification, WindowSlot)
+from schema_deploy.pipeline.results import (Approval, ApplyResult, AuditLink, AuditRecord, BackupResult, BundleCheck,
+                                            GateResult, PreflightResult, ReleaseRef, Result, RollbackPlan,
+                                            RollbackResult, RollbackVerification, RunRecord, StagingGate,
+                                            TargetSurvey, Verification, WindowSlot)
 from schema_deploy.pipeline.target import Deployment, RunInfo, RunParams, Store, Target
 
-__all__ = ["Approval", "ApplyResult", "AuditRecord", "BackupResult", "Deployment", "GateResult", "PreflightResult",
-           "ReleaseRef", "Result", "RollbackPlan", "RollbackResult", "RollbackVerification", "RunInfo", "RunParams",
-           "StagingGate", "Store", "Target", "Verification", "WindowSlot"]
+__all__ = ["Approval", "ApplyResult", "AuditLink", "AuditRecord", "BackupResult", "BundleCheck", "Deployment",
+           "GateResult", "PreflightResult", "ReleaseRef", "Result", "RollbackPlan", "RollbackResult",
+           "RollbackVerification", "RunInfo", "RunParams", "RunRecord", "StagingGate", "Store", "Target",
+           "TargetSurvey", "Verification", "WindowSlot"]

@@ -8,7 +8,9 @@ Each step takes the run's `Deployment` (settings, store, notifier, log), the
 frozen result (`results.py`). Preflight is the only step that reads the
 migrations folder: it freezes the bundle into a release in the store, and every
 later step loads that release by its URI (checking its sha256), so any worker
-applies exactly what was planned and approved.
+applies exactly what was planned and approved. Preflight itself is four parts, so
+that no part opens two databases: the bundle (no database) → a survey of each
+target (its own database only) → the release with both plans (no database).
 """
 from __future__ import annotations
 
@@ -21,14 +23,14 @@ from typing import Any
 
 from schema_deploy import release as releases
 from schema_deploy.config import ROOT
-from schema_deploy.errors import LedgerBlocked, LintBlocked, NothingToDeploy, VerificationFailed
-from schema_deploy.pipeline.results import (ApplyResult, BackupResult, GateResult, PreflightResult, ReleaseRef,
-                                            StagingGate, Verification, WindowSlot)
+from schema_deploy.errors import LedgerBlocked, LintBlocked, NothingToDeploy, ReleaseInvalid, VerificationFailed
+from schema_deploy.pipeline.results import (ApplyResult, BackupResult, BundleCheck, GateResult, PreflightResult,
+                                            ReleaseRef, StagingGate, TargetSurvey, Verification, WindowSlot)
 from schema_deploy.pipeline.target import Deployment, Target
 from schema_deploy.release import Release
 
 
-def load_release(ctx: Deployment, pre: PreflightResult) -> Release:
+def load_release(ctx: Deployment, pre: PreflightResult | BundleCheck) -> Release:
     """The run's release from the store (its bytes proven against its name). When this machine's
     migrations folder differs from it, the log says which files, and the release is used. Loaded
     once per Deployment: its bytes, once proven, cannot change."""
@@ -66,89 +68,152 @@ def preflight(ctx: Deployment, staging: Target, production: Target, source: Rele
     """Lint, both ledgers, staging and production schemas must match, production prechecks, the
     plan per target; then the release is frozen into the store. Changes no database.
 
-    The bundle is the declared folder's, or `source`'s (an existing release, from `release create`):
-    then its plans, where it has them, must be what the targets get now.
+    The composition of the four parts the DAG runs as separate tasks (each target's survey on a
+    worker holding only that target's connection): `preflight_bundle`, `preflight_staging`,
+    `preflight_production`, `preflight_release`. Between them the results travel as XCom does.
+    """
+    checked = preflight_bundle(ctx, source)
+    surveys = [preflight_staging(ctx, staging, checked), preflight_production(ctx, production, checked)]
+    return preflight_release(ctx, checked, *surveys)
+
+
+def preflight_bundle(ctx: Deployment, source: Release | None = None) -> BundleCheck:
+    """Preflight's first part, with no database: the run's choices checked, the declared bundle read
+    and linted, and frozen into the store as a release without plans, which each target's survey
+    loads (hash-checked). With `source` (a release from `release create`), that release is the bundle.
+
+    Blocking findings are counted here but judged against production's plan (`preflight_production`):
+    whether a finding blocks depends on which migrations are pending there and how the plan rewrites them.
     """
     from schema_deploy.bundle import load_bundle
-    from schema_deploy.db import connect
-    from schema_deploy.apply import load_state
-    from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint
     from schema_deploy.lint import lint_bundle
-    from schema_deploy.plan import check_applyable, plan_for, table_sizes, unfixed_findings
-    from schema_deploy.prechecks import require_clean
 
     cfg, params, log = ctx.cfg, ctx.params, ctx.log
     params.check(cfg, ctx.run.run_type)
     if source is not None:
-        name, bundle = source.bundle, source.to_bundle()
-        ctx.log.info("bundle from release %s (%s), not from a folder", source.short, source.uri)
+        bundle, release = source.to_bundle(), source
+        ctx.loaded.setdefault(source.uri, source)  # loaded and proven by the caller
+        log.info("bundle from release %s (%s), not from a folder", source.short, source.uri)
     else:
         name = params.bundle or cfg.default_bundle
         bundle = load_bundle(cfg.bundle_path(name))
+        release = releases.store(ctx.store.s3, releases.freeze(bundle, name, verify=releases.verify_files(
+            cfg.verify_dir)), ctx.store.root, ctx.store.sse)
+        log.info("bundle %s (%d migrations) frozen without plans: %s", name, len(bundle.migrations), release.uri)
     findings = lint_bundle(bundle, config=cfg.lint)
-    if cfg.prisma.schema is not None:
-        check_prisma_schema(ctx, bundle, staging, on_disk=source is None)
-    fingerprints, pending = {}, {}
-    for target in (staging, production):
-        with connect(target.url) as conn:
-            status, _ = load_state(conn, bundle)
-            check_applyable(status, bundle)
-            pending[target.name] = status.pending
-            fingerprints[target.name] = schema_fingerprint(conn)
-        log.info("%s: pending %s", target.name, ", ".join(status.pending) or "nothing")
-    if not any(pending.values()):
-        ctx.notify("nothing_pending", {"migrations": f"all {len(bundle.migrations)} applied on "
-                                                     f"{staging.name} and {production.name}",
-                                       "run": ctx.run.run_id, "triggered by": ctx.run.triggered_by}, None)
-        raise NothingToDeploy(len(bundle.migrations), str(bundle.root), [staging.name, production.name])
-    diff = diff_fingerprints(fingerprints[staging.name], fingerprints[production.name], staging.name, production.name)
-    if diff and pending[staging.name] == pending[production.name]:
-        raise LedgerBlocked(f"{staging.name} and {production.name} schemas differ before the change, so a staging "
-                            "rehearsal would prove nothing:\n" + "\n".join(f"- {d}" for d in diff[:30])
-                            + f"\nBring {staging.name} to {production.name}'s schema (restore it from a production "
-                              "backup), then run preflight again.")
-    plans, sizes, prechecks, unfixed = {}, {}, [], []
-    for target in (staging, production):
-        with connect(target.url) as conn:
-            status, interrupted = load_state(conn, bundle)
-            plan = plan_for(conn, bundle, status, interrupted, online=params.online)
-            if source is not None:
-                releases.check_plan(source, target.name, plan)
-            plans[target.name] = releases.plan_summary(plan)
-            if target is production:
-                unfixed = unfixed_findings(findings, plan)
-                if unfixed:
-                    raise LintBlocked(unfixed)
-                prechecks = [r.as_dict() for r in require_clean(conn, plan)]
-                sizes = table_sizes(conn, plan.tables())
-    for r in prechecks:
-        log.info("precheck ok: %s", r)
-    blocking = sum(f.blocking for f in findings)
-    lint = {"errors": blocking, "fixed_by_plan": blocking - len(unfixed),
+    lint = {"errors": sum(f.blocking for f in findings),
             "warnings": sum(f.severity == "warning" and not f.suppressed for f in findings)}
-    if source is not None and all(source.plan(t.name) is not None for t in (staging, production)):
-        release = source  # planned for these targets already, and the plans hold: it is the release
+    return BundleCheck(release=ReleaseRef(**release.summary()).to_xcom(), lint=lint, given=source is not None)
+
+
+def _survey(ctx: Deployment, target: Target, release: Release, bundle: Any,
+            extra: Any = None) -> TargetSurvey:
+    """One target's ledger (refused when a migration failed or drifted), fingerprint and plan of the
+    release; `extra(conn, plan)` adds the production facts."""
+    from schema_deploy.apply import load_state
+    from schema_deploy.db import connect
+    from schema_deploy.fingerprint import schema_fingerprint
+    from schema_deploy.plan import check_applyable, plan_for
+
+    with connect(target.url) as conn:
+        status, interrupted = load_state(conn, bundle)
+        check_applyable(status, bundle)
+        ctx.log.info("%s: pending %s", target.name, ", ".join(status.pending) or "nothing")
+        fingerprint = schema_fingerprint(conn)
+        plan = plan_for(conn, bundle, status, interrupted, online=ctx.params.online)
+        releases.check_plan(release, target.name, plan)  # a given release's plans must be what it gets now
+        facts = extra(conn, plan) if extra is not None else {}
+    return TargetSurvey(env=target.name, release=release.digest, pending=list(status.pending),
+                        fingerprint=fingerprint, plan=releases.plan_summary(plan), **facts)
+
+
+def preflight_staging(ctx: Deployment, staging: Target, checked: BundleCheck) -> TargetSurvey:
+    """Staging before the change, from the release (never a folder): deploy.yaml's schema.prisma
+    check when configured (a scratch database on staging's server, the release's bytes), then its
+    ledger, schema fingerprint and plan. Opens staging only."""
+    release = load_release(ctx, checked)
+    bundle = release.to_bundle()
+    if ctx.cfg.prisma.schema is not None:
+        check_prisma_schema(ctx, bundle, staging, on_disk=False)
+    return _survey(ctx, staging, release, bundle)
+
+
+def preflight_production(ctx: Deployment, production: Target, checked: BundleCheck) -> TargetSurvey:
+    """Production before the change: its ledger, fingerprint and plan, the blocking lint findings
+    that plan leaves (LintBlocked), the data prechecks (orphans, duplicates, NULLs) and the sizes of
+    the tables it touches. Opens production only."""
+    from schema_deploy.lint import lint_bundle
+    from schema_deploy.plan import table_sizes, unfixed_findings
+    from schema_deploy.prechecks import require_clean
+
+    release = load_release(ctx, checked)
+    bundle = release.to_bundle()
+
+    def production_facts(conn: Any, plan: Any) -> dict[str, Any]:
+        unfixed = unfixed_findings(lint_bundle(bundle, config=ctx.cfg.lint), plan)
+        if unfixed:
+            raise LintBlocked(unfixed)
+        prechecks = [r.as_dict() for r in require_clean(conn, plan)]
+        for r in prechecks:
+            ctx.log.info("precheck ok: %s", r)
+        return {"prechecks": prechecks, "table_sizes": table_sizes(conn, plan.tables())}
+
+    return _survey(ctx, production, release, bundle, production_facts)
+
+
+def preflight_release(ctx: Deployment, checked: BundleCheck, staging: TargetSurvey,
+                      production: TargetSurvey) -> PreflightResult:
+    """Preflight's last part, with no database: from both surveys, nothing to deploy (a skip), or
+    schemas that differ before the change (LedgerBlocked); else the release with both plans is
+    frozen into the store and the run announced. A given release planned for both targets, whose
+    plans still hold, is the release as it is."""
+    from schema_deploy.fingerprint import diff_fingerprints
+
+    cfg, params, log = ctx.cfg, ctx.params, ctx.log
+    planless = load_release(ctx, checked)
+    for survey in (staging, production):
+        if survey.release != planless.digest:  # a part re-run alone, after the bundle was frozen again
+            raise ReleaseInvalid(planless.uri or planless.short, f"the survey of {survey.env} read release "
+                                 f"{survey.release[:12]}, not this one", "Clear the run from preflight_bundle, "
+                                 "so that both targets are surveyed with the same release.")
+    pending = {staging.env: staging.pending, production.env: production.pending}
+    if not any(pending.values()):
+        ctx.notify("nothing_pending", {"migrations": f"all {len(planless.files)} applied on "
+                                                     f"{staging.env} and {production.env}",
+                                       "run": ctx.run.run_id, "triggered by": ctx.run.triggered_by}, None)
+        raise NothingToDeploy(len(planless.files), str(planless.to_bundle().root), [staging.env, production.env])
+    diff = diff_fingerprints(staging.fingerprint, production.fingerprint, staging.env, production.env)
+    if diff and staging.pending == production.pending:
+        raise LedgerBlocked(f"{staging.env} and {production.env} schemas differ before the change, so a staging "
+                            "rehearsal would prove nothing:\n" + "\n".join(f"- {d}" for d in diff[:30])
+                            + f"\nBring {staging.env} to {production.env}'s schema (restore it from a production "
+                              "backup), then run preflight again.")
+    plans, prechecks, sizes = {staging.env: staging.plan, production.env: production.plan}, production.prechecks, \
+        production.table_sizes
+    # Production's survey raised LintBlocked for any blocking finding its plan leaves: the rest it fixes.
+    lint = {"errors": checked.lint["errors"], "fixed_by_plan": checked.lint["errors"],
+            "warnings": checked.lint["warnings"]}
+    if checked.given and all(planless.plan(env) is not None for env in plans):
+        release = planless  # planned for these targets already, and the plans hold: it is the release
         log.info("release %s is deployed as given: %s", release.short, release.uri)
     else:
-        derived = {**source.source, "release": source.uri} if source is not None else None
-        frozen = releases.freeze(bundle, name, lint=lint, prechecks=prechecks, plans=plans, source=derived,
-                                 verify=(source.verify if source is not None and source.verify
-                                         else releases.verify_files(cfg.verify_dir)))
+        derived = {**planless.source, "release": planless.uri} if checked.given else planless.source
+        frozen = releases.freeze(planless.to_bundle(), planless.bundle, lint=lint, prechecks=prechecks, plans=plans,
+                                 source=derived, verify=planless.verify or releases.verify_files(cfg.verify_dir))
         release = releases.store(ctx.store.s3, frozen, ctx.store.root, ctx.store.sse)
         log.info("release %s frozen: %s (sha256 %s)", release.short, release.uri, release.digest)
-    ref = ReleaseRef(**release.summary())
-    migrations = plans[production.name]["migrations"]
+    migrations = plans[production.env]["migrations"]
     for mp in migrations:
         log.info("plan %s (%s): %d steps, %d rewritten for online mode", mp["name"], mp["checksum"][:12],
                  len(mp["steps"]), sum(bool(s["rewritten"]) for s in mp["steps"]))
     names = ", ".join(m["name"] for m in migrations) or "nothing pending"
     sent = ctx.notify("started", {"migrations": names, "release": release_fact(release.summary()),
                                   "who": ctx.run.triggered_by,
-                                  "where": f"{staging.name}, then {production.name}" if not params.dry_run
-                                  else f"{staging.name} only (dry run)",
+                                  "where": f"{staging.env}, then {production.env}" if not params.dry_run
+                                  else f"{staging.env} only (dry run)",
                                   "online": params.online, "run": ctx.run.run_id}, None)
-    return PreflightResult(release=ref.to_xcom(), migrations=migrations, online=params.online, pending=pending,
-                           lint=lint, prechecks=prechecks, table_sizes=sizes,
+    return PreflightResult(release=ReleaseRef(**release.summary()).to_xcom(), migrations=migrations,
+                           online=params.online, pending=pending, lint=lint, prechecks=prechecks, table_sizes=sizes,
                            production_table_bytes=sum(v["bytes"] for v in sizes.values()), run=ctx.run.facts(),
                            slack_ts=sent.get("ts"))
 

@@ -4,7 +4,9 @@
 step name, see `STEPS`) and their states: who, what, where, when, with which exact
 SQL (the release), which backup, which tests, who approved, in which window, what
 verification found, how it ended. `record` chains it into each target the run
-changed (`schema_deploy.audit_events`) and keeps it, with its sha256, in the store.
+changed (`schema_deploy.audit_events`) and keeps it, with its sha256, in the store:
+in three parts (`compose` with no database, `chain` per target with only that
+target's, `keep` with none), so each can run on the worker of its own environment.
 """
 from __future__ import annotations
 
@@ -14,13 +16,13 @@ from typing import Any
 from urllib.parse import quote
 
 from schema_deploy.errors import ApproverRefused
-from schema_deploy.pipeline.results import Approval, AuditRecord
+from schema_deploy.pipeline.results import Approval, AuditLink, AuditRecord, RunRecord
 from schema_deploy.pipeline.target import Deployment, RunParams, Target
 
 RECORD_VERSION = 2
 # The deploy pipeline's steps, as the record names them (the orchestrator maps its task ids here).
-STEPS = ("preflight", "backup", "apply_staging", "gate", "production_requested", "approval_needed", "approval",
-         "window", "apply_production", "verification")
+STEPS = ("preflight_bundle", "preflight_staging", "preflight_production", "preflight", "backup", "apply_staging",
+         "gate", "production_requested", "approval_needed", "approval", "window", "apply_production", "verification")
 
 
 def _steps(applied: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -93,8 +95,9 @@ def chain_into(ctx: Deployment, target: Target, kind: str, record_: dict[str, An
 
 
 def keep_document(ctx: Deployment, record_: dict[str, Any], chain: list[Any], beside: str | None) -> tuple[str, str]:
-    """The record and its chain rows as a JSON document in the store, beside `beside` (a backup's URI)
-    or under audit/; written again identically on a retry. Returns (uri, sha256)."""
+    """The record and its chain rows (`audit.AuditRow`s or their as_dict()) as a JSON document in the
+    store, beside `beside` (a backup's URI) or under audit/; written again identically on a retry.
+    Returns (uri, sha256)."""
     from schema_deploy.backup_store import parse_s3_uri
 
     if beside:
@@ -103,7 +106,8 @@ def keep_document(ctx: Deployment, record_: dict[str, Any], chain: list[Any], be
     else:
         bucket, prefix = parse_s3_uri(ctx.store.root)
         key = f"{prefix}/audit/{quote(ctx.run.run_id, safe='')}.audit.json".lstrip("/")
-    body = json.dumps({"record": record_, "chain": [r.as_dict() for r in chain]}, indent=2, sort_keys=True,
+    rows = [r if isinstance(r, dict) else r.as_dict() for r in chain]
+    body = json.dumps({"record": record_, "chain": rows}, indent=2, sort_keys=True,
                       default=str).encode() + b"\n"
     digest = hashlib.sha256(body).hexdigest()
     s3 = ctx.store.s3
@@ -128,22 +132,46 @@ def release_check(ctx: Deployment, uri: str) -> str:
     return "present, sha256 matches its name"
 
 
-def record(ctx: Deployment, targets: dict[str, Target], results: dict[str, Any],
-           states: dict[str, str | None]) -> AuditRecord:
-    """Chain the deploy run's record into every target it changed and keep it in the store.
-    `targets`: the apply step's name -> its target; a target was changed when its apply step ran
-    (succeeded or failed). Idempotent: a retry finds its rows already in the chain and writes the
-    same document again."""
-    changed = [t for step, t in targets.items() if states.get(step) in ("success", "failed")]
+def compose(ctx: Deployment, applies: dict[str, str], results: dict[str, Any],
+            states: dict[str, str | None]) -> RunRecord:
+    """The run's record, once, with no database: every target's chain row and the document in the
+    store carry these very bytes. `applies`: each apply step's name -> its target's name; a target
+    was changed when its apply step ran (succeeded or failed)."""
     record_ = deploy_record(ctx, results, states)
     if record_["release"]:
         record_["release"]["check"] = release_check(ctx, record_["release"]["uri"])
-    chained = [chain_into(ctx, t, "deploy", record_) for t in changed]
-    uri, digest = keep_document(ctx, record_, chained, (results.get("backup") or {}).get("uri"))
     release = (results.get("preflight") or {}).get("release") or {}
-    return AuditRecord(outcome=record_["outcome"], s3=uri, sha256=digest,
-                       chain={r.environment: {"id": r.id, "row_hash": r.row_hash} for r in chained},
-                       release=release.get("sha256", ""))
+    return RunRecord(record=record_, changed=[t for step, t in applies.items() if states.get(step) in ("success",
+                                                                                                     "failed")],
+                     beside=(results.get("backup") or {}).get("uri") or "", release=release.get("sha256", ""))
+
+
+def chain(ctx: Deployment, target: Target, composed: RunRecord) -> AuditLink | None:
+    """The record's row in `target`'s audit chain, when the run changed it (else None, and the
+    target is not opened). Idempotent: a retry finds the row it added."""
+    if target.name not in composed.changed:
+        ctx.log.info("audit: %s was not changed by this run; its chain is left alone", target.name)
+        return None
+    return AuditLink(env=target.name, row=chain_into(ctx, target, "deploy", composed.record).as_dict())
+
+
+def keep(ctx: Deployment, composed: RunRecord, links: list[AuditLink]) -> AuditRecord:
+    """The record and its chain rows kept as one document in the store, with no database; written
+    again identically on a retry."""
+    uri, digest = keep_document(ctx, composed.record, [link.row for link in links], composed.beside or None)
+    return AuditRecord(outcome=composed.record["outcome"], s3=uri, sha256=digest,
+                       chain={link.env: {"id": link.row["id"], "row_hash": link.row["row_hash"]} for link in links},
+                       release=composed.release)
+
+
+def record(ctx: Deployment, targets: dict[str, Target], results: dict[str, Any],
+           states: dict[str, str | None]) -> AuditRecord:
+    """Chain the deploy run's record into every target it changed and keep it in the store: the
+    composition of `compose`, `chain` per target and `keep`, the parts the DAG runs as separate
+    tasks. `targets`: each apply step's name -> its target."""
+    composed = compose(ctx, {step: t.name for step, t in targets.items()}, results, states)
+    links = [chain(ctx, t, composed) for t in targets.values()]
+    return keep(ctx, composed, [link for link in links if link is not None])
 
 
 # --- approval -------------------------------------------------------------------------

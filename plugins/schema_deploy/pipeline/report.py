@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ORDER = ("preflight", "backup", "apply_staging", "gate", "production_requested", "approval_needed", "approval",
+ORDER = ("preflight_bundle", "preflight_staging", "preflight_production", "preflight", "backup", "apply_staging", "gate", "production_requested", "approval_needed", "approval",
          "window", "apply_production", "verification", "record")
 
 

@@ -64,6 +64,35 @@ class ReleaseRef(Result):
 
 
 @dataclass(frozen=True)
+class BundleCheck(Result):
+    """Preflight's first part, with no database: the bundle read, linted and frozen as a release
+    without plans (or the release given to deploy), which each target's survey then loads."""
+
+    release: dict[str, Any]  # ReleaseRef.to_xcom() of that release
+    lint: dict[str, int]  # errors (blocking findings, before any plan fixes them), warnings
+    given: bool = False  # the release was given (`deploy --release`), not frozen from the folder now
+
+    @property
+    def release_uri(self) -> str:
+        return self.release["uri"]
+
+
+@dataclass(frozen=True)
+class TargetSurvey(Result):
+    """One target before the change, read by a worker that holds only its connection: what is
+    pending there, its schema fingerprint, its plan of the release; production also its prechecks
+    and the sizes of the tables the plan touches."""
+
+    env: str  # the target's name
+    release: str  # sha256 of the release surveyed
+    pending: list[str]
+    fingerprint: dict[str, dict[str, str]]  # fingerprint.schema_fingerprint: section -> object -> definition
+    plan: dict[str, Any]  # release.plan_summary
+    prechecks: list[dict[str, Any]] = field(default_factory=list)
+    table_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PreflightResult(Result):
     """Nothing changed yet: the release, what is pending where, lint, prechecks and the production plan."""
 
@@ -161,6 +190,25 @@ class WindowSlot(Result):
     needed: str = ""
     staging_seconds: float | None = None
     waited_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord(Result):
+    """The run's audit record, computed once with no database; every chain row and the document in
+    the store carry exactly this `record`."""
+
+    record: dict[str, Any]
+    changed: list[str]  # the targets the run changed (their apply step ran): the ones to chain it into
+    beside: str = ""  # the backup's URI: the document is kept next to it (else under audit/)
+    release: str = ""  # the release's sha256
+
+
+@dataclass(frozen=True)
+class AuditLink(Result):
+    """The record's row in one target's audit chain (`audit.AuditRow.as_dict()`)."""
+
+    env: str
+    row: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,14 @@ from schema_deploy.pipeline.deploy import load_release, release_fact
 from schema_deploy.pipeline.record import RECORD_VERSION, chain_into, keep_document
 from schema_deploy.pipeline.results import (AuditRecord, BackupResult, ReleaseRef, RollbackPlan, RollbackResult,
                                             RollbackVerification)
-from schema_deploy.pipeline.target import PRODUCTION, Deployment, Target
+from schema_deploy.pipeline.target import PRODUCTION, STAGING, Deployment, Target
 from schema_deploy.release import Release
 
 BACKUP, DOWN = "backup", "down_migrations"
 METHODS = (BACKUP, DOWN)
 # The rollback pipeline's steps, as the record names them (the orchestrator maps its task ids here).
 STEPS = ("preflight", "approval_needed", "approval", "safety_backup", "rollback", "verify")
+ENVIRONMENTS = (STAGING, PRODUCTION)  # what a rollback can target, one per run
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,23 @@ class RollbackRequest:
                    steps=int(params.get("steps") or 1),
                    confirm_database=str(params.get("confirm_database") or "").strip(),
                    force=bool(params.get("force", False)))
+
+
+# --- the environment ------------------------------------------------------------------
+
+def chosen_environment(params: dict[str, Any], group: str | None = None) -> str:
+    """The environment the trigger form chose, refused unless it is one of `ENVIRONMENTS`. `group`:
+    the environment the asking step belongs to (the orchestrator runs each environment's steps
+    apart); a step of the other one is refused, so it never reaches that environment's database."""
+    env = params.get("environment")
+    if env not in ENVIRONMENTS:
+        raise UsageError(f"environment {env!r} is not one of {', '.join(ENVIRONMENTS)}. Nothing was changed; "
+                         f"trigger again with one of them.")
+    if group is not None and group != env:
+        raise UsageError(f"this run rolls back {env} (the form's environment), not {group}: a {group} step does "
+                         f"not run in it. Nothing was changed; trigger a run with environment = {group} to roll "
+                         f"back {group}.")
+    return env
 
 
 # --- preflight -----------------------------------------------------------------------
