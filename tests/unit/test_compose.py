@@ -8,6 +8,12 @@ vendor.compose-spec`), every image is pinned, every long-running service has a h
 Airflow runs the CeleryExecutor, the connection ids and every environment variable the code
 reads are set, and paths inside the containers lead to files of this repository.
 
+It also checks who holds what: one Celery worker per environment, consuming the queue
+docker/deploy.yaml routes that environment to and holding that environment's database
+connection only; a control plane (api-server, scheduler, dag-processor, triggerer, init) with
+no database connection, since the Execution API hands a worker any connection the api-server
+can see; workers without the metadata database's password or the API's signing secrets.
+
 Each check is a function that returns the problems it finds, so the tests at the end can show
 that a broken file (an unpinned image, a service without a health check, ...) is caught.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -37,7 +44,13 @@ DOCKERFILE = REPO / "docker" / "Dockerfile"
 REPO_IN_CONTAINER = PurePosixPath("/opt/schema-deploy")
 
 AIRFLOW_COMMANDS = {"api-server", "scheduler", "dag-processor", "triggerer", "celery worker"}
+WORKER = "celery worker"
 CONNECTION_IDS = {*connections.DB_CONNECTIONS.values(), connections.S3_CONNECTION, connections.SLACK_CONNECTION}
+SHARED_CONNECTIONS = {connections.S3_CONNECTION, connections.SLACK_CONNECTION}  # every Airflow container's
+# What only the control plane may hold: the metadata database, the key that encrypts it, the
+# secrets that sign task tokens (JWT) and UI sessions and log-server requests (API secret key).
+CONTROL_ONLY = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY",
+                "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY")
 
 # Variables the code reads that the stack leaves unset on purpose, and why.
 OPTIONAL_ENV = {
@@ -92,13 +105,72 @@ def resolved() -> dict:
 
 # --- reading a resolved compose file ----------------------------------------------------------
 
+def command_args(service: dict) -> list[str]:
+    command = service.get("command") or []
+    return command.split() if isinstance(command, str) else list(command)
+
+
 def command_of(service: dict) -> str:
-    command = service.get("command") or ""
-    return command if isinstance(command, str) else " ".join(command)
+    """The Airflow command without its options: "celery worker" for `celery worker --queues x`."""
+    args = command_args(service)
+    words = args[:next((i for i, a in enumerate(args) if a.startswith("-")), len(args))]
+    return " ".join(words)
+
+
+def option_value(args: list[str], *names: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg in names and i + 1 < len(args):
+            return args[i + 1]
+        for name in names:
+            if name.startswith("--") and arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def worker_queues(service: dict) -> list[str]:
+    """The queues a `celery worker` consumes (`--queues a,b`; Airflow's default queue without it)."""
+    value = option_value(command_args(service), "--queues", "-q")
+    return value.split(",") if value else [deploy_config.DEFAULT_QUEUE]
 
 
 def airflow_services(cfg: dict) -> dict[str, dict]:
     return {name: s for name, s in cfg["services"].items() if command_of(s) in AIRFLOW_COMMANDS}
+
+
+def workers(cfg: dict) -> dict[str, dict]:
+    return {name: s for name, s in cfg["services"].items() if command_of(s) == WORKER}
+
+
+def control_plane(cfg: dict) -> dict[str, dict]:
+    """Every Airflow container that is not a worker, airflow-init included (it has Airflow's config)."""
+    return {name: s for name, s in cfg["services"].items()
+            if "AIRFLOW__CORE__EXECUTOR" in environment(s) and command_of(s) != WORKER}
+
+
+def conn_var(conn_id: str) -> str:
+    return f"AIRFLOW_CONN_{conn_id.upper()}"
+
+
+def worker_environment(name: str) -> str | None:
+    """The deployment environment a worker serves, by its name: airflow-worker-<environment>."""
+    env_name = name.removeprefix("airflow-worker-")
+    return env_name if env_name in connections.DB_CONNECTIONS else None
+
+
+def database_service(env_name: str) -> str:
+    return f"{env_name}-db"
+
+
+def secret_values(service: dict) -> dict[str, str]:
+    """The service's secret settings (passwords, keys), by variable."""
+    return {var: value for var, value in environment(service).items()
+            if value and re.search(r"PASSWORD|SECRET|_KEY$", var)}
+
+
+def holding(service: dict, secrets: dict[str, str]) -> list[str]:
+    """The names of `secrets` whose value appears anywhere in the service's environment."""
+    values = environment(service).values()
+    return sorted(name for name, secret in secrets.items() if any(secret in v for v in values))
 
 
 def environment(service: dict) -> dict[str, str]:
@@ -171,9 +243,11 @@ def celery_problems(cfg: dict) -> list[str]:
         env = environment(s)
         if env.get("AIRFLOW__CORE__EXECUTOR") != "CeleryExecutor":
             problems.append(f"{name}: AIRFLOW__CORE__EXECUTOR is {env.get('AIRFLOW__CORE__EXECUTOR')!r}")
-        for key, scheme in (("AIRFLOW__CELERY__BROKER_URL", "redis"),
-                            ("AIRFLOW__CELERY__RESULT_BACKEND", "db+postgresql"),
-                            ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql+psycopg2")):
+        # Results in Redis, not the metadata database: the workers then need no metadata credential.
+        urls = [("AIRFLOW__CELERY__BROKER_URL", "redis"), ("AIRFLOW__CELERY__RESULT_BACKEND", "redis")]
+        if command_of(s) != WORKER:
+            urls.append(("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql+psycopg2"))
+        for key, scheme in urls:
             url = urlsplit(env.get(key, ""))
             if url.scheme != scheme or url.hostname not in cfg["services"]:
                 problems.append(f"{name}: {key} is not a {scheme} URL to a service of the stack")
@@ -190,19 +264,124 @@ def env_read_by_code() -> dict[str, set[str]]:
 
 
 def missing_environment(cfg: dict) -> list[str]:
+    """Variables the code reads (and the connections every container needs) that a service lacks;
+    the database connections are the workers' own (connection_problems)."""
     needed = {name for name in env_read_by_code() if name not in OPTIONAL_ENV}
-    needed |= {"SCHEMA_DEPLOY_CONFIG", "PYTHONPATH"} | {f"AIRFLOW_CONN_{c.upper()}" for c in CONNECTION_IDS}
+    needed |= {"SCHEMA_DEPLOY_CONFIG", "PYTHONPATH"} | {conn_var(c) for c in SHARED_CONNECTIONS}
     return [f"{name}: {var} is not set" for name, s in airflow_services(cfg).items()
             for var in sorted(needed - {k for k, v in environment(s).items() if v})]
 
 
 def connection_problems(cfg: dict) -> list[str]:
-    want = {f"AIRFLOW_CONN_{c.upper()}" for c in CONNECTION_IDS}
+    """The control plane holds the shared connections only; a worker, those and its own
+    environment's database connection; every environment has a worker."""
+    shared = {conn_var(c) for c in SHARED_CONNECTIONS}
     problems = []
     for name, s in airflow_services(cfg).items():
         have = {k for k in environment(s) if k.startswith("AIRFLOW_CONN_")}
+        want = set(shared)
+        if command_of(s) == WORKER:
+            env_name = worker_environment(name)
+            if env_name is None:
+                problems.append(f"{name}: name a worker airflow-worker-<environment>, one of "
+                                f"{sorted(connections.DB_CONNECTIONS)}")
+                continue
+            want.add(conn_var(connections.DB_CONNECTIONS[env_name]))
         if have != want:
-            problems.append(f"{name}: connections {sorted(have)} differ from the code's {sorted(want)}")
+            problems.append(f"{name}: connections {sorted(have)} differ from {sorted(want)}")
+    served = {worker_environment(name) for name in workers(cfg)}
+    problems += [f"no worker serves {e} (airflow-worker-{e}, holding {cid})"
+                 for e, cid in connections.DB_CONNECTIONS.items() if e not in served]
+    return problems
+
+
+def queue_problems(cfg: dict) -> list[str]:
+    """Every worker consumes exactly the queue the deploy settings route its environment to, the
+    tasks that open no database have a worker, and every Airflow service reads the same settings
+    (the DAG takes its queues from them at parse time)."""
+    paths = {environment(s).get("SCHEMA_DEPLOY_CONFIG") for s in airflow_services(cfg).values()}
+    if len(paths) != 1:
+        return [f"the Airflow services read different deploy settings: {sorted(map(str, paths))}"]
+    problems, consumed, default = [], set(), None
+    for name, s in workers(cfg).items():
+        settings = deploy_config.load(host_path(s, environment(s)["SCHEMA_DEPLOY_CONFIG"]), must_exist=True)
+        queues, default = worker_queues(s), settings.queue(None)
+        consumed |= set(queues)
+        env_name = worker_environment(name)
+        if env_name is not None and queues != [settings.queue(env_name)]:
+            problems.append(f"{name}: consumes {','.join(queues)}, but deploy.yaml routes {env_name}'s "
+                            f"tasks to queue {settings.queue(env_name)}: run it with --queues "
+                            f"{settings.queue(env_name)}")
+    if default is not None and default not in consumed:
+        problems.append(f"the tasks that open no database go to queue {default} (queues.default), "
+                        f"which no worker consumes")
+    return problems
+
+
+def worker_identity_problems(cfg: dict) -> list[str]:
+    """Each worker has a hostname of its own (what Airflow records and the wrong-worker message
+    names), and its health check asks that Celery node whether it consumes its queue."""
+    problems = []
+    seen: dict[str, str] = {}
+    for name, s in workers(cfg).items():
+        host = s.get("hostname")
+        if not host:
+            problems.append(f"{name}: no hostname (the task's worker would be a container id)")
+            continue
+        if host in seen:
+            problems.append(f"{name}: hostname {host} is also {seen[host]}'s")
+        seen[host] = name
+        test = " ".join((s.get("healthcheck") or {}).get("test") or [])
+        # The check greps the JSON of `inspect active_queues` for "name": "<queue>".
+        for part in (f"celery@{host}", "active_queues", *(f'\\"{q}\\"' for q in worker_queues(s))):
+            if part not in test:
+                problems.append(f"{name}: the health check does not check {part}")
+    return problems
+
+
+def cross_environment_problems(cfg: dict) -> list[str]:
+    """A worker holds no credential of another environment: neither its connection nor any of its
+    database server's passwords."""
+    problems = []
+    for name, s in workers(cfg).items():
+        for other in connections.DB_CONNECTIONS:
+            if other == worker_environment(name):
+                continue
+            if conn_var(connections.DB_CONNECTIONS[other]) in environment(s):
+                problems.append(f"{name}: holds {conn_var(connections.DB_CONNECTIONS[other])}, "
+                                f"{other}'s connection")
+            leaked = holding(s, secret_values(cfg["services"][database_service(other)]))
+            if leaked:
+                problems.append(f"{name}: holds {database_service(other)}'s {', '.join(leaked)}")
+    return problems
+
+
+def control_plane_db_problems(cfg: dict) -> list[str]:
+    """No control-plane service holds a deployment database's connection or password."""
+    problems = []
+    for name, s in control_plane(cfg).items():
+        for env_name, cid in connections.DB_CONNECTIONS.items():
+            if conn_var(cid) in environment(s):
+                problems.append(f"{name}: holds {conn_var(cid)} (the Execution API would hand it to any worker)")
+            leaked = holding(s, secret_values(cfg["services"][database_service(env_name)]))
+            if leaked:
+                problems.append(f"{name}: holds {database_service(env_name)}'s {', '.join(leaked)}")
+    return problems
+
+
+def worker_secret_problems(cfg: dict) -> list[str]:
+    """No worker holds the metadata database's password, the Fernet key or the API's signing secrets."""
+    secrets = {f"airflow-db's {var}": value for var, value in secret_values(cfg["services"]["airflow-db"]).items()}
+    for s in control_plane(cfg).values():
+        secrets.update({var: environment(s)[var] for var in CONTROL_ONLY if environment(s).get(var)})
+    problems = []
+    for name, s in workers(cfg).items():
+        present = [var for var in CONTROL_ONLY if var in environment(s)]
+        if present:
+            problems.append(f"{name}: sets {', '.join(present)} (the control plane's only)")
+        leaked = holding(s, secrets)
+        if leaked:
+            problems.append(f"{name}: holds the value of {', '.join(leaked)}")
     return problems
 
 
@@ -273,7 +452,7 @@ def test_scheduler_healthcheck_has_its_health_server(resolved):
     assert environment(scheduler)["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
 
 
-def test_airflow_runs_the_celery_executor_with_redis_and_postgres(resolved):
+def test_airflow_runs_the_celery_executor_with_redis_as_broker_and_result_backend(resolved):
     assert celery_problems(resolved) == []
     assert resolved["services"]["redis"]["image"].startswith("redis:")
     assert resolved["services"]["airflow-db"]["image"].startswith("postgres:")
@@ -293,9 +472,10 @@ def test_connection_ids_are_the_ones_the_dag_uses(resolved):
 def test_connections_parse_as_airflow_connections_to_services_of_the_stack(resolved):
     from airflow.sdk.definitions.connection import Connection  # what task code gets for AIRFLOW_CONN_*
 
-    env = environment(resolved["services"]["airflow-worker"])
     services = resolved["services"]
-    conns = {cid: Connection.from_json(env[f"AIRFLOW_CONN_{cid.upper()}"], conn_id=cid) for cid in CONNECTION_IDS}
+    # Each connection as the worker that holds it has it (the database ones are one worker's each).
+    env = {k: v for s in workers(resolved).values() for k, v in environment(s).items()}
+    conns = {cid: Connection.from_json(env[conn_var(cid)], conn_id=cid) for cid in CONNECTION_IDS}
     for env_name, cid in connections.DB_CONNECTIONS.items():
         conn = conns[cid]
         assert (conn.conn_type, conn.login) == ("postgres", "migrator"), cid
@@ -312,9 +492,96 @@ def test_connections_parse_as_airflow_connections_to_services_of_the_stack(resol
 
 
 def test_backup_bucket_is_the_one_deploy_settings_name(resolved):
-    worker = resolved["services"]["airflow-worker"]
-    settings = deploy_config.load(host_path(worker, environment(worker)["SCHEMA_DEPLOY_CONFIG"]))
-    assert environment(resolved["services"]["minio-init"])["BACKUP_BUCKET"] == settings.backup_bucket
+    bucket = environment(resolved["services"]["minio-init"])["BACKUP_BUCKET"]
+    for name, worker in workers(resolved).items():
+        settings = deploy_config.load(host_path(worker, environment(worker)["SCHEMA_DEPLOY_CONFIG"]), must_exist=True)
+        assert settings.backup_bucket == bucket, name
+
+
+def test_task_logs_go_to_the_backup_bucket_with_the_backup_connection(resolved):
+    bucket = environment(resolved["services"]["minio-init"])["BACKUP_BUCKET"]
+    for name, s in airflow_services(resolved).items():
+        env = environment(s)
+        assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"].lower() == "true", name
+        assert env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"] == connections.S3_CONNECTION, name
+        folder = urlsplit(env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"])
+        assert (folder.scheme, folder.hostname, folder.path) == ("s3", bucket, "/airflow-logs"), name
+
+
+# --- who holds what -----------------------------------------------------------------------------
+
+def test_there_is_one_worker_per_environment(resolved):
+    assert sorted(worker_environment(name) or name for name in workers(resolved)) == sorted(connections.DB_CONNECTIONS)
+    assert set(control_plane(resolved)) == {"airflow-init", "airflow-apiserver", "airflow-scheduler",
+                                            "airflow-dag-processor", "airflow-triggerer"}
+
+
+def test_each_worker_consumes_the_queue_deploy_settings_route_its_environment_to(resolved):
+    assert queue_problems(resolved) == []
+    for name, worker in workers(resolved).items():
+        settings = deploy_config.load(host_path(worker, environment(worker)["SCHEMA_DEPLOY_CONFIG"]), must_exist=True)
+        assert worker_queues(worker) == [settings.queue(worker_environment(name))], name
+    # The tasks that open no database run on the staging worker.
+    assert settings.queue(None) == "staging"
+    assert worker_queues(resolved["services"]["airflow-worker-staging"]) == ["staging"]
+    assert worker_queues(resolved["services"]["airflow-worker-production"]) == ["production"]
+
+
+def test_a_worker_holds_no_credential_of_the_other_environment(resolved):
+    assert cross_environment_problems(resolved) == []
+    staging = environment(resolved["services"]["airflow-worker-staging"])
+    production = environment(resolved["services"]["airflow-worker-production"])
+    assert "AIRFLOW_CONN_PRODUCTION_DB" not in staging and "AIRFLOW_CONN_STAGING_DB" not in production
+    for env, other in ((staging, "production-db"), (production, "staging-db")):
+        passwords = [environment(resolved["services"][other])[v] for v in ("MIGRATOR_PASSWORD", "POSTGRES_PASSWORD")]
+        assert not [k for k, v in env.items() if any(p in v for p in passwords)], other
+
+
+def test_no_control_plane_service_holds_a_database_connection(resolved):
+    assert control_plane_db_problems(resolved) == []
+    for name, s in control_plane(resolved).items():
+        assert not [k for k in environment(s) if k.endswith("_DB") and k.startswith("AIRFLOW_CONN_")], name
+
+
+def test_no_worker_holds_the_metadata_database_password_or_the_api_secrets(resolved):
+    assert worker_secret_problems(resolved) == []
+    metadata_password = environment(resolved["services"]["airflow-db"])["POSTGRES_PASSWORD"]
+    jwt_secret = environment(resolved["services"]["airflow-apiserver"])["AIRFLOW__API_AUTH__JWT_SECRET"]
+    for name, s in workers(resolved).items():
+        values = environment(s).values()
+        assert not any(metadata_password in v or jwt_secret in v for v in values), name
+
+
+def test_workers_have_hostnames_of_their_own_and_check_their_queue(resolved):
+    assert worker_identity_problems(resolved) == []
+    hostnames = [s["hostname"] for s in workers(resolved).values()]
+    assert len(set(hostnames)) == len(hostnames) == 2
+
+
+def test_stack_settings_are_the_repository_settings_plus_queues():
+    """docker/deploy.yaml differs from deploy.yaml only in the queues (paths resolve to the same files)."""
+    stack = deploy_config.load(REPO / "docker" / "deploy.yaml", must_exist=True)
+    repo = deploy_config.load(REPO / "deploy.yaml", must_exist=True)
+
+    def comparable(cfg: deploy_config.DeployConfig) -> dict:
+        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("source", "queues")}
+        fields["bundles"] = tuple((name, path.resolve()) for name, path in cfg.bundles)
+        fields["verify_dir"] = cfg.verify_dir.resolve()
+        fields["lint"] = cfg.lint.severity
+        return fields
+
+    assert comparable(stack) == comparable(repo)
+    assert dict(stack.queues) == {"staging": "staging", "production": "production", "default": "staging"}
+
+
+def test_gate_commands_name_files_of_the_repository_root():
+    """The gate runs its commands in the repository's root (/opt/schema-deploy in the containers)."""
+    from schema_deploy.pipeline import deploy
+
+    assert deploy.ROOT == deploy_config.ROOT == REPO
+    stack = deploy_config.load(REPO / "docker" / "deploy.yaml", must_exist=True)
+    paths = [a for cmd in stack.gate_commands for a in cmd if "/" in a and not a.startswith(("-", "{"))]
+    assert paths and all((REPO / a).exists() for a in paths), paths
 
 
 def test_container_paths_are_files_of_this_repository(resolved):
@@ -403,11 +670,71 @@ def _untagged_image(cfg: dict) -> None:
 
 
 def _local_executor(cfg: dict) -> None:
-    cfg["services"]["airflow-worker"]["environment"]["AIRFLOW__CORE__EXECUTOR"] = "LocalExecutor"
+    cfg["services"]["airflow-worker-staging"]["environment"]["AIRFLOW__CORE__EXECUTOR"] = "LocalExecutor"
 
 
 def _no_worker(cfg: dict) -> None:
-    del cfg["services"]["airflow-worker"]
+    del cfg["services"]["airflow-worker-staging"], cfg["services"]["airflow-worker-production"]
+
+
+def _no_production_worker(cfg: dict) -> None:
+    del cfg["services"]["airflow-worker-production"]
+
+
+def _worker_holds_the_other_environments_connection(cfg: dict) -> None:
+    production = cfg["services"]["airflow-worker-production"]["environment"]
+    cfg["services"]["airflow-worker-staging"]["environment"]["AIRFLOW_CONN_PRODUCTION_DB"] = \
+        production["AIRFLOW_CONN_PRODUCTION_DB"]
+
+
+def _worker_holds_the_other_environments_password_elsewhere(cfg: dict) -> None:
+    password = cfg["services"]["production-db"]["environment"]["MIGRATOR_PASSWORD"]
+    cfg["services"]["airflow-worker-staging"]["environment"]["DATABASE_URL"] = \
+        f"postgresql://migrator:{password}@production-db/americano_production"
+
+
+def _worker_consumes_the_wrong_queue(cfg: dict) -> None:
+    cfg["services"]["airflow-worker-production"]["command"] = ["celery", "worker", "--queues", "staging"]
+
+
+def _default_queue_unserved(cfg: dict) -> None:
+    cfg["services"]["airflow-worker-staging"]["command"] = ["celery", "worker", "--queues", "staging-only"]
+
+
+def _settings_differ(cfg: dict) -> None:
+    cfg["services"]["airflow-scheduler"]["environment"]["SCHEMA_DEPLOY_CONFIG"] = "/opt/schema-deploy/deploy.yaml"
+
+
+def _control_plane_holds_a_database_connection(cfg: dict) -> None:
+    worker = cfg["services"]["airflow-worker-production"]["environment"]
+    cfg["services"]["airflow-apiserver"]["environment"]["AIRFLOW_CONN_PRODUCTION_DB"] = \
+        worker["AIRFLOW_CONN_PRODUCTION_DB"]
+
+
+def _worker_holds_the_metadata_database(cfg: dict) -> None:
+    scheduler = cfg["services"]["airflow-scheduler"]["environment"]
+    cfg["services"]["airflow-worker-staging"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = \
+        scheduler["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+def _result_backend_in_the_metadata_database(cfg: dict) -> None:
+    url = cfg["services"]["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    cfg["services"]["airflow-worker-production"]["environment"]["AIRFLOW__CELERY__RESULT_BACKEND"] = \
+        "db+postgresql://" + url.split("://", 1)[1]
+
+
+def _worker_holds_the_jwt_secret(cfg: dict) -> None:
+    secret = cfg["services"]["airflow-apiserver"]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"]
+    cfg["services"]["airflow-worker-staging"]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"] = secret
+
+
+def _same_hostname(cfg: dict) -> None:
+    cfg["services"]["airflow-worker-production"]["hostname"] = "airflow-worker-staging"
+
+
+def _healthcheck_of_another_queue(cfg: dict) -> None:
+    cfg["services"]["airflow-worker-production"]["healthcheck"] = \
+        copy.deepcopy(cfg["services"]["airflow-worker-staging"]["healthcheck"])
 
 
 def _renamed_connection(cfg: dict) -> None:
@@ -429,6 +756,21 @@ def _wrong_dags_folder(cfg: dict) -> None:
     (_untagged_image, unpinned_images),
     (_local_executor, celery_problems),
     (_no_worker, celery_problems),
+    (_no_production_worker, connection_problems),
+    (_worker_holds_the_other_environments_connection, cross_environment_problems),
+    (_worker_holds_the_other_environments_connection, connection_problems),
+    (_worker_holds_the_other_environments_password_elsewhere, cross_environment_problems),
+    (_worker_consumes_the_wrong_queue, queue_problems),
+    (_default_queue_unserved, queue_problems),
+    (_settings_differ, queue_problems),
+    (_control_plane_holds_a_database_connection, control_plane_db_problems),
+    (_control_plane_holds_a_database_connection, connection_problems),
+    (_worker_holds_the_metadata_database, worker_secret_problems),
+    (_result_backend_in_the_metadata_database, worker_secret_problems),
+    (_result_backend_in_the_metadata_database, celery_problems),
+    (_worker_holds_the_jwt_secret, worker_secret_problems),
+    (_same_hostname, worker_identity_problems),
+    (_healthcheck_of_another_queue, worker_identity_problems),
     (_renamed_connection, connection_problems),
     (_renamed_connection, missing_environment),
     (_no_config_setting, missing_environment),
@@ -442,7 +784,7 @@ def test_a_broken_file_is_caught(resolved, breakage, check):
 
 @pytest.mark.parametrize("edit, validator", [
     # depends_on a service that does not exist: Compose refuses it
-    (lambda raw: raw["services"]["airflow-worker"]["depends_on"].update(
+    (lambda raw: raw["services"]["airflow-worker-staging"]["depends_on"].update(
         {"redis-sentinel": {"condition": "service_healthy"}}), "compose"),
     # a misspelt key: both the spec schema and Compose refuse it
     (lambda raw: raw["services"]["redis"].update({"helthcheck": {"test": ["CMD", "true"]}}), "schema"),
