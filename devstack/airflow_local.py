@@ -65,6 +65,7 @@ DB_CONNECTION = {"staging": "AIRFLOW_CONN_STAGING_DB", "production": "AIRFLOW_CO
 # What a worker's copy of the project holds (the rest of the checkout is not needed to run tasks).
 PROJECT_PARTS = ("dags", "plugins", "sql", "tests/gate", "devstack", "prisma", "deploy.yaml", "pytest.ini")
 WORKER_READY = "ready."
+MAX_RESTARTS, RESTART_WINDOW_S, RESTART_DELAY_S = 5, 120.0, 2.0  # a component that exits is started again
 CONTROL_ONLY = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")  # the line a Celery worker logs once it consumes its queue
 HOST = "127.0.0.1"
@@ -502,26 +503,36 @@ class Supervisor:
                                     f"see the logs in {self.logs}")
 
     def watch(self) -> None:
-        """Until asked to stop: a Celery worker that died is started again (as systemd or Kubernetes
-        would: its tasks are then retried by Airflow); any other component's exit ends the run."""
+        """Until asked to stop, a component that exits is started again, as `restart: always` in
+        compose or systemd would (Airflow's scheduler exits when it loses Redis; a killed Celery
+        worker's task is then retried by Airflow). One that keeps exiting ends the run."""
+        exits: dict[str, list[float]] = {}
         while not self.stopping:
             for part in self.parts:
                 proc = self.children[part.name]
-                if part.queue is not None and proc.poll() is not None and not self.stopping:
-                    say(f"{part.name} exited (code {proc.returncode}); starting it again")
-                    self.restart(part)
-            if problem := self.exited():
-                raise LocalAirflowError(problem)
+                if proc.poll() is None or self.stopping:
+                    continue
+                recent = [t for t in exits.get(part.name, []) if time.monotonic() - t < RESTART_WINDOW_S]
+                exits[part.name] = recent + [time.monotonic()]
+                if len(exits[part.name]) > MAX_RESTARTS:
+                    raise LocalAirflowError(f"{part.name} exited {len(exits[part.name])} times within "
+                                            f"{RESTART_WINDOW_S:.0f} s (last code {proc.returncode}); "
+                                            f"{self.logs / (part.name + '.log')} ends with:\n"
+                                            + tail(self.logs / f"{part.name}.log"))
+                say(f"{part.name} exited (code {proc.returncode}); starting it again")
+                time.sleep(RESTART_DELAY_S)
+                self.restart(part)
             self.track()
             time.sleep(1)
 
     def restart(self, part: Component) -> None:
-        for proc in self.members():  # what the dead worker left (forked pool, task processes)
-            try:
-                if proc.environ().get("AIRFLOW_HOME") == part.env["AIRFLOW_HOME"]:
-                    proc.kill()
-            except psutil.Error:
-                continue
+        if part.queue is not None:
+            for proc in self.members():  # what the dead worker left (forked pool, task processes)
+                try:
+                    if proc.environ().get("AIRFLOW_HOME") == part.env["AIRFLOW_HOME"]:
+                        proc.kill()
+                except psutil.Error:
+                    continue
         with open(self.logs / f"{part.name}.log", "ab") as out:
             self.children[part.name] = subprocess.Popen(list(part.argv), env=part.env, stdout=out,
                                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
