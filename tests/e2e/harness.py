@@ -50,6 +50,7 @@ class DagRunner:
         shutil.copytree(migrated_home, self.home)
         self.prefix = f"e2e-{uuid.uuid4().hex[:8]}"
         self.extra_env: dict[str, str] = {}
+        self.script = REPO / "devstack/run_deploy.py"  # or a wrapper of it (tests/e2e/misrouted.py)
 
     def config(self, windows: str = "[{cron: '* * * * *', duration: 1h}]", gate: str = GATE, extra: str = "",
                bundle: Path = REPO / "sql/migrations") -> Path:
@@ -62,7 +63,7 @@ class DagRunner:
         return path
 
     def command(self, conf: dict, config: Path, approve: str | None, reject: str | None) -> list[str]:
-        cmd = [sys.executable, str(REPO / "devstack/run_deploy.py"), "--dag-id", self.dag_id, "--home",
+        cmd = [sys.executable, str(self.script), "--dag-id", self.dag_id, "--home",
                str(self.home), "--config", str(config), "--conf", json.dumps(conf),
                "--result", str(self.tmp / "result.json")]
         if approve:

@@ -26,7 +26,7 @@ from tests.e2e.harness import airflow_services
 REPO = Path(__file__).resolve().parents[2]
 DAG = "deploy_schema"
 EPIC5 = "20251017120000_epic5_schema_completion"
-TASKS = ("preflight", "backup_production", "apply_staging", "test_gate", "production_requested",
+TASKS = ("preflight_bundle", "preflight_staging", "preflight_production", "preflight", "backup_production", "apply_staging", "test_gate", "production_requested",
          "approval_needed", "approve_production", "wait_for_window", "apply_production", "verify_production")
 RUN_TIMEOUT_S = 480
 APPROVE_AFTER_S = 5

@@ -296,7 +296,8 @@ def test_orphan_rows_in_production_stop_preflight_with_nothing_changed_anywhere(
     before = {env: fingerprint(url) for env, url in targets.items()}
     run = deployer.run(approve="alice")
     assert run.returncode == 1
-    assert run.state("preflight") == "failed" and run.state("backup_production") == "upstream_failed"
+    assert run.state("preflight_production") == "failed" and run.state("preflight_staging") == "success"
+    assert run.state("preflight") == "upstream_failed" and run.state("backup_production") == "upstream_failed"
     assert "experiment_assignments" in run.log and "orphan" in run.log.lower()
     assert {env: fingerprint(url) for env, url in targets.items()} == before
     assert not ledger(targets["staging"])[1:] and EPIC5 not in applied(targets["production"])
@@ -304,7 +305,7 @@ def test_orphan_rows_in_production_stop_preflight_with_nothing_changed_anywhere(
     assert not [k for k in keys if k.endswith(".dump")]  # no backup taken either
     audit_key = next(k for k in keys if k.endswith(".audit.json"))  # only the record of the refusal
     record = json.loads(deployer.object(f"s3://{stack_env['BACKUP_BUCKET']}/{audit_key}"))["record"]
-    assert record["outcome"] == "failed" and record["task_states"]["preflight"] == "failed"
+    assert record["outcome"] == "failed" and record["task_states"]["preflight_production"] == "failed"
     assert not has_audit_table(targets["staging"]) and not has_audit_table(targets["production"])
 
 
@@ -363,6 +364,39 @@ def airflow_env_for(deployer: DagRunner, config: Path) -> dict[str, str]:
 def test_a_skip_window_without_reason_is_refused_by_preflight_before_any_change(
         deployer: DagRunner, targets: dict[str, str]) -> None:
     run = deployer.run({"skip_window": True, "skip_window_reason": ""}, approve="alice")
-    assert run.returncode == 1 and run.state("preflight") == "failed"
+    assert run.returncode == 1 and run.state("preflight_bundle") == "failed"
     assert "skip_window is on but skip_window_reason is empty: say why production may change" in run.log
+    assert EPIC5 not in applied(targets["staging"]) and EPIC5 not in applied(targets["production"])
+
+
+def test_a_task_on_another_environments_worker_fails_at_once_naming_the_queue_it_belongs_on(
+        deployer: DagRunner, targets: dict[str, str]) -> None:
+    # The DAG processor's deploy.yaml sent production's tasks to queue staging; the worker that took
+    # preflight_production is a staging one: its deploy.yaml routes production to queue production,
+    # and it holds no production_db.
+    import socket
+
+    queues = "queues: {staging: staging, production: production, default: default}\n"
+    misrouted = deployer.tmp / "parsed.yaml"
+    misrouted.write_text("queues: {staging: staging, production: staging, default: default}\n")
+    deployer.script = REPO / "tests/e2e/misrouted.py"
+    deployer.extra_env.update(PARSE_CONFIG=str(misrouted), DROP_CONNECTIONS="AIRFLOW_CONN_PRODUCTION_DB")
+    run = deployer.run(config=deployer.config(extra=queues), approve="alice")
+
+    assert run.returncode == 1
+    assert run.state("preflight_production") == "failed" and run.result["tasks"]["preflight_production"][
+        "try_number"] == 1  # failed without a retry: a retry lands on the same worker
+    host = re.search(r"connection production_db is not defined on this worker \((.+?), queue staging\)",
+                     run.log).group(1)
+    assert host in (socket.getfqdn(), socket.gethostname())
+    assert (f"AirflowFailException: ConnectionNotOnWorker: connection production_db is not defined on this worker "
+            f"({host}, queue staging): route the task to queue production (deploy.yaml queues.production), "
+            "whose workers hold production_db") in run.log
+    assert "AirflowNotFoundException" not in run.log  # the message is ours, not the lookup's traceback
+    assert run.state("preflight_bundle") == run.state("preflight_staging") == "success"
+    assert run.state("preflight") == "upstream_failed" and run.state("backup_production") == "upstream_failed"
+    # The record still runs: composed and kept with no database, production's chain untouched (not changed).
+    assert run.state("audit_production") == "success" and run.xcom("audit_production") is None
+    assert run.xcom("audit_record")["outcome"] == "failed" and run.xcom("audit_record")["chain"] == {}
+    assert not has_audit_table(targets["staging"]) and not has_audit_table(targets["production"])
     assert EPIC5 not in applied(targets["staging"]) and EPIC5 not in applied(targets["production"])
