@@ -10,27 +10,16 @@ non-transient error a failure that is not retried.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from schema_deploy_airflow import connections, steps
-from schema_deploy_airflow.steps import current_context, fail_fast, notify, pulled, run_results, target
+from schema_deploy_airflow.steps import (current_context, deployment, fail_fast, group_of, in_group, notify,
+                                         pulled, run_results, target)
 
 PREFLIGHT = "preflight"
 # Task id inside an environment's group -> the rollback pipeline's step name, for the audit record.
 TASK_STEPS = {"preflight": "preflight", "approval_needed": "approval_needed", "approve_rollback": "approval",
               "safety_backup": "safety_backup", "rollback": "rollback", "verify_rollback": "verify"}
-
-
-def group_of(context: dict[str, Any]) -> str:
-    """The group of the running task ("staging" for `staging.preflight`; "" outside a group)."""
-    return (getattr(context.get("ti"), "task_id", "") or "").rpartition(".")[0]
-
-
-def in_group(context: dict[str, Any], task_id: str) -> str:
-    """`task_id` in the running task's group: the prefix comes from the running task, never from the form."""
-    group = group_of(context)
-    return f"{group}.{task_id}" if group else task_id
 
 
 def environment(context: dict[str, Any]) -> str:
@@ -50,34 +39,6 @@ def request(context: dict[str, Any]):
     from schema_deploy.pipeline.rollback import RollbackRequest
 
     return RollbackRequest.from_mapping(dict(context.get("params") or {}))
-
-
-class _GroupTaskInstance:
-    """The running task instance for `steps.notify`, which threads Slack messages under the summary
-    of task `preflight`: here that is this group's preflight."""
-
-    def __init__(self, ti: Any, context: dict[str, Any]) -> None:
-        self._ti, self._context = ti, context
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ti, name)
-
-    def xcom_pull(self, task_ids: str | None = None, **kwargs: Any) -> Any:
-        return self._ti.xcom_pull(task_ids=in_group(self._context, task_ids) if task_ids else None, **kwargs)
-
-
-def notify_context(context: dict[str, Any]) -> dict[str, Any]:
-    """`context` with its task instance pulling from the running task's group (see _GroupTaskInstance)."""
-    ti = context.get("ti")
-    return {**context, "ti": _GroupTaskInstance(ti, context)} if ti is not None and group_of(context) else context
-
-
-def deployment(context: dict[str, Any]):
-    """steps.deployment, its Slack messages threaded under this group's preflight."""
-    run = steps.deployment(context)
-    threaded = notify_context(context)
-    return dataclasses.replace(run, notify=lambda event, facts, links=None: notify(event, facts, run.log, links,
-                                                                                   threaded))
 
 
 def approval(context: dict[str, Any]):
@@ -178,6 +139,6 @@ def notify_failure(context: Any) -> None:
     log_url = getattr(ti, "log_url", "")
     try:
         notify("rollback_failed", facts, task_log(), links={"Task log": log_url} if log_url else None,
-               context=notify_context(context))
+               context=context)
     except Exception:  # noqa: BLE001 - a callback must never raise
         pass

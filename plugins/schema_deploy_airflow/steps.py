@@ -101,6 +101,17 @@ def run_facts(context: dict[str, Any]) -> dict[str, str]:
     return {"run": info.run_id, "run type": info.run_type, "triggered by": info.triggered_by}
 
 
+def group_of(context: dict[str, Any]) -> str:
+    """The task group of the running task ("staging" for `staging.preflight`; "" outside a group)."""
+    return (getattr(context.get("ti"), "task_id", "") or "").rpartition(".")[0]
+
+
+def in_group(context: dict[str, Any], task_id: str) -> str:
+    """`task_id` in the running task's group (rollback_schema's per-environment groups), else as is."""
+    group = group_of(context)
+    return f"{group}.{task_id}" if group else task_id
+
+
 def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | None = None,
            context: dict[str, Any] | None = None) -> dict[str, object]:
     """Post to Slack through the `slack_deploys` connection, threaded under the run's first message
@@ -115,7 +126,7 @@ def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | No
     thread = None
     if event not in ("started", "rollback_started") and context.get("ti") is not None:
         try:
-            summary = context["ti"].xcom_pull(task_ids=PREFLIGHT) or {}
+            summary = context["ti"].xcom_pull(task_ids=in_group(context, PREFLIGHT)) or {}
         except Exception:  # noqa: BLE001 - no thread then
             summary = {}
         thread = summary.get("slack_ts")
