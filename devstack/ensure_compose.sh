@@ -5,14 +5,7 @@
 # otherwise say what to do.
 set -euo pipefail
 if command -v docker-compose >/dev/null; then exit 0; fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "docker-compose was not found (the compose-file tests use it to validate docker-compose.yaml)." >&2
-  echo "Install it with: sudo apt-get install --no-install-recommends docker-compose" >&2
-  echo "(no Docker engine is needed), then run make again." >&2
-  exit 2
-fi
-echo "installing docker-compose from Debian's packages (no engine)..." >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+. "$(dirname "$0")/debian_install.sh"
+debian_install "docker-compose (the compose-file tests use it to validate docker-compose.yaml)" \
+  "(No Docker engine is needed.)" docker-compose
 command -v docker-compose >/dev/null || { echo "install finished but docker-compose is still missing" >&2; exit 2; }
