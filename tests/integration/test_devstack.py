@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import boto3
 import psycopg
@@ -28,6 +29,7 @@ REQUIRED_VARIABLES = [
     "STAGING_DATABASE_URL", "PRODUCTION_DATABASE_URL", "S3_ENDPOINT_URL", "BACKUP_BUCKET",
     "SLACK_WEBHOOK_URL", "SLACK_API_URL", "SLACK_MESSAGES_FILE",
     "AIRFLOW_CONN_STAGING_DB", "AIRFLOW_CONN_PRODUCTION_DB", "AIRFLOW_CONN_BACKUP_S3", "AIRFLOW_CONN_SLACK_DEPLOYS",
+    "AIRFLOW_METADATA_URL", "AIRFLOW_METADATA_ADMIN_URL", "REDIS_URL",
 ]
 
 
@@ -114,9 +116,9 @@ def test_status_masks_every_password(stack_env: dict[str, str]) -> None:
     assert out.returncode == 0, out.stderr
     for secret_var in ("AWS_SECRET_ACCESS_KEY", "SLACK_API_TOKEN"):
         assert stack_env[secret_var] not in out.stdout
-    for env_name in ("STAGING", "PRODUCTION"):
-        password = stack_env[f"{env_name}_DATABASE_URL"].split(":")[2].split("@")[0]
-        assert password not in out.stdout
+    for name in ("STAGING_DATABASE_URL", "PRODUCTION_DATABASE_URL", "AIRFLOW_METADATA_URL", "REDIS_URL"):
+        password = unquote(urlsplit(stack_env[name]).password or "")
+        assert len(password) >= 8 and password not in out.stdout, name
     assert "running" in out.stdout and "****" in out.stdout
 
 
@@ -144,7 +146,7 @@ def pid_alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_private_stack_starts_idempotently_and_stops_leaving_nothing_running(tmp_path: Path) -> None:
     state = tmp_path / "stack"
-    ports = {name: free_port() for name in ("STAGING", "PRODUCTION", "S3", "SLACK")}
+    ports = {name: free_port() for name in ("STAGING", "PRODUCTION", "AIRFLOW_DB", "S3", "SLACK", "REDIS")}
     env = {**os.environ, "DEVSTACK_DIR": str(state), **{f"DEVSTACK_{k}_PORT": str(v) for k, v in ports.items()}}
     if os.geteuid() == 0:
         os.chmod(tmp_path, 0o755)  # the postgres user must reach the cluster directories
@@ -157,7 +159,7 @@ def test_private_stack_starts_idempotently_and_stops_leaving_nothing_running(tmp
         first = stack("up")
         assert first.returncode == 0, first.stderr
         pids = json.loads(stack("pids").stdout)
-        assert set(pids) == {"s3", "slack", "postgres-staging", "postgres-production"}
+        assert set(pids) == {"s3", "slack", "postgres-staging", "postgres-production", "postgres-airflow", "redis"}
         assert all(pid_alive(pid) for pid in pids.values())
         assert all(port_open(p) for p in ports.values())
 
@@ -169,7 +171,7 @@ def test_private_stack_starts_idempotently_and_stops_leaving_nothing_running(tmp
     assert down.returncode == 0, down.stderr
     assert not [name for name, pid in pids.items() if pid_alive(pid)]
     assert not [name for name, port in ports.items() if port_open(port)]
-    assert not list(state.glob("*.pid"))
+    assert not list(state.glob("*.pid")) and not list(state.glob("redis/*.pid"))
     assert stack("destroy").returncode == 0 and not state.exists()
 
 
@@ -213,3 +215,33 @@ def test_services_start_when_a_generated_secret_begins_with_a_dash(tmp_path: Pat
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "up" in out.stdout, out.stderr
+
+
+def redis_command(url: str, *command: str, password: bool = True) -> str:
+    """One command through redis-cli (the password via REDISCLI_AUTH, not argv); its output."""
+    parts = urlsplit(url)
+    env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+    if password:
+        env["REDISCLI_AUTH"] = unquote(parts.password or "")
+    out = subprocess.run(["redis-cli", "-h", parts.hostname, "-p", str(parts.port), *command], env=env,
+                         capture_output=True, text=True, timeout=10)
+    return (out.stdout + out.stderr).strip()
+
+
+def test_redis_answers_only_with_its_password_on_loopback(stack_env: dict[str, str]) -> None:
+    url = stack_env["REDIS_URL"]
+    assert urlsplit(url).hostname == "127.0.0.1"
+    assert redis_command(url, "PING") == "PONG"
+    assert "NOAUTH" in redis_command(url, "PING", password=False)
+    assert redis_command(url, "CONFIG", "GET", "appendonly").splitlines() == ["appendonly", "yes"]
+
+
+def test_the_airflow_metadata_cluster_takes_its_own_role(stack_env: dict[str, str]) -> None:
+    with psycopg.connect(stack_env["AIRFLOW_METADATA_URL"], connect_timeout=5) as conn:
+        user, superuser = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    assert (user, superuser) == ("airflow", False)
+    other = urlsplit(stack_env["STAGING_DATABASE_URL"])
+    with pytest.raises(psycopg.OperationalError):  # the staging role does not exist there
+        psycopg.connect(urlunsplit(urlsplit(stack_env["AIRFLOW_METADATA_URL"])._replace(
+            netloc=f"{other.username}:{other.password}@{urlsplit(stack_env['AIRFLOW_METADATA_URL']).netloc.split('@')[1]}")),
+            connect_timeout=5)
