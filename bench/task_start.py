@@ -12,6 +12,8 @@ databases at the baseline, Airflow's services started by devstack/airflow_local.
             (Local: a fork of the executor's worker; Celery: Redis, then a worker's fork)
   handoff   start_date - the latest end_date of its upstream tasks: everything between one
             task ending and the next one running (scheduler loop + pickup + task start-up)
+  shortest  the shortest task's end_date - start_date: a task that does next to nothing, so its
+            own start-up and wrap-up (process, DAG parse, XCom) on that executor
   work      end_date - start_date, summed: the run's own work
 
 Prints medians per executor and the ratios celery/local (the baseline is the LocalExecutor
@@ -51,9 +53,12 @@ def measure(executor: str, stack: dict[str, str], base: Path) -> dict:
     urls = {env: with_database(stack[f"{env.upper()}_DATABASE_URL"], name) for env in ("staging", "production")}
     config = base / executor / "settings" / "deploy.yaml"
     config.parent.mkdir(parents=True)
+    # Celery: relative paths name each worker's copy of the project; Local: this checkout.
+    folders = ("bundles: {main: ../sql/migrations}\nverify_dir: ../sql/verify\n" if executor == "celery" else
+               f"bundles: {{main: {REPO / 'sql/migrations'}}}\nverify_dir: {REPO / 'sql/verify'}\n")
     config.write_text(
-        "bundles: {main: ../sql/migrations}\nverify_dir: ../sql/verify\n"
-        f"backup: {{bucket: {stack['BACKUP_BUCKET']}, prefix: bench-start, restore_check: true}}\n"
+        folders
+        + f"backup: {{bucket: {stack['BACKUP_BUCKET']}, prefix: bench-start, restore_check: true}}\n"
         "gate:\n  timeout: 5m\n  commands:\n"
         "    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, '--junitxml={junit}']\n"
         "approval: {manual_runs: form, scheduled_runs: required}\n"
@@ -96,6 +101,9 @@ def measure(executor: str, stack: dict[str, str], base: Path) -> dict:
     return {"executor": executor, "state": state, "tasks": len(ran),
             "pickup_median_s": round(statistics.median(pickup), 2),
             "handoff_median_s": round(statistics.median(handoff), 2),
+            # The shortest task does next to nothing: its duration is a task's own start-up and wrap-up.
+            "shortest_task_s": round(min((ts(t["end_date"]) - ts(t["start_date"])).total_seconds()
+                                         for t in ran.values()), 2),
             "work_s": round(sum((ts(t["end_date"]) - ts(t["start_date"])).total_seconds() for t in ran.values()), 1),
             "hosts": sorted({f"{ti['queue']}@{ti['hostname']}" for ti in ran.values()})}
 
@@ -110,14 +118,16 @@ def main() -> int:
         celery = measure("celery", stack, Path(tmp))
     result = {"local": local, "celery": celery,
               "pickup_ratio": round(celery["pickup_median_s"] / max(local["pickup_median_s"], 0.01), 2),
-              "handoff_ratio": round(celery["handoff_median_s"] / max(local["handoff_median_s"], 0.01), 2)}
+              "handoff_ratio": round(celery["handoff_median_s"] / max(local["handoff_median_s"], 0.01), 2),
+              "shortest_task_ratio": round(celery["shortest_task_s"] / max(local["shortest_task_s"], 0.01), 2)}
     if args.json:
         print(json.dumps(result))
     else:
         for r in (local, celery):
             print(f"{r['executor']:>7}: run {r['state']}, {r['tasks']} tasks; median pickup {r['pickup_median_s']} s, "
-                  f"median handoff {r['handoff_median_s']} s, task work {r['work_s']} s; {', '.join(r['hosts'])}")
-        print(f"celery/local: pickup x{result['pickup_ratio']}, handoff x{result['handoff_ratio']}")
+                  f"median handoff {r['handoff_median_s']} s, shortest task {r['shortest_task_s']} s, task work {r['work_s']} s; {', '.join(r['hosts'])}")
+        print(f"celery/local: pickup x{result['pickup_ratio']}, handoff x{result['handoff_ratio']}, "
+              f"shortest task x{result['shortest_task_ratio']}")
     return 0 if local["state"] == celery["state"] == "success" else 1
 
 
