@@ -105,7 +105,8 @@ def _fleet(name: str, spec: Any, path: Path, windows: tuple[Window, ...]) -> Fle
         raise ConfigError(path, f"{key}: unknown keys {unknown}", f"A fleet takes {', '.join(FLEET_KEYS)}.")
     given = [s for s in SOURCES if s in spec]
     if len(given) != 1:
-        raise ConfigError(path, f"{key} has {'no target source' if not given else 'targets from ' + ' and '.join(given)}",
+        found = "no target source" if not given else "targets from " + " and ".join(given)
+        raise ConfigError(path, f"{key} has {found}",
                           "Give exactly one of targets: [connection ids], prefix: tenant_ (connection ids that "
                           "start with it) or catalog: {conn: CONN_ID, query: SELECT ...}.")
     backup = spec.get("backup", "each")
@@ -115,7 +116,8 @@ def _fleet(name: str, spec: Any, path: Path, windows: tuple[Window, ...]) -> Fle
     queue = spec.get("queue", "")
     if queue != "" and (not isinstance(queue, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", queue)):
         raise ConfigError(path, f"{key}.queue is {queue!r}",
-                          "Give a queue name: letters, digits, '_', '-', '.' or ':' (what the worker's --queues takes).")
+                          "Give a queue name: letters, digits, '_', '-', '.' or ':' "
+                          "(what the worker's --queues takes).")
     return FleetSpec(name=name, source=given[0], **_source(key, given[0], spec[given[0]], path),
                      waves=_waves(key, spec.get("waves"), path), backup=backup == "each",
                      window=_window(key, spec.get("window"), path, windows), queue=queue)
@@ -128,7 +130,8 @@ def _source(key: str, source: str, value: Any, path: Path) -> dict[str, Any]:
                               "Give a non-empty list of Airflow connection ids, e.g. targets: [tenant_a, tenant_b].")
         dupes = sorted({v for v in value if value.count(v) > 1})
         if dupes:
-            raise ConfigError(path, f"{key}.targets lists {', '.join(dupes)} more than once", "List each connection once.")
+            raise ConfigError(path, f"{key}.targets lists {', '.join(dupes)} more than once",
+                              "List each connection once.")
         return {"targets": tuple(value)}
     if source == "prefix":
         if not isinstance(value, str) or not value.strip():

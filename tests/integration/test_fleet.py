@@ -59,7 +59,8 @@ def databases(stack_env: dict[str, str], template: str):
 @pytest.fixture
 def ctx(stack_env: dict[str, str], s3, caplog) -> Deployment:
     cfg = DeployConfig(bundles=(("main", REPO / "sql" / "migrations"),), verify_dir=REPO / "sql" / "verify")
-    store = Store(s3, f"s3://{stack_env['BACKUP_BUCKET']}/fleet-{uuid.uuid4().hex[:8]}", {"ServerSideEncryption": "AES256"})
+    store = Store(s3, f"s3://{stack_env['BACKUP_BUCKET']}/fleet-{uuid.uuid4().hex[:8]}",
+                  {"ServerSideEncryption": "AES256"})
     caplog.set_level(logging.INFO, logger="schema_deploy")
     return Deployment(cfg=cfg, store=store, run=RunInfo(run_id=f"fleet__{uuid.uuid4().hex[:6]}", triggered_by="ci"))
 
@@ -220,3 +221,25 @@ def test_a_failed_canary_halts_the_run_and_the_record_lists_every_member_not_att
     assert all(listed[m.name]["reason"].startswith("the brake halted the run after wave 0: 1 member(s) failed so "
                                                    "far, more than the limit of 0") for m in members[1:])
     assert all(ledger(m.url) == ledger(members[1].url) and EPIC5 not in ledger(m.url) for m in members)
+
+
+def test_members_wait_for_their_regions_window_while_the_others_of_their_wave_proceed(ctx, databases) -> None:
+    from datetime import timedelta, timezone
+
+    from schema_deploy.config_fleets import FleetWindow
+    from schema_deploy.window import Window
+
+    staging, members = databases
+    regional = [replace(m, attributes=(("region", "eu" if i % 2 else "us"),)) for i, m in enumerate(members)]
+    eu = Window("0 1 * * *", timedelta(hours=2), "UTC", "eu_night")
+    us = Window("0 7 * * *", timedelta(hours=2), "UTC", "us_night")
+    tenants = replace(spec(canary=0, size=Share(MEMBERS), parallel=3),
+                      window=FleetWindow(by="region", windows=(("eu", eu), ("us", us))))
+    pre = freeze(ctx, staging)
+
+    run = by_member(fleet.run_fleet(ctx, tenants, regional, pre,
+                                    now=lambda: datetime(2026, 3, 3, 1, 30, tzinfo=timezone.utc)))
+
+    assert {n: o.state for n, o in run.items()} == {m.name: "done" if i % 2 else "waiting_window"
+                                                    for i, m in enumerate(members)}
+    assert run["tenant_00"].next_window == "2026-03-03T07:00:00+00:00" and EPIC5 not in ledger(members[0].url)

@@ -106,8 +106,8 @@ def preflight_bundle(ctx: Deployment, source: Release | None = None) -> BundleCh
     return BundleCheck(release=ReleaseRef(**release.summary()).to_xcom(), lint=lint, given=source is not None)
 
 
-def _survey(ctx: Deployment, target: Target, release: Release, bundle: Any,
-            extra: Any = None, plan_role: str | None = None) -> TargetSurvey:
+def survey_target(ctx: Deployment, target: Target, release: Release, bundle: Any,
+                  extra: Any = None, plan_role: str | None = None) -> TargetSurvey:
     """One target's ledger (refused when a migration failed or drifted), fingerprint and plan of the
     release; `extra(conn, plan)` adds the production facts. The plan is checked against the release's
     plan for `plan_role` (default: the target's name; a fleet's members share one)."""
@@ -136,7 +136,7 @@ def preflight_staging(ctx: Deployment, staging: Target, checked: BundleCheck) ->
     bundle = release.to_bundle()
     if ctx.cfg.prisma.schema is not None:
         check_prisma_schema(ctx, bundle, staging, on_disk=False)
-    return _survey(ctx, staging, release, bundle)
+    return survey_target(ctx, staging, release, bundle)
 
 
 def preflight_production(ctx: Deployment, production: Target, checked: BundleCheck) -> TargetSurvey:
@@ -159,7 +159,7 @@ def preflight_production(ctx: Deployment, production: Target, checked: BundleChe
             ctx.log.info("precheck ok: %s", r)
         return {"prechecks": prechecks, "table_sizes": table_sizes(conn, plan.tables())}
 
-    return _survey(ctx, production, release, bundle, production_facts)
+    return survey_target(ctx, production, release, bundle, production_facts)
 
 
 def preflight_release(ctx: Deployment, checked: BundleCheck, staging: TargetSurvey,

@@ -201,9 +201,14 @@ def split_by_window(spec: FleetSpec, members: Sequence[Member], now: datetime
 
 
 def waiting_outcomes(spec: FleetSpec, waiting: Sequence[tuple[Member, datetime]], wave: int = 0) -> list[MemberOutcome]:
-    return [MemberOutcome(member=m.name, state="waiting_window", wave=wave, attributes=m.attrs,
-                          reason=f"its maintenance window {member_window(spec, m).label} is closed",  # type: ignore[union-attr]
-                          next_window=at.astimezone(timezone.utc).isoformat()) for m, at in waiting]
+    """Outcomes for members whose window is closed: the window, and when it opens next (UTC)."""
+    outcomes = []
+    for m, at in waiting:
+        label = getattr(member_window(spec, m), "label", "?")
+        outcomes.append(MemberOutcome(member=m.name, state="waiting_window", wave=wave, attributes=m.attrs,
+                                      reason=f"its maintenance window {label} is closed",
+                                      next_window=at.astimezone(timezone.utc).isoformat()))
+    return outcomes
 
 
 # --- the release for a fleet ---------------------------------------------------------------------
@@ -325,13 +330,13 @@ def survey_member(ctx: Deployment, member: Member, release: releases.Release) ->
     the rehearsal's, its schema against staging's before the rehearsal."""
     from schema_deploy.errors import LedgerBlocked
     from schema_deploy.fingerprint import diff_fingerprints
-    from schema_deploy.pipeline.deploy import _survey
+    from schema_deploy.pipeline.deploy import survey_target
     from schema_deploy.prechecks import require_clean
 
     def prechecks(conn: Any, plan: Any) -> dict[str, Any]:
         return {"prechecks": [r.as_dict() for r in require_clean(conn, plan)]}
 
-    survey = _survey(ctx, member, release, release.to_bundle(), prechecks, plan_role=FLEET_ROLE)
+    survey = survey_target(ctx, member, release, release.to_bundle(), prechecks, plan_role=FLEET_ROLE)
     before = (release.plan(FLEET_ROLE) or {}).get("before") or {}
     if survey.pending and survey.pending == before.get("pending"):
         diff = diff_fingerprints(before.get("fingerprint") or {}, survey.fingerprint, "staging", member.name)
