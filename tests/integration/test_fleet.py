@@ -243,3 +243,38 @@ def test_members_wait_for_their_regions_window_while_the_others_of_their_wave_pr
     assert {n: o.state for n, o in run.items()} == {m.name: "done" if i % 2 else "waiting_window"
                                                     for i, m in enumerate(members)}
     assert run["tenant_00"].next_window == "2026-03-03T07:00:00+00:00" and EPIC5 not in ledger(members[0].url)
+
+
+def test_an_edited_applied_migration_and_a_schema_unlike_the_rehearsals_fail_naming_the_cause(ctx, databases) -> None:
+    staging, members = databases
+    with psycopg.connect(members[1].url) as conn:
+        conn.execute("UPDATE _prisma_migrations SET checksum = repeat('0', 64) WHERE migration_name LIKE '%baseline'")
+    with psycopg.connect(members[2].url) as conn:
+        conn.execute('CREATE INDEX "by_hand_idx" ON "experiment_assignments" ("variant")')
+    pre = freeze(ctx, staging)
+
+    run = by_member(fleet.run_fleet(ctx, spec(canary=0, size=Share(MEMBERS), parallel=3, halt_after=Share(2)),
+                                    members, pre))
+
+    assert run["tenant_01"].state == "failed" and "20250915090000_baseline was edited after it was applied" \
+        in run["tenant_01"].detail
+    assert run["tenant_02"].state == "failed" and run["tenant_02"].error.startswith(
+        "tenant_02's schema differs from staging's before the rehearsal") and "by_hand_idx" in run["tenant_02"].error
+    assert {o.state for n, o in run.items() if n not in ("tenant_01", "tenant_02")} == {"done"}
+
+
+def test_members_come_from_a_catalog_query_on_a_real_database(ctx, databases) -> None:
+    staging, members = databases
+    with psycopg.connect(staging.url) as conn:
+        conn.execute("CREATE TABLE tenants (conn_id text, region text, active bool)")
+        conn.execute("INSERT INTO tenants VALUES ('tenant_01', 'eu', true), (%s, 'us', true), ('tenant_09', 'eu', false)",
+                     (members[3].url,))
+    urls = {m.name: m.url for m in members}
+    tenants = FleetSpec("tenants", "catalog", catalog_conn="tenants_catalog",
+                        catalog_query="select conn_id, region from tenants where active")
+
+    found = fleet.resolve_members(tenants, url_of=urls.__getitem__, conn_ids=lambda: [],
+                                  catalog=lambda conn, query: fleet.catalog_rows(staging.url, query))
+
+    assert [(m.attrs, m.url) for m in found] == [({"region": "us"}, members[3].url), ({"region": "eu"}, members[1].url)]
+    assert found[0].name.endswith(f"/{members[3].database}") and found[1].name == "tenant_01"
