@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from schema_deploy.config_fleets import FleetSpec, fleets_settings
 from schema_deploy.errors import BundleNotDeclared, ConfigError, UsageError
 from schema_deploy.window import Window, parse_duration
 
@@ -106,6 +107,7 @@ class DeployConfig:
     queues: tuple[tuple[str, str], ...] = ()
     demo: dict[str, object] = field(default_factory=dict)
     lint: LintConfig = field(default_factory=LintConfig)
+    fleets: tuple[FleetSpec, ...] = ()  # `fleets:` (config_fleets.py)
     source: Path | None = None
 
     @property
@@ -122,6 +124,19 @@ class DeployConfig:
         runs on: deploy.yaml's `queues:`, else `default` (Airflow's default queue, one worker for all)."""
         declared = dict(self.queues)
         return declared.get(env or "default") or declared.get("default") or DEFAULT_QUEUE
+
+    def fleet(self, name: str) -> FleetSpec:
+        """The fleet declared under `fleets:` with this name; any other name is refused with the declared ones."""
+        for spec in self.fleets:
+            if spec.name == name:
+                return spec
+        declared = ", ".join(f.name for f in self.fleets) or "none"
+        raise UsageError(f"{self.source or 'deploy.yaml'}: no fleet named {name!r} (declared: {declared}); "
+                         "pass one of those, or declare it under fleets:.")
+
+    def fleet_queue(self, name: str) -> str:
+        """The queue of the fleet's database tasks: its `queue:`, else the default queue."""
+        return self.fleet(name).queue or self.queue(None)
 
     def bundle_path(self, name: str | None) -> Path:
         """The folder of a declared bundle (the default one for None or ""); anything else, a path
@@ -227,6 +242,7 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         queues=_queues(data, path),
         demo=dict(data.get("demo") or {}),
         lint=lint_settings(data, path),
+        fleets=fleets_settings(data, path, tuple(windows)),
         source=path,
     )
 

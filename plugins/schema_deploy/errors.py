@@ -24,6 +24,13 @@ def scrub(text: str) -> str:
     return _KV_PASSWORD.sub(lambda m: f"{m['head']}****", text)
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Worth an automatic retry: a lock not granted, a busy advisory lock, a lost connection, S3 or
+    pg_dump trouble. Bad input, failed checks, failed gates and bad releases would fail the same way."""
+    return not isinstance(exc, SchemaDeployError) or isinstance(
+        exc, (LockRetriesExhausted, AdvisoryLockTimeout, DatabaseError, BackupFailed))
+
+
 class SchemaDeployError(Exception):
     """Root of every error this package raises on purpose."""
 

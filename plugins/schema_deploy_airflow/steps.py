@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schema_deploy import config as deploy_config
-from schema_deploy.errors import SchemaDeployError, scrub
+from schema_deploy.errors import SchemaDeployError, is_transient, scrub
 from schema_deploy_airflow import connections
 
 PREFLIGHT = "preflight"
@@ -25,15 +25,6 @@ TASK_STEPS = {"preflight_bundle": "preflight_bundle", "preflight_staging": "pref
               "test_gate": "gate", "production_requested": "production_requested",
               "approval_needed": "approval_needed", "approve_production": "approval", "wait_for_window": "window",
               "apply_production": "apply_production", "verify_production": "verification"}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth an automatic retry: a lock not granted, a busy advisory lock, a lost connection, S3 or
-    pg_dump trouble. Bad input, failed checks, failed gates and bad releases would fail the same way."""
-    from schema_deploy.errors import AdvisoryLockTimeout, BackupFailed, DatabaseError, LockRetriesExhausted
-
-    return not isinstance(exc, SchemaDeployError) or isinstance(
-        exc, (LockRetriesExhausted, AdvisoryLockTimeout, DatabaseError, BackupFailed))
 
 
 def fail_fast(step: Callable[..., Any]) -> Callable[..., Any]:

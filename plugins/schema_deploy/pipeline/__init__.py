@@ -6,6 +6,10 @@ Deploy (`deploy.py`, then `record.py`)::
               → verify(staging) → [approval] → window → apply(production) → verify(production)
               → record (compose → chain into each changed target → keep)
 
+Fleet (`fleet.py`): one release to many members, in waves::
+
+    fleet_preflight → per wave: split_by_window → run_wave(deploy_member) → brake → … → fleet_record
+
 Rollback (`rollback.py`)::
 
     preflight → [approval] → safety_backup → rollback → verify → record
@@ -15,13 +19,13 @@ run's facts and choices) and `Target`s (`target.py`); outputs: frozen results wi
 `to_xcom()` / `from_xcom()` (`results.py`). The Airflow glue in
 `schema_deploy_airflow/` and the `deploy` command both call these steps.
 """
-from schema_deploy.pipeline.results import (Approval, ApplyResult, AuditLink, AuditRecord, BackupResult, BundleCheck,
-                                            GateResult, PreflightResult, ReleaseRef, Result, RollbackPlan,
-                                            RollbackResult, RollbackVerification, RunRecord, StagingGate,
-                                            TargetSurvey, Verification, WindowSlot)
+from schema_deploy.pipeline.results import (Approval, ApplyResult, AuditLink, AuditRecord, BackupResult,
+                                            BrakeDecision, BundleCheck, GateResult, MemberOutcome, PreflightResult,
+                                            ReleaseRef, Result, RollbackPlan, RollbackResult, RollbackVerification,
+                                            RunRecord, StagingGate, TargetSurvey, Verification, WindowSlot)
 from schema_deploy.pipeline.target import Deployment, RunInfo, RunParams, Store, Target
 
-__all__ = ["Approval", "ApplyResult", "AuditLink", "AuditRecord", "BackupResult", "BundleCheck", "Deployment",
-           "GateResult", "PreflightResult", "ReleaseRef", "Result", "RollbackPlan", "RollbackResult",
-           "RollbackVerification", "RunInfo", "RunParams", "RunRecord", "StagingGate", "Store", "Target",
-           "TargetSurvey", "Verification", "WindowSlot"]
+__all__ = ["Approval", "ApplyResult", "AuditLink", "AuditRecord", "BackupResult", "BrakeDecision", "BundleCheck",
+           "Deployment", "GateResult", "MemberOutcome", "PreflightResult", "ReleaseRef", "Result", "RollbackPlan",
+           "RollbackResult", "RollbackVerification", "RunInfo", "RunParams", "RunRecord", "StagingGate", "Store",
+           "Target", "TargetSurvey", "Verification", "WindowSlot"]

@@ -106,10 +106,11 @@ def preflight_bundle(ctx: Deployment, source: Release | None = None) -> BundleCh
     return BundleCheck(release=ReleaseRef(**release.summary()).to_xcom(), lint=lint, given=source is not None)
 
 
-def _survey(ctx: Deployment, target: Target, release: Release, bundle: Any,
-            extra: Any = None) -> TargetSurvey:
+def survey_target(ctx: Deployment, target: Target, release: Release, bundle: Any,
+                  extra: Any = None, plan_role: str | None = None) -> TargetSurvey:
     """One target's ledger (refused when a migration failed or drifted), fingerprint and plan of the
-    release; `extra(conn, plan)` adds the production facts."""
+    release; `extra(conn, plan)` adds the production facts. The plan is checked against the release's
+    plan for `plan_role` (default: the target's name; a fleet's members share one)."""
     from schema_deploy.apply import load_state
     from schema_deploy.db import connect
     from schema_deploy.fingerprint import schema_fingerprint
@@ -121,7 +122,7 @@ def _survey(ctx: Deployment, target: Target, release: Release, bundle: Any,
         ctx.log.info("%s: pending %s", target.name, ", ".join(status.pending) or "nothing")
         fingerprint = schema_fingerprint(conn)
         plan = plan_for(conn, bundle, status, interrupted, online=ctx.params.online)
-        releases.check_plan(release, target.name, plan)  # a given release's plans must be what it gets now
+        releases.check_plan(release, plan_role or target.name, plan)  # a given release's plans must hold now
         facts = extra(conn, plan) if extra is not None else {}
     return TargetSurvey(env=target.name, release=release.digest, pending=list(status.pending),
                         fingerprint=fingerprint, plan=releases.plan_summary(plan), **facts)
@@ -135,7 +136,7 @@ def preflight_staging(ctx: Deployment, staging: Target, checked: BundleCheck) ->
     bundle = release.to_bundle()
     if ctx.cfg.prisma.schema is not None:
         check_prisma_schema(ctx, bundle, staging, on_disk=False)
-    return _survey(ctx, staging, release, bundle)
+    return survey_target(ctx, staging, release, bundle)
 
 
 def preflight_production(ctx: Deployment, production: Target, checked: BundleCheck) -> TargetSurvey:
@@ -158,7 +159,7 @@ def preflight_production(ctx: Deployment, production: Target, checked: BundleChe
             ctx.log.info("precheck ok: %s", r)
         return {"prechecks": prechecks, "table_sizes": table_sizes(conn, plan.tables())}
 
-    return _survey(ctx, production, release, bundle, production_facts)
+    return survey_target(ctx, production, release, bundle, production_facts)
 
 
 def preflight_release(ctx: Deployment, checked: BundleCheck, staging: TargetSurvey,
@@ -237,15 +238,21 @@ def check_prisma_schema(ctx: Deployment, bundle: Any, staging: Target, *, on_dis
 
 def backup(ctx: Deployment, target: Target, pre: PreflightResult) -> BackupResult:
     """pg_dump of the target streamed to the store, then verified (restore check per deploy.yaml)."""
+    load_release(ctx, pre)  # a run whose release is gone or altered stops before anything else
+    return verified_backup(ctx, target, ctx.store.root, restore_check=ctx.cfg.backup_restore_check)
+
+
+def verified_backup(ctx: Deployment, target: Target, root: str, *, restore_check: bool) -> BackupResult:
+    """pg_dump of `target` streamed under `root` (s3://BUCKET/PREFIX), then verified: `pg_restore
+    --list`, and with `restore_check` a restore into a scratch database with row counts compared."""
     from schema_deploy.backup import backup as take_backup
     from schema_deploy.errors import VerifyFailed
     from schema_deploy.restore import verify_backup
 
     cfg, log = ctx.cfg, ctx.log
-    load_release(ctx, pre)  # a run whose release is gone or altered stops before anything else
-    result = take_backup(ctx.store.s3, target.url, ctx.store.root, environment=target.name, run_id=ctx.run.run_id,
+    result = take_backup(ctx.store.s3, target.url, root, environment=target.name, run_id=ctx.run.run_id,
                          sse=cfg.backup_sse, kms_key_id=cfg.backup_kms_key_id, log=log.info)
-    check = verify_backup(ctx.store.s3, result.uri, restore_check=cfg.backup_restore_check, admin_url=target.url,
+    check = verify_backup(ctx.store.s3, result.uri, restore_check=restore_check, admin_url=target.url,
                           log=log.info)
     if not check.ok:
         raise VerifyFailed(result.uri, check.problems)
@@ -308,6 +315,15 @@ def measured_before(ctx: Deployment, target: Target, measure: Any) -> dict[str, 
     return before
 
 
+def lock_settings(ctx: Deployment) -> Any:
+    """deploy.yaml's lock timeouts and retries, with the run's lock_retries when it sets them."""
+    from schema_deploy.apply import Settings
+
+    cfg, retries = ctx.cfg, ctx.params.lock_retries
+    return Settings(lock_timeout_ms=cfg.lock_timeout_ms, max_lock_timeout_ms=cfg.max_lock_timeout_ms,
+                    lock_retries=cfg.lock_retries if retries is None else retries)
+
+
 def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
     """Apply the release's pending migrations to one target with its frozen plan and lock retries.
 
@@ -319,7 +335,7 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
     left to apply (a retry after the work was done, or a second `deploy` after the approval), the
     ledger's own durations stand in for the measured time, so the window estimate stays honest.
     """
-    from schema_deploy.apply import Settings, apply as run_apply
+    from schema_deploy.apply import apply as run_apply
     from schema_deploy.db import connect
     from schema_deploy.ledger import read_rows
     from schema_deploy.plan import table_sizes
@@ -328,8 +344,7 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
     cfg, params, log = ctx.cfg, ctx.params, ctx.log
     release = load_release(ctx, pre)
     bundle = release.to_bundle()
-    settings = Settings(lock_timeout_ms=cfg.lock_timeout_ms, max_lock_timeout_ms=cfg.max_lock_timeout_ms,
-                        lock_retries=cfg.lock_retries if params.lock_retries is None else params.lock_retries)
+    settings = lock_settings(ctx)
     tables, this_run, names = touched_tables(pre), set(pre.pending.get(target.name, [])), deploying(pre)
 
     def measure() -> dict[str, Any]:

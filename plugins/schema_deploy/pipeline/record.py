@@ -107,15 +107,32 @@ def keep_document(ctx: Deployment, record_: dict[str, Any], chain: list[Any], be
         bucket, prefix = parse_s3_uri(ctx.store.root)
         key = f"{prefix}/audit/{quote(ctx.run.run_id, safe='')}.audit.json".lstrip("/")
     rows = [r if isinstance(r, dict) else r.as_dict() for r in chain]
-    body = json.dumps({"record": record_, "chain": rows}, indent=2, sort_keys=True,
-                      default=str).encode() + b"\n"
+    uri, digest = put_document(ctx, bucket, key, {"record": record_, "chain": rows})
+    ctx.log.info("audit: record of %s kept at %s sha256 %s", ctx.run.run_id, uri, digest)
+    return uri, digest
+
+
+def put_document(ctx: Deployment, bucket: str, key: str, document: dict[str, Any]) -> tuple[str, str]:
+    """A JSON document in the store at s3://bucket/key, its sha256 in its metadata and in a `.sha256`
+    object beside it; the same document gives the same bytes, so a retry writes it again identically.
+    An S3 failure is the package's (transient) S3TransferFailed naming the call and the object."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from schema_deploy.backup_store import s3_error
+    from schema_deploy.errors import S3TransferFailed
+
+    body = json.dumps(document, indent=2, sort_keys=True, default=str).encode() + b"\n"
     digest = hashlib.sha256(body).hexdigest()
     s3 = ctx.store.s3
-    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", Metadata={"sha256": digest},
-                  **ctx.store.sse)
-    s3.put_object(Bucket=bucket, Key=key + ".sha256", Body=f"{digest}  {key.rsplit('/', 1)[-1]}\n".encode(),
-                  **ctx.store.sse)
-    ctx.log.info("audit: record of %s kept at s3://%s/%s sha256 %s", ctx.run.run_id, bucket, key, digest)
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
+                      Metadata={"sha256": digest}, **ctx.store.sse)
+        s3.put_object(Bucket=bucket, Key=key + ".sha256", Body=f"{digest}  {key.rsplit('/', 1)[-1]}\n".encode(),
+                      **ctx.store.sse)
+    except (ClientError, BotoCoreError) as exc:
+        code, detail = s3_error(exc)
+        raise S3TransferFailed("PutObject", bucket, key, code, detail, "The document was not kept.",
+                               context="audit record") from None
     return f"s3://{bucket}/{key}", digest
 
 

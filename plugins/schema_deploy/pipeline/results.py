@@ -274,3 +274,50 @@ class RollbackVerification(Result):
     ledger: dict[str, str]  # migration -> state after the rollback
     problems: list[str]
     row_counts: dict[str, int] = field(default_factory=dict)  # backup: the restored tables' exact counts
+
+
+# --- the fleet pipeline ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MemberOutcome(Result):
+    """What one fleet member's deployment did. `state`: done | failed | already | not_attempted |
+    waiting_window | would_apply (a dry run). Times are ISO 8601 UTC; `apply_s` and `verify_s` are
+    the work seconds of those two steps alone (the benchmark's W)."""
+
+    member: str
+    state: str
+    wave: int = 0
+    attributes: dict[str, str] = field(default_factory=dict)
+    tries: int = 0
+    started: str = ""
+    ended: str = ""
+    seconds: float = 0.0
+    apply_started: str = ""
+    apply_ended: str = ""
+    apply_s: float = 0.0
+    verify_s: float = 0.0
+    pending: list[str] = field(default_factory=list)  # what the release had pending there
+    migrations: list[str] = field(default_factory=list)  # what this run applied there
+    backup: str = ""  # the backup's URI
+    audit: dict[str, Any] = field(default_factory=dict)  # the chain row: id, row_hash
+    error: str = ""  # the first error line (scrubbed)
+    detail: str = ""  # the whole error (scrubbed, shortened)
+    reason: str = ""  # not_attempted / waiting_window: why
+    next_window: str = ""  # waiting_window: when the member's window opens next
+
+    @property
+    def failed(self) -> bool:
+        return self.state == "failed"
+
+
+@dataclass(frozen=True)
+class BrakeDecision(Result):
+    """After a wave: go on to the next, or halt the run, with the counts so far and why."""
+
+    wave: int
+    halt: bool
+    failed: int
+    done: int
+    already: int
+    limit: int
+    reason: str

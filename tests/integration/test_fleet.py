@@ -1,0 +1,280 @@
+"""The fleet pipeline on the local stack: small member databases on the staging cluster, a release
+frozen from sql/migrations, the waves run in process (`fleet.run_fleet`), the S3 stand-in as the store."""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from schema_deploy import audit
+from schema_deploy.backup_store import parse_s3_uri
+from schema_deploy.config import DeployConfig
+from schema_deploy.config_fleets import FleetSpec, Share, WavesSpec
+from schema_deploy.fingerprint import fingerprint_digest, schema_fingerprint
+from schema_deploy.ledger import read_rows
+from schema_deploy.pipeline import Deployment, RunInfo, RunParams, Store, Target, deploy
+from schema_deploy.pipeline import fleet
+from schema_deploy.pipeline.fleet import Member
+from seed import reset
+from tests.conftest import drop_database, with_database
+
+REPO = Path(__file__).resolve().parents[2]
+EPIC5 = "20251017120000_epic5_schema_completion"
+MEMBERS = 6
+CLOSED = "postgresql://fleet:s3cret-pw@127.0.0.1:1/tenant_gone"  # nothing listens on port 1
+
+
+@pytest.fixture(scope="module")
+def template(stack_env: dict[str, str]):
+    """One database at the baseline with small data; members are copies of it (CREATE DATABASE … TEMPLATE)."""
+    name = f"t_fleet_tpl_{uuid.uuid4().hex[:6]}"
+    url = with_database(stack_env["STAGING_DATABASE_URL"], name)
+    reset(url, seed=7, scale="small", log=lambda _: None)
+    yield name
+    drop_database(stack_env["STAGING_DATABASE_URL"], name)
+
+
+@pytest.fixture
+def databases(stack_env: dict[str, str], template: str):
+    """Staging (the rehearsal) and MEMBERS tenants, each a copy of the template."""
+    base = stack_env["STAGING_DATABASE_URL"]
+    tag = uuid.uuid4().hex[:6]
+    names = [f"t_fleet_{tag}_staging"] + [f"t_fleet_{tag}_tenant_{i:02d}" for i in range(MEMBERS)]
+    with psycopg.connect(base, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    staging = Target("staging", "staging", with_database(base, names[0]))
+    members = [Member(f"tenant_{i:02d}", "member", with_database(base, n)) for i, n in enumerate(names[1:])]
+    yield staging, members
+    for name in names:
+        drop_database(base, name)
+
+
+@pytest.fixture
+def ctx(stack_env: dict[str, str], s3, caplog) -> Deployment:
+    cfg = DeployConfig(bundles=(("main", REPO / "sql" / "migrations"),), verify_dir=REPO / "sql" / "verify")
+    store = Store(s3, f"s3://{stack_env['BACKUP_BUCKET']}/fleet-{uuid.uuid4().hex[:8]}",
+                  {"ServerSideEncryption": "AES256"})
+    caplog.set_level(logging.INFO, logger="schema_deploy")
+    return Deployment(cfg=cfg, store=store, run=RunInfo(run_id=f"fleet__{uuid.uuid4().hex[:6]}", triggered_by="ci"))
+
+
+def freeze(ctx: Deployment, staging: Target, given=None):
+    """The fleet's release from staging's survey before the change (the rehearsal's input)."""
+    checked = deploy.preflight_bundle(ctx, given)
+    return fleet.fleet_preflight(ctx, checked, deploy.preflight_production(ctx, staging, checked))
+
+
+def spec(**waves) -> FleetSpec:
+    return FleetSpec("tenants", "prefix", prefix="tenant_", waves=WavesSpec(**waves), backup=False)
+
+
+def ledger(url: str) -> dict[str, str]:
+    with psycopg.connect(url) as conn:
+        return {r.migration_name: r.checksum for r in read_rows(conn) if r.applied}
+
+
+def fleet_rows(url: str) -> list[audit.AuditRow]:
+    with psycopg.connect(url) as conn:
+        audit.ensure_table(conn)
+        assert audit.verify_chain(conn).ok
+        return [r for r in audit.read_rows(conn) if r.kind == "fleet"]
+
+
+def plant_orphans(url: str, n: int = 3) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute('UPDATE experiment_assignments SET "experimentId" = \'exp_missing_\' || id WHERE id IN '
+                     '(SELECT id FROM experiment_assignments ORDER BY id LIMIT %s)', (n,))
+
+
+def remove_orphans(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute('DELETE FROM experiment_assignments WHERE "experimentId" LIKE \'exp_missing_%\'')
+
+
+def by_member(run) -> dict[str, object]:
+    return {o.member: o for o in run.outcomes}
+
+
+def kept(ctx: Deployment, uri: str) -> dict:
+    bucket, key = parse_s3_uri(uri)
+    return json.loads(ctx.store.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_every_member_reaches_the_release_with_a_verified_backup_and_one_audit_row_each(ctx, databases) -> None:
+    staging, members = databases
+    pre = freeze(ctx, staging)
+    frozen = {m["name"]: m["checksum"] for m in pre.release["migrations"]}
+    tenants = replace(spec(canary=1, size=Share(50, True), parallel=2), backup=True)
+
+    run = fleet.run_fleet(ctx, tenants, members, pre)
+
+    assert [len(w) for w in run.waves] == [1, 3, 2] and [b.halt for b in run.brakes] == [False] * 3
+    assert {o.state for o in run.outcomes} == {"done"} and len(run.outcomes) == MEMBERS
+    for m, o in zip(members, sorted(run.outcomes, key=lambda o: o.member)):
+        assert ledger(m.url) == frozen and o.migrations == [EPIC5] and o.tries == 1
+        [row] = fleet_rows(m.url)
+        assert row.payload["release"]["sha256"] == pre.release["sha256"] and row.payload["outcome"] == "done"
+        assert o.audit["id"] == row.id and o.backup.startswith(f"{ctx.store.root}/fleets/tenants/runs/")
+        assert o.apply_s > 0 and o.verify_s > 0 and o.apply_started <= o.apply_ended
+    uri, _ = fleet.keep_fleet_record(ctx, tenants, fleet.fleet_record(ctx, tenants, pre, run))
+    document = kept(ctx, uri)
+    assert uri == f"{ctx.store.root}/fleets/tenants/runs/{ctx.run.run_id}/fleet.json"
+    assert document["outcome"] == "done" and document["counts"] == {"done": MEMBERS}
+    assert [m["member"] for m in document["members"]] == [m.name for m in members]
+
+
+def test_a_member_with_orphan_rows_and_an_unreachable_one_fail_alone_and_a_second_run_does_only_the_rest(
+        ctx, databases) -> None:
+    staging, members = databases
+    plant_orphans(members[2].url)
+    gone = Member("tenant_gone", "member", CLOSED)
+    pre = freeze(ctx, staging)
+    tenants = spec(canary=1, size=Share(3), parallel=3, halt_after=Share(2))
+
+    first = by_member(fleet.run_fleet(ctx, tenants, members + [gone], pre))
+
+    orphaned, unreachable = first["tenant_02"], first["tenant_gone"]
+    assert orphaned.state == "failed" and orphaned.tries == 1
+    assert orphaned.error.startswith("data prechecks failed; nothing was changed: - ") and orphaned.error.endswith(
+        f"{EPIC5}/migration.sql:10: 3 rows of experiment_assignments whose (experimentId) has no row in "
+        "personalization_experiments (id)")
+    assert unreachable.state == "failed" and unreachable.tries == fleet.TRIES
+    assert unreachable.error.startswith("cannot connect to postgresql://fleet:****@127.0.0.1:1/tenant_gone")
+    assert "s3cret" not in json.dumps([o.to_xcom() for o in first.values()])
+    assert {n for n, o in first.items() if o.state == "done"} == {m.name for m in members} - {"tenant_02"}
+    assert ledger(members[2].url) == {m: c for m, c in ledger(members[2].url).items() if m != EPIC5}
+    assert fleet_rows(members[2].url) == []  # nothing changed there, so nothing to record
+
+    remove_orphans(members[2].url)
+    again = replace(ctx, run=RunInfo(run_id=f"fleet__{uuid.uuid4().hex[:6]}"), loaded={})
+    release = deploy.load_release(again, pre)
+    pre2 = freeze(again, staging, given=release)
+    assert pre2.release["sha256"] == pre.release["sha256"]  # the same release: a resume
+    second = by_member(fleet.run_fleet(again, tenants, members, pre2))
+
+    assert second["tenant_02"].state == "done" and second["tenant_02"].migrations == [EPIC5]
+    assert {o.state for n, o in second.items() if n != "tenant_02"} == {"already"}
+    assert all(len(fleet_rows(m.url)) == 1 for m in members)
+
+
+def test_a_dry_run_checks_every_member_and_changes_nothing_anywhere(ctx, databases) -> None:
+    staging, members = databases
+    plant_orphans(members[4].url)
+    before = {m.name: (ledger(m.url), fingerprint(m.url)) for m in members}
+    pre = freeze(ctx, staging)
+    dry = replace(ctx, params=RunParams(dry_run=True))
+
+    run = by_member(fleet.run_fleet(dry, spec(canary=1, size=Share(2), parallel=2, halt_after=Share(1)), members, pre))
+
+    assert {n: o.state for n, o in run.items()} == {**{m.name: "would_apply" for m in members}, "tenant_04": "failed"}
+    assert run["tenant_00"].pending == [EPIC5] and "data prechecks failed" in run["tenant_04"].error
+    assert {m.name: (ledger(m.url), fingerprint(m.url)) for m in members} == before
+    assert all(not fleet_rows(m.url) for m in members)
+
+
+def fingerprint(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        return fingerprint_digest(schema_fingerprint(conn))
+
+
+def overlap(outcomes) -> int:
+    """The most applies running at one moment, from the outcomes' timestamps."""
+    events = sorted([(datetime.fromisoformat(o.apply_started), 1) for o in outcomes]
+                    + [(datetime.fromisoformat(o.apply_ended), -1) for o in outcomes])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_parallel_is_honoured_at_most_p_applies_at_once_and_more_than_one(ctx, databases) -> None:
+    staging, members = databases
+    pre = freeze(ctx, staging)
+
+    run = fleet.run_fleet(ctx, spec(canary=0, size=Share(MEMBERS), parallel=3), members, pre)
+
+    assert len(run.waves) == 1 and {o.state for o in run.outcomes} == {"done"}
+    assert 1 < overlap(run.outcomes) <= 3
+
+
+def test_a_failed_canary_halts_the_run_and_the_record_lists_every_member_not_attempted(ctx, databases) -> None:
+    staging, members = databases
+    plant_orphans(members[0].url)
+    pre = freeze(ctx, staging)
+    tenants = spec(canary=1, size=Share(2), parallel=2, halt_after=Share(3))
+
+    run = fleet.run_fleet(ctx, tenants, members, pre)
+    document = kept(ctx, fleet.keep_fleet_record(ctx, tenants, fleet.fleet_record(ctx, tenants, pre, run))[0])
+
+    assert len(run.brakes) == 1 and run.brakes[0].halt and run.brakes[0].limit == 0
+    assert document["outcome"] == "halted" and document["counts"] == {"failed": 1, "not_attempted": MEMBERS - 1}
+    listed = {m["member"]: m for m in document["members"]}
+    assert set(listed) == {m.name for m in members} and listed["tenant_00"]["state"] == "failed"
+    assert all(listed[m.name]["reason"].startswith("the brake halted the run after wave 0: 1 member(s) failed so "
+                                                   "far, more than the limit of 0") for m in members[1:])
+    assert all(ledger(m.url) == ledger(members[1].url) and EPIC5 not in ledger(m.url) for m in members)
+
+
+def test_members_wait_for_their_regions_window_while_the_others_of_their_wave_proceed(ctx, databases) -> None:
+    from datetime import timedelta, timezone
+
+    from schema_deploy.config_fleets import FleetWindow
+    from schema_deploy.window import Window
+
+    staging, members = databases
+    regional = [replace(m, attributes=(("region", "eu" if i % 2 else "us"),)) for i, m in enumerate(members)]
+    eu = Window("0 1 * * *", timedelta(hours=2), "UTC", "eu_night")
+    us = Window("0 7 * * *", timedelta(hours=2), "UTC", "us_night")
+    tenants = replace(spec(canary=0, size=Share(MEMBERS), parallel=3),
+                      window=FleetWindow(by="region", windows=(("eu", eu), ("us", us))))
+    pre = freeze(ctx, staging)
+
+    run = by_member(fleet.run_fleet(ctx, tenants, regional, pre,
+                                    now=lambda: datetime(2026, 3, 3, 1, 30, tzinfo=timezone.utc)))
+
+    assert {n: o.state for n, o in run.items()} == {m.name: "done" if i % 2 else "waiting_window"
+                                                    for i, m in enumerate(members)}
+    assert run["tenant_00"].next_window == "2026-03-03T07:00:00+00:00" and EPIC5 not in ledger(members[0].url)
+
+
+def test_an_edited_applied_migration_and_a_schema_unlike_the_rehearsals_fail_naming_the_cause(ctx, databases) -> None:
+    staging, members = databases
+    with psycopg.connect(members[1].url) as conn:
+        conn.execute("UPDATE _prisma_migrations SET checksum = repeat('0', 64) WHERE migration_name LIKE '%baseline'")
+    with psycopg.connect(members[2].url) as conn:
+        conn.execute('CREATE INDEX "by_hand_idx" ON "experiment_assignments" ("variant")')
+    pre = freeze(ctx, staging)
+
+    run = by_member(fleet.run_fleet(ctx, spec(canary=0, size=Share(MEMBERS), parallel=3, halt_after=Share(2)),
+                                    members, pre))
+
+    assert run["tenant_01"].state == "failed" and "20250915090000_baseline was edited after it was applied" \
+        in run["tenant_01"].detail
+    assert run["tenant_02"].state == "failed" and run["tenant_02"].error.startswith(
+        "tenant_02's schema differs from staging's before the rehearsal") and "by_hand_idx" in run["tenant_02"].error
+    assert {o.state for n, o in run.items() if n not in ("tenant_01", "tenant_02")} == {"done"}
+
+
+def test_members_come_from_a_catalog_query_on_a_real_database(ctx, databases) -> None:
+    staging, members = databases
+    with psycopg.connect(staging.url) as conn:
+        conn.execute("CREATE TABLE tenants (conn_id text, region text, active bool)")
+        conn.execute("INSERT INTO tenants VALUES ('tenant_01', 'eu', true), (%s, 'us', true), ('tenant_09', 'eu', false)",
+                     (members[3].url,))
+    urls = {m.name: m.url for m in members}
+    tenants = FleetSpec("tenants", "catalog", catalog_conn="tenants_catalog",
+                        catalog_query="select conn_id, region from tenants where active")
+
+    found = fleet.resolve_members(tenants, url_of=urls.__getitem__, conn_ids=lambda: [],
+                                  catalog=lambda conn, query: fleet.catalog_rows(staging.url, query))
+
+    assert [(m.attrs, m.url) for m in found] == [({"region": "us"}, members[3].url), ({"region": "eu"}, members[1].url)]
+    assert found[0].name.endswith(f"/{members[3].database}") and found[1].name == "tenant_01"
