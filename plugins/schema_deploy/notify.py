@@ -41,6 +41,10 @@ EMOJI.update({"rollback_started": ":rewind:", "rollback_done": ":leftwards_arrow
 TITLES.update({"rollback_started": "Schema rollback started", "rollback_done": "Schema rollback done and verified",
                "rollback_failed": "Schema rollback FAILED"})
 
+# deploy_fleet's events: one message per wave and one summary, never one per member.
+EMOJI.update({"fleet_wave": ":ocean:", "fleet_done": ":checkered_flag:"})
+TITLES.update({"fleet_wave": "Fleet wave finished", "fleet_done": "Fleet deployment finished"})
+
 
 def message(event: str, facts: dict[str, object], links: dict[str, str] | None = None) -> dict[str, object]:
     """A Slack message (`text` fallback + `blocks`) for a deployment event."""

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
@@ -456,33 +456,58 @@ class FleetRun:
     brakes: list[BrakeDecision]
 
 
+def run_waves(ctx: Deployment, spec: FleetSpec, members: Sequence[Member], pre: PreflightResult, *,
+              start: int = 0, stop: int | None = None, prior: Sequence[MemberOutcome] = (),
+              now: Callable[[], datetime] = now_utc, sleep: Callable[[float], None] = time.sleep,
+              on_wave: Callable[[int, list[MemberOutcome], BrakeDecision], None] | None = None) -> FleetRun:
+    """Waves `start` to `stop` (exclusive; None: the last) of the fleet's wave plan, in this process:
+    `pause` before each wave but the first of the fleet, then its members whose window is open (all of
+    them with skip_window), the others waiting; then the brake over `prior` (earlier waves' outcomes,
+    e.g. the canary's from another task) and these. A halt lists every later member, beyond `stop`
+    too, as not attempted. `on_wave(index, its outcomes, the brake)` is told after each wave (Slack).
+    Returns only the outcomes of these waves; `waves` is the whole plan."""
+    waves = plan_waves(members, spec.waves)
+    stop = len(waves) if stop is None else min(stop, len(waves))
+    outcomes: list[MemberOutcome] = []
+    brakes: list[BrakeDecision] = []
+    for i in range(start, stop):
+        if i > 0 and spec.waves.pause and not ctx.params.dry_run:
+            sleep(spec.waves.pause.total_seconds())
+        if ctx.params.skip_window:
+            open_now, waiting = list(waves[i]), []
+        else:
+            open_now, waiting = split_by_window(spec, waves[i], now())
+        done = waiting_outcomes(spec, waiting, i) + run_wave(
+            ctx, open_now, parallel=spec.waves.parallel, wave=i, fn=lambda m, i=i: deploy_member(
+                ctx, m, pre, fleet=spec.name, backup=spec.backup, dry_run=ctx.params.dry_run, wave=i))
+        outcomes += done
+        brakes.append(brake([*prior, *outcomes], wave_limit(spec.waves, len(members), i), i))
+        ctx.log.info("fleet %s wave %d: %s", spec.name, i, brakes[-1].reason)
+        if on_wave is not None:
+            on_wave(i, done, brakes[-1])
+        if brakes[-1].halt:
+            later = [m for w in waves[i + 1:] for m in w]
+            outcomes += not_attempted(later, f"the brake halted the run after wave {i}: {brakes[-1].reason}", i + 1)
+            break
+    return FleetRun(outcomes=outcomes, waves=[[m.name for m in w] for w in waves], brakes=brakes)
+
+
 def run_fleet(ctx: Deployment, spec: FleetSpec, members: Sequence[Member], pre: PreflightResult, *,
               now: Callable[[], datetime] = now_utc, sleep: Callable[[float], None] = time.sleep,
               approve: Callable[[list[MemberOutcome]], bool] | None = None) -> FleetRun:
     """The waves in one process (the `deploy` command's and the tests' orchestrator; the DAG runs the
-    same steps as tasks): per wave, the members whose window is open run, the others wait; then the
-    brake; after the canary the approval when the fleet asks for one; `pause` between waves."""
-    waves = plan_waves(members, spec.waves)
-    outcomes: list[MemberOutcome] = []
-    brakes: list[BrakeDecision] = []
-    for i, wave in enumerate(waves):
-        open_now, waiting = split_by_window(spec, wave, now())
-        outcomes += waiting_outcomes(spec, waiting, i)
-        outcomes += run_wave(ctx, open_now, parallel=spec.waves.parallel, wave=i, fn=lambda m, i=i: deploy_member(
-            ctx, m, pre, fleet=spec.name, backup=spec.backup, dry_run=ctx.params.dry_run, wave=i))
-        brakes.append(brake(outcomes, wave_limit(spec.waves, len(members), i), i))
-        ctx.log.info("fleet %s wave %d: %s", spec.name, i, brakes[-1].reason)
-        later = [m for w in waves[i + 1:] for m in w]
-        if brakes[-1].halt:
-            outcomes += not_attempted(later, f"the brake halted the run after wave {i}: {brakes[-1].reason}", i + 1)
-            break
-        if i == 0 and spec.waves.canary and spec.waves.approve_after_canary and later and not ctx.params.dry_run:
-            if approve is None or not approve(outcomes):
-                outcomes += not_attempted(later, "not approved after the canary wave", 1)
-                break
-        if later and spec.waves.pause and not ctx.params.dry_run:
-            sleep(spec.waves.pause.total_seconds())
-    return FleetRun(outcomes=outcomes, waves=[[m.name for m in w] for w in waves], brakes=brakes)
+    same `run_waves` as tasks: the canary, the approval, the rest): the canary wave, then the approval
+    when the fleet asks for one, then the other waves."""
+    if not spec.waves.canary:
+        return run_waves(ctx, spec, members, pre, now=now, sleep=sleep)
+    canary = run_waves(ctx, spec, members, pre, stop=1, now=now, sleep=sleep)
+    later = [m for w in plan_waves(members, spec.waves)[1:] for m in w]
+    if canary.brakes[-1].halt or not later:
+        return canary
+    if spec.waves.approve_after_canary and not ctx.params.dry_run and (approve is None or not approve(canary.outcomes)):
+        return replace(canary, outcomes=canary.outcomes + not_attempted(later, "not approved after the canary wave", 1))
+    rest = run_waves(ctx, spec, members, pre, start=1, prior=canary.outcomes, now=now, sleep=sleep)
+    return FleetRun(outcomes=canary.outcomes + rest.outcomes, waves=canary.waves, brakes=canary.brakes + rest.brakes)
 
 
 # --- the fleet record ----------------------------------------------------------------------------

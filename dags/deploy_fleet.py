@@ -1,0 +1,170 @@
+"""
+### deploy_fleet — one release to every database of a fleet (tenants, shards), in waves
+
+**What it does** (deploy.yaml `fleets:`; `[default]` = opens no database, `[staging]`, `[fleet]` = the
+fleet's `queue:`): `preflight_bundle` [default] (the form checked, the bundle linted and frozen) →
+`preflight_staging` [staging] → `preflight` [default] (the fleet's release: staging's plan frozen for
+staging and for every member, with staging's schema before the change) → `apply_staging` [staging] →
+`test_gate` [staging] (the rehearsal: gate commands and verification; **a dry run stops here**, no
+member is changed) → `fleet_members` [fleet] (the members from the fleet's list, connection-id prefix or
+catalog; names and attributes only in XCom, never URLs) → `canary` [fleet] (wave 0 in one process) →
+`approval_needed` → `approve_canary` (only with `waves.approve_after_canary`; Reject: the other members
+are not attempted) → `waves` [fleet] (the other waves in one process, `parallel` members at a time; the
+brake after each wave, `pause` between) → `fleet_record` [default] (a teardown: the fleet record at
+`PREFIX/fleets/<fleet>/runs/<run id>/fleet.json` and one Slack summary). Slack hears one message
+per wave (counts, failed members with their first error line, when the next wave starts), never one per member.
+
+**Queues**: the member tasks run on the queue of the *first* declared fleet (read when the DAG is
+parsed); a fleet whose databases sit in another network needs that queue's workers to hold its
+connections too. A prefix fleet's members are the `AIRFLOW_CONN_<PREFIX>*` environment variables of
+the worker (a secrets backend cannot be listed: declare such members with `targets:` or a catalog).
+
+**If it failed at 2 a.m.** — read the failed task's log, then `fleet_record`'s XCom or the record in S3:
+* `preflight_*`, `apply_staging`, `test_gate`: no member was touched (as in deploy_schema).
+* `fleet_members`: a connection is missing on the fleet's worker, or only_targets names a member the
+  fleet does not have (the message lists its members).
+* `canary` failed: the brake stops the run after a failed canary; every other member is listed as
+  not attempted. Fix the canary (its error is in Slack and the log), then clear `canary`.
+* `waves` failed: the failed members are named; the others of their waves went on, unless the brake
+  (`halt_after`) halted the run. Members whose window was closed are `waiting_window` with their next
+  opening: run the fleet again then (with only_targets), they are not waited for in this run.
+* **What a retry costs**: clearing `canary` or `waves` runs its wave(s) again in full: each member is
+  surveyed again (a connection and a ledger read), members at the release already are `already`
+  (nothing applied, no second audit row), the rest are deployed; a retry converges, it never applies
+  twice. A failed member makes the task fail without an automatic retry (its steps were already
+  retried 3 times in process); a lost worker is retried by Airflow the same way.
+
+**Trigger form**: fleet, bundle, dry run, only_targets (member names, a list or comma-separated; empty
+= all), skipping the members' windows (needs a reason), lock retry budget.
+"""
+from __future__ import annotations
+
+import pendulum
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param, dag, task, teardown
+
+from schema_deploy_airflow.defaults import DEFAULT_ARGS
+from schema_deploy_airflow.fleet_steps import fleet_param, member_queue
+from schema_deploy_airflow.steps import bundle_param, queue
+
+CANARY_BODY = """Canary wave of fleet {{ params.fleet }}:
+{% for o in (ti.xcom_pull(task_ids='canary', key='fleet_run') or {}).get('outcomes', []) %}
+* {{ o.member }}: {{ o.state }}{% if o.error %} ({{ o.error }}){% endif %}
+{% endfor %}
+Approve to deploy the other waves; Reject leaves them not attempted."""
+
+
+def on_failure(context):
+    from schema_deploy_airflow.callbacks import notify_failure
+
+    notify_failure(context)
+
+
+@dag(
+    dag_id="deploy_fleet",
+    schedule=None,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["schema-deploy", "postgresql", "migrations", "fleet"],
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    params={
+        "fleet": fleet_param(),  # the names deploy.yaml declares under fleets:
+        "bundle": bundle_param(),
+        "dry_run": Param(False, type="boolean", title="Dry run",
+                         description="Staging rehearsal and gate only; no member is changed."),
+        "only_targets": Param([], type=["array", "string", "null"], title="Only these members",
+                              description="Member names (a list, or comma-separated); empty = the whole fleet."),
+        "skip_window": Param(False, type="boolean", title="Skip the members' maintenance windows",
+                             description="Change every member now; needs a reason below."),
+        "skip_window_reason": Param("", type="string", title="Why skip the windows",
+                                    description="Recorded in the log and the fleet record."),
+        "lock_retries": Param(None, type=["null", "integer"], minimum=0, maximum=100, title="Lock retry budget",
+                              description="Retries after a lock timeout, per step; empty = deploy.yaml's lock.lock_retries."),
+    },
+)
+def deploy_fleet():
+    @task(queue=queue(None), doc_md="Checks the form (fleet, only_targets), reads and lints the bundle, freezes it "
+                                    "in S3 as a release without plans. Opens no database.")
+    def preflight_bundle():
+        from schema_deploy_airflow import fleet_steps
+
+        return fleet_steps.preflight_bundle()
+
+    @task(queue=queue("staging"), doc_md="Staging's ledger, schema fingerprint and plan of the release. Changes nothing.")
+    def preflight_staging(checked):
+        from schema_deploy_airflow import steps
+
+        return steps.preflight_target("staging")
+
+    @task(queue=queue(None), doc_md="The fleet's release: staging's plan frozen for staging and every member, "
+                                    "with staging's schema before the change. Opens no database.")
+    def preflight(survey):
+        from schema_deploy_airflow import fleet_steps
+
+        return fleet_steps.fleet_release()
+
+    @task(queue=queue("staging"), doc_md="The rehearsal: the release applied to staging.")
+    def apply_staging(summary):
+        from schema_deploy_airflow import steps
+
+        return steps.apply_to("staging")
+
+    @task(queue=queue("staging"), doc_md="Gate commands against staging, then verification of staging.")
+    def test_gate(staged):
+        from schema_deploy_airflow import steps
+
+        return steps.test_gate()
+
+    @task(queue=member_queue(), doc_md="The fleet's members (list, prefix or catalog), cut to only_targets; "
+                                       "names and attributes in XCom, never URLs.")
+    def fleet_members(gate):
+        from schema_deploy_airflow import fleet_steps
+
+        return fleet_steps.fleet_members()
+
+    @task(queue=member_queue(), doc_md="Wave 0, the canary, in one process. Skipped on a dry run.")
+    def canary(members):
+        from schema_deploy_airflow import fleet_steps
+
+        return fleet_steps.canary()
+
+    @task.branch(queue=queue(None), doc_md="approve_canary when waves.approve_after_canary, else waves.")
+    def approval_needed():
+        from schema_deploy_airflow import fleet_steps
+
+        return fleet_steps.approval_needed()
+
+    approve = ApprovalOperator(task_id="approve_canary", subject="Deploy the rest of fleet {{ params.fleet }}?",
+                               body=CANARY_BODY, retries=0, queue=queue(None),
+                               doc_md="Approve or reject the waves after the canary; Reject: not attempted.")
+
+    @task(queue=member_queue(), trigger_rule="none_failed_min_one_success",
+          doc_md="The waves after the canary, in one process: brake after each, pause between.")
+    def waves():
+        from schema_deploy_airflow import fleet_steps
+
+        return fleet_steps.waves()
+
+    @teardown
+    @task(queue=queue(None), doc_md="The fleet record in S3 (every member's outcome) and one Slack summary. "
+                                    "Opens no database.")
+    def fleet_record():
+        from schema_deploy_airflow import fleet_steps
+
+        return fleet_steps.fleet_record()
+
+    checked = preflight_bundle()
+    summary = preflight(preflight_staging(checked))
+    gated = test_gate(apply_staging(summary))
+    members = fleet_members(gated)
+    first = canary(members)
+    branch = approval_needed()
+    rest = waves()
+    first >> branch >> [approve, rest]
+    approve >> rest
+    [checked, summary, gated, members, first, branch, approve, rest] >> fleet_record()
+
+
+deploy_fleet()

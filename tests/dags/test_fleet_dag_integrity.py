@@ -1,0 +1,144 @@
+"""deploy_fleet loads, runs its tasks in the designed order on the designed queues, and refuses a bad form."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FLEETS = ('fleets:\n  tenants: {prefix: tenant_, waves: {canary: 1, size: "50%"}, queue: fleet-q}\n'
+          '  shards: {targets: [shard_a, shard_b]}\n'
+          'queues: {staging: stg-eu, default: control}\n')
+ORDER = ["preflight_bundle", "preflight_staging", "preflight", "apply_staging", "test_gate", "fleet_members",
+         "canary", "approval_needed", "waves", "fleet_record"]
+# None: opens no database; "fleet": the fleet's members.
+ENVS = {"preflight_bundle": None, "preflight_staging": "staging", "preflight": None, "apply_staging": "staging",
+        "test_gate": "staging", "fleet_members": "fleet", "canary": "fleet", "approval_needed": None,
+        "approve_canary": None, "waves": "fleet", "fleet_record": None}
+
+
+def load(tmp_path, monkeypatch, text: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    config = tmp_path / "deploy.yaml"
+    config.write_text(text)
+    monkeypatch.setenv("SCHEMA_DEPLOY_CONFIG", str(config))
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags["deploy_fleet"]
+
+
+@pytest.fixture
+def dag(tmp_path, monkeypatch):
+    return load(tmp_path, monkeypatch, FLEETS)
+
+
+def test_deploy_fleet_parses_with_docs_tags_owner_and_one_run_at_a_time(dag) -> None:
+    assert dag.max_active_runs == 1 and not dag.catchup and dag.schedule is None
+    assert "If it failed at 2 a.m." in dag.doc_md and "What a retry costs" in dag.doc_md
+    assert {"schema-deploy", "fleet"} <= set(dag.tags) and {t.owner for t in dag.tasks} == {"platform-db"}
+    for task in dag.tasks:
+        assert task.doc_md, task.task_id
+        if task.task_id == "approve_canary":
+            assert task.retries == 0  # a human answer is not retried
+        else:
+            assert task.retries >= 2 and task.retry_exponential_backoff, task.task_id
+
+
+def test_deploy_fleet_still_parses_when_no_fleet_is_declared(tmp_path, monkeypatch) -> None:
+    dag = load(tmp_path, monkeypatch, "")
+    assert dag.params["fleet"] == "" and "enum" not in dag.params.get_param("fleet").schema
+
+
+def test_the_chain_follows_the_design(dag) -> None:
+    assert set(dag.task_ids) == set(ENVS)
+    for upstream, downstream in zip(ORDER, ORDER[1:]):
+        assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+    assert dag.get_task("approve_canary").upstream_task_ids == {"approval_needed"}
+    assert dag.get_task("waves").upstream_task_ids == {"approval_needed", "approve_canary"}
+    assert dag.get_task("waves").trigger_rule == "none_failed_min_one_success"
+    record = dag.get_task("fleet_record")
+    assert record.is_teardown and not record.on_failure_fail_dagrun
+    assert set(ORDER[:-1]) - record.upstream_task_ids == {"preflight_staging", "apply_staging"}  # via their next
+
+
+def test_each_task_runs_on_the_queue_of_what_it_opens_the_members_on_the_first_fleets(dag, tmp_path,
+                                                                                        monkeypatch) -> None:
+    wanted = {None: "control", "staging": "stg-eu", "fleet": "fleet-q"}
+    assert {t.task_id: t.queue for t in dag.tasks} == {t: wanted[env] for t, env in ENVS.items()}
+    plain = load(tmp_path, monkeypatch, "fleets: {tenants: {prefix: tenant_}}\n")
+    assert {t.queue for t in plain.tasks} == {"default"}
+
+
+def test_the_form_offers_the_declared_fleets_first_by_default_and_titled_fields(dag) -> None:
+    params = dag.params
+    assert params.get_param("fleet").schema["enum"] == ["tenants", "shards"] and params["fleet"] == "tenants"
+    for name in ("fleet", "bundle", "dry_run", "only_targets", "skip_window", "skip_window_reason", "lock_retries"):
+        spec = params.get_param(name).schema
+        assert spec.get("title") and spec.get("type"), name
+    assert params["dry_run"] is False and params["only_targets"] == []
+
+
+@pytest.mark.parametrize("given, wanted", [
+    (None, []), ("", []), ([], []), ("tenant_a, tenant_b", ["tenant_a", "tenant_b"]),
+    ("tenant_a,tenant_b tenant_c", ["tenant_a", "tenant_b", "tenant_c"]), ([" tenant_a ", ""], ["tenant_a"]),
+])
+def test_only_targets_takes_a_list_or_a_comma_separated_string(given, wanted) -> None:
+    from schema_deploy_airflow.fleet_steps import only_targets
+
+    assert only_targets(given) == wanted
+
+
+def fleets_config():
+    from schema_deploy.config import DeployConfig
+    from schema_deploy.config_fleets import FleetSpec
+
+    return DeployConfig(fleets=(FleetSpec("tenants", "prefix", prefix="tenant_"),), source=Path("deploy.yaml"),
+                        approval_manual=False)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"fleet": "tenant"}, r"^deploy.yaml: no fleet named 'tenant' \(declared: tenants\); pass one of those, or "
+                          r"declare it under fleets:.$"),
+    ({"fleet": ""}, r"no fleet named '' \(declared: tenants\)"),
+    ({"fleet": "tenants", "only_targets": 7}, r"^only_targets must be a list of member names or a comma-separated "
+                                              r"string \(got 7\).$"),
+])
+def test_a_bad_fleet_or_only_targets_is_refused_naming_the_valid_choices(params, message) -> None:
+    from schema_deploy.errors import UsageError
+    from schema_deploy_airflow.fleet_steps import check_form
+
+    with pytest.raises(UsageError, match=message):
+        check_form(params, fleets_config())
+
+
+def test_only_targets_naming_a_member_the_fleet_lacks_is_refused_with_its_members() -> None:
+    from schema_deploy.errors import UsageError
+    from schema_deploy.pipeline.fleet import Member
+    from schema_deploy_airflow.fleet_steps import chosen
+
+    spec = fleets_config().fleet("tenants")
+    members = [Member(n, "member", f"postgresql://h/{n}") for n in ("tenant_a", "tenant_b")]
+    assert [m.name for m in chosen(spec, members, ["tenant_b"])] == ["tenant_b"]
+    assert chosen(spec, members, []) == members
+    with pytest.raises(UsageError, match=r"^only_targets names tenant_x, which fleet tenants does not have; its "
+                                         r"members: tenant_a, tenant_b.$"):
+        chosen(spec, members, ["tenant_b", "tenant_x"])
+
+
+def test_skipping_the_windows_needs_a_reason(monkeypatch) -> None:
+    from schema_deploy.errors import UsageError
+    from schema_deploy.pipeline import RunParams
+
+    with pytest.raises(UsageError, match="^skip_window is on but skip_window_reason is empty"):
+        RunParams.from_mapping({"fleet": "tenants", "skip_window": True, "skip_window_reason": " "}).check(
+            fleets_config())
+
+
+def test_a_prefix_fleets_members_are_the_workers_airflow_conn_variables(monkeypatch) -> None:
+    from schema_deploy_airflow.fleet_steps import env_conn_ids
+
+    monkeypatch.setenv("AIRFLOW_CONN_TENANT_B", "postgresql://u@h/b")
+    monkeypatch.setenv("AIRFLOW_CONN_TENANT_A", "postgresql://u@h/a")
+    ids = env_conn_ids()
+    assert [i for i in ids if i.startswith("tenant_")] == ["tenant_a", "tenant_b"]

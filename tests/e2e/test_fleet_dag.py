@@ -1,0 +1,150 @@
+"""deploy_fleet end to end with `dag.test()` on the local stack (devstack/run_deploy.py).
+
+A fleet of six small member databases (copies of one template on the staging cluster), declared by
+the prefix `tenant_`: their connections are `AIRFLOW_CONN_TENANT_0n` in the run's environment, as a
+worker's would be. Staging is a copy of the same template; production is never opened by this DAG,
+so its connection points at a closed port.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+import pytest
+
+from schema_deploy import audit
+from schema_deploy.ledger import read_rows
+from seed import reset
+from tests.conftest import drop_database, with_database
+from tests.e2e.harness import DagRunner, Slack
+
+EPIC5 = "20251017120000_epic5_schema_completion"
+MEMBERS = 6
+CLOSED = "postgresql://nobody:never-used@127.0.0.1:1/production"
+FLEET = ('fleets:\n  tenants: {prefix: tenant_, waves: {canary: 1, size: "50%", parallel: 3}, backup: none}\n')
+GATE_OK = '    - [python, -c, "print(\'gate ok\')"]\n'
+
+
+@pytest.fixture(scope="module")
+def template(stack_env: dict[str, str]):
+    name = f"t_fdag_tpl_{uuid.uuid4().hex[:6]}"
+    url = with_database(stack_env["STAGING_DATABASE_URL"], name)
+    reset(url, seed=7, scale="small", log=lambda _: None)
+    yield name
+    drop_database(stack_env["STAGING_DATABASE_URL"], name)
+
+
+@pytest.fixture(scope="module")
+def staging_template(stack_env: dict[str, str]):
+    """Staging at the demo scale: its verification asks the planner to use the new indexes, which it
+    does not on a small tenant (members are verified without EXPLAIN). Same schema as the tenants."""
+    name = f"t_fdag_stpl_{uuid.uuid4().hex[:6]}"
+    url = with_database(stack_env["STAGING_DATABASE_URL"], name)
+    reset(url, seed=9, log=lambda _: None)
+    yield name
+    drop_database(stack_env["STAGING_DATABASE_URL"], name)
+
+
+@pytest.fixture
+def fleet_dbs(stack_env: dict[str, str], template: str, staging_template: str):
+    """Staging and the six tenants, copies of their templates: {"staging": url, "tenant_00": url, …}."""
+    base = stack_env["STAGING_DATABASE_URL"]
+    tag = uuid.uuid4().hex[:6]
+    names = {"staging": f"t_fdag_{tag}_staging", **{f"tenant_{i:02d}": f"t_fdag_{tag}_tenant_{i:02d}"
+                                                    for i in range(MEMBERS)}}
+    with psycopg.connect(base, autocommit=True) as conn:
+        for key, db in names.items():
+            conn.execute(f'CREATE DATABASE "{db}" TEMPLATE "{staging_template if key == "staging" else template}"')
+    yield {key: with_database(base, db) for key, db in names.items()}
+    for db in names.values():
+        drop_database(base, db)
+
+
+@pytest.fixture
+def runner(tmp_path, migrated_home, fleet_dbs, stack_env) -> DagRunner:
+    runner = DagRunner("deploy_fleet", tmp_path, migrated_home,
+                       {"staging": fleet_dbs["staging"], "production": CLOSED}, stack_env)
+    runner.extra_env = {f"AIRFLOW_CONN_{k.upper()}": url for k, url in fleet_dbs.items() if k.startswith("tenant_")}
+    return runner
+
+
+def failures(run) -> str:
+    """The log lines that say what failed (the whole log is long), then its end."""
+    lines = [ln for ln in run.log.splitlines() if "error" in ln.lower() or "failed" in ln.lower()]
+    return "\n".join(lines[:40])[-6000:] + "\n…\n" + run.log[-2000:]
+
+
+def applied(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [r.migration_name for r in read_rows(conn) if r.applied]
+
+
+def fleet_rows(url: str) -> list:
+    with psycopg.connect(url) as conn:
+        audit.ensure_table(conn)
+        assert audit.verify_chain(conn).ok
+        return [r for r in audit.read_rows(conn) if r.kind == "fleet"]
+
+
+def fleet_messages(slack: Slack) -> list[str]:
+    texts = [r.get("text") or "" for r in slack.records()]
+    return [t for t in texts if t.startswith(("Fleet wave finished", "Fleet deployment finished"))]
+
+
+def test_every_member_reaches_the_release_in_three_waves_with_one_slack_message_each_and_a_record(
+        runner: DagRunner, fleet_dbs: dict[str, str], stack_env: dict[str, str]) -> None:
+    slack = Slack(stack_env)
+    run = runner.run({"fleet": "tenants"}, runner.config(gate=GATE_OK, extra=FLEET))
+
+    assert run.returncode == 0, failures(run)
+    members = sorted(k for k in fleet_dbs if k.startswith("tenant_"))
+    assert run.xcom("fleet_members")["waves"] == [members[:1], members[1:4], members[4:]]
+    assert "postgresql://" not in json.dumps(run.xcom("fleet_members"))  # names and attributes, never URLs
+    assert EPIC5 in applied(fleet_dbs["staging"])
+    for name in members:
+        assert EPIC5 in applied(fleet_dbs[name]), name
+        assert len(fleet_rows(fleet_dbs[name])) == 1, name
+
+    messages = fleet_messages(slack)
+    assert [m.split(" — ")[0] for m in messages] == ["Fleet wave finished"] * 3 + ["Fleet deployment finished"]
+    assert "wave: 1 of 3 (canary)" in messages[0] and "members: done 1" in messages[0]
+    assert "members: done 3" in messages[1] and "next wave: none (the last wave)" in messages[2]
+
+    record = run.xcom("fleet_record")
+    assert record["outcome"] == "done" and record["counts"] == {"done": MEMBERS}
+    document = json.loads(runner.object(record["uri"]))
+    assert record["uri"].endswith("/fleet.json") and "/fleets/tenants/runs/" in record["uri"]
+    assert sorted(m["member"] for m in document["members"]) == members
+    assert {m["state"] for m in document["members"]} == {"done"}
+
+
+def test_orphan_rows_in_the_canary_stop_the_run_before_any_other_member_and_list_them_not_attempted(
+        runner: DagRunner, fleet_dbs: dict[str, str], stack_env: dict[str, str]) -> None:
+    with psycopg.connect(fleet_dbs["tenant_00"]) as conn:
+        conn.execute('UPDATE experiment_assignments SET "experimentId" = \'exp_missing_\' || id WHERE id IN '
+                     '(SELECT id FROM experiment_assignments ORDER BY id LIMIT 3)')
+    slack = Slack(stack_env)
+    run = runner.run({"fleet": "tenants"}, runner.config(gate=GATE_OK, extra=FLEET))
+
+    assert run.returncode == 1 and run.result["state"] == "failed", failures(run)
+    assert run.state("canary") == "failed" and run.state("waves") == "upstream_failed"
+    assert run.state("fleet_record") == "success"
+    others = [f"tenant_{i:02d}" for i in range(1, MEMBERS)]
+    for name in ["tenant_00", *others]:
+        assert EPIC5 not in applied(fleet_dbs[name]), name
+
+    record = run.xcom("fleet_record")
+    assert record["outcome"] == "halted" and record["counts"] == {"failed": 1, "not_attempted": MEMBERS - 1}
+    document = json.loads(runner.object(record["uri"]))
+    states = {m["member"]: m for m in document["members"]}
+    assert states["tenant_00"]["state"] == "failed"
+    assert states["tenant_00"]["error"].startswith("data prechecks failed; nothing was changed:")
+    assert "3 rows of experiment_assignments whose (experimentId) has no row in" in states["tenant_00"]["error"]
+    assert all(states[n]["state"] == "not_attempted" and "the brake halted the run after wave 0" in states[n]["reason"]
+               for n in others)
+
+    messages = fleet_messages(slack)
+    assert len(messages) == 2, messages  # the canary's wave, then the summary
+    assert "tenant_00: data prechecks failed" in messages[0] and "next wave: none: the brake halted the run" in messages[0]
+    assert "outcome: halted" in messages[1]
