@@ -10,7 +10,8 @@ member is changed) → `fleet_members` [fleet] (the members from the fleet's lis
 catalog; names and attributes only in XCom, never URLs) → `canary` [fleet] (wave 0 in one process) →
 `approval_needed` → `approve_canary` (only with `waves.approve_after_canary`; Reject: the other members
 are not attempted) → `waves` [fleet] (the other waves in one process, `parallel` members at a time; the
-brake after each wave, `pause` between) → `fleet_record` [default] (a teardown: the fleet record at
+brake after each wave, `pause` between) → `windowed` [fleet] (the members whose window was closed in
+their wave: deferred, no worker slot held, until it opens; then deployed) → `fleet_record` [default] (a teardown: the fleet record at
 `PREFIX/fleets/<fleet>/runs/<run id>/fleet.json` and one Slack summary). Slack hears one message
 per wave (counts, failed members with their first error line, when the next wave starts), never one per member.
 
@@ -26,8 +27,9 @@ the worker (a secrets backend cannot be listed: declare such members with `targe
 * `canary` failed: the brake stops the run after a failed canary; every other member is listed as
   not attempted. Fix the canary (its error is in Slack and the log), then clear `canary`.
 * `waves` failed: the failed members are named; the others of their waves went on, unless the brake
-  (`halt_after`) halted the run. Members whose window was closed are `waiting_window` with their next
-  opening: run the fleet again then (with only_targets), they are not waited for in this run.
+  (`halt_after`) halted the run. Members whose window was closed wait in `windowed` (deferred).
+* `windowed` failed: a member failed once its window opened; clear `windowed` after fixing it.
+  While it is deferred, the run shows running: its log says who waits and until when.
 * **What a retry costs**: clearing `canary` or `waves` runs its wave(s) again in full: each member is
   surveyed again (a connection and a ledger read), members at the release already are `already`
   (nothing applied, no second audit row), the rest are deployed; a retry converges, it never applies
@@ -45,6 +47,7 @@ from airflow.sdk import Param, dag, task, teardown
 
 from schema_deploy_airflow.defaults import DEFAULT_ARGS
 from schema_deploy_airflow.fleet_steps import fleet_param, member_queue
+from schema_deploy_airflow.operators import FleetWindowOperator
 from schema_deploy_airflow.steps import bundle_param, queue
 
 CANARY_BODY = """Canary wave of fleet {{ params.fleet }}:
@@ -147,6 +150,10 @@ def deploy_fleet():
 
         return fleet_steps.waves()
 
+    windowed = FleetWindowOperator(task_id="windowed", queue=member_queue(), trigger_rule="all_done",
+                                   doc_md="The members whose window was closed in their wave: deferred until "
+                                          "it opens, then deployed (the brake after each batch).")
+
     @teardown
     @task(queue=queue(None), doc_md="The fleet record in S3 (every member's outcome) and one Slack summary. "
                                     "Opens no database.")
@@ -163,8 +170,8 @@ def deploy_fleet():
     branch = approval_needed()
     rest = waves()
     first >> branch >> [approve, rest]
-    approve >> rest
-    [checked, summary, gated, members, first, branch, approve, rest] >> fleet_record()
+    approve >> rest >> windowed
+    [checked, summary, gated, members, first, branch, approve, rest, windowed] >> fleet_record()
 
 
 deploy_fleet()

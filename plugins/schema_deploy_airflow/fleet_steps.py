@@ -17,7 +17,8 @@ from schema_deploy.errors import SchemaDeployError, UsageError
 from schema_deploy_airflow import connections
 from schema_deploy_airflow.steps import PREFLIGHT, current_context, deployment, fail_fast, notify, pulled, task_log
 
-RUN_KEY = "fleet_run"  # the canary's and the waves' outcomes, pushed before the task may fail
+RUN_KEY = "fleet_run"  # the canary's, the waves' and windowed's outcomes, pushed before the task may fail
+WINDOW_KEY = "fleet_window"  # windowed's progress, read again when it resumes after a deferral
 CONN_ENV = "AIRFLOW_CONN_"
 
 
@@ -146,6 +147,8 @@ def fleet_members() -> dict[str, Any]:
     ctx = current_context()
     spec = spec_of(ctx)
     members = chosen(spec, resolve(spec), only_targets((ctx.get("params") or {}).get("only_targets")))
+    if not deployment(ctx).params.skip_window:
+        members = fleet.canary_first(spec, members, fleet.now_utc())
     waves = fleet.plan_waves(members, spec.waves)
     task_log().info("fleet %s: %d members in %d waves: %s", spec.name, len(members), len(waves),
                     " | ".join(", ".join(m.name for m in w) for w in waves))
@@ -196,11 +199,8 @@ def run_part(canary: bool) -> dict[str, Any]:
 def wave_message(spec, waves: list, i: int, done: list, decision, canary: bool) -> None:
     """One Slack message for a wave: its counts, the failed members with their first error line, and
     what comes next."""
-    from collections import Counter
     from datetime import datetime, timedelta, timezone
 
-    counts = Counter(o.state for o in done)
-    failed = [o for o in done if o.failed]
     if decision.halt:
         nxt = "none: the brake halted the run"
     elif i + 1 >= len(waves):
@@ -210,8 +210,17 @@ def wave_message(spec, waves: list, i: int, done: list, decision, canary: bool) 
     else:
         at = datetime.now(timezone.utc) + timedelta(seconds=spec.waves.pause.total_seconds())
         nxt = f"{at.isoformat(timespec='seconds')} (pause {spec.waves.pause})"
+    tell_wave(spec, f"{i + 1} of {len(waves)}" + (" (canary)" if canary else ""), done, decision, nxt)
+
+
+def tell_wave(spec, label: str, done: list, decision, nxt: str) -> None:
+    """The Slack message of one wave (or one batch of members whose window opened)."""
+    from collections import Counter
+
+    counts = Counter(o.state for o in done)
+    failed = [o for o in done if o.failed]
     notify("fleet_wave", {
-        "fleet": spec.name, "wave": f"{i + 1} of {len(waves)}" + (" (canary)" if canary else ""),
+        "fleet": spec.name, "wave": label,
         "members": ", ".join(f"{s} {n}" for s, n in sorted(counts.items())),
         "failed": "\n".join(f"{o.member}: {o.error}" for o in failed[:10]) + ("\n…" if len(failed) > 10 else ""),
         "brake": decision.reason if decision.halt or failed else "", "next wave": nxt}, task_log())
@@ -227,6 +236,89 @@ def waves() -> dict[str, Any]:
     return run_part(canary=False)
 
 
+def task_states(ctx: dict[str, Any]) -> dict[str, str]:
+    """This run's task states by task id, as plain words (success, failed, skipped, …)."""
+    ti, run_id = ctx["ti"], ctx["dag_run"].run_id
+    states = (ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]) or {}).get(run_id, {})
+    return {t: str(s).rsplit(".", 1)[-1].lower() for t, s in states.items() if s}
+
+
+@fail_fast
+def windowed(resumed: bool) -> tuple[dict[str, Any] | None, Any]:
+    """The members the canary and the waves left waiting for their window (fleet.run_windowed):
+    those whose window is open are deployed, the brake decides; returns (the result, None) when
+    nobody waits any more, else (None, when the next window opens) for the operator to defer to.
+    What it did so far is in XCom (RUN_KEY for the record, WINDOW_KEY for the next resumption); a
+    retry starts again from the waves' outcomes, and members deployed already are 'already'."""
+    from dataclasses import replace
+
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from schema_deploy.pipeline import MemberOutcome, PreflightResult, fleet
+
+    ctx = current_context()
+    run, spec, ti = deployment(ctx), spec_of(ctx), ctx["ti"]
+
+    def outcomes(values) -> list:
+        return [MemberOutcome.from_xcom(o) for o in values or []]
+
+    if resumed:
+        kept = ti.xcom_pull(task_ids=ti.task_id, key=WINDOW_KEY) or {}
+        prior, done, waiting = (outcomes(kept.get(k)) for k in ("prior", "done", "waiting"))
+        brakes = list(kept.get("brakes") or [])
+    else:
+        if run.params.dry_run:
+            raise AirflowSkipException("dry run: no member is changed")
+        waves_state = task_states(ctx).get("waves", "none")
+        if waves_state == "upstream_failed":  # fail, not skip: this leaf's state is the run's
+            raise AirflowFailException("waves did not run (upstream_failed): the run failed before them (see the "
+                                       "failed task's log); no member waits for its window")
+        if waves_state not in ("success", "failed"):
+            raise AirflowSkipException(f"waves did not run ({waves_state}): no member waits for its window")
+        parts = [ti.xcom_pull(task_ids=t, key=RUN_KEY) or {} for t in ("canary", "waves")]
+        every = [o for p in parts for o in outcomes(p.get("outcomes"))]
+        halts = [b for p in parts for b in p.get("brakes") or [] if b.get("halt")]
+        prior = [o for o in every if o.state != "waiting_window"]
+        waiting = [o for o in every if o.state == "waiting_window"]
+        done, brakes = [], []
+        if halts and waiting:  # the brake stopped the run: nobody is waited for
+            done = [replace(o, state="not_attempted", next_window="",
+                            reason=f"the brake halted the run: {halts[0]['reason']}") for o in waiting]
+            waiting = []
+        if not waiting:
+            task_log().info("fleet %s: no member waits for its window", spec.name)
+    wake = None
+    if waiting:
+        got, wake = fleet.run_windowed(run, spec, frozen_members(ctx), pulled(ctx, PREFLIGHT, PreflightResult),
+                                       waiting, prior=[*prior, *done])
+        finished = [o for o in got.outcomes if o.state != "waiting_window"]
+        waiting = [o for o in got.outcomes if o.state == "waiting_window"]
+        done += finished
+        brakes += [b.to_xcom() for b in got.brakes]
+        if got.brakes:
+            tell_wave(spec, "members whose window opened", finished, got.brakes[-1],
+                      f"{wake.isoformat(timespec='seconds')} (the next window)" if wake else "none")
+    result = {"outcomes": [o.to_xcom() for o in done + waiting], "brakes": brakes}
+    ti.xcom_push(key=RUN_KEY, value=result)
+    waves_failed = kept.get("waves_failed", False) if resumed else waves_state == "failed"
+    ti.xcom_push(key=WINDOW_KEY, value={"prior": [o.to_xcom() for o in prior], "done": [o.to_xcom() for o in done],
+                                        "waiting": [o.to_xcom() for o in waiting], "brakes": brakes,
+                                        "waves_failed": waves_failed})
+    if wake is not None:
+        task_log().info("fleet %s: %d member(s) wait for their window (%s), deferred until %s", spec.name,
+                        len(waiting), ", ".join(o.member for o in waiting), wake.isoformat())
+        return None, wake
+    failed = [o for o in done if o.failed]
+    if failed or any(b.get("halt") for b in brakes):
+        raise AirflowFailException(f"fleet {spec.name}: {len(failed)} member(s) failed after their window opened ("
+                                   + "; ".join(f"{o.member}: {o.error}" for o in failed[:5]) + "). Fix them, then "
+                                   "clear this task: members at the release already are skipped as 'already'.")
+    if waves_failed:
+        raise AirflowFailException(f"fleet {spec.name}: members failed in the waves (see the waves task's log and "
+                                   "the fleet record); every member waiting for its window was handled.")
+    return result, None
+
+
 def approval_needed() -> str:
     """approve_canary when the fleet asks for an approval after the canary and waves follow, else waves."""
     ctx = current_context()
@@ -238,10 +330,8 @@ def approval_needed() -> str:
 def unreached_reason(ctx: dict[str, Any], dry_run: bool) -> str:
     if dry_run:
         return "a dry run changes no member"
-    ti, run_id = ctx["ti"], ctx["dag_run"].run_id
-    states = (ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]) or {}).get(run_id, {})
-    if str(states.get("approve_canary") or "") in ("skipped", "TaskInstanceState.SKIPPED") \
-            and str(states.get("waves") or "").endswith("skipped"):
+    states = task_states(ctx)
+    if states.get("approve_canary") == "success" and states.get("waves") == "skipped":  # Reject skips waves
         return "not approved after the canary wave"
     seen = ", ".join(f"{t} {s}" for t, s in sorted(states.items()) if t in ("canary", "approve_canary", "waves") and s)
     return f"the run stopped before them ({seen or 'no member task ran'})"
@@ -263,8 +353,9 @@ def fleet_record() -> dict[str, Any] | None:
         return None
     ti = ctx["ti"]
     frozen = ti.xcom_pull(task_ids="fleet_members") or {}
-    parts = [ti.xcom_pull(task_ids=t, key=RUN_KEY) or {} for t in ("canary", "waves")]
-    outcomes = [MemberOutcome.from_xcom(o) for p in parts for o in p.get("outcomes") or []]
+    parts = [ti.xcom_pull(task_ids=t, key=RUN_KEY) or {} for t in ("canary", "waves", "windowed")]
+    latest = {o["member"]: o for p in parts for o in p.get("outcomes") or []}  # windowed's after the waves'
+    outcomes = [MemberOutcome.from_xcom(o) for o in latest.values()]
     brakes = [BrakeDecision.from_xcom(b) for p in parts for b in p.get("brakes") or []]
     seen = {o.member for o in outcomes}
     wave_of = {n: i for i, w in enumerate(frozen.get("waves") or []) for n in w}

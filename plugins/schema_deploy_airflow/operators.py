@@ -109,3 +109,23 @@ class WaitForWindowOperator(BaseOperator):
         slot = WindowSlot.from_xcom({**facts, "waited_s": waited})
         self.log.info("maintenance window open after waiting %s s: %s", waited, slot)
         return slot.to_xcom()
+
+
+class FleetWindowOperator(BaseOperator):
+    """A fleet's members whose maintenance window was closed when their wave ran: deferred (no
+    worker slot held) until the next of their windows opens, then those members deployed, the
+    brake deciding after each batch; again until no member waits (fleet_steps.windowed)."""
+
+    def execute(self, context: Any) -> dict[str, Any] | None:
+        return self._step(resumed=False)
+
+    def execute_complete(self, context: Any, event: Any = None) -> dict[str, Any] | None:
+        return self._step(resumed=True)
+
+    def _step(self, resumed: bool) -> dict[str, Any] | None:
+        from schema_deploy_airflow import fleet_steps
+
+        result, wake_at = fleet_steps.windowed(resumed)
+        if wake_at is None:
+            return result
+        self.defer(trigger=DateTimeTrigger(moment=wake_at), method_name="execute_complete")

@@ -10,11 +10,11 @@ FLEETS = ('fleets:\n  tenants: {prefix: tenant_, waves: {canary: 1, size: "50%"}
           '  shards: {targets: [shard_a, shard_b]}\n'
           'queues: {staging: stg-eu, default: control}\n')
 ORDER = ["preflight_bundle", "preflight_staging", "preflight", "apply_staging", "test_gate", "fleet_members",
-         "canary", "approval_needed", "waves", "fleet_record"]
+         "canary", "approval_needed", "waves", "windowed", "fleet_record"]
 # None: opens no database; "fleet": the fleet's members.
 ENVS = {"preflight_bundle": None, "preflight_staging": "staging", "preflight": None, "apply_staging": "staging",
         "test_gate": "staging", "fleet_members": "fleet", "canary": "fleet", "approval_needed": None,
-        "approve_canary": None, "waves": "fleet", "fleet_record": None}
+        "approve_canary": None, "waves": "fleet", "windowed": "fleet", "fleet_record": None}
 
 
 def load(tmp_path, monkeypatch, text: str):
@@ -57,6 +57,8 @@ def test_the_chain_follows_the_design(dag) -> None:
     assert dag.get_task("approve_canary").upstream_task_ids == {"approval_needed"}
     assert dag.get_task("waves").upstream_task_ids == {"approval_needed", "approve_canary"}
     assert dag.get_task("waves").trigger_rule == "none_failed_min_one_success"
+    windowed = dag.get_task("windowed")  # runs after failed waves too: a failure below halt_after goes on
+    assert windowed.upstream_task_ids == {"waves"} and windowed.trigger_rule == "all_done"
     record = dag.get_task("fleet_record")
     assert record.is_teardown and not record.on_failure_fail_dagrun
     assert set(ORDER[:-1]) - record.upstream_task_ids == {"preflight_staging", "apply_staging"}  # via their next

@@ -148,3 +148,71 @@ def test_orphan_rows_in_the_canary_stop_the_run_before_any_other_member_and_list
     assert len(messages) == 2, messages  # the canary's wave, then the summary
     assert "tenant_00: data prechecks failed" in messages[0] and "next wave: none: the brake halted the run" in messages[0]
     assert "outcome: halted" in messages[1]
+
+
+APPROVE_FLEET = ('fleets:\n  tenants: {prefix: tenant_, waves: {canary: 1, size: "50%", parallel: 3, '
+                 'approve_after_canary: true}, backup: none}\n')
+
+
+def test_a_rejected_canary_approval_leaves_every_other_member_not_attempted_and_says_so(
+        runner: DagRunner, fleet_dbs: dict[str, str], stack_env: dict[str, str]) -> None:
+    slack = Slack(stack_env)
+    run = runner.run({"fleet": "tenants"}, runner.config(gate=GATE_OK, extra=APPROVE_FLEET), reject="release-owner")
+
+    assert run.state("canary") == "success" and run.state("approve_canary") == "success", failures(run)
+    assert run.state("waves") == "skipped" and run.state("windowed") == "skipped"
+    assert EPIC5 in applied(fleet_dbs["tenant_00"])
+    assert all(EPIC5 not in applied(fleet_dbs[f"tenant_{i:02d}"]) for i in range(1, MEMBERS))
+    record = run.xcom("fleet_record")
+    assert record["outcome"] == "not approved" and record["counts"] == {"done": 1, "not_attempted": MEMBERS - 1}
+    document = json.loads(runner.object(record["uri"]))
+    assert {m["reason"] for m in document["members"] if m["state"] == "not_attempted"} == {
+        "not approved after the canary wave"}
+    messages = fleet_messages(slack)
+    assert "next wave: after the approval (approve_canary)" in messages[0] and "outcome: not approved" in messages[-1]
+
+
+def test_members_of_a_closed_regions_window_wait_deferred_while_the_others_proceed_then_change_when_it_opens(
+        runner: DagRunner, fleet_dbs: dict[str, str], stack_env: dict[str, str]) -> None:
+    """Members come from a catalog with a region each: `eu` has a window open every minute, `us` one
+    that opens a few minutes from now, so `waves` leaves the us members waiting and `windowed` defers
+    (dag.test runs the trigger in process) and changes them when it opens."""
+    from datetime import datetime, timedelta, timezone
+
+    base = stack_env["STAGING_DATABASE_URL"]
+    catalog = f"t_fdag_cat_{uuid.uuid4().hex[:6]}"
+    members = sorted(k for k in fleet_dbs if k.startswith("tenant_"))
+    region = {name: "eu" if i % 2 == 0 else "us" for i, name in enumerate(members)}
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{catalog}"')
+    try:
+        with psycopg.connect(with_database(base, catalog)) as conn:
+            conn.execute("CREATE TABLE tenants (conn_id text, region text, active boolean DEFAULT true)")
+            for name, where in region.items():
+                conn.execute("INSERT INTO tenants (conn_id, region) VALUES (%s, %s)", (name, where))
+        runner.extra_env["AIRFLOW_CONN_TENANTS_CATALOG"] = with_database(base, catalog)
+        opens = (datetime.now(timezone.utc) + timedelta(minutes=3)).replace(second=0, microsecond=0)
+        fleet = ("fleets:\n  regional:\n    catalog: {conn: tenants_catalog, query: "
+                 "\"select conn_id, region from tenants where active order by conn_id\"}\n"
+                 "    waves: {canary: 1, size: \"100%\", parallel: 3}\n    backup: none\n"
+                 "    window: {by: region, windows: {eu: {cron: \"* * * * *\", duration: 1m}, "
+                 f"us: {{cron: \"{opens.minute} {opens.hour} * * *\", duration: 10m}}}}}}\n")
+        slack = Slack(stack_env)
+        run = runner.run({"fleet": "regional"}, runner.config(gate=GATE_OK, extra=fleet))
+    finally:
+        drop_database(base, catalog)
+
+    assert run.returncode == 0, failures(run)
+    in_waves = {o["member"]: o for o in run.result["tasks"]["waves"]["xcom_keys"]["fleet_run"]["outcomes"]}
+    us = [n for n in members if region[n] == "us"]
+    assert {n: o["state"] for n, o in in_waves.items()} == {n: "done" if region[n] == "eu" else "waiting_window"
+                                                           for n in members[1:]}, "the us window opened too early"
+    assert {o["next_window"] for n, o in in_waves.items() if n in us} == {opens.isoformat()}
+    windowed = run.result["tasks"]["windowed"]["xcom"]
+    assert {o["member"]: o["state"] for o in windowed["outcomes"]} == {n: "done" for n in us}
+    assert all(datetime.fromisoformat(o["started"]) >= opens for o in windowed["outcomes"])
+    assert all(EPIC5 in applied(fleet_dbs[n]) for n in members)
+    record = run.xcom("fleet_record")
+    assert record["outcome"] == "done" and record["counts"] == {"done": MEMBERS}
+    messages = fleet_messages(slack)
+    assert len(messages) == 4 and "wave: members whose window opened" in messages[2], messages

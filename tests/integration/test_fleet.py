@@ -278,3 +278,87 @@ def test_members_come_from_a_catalog_query_on_a_real_database(ctx, databases) ->
 
     assert [(m.attrs, m.url) for m in found] == [({"region": "us"}, members[3].url), ({"region": "eu"}, members[1].url)]
     assert found[0].name.endswith(f"/{members[3].database}") and found[1].name == "tenant_01"
+
+
+def test_a_failure_in_wave_two_above_halt_after_stops_the_run_and_lists_the_later_waves_not_attempted(
+        ctx, databases) -> None:
+    staging, members = databases
+    plant_orphans(members[1].url)
+    plant_orphans(members[2].url)
+    pre = freeze(ctx, staging)
+    tenants = spec(canary=1, size=Share(2), parallel=2, halt_after=Share(1))  # waves: 00 | 01 02 | 03 04 | 05
+
+    run = fleet.run_fleet(ctx, tenants, members, pre)
+
+    states = {o.member: o.state for o in run.outcomes}
+    assert states == {"tenant_00": "done", "tenant_01": "failed", "tenant_02": "failed",
+                      "tenant_03": "not_attempted", "tenant_04": "not_attempted", "tenant_05": "not_attempted"}
+    assert [b.halt for b in run.brakes] == [False, True]
+    assert by_member(run)["tenant_05"].reason.startswith(
+        "the brake halted the run after wave 1: 2 member(s) failed so far, more than the limit of 1: the run stops "
+        "(tenant_01: data prechecks failed")
+    assert all(EPIC5 not in ledger(m.url) for m in members[1:])
+
+
+def test_members_whose_window_was_closed_are_deployed_once_it_opens_and_the_next_opening_is_returned(
+        ctx, databases) -> None:
+    from datetime import timedelta, timezone
+
+    from schema_deploy.config_fleets import FleetWindow
+    from schema_deploy.window import Window
+
+    staging, members = databases
+    region = {m.name: ("eu", "us", "ap")[i % 3] for i, m in enumerate(members)}
+    regional = [replace(m, attributes=(("region", region[m.name]),)) for m in members]
+    windows = {"eu": Window("0 1 * * *", timedelta(hours=2), "UTC", "eu_night"),
+               "us": Window("0 7 * * *", timedelta(hours=2), "UTC", "us_night"),
+               "ap": Window("0 13 * * *", timedelta(hours=2), "UTC", "ap_night")}
+    tenants = replace(spec(canary=0, size=Share(MEMBERS), parallel=3),
+                      window=FleetWindow(by="region", windows=tuple(windows.items())))
+    pre = freeze(ctx, staging)
+    at = lambda hour: (lambda: datetime(2026, 3, 3, hour, 30, tzinfo=timezone.utc))  # noqa: E731
+
+    waves = fleet.run_fleet(ctx, tenants, regional, pre, now=at(1))
+    waiting = [o for o in waves.outcomes if o.state == "waiting_window"]
+    assert sorted(o.member for o in waiting) == sorted(n for n, r in region.items() if r != "eu")
+
+    later, wake = fleet.run_windowed(ctx, tenants, regional, pre, waiting,
+                                     prior=[o for o in waves.outcomes if o not in waiting], now=at(7))
+
+    assert {o.member: o.state for o in later.outcomes} == {n: "done" if r == "us" else "waiting_window"
+                                                           for n, r in region.items() if r != "eu"}
+    assert wake == datetime(2026, 3, 3, 13, 0, tzinfo=timezone.utc) and len(later.brakes) == 1
+    assert all(EPIC5 in ledger(m.url) for m in regional if region[m.name] != "ap")
+    assert all(EPIC5 not in ledger(m.url) for m in regional if region[m.name] == "ap")
+
+    last, wake = fleet.run_windowed(ctx, tenants, regional, pre,
+                                    [o for o in later.outcomes if o.state == "waiting_window"], now=at(13))
+    assert wake is None and {o.state for o in last.outcomes} == {"done"}
+    assert all(EPIC5 in ledger(m.url) for m in regional)
+
+
+def test_the_canary_is_a_member_whose_window_is_open_and_a_canary_left_waiting_halts_the_run(ctx, databases) -> None:
+    from datetime import timedelta, timezone
+
+    from schema_deploy.config_fleets import FleetWindow
+    from schema_deploy.window import Window
+
+    staging, members = databases
+    regional = [replace(m, attributes=(("region", "eu" if i < 3 else "us"),)) for i, m in enumerate(members)]
+    windows = (("eu", Window("0 1 * * *", timedelta(hours=2), "UTC", "eu_night")),
+               ("us", Window("0 7 * * *", timedelta(hours=2), "UTC", "us_night")))
+    tenants = replace(spec(canary=1, size=Share(MEMBERS), parallel=3),
+                      window=FleetWindow(by="region", windows=windows))
+    us_open = datetime(2026, 3, 3, 7, 30, tzinfo=timezone.utc)
+    assert fleet.canary_first(tenants, regional, us_open)[0].name == "tenant_03"
+    pre = freeze(ctx, staging)
+
+    run = by_member(fleet.run_fleet(ctx, tenants, regional, pre, now=lambda: us_open))
+    assert run["tenant_03"].wave == 0 and run["tenant_03"].state == "done"
+    assert {o.state for n, o in run.items() if n in ("tenant_00", "tenant_01", "tenant_02")} == {"waiting_window"}
+
+    closed = datetime(2026, 3, 3, 12, 0, tzinfo=timezone.utc)  # no window open: the canary would wait
+    again = fleet.run_waves(ctx, tenants, fleet.canary_first(tenants, regional, closed), pre, now=lambda: closed)
+    assert again.brakes[0].halt and again.brakes[0].reason.startswith(
+        "the canary could not run: tenant_00 wait(s) for a closed window (opens 2026-03-04T01:00:00+00:00)")
+    assert {o.state for o in again.outcomes if o.member != "tenant_00"} == {"not_attempted"}

@@ -112,6 +112,17 @@ def catalog_rows(url: str, query: str) -> list[dict[str, Any]]:
 
 # --- waves and the brake --------------------------------------------------------------------
 
+def canary_first(spec: FleetSpec, members: Sequence[Member], now: datetime) -> list[Member]:
+    """`members` with the canary picked among those whose window is open now (the first by name),
+    so a canary is not left waiting while the waves after it run; unchanged without a canary or
+    when no window is open."""
+    if not spec.waves.canary:
+        return list(members)
+    open_now, _ = split_by_window(spec, members, now)
+    picked = open_now[:spec.waves.canary] if open_now else []
+    return picked + [m for m in members if m not in picked]
+
+
 def plan_waves(members: Sequence[Member], waves: WavesSpec) -> list[list[Member]]:
     """The canary wave (the first `canary` members; none when 0), then chunks of `size` (a percentage
     of the whole fleet is rounded up, and a wave holds at least one member)."""
@@ -482,6 +493,11 @@ def run_waves(ctx: Deployment, spec: FleetSpec, members: Sequence[Member], pre: 
                 ctx, m, pre, fleet=spec.name, backup=spec.backup, dry_run=ctx.params.dry_run, wave=i))
         outcomes += done
         brakes.append(brake([*prior, *outcomes], wave_limit(spec.waves, len(members), i), i))
+        if i == 0 and spec.waves.canary and waiting and not ctx.params.dry_run and not brakes[-1].halt:
+            brakes[-1] = replace(brakes[-1], halt=True, reason=(
+                f"the canary could not run: {', '.join(m.name for m, _ in waiting)} wait(s) for a closed window "
+                f"(opens {min(at for _, at in waiting).isoformat()}); trigger the fleet again while a window is "
+                "open (its canary is then a member whose window is open), or with skip_window and a reason"))
         ctx.log.info("fleet %s wave %d: %s", spec.name, i, brakes[-1].reason)
         if on_wave is not None:
             on_wave(i, done, brakes[-1])
@@ -498,6 +514,8 @@ def run_fleet(ctx: Deployment, spec: FleetSpec, members: Sequence[Member], pre: 
     """The waves in one process (the `deploy` command's and the tests' orchestrator; the DAG runs the
     same `run_waves` as tasks: the canary, the approval, the rest): the canary wave, then the approval
     when the fleet asks for one, then the other waves."""
+    if not ctx.params.skip_window:
+        members = canary_first(spec, members, now())
     if not spec.waves.canary:
         return run_waves(ctx, spec, members, pre, now=now, sleep=sleep)
     canary = run_waves(ctx, spec, members, pre, stop=1, now=now, sleep=sleep)
@@ -508,6 +526,34 @@ def run_fleet(ctx: Deployment, spec: FleetSpec, members: Sequence[Member], pre: 
         return replace(canary, outcomes=canary.outcomes + not_attempted(later, "not approved after the canary wave", 1))
     rest = run_waves(ctx, spec, members, pre, start=1, prior=canary.outcomes, now=now, sleep=sleep)
     return FleetRun(outcomes=canary.outcomes + rest.outcomes, waves=canary.waves, brakes=canary.brakes + rest.brakes)
+
+
+def run_windowed(ctx: Deployment, spec: FleetSpec, members: Sequence[Member], pre: PreflightResult,
+                 waiting: Sequence[MemberOutcome], *, prior: Sequence[MemberOutcome] = (),
+                 now: Callable[[], datetime] = now_utc) -> tuple[FleetRun, datetime | None]:
+    """The members the waves left waiting for their window (`waiting`, their outcomes), once: those
+    whose window is open now are deployed, `parallel` at a time, each keeping its wave number; then
+    the brake over `prior` (every outcome so far) and these. Returns these outcomes, the ones still
+    waiting included, and when the next of their windows opens: None when nobody waits any more, or
+    when the brake halted the run (the waiting ones are then not attempted, with its reason)."""
+    by_name = {m.name: m for m in members}
+    wave_of = {o.member: o.wave for o in waiting}
+    open_now, still = split_by_window(spec, [by_name[o.member] for o in waiting], now())
+    done = run_wave(ctx, open_now, parallel=spec.waves.parallel, fn=lambda m: deploy_member(
+        ctx, m, pre, fleet=spec.name, backup=spec.backup, dry_run=False, wave=wave_of[m.name]))
+    brakes: list[BrakeDecision] = []
+    if done:
+        brakes.append(brake([*prior, *done], halt_limit(spec.waves, len(members)), max(o.wave for o in done)))
+        ctx.log.info("fleet %s, members whose window opened (%s): %s", spec.name,
+                     ", ".join(o.member for o in done), brakes[-1].reason)
+    if brakes and brakes[-1].halt:
+        reason = f"the brake halted the run: {brakes[-1].reason}"
+        return FleetRun(outcomes=done + [replace(o, state="not_attempted", reason=reason, next_window="")
+                                         for o in waiting if o.member in {m.name for m, _ in still}],
+                        waves=[], brakes=brakes), None
+    later = [replace(o, next_window=at.astimezone(timezone.utc).isoformat())
+             for o in waiting for m, at in still if m.name == o.member]
+    return FleetRun(outcomes=done + later, waves=[], brakes=brakes), min((at for _, at in still), default=None)
 
 
 # --- the fleet record ----------------------------------------------------------------------------
