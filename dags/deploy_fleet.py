@@ -5,8 +5,8 @@
 fleet's `queue:`): `preflight_bundle` [default] (the form checked, the bundle linted and frozen) →
 `preflight_staging` [staging] → `preflight` [default] (the fleet's release: staging's plan frozen for
 staging and for every member, with staging's schema before the change) → `apply_staging` [staging] →
-`test_gate` [staging] (the rehearsal: gate commands and verification; **a dry run stops here**, no
-member is changed) → `fleet_members` [fleet] (the members from the fleet's list, connection-id prefix or
+`test_gate` [staging] (the rehearsal: gate commands and verification; **a dry run** changes nothing
+anywhere: staging is not migrated, every member is checked: reachable, ledger, drift, prechecks) → `fleet_members` [fleet] (the members from the fleet's list, connection-id prefix or
 catalog; names and attributes only in XCom, never URLs) → `canary` [fleet] (wave 0 in one process) →
 `approval_needed` → `approve_canary` (only with `waves.approve_after_canary`; Reject: the other members
 are not attempted) → `waves` [fleet] (the other waves in one process, `parallel` members at a time; the
@@ -76,7 +76,8 @@ def on_failure(context):
         "fleet": fleet_param(),  # the names deploy.yaml declares under fleets:
         "bundle": bundle_param(),
         "dry_run": Param(False, type="boolean", title="Dry run",
-                         description="Staging rehearsal and gate only; no member is changed."),
+                         description="Check every member (reachable, ledger, drift, prechecks); change nothing, "
+                                     "staging included."),
         "only_targets": Param([], type=["array", "string", "null"], title="Only these members",
                               description="Member names (a list, or comma-separated); empty = the whole fleet."),
         "skip_window": Param(False, type="boolean", title="Skip the members' maintenance windows",
@@ -110,15 +111,15 @@ def deploy_fleet():
 
     @task(queue=queue("staging"), doc_md="The rehearsal: the release applied to staging.")
     def apply_staging(summary):
-        from schema_deploy_airflow import steps
+        from schema_deploy_airflow import fleet_steps, steps
 
-        return steps.apply_to("staging")
+        return fleet_steps.unless_dry_run(lambda: steps.apply_to("staging"), "the release is not applied")
 
     @task(queue=queue("staging"), doc_md="Gate commands against staging, then verification of staging.")
     def test_gate(staged):
-        from schema_deploy_airflow import steps
+        from schema_deploy_airflow import fleet_steps, steps
 
-        return steps.test_gate()
+        return fleet_steps.unless_dry_run(steps.test_gate, "the gate does not run")
 
     @task(queue=member_queue(), doc_md="The fleet's members (list, prefix or catalog), cut to only_targets; "
                                        "names and attributes in XCom, never URLs.")
@@ -127,7 +128,7 @@ def deploy_fleet():
 
         return fleet_steps.fleet_members()
 
-    @task(queue=member_queue(), doc_md="Wave 0, the canary, in one process. Skipped on a dry run.")
+    @task(queue=member_queue(), doc_md="Wave 0, the canary, in one process (a dry run only checks).")
     def canary(members):
         from schema_deploy_airflow import fleet_steps
 

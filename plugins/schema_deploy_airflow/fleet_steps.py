@@ -159,14 +159,12 @@ def fleet_members() -> dict[str, Any]:
 def run_part(canary: bool) -> dict[str, Any]:
     """The canary wave, or every wave after it, in this process (fleet.run_waves), one Slack
     message per wave; the outcomes pushed, then the task fails if a member failed."""
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+    from airflow.sdk.exceptions import AirflowFailException
 
     from schema_deploy.pipeline import MemberOutcome, PreflightResult, fleet
 
     ctx = current_context()
     run, spec = deployment(ctx), spec_of(ctx)
-    if run.params.dry_run:
-        raise AirflowSkipException("dry run: staging is rehearsed and gated; no member is changed")
     members = frozen_members(ctx)
     pre = pulled(ctx, PREFLIGHT, PreflightResult)
     has_canary = bool(spec.waves.canary)
@@ -187,6 +185,8 @@ def run_part(canary: bool) -> dict[str, Any]:
     ctx["ti"].xcom_push(key=RUN_KEY, value=result)
     failed = [o for o in result["outcomes"] if o["state"] == "failed"]
     halted = any(b["halt"] for b in result["brakes"])
+    if run.params.dry_run:  # checks only: every member is checked, windowed gives the verdict
+        return result
     if failed or halted:
         names = "; ".join(f"{o['member']}: {o['error']}" for o in failed[:5])
         raise AirflowFailException(f"fleet {spec.name}: {len(failed)} member(s) failed ({names})"
@@ -267,12 +267,18 @@ def windowed(resumed: bool) -> tuple[dict[str, Any] | None, Any]:
         prior, done, waiting = (outcomes(kept.get(k)) for k in ("prior", "done", "waiting"))
         brakes = list(kept.get("brakes") or [])
     else:
-        if run.params.dry_run:
-            raise AirflowSkipException("dry run: no member is changed")
         waves_state = task_states(ctx).get("waves", "none")
         if waves_state == "upstream_failed":  # fail, not skip: this leaf's state is the run's
             raise AirflowFailException("waves did not run (upstream_failed): the run failed before them (see the "
                                        "failed task's log); no member waits for its window")
+        if run.params.dry_run:  # the canary and the waves only checked; the run's verdict is given here
+            failed = [o for t in ("canary", "waves") for o in (ti.xcom_pull(task_ids=t, key=RUN_KEY) or {}).get(
+                "outcomes") or [] if o["state"] == "failed"]
+            if failed or waves_state == "failed":
+                raise AirflowFailException(f"dry run of fleet {spec.name}: {len(failed)} member(s) failed their checks ("
+                                           + "; ".join(f"{o['member']}: {o['error']}" for o in failed[:5])
+                                           + "); nothing was changed anywhere")
+            raise AirflowSkipException("dry run: every member was checked in its wave; no member is changed")
         if waves_state not in ("success", "failed"):
             raise AirflowSkipException(f"waves did not run ({waves_state}): no member waits for its window")
         parts = [ti.xcom_pull(task_ids=t, key=RUN_KEY) or {} for t in ("canary", "waves")]
@@ -320,11 +326,22 @@ def windowed(resumed: bool) -> tuple[dict[str, Any] | None, Any]:
 
 
 def approval_needed() -> str:
-    """approve_canary when the fleet asks for an approval after the canary and waves follow, else waves."""
+    """approve_canary when the fleet asks for an approval after the canary and waves follow (not on a
+    dry run, which changes nothing), else waves."""
     ctx = current_context()
     spec = spec_of(ctx)
     frozen = ctx["ti"].xcom_pull(task_ids="fleet_members") or {}
-    return "approve_canary" if spec.waves.approve_after_canary and len(frozen.get("waves") or []) > 1 else "waves"
+    return ("approve_canary" if spec.waves.approve_after_canary and len(frozen.get("waves") or []) > 1
+            and not deployment(ctx).params.dry_run else "waves")
+
+
+def unless_dry_run(step, what: str) -> dict[str, Any] | None:
+    """`step()`, except on a dry run, which changes nothing anywhere, staging included: then `what`
+    is logged and the task succeeds without touching staging (its members are still all checked)."""
+    if deployment(current_context()).params.dry_run:
+        task_log().info("dry run: %s; staging is not changed", what)
+        return {"dry_run": True, "skipped": what}
+    return step()
 
 
 def unreached_reason(ctx: dict[str, Any], dry_run: bool) -> str:

@@ -216,3 +216,30 @@ def test_members_of_a_closed_regions_window_wait_deferred_while_the_others_proce
     assert record["outcome"] == "done" and record["counts"] == {"done": MEMBERS}
     messages = fleet_messages(slack)
     assert len(messages) == 4 and "wave: members whose window opened" in messages[2], messages
+
+
+def test_a_dry_run_checks_every_member_and_changes_nothing_anywhere_staging_included(
+        runner: DagRunner, fleet_dbs: dict[str, str], stack_env: dict[str, str]) -> None:
+    from schema_deploy.fingerprint import fingerprint_digest, schema_fingerprint
+
+    def state(url: str) -> tuple:
+        with psycopg.connect(url) as conn:
+            audit.ensure_table(conn)
+            return applied(url), fingerprint_digest(schema_fingerprint(conn)), len(audit.read_rows(conn))
+
+    with psycopg.connect(fleet_dbs["tenant_03"]) as conn:
+        conn.execute('UPDATE experiment_assignments SET "experimentId" = \'exp_missing_\' || id WHERE id IN '
+                     '(SELECT id FROM experiment_assignments ORDER BY id LIMIT 2)')
+    before = {name: state(url) for name, url in fleet_dbs.items()}
+    run = runner.run({"fleet": "tenants", "dry_run": True}, runner.config(gate=GATE_OK, extra=APPROVE_FLEET))
+
+    assert run.returncode == 1 and run.state("windowed") == "failed", failures(run)  # what it found fails the run
+    assert run.state("canary") == "success" and run.state("waves") == "success"  # checks only: every member checked
+    assert run.state("approve_canary") == "skipped" and run.xcom("apply_staging") == {
+        "dry_run": True, "skipped": "the release is not applied"}
+    assert {name: state(url) for name, url in fleet_dbs.items()} == before
+    record = run.xcom("fleet_record")
+    assert record["outcome"] == "dry run" and record["counts"] == {"failed": 1, "would_apply": MEMBERS - 1}
+    document = json.loads(runner.object(record["uri"]))
+    failed = [m for m in document["members"] if m["state"] == "failed"]
+    assert [m["member"] for m in failed] == ["tenant_03"] and "2 rows of experiment_assignments" in failed[0]["error"]

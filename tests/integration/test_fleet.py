@@ -166,15 +166,21 @@ def test_a_member_with_orphan_rows_and_an_unreachable_one_fail_alone_and_a_secon
 
 def test_a_dry_run_checks_every_member_and_changes_nothing_anywhere(ctx, databases) -> None:
     staging, members = databases
+    plant_orphans(members[0].url)  # the canary: a real run would halt there
     plant_orphans(members[4].url)
     before = {m.name: (ledger(m.url), fingerprint(m.url)) for m in members}
     pre = freeze(ctx, staging)
     dry = replace(ctx, params=RunParams(dry_run=True))
 
-    run = by_member(fleet.run_fleet(dry, spec(canary=1, size=Share(2), parallel=2, halt_after=Share(1)), members, pre))
+    got = fleet.run_fleet(dry, spec(canary=1, size=Share(2), parallel=2, halt_after=Share(1)), members, pre)
+    run = by_member(got)
 
-    assert {n: o.state for n, o in run.items()} == {**{m.name: "would_apply" for m in members}, "tenant_04": "failed"}
-    assert run["tenant_00"].pending == [EPIC5] and "data prechecks failed" in run["tenant_04"].error
+    assert {n: o.state for n, o in run.items()} == {**{m.name: "would_apply" for m in members},
+                                                    "tenant_00": "failed", "tenant_04": "failed"}
+    assert not any(b.halt for b in got.brakes) and got.brakes[0].reason.startswith(
+        "dry run, every member is checked; a real run would stop here: 1 member(s) failed so far, more than the "
+        "limit of 0")
+    assert run["tenant_01"].pending == [EPIC5] and "data prechecks failed" in run["tenant_04"].error
     assert {m.name: (ledger(m.url), fingerprint(m.url)) for m in members} == before
     assert all(not fleet_rows(m.url) for m in members)
 

@@ -484,7 +484,7 @@ def run_waves(ctx: Deployment, spec: FleetSpec, members: Sequence[Member], pre: 
     for i in range(start, stop):
         if i > 0 and spec.waves.pause and not ctx.params.dry_run:
             sleep(spec.waves.pause.total_seconds())
-        if ctx.params.skip_window:
+        if ctx.params.skip_window or ctx.params.dry_run:  # a dry run checks every member, window or not
             open_now, waiting = list(waves[i]), []
         else:
             open_now, waiting = split_by_window(spec, waves[i], now())
@@ -498,6 +498,9 @@ def run_waves(ctx: Deployment, spec: FleetSpec, members: Sequence[Member], pre: 
                 f"the canary could not run: {', '.join(m.name for m, _ in waiting)} wait(s) for a closed window "
                 f"(opens {min(at for _, at in waiting).isoformat()}); trigger the fleet again while a window is "
                 "open (its canary is then a member whose window is open), or with skip_window and a reason"))
+        if ctx.params.dry_run and brakes[-1].halt:  # a dry run checks every member: the brake only says
+            brakes[-1] = replace(brakes[-1], halt=False, reason=f"dry run, every member is checked; a real run "
+                                 f"would stop here: {brakes[-1].reason}")
         ctx.log.info("fleet %s wave %d: %s", spec.name, i, brakes[-1].reason)
         if on_wave is not None:
             on_wave(i, done, brakes[-1])
