@@ -3,7 +3,7 @@
 A finished run is read from its fleet record (`pipeline.fleet.fleet_record`, kept by
 `keep_fleet_record` at PREFIX/fleets/<fleet>/runs/<run id>/fleet.json); a run in progress has no
 record yet and is read from what its tasks pushed (`fleet_members`' return value, the canary's and
-the waves' `fleet_run`), its members not reached yet being "pending". Either way a row is one
+the waves' and windowed's `fleet_run`), its members not reached yet being "pending". Either way a row is one
 member, its state in the view's words (VIEW_STATES), its wave, duration and first error line.
 """
 from __future__ import annotations
@@ -118,10 +118,12 @@ def view_of_record(record: Any, uri: str) -> dict[str, Any]:
 def view_of_live(run_id: str, members: dict[str, Any] | None, parts: Sequence[dict[str, Any] | None],
                  dag_state: str | None = None, url: str | None = None) -> dict[str, Any]:
     """The view of a run in progress: `members` is fleet_members' return value ({fleet, members, waves}),
-    `parts` the canary's and the waves' `fleet_run` XComs ({outcomes, brakes}) pushed so far. A member
-    no part mentions yet is pending, in its planned wave."""
+    `parts` the canary's, the waves' and windowed's `fleet_run` XComs ({outcomes, brakes}) pushed so
+    far, in that order: a later part's outcome of a member replaces an earlier one (a member waiting
+    for its window in the waves, done in windowed). A member no part mentions yet is pending, in its
+    planned wave."""
     members = members or {}
-    outcomes = [o for p in parts if p for o in p.get("outcomes") or []]
+    outcomes = list({o.get("member"): o for p in parts if p for o in p.get("outcomes") or []}.values())
     brakes = [b for p in parts if p for b in p.get("brakes") or []]
     waves = members.get("waves") or []
     wave_of = {n: i for i, w in enumerate(waves) for n in w}

@@ -59,7 +59,7 @@ from schema_deploy.fleet_view import FleetViewError
 
 URL_PREFIX = "/schema-deploy"
 FLEET_DAG = "deploy_fleet"
-FLEET_MEMBERS_TASK, FLEET_WAVE_TASKS = "fleet_members", ("canary", "waves")  # deploy_fleet's task ids
+FLEET_MEMBERS_TASK, FLEET_WAVE_TASKS = "fleet_members", ("canary", "waves", "windowed")  # deploy_fleet's task ids
 PAGE = Path(__file__).with_name("ui_page.html")
 
 app = FastAPI(title="schema-deploy", description=__doc__, docs_url=None, redoc_url=None, openapi_url=None,

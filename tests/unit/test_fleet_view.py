@@ -143,3 +143,14 @@ def test_the_csv_filename_is_safe_in_a_header() -> None:
     ("s3://bucket/a/b/", ("bucket", "a/b/fleets/"))])
 def test_records_are_looked_for_under_the_stores_fleets_prefix(root: str, expected: tuple) -> None:
     assert fleet_view.fleets_root(root) == expected
+
+
+def test_a_member_done_in_windowed_after_waiting_in_its_wave_is_shown_once_as_done() -> None:
+    waiting = {"member": "tenant_01", "state": "waiting_window", "wave": 1, "next_window": "2026-03-03T07:00:00+00:00"}
+    done = {"member": "tenant_01", "state": "done", "wave": 1}
+
+    live = fleet_view.view_of_live("r", live_members(), [None, {"outcomes": [waiting]}, {"outcomes": [done]}])
+
+    assert [r["state"] for r in live["rows"] if r["member"] == "tenant_01"] == ["done"]
+    assert states(fleet_view.view_of_live("r", live_members(), [None, {"outcomes": [waiting]}]))["tenant_01"] \
+        == "skipped by window"
