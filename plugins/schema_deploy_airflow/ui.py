@@ -25,10 +25,22 @@ Routes (GET; JSON unless said otherwise):
   size, sha256, total_rows, ...}]}` listed from the backup_s3 connection's bucket at the
   configured prefix (deploy.yaml `backup:`);
 * `/schema-deploy/api/audit` — `{environments: [{name, state: ok|broken|no trail|error,
-  message, rows_checked, head, broken, ...}]}` from `audit.verify_chain`.
+  message, rows_checked, head, broken, ...}]}` from `audit.verify_chain`;
+* `/schema-deploy/api/fleets?limit=20` — `{root, error, message, fleets, runs: [{fleet, run_id,
+  source: record|live, outcome, counts, started, uri, error}]}`: deploy_fleet runs with a fleet
+  record under the store's PREFIX/fleets/, and the ones in progress (no record yet) from Airflow;
+* `/schema-deploy/api/fleets/{fleet}/runs/{run_id}?state=&q=&wave=` — `{fleet, run_id, source,
+  outcome, release, waves, counts, total, shown, filters, rows: [{member, state: done|failed|
+  pending|not attempted|skipped by window|dry run, recorded_state, wave, seconds, started, ended,
+  tries, error, reason, next_window, attributes}]}`; `state` takes view states separated by
+  commas, `q` text in a member's name, error, reason or attributes, `wave` a wave's number (0 first);
+* `/schema-deploy/api/fleets/{fleet}/runs/{run_id}/csv?…` — the same rows as a CSV download
+  (`fleet-<fleet>-<run id>.csv`).
+An unknown fleet or run, or no records at all, is a 404, a bad filter a 400, an unusable store a
+502; each with `{detail}` saying what to do.
 
-The logic lives in `schema_deploy.overview`; this module only adapts Airflow
-(connections, its runs, authentication).
+The logic lives in `schema_deploy.overview` and `schema_deploy.fleet_view`; this module only
+adapts Airflow (connections, its runs and their XComs, authentication).
 """
 from __future__ import annotations
 
@@ -38,13 +50,16 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_authenticated
+from schema_deploy.fleet_view import FleetViewError
 
 URL_PREFIX = "/schema-deploy"
+FLEET_DAG = "deploy_fleet"
+FLEET_MEMBERS_TASK, FLEET_WAVE_TASKS = "fleet_members", ("canary", "waves", "windowed")  # deploy_fleet's task ids
 PAGE = Path(__file__).with_name("ui_page.html")
 
 app = FastAPI(title="schema-deploy", description=__doc__, docs_url=None, redoc_url=None, openapi_url=None,
@@ -64,6 +79,12 @@ async def refused(request: Request, exc: HTTPException):
     body = (f"<!doctype html><title>Schema deployments: sign in</title><p>{escape(str(exc.detail))}. "
             f"<a id='login' href='{escape(login, quote=True)}'>Sign in to Airflow</a> to see schema deployments.</p>")
     return HTMLResponse(body, status_code=exc.status_code)
+
+
+@app.exception_handler(FleetViewError)
+async def fleet_view_refused(request: Request, exc: FleetViewError) -> JSONResponse:
+    """What the fleet view cannot show: its status (404 not there, 400 bad filter) and what to do."""
+    return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
 
 def _urls_or_errors() -> tuple[dict[str, str], dict[str, str]]:
@@ -160,3 +181,142 @@ def audit_status() -> dict[str, Any]:
     result = read_audit(urls)
     result["environments"] += [{"name": env, "state": "error", "message": msg} for env, msg in errors.items()]
     return result
+
+
+# --- the fleet view ---------------------------------------------------------------------------
+
+def _fleet_store() -> tuple[str, Any, str | None]:
+    """(s3://BUCKET/PREFIX of deploy.yaml's store, the backup_s3 client or None, the error or None)."""
+    from schema_deploy import config
+    from schema_deploy.overview import error_text
+    from schema_deploy_airflow.connections import s3_client
+
+    cfg = config.load()
+    root = f"s3://{cfg.backup_bucket}/{cfg.backup_prefix}".rstrip("/")
+    try:
+        return root, s3_client(), None
+    except Exception as exc:  # the connection is missing or unusable
+        return root, None, error_text(exc)
+
+
+def _run_url(run_id: str) -> str:
+    from urllib.parse import quote
+
+    from airflow.configuration import conf
+
+    return f"{conf.get('api', 'base_url', fallback='').rstrip('/')}/dags/{FLEET_DAG}/runs/{quote(run_id, safe='')}"
+
+
+def fleet_xcoms(session, run_id: str) -> dict[tuple[str, str], Any]:
+    """What a deploy_fleet run's member tasks pushed so far: {(task id, key): value}."""
+    from sqlalchemy import select
+
+    from airflow.models.xcom import XComModel
+    from schema_deploy_airflow.fleet_steps import RUN_KEY
+
+    query = select(XComModel).where(XComModel.dag_id == FLEET_DAG, XComModel.run_id == run_id,
+                                    XComModel.map_index == -1,
+                                    XComModel.task_id.in_((FLEET_MEMBERS_TASK, *FLEET_WAVE_TASKS)),
+                                    XComModel.key.in_(("return_value", RUN_KEY)))
+    return {(x.task_id, x.key): XComModel.deserialize_value(x) for x in session.scalars(query)}
+
+
+def live_view(session, run) -> dict[str, Any]:
+    """A deploy_fleet run's view from its XComs (fleet_view.view_of_live)."""
+    from schema_deploy.fleet_view import view_of_live
+    from schema_deploy_airflow.fleet_steps import RUN_KEY
+
+    got = fleet_xcoms(session, run.run_id)
+    members = got.get((FLEET_MEMBERS_TASK, "return_value"))
+    view = view_of_live(run.run_id, members if isinstance(members, dict) else None,
+                        [got.get((t, RUN_KEY)) for t in FLEET_WAVE_TASKS],
+                        str(run.state) if run.state else None, _run_url(run.run_id))
+    if not view["fleet"]:  # fleet_members has not run yet: the form's fleet, if the trigger gave one
+        view["fleet"] = (run.conf or {}).get("fleet") or None
+    view["started"] = run.start_date.isoformat() if run.start_date else None
+    view["triggered_by"] = getattr(run, "triggering_user_name", None)
+    return view
+
+
+def live_fleet_runs(session, limit: int, run_id: str | None = None) -> list[dict[str, Any]]:
+    """deploy_fleet runs Airflow has not finished (queued or running), or the one `run_id`, as views."""
+    from sqlalchemy import select
+
+    from airflow.models.dagrun import DagRun
+
+    query = select(DagRun).where(DagRun.dag_id == FLEET_DAG)
+    query = (query.where(DagRun.run_id == run_id) if run_id is not None
+             else query.where(DagRun.state.in_(("queued", "running"))))
+    query = query.order_by(DagRun.run_after.desc(), DagRun.id.desc()).limit(limit)
+    return [live_view(session, run) for run in session.scalars(query)]
+
+
+@app.get("/api/fleets")
+def fleet_runs(session: SessionDep, limit: int = Query(20, ge=1, le=200)) -> dict[str, Any]:
+    """Fleet runs: those with a record in S3 and those in progress in Airflow, newest first."""
+    from schema_deploy.backup_store import segment
+    from schema_deploy.fleet_view import NoFleetRecords, counts, fleets_root, list_records
+    from schema_deploy.overview import error_text
+
+    root, s3, error = _fleet_store()
+    recorded: list[dict[str, Any]] = []
+    if s3 is not None:
+        try:
+            recorded = list_records(s3, root, limit)
+        except Exception as exc:  # an unreachable endpoint, a missing bucket: shown, never a 500
+            error = error_text(exc)
+    have = {(r["fleet"], segment(r["run_id"] or "")) for r in recorded}
+    live = [{"fleet": v["fleet"], "run_id": v["run_id"], "source": "live", "outcome": v["outcome"],
+             "counts": counts(v["rows"]), "started": v["started"], "uri": None, "url": v["url"], "error": None}
+            for v in live_fleet_runs(session, limit) if (v["fleet"], segment(v["run_id"])) not in have]
+    runs = live + recorded
+    bucket, base = fleets_root(root)
+    message = None if runs or error else NoFleetRecords(f"s3://{bucket}/{base}").message
+    return {"root": f"s3://{bucket}/{base}", "error": error, "message": message,
+            "fleets": sorted({r["fleet"] for r in runs if r["fleet"]}), "runs": runs}
+
+
+def _fleet_view(session, fleet: str, run_id: str) -> dict[str, Any]:
+    """The run's record; else the run as Airflow has it (in progress: no record yet); else the
+    record's refusal (404), or the store's error (502)."""
+    from schema_deploy.fleet_view import read_record
+    from schema_deploy.overview import error_text
+
+    root, s3, error = _fleet_store()
+    missing: FleetViewError | None = None
+    try:
+        if s3 is not None:
+            return read_record(s3, root, fleet, run_id)
+    except FleetViewError as exc:
+        if exc.status != 404:
+            raise
+        missing = exc
+    except Exception as exc:  # S3 trouble: named below unless Airflow has the run
+        error = error_text(exc)
+    live = [v for v in live_fleet_runs(session, 1, run_id) if v["fleet"] in (fleet, None)]
+    if live:
+        return {**live[0], "fleet": fleet}
+    if missing is not None:
+        raise missing
+    raise HTTPException(502, f"the fleet record of {fleet} {run_id} cannot be read from {root}: {error}")
+
+
+@app.get("/api/fleets/{fleet}/runs/{run_id}")
+def fleet_run(session: SessionDep, fleet: str, run_id: str, state: str | None = None, q: str | None = None,
+              wave: str | None = None) -> dict[str, Any]:
+    """One fleet run's members × state, filtered by state, text and wave."""
+    from schema_deploy.fleet_view import filtered
+
+    return filtered(_fleet_view(session, fleet, run_id), state, q, wave)
+
+
+@app.get("/api/fleets/{fleet}/runs/{run_id}/csv")
+def fleet_run_csv(session: SessionDep, fleet: str, run_id: str, state: str | None = None, q: str | None = None,
+                  wave: str | None = None) -> Response:
+    """The same rows as a CSV download."""
+    from schema_deploy.fleet_view import csv_filename, filtered, to_csv
+
+    view = filtered(_fleet_view(session, fleet, run_id), state, q, wave)
+    return Response(to_csv(view), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{csv_filename(fleet, run_id)}"',
+                             "Cache-Control": "no-store"})

@@ -3,8 +3,8 @@
 The api-server, scheduler, dag-processor and triggerer start once for this module, on
 a free port with a private AIRFLOW_HOME, against two fresh databases: staging with
 every migration applied (Epic 5 included), production at the baseline (Epic 5
-pending), an audit record on staging, and a real backup of production in S3 under a
-private prefix. The JSON endpoints are called with a JWT and without one; then a
+pending), an audit record on staging, a real backup of production and a fleet record
+(keep_fleet_record, tests/fleet_samples.py) in S3 under a private prefix. The JSON endpoints are called with a JWT and without one; then a
 headless Chromium (Debian's chromium + chromedriver, driven by selenium) logs in on
 Airflow's login page, opens the page and reads the matrix. Screenshots go to
 tests/artifacts/ (git-ignored).
@@ -31,13 +31,14 @@ from schema_deploy.backup import backup
 from schema_deploy.bundle import load_bundle
 from tests.conftest import drop_database, with_database
 from tests.e2e.harness import airflow_services
+from tests.fleet_samples import context as fleet_context, record as fleet_record, spec as fleet_spec
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
 BASELINE = "20250915090000_baseline"
 EPIC5 = "20251017120000_epic5_schema_completion"
 PREFIX = "/schema-deploy"
-ENDPOINTS = ("/", "/api/matrix", "/api/runs", "/api/backups", "/api/audit")
+ENDPOINTS = ("/", "/api/matrix", "/api/runs", "/api/backups", "/api/audit", "/api/fleets")
 RUN_ID = f"ui-test__{uuid.uuid4().hex[:8]}"
 
 pytestmark = pytest.mark.timeout(600)
@@ -67,6 +68,10 @@ def stack(stack_env: dict[str, str]) -> Iterator[dict]:
                                 "bundle": [{"name": m.name, "checksum": m.checksum} for m in bundle.migrations]})
         made = backup(s3, urls["production"], f"s3://{bucket}/{prefix}", environment="production", run_id=RUN_ID,
                       pg_bindir=stack_env["PG_BINDIR"])
+        from schema_deploy.pipeline.fleet import keep_fleet_record
+
+        fleet_ctx = fleet_context(f"s3://{bucket}/{prefix}", s3=s3)
+        keep_fleet_record(fleet_ctx, fleet_spec(), fleet_record(fleet_ctx))
         yield {"urls": urls, "bucket": bucket, "prefix": prefix, "bundle": bundle, "audit_row": row, "backup": made}
     finally:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -238,7 +243,7 @@ def test_after_login_the_page_shows_the_matrix_in_a_real_browser(services: dict,
         wait.until(lambda b: b.current_url.rstrip("/").endswith(PREFIX) and b.find_elements(By.ID, "matrix"))
         assert browser.get_cookie("_token")
         wait.until(lambda b: all(b.find_element(By.ID, t).get_attribute("data-state") != "loading"
-                                 for t in ("matrix", "audit", "runs", "backups")))
+                                 for t in ("matrix", "audit", "runs", "fleet", "backups")))
         assert browser.find_element(By.ID, "matrix").get_attribute("data-state") == "loaded"
         row = browser.find_element(By.CSS_SELECTOR, f'#matrix tr[data-migration="{EPIC5}"]')
         cells = {c.get_attribute("data-env"): c for c in row.find_elements(By.CSS_SELECTOR, "td[data-env]")}
@@ -248,6 +253,10 @@ def test_after_login_the_page_shows_the_matrix_in_a_real_browser(services: dict,
         assert EPIC5 in row.text and "admin" in browser.find_element(By.TAG_NAME, "p").text
         assert browser.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{RUN_ID}"] a').get_attribute("href")
         assert "not verified" in browser.find_element(By.ID, "backups").text
+        fleet_rows = browser.find_elements(By.CSS_SELECTOR, "#fleet tr[data-member]")  # the fleet record's members
+        assert len(fleet_rows) == 7 and browser.find_element(By.ID, "fleet").get_attribute("data-state") == "loaded"
+        assert browser.find_element(By.CSS_SELECTOR, '#fleet tr[data-member="tenant_02"] td[data-state]'
+                                    ).get_attribute("data-state") == "failed"
         browser.save_screenshot(str(ARTIFACTS / "ui_page.png"))
 
         # The same page inside Airflow's UI, where its navigation entry leads (Browse → Schema deployments).
