@@ -513,6 +513,20 @@ class NothingToDeploy(SchemaDeployError):
                          f"{' and '.join(targets)}")
 
 
+class NothingToRehearse(UsageError):
+    """A fleet run whose staging is at the bundle already, with no earlier fleet release of it: there
+    is no rehearsal to freeze the members' plan from."""
+
+    def __init__(self, bundle: str, pointer: str) -> None:
+        self.bundle, self.pointer = bundle, pointer
+        super().__init__(
+            f"staging has nothing pending for bundle {bundle}, and no fleet release rehearsed from it was found "
+            f"({pointer} is missing), so there is no rehearsed plan for the members. If an earlier run rehearsed "
+            "it under another backup prefix, give that run's release (s3://…/releases/<sha256>.json) as the "
+            "bundle; otherwise staging was migrated outside deploy_fleet: restore staging to the fleet's schema "
+            "and run again.")
+
+
 # --- the test gate and rollbacks ------------------------------------------------------
 
 class GateFailed(SchemaDeployError):

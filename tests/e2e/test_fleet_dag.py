@@ -243,3 +243,34 @@ def test_a_dry_run_checks_every_member_and_changes_nothing_anywhere_staging_incl
     document = json.loads(runner.object(record["uri"]))
     failed = [m for m in document["members"] if m["state"] == "failed"]
     assert [m["member"] for m in failed] == ["tenant_03"] and "2 rows of experiment_assignments" in failed[0]["error"]
+
+
+def test_a_wave_two_failure_halts_the_later_waves_and_a_resume_with_only_targets_changes_just_those(
+        runner: DagRunner, fleet_dbs: dict[str, str], stack_env: dict[str, str]) -> None:
+    """Waves 00 | 01 02 03 | 04 05 and halt_after 0: orphan rows in tenant_02 stop the run after
+    wave 2 of 3. Fixed, the same release is run again, approved after the canary, for the members
+    not done: only they change; the others are not even opened."""
+    with psycopg.connect(fleet_dbs["tenant_02"]) as conn:
+        conn.execute('UPDATE experiment_assignments SET "experimentId" = \'exp_missing_\' || id WHERE id IN '
+                     '(SELECT id FROM experiment_assignments ORDER BY id LIMIT 3)')
+    first = runner.run({"fleet": "tenants"}, runner.config(gate=GATE_OK, extra=FLEET))
+
+    assert first.returncode == 1 and first.state("waves") == "failed", failures(first)
+    states = {m["member"]: m for m in json.loads(runner.object(first.xcom("fleet_record")["uri"]))["members"]}
+    assert {n: m["state"] for n, m in states.items()} == {
+        "tenant_00": "done", "tenant_01": "done", "tenant_02": "failed", "tenant_03": "done",
+        "tenant_04": "not_attempted", "tenant_05": "not_attempted"}
+    assert states["tenant_05"]["reason"].startswith("the brake halted the run after wave 1: 1 member(s) failed")
+
+    with psycopg.connect(fleet_dbs["tenant_02"]) as conn:
+        conn.execute('DELETE FROM experiment_assignments WHERE "experimentId" LIKE \'exp_missing_%\'')
+    again = runner.run({"fleet": "tenants", "only_targets": "tenant_02, tenant_04,tenant_05"},
+                       runner.config(gate=GATE_OK, extra=APPROVE_FLEET), approve="release-owner")
+
+    assert again.returncode == 0, failures(again)
+    assert again.state("approve_canary") == "success" and again.state("waves") == "success"
+    assert again.xcom("fleet_members")["waves"] == [["tenant_02"], ["tenant_04", "tenant_05"]]
+    record = again.xcom("fleet_record")
+    assert record["outcome"] == "done" and record["counts"] == {"done": 3}
+    assert all(EPIC5 in applied(fleet_dbs[f"tenant_{i:02d}"]) for i in range(MEMBERS))
+    assert [len(fleet_rows(fleet_dbs[f"tenant_{i:02d}"])) for i in range(MEMBERS)] == [1] * MEMBERS

@@ -368,3 +368,28 @@ def test_the_canary_is_a_member_whose_window_is_open_and_a_canary_left_waiting_h
     assert again.brakes[0].halt and again.brakes[0].reason.startswith(
         "the canary could not run: tenant_00 wait(s) for a closed window (opens 2026-03-04T01:00:00+00:00)")
     assert {o.state for o in again.outcomes if o.member != "tenant_00"} == {"not_attempted"}
+
+
+def test_a_run_again_once_staging_is_at_the_bundle_uses_the_rehearsed_fleet_release_or_says_why_it_cannot(
+        ctx, databases) -> None:
+    from schema_deploy.errors import NothingToRehearse
+
+    staging, members = databases
+    pre = freeze(ctx, staging)
+    assert fleet.deploy_member(ctx, Member("staging", "member", staging.url), pre, fleet="tenants",
+                               backup=False, dry_run=False).state == "done"  # the rehearsal, as apply_staging would
+    again = replace(ctx, run=RunInfo(run_id=f"fleet__{uuid.uuid4().hex[:6]}"), loaded={})
+
+    pre2 = freeze(again, staging)
+
+    assert pre2.release["sha256"] == pre.release["sha256"] and pre2.migrations == pre.migrations
+    run = by_member(fleet.run_fleet(again, spec(canary=1, size=Share(5), parallel=3), members, pre2))
+    assert {o.state for o in run.values()} == {"done"}
+
+    elsewhere = replace(again, store=replace(ctx.store, root=f"{ctx.store.root}-other"), loaded={})
+    with pytest.raises(NothingToRehearse) as caught:
+        freeze(elsewhere, staging)
+    assert str(caught.value).startswith("staging has nothing pending for bundle ")
+    assert f"no fleet release rehearsed from it was found ({ctx.store.root}-other/fleets/rehearsed/" in str(caught.value)
+    assert str(caught.value).endswith("otherwise staging was migrated outside deploy_fleet: restore staging to the "
+                                      "fleet's schema and run again.")

@@ -12,6 +12,7 @@ member's failure is an outcome, never an exception, so the others of its wave go
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,6 +21,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
+
+from schema_deploy.backup_store import parse_s3_uri
 
 from schema_deploy import release as releases
 from schema_deploy.config_fleets import FleetSpec, WavesSpec
@@ -231,6 +234,8 @@ def fleet_preflight(ctx: Deployment, checked: BundleCheck, staging: TargetSurvey
     planless = load_release(ctx, checked)
     if checked.given and planless.plan(FLEET_ROLE) is not None:
         release = planless
+    elif not staging.pending:  # staging is at the release: a run again of a rehearsed release (resume)
+        release = earlier_fleet_release(ctx, planless)
     else:
         fleet_plan = {**staging.plan, "before": {"pending": staging.pending, "fingerprint": staging.fingerprint}}
         frozen = releases.freeze(planless.to_bundle(), planless.bundle, lint=checked.lint, prechecks=staging.prechecks,
@@ -238,12 +243,42 @@ def fleet_preflight(ctx: Deployment, checked: BundleCheck, staging: TargetSurvey
                                  source={**planless.source, "release": planless.uri} if checked.given
                                  else planless.source, verify=planless.verify)
         release = releases.store(ctx.store.s3, frozen, ctx.store.root, ctx.store.sse)
+        bucket, key = parse_s3_uri(rehearsed_key(ctx, planless))
+        put_document(ctx, bucket, key, {"bundle": planless.uri, "release": release.uri, "run": ctx.run.run_id})
     ctx.log.info("fleet release %s: %s", release.short, release.uri)
     plan = release.plan(FLEET_ROLE) or {}
     return PreflightResult(release=ReleaseRef(**release.summary()).to_xcom(), migrations=plan.get("migrations", []),
                            online=ctx.params.online, pending={staging.env: staging.pending}, lint=checked.lint,
                            prechecks=list(release.prechecks), table_sizes=staging.table_sizes,
                            production_table_bytes=0, run=ctx.run.facts())
+
+
+def rehearsed_key(ctx: Deployment, planless: releases.Release) -> str:
+    """Where the fleet release rehearsed from this bundle's content is named: PREFIX/fleets/rehearsed/<digest>.json."""
+    return f"{ctx.store.root.rstrip('/')}/fleets/rehearsed/{planless.digest}.json"
+
+
+def earlier_fleet_release(ctx: Deployment, planless: releases.Release) -> releases.Release:
+    """The fleet release an earlier run froze and rehearsed from the same bundle content, for a run
+    again after staging is at it (members at it are 'already', the others get the rehearsed plan)."""
+    from schema_deploy.backup_store import not_found
+    from schema_deploy.errors import NothingToRehearse
+
+    uri = rehearsed_key(ctx, planless)
+    bucket, key = parse_s3_uri(uri)
+    try:
+        pointer = json.loads(ctx.store.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except Exception as exc:  # noqa: BLE001 - not found is the user's case; anything else is S3's
+        if getattr(exc, "response", None) is not None and not_found(exc):
+            raise NothingToRehearse(planless.short, uri) from None
+        raise
+    release = releases.load(ctx.store.s3, pointer["release"])
+    if release.plan(FLEET_ROLE) is None:
+        raise ReleaseInvalid(release.uri, f"the release {uri} names holds no {FLEET_ROLE!r} plan",
+                             "Run the fleet from its migrations folder with staging before the change.")
+    ctx.log.info("staging is at this bundle already: the fleet release rehearsed by run %s is used (%s)",
+                 pointer.get("run", "?"), release.uri)
+    return release
 
 
 def fleet_prefix(ctx: Deployment, fleet: str) -> str:
@@ -588,8 +623,6 @@ def fleet_record(ctx: Deployment, spec: FleetSpec, pre: PreflightResult, run: Fl
 
 def keep_fleet_record(ctx: Deployment, spec: FleetSpec, document: dict[str, Any]) -> tuple[str, str]:
     """The fleet record in the store at PREFIX/fleets/<fleet>/runs/<run id>/fleet.json; (uri, sha256)."""
-    from schema_deploy.backup_store import parse_s3_uri
-
     bucket, key = parse_s3_uri(f"{fleet_prefix(ctx, spec.name)}/fleet.json")
     uri, digest = put_document(ctx, bucket, key, document)
     ctx.log.info("fleet record of %s kept at %s sha256 %s", quote(ctx.run.run_id), uri, digest)
