@@ -243,6 +243,49 @@ def task_states(ctx: dict[str, Any]) -> dict[str, str]:
     return {t: str(s).rsplit(".", 1)[-1].lower() for t, s in states.items() if s}
 
 
+def outcomes_of(values) -> list:
+    from schema_deploy.pipeline import MemberOutcome
+
+    return [MemberOutcome.from_xcom(o) for o in values or []]
+
+
+def window_start(ctx: dict[str, Any], spec, dry_run: bool) -> tuple[list, list, list, bool]:
+    """What windowed starts from, from the canary's and the waves' outcomes: (prior outcomes, done
+    ones, waiting ones, whether the waves failed); skips or fails itself when there is nothing to wait
+    for, with the run's verdict (this task is the run's leaf: its state is the run's)."""
+    from dataclasses import replace
+
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    ti = ctx["ti"]
+    waves_state = task_states(ctx).get("waves", "none")
+    if waves_state == "upstream_failed":
+        raise AirflowFailException("waves did not run (upstream_failed): the run failed before them (see the "
+                                   "failed task's log); no member waits for its window")
+    parts = [ti.xcom_pull(task_ids=t, key=RUN_KEY) or {} for t in ("canary", "waves")]
+    every = [o for p in parts for o in outcomes_of(p.get("outcomes"))]
+    if dry_run:  # the canary and the waves only checked; the run's verdict is given here
+        failed = [o for o in every if o.failed]
+        if failed or waves_state == "failed":
+            raise AirflowFailException(f"dry run of fleet {spec.name}: {len(failed)} member(s) failed their checks ("
+                                       + "; ".join(f"{o.member}: {o.error}" for o in failed[:5])
+                                       + "); nothing was changed anywhere")
+        raise AirflowSkipException("dry run: every member was checked in its wave; no member is changed")
+    if waves_state not in ("success", "failed"):
+        raise AirflowSkipException(f"waves did not run ({waves_state}): no member waits for its window")
+    halts = [b for p in parts for b in p.get("brakes") or [] if b.get("halt")]
+    prior = [o for o in every if o.state != "waiting_window"]
+    waiting = [o for o in every if o.state == "waiting_window"]
+    done = []
+    if halts and waiting:  # the brake stopped the run: nobody is waited for
+        done = [replace(o, state="not_attempted", next_window="",
+                        reason=f"the brake halted the run: {halts[0]['reason']}") for o in waiting]
+        waiting = []
+    if not waiting:
+        task_log().info("fleet %s: no member waits for its window", spec.name)
+    return prior, done, waiting, waves_state == "failed"
+
+
 @fail_fast
 def windowed(resumed: bool) -> tuple[dict[str, Any] | None, Any]:
     """The members the canary and the waves left waiting for their window (fleet.run_windowed):
@@ -250,49 +293,18 @@ def windowed(resumed: bool) -> tuple[dict[str, Any] | None, Any]:
     nobody waits any more, else (None, when the next window opens) for the operator to defer to.
     What it did so far is in XCom (RUN_KEY for the record, WINDOW_KEY for the next resumption); a
     retry starts again from the waves' outcomes, and members deployed already are 'already'."""
-    from dataclasses import replace
+    from airflow.sdk.exceptions import AirflowFailException
 
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-    from schema_deploy.pipeline import MemberOutcome, PreflightResult, fleet
+    from schema_deploy.pipeline import PreflightResult, fleet
 
     ctx = current_context()
     run, spec, ti = deployment(ctx), spec_of(ctx), ctx["ti"]
-
-    def outcomes(values) -> list:
-        return [MemberOutcome.from_xcom(o) for o in values or []]
-
     if resumed:
         kept = ti.xcom_pull(task_ids=ti.task_id, key=WINDOW_KEY) or {}
-        prior, done, waiting = (outcomes(kept.get(k)) for k in ("prior", "done", "waiting"))
-        brakes = list(kept.get("brakes") or [])
+        prior, done, waiting = (outcomes_of(kept.get(k)) for k in ("prior", "done", "waiting"))
+        brakes, waves_failed = list(kept.get("brakes") or []), bool(kept.get("waves_failed"))
     else:
-        waves_state = task_states(ctx).get("waves", "none")
-        if waves_state == "upstream_failed":  # fail, not skip: this leaf's state is the run's
-            raise AirflowFailException("waves did not run (upstream_failed): the run failed before them (see the "
-                                       "failed task's log); no member waits for its window")
-        if run.params.dry_run:  # the canary and the waves only checked; the run's verdict is given here
-            failed = [o for t in ("canary", "waves") for o in (ti.xcom_pull(task_ids=t, key=RUN_KEY) or {}).get(
-                "outcomes") or [] if o["state"] == "failed"]
-            if failed or waves_state == "failed":
-                raise AirflowFailException(f"dry run of fleet {spec.name}: {len(failed)} member(s) failed their checks ("
-                                           + "; ".join(f"{o['member']}: {o['error']}" for o in failed[:5])
-                                           + "); nothing was changed anywhere")
-            raise AirflowSkipException("dry run: every member was checked in its wave; no member is changed")
-        if waves_state not in ("success", "failed"):
-            raise AirflowSkipException(f"waves did not run ({waves_state}): no member waits for its window")
-        parts = [ti.xcom_pull(task_ids=t, key=RUN_KEY) or {} for t in ("canary", "waves")]
-        every = [o for p in parts for o in outcomes(p.get("outcomes"))]
-        halts = [b for p in parts for b in p.get("brakes") or [] if b.get("halt")]
-        prior = [o for o in every if o.state != "waiting_window"]
-        waiting = [o for o in every if o.state == "waiting_window"]
-        done, brakes = [], []
-        if halts and waiting:  # the brake stopped the run: nobody is waited for
-            done = [replace(o, state="not_attempted", next_window="",
-                            reason=f"the brake halted the run: {halts[0]['reason']}") for o in waiting]
-            waiting = []
-        if not waiting:
-            task_log().info("fleet %s: no member waits for its window", spec.name)
+        (prior, done, waiting, waves_failed), brakes = window_start(ctx, spec, run.params.dry_run), []
     wake = None
     if waiting:
         got, wake = fleet.run_windowed(run, spec, frozen_members(ctx), pulled(ctx, PREFLIGHT, PreflightResult),
@@ -306,7 +318,6 @@ def windowed(resumed: bool) -> tuple[dict[str, Any] | None, Any]:
                       f"{wake.isoformat(timespec='seconds')} (the next window)" if wake else "none")
     result = {"outcomes": [o.to_xcom() for o in done + waiting], "brakes": brakes}
     ti.xcom_push(key=RUN_KEY, value=result)
-    waves_failed = kept.get("waves_failed", False) if resumed else waves_state == "failed"
     ti.xcom_push(key=WINDOW_KEY, value={"prior": [o.to_xcom() for o in prior], "done": [o.to_xcom() for o in done],
                                         "waiting": [o.to_xcom() for o in waiting], "brakes": brakes,
                                         "waves_failed": waves_failed})
