@@ -385,9 +385,14 @@ def fleet_worker(queues: dict[str, str], queue: str) -> str:
                             "set the first fleet's queue: to one of those, so its member connections have a worker")
 
 
+def connection_ids(env: dict[str, str]) -> list[str]:
+    """The connection ids an environment defines as AIRFLOW_CONN_<ID> (ids only, never a value)."""
+    return sorted(k[len(CONN_PREFIX):].lower() for k in env if k.startswith(CONN_PREFIX) and len(k) > len(CONN_PREFIX))
+
+
 def member_connections(env: dict[str, str]) -> list[str]:
-    """The connection ids in `env` other than the stack's own: a fleet's members (ids only)."""
-    return sorted(k[len(CONN_PREFIX):].lower() for k in env if k.startswith(CONN_PREFIX) and k not in CONNECTIONS)
+    """The connection ids in `env` other than the stack's own: a fleet's members."""
+    return [c for c in connection_ids(env) if f"{CONN_PREFIX}{c.upper()}" not in CONNECTIONS]
 
 
 def seed_databases(stack: dict[str, str]) -> None:
@@ -542,6 +547,9 @@ class Supervisor:
                 "config": self.env["SCHEMA_DEPLOY_CONFIG"], "executor": self.executor,
                 "background": self.background, "home": str(self.home),
                 "components": {n: p.pid for n, p in self.children.items()},
+                # Who was given which connection (ids only): a process that sets its title (the
+                # api-server) hides its environment from /proc/<pid>/environ.
+                "connections": {p.name: connection_ids(p.env) for p in self.parts},
                 "workers": {p.name: {"queue": p.queue, "hostname": p.env.get("DEVSTACK_WORKER_HOSTNAME"),
                                      "project": str(p.cwd), "home": p.env["AIRFLOW_HOME"],
                                      "fleet_connections": member_connections(p.env),
