@@ -1,7 +1,7 @@
 """`make airflow`: Airflow's real services on this machine, against the local stack.
 
     python devstack/airflow_local.py start [--executor local|celery] [--background] [--no-seed] [--port N]
-                                           [--home DIR] [--config FILE]
+                                           [--home DIR] [--config FILE] [--fleet-env FILE]
     python devstack/airflow_local.py stop [--home DIR]
 
 `start` puts both stack databases back at the baseline with demo data (unless
@@ -29,6 +29,15 @@ holds no database connection at all, so the Execution API cannot hand one
 environment's credentials to the other's worker. Task logs go to the stack's S3
 (remote logging), so the UI reads the logs of either worker.
 
+`--fleet-env FILE` ($DEVSTACK_FLEET_ENV) names deploy_fleet's member connections: a file of
+`export AIRFLOW_CONN_<ID>=<url>` lines (`KEY=value` too; `#` comments), none of them one of the
+stack's own connections. On Celery they go to exactly one process tree, the worker consuming the
+queue deploy.yaml's fleets run on (the first declared fleet's `queue:`, else `queues.default`, as
+the DAG reads it): never to the control plane, never to the other environment's worker; a fleet
+queue no worker consumes is refused. On LocalExecutor every component gets them (one machine
+runs every task there). Nothing else reaches a member worker: `AIRFLOW_*` variables of the
+launching shell are dropped (airflow_env), so an exported connection cannot leak by accident.
+
 Defaults: home `.devstack/airflow` ($DEVSTACK_AIRFLOW_HOME), port 8080
 ($DEVSTACK_AIRFLOW_PORT), settings `devstack/airflow-deploy.yaml`. AIRFLOW_CONN_STAGING_DB
 and AIRFLOW_CONN_PRODUCTION_DB in the environment override the stack's (the tests use this).
@@ -39,6 +48,8 @@ import argparse
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -62,6 +73,8 @@ from airflow_env import CONNECTIONS, airflow_env, stack_env  # noqa: E402
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 ENVIRONMENTS = ("staging", "production")
 DB_CONNECTION = {"staging": "AIRFLOW_CONN_STAGING_DB", "production": "AIRFLOW_CONN_PRODUCTION_DB"}
+CONN_PREFIX = "AIRFLOW_CONN_"
+ENV_KEY = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # What a worker's copy of the project holds (the rest of the checkout is not needed to run tasks).
 PROJECT_PARTS = ("dags", "plugins", "sql", "tests/gate", "devstack", "prisma", "deploy.yaml", "pytest.ini")
 WORKER_READY = "ready."
@@ -307,6 +320,81 @@ def worker_queue(env: dict[str, str], env_name: str) -> str:
     return config.load(env["SCHEMA_DEPLOY_CONFIG"]).queue(env_name)
 
 
+def fleet_connections(path: Path | None) -> dict[str, str]:
+    """The fleet members' connections in a --fleet-env file, AIRFLOW_CONN_<ID> -> URL: one
+    `[export ]AIRFLOW_CONN_<ID>=<value>` a line (shell quoting, `#` comments). A line of another
+    form, a stack connection, a repeated key or a file without any is refused, by file:line and
+    never with a value (a line that is not a variable name may be a URL with its password)."""
+    if path is None:
+        return {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise LocalAirflowError(f"--fleet-env {path}: cannot read it ({exc.strerror})") from None
+    found: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        key, eq, raw = text.removeprefix("export ").partition("=")
+        key, where = key.strip(), f"--fleet-env {path}:{number}"
+        named = f"{key} " if ENV_KEY.match(key) else ""
+        try:
+            value = (shlex.split(raw) or [""])[0] if eq else ""
+        except ValueError:
+            value = ""
+        if not ENV_KEY.match(key) or not key.startswith(CONN_PREFIX) or key == CONN_PREFIX or not value:
+            raise LocalAirflowError(f"{where}: {named}is not `export AIRFLOW_CONN_<ID>=<url>`; the file holds "
+                                    "the fleet's member connections only, one a line")
+        if key in CONNECTIONS:
+            raise LocalAirflowError(f"{where}: {key} is one of the stack's own connections, which each worker "
+                                    "already gets as it needs; the file holds the fleet's member connections only")
+        if key in found:
+            raise LocalAirflowError(f"{where}: {key} is set twice; keep one")
+        found[key] = value
+    if not found:
+        raise LocalAirflowError(f"--fleet-env {path} names no connection: add `export AIRFLOW_CONN_<ID>=<url>` "
+                                "lines, or leave --fleet-env out")
+    return found
+
+
+def fleet_queue(settings: Path) -> str:
+    """The queue deploy_fleet's member tasks run on, as the DAG reads it (fleet_steps.member_queue):
+    the first declared fleet's `queue:`, else the default queue."""
+    sys.path.insert(0, str(REPO / "plugins"))
+    from schema_deploy import config
+    from schema_deploy.errors import SchemaDeployError
+
+    try:
+        cfg = config.load(settings)
+        if not cfg.fleets:
+            raise LocalAirflowError(f"--fleet-env is given, but {settings} declares no fleets: (README, Fleets): "
+                                    "declare the fleet, or leave --fleet-env out")
+        return cfg.fleet_queue(cfg.fleets[0].name)
+    except SchemaDeployError as exc:
+        raise LocalAirflowError(str(exc)) from None
+
+
+def fleet_worker(queues: dict[str, str], queue: str) -> str:
+    """The environment whose worker consumes the fleet's `queue` (`queues`: environment -> its queue)."""
+    for env_name, consumed in queues.items():
+        if consumed == queue:
+            return env_name
+    served = ", ".join(f"{env_name}: {consumed}" for env_name, consumed in queues.items())
+    raise LocalAirflowError(f"deploy.yaml's fleets run on queue {queue!r}, which no worker consumes ({served}): "
+                            "set the first fleet's queue: to one of those, so its member connections have a worker")
+
+
+def connection_ids(env: dict[str, str]) -> list[str]:
+    """The connection ids an environment defines as AIRFLOW_CONN_<ID> (ids only, never a value)."""
+    return sorted(k[len(CONN_PREFIX):].lower() for k in env if k.startswith(CONN_PREFIX) and len(k) > len(CONN_PREFIX))
+
+
+def member_connections(env: dict[str, str]) -> list[str]:
+    """The connection ids in `env` other than the stack's own: a fleet's members."""
+    return [c for c in connection_ids(env) if f"{CONN_PREFIX}{c.upper()}" not in CONNECTIONS]
+
+
 def seed_databases(stack: dict[str, str]) -> None:
     """Both stack databases back at the baseline with the same demo data."""
     from seed import reset
@@ -367,6 +455,7 @@ def banner(home: Path, state: dict) -> str:
         *([f"  executor: CeleryExecutor (metadata on PostgreSQL, Redis broker); task logs in S3 and in each "
            "worker's home"] if workers else []),
         *(f"  {name}: queue {w['queue']}, hostname {w['hostname']}, project copy {w['project']}"
+          + (f", fleet member connections: {', '.join(w['fleet_connections'])}" if w.get("fleet_connections") else "")
           for name, w in workers.items()),
         f"  component logs: {home / 'logs'}/{{{','.join(names)}}}.log",
         f"  {stop}",
@@ -393,21 +482,26 @@ def components(port: int, env: dict[str, str]) -> list[Component]:
             for name in COMPONENTS]
 
 
-def celery_workers(home: Path, stack: dict[str, str], control: dict[str, str]) -> list[Component]:
-    """A worker per environment, each from its own copy of the project, consuming its queue."""
-    workers = []
+def celery_workers(home: Path, stack: dict[str, str], control: dict[str, str],
+                   fleet: dict[str, str] | None = None) -> list[Component]:
+    """A worker per environment, each from its own copy of the project, consuming its queue; the
+    fleet's member connections (`fleet`, from --fleet-env) go to the worker of the fleet's queue only."""
+    prepared = []
     for env_name in ENVIRONMENTS:
         root = worker_copy(home, env_name)
         env = worker_env(control, stack, home, env_name, root)
-        queue = worker_queue(env, env_name)
-        workers.append(Component(f"worker-{env_name}", (
-            airflow_bin(), "celery", "worker", "--queues", queue, "--concurrency", "2",
-            "--celery-hostname", f"{env_name}@{env['DEVSTACK_WORKER_HOSTNAME']}", "--without-mingle",
-            "--without-gossip"), env, root, queue))
-    if workers[0].queue == workers[1].queue:
+        prepared.append((env_name, root, env, worker_queue(env, env_name)))
+    queues = {env_name: queue for env_name, _, _, queue in prepared}
+    if len(set(queues.values())) < len(queues):
         raise LocalAirflowError(f"deploy.yaml routes staging and production to the same queue "
-                                f"({workers[0].queue}): give each its own under queues:, or run LocalExecutor")
-    return workers
+                                f"({queues['staging']}): give each its own under queues:, or run LocalExecutor")
+    if fleet:
+        members_on = fleet_worker(queues, fleet_queue(Path(prepared[0][2]["SCHEMA_DEPLOY_CONFIG"])))
+        next(env for env_name, _, env, _ in prepared if env_name == members_on).update(fleet)
+    return [Component(f"worker-{env_name}", (
+        airflow_bin(), "celery", "worker", "--queues", queue, "--concurrency", "2",
+        "--celery-hostname", f"{env_name}@{env['DEVSTACK_WORKER_HOSTNAME']}", "--without-mingle",
+        "--without-gossip"), env, root, queue) for env_name, root, env, queue in prepared]
 
 
 class Supervisor:
@@ -453,8 +547,12 @@ class Supervisor:
                 "config": self.env["SCHEMA_DEPLOY_CONFIG"], "executor": self.executor,
                 "background": self.background, "home": str(self.home),
                 "components": {n: p.pid for n, p in self.children.items()},
+                # Who was given which connection (ids only): a process that sets its title (the
+                # api-server) hides its environment from /proc/<pid>/environ.
+                "connections": {p.name: connection_ids(p.env) for p in self.parts},
                 "workers": {p.name: {"queue": p.queue, "hostname": p.env.get("DEVSTACK_WORKER_HOSTNAME"),
                                      "project": str(p.cwd), "home": p.env["AIRFLOW_HOME"],
+                                     "fleet_connections": member_connections(p.env),
                                      "pid": self.children[p.name].pid if p.name in self.children else None}
                             for p in self.parts if p.queue is not None}, **extra}
 
@@ -571,7 +669,8 @@ class Supervisor:
         return killed
 
 
-def run(home: Path, port: int, config: Path, *, seed: bool, background: bool, executor: str = "local") -> int:
+def run(home: Path, port: int, config: Path, *, seed: bool, background: bool, executor: str = "local",
+        fleet_env: Path | None = None) -> int:
     """The foreground supervisor: set up, start, wait for Ctrl-C (or `stop`), stop everything."""
     t0 = time.monotonic()
     if supervisor_alive(read_state(home)):
@@ -581,13 +680,16 @@ def run(home: Path, port: int, config: Path, *, seed: bool, background: bool, ex
         raise LocalAirflowError(f"port {port} is already in use; choose another: DEVSTACK_AIRFLOW_PORT=<port> make airflow")
     if not config.exists():
         raise LocalAirflowError(f"settings file {config} not found")
+    fleet = fleet_connections(fleet_env)
     stack, env = local_env(home, port, config)
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     workers: list[Component] = []
     if executor == "celery":
         env = celery_env(home, stack, env)
-        workers = celery_workers(home, stack, env)
+        workers = celery_workers(home, stack, env, fleet)
+    else:
+        env.update(fleet)  # LocalExecutor: the scheduler's processes run every task
     if seed:
         say("seeding the local stack's databases ...")
         seed_databases(stack)
@@ -626,14 +728,17 @@ def run(home: Path, port: int, config: Path, *, seed: bool, background: bool, ex
     return code
 
 
-def start_background(home: Path, port: int, config: Path, *, seed: bool, executor: str = "local") -> int:
+def start_background(home: Path, port: int, config: Path, *, seed: bool, executor: str = "local",
+                     fleet_env: Path | None = None) -> int:
     """Run the supervisor detached; return once it reports ready (or failed)."""
     if supervisor_alive(read_state(home)):
         raise LocalAirflowError(f"Airflow already runs from {home} (pid {read_state(home)['pid']})")
+    fleet_connections(fleet_env)  # a malformed file is refused here, not in the detached supervisor's log
     (home / "logs").mkdir(parents=True, exist_ok=True)
     out_path = home / "logs" / "airflow-local.out"
     cmd = [sys.executable, str(Path(__file__).resolve()), "start", "--home", str(home), "--port", str(port),
-           "--config", str(config), "--executor", executor, "--detached"] + ([] if seed else ["--no-seed"])
+           "--config", str(config), "--executor", executor, "--detached"] + ([] if seed else ["--no-seed"]) \
+        + (["--fleet-env", str(fleet_env)] if fleet_env else [])
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=REPO, start_new_session=True)
@@ -696,16 +801,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", choices=["local", "celery"], default=os.environ.get("EXECUTOR") or "local",
                         help="LocalExecutor on SQLite (default), or CeleryExecutor: metadata on PostgreSQL, Redis, "
                              "a worker per environment")
+    parser.add_argument("--fleet-env", type=Path, default=os.environ.get("DEVSTACK_FLEET_ENV") or None,
+                        help="a file of `export AIRFLOW_CONN_<ID>=<url>` lines, deploy_fleet's member connections: "
+                             "on Celery only the worker of the fleets' queue gets them ($DEVSTACK_FLEET_ENV)")
     parser.add_argument("--background", action="store_true", help="detach; return once ready")
     parser.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)  # set by --background
     args = parser.parse_args(argv)
     home, config = args.home.resolve(), args.config.resolve()
+    fleet_env = args.fleet_env.resolve() if args.fleet_env else None
     try:
         if args.command == "stop":
             return stop(home)
         if args.background:
-            return start_background(home, args.port, config, seed=not args.no_seed, executor=args.executor)
-        return run(home, args.port, config, seed=not args.no_seed, background=args.detached, executor=args.executor)
+            return start_background(home, args.port, config, seed=not args.no_seed, executor=args.executor,
+                                    fleet_env=fleet_env)
+        return run(home, args.port, config, seed=not args.no_seed, background=args.detached, executor=args.executor,
+                   fleet_env=fleet_env)
     except LocalAirflowError as exc:
         say(f"airflow-local: {exc}")
         return 2

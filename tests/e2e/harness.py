@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
 
+import httpx
 import psycopg
 
 from schema_deploy.fingerprint import schema_fingerprint
@@ -129,12 +131,75 @@ def has_audit_table(url: str) -> bool:
         return conn.execute("SELECT to_regclass('schema_deploy.audit_events') IS NOT NULL").fetchone()[0]
 
 
+# --- the REST API of a running Airflow (airflow_services) -----------------------------------
+
+def stack_secrets(stack_env: dict[str, str]) -> dict[str, str]:
+    """What must never reach a task log, by a name that can be printed."""
+    secrets = {f"{env.lower()} role password": unquote(urlsplit(stack_env[f"{env}_DATABASE_URL"]).password or "")
+               for env in ("STAGING", "PRODUCTION")}
+    secrets["AWS_SECRET_ACCESS_KEY"] = stack_env["AWS_SECRET_ACCESS_KEY"]
+    secrets["Slack webhook token"] = stack_env["SLACK_WEBHOOK_URL"].rstrip("/").rsplit("/", 1)[-1]
+    secrets["SLACK_API_TOKEN"] = stack_env["SLACK_API_TOKEN"]
+    assert all(len(v) >= 8 for v in secrets.values())
+    return secrets
+
+
+def masked(text: str, secrets: dict[str, str]) -> str:
+    for name, value in secrets.items():
+        text = text.replace(value, f"<{name}>")
+    return text
+
+
+def wait_for(what: str, check, timeout: float, every: float = 2.0, explain=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (result := check()) is not None:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{explain()}")
+
+
+def import_errors(api: httpx.Client) -> list[str]:
+    """The DAG files that do not import (a run cannot finish while its DAG has one)."""
+    return [f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}"
+            for e in api.get("/api/v2/importErrors").json()["import_errors"]]
+
+
+def run_path(run_id: str, dag_id: str = "deploy_schema") -> str:
+    return f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}"
+
+
+def task_instances(api: httpx.Client, run_id: str, dag_id: str = "deploy_schema") -> dict[str, dict]:
+    resp = api.get(f"{run_path(run_id, dag_id)}/taskInstances", params={"limit": 100})
+    resp.raise_for_status()
+    return {ti["task_id"]: ti for ti in resp.json()["task_instances"]}
+
+
+def task_logs(api: httpx.Client, run_id: str, ti: dict) -> list[str]:
+    """Every try's full log as the API serves it (JSON: the events with all their fields)."""
+    tries = []
+    for attempt in range(1, ti["try_number"] + 1):
+        resp = api.get(f"{run_path(run_id, ti['dag_id'])}/taskInstances/{ti['task_id']}/logs/{attempt}",
+                       params={"full_content": "true"}, headers={"Accept": "application/json"})
+        tries.append(resp.text if resp.status_code == 200 else "")
+    return tries
+
+
+def events(log: str) -> list[str]:
+    """The event lines of one try's log."""
+    try:
+        return [str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in json.loads(log)["content"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
 @contextmanager
 def airflow_services(home: Path, config: Path, targets: dict[str, str], timeout_s: float = 600,
-                     executor: str = "local") -> Iterator[dict]:
+                     executor: str = "local", fleet_env: Path | None = None) -> Iterator[dict]:
     """The four Airflow services (devstack/airflow_local.py) on a free port, against `targets` (with
-    `executor="celery"` also a worker per environment); yields the URL, the admin's password and the
-    supervisor's state (pids, workers); stopped after, asserting no process is left."""
+    `executor="celery"` also a worker per environment; `fleet_env`: deploy_fleet's member connections,
+    airflow_local's --fleet-env); yields the URL, the admin's password and the supervisor's state
+    (pids, workers); stopped after, asserting no process is left."""
     from airflow_local import airflow_processes, free_port, read_state
 
     port = free_port()
@@ -143,7 +208,8 @@ def airflow_services(home: Path, config: Path, targets: dict[str, str], timeout_
     try:
         t0 = time.monotonic()
         start = subprocess.run([sys.executable, str(AIRFLOW_LOCAL), "start", "--background", "--no-seed", "--home",
-                                str(home), "--port", str(port), "--config", str(config), "--executor", executor],
+                                str(home), "--port", str(port), "--config", str(config), "--executor", executor]
+                               + (["--fleet-env", str(fleet_env)] if fleet_env else []),
                                env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
         assert start.returncode == 0, start.stdout[-4000:] + start.stderr[-2000:]
         print(f"services ready after {time.monotonic() - t0:.1f} s")

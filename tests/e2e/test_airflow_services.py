@@ -7,12 +7,10 @@ read every task's state and log.
 """
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import psycopg
@@ -21,7 +19,8 @@ import pytest
 from schema_deploy.ledger import read_rows
 from seed import reset
 from tests.conftest import drop_database, with_database
-from tests.e2e.harness import airflow_services
+from tests.e2e.harness import (airflow_services, events, import_errors, masked, run_path, stack_secrets,
+                               task_instances, task_logs, wait_for)
 
 REPO = Path(__file__).resolve().parents[2]
 DAG = "deploy_schema"
@@ -66,66 +65,6 @@ def airflow(tmp_path_factory, stack_env: dict[str, str], targets: dict[str, str]
         assert token.status_code == 201, token.text
         api.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
         yield api
-
-
-def stack_secrets(stack_env: dict[str, str]) -> dict[str, str]:
-    """What must never reach a task log, by a name that can be printed."""
-    secrets = {f"{env.lower()} role password": unquote(urlsplit(stack_env[f"{env}_DATABASE_URL"]).password or "")
-               for env in ("STAGING", "PRODUCTION")}
-    secrets["AWS_SECRET_ACCESS_KEY"] = stack_env["AWS_SECRET_ACCESS_KEY"]
-    secrets["Slack webhook token"] = stack_env["SLACK_WEBHOOK_URL"].rstrip("/").rsplit("/", 1)[-1]
-    secrets["SLACK_API_TOKEN"] = stack_env["SLACK_API_TOKEN"]
-    assert all(len(v) >= 8 for v in secrets.values())
-    return secrets
-
-
-def masked(text: str, secrets: dict[str, str]) -> str:
-    for name, value in secrets.items():
-        text = text.replace(value, f"<{name}>")
-    return text
-
-
-def wait_for(what: str, check, timeout: float, every: float = 2.0, explain=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (result := check()) is not None:
-            return result
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{explain()}")
-
-
-def import_errors(api: httpx.Client) -> list[str]:
-    """The DAG files that do not import (a run cannot finish while its DAG has one)."""
-    return [f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}"
-            for e in api.get("/api/v2/importErrors").json()["import_errors"]]
-
-
-def run_path(run_id: str) -> str:
-    return f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}"
-
-
-def task_instances(api: httpx.Client, run_id: str) -> dict[str, dict]:
-    resp = api.get(f"{run_path(run_id)}/taskInstances", params={"limit": 100})
-    resp.raise_for_status()
-    return {ti["task_id"]: ti for ti in resp.json()["task_instances"]}
-
-
-def task_logs(api: httpx.Client, run_id: str, ti: dict) -> list[str]:
-    """Every try's full log as the API serves it (JSON: the events with all their fields)."""
-    tries = []
-    for attempt in range(1, ti["try_number"] + 1):
-        resp = api.get(f"{run_path(run_id)}/taskInstances/{ti['task_id']}/logs/{attempt}",
-                       params={"full_content": "true"}, headers={"Accept": "application/json"})
-        tries.append(resp.text if resp.status_code == 200 else "")
-    return tries
-
-
-def events(log: str) -> list[str]:
-    """The event lines of one try's log."""
-    try:
-        return [str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in json.loads(log)["content"]]
-    except (ValueError, KeyError, TypeError):
-        return []
 
 
 def test_a_run_triggered_and_approved_over_the_api_migrates_production_and_logs_no_secret(

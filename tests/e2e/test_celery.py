@@ -1,15 +1,18 @@
-"""deploy_schema on the CeleryExecutor, as `make airflow EXECUTOR=celery` runs it.
+"""deploy_schema and deploy_fleet on the CeleryExecutor, as `make airflow EXECUTOR=celery` runs them.
 
 One set of services for the module (devstack/airflow_local.py --executor celery): the
 metadata database on the stack's PostgreSQL, Redis as broker, and two Celery workers,
 each started from its own copy of the project with its own hostname, each consuming its
-environment's queue and holding only that environment's database connection. The tests
-drive the REST API as the UI does and read what Airflow recorded: which host ran each
-task instance, from which queue.
+environment's queue and holding only that environment's database connection. A fleet of
+tenant databases (copies of a small template on the production cluster, prefix `tenant_`,
+queue production) is given with --fleet-env, so only the production worker holds the
+tenants' connections. The tests drive the REST API as the UI does and read what Airflow
+recorded: which host ran each task instance, from which queue.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,9 +27,8 @@ import pytest
 from schema_deploy.ledger import read_rows
 from seed import reset
 from tests.conftest import drop_database, with_database
-from tests.e2e.harness import airflow_services
-from tests.e2e.test_airflow_services import (events, import_errors, masked, run_path, stack_secrets,
-                                             task_instances, task_logs, wait_for)
+from tests.e2e.harness import (airflow_services, events, import_errors, masked, run_path, stack_secrets,
+                               task_instances, task_logs, wait_for)
 
 DAG = "deploy_schema"
 EPIC5 = "20251017120000_epic5_schema_completion"
@@ -38,6 +40,10 @@ APPROVE_AFTER_S = 5
 # What the log endpoint says before a worker's upload of the log has reached S3.
 LOG_SOURCE_LINES = ("::group::Log message source details", "::endgroup::", "Could not read served logs")
 LOCKED_TABLE = "behavioral_events"  # Epic 5 builds three indexes on it, after its first steps commit
+FLEET_DAG = "deploy_fleet"
+TENANTS = 4
+MEMBER_TASKS = ("fleet_members", "canary", "waves")  # on the fleet's queue (production); the rest on staging's
+CONTROL_PLANE = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -55,8 +61,28 @@ def databases(stack_env: dict[str, str]) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def celery(tmp_path_factory, stack_env: dict[str, str], databases: dict[str, str]) -> Iterator[dict]:
-    """The services and both workers; an API client logged in as admin. Stopped after, no process left."""
+def tenants(stack_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The fleet's members, {"tenant_00": url, …}: copies of one small template at the baseline on the
+    production cluster (their role is production's, so the staging worker must never see a URL)."""
+    base, tag = stack_env["PRODUCTION_DATABASE_URL"], uuid.uuid4().hex[:8]
+    template = f"t_cel_{tag}_tpl"
+    names = {f"tenant_{i:02d}": f"t_cel_{tag}_tenant_{i:02d}" for i in range(TENANTS)}
+    try:
+        reset(with_database(base, template), seed=7, scale="small", log=lambda _msg: None)
+        with psycopg.connect(base, autocommit=True) as conn:
+            for db in names.values():
+                conn.execute(f'CREATE DATABASE "{db}" TEMPLATE "{template}"')
+        yield {key: with_database(base, db) for key, db in names.items()}
+    finally:
+        for db in [*names.values(), template]:
+            drop_database(base, db)
+
+
+@pytest.fixture(scope="module")
+def celery(tmp_path_factory, stack_env: dict[str, str], databases: dict[str, str],
+           tenants: dict[str, str]) -> Iterator[dict]:
+    """The services and both workers, the tenants' connections in a --fleet-env file; an API client
+    logged in as admin. Stopped after, no process left."""
     base = tmp_path_factory.mktemp("celery")
     settings = base / "settings"
     settings.mkdir()
@@ -70,18 +96,24 @@ def celery(tmp_path_factory, stack_env: dict[str, str], databases: dict[str, str
         "approval: {manual_runs: form, scheduled_runs: required}\n"
         "windows: [{name: always-open, cron: '* * * * *', duration: 1h, timezone: UTC}]\n"
         "lock: {lock_timeout_ms: 200, max_lock_timeout_ms: 1000, lock_retries: 10}\n"
-        "queues: {staging: staging, production: production, default: staging}\n")
+        "queues: {staging: staging, production: production, default: staging}\n"
+        'fleets: {tenants: {prefix: tenant_, waves: {canary: 1, size: "50%", parallel: 3}, backup: none, '
+        "queue: production}}\n")
+    fleet_env = base / "fleet.env"
+    fleet_env.touch(mode=0o600)
+    fleet_env.write_text("".join(f"export AIRFLOW_CONN_{name.upper()}='{url}'\n" for name, url in tenants.items()))
     for url in databases.values():
         reset(url, seed=9, log=lambda _msg: None)
-    with airflow_services(base / "airflow", config, databases, executor="celery") as services, \
+    with airflow_services(base / "airflow", config, databases, executor="celery", fleet_env=fleet_env) as services, \
             httpx.Client(base_url=services["url"], timeout=30) as api:
         token = api.post("/auth/token", json={"username": "admin", "password": services["password"]})
         assert token.status_code == 201, token.text
         api.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-        wait_for("the dag-processor to parse deploy_schema",
-                 lambda: True if api.get(f"/api/v2/dags/{DAG}").status_code == 200 else None, 180,
-                 explain=lambda: f"; import errors: {import_errors(api) or 'none'}")
-        assert api.patch(f"/api/v2/dags/{DAG}", json={"is_paused": False}).status_code == 200
+        for dag_id in (DAG, FLEET_DAG):
+            wait_for(f"the dag-processor to parse {dag_id}",
+                     lambda d=dag_id: True if api.get(f"/api/v2/dags/{d}").status_code == 200 else None, 180,
+                     explain=lambda: f"; import errors: {import_errors(api) or 'none'}")
+            assert api.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).status_code == 200
         yield {**services, "api": api}
 
 
@@ -93,8 +125,8 @@ def workers(celery: dict) -> dict[str, dict]:
     return {name.removeprefix("worker-"): w for name, w in state["workers"].items()}
 
 
-def trigger(api: httpx.Client, conf: dict) -> str:
-    resp = api.post(f"/api/v2/dags/{DAG}/dagRuns", json={"logical_date": None, "conf": conf})
+def trigger(api: httpx.Client, conf: dict, dag_id: str = DAG) -> str:
+    resp = api.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
     assert resp.status_code == 200, resp.text
     return resp.json()["dag_run_id"]
 
@@ -111,14 +143,14 @@ def approve_when_asked(api: httpx.Client, run_id: str, parked: list[float]) -> N
             parked.append(time.monotonic())
 
 
-def run_state(api: httpx.Client, run_id: str) -> str | None:
-    state = api.get(run_path(run_id)).json()["state"]
+def run_state(api: httpx.Client, run_id: str, dag_id: str = DAG) -> str | None:
+    state = api.get(run_path(run_id, dag_id)).json()["state"]
     return state if state in ("success", "failed") else None
 
 
-def explain(api: httpx.Client, run_id: str):
+def explain(api: httpx.Client, run_id: str, dag_id: str = DAG):
     def text() -> str:
-        tis = task_instances(api, run_id)
+        tis = task_instances(api, run_id, dag_id)
         return "\ntask states: " + json.dumps({t: (ti["state"], ti["hostname"], ti["queue"]) for t, ti in tis.items()})
     return text
 
@@ -269,3 +301,85 @@ def test_a_production_worker_killed_mid_apply_is_restarted_and_the_retried_task_
     rows = epic5_rows(databases["production"])
     assert len(rows) == 1 and rows[0].applied, rows
     assert invalid_indexes(databases["production"]) == []
+
+
+def environments(procs: list[psutil.Process]) -> list[dict[str, str]]:
+    """The environments that can be read of the processes still alive: a task process may end while we
+    read, and a process that set its title (setproctitle: Celery, Airflow's components) has written
+    over the memory /proc/<pid>/environ shows, so only an environment naming AIRFLOW_HOME counts."""
+    found = []
+    for proc in procs:
+        try:
+            environment = proc.environ()
+        except psutil.NoSuchProcess:
+            continue
+        if environment.get("AIRFLOW_HOME"):
+            found.append(environment)
+    return found
+
+
+def tenant_traces(environment: dict[str, str], tenants: dict[str, str]) -> list[str]:
+    """What of the tenants an environment holds: their connection variables, their database names."""
+    names = [urlsplit(url).path[1:] for url in tenants.values()]
+    return sorted({k for k in environment if k.startswith("AIRFLOW_CONN_TENANT")}
+                  | {n for n in names if any(n in v for v in environment.values())})
+
+
+def test_a_fleet_run_brings_every_tenant_to_the_release_opening_them_only_on_the_fleet_queues_worker(
+        celery: dict, databases: dict[str, str], tenants: dict[str, str], stack_env: dict[str, str]) -> None:
+    from airflow_local import read_state
+
+    api, placed = celery["api"], workers(celery)
+    assert placed["production"]["fleet_connections"] == sorted(tenants), placed
+    assert placed["staging"]["fleet_connections"] == []
+    reset(databases["staging"], seed=9, log=lambda _msg: None)  # the rehearsal needs staging at the baseline
+    run_id = trigger(api, {"fleet": "tenants"}, FLEET_DAG)
+    state = wait_for(f"run {run_id}", lambda: run_state(api, run_id, FLEET_DAG), RUN_TIMEOUT_S, every=2,
+                     explain=explain(api, run_id, FLEET_DAG))
+    tis = task_instances(api, run_id, FLEET_DAG)
+    not_ok = {t: ti["state"] for t, ti in tis.items() if ti["state"] not in ("success", "skipped")}
+    assert state == "success" and not not_ok, masked(
+        f"run {state}; not successful: {not_ok}\n" + "\n".join(
+            f"--- {t}\n" + "\n".join(events((task_logs(api, run_id, tis[t]) or [""])[-1])[-30:]) for t in not_ok),
+        stack_secrets(stack_env))
+
+    for name, url in tenants.items():
+        rows = epic5_rows(url)
+        assert len(rows) == 1 and rows[0].applied, name
+    assert [r.applied for r in epic5_rows(databases["staging"])] == [True]
+    record = api.get(f"{run_path(run_id, FLEET_DAG)}/taskInstances/fleet_record/xcomEntries/return_value",
+                     params={"deserialize": "true"})
+    assert record.status_code == 200, record.text
+    assert {k: record.json()["value"][k] for k in ("outcome", "counts")} == {"outcome": "done",
+                                                                              "counts": {"done": TENANTS}}
+
+    # Where each task ran: the member tasks on the fleet's queue and its worker, everything else
+    # (staging's rehearsal and gate, the database-free tasks) on staging's.
+    ran = {t: (ti["queue"], ti["hostname"]) for t, ti in tis.items() if ti["state"] == "success"}
+    assert {"preflight_staging", "apply_staging", "test_gate", *MEMBER_TASKS} <= set(ran), ran
+    assert tis["approve_canary"]["state"] == "skipped"
+    assert ran == {t: ("production", "production-worker") if t in MEMBER_TASKS else ("staging", "staging-worker")
+                   for t in ran}
+
+    # Who holds the tenants: the production worker, nobody else (nor the supervisor that started it).
+    # What the supervisor gave each process, then what the processes' environments show, where
+    # they can be read (the api-server's processes set their titles over theirs).
+    supervisor = read_state(celery["home"].resolve())
+    shared = ["backup_s3", "slack_deploys"]
+    assert supervisor["connections"] == {**{name: shared for name in CONTROL_PLANE},
+                                         "worker-staging": sorted([*shared, "staging_db"]),
+                                         "worker-production": sorted([*shared, "production_db", *tenants])}
+    held = {name: environments(tree(supervisor["components"][name])) for name in CONTROL_PLANE}
+    held["supervisor"] = [psutil.Process(supervisor["pid"]).environ()]  # plain Python, its title unchanged
+    held["worker-staging"] = environments(tree(placed["staging"]["pid"]))
+    readable = {name: len(envs) for name, envs in held.items()}
+    assert all(readable[n] for n in ("scheduler", "dag-processor", "triggerer", "supervisor", "worker-staging")), \
+        readable
+    traces = {name: sorted({t for e in envs for t in tenant_traces(e, tenants)}) for name, envs in held.items()}
+    assert {name: t for name, t in traces.items() if t} == {}
+    production = environments(tree(workers(celery)["production"]["pid"]))
+    # Compared, not printed: the URLs hold production's password.
+    holds_all = any(all(e.get(f"AIRFLOW_CONN_{name.upper()}") == url for name, url in tenants.items())
+                    for e in production)
+    assert holds_all, f"no process of the production worker holds all {TENANTS} tenant connections"
+    assert os.environ.get("AIRFLOW_CONN_TENANT_00") is None  # nor did the test hand them over any other way
