@@ -11,10 +11,11 @@ PYTEST_ARGS ?=
 # make airflow EXECUTOR=celery: metadata on PostgreSQL, Redis, one Celery worker per environment.
 EXECUTOR ?= local
 
-.PHONY: help venv postgres redis compose chromium stack-up stack-down stack-status demo airflow test requirements clean
+.PHONY: help venv postgres redis compose chromium stack-up stack-down stack-status demo demo-fleet airflow test requirements clean
 
 help:
 	@echo "make demo          bring up the local stack, seed it, run the deployment, print a report"
+	@echo "make demo-fleet    TENANTS tenant databases (default 20), orphan rows in one, deploy_fleet in waves, a report"
 	@echo "make test          run the whole test suite on the local stack"
 	@echo "make airflow       start Airflow (UI on http://localhost:8080, scheduler, triggerer) on the local stack; Ctrl-C stops it"
 	@echo "                   EXECUTOR=celery: CeleryExecutor, a worker per environment holding only its own credentials"
@@ -51,6 +52,11 @@ stack-status:
 
 demo: stack-up
 	@$(PY) devstack/demo.py
+
+# make demo-fleet TENANTS=40: the fleet's size; the tenants stay (devstack/tenants.py drop removes them).
+TENANTS ?= 20
+demo-fleet: stack-up
+	@$(PY) devstack/demo_fleet.py --tenants $(TENANTS)
 
 # Airflow's real services in the foreground (devstack/airflow_local.py); Ctrl-C stops them all.
 airflow: $(if $(filter celery,$(EXECUTOR)),venv postgres redis) stack-up

@@ -37,17 +37,19 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_dag(work: Path) -> tuple[int, dict, Path]:
-    """Run deploy_schema; show the milestones as they happen, keep the full log in a file."""
+def run_dag(work: Path, *, config: Path = CONFIG, args: tuple[str, ...] = ("--approve-as", APPROVER),
+            env: dict[str, str] | None = None, progress: tuple[str, ...] = PROGRESS) -> tuple[int, dict, Path]:
+    """Run a DAG with devstack/run_deploy.py (deploy_schema unless `args` name another with --dag-id);
+    show the milestones as they happen, keep the full log in a file."""
     log_path, result_path = work / "run.log", work / "result.json"
     result_path.unlink(missing_ok=True)
     cmd = [sys.executable, str(REPO / "devstack/run_deploy.py"), "--home", str(work / "airflow"),
-           "--config", str(CONFIG), "--approve-as", APPROVER, "--result", str(result_path)]
+           "--config", str(config), "--result", str(result_path), *args]
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
         for line in proc.stdout:
             log.write(line)
-            if any(marker in line for marker in PROGRESS):
+            if any(marker in line for marker in progress):
                 text = line.split("] ", 1)[-1] if line[:4].isdigit() else line
                 text = LOGGER_TAIL.sub("", text.strip()).replace("[DAG TEST] starting task_id=", "task ")
                 say("  " + scrub(text)[:160])
