@@ -439,29 +439,29 @@ class BlockerWatch:
         self.url, self.pid, self.interval_s = url, pid, interval_s
         self.conn: psycopg.Connection | None = None
         self.thread: threading.Thread | None = None
-        self.running = threading.Event()
+        self.stopping = threading.Event()  # waited on between samples, so stop() never waits out a pause
         self.last: list[db.Session] = []
 
     def start(self) -> None:
         if self.conn is None:
             self.conn = db.connect(self.url, application_name=db.APPLICATION_NAME + "-watch")
         self.last = []
-        self.running.set()
+        self.stopping.clear()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
-        while self.running.is_set():
+        while not self.stopping.is_set():
             try:
                 found = db.blockers(self.conn, self.pid)
             except psycopg.Error:
                 return
             if found:
                 self.last = found
-            time.sleep(self.interval_s)
+            self.stopping.wait(self.interval_s)
 
     def stop(self) -> list[db.Session]:
-        self.running.clear()
+        self.stopping.set()
         if self.thread is not None:
             self.thread.join()
             self.thread = None

@@ -414,3 +414,35 @@ def test_row_left_by_a_killed_prisma_deploy_is_failed_and_apply_asks_for_resolve
     assert states(fresh_db, bundle)[BASELINE] == "failed"
     with pytest.raises(LedgerBlocked, match=rf"(?s){BASELINE} failed in an earlier run.*resolve --rolled-back {BASELINE}"):
         apply(fresh_db, bundle, FAST)
+
+
+def test_the_blocker_watch_names_a_blocker_and_stops_without_waiting_out_its_pause(fresh_db: str) -> None:
+    from schema_deploy.apply import BlockerWatch
+
+    with psycopg.connect(fresh_db, autocommit=True) as setup:
+        setup.execute("CREATE TABLE watch_probe (id int)")
+    blocker = psycopg.connect(fresh_db)
+    blocker.execute("LOCK TABLE watch_probe IN ACCESS EXCLUSIVE MODE")
+    blocker_pid = blocker.info.backend_pid
+    waiter = psycopg.connect(fresh_db, autocommit=True)
+    waiting = threading.Thread(target=lambda: waiter.execute("SELECT count(*) FROM watch_probe"), daemon=True)
+    watch = BlockerWatch(fresh_db, waiter.info.backend_pid, interval_s=30)
+    try:
+        waiting.start()
+        deadline = time.monotonic() + 10
+        watch.start()  # samples at once, then pauses 30 s; restarted until the waiter is seen queued
+        while not watch.last and time.monotonic() < deadline:
+            watch.stop()
+            time.sleep(0.1)
+            watch.start()
+        t0 = time.monotonic()
+        found = watch.stop()
+        stopped_in = time.monotonic() - t0
+    finally:
+        blocker.rollback()
+        blocker.close()
+        waiting.join(10)
+        waiter.close()
+        watch.close()
+    assert [session.pid for session in found] == [blocker_pid]
+    assert stopped_in < 5, f"stop() took {stopped_in:.1f} s: it waited out the 30 s pause between samples"
