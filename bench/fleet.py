@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,9 @@ def waves(parallel: int) -> dict:
             "approve_after_canary": False}
 
 
-def config(path: Path, stack: dict[str, str], parallel: int) -> Path:
+def config(path: Path, stack: dict[str, str], parallel: int, celery: bool = False) -> Path:
+    """The benchmark's deploy.yaml; on Celery the staging and production workers' queues, the members
+    on production's (its worker alone gets the tenants' connections, airflow_local --fleet-env)."""
     w = waves(parallel)
     path.write_text(
         f"bundles: {{main: {REPO / 'sql/migrations'}}}\nverify_dir: {REPO / 'sql/verify'}\n"
@@ -74,7 +77,9 @@ def config(path: Path, stack: dict[str, str], parallel: int) -> Path:
         "fleets:\n  tenants:\n    prefix: tenant_\n"
         f"    waves: {{canary: {w['canary']}, size: \"{w['size']}\", parallel: {w['parallel']}, "
         f"halt_after: {w['halt_after']}, pause: {w['pause']}, approve_after_canary: false}}\n"
-        "    backup: none\n")
+        "    backup: none\n"
+        + ("    queue: production\nqueues: {staging: staging, production: production, default: staging}\n"
+           if celery else ""))
     return path
 
 
@@ -123,7 +128,7 @@ def run_fleet(api: httpx.Client, only: list[str]) -> tuple[dict, dict[str, dict]
 
 
 def measure(n: int, names: list[str], parallel: int, stack: dict[str, str], staging: str,
-            api: httpx.Client) -> dict:
+            api: httpx.Client, executor: str = "local") -> dict:
     prod = stack["PRODUCTION_DATABASE_URL"]
     say(f"N={n}: (a) serial loop of `schema_deploy apply` over {n} fresh tenants ...")
     made = tenants.create(prod, len(names), database_prefix=DB_PREFIX)
@@ -138,7 +143,7 @@ def measure(n: int, names: list[str], parallel: int, stack: dict[str, str], stag
     members = record["members"]
     work = sum(m["apply_s"] + m["verify_s"] for m in members)
     result = {
-        "targets": n, "parallel": parallel, "executor": "local", "state": run["state"],
+        "targets": n, "parallel": parallel, "executor": executor, "state": run["state"],
         "wall_s": round((end - start).total_seconds(), 2),
         "members_s": round((ts(rest.get("end_date")) - ts(canary.get("start_date"))).total_seconds(), 2)
         if rest.get("end_date") and canary.get("start_date") else None,
@@ -174,13 +179,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="50", help="tenant counts, comma-separated (default 50; e.g. 50,200)")
     parser.add_argument("--parallel", type=int, default=4, help="members at a time (waves.parallel, default 4)")
-    parser.add_argument("--celery", action="store_true", help="CeleryExecutor on two workers (not yet supported)")
+    parser.add_argument("--celery", action="store_true", help="CeleryExecutor on the stack's two workers (needs Redis)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    if args.celery:
-        print("bench/fleet.py --celery: not yet supported: deploy_fleet's members on Celery workers (each holding "
-              "the tenants' connections) are being built; run without --celery for LocalExecutor.", file=sys.stderr)
-        return 2
+    executor = "celery" if args.celery else "local"
     try:
         sizes = sorted({int(v) for v in args.targets.split(",") if v.strip()})
     except ValueError:
@@ -192,14 +194,16 @@ def main() -> int:
     staging = tenants.with_database(stack["STAGING_DATABASE_URL"], f"{DB_PREFIX}staging")
     say(f"fleet waves for the benchmark: {waves(args.parallel)}, backup none")
     made = tenants.create(stack["PRODUCTION_DATABASE_URL"], len(names), database_prefix=DB_PREFIX)
-    os.environ.update(tenants.conn_env(made))  # the scheduler's task processes find the fleet here
     reset(staging, seed=9, log=lambda _: None)
     runs = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
-            cfg = config(Path(tmp) / "deploy.yaml", stack, args.parallel)
+            cfg = config(Path(tmp) / "deploy.yaml", stack, args.parallel, celery=args.celery)
+            members = Path(tmp) / "fleet.env"  # airflow_local --fleet-env: the members' connections
+            members.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in tenants.conn_env(made).items()))
             with contextlib.redirect_stdout(sys.stderr), \
-                    airflow_services(Path(tmp) / "airflow", cfg, {"staging": staging, "production": CLOSED}) as services, \
+                    airflow_services(Path(tmp) / "airflow", cfg, {"staging": staging, "production": CLOSED},
+                                     executor=executor, fleet_env=members) as services, \
                     httpx.Client(base_url=services["url"], timeout=60) as api:
                 token = api.post("/auth/token", json={"username": "admin", "password": services["password"]})
                 api.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
@@ -210,7 +214,7 @@ def main() -> int:
                 warm, _ = run_fleet(api, names[:2])
                 say(f"warm-up run on 2 tenants (not counted): {warm['state']}")
                 for n in sizes:
-                    runs.append(measure(n, names, args.parallel, stack, staging, api))
+                    runs.append(measure(n, names, args.parallel, stack, staging, api, executor))
     finally:
         tenants.drop(stack["PRODUCTION_DATABASE_URL"], DB_PREFIX)
         tenants.drop(stack["STAGING_DATABASE_URL"], DB_PREFIX)

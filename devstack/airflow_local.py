@@ -40,10 +40,8 @@ launching shell are dropped (airflow_env), so an exported connection cannot leak
 
 Defaults: home `.devstack/airflow` ($DEVSTACK_AIRFLOW_HOME), port 8080
 ($DEVSTACK_AIRFLOW_PORT), settings `devstack/airflow-deploy.yaml`. AIRFLOW_CONN_STAGING_DB
-and AIRFLOW_CONN_PRODUCTION_DB in the environment override the stack's (the tests use this). On
-LocalExecutor, any other AIRFLOW_CONN_* of the environment (a fleet's members, e.g.
-AIRFLOW_CONN_TENANT_07 from devstack/tenants.py) is passed to the components too: their task
-processes are the scheduler's.
+and AIRFLOW_CONN_PRODUCTION_DB in the environment override the stack's (the tests use this). Any other
+AIRFLOW_CONN_* of the launching shell is dropped: a fleet's members come only from --fleet-env.
 """
 from __future__ import annotations
 
@@ -203,11 +201,6 @@ def local_env(home: Path, port: int, config: Path) -> tuple[dict[str, str], dict
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
     })
     return stack, env
-
-
-def fleet_connections() -> dict[str, str]:
-    """The AIRFLOW_CONN_* variables of this environment other than the stack's own (a fleet's members)."""
-    return {k: v for k, v in os.environ.items() if k.startswith("AIRFLOW_CONN_") and k not in CONNECTIONS}
 
 
 def home_key(home: Path) -> str:
@@ -690,8 +683,6 @@ def run(home: Path, port: int, config: Path, *, seed: bool, background: bool, ex
         raise LocalAirflowError(f"settings file {config} not found")
     fleet = fleet_connections(fleet_env)
     stack, env = local_env(home, port, config)
-    if executor == "local":
-        env.update(fleet_connections())
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     workers: list[Component] = []
