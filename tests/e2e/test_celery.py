@@ -42,7 +42,7 @@ LOG_SOURCE_LINES = ("::group::Log message source details", "::endgroup::", "Coul
 LOCKED_TABLE = "behavioral_events"  # Epic 5 builds three indexes on it, after its first steps commit
 FLEET_DAG = "deploy_fleet"
 TENANTS = 4
-MEMBER_TASKS = ("fleet_members", "canary", "waves")  # on the fleet's queue (production); the rest on staging's
+MEMBER_TASKS = ("fleet_members", "canary", "waves", "windowed")  # on the fleet's queue (production); the rest on staging's
 CONTROL_PLANE = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 pytestmark = pytest.mark.timeout(1500)
