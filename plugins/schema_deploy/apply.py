@@ -120,6 +120,8 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
         status, interrupted = load_state(conn, bundle, settings.schema)
         plan = plan_for(conn, bundle, status, interrupted, to=to, online=online,
                         created=created(status) if created else None)
+        for warning in plan.warnings:
+            log(f"warning: {warning}")
         if approve is not None:
             approve(plan)
         if prechecks and plan.migrations:
@@ -248,8 +250,12 @@ def run_step(conn: psycopg.Connection, step: Step, lock_timeout_ms: int, setting
     if step.transactional:
         with conn.transaction():
             set_timeouts(conn, lock_timeout_ms, settings.statement_timeout_ms, local=True)
-            todo = [ps for ps in step.statements if not not_valid_constraint_exists(conn, ps)]
-            skipped.extend(ps.sql.split("\n")[0][:80] for ps in step.statements if ps not in todo)
+            todo = []
+            for ps in step.statements:
+                if not_valid_constraint_exists(conn, ps):
+                    skipped.append(ps.sql.split("\n")[0][:80])
+                else:
+                    todo.append(ps)
             execute_statements(conn, todo)
             record(conn)
         return
@@ -327,8 +333,10 @@ def is_concurrent_drop(ps: PlannedStatement) -> bool:
 def not_valid_constraint_exists(conn: psycopg.Connection, ps: PlannedStatement) -> bool:
     """An online `ADD CONSTRAINT … NOT VALID` whose constraint is already there (added by an
     earlier, interrupted attempt or by hand) is not added again: the next step validates it."""
+    if ps.node_type is not ast.AlterTableStmt:  # looked at first: a data statement's tree is not kept
+        return False
     node = ps.ast
-    if not (isinstance(node, ast.AlterTableStmt) and node.cmds and len(node.cmds) == 1):
+    if not (node.cmds and len(node.cmds) == 1):
         return False
     cmd = node.cmds[0]
     if cmd.subtype != enums.AlterTableType.AT_AddConstraint or not isinstance(cmd.def_, ast.Constraint):

@@ -12,16 +12,23 @@ Plain layout::
 
 Migrations are ordered by name (the 14-digit timestamp first). The checksum is
 the sha256 of the file's raw bytes, as Prisma stores it in `_prisma_migrations`.
+
+What is wrong with one migration's file (not UTF-8, a byte-order mark, empty, a
+symbolic link out of the bundle's folder) is recorded on that migration as its
+`problem`, not raised while reading: whether it stops a run depends on whether
+the run deploys that migration (see `plan.py`). What is wrong with the folder
+as a whole (missing, mixed layouts, two migrations with one timestamp, a name
+that does not sort) is raised at once.
 """
 from __future__ import annotations
 
 import hashlib
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from schema_deploy.errors import BundleError
+from schema_deploy.errors import BundleError, MigrationFileError, NotUtf8, SymlinkOutsideBundle
 
 NAME_RE = re.compile(r"^(?P<ts>\d{14})_(?P<label>[A-Za-z0-9][A-Za-z0-9_.-]*)$")
 LOCK_FILE = "migration_lock.toml"
@@ -36,6 +43,7 @@ class Migration:
     raw: bytes
     down_path: Path | None = None
     down_raw: bytes | None = None  # read with the migration, so a release can carry it frozen
+    problem: MigrationFileError | None = field(default=None, compare=False)  # why it cannot be deployed
 
     @property
     def timestamp(self) -> str:
@@ -47,7 +55,8 @@ class Migration:
 
     @property
     def sql(self) -> str:
-        return self.raw.decode("utf-8")
+        """The file's text; NotUtf8 (with line and column) when its bytes are not UTF-8."""
+        return decode(self.path, self.raw)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Bundle:
     root: Path
     layout: str  # "prisma" | "plain"
     migrations: tuple[Migration, ...]
+    symlinks: tuple[tuple[str, str], ...] = ()  # (path in the bundle, where it resolves) of allowed links
 
     def by_name(self) -> dict[str, Migration]:
         return {m.name: m for m in self.migrations}
@@ -84,8 +94,11 @@ def checksum_matches(stored: str, raw: bytes) -> bool:
     return False
 
 
-def load_bundle(root: Path | str) -> Bundle:
-    """Read every migration under `root`, validating names, encoding and content."""
+def load_bundle(root: Path | str, *, allow_symlinks: bool = False, name: str | None = None) -> Bundle:
+    """Read every migration under `root`, validating names and the folder's shape; what is wrong with
+    one file is recorded on its migration (`Migration.problem`). `allow_symlinks`: symbolic links that
+    resolve outside `root` are followed (and listed in `Bundle.symlinks`); otherwise each is a problem.
+    `name`: the declared bundle's name, for messages."""
     root = Path(root)
     if not root.is_dir():
         raise BundleError(root, "migrations folder not found",
@@ -96,19 +109,42 @@ def load_bundle(root: Path | str) -> Bundle:
         raise BundleError(root, "mixes migration folders and loose .sql files",
                           "Use one layout: Prisma's <timestamp>_<name>/migration.sql folders, "
                           "or <timestamp>_<name>.sql files, not both.")
+    links = Links(root, root.resolve(), allow_symlinks, name)
     if dirs or (root / LOCK_FILE).exists():
         check_lock_file(root)
-        migrations = [read_prisma_migration(d) for d in dirs]
+        migrations = [read_prisma_migration(d, links) for d in dirs]
         layout = "prisma"
     else:
-        migrations = [read_plain_migration(f) for f in files]
+        migrations = [read_plain_migration(f, links) for f in files]
         layout = "plain"
     if not migrations:
         raise BundleError(root, "no migrations found",
                           "Add <YYYYMMDDHHMMSS>_<name>/migration.sql folders (Prisma layout) "
                           "or <YYYYMMDDHHMMSS>_<name>.sql files.")
     check_unique_timestamps(migrations)
-    return Bundle(root=root, layout=layout, migrations=tuple(migrations))
+    return Bundle(root=root, layout=layout, migrations=tuple(migrations), symlinks=tuple(links.followed))
+
+
+@dataclass
+class Links:
+    """Where the bundle's folder really is, whether links out of it are allowed, and those followed."""
+
+    root: Path
+    real_root: Path
+    allowed: bool
+    bundle: str | None
+    followed: list[tuple[str, str]] = field(default_factory=list)
+
+    def outside(self, path: Path) -> MigrationFileError | None:
+        """A problem when `path` (or a folder on its way from the root) resolves outside the bundle."""
+        real = path.resolve()
+        if real == self.real_root or real.is_relative_to(self.real_root):
+            return None
+        if self.allowed:
+            if path.is_symlink():
+                self.followed.append((str(path.relative_to(self.root)), str(real)))
+            return None
+        return SymlinkOutsideBundle(path, real, self.bundle)
 
 
 def check_lock_file(root: Path) -> None:
@@ -133,7 +169,7 @@ def check_name(path: Path, name: str) -> None:
                           "digits, '_', '-' or '.'), e.g. 20251017120000_epic5_schema_completion.")
 
 
-def read_prisma_migration(folder: Path) -> Migration:
+def read_prisma_migration(folder: Path, links: Links) -> Migration:
     check_name(folder, folder.name)
     sql = folder / "migration.sql"
     if not sql.exists():
@@ -142,35 +178,55 @@ def read_prisma_migration(folder: Path) -> Migration:
                           "or add the file.")
     down = folder / "down.sql"
     has_down = down.is_file()
-    return Migration(name=folder.name, path=sql, raw=read_sql_bytes(sql),
-                     down_path=down if has_down else None, down_raw=read_sql_bytes(down) if has_down else None)
+    raw = read_sql_bytes(sql)
+    problem = links.outside(folder) or links.outside(sql) or (links.outside(down) if has_down else None) \
+        or content_problem(sql, raw)
+    return Migration(name=folder.name, path=sql, raw=raw, down_path=down if has_down else None,
+                     down_raw=read_sql_bytes(down) if has_down else None, problem=problem)
 
 
-def read_plain_migration(path: Path) -> Migration:
+def read_plain_migration(path: Path, links: Links) -> Migration:
     check_name(path, path.stem)
-    return Migration(name=path.stem, path=path, raw=read_sql_bytes(path))
+    raw = read_sql_bytes(path)
+    return Migration(name=path.stem, path=path, raw=raw, problem=links.outside(path) or content_problem(path, raw))
 
 
 def read_sql_bytes(path: Path) -> bytes:
-    """The file's bytes, which must be non-empty UTF-8 SQL."""
+    """The file's bytes."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise BundleError(path, f"cannot be read ({exc.strerror})",
                           "Make it a regular file that the user running the deployment can read "
                           "(check its permissions).")
+
+
+def decode(path: Path, raw: bytes) -> str:
+    """`raw` as UTF-8 text, or NotUtf8 naming the line, the column and the byte."""
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise BundleError(f"{path}:{line}", f"byte 0x{raw[exc.start]:02x} at offset {exc.start} is not UTF-8",
-                          "Save the file as UTF-8 (PostgreSQL and Prisma read migrations as UTF-8).")
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = len(raw[line_start:exc.start].decode("utf-8", "replace")) + 1
+        raise NotUtf8(path, line, column, f"byte 0x{raw[exc.start]:02x} (file offset {exc.start}) is not UTF-8",
+                      "Save the file as UTF-8 (PostgreSQL and Prisma read migrations as UTF-8)") from None
+
+
+def content_problem(path: Path, raw: bytes) -> MigrationFileError | None:
+    """What keeps a file's bytes from being a migration's SQL: not UTF-8, empty, a byte-order mark."""
+    try:
+        text = decode(path, raw)
+    except NotUtf8 as exc:
+        return exc
     if not text.strip():
-        raise BundleError(path, "is empty", "Write the migration's SQL into it, or delete the migration.")
+        return MigrationFileError(path, None, None, "is empty",
+                                  "Write the migration's SQL into it, or delete the migration", code="empty-file")
     if text.startswith("\ufeff"):
-        raise BundleError(path, "starts with a byte-order mark (EF BB BF), which PostgreSQL would read as part "
-                                "of the first word", "Save the file as UTF-8 without BOM.")
-    return raw
+        return MigrationFileError(path, 1, 1, "starts with a byte-order mark (EF BB BF), which PostgreSQL would "
+                                  "read as part of the first word", "Save the file as UTF-8 without BOM",
+                                  code="byte-order-mark")
+    return None
 
 
 def read_text(path: Path) -> str:

@@ -19,7 +19,7 @@ import psycopg
 from schema_deploy.apply import Settings, apply, load_state
 from schema_deploy.bundle import Bundle, load_bundle
 from schema_deploy.db import connect
-from schema_deploy.errors import SchemaDeployError, UsageError, scrub
+from schema_deploy.errors import MigrationFileError, SchemaDeployError, UsageError, scrub
 from schema_deploy.plan import Plan, plan_for, table_sizes
 from schema_deploy.resolve import resolve_applied, resolve_rolled_back
 from schema_deploy.status import Status
@@ -131,7 +131,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         status, interrupted = load_state(conn, bundle)
         plan = plan_for(conn, bundle, status, interrupted, to=args.to, online=args.online)
         plan.table_sizes = table_sizes(conn, plan.tables())
-        files = [(mp.migration, mp.statements) for mp in plan.migrations]
+        files = [(mp.migration, mp.file or mp.statements) for mp in plan.migrations]
         existing, estimates = relation_facts(conn, referenced_relations(files))
         prechecks = run_prechecks(conn, plan)
     findings = lint_parsed(files, existing_tables=existing, config=config, row_estimates=estimates)
@@ -324,7 +324,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if unknown:
             raise UsageError(f"--migration {unknown[0]} is not applied to this database; "
                              f"applied: {', '.join(sorted(applied)) or 'none'}.")
-        statements = [st for m in bundle.migrations if m.name in names for st in parse_migration(m)]
+        statements = []
+        for m in bundle.migrations:
+            if m.name not in names:
+                continue
+            try:
+                statements.extend(parse_migration(m))
+            except MigrationFileError as exc:  # applied long ago: a warning, never a reason to stop
+                say(f"warning: {m.name} is applied but its file cannot be read as SQL now, so what it promises "
+                    f"is not checked: {exc.message}")
         report = verification.verify(conn, statements, args.verify_dir)
     emit(args, report.as_dict(), verification.render(report))
     return 0 if report.ok else 1
@@ -527,13 +535,14 @@ def render_status(status: Status) -> str:
 
 def render_plan(plan: Plan) -> str:
     if not plan.migrations:
-        return "nothing to apply: every migration is applied"
+        return "\n".join(["nothing to apply: every migration is applied"] + [f"warning: {w}" for w in plan.warnings])
     lines = []
     for mp in plan.migrations:
         mode = "one transaction with its ledger row" if mp.atomic else f"{len(mp.steps)} steps, each committed on its own"
         lines.append(f"== {mp.migration.name}  (sha256 {mp.migration.checksum[:12]}…; {mode})")
         if mp.resume_from:
             lines.append(f"   resumes at step {mp.resume_from + 1}: steps 1..{mp.resume_from} were applied by an earlier run")
+        lines.extend(f"   note: {note}" for note in mp.notes)
         shown: set[int] = set()
         for step in mp.steps:
             kind = "transaction" if step.transactional else "autocommit"
@@ -552,6 +561,7 @@ def render_plan(plan: Plan) -> str:
                 lines.append(f"{prefix}{first[:140]}")
                 if ps.reason:
                     lines.append(f"           why: {ps.reason}")
+    lines.extend(f"warning: {w}" for w in plan.warnings)
     if plan.table_sizes:
         lines.append("tables touched:")
         for table, size in sorted(plan.table_sizes.items()):

@@ -1,38 +1,40 @@
-"""`parse.parse_sql`, several times faster: pglast ASTs built from libpg_query's JSON.
+"""PostgreSQL's parser on one piece of SQL, its tree built as pglast ASTs several times faster.
 
 `pglast.parse_sql` spends most of its time not in PostgreSQL's parser but in
 building the Python AST: every attribute goes through `Node.__setattr__`,
-which validates and coerces it (about 100 attribute sets per statement). On a
-bundle of a thousand migrations that alone exceeds lint's two-second budget.
-Here the same parser runs through `pglast.parser.parse_sql_json` (C, fast), and
-the JSON becomes the very same `pglast.ast` classes, filled with the values
-pglast's own constructors would set (enums as enum members, absent booleans
-False, absent integers 0, absent chars NUL, locations as character indexes),
-without the per-attribute validation.
+which validates and coerces it (about 100 attribute sets per statement), and
+it converts offsets to characters in a way that grows with the square of a
+non-ASCII text's length. Here the same parser runs through
+`pglast.parser.parse_sql_json` (C, fast), and the JSON becomes the very same
+`pglast.ast` classes, filled with the values pglast's own constructors would
+set (enums as enum members, absent booleans False, absent integers 0, absent
+chars NUL, locations as character offsets into the piece), without the
+per-attribute validation.
 
-The result is equal to `parse.parse_sql`'s (tests compare them statement by
-statement, AST included, on the real bundle, a generated one and every lint
-case). Anything unexpected (a parse error, a JSON shape not handled here)
-falls back to `parse.parse_sql`, so errors are reported exactly as there.
+`parse.py` hands this one statement at a time (the splitter's pieces), so the
+JSON and the tree never hold more than one statement. The tests compare the
+result with `pglast.parse_sql` statement by statement, AST included. A JSON
+shape not handled here falls back to `pglast.parse_sql` for that piece.
 """
 from __future__ import annotations
 
+import bisect
 import enum
 import json
-from pathlib import Path
+import re
 
+import pglast
 from pglast import ast, enums
 from pglast import parser as pg_parser
-
-from schema_deploy.bundle import Migration
-from schema_deploy.errors import TransactionControlError
-from schema_deploy.parse import Statement, classify, line_col, parse_sql, statement_kind
 
 _SCALAR, _NODE, _LIST, _STRUCT, _ENUM, _LOC, _VALUE = range(7)
 _VALUE_NODES = {"ival": "Integer", "fval": "Float", "boolval": "Boolean", "sval": "String", "bsval": "BitString"}
 _DEFAULTS = {"bool": False, "char": "\x00", "char*": None}
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _set = object.__setattr__
 _SPECS: dict[str, tuple[type, list[tuple[str, str, int, object]]]] = {}
+
+ParseError = pg_parser.ParseError
 
 
 def _spec(name: str) -> tuple[type, list[tuple[str, str, int, object]]]:
@@ -60,19 +62,36 @@ def _spec(name: str) -> tuple[type, list[tuple[str, str, int, object]]]:
     return _SPECS[name]
 
 
-class _Builder:
-    """Turns one file's JSON parse tree into pglast nodes; maps byte offsets to character indexes."""
+class Offsets:
+    """Byte offsets (what libpg_query reports) to character offsets, for one piece of text.
+
+    ASCII text needs nothing; otherwise only the non-ASCII characters are recorded (their byte
+    starts and the extra bytes before them), never an entry per byte.
+    """
 
     def __init__(self, text: str) -> None:
-        encoded_length = len(text.encode("utf-8"))
-        self.max_offset = encoded_length - 1
-        self.index = None if encoded_length == len(text) else [
-            i for i, ch in enumerate(text) for _ in range(len(ch.encode("utf-8")))]
+        self.size = len(text.encode("utf-8")) if not text.isascii() else len(text)
+        self.starts: list[int] = []  # byte offset of each non-ASCII character
+        self.extra: list[int] = [0]  # extra bytes of the first k non-ASCII characters
+        if self.size != len(text):
+            for m in _NON_ASCII.finditer(text):
+                self.starts.append(m.start() + self.extra[-1])
+                self.extra.append(self.extra[-1] + len(m.group().encode("utf-8")) - 1)
 
-    def loc(self, offset: int) -> int | None:
-        if not 0 <= offset <= self.max_offset:
+    def char(self, offset: int) -> int | None:
+        """The character offset of a byte offset (None outside the text, as pglast leaves it)."""
+        if not 0 <= offset < self.size:
             return None
-        return offset if self.index is None else self.index[offset]
+        if not self.starts:
+            return offset
+        return offset - self.extra[bisect.bisect_left(self.starts, offset)]
+
+
+class _Builder:
+    """Turns one piece's JSON parse tree into pglast nodes."""
+
+    def __init__(self, offsets: Offsets) -> None:
+        self.offsets = offsets
 
     def node(self, wrapped: dict) -> object:
         ((name, data),) = wrapped.items()
@@ -88,7 +107,7 @@ class _Builder:
             if kind == _SCALAR:
                 value = extra if v is None else v
             elif kind == _LOC:
-                value = None if name == "A_Const" else self.loc(v or 0)  # pglast leaves A_Const's unset
+                value = None if name == "A_Const" else self.offsets.char(v or 0)  # pglast leaves A_Const's unset
             elif kind == _LIST:
                 value = None if v is None else tuple([self.node(item) for item in v])
             elif kind == _NODE:
@@ -108,31 +127,27 @@ class _Builder:
         return obj
 
 
-def fast_parse_sql(text: str, *, path: Path | str = "<sql>", migration: str = "") -> list[Statement]:
-    """What `parse.parse_sql(text, ...)` returns, built faster; falls back to it on anything unusual."""
+def parse_statements(sql: str) -> list[tuple[ast.Node, int, int]]:
+    """The statements of `sql` as (AST, start, end) character offsets into it (end exclusive,
+    surrounding whitespace and comments included between statements). Raises `ParseError`
+    (message, character offset or None at the end of input) as pglast does."""
+    tree = json.loads(pg_parser.parse_sql_json(sql))
+    offsets = Offsets(sql)
+    builder = _Builder(offsets)
+    out = []
     try:
-        tree = json.loads(pg_parser.parse_sql_json(text))
-        builder = _Builder(text)
-        raws = [(builder.node(item["stmt"]), item.get("stmt_location", 0), item.get("stmt_len", 0))
-                for item in tree.get("stmts", ())]
-    except (pg_parser.ParseError, KeyError, TypeError, ValueError, AttributeError):
-        return parse_sql(text, path=path, migration=migration)
-    path = Path(path)
-    statements = []
-    for i, (node, location, length) in enumerate(raws, start=1):
-        start = builder.loc(location) or 0
-        end = builder.loc(location + length) if length else None
-        sql = text[start:end].strip() if length else text[start:].strip()
-        line, col = line_col(text, start)
-        stmt = Statement(migration=migration, path=path, index=i, line=line, column=col,
-                         sql=sql, node=node, kind=statement_kind(sql))
-        if isinstance(node, ast.TransactionStmt):
-            raise TransactionControlError(path, line, sql.split()[0].upper())
-        classify(stmt)
-        statements.append(stmt)
-    return statements
+        for item in tree.get("stmts", ()):
+            location, length = item.get("stmt_location", 0), item.get("stmt_len", 0)
+            start = offsets.char(location) or 0
+            end = (offsets.char(location + length) if location + length < offsets.size else len(sql)) \
+                if length else len(sql)
+            out.append((builder.node(item["stmt"]), start, end))
+    except (KeyError, TypeError, ValueError, AttributeError):  # a JSON shape this builder does not know
+        out = [(raw.stmt, raw.stmt_location or 0, (raw.stmt_location or 0) + raw.stmt_len if raw.stmt_len
+                else len(sql)) for raw in pglast.parse_sql(sql)]
+    return out
 
 
-def fast_parse_migration(migration: Migration) -> list[Statement]:
-    """`parse.parse_migration`, faster."""
-    return fast_parse_sql(migration.sql, path=migration.path, migration=migration.name)
+def parse_one(sql: str) -> ast.Node:
+    """The AST of one statement's text (what `Statement.node` rebuilds when it did not keep it)."""
+    return parse_statements(sql)[0][0]

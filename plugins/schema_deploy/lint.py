@@ -5,9 +5,20 @@
 Each finding carries a rule id, a severity (error, warning, info), file:line,
 a message saying what the statement blocks and for how long, and help with the
 fix. The rules are functions named after their ids (`lint_locks.py`,
-`lint_hygiene.py`), dispatched by pglast node type, and the bundle is parsed by
-`fastparse` (the same statements as `parse`, built faster), so that a bundle of
-a thousand migrations lints in under two seconds (`bench/lint_speed.py`).
+`lint_hygiene.py`), dispatched by pglast node type. Files are parsed by `parse`
+(psql's split, then PostgreSQL's parser one statement at a time through
+`fastparse`), so that a bundle of a thousand migrations lints in under two
+seconds (`bench/lint_speed.py`) and a 50 MB data seed in time linear in its size
+(`bench/big_migration.py`).
+
+Files that cannot be deployed as written. A file that does not parse, or that
+holds what a migration cannot run (a NUL byte, `COPY … FROM STDIN`, a psql
+meta-command, transaction control with no safe meaning, a link out of the
+bundle, bytes that are not UTF-8) is one finding of severity error under the
+condition's id (`syntax-error`, `unaccounted-bytes`, `client-only-statement`,
+`transaction-control`, `symlink-outside-bundle`, `not-utf8`, …), which no
+severity setting or suppression changes. It blocks a deployment only if that
+deployment runs the file (`plan.unfixed_findings`).
 
 Existing tables. Most rules fire only on tables that already hold data that
 someone is using:
@@ -55,11 +66,11 @@ from schema_deploy import lint_hygiene  # noqa: F401
 from schema_deploy import lint_prisma  # noqa: F401
 from schema_deploy.bundle import Bundle, Migration
 from schema_deploy.config import LintConfig
-from schema_deploy.errors import ConfigError
-from schema_deploy.fastparse import fast_parse_migration, fast_parse_sql
+from schema_deploy.errors import ConfigError, MigrationFileError
 from schema_deploy.lint_rules import (ANY_STATEMENT, BY_NODE, FILE_RULES, META_RULES, RULES, SEVERITIES, BundleFacts,
                                       Context, Directive, Rule, norm, observe)
-from schema_deploy.parse import Statement
+from schema_deploy.parse import ParsedFile, Statement, parse_file, parse_migration_file
+from schema_deploy.splitter import Split
 
 DEFAULT_CONFIG = "deploy.yaml"
 PRISMA_SPLITTER_RULE = "prisma-splitter-semicolon"
@@ -138,34 +149,61 @@ def config_from(data: object, path: Path | str = DEFAULT_CONFIG, *, prisma_deplo
 
 # --- linting -------------------------------------------------------------------------------
 
-def parse_bundle(bundle: Bundle) -> list[tuple[Migration, list[Statement]]]:
-    """Every migration of the bundle with its parsed statements, in order (`parse.parse_migration`'s
-    result, built by `fastparse`: pglast's own AST construction alone would exceed lint's budget)."""
-    return [(m, fast_parse_migration(m)) for m in bundle.migrations]
+Parsed = ParsedFile | list[Statement] | MigrationFileError  # what lint is given for one file
+
+
+def parse_bundle(bundle: Bundle) -> list[tuple[Migration, ParsedFile | MigrationFileError]]:
+    """Every migration of the bundle with its parsed file, in order; a file that cannot be parsed comes
+    with its error instead (lint reports it as a finding: see `problem_finding`)."""
+    files: list[tuple[Migration, ParsedFile | MigrationFileError]] = []
+    for m in bundle.migrations:
+        try:
+            files.append((m, parse_migration_file(m)))
+        except MigrationFileError as exc:
+            files.append((m, exc))
+    return files
 
 
 def lint_bundle(bundle: Bundle, *, existing_tables: set[str] | None = None, config: LintConfig | None = None,
                 row_estimates: dict[str, int] | None = None) -> list[Finding]:
-    """Lint every migration of `bundle`, in order (see the module docstring for "existing")."""
-    return lint_parsed(parse_bundle(bundle), existing_tables=existing_tables, config=config,
-                       row_estimates=row_estimates)
+    """Lint every migration of `bundle`, in order (see the module docstring for "existing").
 
-
-def lint_parsed(files: list[tuple[Migration, list[Statement]]], *, existing_tables: set[str] | None = None,
-                config: LintConfig | None = None, row_estimates: dict[str, int] | None = None) -> list[Finding]:
-    """Lint already parsed migrations (what preflight holds after parsing the bundle)."""
+    Each file is parsed, linted and let go before the next, so a bundle's syntax trees are never
+    all held at once."""
     run = Run.start(config, existing_tables, row_estimates)
     findings: list[Finding] = []
-    for migration, statements in files:
-        findings.extend(run.lint_file(statements, migration.sql, path=str(migration.path), migration=migration.name))
+    for m in bundle.migrations:
+        try:
+            parsed: Parsed = parse_migration_file(m)
+        except MigrationFileError as exc:
+            parsed = exc
+        findings.extend(run.lint_one(m, parsed))
     return findings
+
+
+def lint_parsed(files: list[tuple[Migration, Parsed]], *, existing_tables: set[str] | None = None,
+                config: LintConfig | None = None, row_estimates: dict[str, int] | None = None) -> list[Finding]:
+    """Lint already parsed migrations (what preflight and `plan` hold after parsing them)."""
+    run = Run.start(config, existing_tables, row_estimates)
+    return [f for migration, parsed in files for f in run.lint_one(migration, parsed)]
+
+
+def problem_finding(error: MigrationFileError, migration: str = "") -> Finding:
+    """A file that cannot be deployed as written, as a finding under its condition's id. It blocks a run
+    that deploys that migration (`plan.unfixed_findings`); for an applied one it is history."""
+    return Finding(rule=error.code, severity="error", path=str(error.path), line=error.line or 1,
+                   message=error.problem, help=error.fix, migration=migration)
 
 
 def lint_sql(sql: str, *, path: str = "<sql>", existing_tables: set[str] | None = None,
              config: LintConfig | None = None, row_estimates: dict[str, int] | None = None) -> list[Finding]:
     """Lint one migration file's SQL text."""
-    return lint_statements(fast_parse_sql(sql, path=path), sql, path=path, existing_tables=existing_tables,
-                           config=config, row_estimates=row_estimates)
+    run = Run.start(config, existing_tables, row_estimates)
+    try:
+        parsed = parse_file(sql, path=path)
+    except MigrationFileError as exc:
+        return [problem_finding(exc)]
+    return run.lint_file(parsed.statements, sql, path=path, migration="", split=parsed.split)
 
 
 def lint_statements(statements: list[Statement], source: str, *, path: str = "<sql>", migration: str = "",
@@ -200,19 +238,36 @@ class Run:
                    existing=None if existing_tables is None else {norm(t) for t in existing_tables},
                    rows={norm(t): n for t, n in (row_estimates or {}).items()})
 
-    def lint_file(self, statements: list[Statement], source: str, *, path: str, migration: str) -> list[Finding]:
+    def lint_one(self, migration: Migration, parsed: Parsed) -> list[Finding]:
+        """One migration's findings: its rules', or the one finding that says why it cannot be parsed."""
+        if isinstance(parsed, MigrationFileError):
+            return [problem_finding(parsed, migration.name)]
+        if isinstance(parsed, ParsedFile):
+            return self.lint_file(parsed.statements, parsed.split.text, path=str(migration.path),
+                                  migration=migration.name, split=parsed.split)
+        return self.lint_file(parsed, migration.sql, path=str(migration.path), migration=migration.name)
+
+    def lint_file(self, statements: list[Statement], source: str, *, path: str, migration: str,
+                  split: Split | None = None) -> list[Finding]:
         directives = parse_directives(source)
         ctx = Context(statements=statements, existing=self.existing, rows=self.rows, facts=self.facts,
-                      directives=list(directives.values()), source=source)
+                      directives=list(directives.values()), source=source, split=split)
         found: list[tuple[Rule, Statement | None, int, object]] = []
         for stmt in statements:
-            for r in self.by_node.get(type(stmt.node), self.every_statement):
-                for v in r.check(stmt, stmt.node, ctx):
-                    found.append((r, stmt, v.line or stmt.line, v))
+            rules = self.by_node.get(stmt.node_type)
+            if rules:
+                node = stmt.node  # built once for all of its rules (a data statement's tree is not kept)
+                for r in rules:
+                    for v in r.check(stmt, node, ctx):
+                        found.append((r, stmt, v.line or stmt.line, v))
+            else:  # rules for every statement read its text, not its tree
+                for r in self.every_statement:
+                    for v in r.check(stmt, None, ctx):
+                        found.append((r, stmt, v.line or stmt.line, v))
             observe(stmt, ctx)
         for r in self.per_file:
             for v in r.check(ctx):
-                found.append((r, v.statement, v.line or v.statement.line, v))
+                found.append((r, v.statement, v.line or (v.statement.line if v.statement else 1), v))
         attached = attach_directives(statements, source, directives) if directives else {}
         findings = []
         for r, stmt, line, v in sorted(found, key=lambda f: f[2]):
@@ -268,11 +323,13 @@ def suppression_reason(rule_id: str, directives: list[Directive] | tuple) -> str
 
 # --- the database's view -------------------------------------------------------------------
 
-def referenced_relations(files: list[tuple[Migration, list[Statement]]]) -> list[str]:
+def referenced_relations(files: list[tuple[Migration, Parsed]]) -> list[str]:
     """Every table, index or view name that the statements lock or create."""
     names: set[str] = set()
-    for _, statements in files:
-        for s in statements:
+    for _, parsed in files:
+        if isinstance(parsed, MigrationFileError):
+            continue
+        for s in parsed.statements if isinstance(parsed, ParsedFile) else parsed:
             names.update(s.locks)
             names.update(s.creates)
     return sorted(names)

@@ -350,8 +350,8 @@ def require_concurrent_refresh(stmt: Statement, node: ast.RefreshMatViewStmt, ct
 def mixed_transaction_modes(ctx: Context) -> Iterator[Violation]:
     """A file that mixes statements that cannot run in a transaction with ones that can.
 
-    Files cannot hold BEGIN/COMMIT (parse rejects them), so "CONCURRENTLY inside a
-    transaction" cannot happen as such; what can happen is a file that mixes CONCURRENTLY
+    "CONCURRENTLY inside a BEGIN … COMMIT block" cannot happen as such (parse refuses it, as
+    PostgreSQL would); what can happen is a file that mixes CONCURRENTLY
     (or VACUUM, ALTER TYPE … ADD VALUE) with transactional statements. schema-deploy then
     applies it in steps, so the migration is no longer atomic. One finding per file, at
     the first statement that cannot run in a transaction.
@@ -382,7 +382,7 @@ def multiple_access_exclusive_locks(ctx: Context) -> Iterator[Violation]:
         return
     order: dict[str, Statement] = {}  # label -> the statement that takes the lock first
     for s in ctx.statements:
-        dropped_index = isinstance(s.node, ast.DropStmt) and s.node.removeType == OT.OBJECT_INDEX
+        dropped_index = s.node_type is ast.DropStmt and s.node.removeType == OT.OBJECT_INDEX
         for name, mode in s.locks.items():
             label = f"the table of index {q(name)}" if dropped_index else q(name)
             if mode == ACCESS_EXCLUSIVE and label not in order and ctx.is_existing(name, s):
@@ -405,19 +405,16 @@ def multiple_access_exclusive_locks(ctx: Context) -> Iterator[Violation]:
 @rule("warning", ast.UpdateStmt, ast.DeleteStmt)
 def backfill_in_ddl_transaction(stmt: Statement, node: ast.Node, ctx: Context) -> Iterator[Violation]:
     """UPDATE/DELETE in the transaction of a blocking schema change."""
-    if not ctx.atomic:
+    if not ctx.atomic or ctx.first_exclusive is None:
         return
-    for earlier in ctx.statements[: stmt.index - 1]:
-        for table, mode in earlier.locks.items():
-            if mode == ACCESS_EXCLUSIVE and ctx.is_existing(table, earlier):
-                verb = "UPDATE" if isinstance(node, ast.UpdateStmt) else "DELETE"
-                yield Violation(
-                    f"{verb} of {q(relname(node.relation))} runs in the same transaction as the ACCESS EXCLUSIVE "
-                    f"lock taken on {q(table)} at line {earlier.line}: {q(table)} stays blocked for reads and "
-                    f"writes until the {verb} has gone through every row it touches",
-                    "Backfill in a migration of its own (or outside migrations), in batches of a few thousand "
-                    "rows, each committed on its own.")
-                return
+    table, earlier = ctx.first_exclusive  # the first such lock of an earlier statement (lint keeps it as it goes)
+    verb = "UPDATE" if isinstance(node, ast.UpdateStmt) else "DELETE"
+    yield Violation(
+        f"{verb} of {q(relname(node.relation))} runs in the same transaction as the ACCESS EXCLUSIVE "
+        f"lock taken on {q(table)} at line {earlier.line}: {q(table)} stays blocked for reads and "
+        f"writes until the {verb} has gone through every row it touches",
+        "Backfill in a migration of its own (or outside migrations), in batches of a few thousand "
+        "rows, each committed on its own.")
 
 
 @rule("warning", ast.VariableSetStmt)

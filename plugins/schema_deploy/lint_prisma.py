@@ -3,21 +3,18 @@
 Prisma 6's schema engine, run through a driver adapter (`@prisma/adapter-pg`, the only
 way its WebAssembly engine talks to PostgreSQL), hands each migration to the adapter's
 `executeScript`, which is ``script.split(";")``: every `;` ends a statement, wherever it
-stands. PostgreSQL's own lexer (which schema-deploy uses, through pglast) knows that a
-`;` inside a comment, a string, a dollar-quoted body or a quoted identifier is text, and
-that the `;`s of a `BEGIN ATOMIC … END` body belong to one statement. Each such `;` is a
-place where the two readings part; `tests/integration/test_prisma_splitter.py` proves the
+stands. PostgreSQL's lexical rules (which schema-deploy's splitter follows, as psql does)
+say that a `;` inside a comment, a string, a dollar-quoted body or a quoted identifier is
+text, and that the `;`s of a `BEGIN ATOMIC … END` body belong to one statement. Each such
+`;` is a place where the two readings part (the splitter notes them in its one pass); `tests/integration/test_prisma_splitter.py` proves the
 cases against the real CLI.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-
-from pglast.parser import scan, split
 
 from schema_deploy.lint_rules import Context, Violation, rule
-from schema_deploy.parse import Statement, line_col
+from schema_deploy.splitter import Cut, split
 
 CONSEQUENCE = "`prisma migrate deploy` through a driver adapter will fail here"
 SPLITTER = "it cuts the script at every `;`"
@@ -61,85 +58,15 @@ KINDS: dict[str, tuple[str, str]] = {
         "Prisma cannot deploy this through a driver adapter: apply it with schema-deploy, or write the "
         "function with a single-statement body."),
 }
-QUOTED = {"SCONST", "IDENT", "USCONST", "UIDENT", "SQL_COMMENT", "C_COMMENT"}
+# One finding per `;` up to this many per file; then one that counts the rest (a data seed can hold
+# a million `;`s in its strings, and a finding each would be noise, and memory).
+MAX_CUT_FINDINGS = 20
 
 
-@dataclass(frozen=True)
-class Cut:
-    """A `;` at a character offset that Prisma's splitter ends a statement at and PostgreSQL does not."""
-
-    offset: int
-    kind: str
-
-
-def token_kind(text: str, name: str) -> str | None:
-    """Which `KINDS` entry a token holding a `;` is (None: a kind that cannot hold one)."""
-    if name == "SQL_COMMENT":
-        return "line-comment"
-    if name == "C_COMMENT":
-        return "block-comment"
-    if name in ("IDENT", "UIDENT"):
-        return "quoted-identifier" if text[:1] == '"' or text[:3].upper() == 'U&"' else None
-    if text[:1] == "$":
-        return "dollar-quoted"
-    if text[:1] in "eE":
-        return "escape-string"
-    return "string"
-
-
-def blank_after(comment: str, at: int) -> bool:
-    """Does nothing but blanks (or another -- comment) follow the `;` at `at` of a -- comment, up to its next
-    `;` or the end of the line? Then the piece Prisma sends next starts with nothing of this comment."""
-    rest = comment[at + 1:].split(";", 1)[0].strip()
-    return rest == "" or rest.startswith("--")
-
-
-def prisma_cuts(source: str, statements: int) -> list[Cut]:
-    """Every `;` of `source` (a file that parses, with `statements` statements) that Prisma's splitter cuts
-    at although PostgreSQL reads it as part of a token or of a statement, in order."""
-    if ";" not in source:
-        return []
-    cuts: list[Cut] = []
-    separators: list[int] = []
-    maybe: list[int] = []  # `;` ending a -- comment line: harmless between statements, fatal inside one
-    for token in scan(source):
-        if token.name == "ASCII_59":
-            separators.append(token.start)
-            continue
-        if token.name not in QUOTED:
-            continue
-        text = source[token.start: token.end + 1]
-        if ";" not in text:
-            continue
-        kind = token_kind(text, token.name)
-        if kind is None:
-            continue
-        for i, ch in enumerate(text):
-            if ch != ";":
-                continue
-            if kind == "line-comment" and blank_after(text, i):
-                maybe.append(token.start + i)
-            else:
-                cuts.append(Cut(token.start + i, kind))
-    if maybe or len(separators) > statements:
-        # The parser's statement slices (comments between statements excluded) tell a `;` inside a
-        # statement from one between statements; more `;` tokens than statements means some end a
-        # statement of a BEGIN ATOMIC body (or an empty statement, which both readings skip).
-        slices = split(source, with_parser=True, only_slices=True)
-
-        def inside(at: int) -> bool:
-            return any(s.start <= at < s.stop for s in slices)
-
-        cuts.extend(Cut(at, "line-comment-in-statement") for at in maybe if inside(at))
-        cuts.extend(Cut(at, "atomic-body") for at in separators if inside(at))
-    return sorted(cuts, key=lambda c: c.offset)
-
-
-def statement_at(statements: list[Statement], line: int) -> Statement | None:
-    """The statement a line belongs to for suppressions: the last one starting on or before it, else the
-    first (a header comment belongs to the statement below it)."""
-    before = [s for s in statements if s.line <= line]
-    return before[-1] if before else (statements[0] if statements else None)
+def prisma_cuts(source: str, statements: int | None = None) -> list[Cut]:
+    """Every `;` of `source` that Prisma's splitter cuts at although PostgreSQL reads it as part of a token
+    or of a statement, in order (the splitter's pass finds them; `statements` is not needed any more)."""
+    return list(split(source).cuts())
 
 
 @rule("warning")
@@ -150,10 +77,24 @@ def prisma_splitter_semicolon(ctx: Context) -> Iterator[Violation]:
     identifier, or between the statements of a BEGIN ATOMIC body. A warning by default;
     `prisma: {deploys: true}` in deploy.yaml makes it an error.
     """
-    for cut in prisma_cuts(ctx.source, len(ctx.statements)):
-        line, column = line_col(ctx.source, cut.offset)
-        where, consequence, fix = KINDS[cut.kind]
+    cut = ctx.split if ctx.split is not None else split(ctx.source)
+    statements, i = ctx.statements, 0  # the statement a line belongs to: the last starting on or before it
+    shown = 0
+    lines: list[int] = []
+    for c in cut.cuts():
+        while i + 1 < len(statements) and statements[i + 1].line <= c.line:
+            i += 1
+        if shown == MAX_CUT_FINDINGS:
+            lines.append(c.line)
+            continue
+        shown += 1
+        where, consequence, fix = KINDS[c.kind]
         yield Violation(
-            f"`;` inside {where} (column {column}): {CONSEQUENCE}, because {SPLITTER} and {consequence} "
+            f"`;` inside {where} (column {c.column}): {CONSEQUENCE}, because {SPLITTER} and {consequence} "
             f"(PostgreSQL, and schema-deploy, read this `;` as part of {where})",
-            fix, statement=statement_at(ctx.statements, line), line=line)
+            fix, statement=statements[i] if statements else None, line=c.line)
+    if lines:
+        yield Violation(
+            f"{len(lines)} more `;` like these (lines {lines[0]}-{lines[-1]}), not listed one by one: {CONSEQUENCE}, "
+            f"because {SPLITTER}", "See the findings above for each kind's fix.",
+            statement=statements[i] if statements else None, line=lines[0])

@@ -25,6 +25,7 @@ from pglast.stream import RawStream
 
 from schema_deploy import db
 from schema_deploy.parse import Statement, relname
+from schema_deploy.splitter import Split
 
 SEVERITIES = ("error", "warning", "info")
 AT, CT, OT = enums.AlterTableType, enums.ConstrType, enums.ObjectType
@@ -125,12 +126,15 @@ class Context:
     directives: list[Directive] = field(default_factory=list)
     created_at: dict[str, int] = field(default_factory=dict)  # name -> index of the statement creating it
     source: str = ""  # the file's text, for rules that read what the parser drops (comments, where `;`s are)
+    split: Split | None = None  # the splitter's pass over `source`, when the caller has it
 
     atomic: bool = field(init=False)  # the whole file runs as one transaction
+    # The first ACCESS EXCLUSIVE lock on an existing table among the statements seen so far: (table, statement).
+    first_exclusive: tuple[str, Statement] | None = field(init=False, default=None)
     _columns: dict[int, list] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.atomic = all(s.transactional for s in self.statements)
+        self.atomic = all(s.transactional for s in self.statements) and self.steps() <= 1
 
     def created_earlier(self, name: str, stmt: Statement) -> bool:
         """Did a statement before `stmt` in this file create `name`?"""
@@ -158,12 +162,14 @@ class Context:
         return f"for the whole {activity}, which {reading} ~{rows:,} rows"
 
     def steps(self) -> int:
-        """How many steps the plan makes of this file (runs of transactional statements)."""
+        """How many steps the plan makes of this file: runs of transactional statements, each BEGIN …
+        COMMIT block one of its own (as `plan.group_steps` makes them)."""
         count, previous = 0, None
         for s in self.statements:
-            if not (s.transactional and previous):
+            if not (previous is not None and previous.transactional and s.transactional
+                    and previous.block is s.block):
                 count += 1
-            previous = s.transactional
+            previous = s
         return count
 
 
@@ -256,8 +262,20 @@ def constraint_label(c: ast.Constraint, column: str | None, kind: str) -> str:
 
 # --- what the rules learn as they go -------------------------------------------------------
 
+OBSERVED = (ast.CreateStmt, ast.IndexStmt, ast.CreateTableAsStmt, ast.ViewStmt, ast.CreateEnumStmt,
+            ast.CompositeTypeStmt, ast.RenameStmt, ast.AlterTableStmt)
+
+
 def observe(stmt: Statement, ctx: Context) -> None:
-    """Record what `stmt` creates and which NOT NULL checks it validates, after the rules ran on it."""
+    """Record what `stmt` creates, which NOT NULL checks it validates and the first ACCESS EXCLUSIVE
+    lock on an existing table, after the rules ran on it."""
+    if ctx.first_exclusive is None:
+        for table, mode in stmt.locks.items():
+            if mode == "ACCESS EXCLUSIVE" and ctx.is_existing(table, stmt):
+                ctx.first_exclusive = (table, stmt)
+                break
+    if stmt.node_type not in OBSERVED:  # a data statement's tree is not kept: do not rebuild it for nothing
+        return
     node = stmt.node
     created = None
     if isinstance(node, ast.CreateStmt):

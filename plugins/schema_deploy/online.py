@@ -51,6 +51,8 @@ def qualified(rv: ast.RangeVar) -> str:
 
 def rewrite_statement(stmt: Statement, existing: set[str]) -> list[PlannedStatement] | None:
     """Online form of `stmt`, or None when it runs as written."""
+    if stmt.node_type not in (ast.IndexStmt, ast.AlterTableStmt):  # only these have online forms
+        return None
     node = stmt.node
     # An unnamed index cannot be found again after a crash or a lock retry, so a retried
     # concurrent build would leave a second (INVALID) index behind: those run as written.

@@ -1,22 +1,42 @@
-"""Split migration SQL into statements with pglast and classify each one.
+"""Parse migration SQL into classified statements: what runs, in which transaction, with which locks.
 
-pglast wraps PostgreSQL's own parser, so what we split, where a statement
-starts and what kind of statement it is are exactly what the server will see.
-Classification answers, per statement: can it run inside a transaction, which
-tables it touches, which lock it takes on each, and whether it rewrites or
-scans a table while holding that lock. Lock levels follow PostgreSQL 15's
-documentation ("Explicit Locking" and the ALTER TABLE reference page).
+The file is cut into statements as psql cuts it (`splitter.py`, which also proves
+that every character is a statement, a comment or whitespace), and each
+statement goes through PostgreSQL's own parser (pglast, `fastparse.py`), so what
+we split, where a statement starts and what kind of statement it is are exactly
+what the server will see. Classification answers, per statement: can it run
+inside a transaction, which tables it touches, which lock it takes on each,
+and whether it rewrites or scans a table while holding that lock. Lock levels
+follow PostgreSQL 15's documentation ("Explicit Locking" and the ALTER TABLE
+reference page).
+
+Explicit transaction blocks. A file may enclose statements in `BEGIN; … COMMIT;`
+(Prisma writes one around an enum change): the statements of a block carry the
+block, and the planner runs each block as one transaction. BEGIN and COMMIT
+themselves are not statements of the plan. Transaction control with no safe
+meaning in a migration (ROLLBACK, savepoints, a nested BEGIN, a COMMIT or END
+with no BEGIN, a block never closed, two-phase commit) is refused with
+file:line, and so are statements that need a client on the other end
+(`COPY … FROM STDIN`, psql meta-commands).
+
+Memory. A statement's syntax tree is kept only for the statement kinds the
+planner, lint and verification look into again (DDL); for data statements
+(INSERT, UPDATE, DELETE, SELECT, …) it is dropped once the statement is
+classified and rebuilt from the text if asked for, so a 50 MB data seed holds
+its text and its classification, not a tree twenty times its size.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pglast
 from pglast import ast, enums
 
+from schema_deploy import splitter
 from schema_deploy.bundle import Migration
-from schema_deploy.errors import SqlSyntaxError, TransactionControlError
+from schema_deploy.errors import (ClientOnlyStatement, MigrationFileError, SqlSyntaxError, TransactionControlError,
+                                  UnaccountedBytes, shorten)
+from schema_deploy.fastparse import ParseError, parse_one, parse_statements
 
 # Lock modes, weakest first; conflicts grow with the index.
 LOCK_MODES = (
@@ -40,25 +60,49 @@ AT_LOCKS = {
 }
 VOLATILE_DEFAULT_FUNCS = {"random", "gen_random_uuid", "uuid_generate_v4", "clock_timestamp",
                           "timeofday", "nextval", "uuid_generate_v1", "uuid_generate_v1mc"}
+# Statements whose tree is dropped after classification (see "Memory" above).
+DATA_STATEMENTS = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.SelectStmt, ast.MergeStmt, ast.CopyStmt)
+TK = enums.TransactionStmtKind
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class Block:
+    """An explicit `BEGIN; … COMMIT;` block of a file: its number (1-based) and its lines."""
+
+    number: int
+    begin_line: int
+    end_line: int
+
+    @property
+    def lines(self) -> str:
+        return f"lines {self.begin_line}-{self.end_line}" if self.end_line > self.begin_line \
+            else f"line {self.begin_line}"
+
+
+@dataclass(slots=True, eq=False)
 class Statement:
     """One statement of a migration file, with where it is and what it does."""
 
     migration: str
     path: Path
-    index: int  # 1-based position in the file
+    index: int  # 1-based position in the file (BEGIN/COMMIT of a block are not counted)
     line: int
     column: int
     sql: str
-    node: ast.Node
+    tree: ast.Node | None  # the syntax tree, when kept (see `node`)
+    node_type: type
     kind: str
     transactional: bool = True
+    block: Block | None = None  # the file's BEGIN … COMMIT block holding it
     locks: dict[str, str] = field(default_factory=dict)  # table -> strongest lock mode
     rewrites: set[str] = field(default_factory=set)  # tables rewritten under the lock
     scans: set[str] = field(default_factory=set)  # tables fully read under the lock
     creates: set[str] = field(default_factory=set)  # tables this statement creates
+
+    @property
+    def node(self) -> ast.Node:
+        """The syntax tree: kept for DDL, rebuilt from the text (not kept) for data statements."""
+        return self.tree if self.tree is not None else parse_one(self.sql)
 
     @property
     def where(self) -> str:
@@ -74,39 +118,202 @@ class Statement:
         return max(self.locks.values(), key=LOCK_MODES.index)
 
 
+@dataclass
+class ParsedFile:
+    """A parsed migration file: its statements, its BEGIN … COMMIT blocks, and the `;`s Prisma's
+    splitter would cut at (for lint)."""
+
+    statements: list[Statement]
+    blocks: list[Block]
+    split: splitter.Split
+
+
 def line_col(text: str, offset: int) -> tuple[int, int]:
-    """1-based line and column of a character offset."""
+    """1-based line and column of a character offset (for one short text; files use `splitter.Lines`)."""
     line = text.count("\n", 0, offset) + 1
     return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
 
 
 def parse_migration(migration: Migration) -> list[Statement]:
     """Parse a migration file into classified statements, or raise a located error."""
-    return parse_sql(migration.sql, path=migration.path, migration=migration.name)
+    return parse_migration_file(migration).statements
+
+
+def parse_migration_file(migration: Migration) -> ParsedFile:
+    """`parse_migration`, with the file's blocks and Prisma cuts; the problem found while reading the
+    file (`Migration.problem`) is raised first."""
+    if migration.problem is not None:
+        raise migration.problem
+    return parse_file(migration.sql, path=migration.path, migration=migration.name)
+
+
+def migration_problem(migration: Migration) -> MigrationFileError | None:
+    """What keeps `migration` from being deployed as written, or None (parses the file)."""
+    try:
+        parse_migration_file(migration)
+    except MigrationFileError as exc:
+        return exc
+    return None
 
 
 def parse_sql(text: str, *, path: Path | str = "<sql>", migration: str = "") -> list[Statement]:
+    """The classified statements of one file's text."""
+    return parse_file(text, path=path, migration=migration).statements
+
+
+def parse_file(text: str, *, path: Path | str = "<sql>", migration: str = "") -> ParsedFile:
+    """Split, account for every character, parse and classify one file's text; refuse what cannot be deployed."""
     path = Path(path)
     try:
-        raws = pglast.parse_sql(text)
-    except pglast.parser.ParseError as exc:
+        cut = splitter.split(text)
+        splitter.account(cut)
+    except splitter.SplitProblem as problem:
+        raise split_error(path, problem) from None
+    raw: list[Statement] = []
+    for piece in cut.pieces:
+        raw.extend(parse_piece(text, piece, path, migration, len(raw)))
+    if cut.problem is not None:  # a psql meta-command: refused after anything before it (a COPY FROM STDIN)
+        raise split_error(path, cut.problem)
+    statements, blocks = transaction_blocks(raw, path)
+    return ParsedFile(statements=statements, blocks=blocks, split=cut)
+
+
+def split_error(path: Path, problem: splitter.SplitProblem) -> MigrationFileError:
+    cls = ClientOnlyStatement if problem.code == "psql-meta-command" else UnaccountedBytes
+    return cls(path, problem.line, problem.column, problem.what, problem.fix, code=problem.code)
+
+
+def parse_piece(text: str, piece: splitter.Piece, path: Path, migration: str, before: int) -> list[Statement]:
+    """The statements of one piece (almost always one), classified, at their places in the file."""
+    sql = text[piece.start:piece.end]
+    try:
+        found = parse_statements(sql)
+    except ParseError as exc:
         message, offset = exc.args[0], (exc.args[1] if len(exc.args) > 1 else None)
         if offset is None:  # "at end of input": point just past the last token
-            offset = len(text.rstrip())
-        line, col = line_col(text, offset)
-        raise SqlSyntaxError(path, line, col, text.split("\n")[line - 1].rstrip("\r"), message) from None
+            offset = len(sql.rstrip())
+        line, column = within(piece, sql, offset)
+        at = piece.start + offset
+        eol = text.find("\n", at)
+        source_line = text[text.rfind("\n", 0, at) + 1: eol if eol >= 0 else len(text)]
+        raise SqlSyntaxError(path, line, column, source_line.rstrip("\r"), message) from None
     statements = []
-    for i, raw in enumerate(raws, start=1):
-        start = raw.stmt_location or 0
-        sql = text[start: start + raw.stmt_len].strip() if raw.stmt_len else text[start:].strip()
-        line, col = line_col(text, start)
-        stmt = Statement(migration=migration, path=path, index=i, line=line, column=col,
-                         sql=sql, node=raw.stmt, kind=statement_kind(sql))
-        if isinstance(raw.stmt, ast.TransactionStmt):
-            raise TransactionControlError(path, line, sql.split()[0].upper())
+    for node, start, end in found:
+        body = sql[start:end]
+        lead = len(body) - len(body.lstrip(splitter.WHITESPACE))
+        line, column = within(piece, sql, start + lead)
+        stmt_sql = body.strip(splitter.WHITESPACE)
+        stmt = Statement(migration=migration, path=path, index=before + len(statements) + 1, line=line,
+                         column=column, sql=stmt_sql, tree=node, node_type=type(node), kind=statement_kind(stmt_sql))
         classify(stmt)
+        refuse_client_only(stmt)
+        if isinstance(node, DATA_STATEMENTS):
+            stmt.tree = None
         statements.append(stmt)
     return statements
+
+
+def within(piece: splitter.Piece, sql: str, offset: int) -> tuple[int, int]:
+    """Line and column in the file of `offset` into a piece's text."""
+    newlines = sql.count("\n", 0, offset)
+    if not newlines:
+        return piece.line, piece.column + offset
+    return piece.line + newlines, offset - sql.rfind("\n", 0, offset)
+
+
+def refuse_client_only(stmt: Statement) -> None:
+    """COPY … FROM STDIN / TO STDOUT needs a client streaming rows; a migration sends statements only."""
+    node = stmt.tree
+    if isinstance(node, ast.CopyStmt) and node.filename is None and not node.is_program:
+        if node.is_from:
+            raise ClientOnlyStatement(
+                stmt.path, stmt.line, stmt.column, "`COPY … FROM STDIN`: the rows would have to come from the "
+                "client (psql reads them from the lines after the statement), and a migration runner sends SQL "
+                "statements only", "Write the rows as INSERT statements (`pg_dump --inserts` writes them), or "
+                "load a file the database server can read with COPY … FROM '/path' (pg_read_server_files)",
+                code="copy-from-stdin")
+        raise ClientOnlyStatement(
+            stmt.path, stmt.line, stmt.column, "`COPY … TO STDOUT`: a migration has no client to receive the rows",
+            "Remove it from the migration; export data with psql or pg_dump outside the deployment",
+            code="copy-from-stdin")
+
+
+def transaction_blocks(raw: list[Statement], path: Path) -> tuple[list[Statement], list[Block]]:
+    """Take BEGIN/COMMIT out of the statements, marking the statements between them with their block;
+    refuse transaction control that has no safe meaning in a migration."""
+    statements: list[Statement] = []
+    blocks: list[Block] = []
+    opened: Statement | None = None
+    members: list[Statement] = []
+    for stmt in raw:
+        if stmt.node_type is not ast.TransactionStmt:
+            stmt.index = len(statements) + 1
+            statements.append(stmt)
+            if opened is not None:
+                members.append(stmt)
+            continue
+        node, word = stmt.tree, shorten(stmt.sql, 60)
+        if node.kind in (TK.TRANS_STMT_BEGIN, TK.TRANS_STMT_START):
+            if opened is not None:
+                raise TransactionControlError(
+                    path, stmt.line, word, f"inside the BEGIN block opened at line {opened.line}: PostgreSQL "
+                    "ignores a nested BEGIN with a warning, so the first COMMIT would end the outer block early",
+                    "Remove it, or COMMIT the first block before it")
+            if node.options:
+                raise TransactionControlError(
+                    path, stmt.line, " ".join(stmt.sql.split()), "with transaction options",
+                    "Write the block as plain BEGIN; (a migration's transaction runs with the server's defaults)")
+            opened, members = stmt, []
+        elif node.kind == TK.TRANS_STMT_COMMIT and not node.chain:
+            if opened is None:
+                raise TransactionControlError(
+                    path, stmt.line, word, "closes no BEGIN: PostgreSQL only warns, and the statements before it "
+                    "would not be the one transaction it suggests", "Remove it, or add BEGIN; where the "
+                    "transaction should start")
+            block = Block(number=len(blocks) + 1, begin_line=opened.line, end_line=stmt.line)
+            blocks.append(block)
+            for member in members:
+                enter_block(member, block, path)
+            opened = None
+        else:
+            raise TransactionControlError(path, stmt.line, word, *TRANSACTION_REFUSALS.get(
+                node.kind if not (node.kind == TK.TRANS_STMT_COMMIT and node.chain) else "chain",
+                TRANSACTION_REFUSALS[None]))
+    if opened is not None:
+        raise TransactionControlError(
+            path, opened.line, shorten(opened.sql, 60), "is never closed: PostgreSQL would roll the "
+            "block back when the session ends", "Add COMMIT; after the block's last statement")
+    return statements, blocks
+
+
+def enter_block(stmt: Statement, block: Block, path: Path) -> None:
+    """Mark `stmt` as run inside `block`; refuse what PostgreSQL cannot run in a transaction block."""
+    stmt.block = block
+    if stmt.transactional:
+        return
+    if stmt.node_type is ast.AlterEnumStmt:  # allowed in a transaction since PostgreSQL 12, as written
+        stmt.transactional = True
+        return
+    raise TransactionControlError(
+        path, stmt.line, shorten(stmt.sql, 60), f"inside the BEGIN … COMMIT block of {block.lines}: PostgreSQL refuses it "
+        "there (\"cannot run inside a transaction block\")", "Move it after the block's COMMIT")
+
+
+TRANSACTION_REFUSALS: dict[object, tuple[str, str]] = {
+    TK.TRANS_STMT_ROLLBACK: (
+        "would silently discard what ran before it in its transaction (outside a block PostgreSQL only warns)",
+        "Remove it: a migration that fails is rolled back by schema-deploy, and its ledger says so"),
+    TK.TRANS_STMT_SAVEPOINT: (
+        "has no safe meaning in a migration: schema-deploy decides where transactions start and end",
+        "Remove the savepoint and what refers to it"),
+    TK.TRANS_STMT_RELEASE: (
+        "has no safe meaning in a migration: schema-deploy decides where transactions start and end",
+        "Remove the savepoint and what refers to it"),
+    TK.TRANS_STMT_ROLLBACK_TO: (
+        "would silently discard part of the migration", "Remove the savepoint and what refers to it"),
+    "chain": ("AND CHAIN has no safe meaning in a migration", "Write COMMIT; then BEGIN; for the next block"),
+    None: ("two-phase commit has no place in a migration", "Remove it"),
+}
 
 
 def statement_kind(sql: str) -> str:

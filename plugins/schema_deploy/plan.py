@@ -5,6 +5,19 @@ can run inside one) or a single statement that cannot (`CREATE INDEX
 CONCURRENTLY`, `VACUUM`, `ALTER TYPE ... ADD VALUE`), run in autocommit. A
 migration whose statements are all transactional is one step, committed
 together with its ledger row.
+
+A file's explicit `BEGIN; … COMMIT;` block is one step of its own, run as
+written: never merged with statements around it, and never rewritten for
+online mode (its author asked for one transaction, and an online form that
+needs autocommit cannot run inside one); the plan says so for that block. A
+file that is one block is one step, committed with its ledger row.
+
+Which migrations a plan reads: only those it will run (pending, up to `--to`).
+A file that cannot be deployed as written refuses the plan when it is one of
+them, naming the file and the `--to` that deploys the ones before it; a
+pending file after `--to`, or an applied file whose bytes are now refused
+(a link out of the bundle, not UTF-8), is a warning on the plan: a history
+that deployed once never blocks an upgrade.
 """
 from __future__ import annotations
 
@@ -15,9 +28,9 @@ import psycopg
 
 from schema_deploy import db
 from schema_deploy.bundle import Bundle, Migration, checksum_matches
-from schema_deploy.errors import LedgerBlocked, UsageError
+from schema_deploy.errors import LedgerBlocked, MigrationFileError, PendingMigrationInvalid, UsageError
 from schema_deploy.online import rewrite_statement
-from schema_deploy.parse import Statement, parse_migration
+from schema_deploy.parse import ParsedFile, Statement, migration_problem, parse_migration_file
 from schema_deploy.planned import PlannedStatement, Step
 from schema_deploy.status import INTERRUPTED, PENDING, Status
 
@@ -32,6 +45,8 @@ class MigrationPlan:
     resume_from: int = 0  # steps already applied by an interrupted run
     resume_row_id: str | None = None
     resume_digest: str | None = None  # the plan digest that interrupted run recorded
+    notes: list[str] = field(default_factory=list)  # what the plan says about it (BEGIN … COMMIT blocks)
+    file: ParsedFile | None = None  # the parsed file (for lint after planning)
 
     @property
     def digest(self) -> str:
@@ -51,6 +66,7 @@ class MigrationPlan:
             "checksum": self.migration.checksum,
             "atomic": self.atomic,
             "resume_from_step": self.resume_from + 1 if self.resume_from else None,
+            "notes": self.notes,
             "steps": [s.as_dict() for s in self.steps],
         }
 
@@ -62,6 +78,7 @@ class Plan:
     migrations: list[MigrationPlan]
     table_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
     online: bool = False
+    warnings: list[str] = field(default_factory=list)  # problems in files this plan does not run
 
     def tables(self) -> list[str]:
         return sorted({t for mp in self.migrations for s in mp.steps for t in s.locks})
@@ -71,15 +88,22 @@ class Plan:
             "online": self.online,
             "migrations": [m.as_dict() for m in self.migrations],
             "table_sizes": self.table_sizes,
+            "warnings": self.warnings,
         }
 
 
-def group_steps(planned: list[PlannedStatement]) -> list[Step]:
-    """Consecutive transactional statements share a step; others stand alone."""
+def group_steps(planned: list[PlannedStatement], *, one_per_step: bool = False) -> list[Step]:
+    """Consecutive transactional statements share a step (with `one_per_step`, each is its own);
+    the statements of one BEGIN … COMMIT block always share one, with nothing else in it."""
     steps: list[Step] = []
     for ps in planned:
-        if ps.transactional and steps and steps[-1].transactional:
-            steps[-1].statements.append(ps)
+        block = ps.source.block
+        last = steps[-1] if steps else None
+        joins = last is not None and last.transactional and ps.transactional and (
+            (block is not None and last.statements[-1].source.block is block)
+            or (block is None and last.statements[-1].source.block is None and not one_per_step))
+        if joins:
+            last.statements.append(ps)
         else:
             steps.append(Step(number=len(steps) + 1, transactional=ps.transactional, statements=[ps]))
     return steps
@@ -88,11 +112,12 @@ def group_steps(planned: list[PlannedStatement]) -> list[Step]:
 def plan_statements(statements: list[Statement], created: set[str],
                     existing: set[str] | None) -> list[PlannedStatement]:
     """Planned statements; with `existing` (online mode), lock-heavy statements on
-    tables that exist and were not created by this plan get their online forms."""
+    tables that exist and were not created by this plan get their online forms
+    (outside BEGIN … COMMIT blocks, which run as written)."""
     planned: list[PlannedStatement] = []
     for s in statements:
         rewritten = None
-        if existing is not None:
+        if existing is not None and s.block is None:
             rewritten = rewrite_statement(s, existing - created)
         if rewritten is not None:
             planned.extend(rewritten)
@@ -103,62 +128,112 @@ def plan_statements(statements: list[Statement], created: set[str],
     return planned
 
 
+def block_notes(parsed: ParsedFile, online: bool) -> list[str]:
+    """What the plan says about each BEGIN … COMMIT block of a file."""
+    notes = []
+    for block in parsed.blocks:
+        members = [s for s in parsed.statements if s.block is block]
+        note = (f"{parsed.statements[0].path if parsed.statements else ''}:{block.begin_line}: BEGIN … COMMIT "
+                f"block ({block.lines}, {len(members)} statement(s)) runs as written, in one transaction")
+        if online:
+            note += ("; online rewrites are not applied inside it (a CONCURRENTLY build cannot run in a "
+                     "transaction block)")
+        notes.append(note)
+    return notes
+
+
 def plan_migration(migration: Migration, created: set[str] | None = None,
-                   existing: set[str] | None = None) -> MigrationPlan:
+                   existing: set[str] | None = None, parsed: ParsedFile | None = None) -> MigrationPlan:
     """Steps of one migration; `created` collects tables created so far in the plan.
 
     Online mode (`existing` given) runs a migration that has any rewritten statement
-    one statement per step, so each lock is short and on one table at a time.
+    one statement per step (a BEGIN … COMMIT block stays one step), so each lock is
+    short and on one table at a time.
     """
     created = set() if created is None else created
-    statements = parse_migration(migration)
-    planned = plan_statements(statements, created, existing)
-    if any(p.reason for p in planned):
-        steps = [Step(number=i, transactional=p.transactional, statements=[p]) for i, p in enumerate(planned, 1)]
-    else:
-        steps = group_steps(planned)
-    return MigrationPlan(migration=migration, statements=statements, steps=steps)
+    parsed = parsed if parsed is not None else parse_migration_file(migration)
+    planned = plan_statements(parsed.statements, created, existing)
+    steps = group_steps(planned, one_per_step=any(p.reason for p in planned))
+    return MigrationPlan(migration=migration, statements=parsed.statements, steps=steps,
+                         notes=block_notes(parsed, existing is not None), file=parsed)
 
 
-def referenced_tables(bundle: Bundle, names: list[str]) -> set[str]:
-    """Every table the named migrations lock or create (for existence checks)."""
-    tables: set[str] = set()
+def to_plan(bundle: Bundle, status: Status, to: str | None) -> list[Migration]:
+    """The migrations a plan runs: pending or interrupted, in order, up to `to` (inclusive)."""
+    if to is not None and to not in bundle.by_name():
+        raise UsageError(f"--to {to}: no such migration in {bundle.root}; "
+                         f"use a folder name, e.g. {bundle.migrations[0].name}.")
+    todo = {s.name for s in status.states if s.state in (PENDING, INTERRUPTED)}
+    chosen = []
     for m in bundle.migrations:
-        if m.name in names:
-            for s in parse_migration(m):
-                tables |= set(s.locks) | s.creates
-    return tables
+        if m.name in todo:
+            chosen.append(m)
+        if m.name == to:
+            break
+    return chosen
+
+
+def parse_for_plan(migrations: list[Migration]) -> dict[str, ParsedFile]:
+    """Each migration the plan runs, parsed once; one that cannot be deployed as written refuses the
+    plan (naming the `--to` that deploys the migrations before it)."""
+    parsed: dict[str, ParsedFile] = {}
+    for i, m in enumerate(migrations):
+        try:
+            parsed[m.name] = parse_migration_file(m)
+        except MigrationFileError as exc:
+            raise PendingMigrationInvalid(m.name, exc, migrations[i - 1].name if i else None) from None
+    return parsed
+
+
+def plan_warnings(bundle: Bundle, status: Status, chosen: list[Migration], to: str | None) -> list[str]:
+    """Problems the plan does not stop for: pending files after `--to`, and applied files whose bytes
+    are refused now (read-time problems only: applied files are not parsed again)."""
+    warnings = []
+    chosen_names = {m.name for m in chosen}
+    pending = {s.name for s in status.states if s.state in (PENDING, INTERRUPTED)}
+    for m in bundle.migrations:
+        if m.name in chosen_names:
+            continue
+        if m.name in pending:  # not chosen, so after --to
+            problem = migration_problem(m)
+            if problem is not None:
+                warnings.append(f"{m.name} is pending but not part of this run (--to {to}), and it cannot be "
+                                f"deployed as written: {problem.message}")
+        elif m.problem is not None:
+            warnings.append(f"{m.name} is applied; its file would be refused now, which does not stop this run: "
+                            f"{m.problem.message}")
+    return warnings
+
+
+def referenced_tables(parsed: dict[str, ParsedFile]) -> set[str]:
+    """Every table the parsed migrations lock or create (for existence checks)."""
+    return {t for f in parsed.values() for s in f.statements for t in (*s.locks, *s.creates)}
 
 
 def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple[str, int, str | None]] | None = None,
-               to: str | None = None, existing: set[str] | None = None, created: set[str] | None = None) -> Plan:
+               to: str | None = None, existing: set[str] | None = None, created: set[str] | None = None,
+               parsed: dict[str, ParsedFile] | None = None) -> Plan:
     """Plan every pending or interrupted migration of `bundle`, in order (up to `to`, inclusive).
 
-    `existing` (the tables that exist in the target) turns on online mode.
+    `existing` (the tables that exist in the target) turns on online mode. `parsed`: the
+    migrations to run, already parsed (`parse_for_plan`).
 
     Refuses (LedgerBlocked) when the ledger has failed migrations or drift:
     applying on top of either would make the history lie.
     """
     check_applyable(status, bundle)
-    if to is not None and to not in bundle.by_name():
-        raise UsageError(f"--to {to}: no such migration in {bundle.root}; "
-                         f"use a folder name, e.g. {bundle.migrations[0].name}.")
+    chosen = to_plan(bundle, status, to)
+    parsed = parsed if parsed is not None else parse_for_plan(chosen)
     interrupted_rows = interrupted_rows or {}
     todo = {s.name: s.state for s in status.states if s.state in (PENDING, INTERRUPTED)}
     plans = []
     created = set(created or ())  # tables this deployment created (keep their plain forms, as at preflight)
-    for m in bundle.migrations:
-        if m.name not in todo:
-            if m.name == to:
-                break
-            continue
-        mp = plan_migration(m, created, existing)
+    for m in chosen:
+        mp = plan_migration(m, created, existing, parsed[m.name])
         if todo[m.name] == INTERRUPTED and m.name in interrupted_rows:
             mp.resume_row_id, mp.resume_from, mp.resume_digest = interrupted_rows[m.name]
         plans.append(mp)
-        if m.name == to:
-            break
-    return Plan(migrations=plans)
+    return Plan(migrations=plans, warnings=plan_warnings(bundle, status, chosen, to))
 
 
 def plan_for(conn: psycopg.Connection, bundle: Bundle, status: Status,
@@ -169,11 +244,10 @@ def plan_for(conn: psycopg.Connection, bundle: Bundle, status: Status,
     `created`: tables that earlier migrations of the same deployment created (a retry after some
     of them committed): they are planned as created by the plan, as they were the first time.
     """
-    existing = None
-    if online:
-        todo = [s.name for s in status.states if s.state in (PENDING, INTERRUPTED)]
-        existing = db.existing_relations(conn, referenced_tables(bundle, todo))
-    plan = build_plan(bundle, status, interrupted_rows, to=to, existing=existing, created=created)
+    check_applyable(status, bundle)
+    parsed = parse_for_plan(to_plan(bundle, status, to))
+    existing = db.existing_relations(conn, referenced_tables(parsed)) if online else None
+    plan = build_plan(bundle, status, interrupted_rows, to=to, existing=existing, created=created, parsed=parsed)
     plan.online = online
     return plan
 

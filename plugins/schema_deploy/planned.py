@@ -12,7 +12,7 @@ from pglast import ast as pg_ast
 from schema_deploy.parse import LOCK_MODES, Statement
 
 
-@dataclass
+@dataclass(eq=False)
 class PlannedStatement:
     """SQL to run, and the file statement it comes from."""
 
@@ -26,6 +26,11 @@ class PlannedStatement:
     @property
     def ast(self) -> pg_ast.Node:
         return self.node if self.node is not None else self.source.node
+
+    @property
+    def node_type(self) -> type:
+        """The statement's node type, without rebuilding a tree the parser did not keep."""
+        return type(self.node) if self.node is not None else self.source.node_type
 
     @property
     def where(self) -> str:

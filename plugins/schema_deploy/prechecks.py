@@ -59,6 +59,8 @@ def cols(names: list[str]) -> sql.Composable:
 
 def checks_for(stmt: Statement) -> list[tuple[str, str, dict]]:
     """(kind, table, details) for every data-dependent constraint in `stmt`."""
+    if stmt.node_type not in (ast.IndexStmt, ast.AlterTableStmt):  # the rest has no data-dependent constraint
+        return []
     node, found = stmt.node, []
     if isinstance(node, ast.IndexStmt) and node.unique:
         keys = [p.name for p in node.indexParams if p.name]

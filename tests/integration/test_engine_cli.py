@@ -210,7 +210,8 @@ def test_syntax_error_in_a_migration_exits_2_with_its_position(fresh_db: str, tm
     (root / "20250101000000_typo.sql").write_text("-- oops\nCREATE TABEL t (a int);\n")
     result = cli("apply", "--db", fresh_db, "--migrations", str(root))
     assert result.returncode == 2
-    assert (f"error: {root}/20250101000000_typo.sql:2:8: syntax error: syntax error at or near \"TABEL\"\n"
+    assert ("error: refusing to deploy: migration 20250101000000_typo cannot be applied as written; nothing was "
+            f"changed:\n{root}/20250101000000_typo.sql:2:8: syntax error: syntax error at or near \"TABEL\"\n"
             "    CREATE TABEL t (a int);\n") in result.stderr
     assert ledger(fresh_db) == []
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from schema_deploy.bundle import checksum_matches, load_bundle, sha256_hex
-from schema_deploy.errors import BundleError
+from schema_deploy.errors import BundleError, MigrationFileError, NotUtf8
+from schema_deploy.parse import parse_migration
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "sql" / "migrations"
@@ -95,12 +96,15 @@ def test_migration_folder_without_migration_sql_is_an_error(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("content", [b"", b"  \n\n\t\n"], ids=["empty", "whitespace-only"])
-def test_empty_migration_sql_is_an_error(tmp_path: Path, content: bytes) -> None:
+def test_an_empty_migration_sql_is_its_migrations_problem_raised_when_it_is_parsed(tmp_path: Path,
+                                                                                   content: bytes) -> None:
     root = prisma_bundle(tmp_path / "m", {"20250101000000_init": content})
     expected = root / "20250101000000_init" / "migration.sql"
-    with pytest.raises(BundleError, match=rf"^{re.escape(str(expected))}: is empty\. "
-                                          r"Write the migration's SQL into it, or delete the migration\.$"):
-        load_bundle(root)
+    (migration,) = load_bundle(root).migrations  # read: whether it stops a run depends on the run
+    pattern = rf"^{re.escape(str(expected))}: is empty\. Write the migration's SQL into it, or delete the migration\.$"
+    assert re.match(pattern, migration.problem.message)
+    with pytest.raises(MigrationFileError, match=pattern):
+        parse_migration(migration)
 
 
 @pytest.mark.parametrize("name", [
@@ -142,21 +146,24 @@ def test_same_timestamp_in_plain_layout_names_the_file(tmp_path: Path) -> None:
         load_bundle(tmp_path)
 
 
-def test_non_utf8_bytes_are_an_error_naming_the_line_and_byte(tmp_path: Path) -> None:
+def test_non_utf8_bytes_are_an_error_naming_the_line_column_and_byte(tmp_path: Path) -> None:
     latin1 = "-- first line\nSELECT 1;\nSELECT 'café';\n".encode("latin-1")
     root = prisma_bundle(tmp_path / "m", {"20250101000000_init": latin1})
     expected = root / "20250101000000_init" / "migration.sql"
     offset = latin1.index(b"\xe9")
-    with pytest.raises(BundleError, match=rf"^{re.escape(str(expected))}:3: byte 0xe9 at offset {offset} is "
-                                          r"not UTF-8\. Save the file as UTF-8"):
-        load_bundle(root)
+    (migration,) = load_bundle(root).migrations
+    with pytest.raises(NotUtf8, match=rf"^{re.escape(str(expected))}:3:12: byte 0xe9 \(file offset {offset}\) is "
+                                      r"not UTF-8\. Save the file as UTF-8"):
+        parse_migration(migration)
+    assert migration.problem.code == "not-utf8"
 
 
 def test_byte_order_mark_is_an_error_instead_of_a_baffling_syntax_error(tmp_path: Path) -> None:
     root = prisma_bundle(tmp_path / "m", {"20250101000000_init": b"\xef\xbb\xbfCREATE TABLE a (id int);\n"})
-    with pytest.raises(BundleError, match=r"migration\.sql: starts with a byte-order mark \(EF BB BF\).*"
-                                          r"Save the file as UTF-8 without BOM\.$"):
-        load_bundle(root)
+    (migration,) = load_bundle(root).migrations
+    with pytest.raises(MigrationFileError, match=r"migration\.sql:1:1: starts with a byte-order mark \(EF BB BF\).*"
+                                                 r"Save the file as UTF-8 without BOM\.$"):
+        parse_migration(migration)
 
 
 @pytest.mark.parametrize("provider", ["mysql", "sqlite", "cockroachdb"])

@@ -59,18 +59,54 @@ def test_syntax_error_in_a_crlf_file_shows_the_line_without_its_carriage_return(
         parse_sql("SELECT 1;\r\nSELEC 2;\r\n")
 
 
-@pytest.mark.parametrize("sql, keyword, line", [
-    ("BEGIN;\nCREATE TABLE a (id int);\nCOMMIT;\n", "BEGIN", 1),
-    ("CREATE TABLE a (id int);\n\ncommit;\n", "COMMIT", 3),
-    ("CREATE TABLE a (id int);\nROLLBACK;\n", "ROLLBACK", 2),
-    ("-- comment\nSTART TRANSACTION;\n", "START", 2),
-    ("CREATE TABLE a (id int);\nSAVEPOINT s;\n", "SAVEPOINT", 2),
+@pytest.mark.parametrize("sql, statement, line, problem", [
+    ("CREATE TABLE a (id int);\n\ncommit;\n", "commit", 3, r"closes no BEGIN: PostgreSQL only warns.*Remove it, "
+     r"or add BEGIN; where the transaction should start\.$"),
+    ("CREATE TABLE a (id int);\nEND;\n", "END", 2, r"closes no BEGIN"),
+    ("BEGIN;\nCREATE TABLE a (id int);\nROLLBACK;\n", "ROLLBACK", 3, r"would silently discard what ran before it"),
+    ("CREATE TABLE a (id int);\nROLLBACK;\n", "ROLLBACK", 2, r"would silently discard what ran before it in its "
+     r"transaction \(outside a block PostgreSQL only warns\)\. Remove it"),
+    ("-- comment\nSTART TRANSACTION;\nSELECT 1;\n", "START TRANSACTION", 2, r"is never closed: PostgreSQL would "
+     r"roll the block back when the session ends\. Add COMMIT; after the block's last statement\.$"),
+    ("BEGIN;\nCREATE TABLE a (id int);\nSAVEPOINT s;\nCOMMIT;\n", "SAVEPOINT s", 3,
+     r"has no safe meaning in a migration.*Remove the savepoint"),
+    ("BEGIN;\nSELECT 1;\nRELEASE SAVEPOINT s;\nCOMMIT;\n", "RELEASE SAVEPOINT s", 3, r"has no safe meaning"),
+    ("BEGIN;\nSELECT 1;\nROLLBACK TO s;\nCOMMIT;\n", "ROLLBACK TO s", 3, r"would silently discard part"),
+    ("BEGIN;\nSELECT 1;\nBEGIN;\nSELECT 2;\nCOMMIT;\nCOMMIT;\n", "BEGIN", 3, r"inside the BEGIN block opened at "
+     r"line 1: PostgreSQL ignores a nested BEGIN with a warning, so the first COMMIT would end the outer block early"),
+    ("BEGIN ISOLATION LEVEL SERIALIZABLE;\nSELECT 1;\nCOMMIT;\n", "BEGIN ISOLATION LEVEL SERIALIZABLE", 1,
+     r"with transaction options\. Write the block as plain BEGIN;"),
+    ("BEGIN;\nSELECT 1;\nCOMMIT AND CHAIN;\nSELECT 2;\nCOMMIT;\n", "COMMIT AND CHAIN", 3, r"AND CHAIN has no safe "
+     r"meaning"),
+    ("BEGIN;\nSELECT 1;\nPREPARE TRANSACTION 'x';\n", "PREPARE TRANSACTION 'x'", 3, r"two-phase commit"),
+    ("BEGIN;\nCREATE INDEX CONCURRENTLY i ON t (a);\nCOMMIT;\n", "CREATE INDEX CONCURRENTLY i ON t (a)", 2,
+     r"inside the BEGIN … COMMIT block of lines 1-3: PostgreSQL refuses it there \(\"cannot run inside a transaction "
+     r"block\"\)\. Move it after the block's COMMIT\.$"),
 ])
-def test_explicit_transaction_control_is_an_error_at_its_line(sql: str, keyword: str, line: int) -> None:
-    with pytest.raises(TransactionControlError, match=rf"^m\.sql:{line}: `{keyword}` in a migration file: "
-                                                      r"schema-deploy runs each migration in its own transaction.*"
-                                                      r"Remove it\.$"):
+def test_transaction_control_with_no_safe_meaning_is_refused_at_its_line(sql: str, statement: str, line: int,
+                                                                         problem: str) -> None:
+    with pytest.raises(TransactionControlError, match=rf"^m\.sql:{line}: `{re.escape(statement)}` {problem}") as info:
         parse_sql(sql, path="m.sql")
+    assert (info.value.line, info.value.code) == (line, "transaction-control")
+
+
+def test_a_begin_commit_block_is_taken_apart_into_statements_that_carry_the_block() -> None:
+    sql = ("-- AlterEnum\nBEGIN;\nCREATE TYPE \"S_new\" AS ENUM ('a');\nALTER TYPE \"S\" ADD VALUE 'b';\nCOMMIT;\n"
+           "\nCREATE TABLE t (id int);\nstart transaction;\nSELECT 1;\nEND;\n")
+    statements = parse_sql(sql)
+    assert [(s.index, s.line, s.sql) for s in statements] == [
+        (1, 3, "CREATE TYPE \"S_new\" AS ENUM ('a')"), (2, 4, "ALTER TYPE \"S\" ADD VALUE 'b'"),
+        (3, 7, "CREATE TABLE t (id int)"), (4, 9, "SELECT 1")]
+    first, second = statements[0].block, statements[3].block
+    assert (first.number, first.begin_line, first.end_line) == (1, 2, 5)
+    assert (second.number, second.begin_line, second.end_line) == (2, 8, 10)
+    assert statements[1].block is first and statements[2].block is None
+    # ADD VALUE runs in its own autocommit step when it stands alone; inside a block, as written, in the block.
+    assert statements[1].transactional and not parse_sql("ALTER TYPE s ADD VALUE 'b';")[0].transactional
+
+
+def test_an_empty_block_is_harmless() -> None:
+    assert parse_sql("BEGIN;\nCOMMIT;\n") == []
 
 
 # --- where statements start ----------------------------------------------------------------
