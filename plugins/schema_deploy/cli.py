@@ -76,12 +76,25 @@ def release_and_bundle(args: argparse.Namespace):
     """(the release or None, the bundle to work on); see `bundle_of`."""
     uri = getattr(args, "release", None)
     if not uri:
-        return None, load_bundle(args.migrations or DEFAULT_MIGRATIONS)
+        return None, folder_bundle(args)
     if args.migrations:
         raise UsageError("--release and --migrations both name the migrations; pass one of them (a release "
                          "carries its own migrations).")
     found = release_of(uri)
     return found, found.to_bundle()
+
+
+def folder_bundle(args: argparse.Namespace, folder: Path | None = None) -> Bundle:
+    """The bundle in --migrations DIR (default sql/migrations). Links out of it are followed only when
+    deploy.yaml declares that folder as a bundle with allow_symlinks: true (read only when there are)."""
+    from schema_deploy.errors import SymlinkOutsideBundle
+
+    folder = Path(folder or args.migrations or DEFAULT_MIGRATIONS)
+    bundle = load_bundle(folder)
+    if any(isinstance(m.problem, SymlinkOutsideBundle) for m in bundle.migrations):
+        allowed, name = deploy_yaml(args).symlinks_allowed(folder)
+        bundle = load_bundle(folder, allow_symlinks=allowed, name=name)
+    return bundle
 
 
 def release_of(uri: str):
@@ -98,7 +111,7 @@ def deploy_yaml(args: argparse.Namespace):
     one, else $SCHEMA_DEPLOY_CONFIG or the project's."""
     from schema_deploy import config
 
-    if args.config:
+    if getattr(args, "config", None):
         return config.load(args.config, must_exist=True)
     return config.load(Path("deploy.yaml") if Path("deploy.yaml").is_file() else None)
 
@@ -167,7 +180,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     """Mark a migration applied (baselining) or rolled back, as `prisma migrate resolve` does."""
-    bundle = load_bundle(args.migrations or DEFAULT_MIGRATIONS)
+    bundle = folder_bundle(args)
     url = database_url(args)
     if args.applied:
         resolve_applied(url, bundle, args.applied)
@@ -183,7 +196,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     in _prisma_migrations, as `prisma migrate resolve --rolled-back` writes it: pending again."""
     from schema_deploy.rollback import down
 
-    bundle = load_bundle(args.migrations or DEFAULT_MIGRATIONS)
+    bundle = folder_bundle(args)
     result = down(database_url(args), bundle, steps=args.steps, to=args.to, settings=settings_from(args),
                   online=args.online, log=say)
     emit(args, result.as_dict(),
@@ -204,7 +217,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
         rules = rule_table()
         emit(args, rules, "\n".join(f"{r['id']:<38} {r['severity']:<8} {r['summary']}" for r in rules))
         return 0
-    bundle = load_bundle(args.migrations or DEFAULT_MIGRATIONS)
+    bundle = folder_bundle(args)
     config = lint_config(args)
     files = parse_bundle(bundle)
     existing = estimates = None
@@ -399,7 +412,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     from schema_deploy.plan import plan_for
 
     folder = Path(args.migrations or DEFAULT_MIGRATIONS)
-    bundle = load_bundle(folder)
+    bundle = folder_bundle(args, folder)
     findings = lint_bundle(bundle, config=lint_config(args))
     lint = {"errors": sum(f.blocking for f in findings),
             "warnings": sum(f.severity == "warning" and not f.suppressed for f in findings)}
@@ -590,11 +603,16 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         return p
 
+    def config_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="deploy.yaml (its bundles: say which folders may hold links "
+                                                   "out of them; default: ./deploy.yaml if present)")
+
     def release_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--release", metavar="s3://BUCKET/PREFIX/releases/SHA256.json",
                        help="work from this release's migrations instead of a folder")
 
     p = verb("status", cmd_status, "compare the bundle with the database's ledger")
+    config_option(p)
     release_option(p)
     p = verb("plan", cmd_plan, "show what apply would do")
     add_plan_options(p)
@@ -602,6 +620,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path,
                    help="deploy.yaml with lint.severity overrides (default: ./deploy.yaml if present)")
     p = verb("apply", cmd_apply, "apply pending migrations")
+    config_option(p)
     add_plan_options(p)
     release_option(p)
     p.add_argument("--target", metavar="NAME", help="with --release: refuse a plan other than the one the release "
@@ -612,15 +631,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--statement-timeout-ms", type=int, help="statement_timeout (default 3600000; 0 = none)")
     p.add_argument("--advisory-lock-timeout-s", type=float, help="wait for another migrator (default 60)")
     p = verb("verify", cmd_verify, "check the database against its applied migrations")
+    config_option(p)
     p.add_argument("--migration", metavar="NAME", help="only this migration's expectations")
     release_option(p)
     p.add_argument("--verify-dir", type=Path, default=Path("sql/verify"),
                    help="folder of SQL checks and explain/ queries (default sql/verify)")
     p = verb("resolve", cmd_resolve, "mark a migration applied or rolled back")
+    config_option(p)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--applied", metavar="NAME")
     group.add_argument("--rolled-back", metavar="NAME")
     p = verb("rollback", cmd_rollback, "undo the newest applied migrations with their down.sql")
+    config_option(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--steps", type=int, help="how many applied migrations to undo, newest first (default 1)")
     group.add_argument("--to", metavar="NAME", help="undo NAME and every applied migration after it")

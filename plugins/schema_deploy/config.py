@@ -82,6 +82,8 @@ class DeployConfig:
     # The bundles a deployment may use, by name: the trigger form offers these names, never a path.
     bundles: tuple[tuple[str, Path], ...] = (("main", ROOT / "sql" / "migrations"),)
     default_bundle: str = "main"
+    # Bundles whose migrations may be symbolic links resolving outside their folder (`allow_symlinks: true`).
+    symlink_bundles: frozenset[str] = frozenset()
     verify_dir: Path = ROOT / "sql" / "verify"
     backup_bucket: str = "schema-deploy-backups"
     backup_prefix: str = "backups"
@@ -137,6 +139,21 @@ class DeployConfig:
     def fleet_queue(self, name: str) -> str:
         """The queue of the fleet's database tasks: its `queue:`, else the default queue."""
         return self.fleet(name).queue or self.queue(None)
+
+    def load_bundle(self, name: str | None) -> Any:
+        """The declared bundle read from its folder (links out of it allowed only where declared)."""
+        from schema_deploy.bundle import load_bundle
+
+        name = (name or "").strip() or self.default_bundle
+        return load_bundle(self.bundle_path(name), allow_symlinks=name in self.symlink_bundles, name=name)
+
+    def symlinks_allowed(self, folder: Path) -> tuple[bool, str | None]:
+        """Whether a folder given on the command line is a declared bundle that allows links out of it
+        (and that bundle's name)."""
+        for name, path in self.bundles:
+            if Path(path).resolve() == Path(folder).resolve():
+                return name in self.symlink_bundles, name
+        return False, None
 
     def bundle_path(self, name: str | None) -> Path:
         """The folder of a declared bundle (the default one for None or ""); anything else, a path
@@ -214,10 +231,11 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         if key in lock and int(lock[key]) < 1:
             raise ConfigError(path, f"lock.{key} is {lock[key]}",
                               "Give a positive number of milliseconds: 0 would wait for locks forever.")
-    bundles, default_bundle = _bundles(data, base, path)
+    bundles, default_bundle, symlink_bundles = _bundles(data, base, path)
     return DeployConfig(
         bundles=bundles,
         default_bundle=default_bundle,
+        symlink_bundles=symlink_bundles,
         verify_dir=(base / data["verify_dir"]) if "verify_dir" in data else defaults.verify_dir,
         backup_bucket=str(backup.get("bucket", defaults.backup_bucket)),
         backup_prefix=str(backup.get("prefix", defaults.backup_prefix)),
@@ -278,24 +296,38 @@ def lint_settings(data: dict, path: Path) -> LintConfig:
     return config_from(data, path, prisma_deploys=deploys)
 
 
-def _bundles(data: dict, base: Path, path: Path) -> tuple[tuple[tuple[str, Path], ...], str]:
-    """`bundles: {name: folder, ...}` with `default_bundle:` (optional with one bundle), or the older
-    single `migrations: folder`, which declares it as the bundle `main`."""
+def _bundles(data: dict, base: Path, path: Path) -> tuple[tuple[tuple[str, Path], ...], str, frozenset[str]]:
+    """`bundles: {name: folder | {path: folder, allow_symlinks: bool}, ...}` with `default_bundle:`
+    (optional with one bundle), or the older single `migrations: folder`, which declares it as the
+    bundle `main`; and the names of the bundles that allow links out of their folder."""
     if "bundles" in data and "migrations" in data:
         raise ConfigError(path, "both 'bundles' and 'migrations' are set",
                           "Declare every folder under 'bundles:' (name: folder) and remove 'migrations:'.")
     if "bundles" not in data:
         folder = base / data["migrations"] if "migrations" in data else DeployConfig().migrations
-        return (("main", folder),), "main"
+        return (("main", folder),), "main", frozenset()
     declared = data["bundles"]
     example = "e.g. bundles: {main: sql/migrations}"
     if not isinstance(declared, dict) or not declared:
         raise ConfigError(path, "'bundles' must map bundle names to folders", f"Write it as a mapping, {example}.")
-    bundles = []
+    bundles, linked = [], set()
     for name, folder in declared.items():
         if not isinstance(name, str) or not BUNDLE_NAME.match(name):
             raise ConfigError(path, f"bundles: {name!r} is not a bundle name",
                               "Use letters, digits, '_', '-' or '.', starting with a letter or digit.")
+        if isinstance(folder, dict):
+            unknown = sorted(set(folder) - {"path", "allow_symlinks"})
+            if unknown:
+                raise ConfigError(path, f"bundles.{name}: unknown key {unknown[0]!r}",
+                                  f"A bundle takes path and allow_symlinks, e.g. bundles: {{{name}: {{path: "
+                                  "sql/migrations, allow_symlinks: true}}")
+            allow = folder.get("allow_symlinks", False)
+            if not isinstance(allow, bool):
+                raise ConfigError(path, f"bundles.{name}.allow_symlinks: expected true or false, got {allow!r}",
+                                  "Write allow_symlinks: true (or leave it out: links out of the folder are refused).")
+            if allow:
+                linked.add(name)
+            folder = folder.get("path")
         if not isinstance(folder, str) or not folder.strip():
             raise ConfigError(path, f"bundles.{name} must be a folder path", f"Give the folder as a string, {example}.")
         bundles.append((name, base / folder))
@@ -308,7 +340,7 @@ def _bundles(data: dict, base: Path, path: Path) -> tuple[tuple[tuple[str, Path]
     if default not in dict(bundles):
         raise ConfigError(path, f"default_bundle {default!r} is not declared under bundles",
                           f"Use one of {', '.join(n for n, _ in bundles)}.")
-    return tuple(bundles), str(default)
+    return tuple(bundles), str(default), frozenset(linked)
 
 
 def _range(section: dict, key: str, default: tuple[float, float], path: Path) -> tuple[float, float]:

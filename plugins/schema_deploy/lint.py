@@ -15,7 +15,7 @@ Files that cannot be deployed as written. A file that does not parse, or that
 holds what a migration cannot run (a NUL byte, `COPY … FROM STDIN`, a psql
 meta-command, transaction control with no safe meaning, a link out of the
 bundle, bytes that are not UTF-8) is one finding of severity error under the
-condition's id (`syntax-error`, `unaccounted-bytes`, `client-only-statement`,
+condition's id (`syntax-error`, `nul-byte`, `copy-from-stdin`, `psql-meta-command`,
 `transaction-control`, `symlink-outside-bundle`, `not-utf8`, …), which no
 severity setting or suppression changes. It blocks a deployment only if that
 deployment runs the file (`plan.unfixed_findings`).
@@ -91,6 +91,7 @@ class Finding:
     migration: str = ""
     suppressed: bool = False
     reason: str | None = None
+    file_problem: bool = False  # the file cannot be deployed as written (no rule ran on it)
 
     @property
     def where(self) -> str:
@@ -192,7 +193,7 @@ def problem_finding(error: MigrationFileError, migration: str = "") -> Finding:
     """A file that cannot be deployed as written, as a finding under its condition's id. It blocks a run
     that deploys that migration (`plan.unfixed_findings`); for an applied one it is history."""
     return Finding(rule=error.code, severity="error", path=str(error.path), line=error.line or 1,
-                   message=error.problem, help=error.fix, migration=migration)
+                   message=error.problem, help=error.fix, migration=migration, file_problem=True)
 
 
 def lint_sql(sql: str, *, path: str = "<sql>", existing_tables: set[str] | None = None,

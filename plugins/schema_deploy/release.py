@@ -7,8 +7,8 @@ rewrites). It is one JSON document, written once under
 `s3://BUCKET/PREFIX/releases/<sha256>.json`, whose name is the sha256 of its bytes.
 
 Why one JSON document rather than a tarball and a manifest: migrations are UTF-8
-text (the bundle reader refuses anything else), so JSON carries their bytes
-exactly (CR, LF, tabs as escapes); one GET and one hash check load and prove the
+text (a pending one that is not is refused; an applied one travels as base64), so
+JSON carries their bytes exactly (CR, LF, tabs as escapes); one GET and one hash check load and prove the
 whole release; and an auditor can read it with any tool.
 
 Every task after preflight loads the release by its URI and works from it, never
@@ -16,6 +16,7 @@ from the migrations folder, so what was approved is what runs, on any worker.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from schema_deploy.bundle import Bundle, Migration, load_bundle, sha256_hex
-from schema_deploy.errors import ReleaseInvalid, ReleaseMissing, ReleaseTampered, UsageError
+from schema_deploy.errors import MigrationFileError, ReleaseInvalid, ReleaseMissing, ReleaseTampered, UsageError
 
 FORMAT = 1
 RELEASES = "releases"
@@ -37,18 +38,41 @@ RELEASES = "releases"
 
 @dataclass(frozen=True)
 class ReleaseFile:
-    """One migration as frozen: its ledger name, path inside the bundle, text and checksums."""
+    """One migration as frozen: its ledger name, path inside the bundle, text and checksums.
+
+    A file whose bytes are not UTF-8 (applied long ago: a pending one is refused) is carried as
+    base64 (`encoding`); a file refused when it was read (a link out of the bundle, not UTF-8)
+    carries that refusal (`problem`), so a run from the release refuses it exactly as from the folder.
+    Both keys appear only when set: other releases keep their digests.
+    """
 
     name: str
     path: str  # relative to the bundle folder, e.g. 20251017120000_epic5/migration.sql
     sql: str
     checksum: str
     down_sql: str | None = None
+    encoding: str | None = None  # "base64" when the bytes are not UTF-8
+    problem: dict[str, Any] | None = None  # MigrationFileError fields: code, line, column, problem, fix
+
+    @property
+    def raw(self) -> bytes:
+        return base64.b64decode(self.sql) if self.encoding == "base64" else self.sql.encode()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "sql": self.sql, "checksum": self.checksum,
-                "down_sql": self.down_sql,
-                "down_checksum": sha256_hex(self.down_sql.encode()) if self.down_sql is not None else None}
+        out = {"name": self.name, "path": self.path, "sql": self.sql, "checksum": self.checksum,
+               "down_sql": self.down_sql,
+               "down_checksum": sha256_hex(self.down_sql.encode()) if self.down_sql is not None else None}
+        if self.encoding is not None:
+            out["encoding"] = self.encoding
+        if self.problem is not None:
+            out["problem"] = self.problem
+        return out
+
+    def migration_problem(self, path: Path) -> MigrationFileError | None:
+        if self.problem is None:
+            return None
+        p = self.problem
+        return MigrationFileError(path, p.get("line"), p.get("column"), p["problem"], p["fix"], code=p["code"])
 
 
 @dataclass(frozen=True)
@@ -89,9 +113,10 @@ class Release:
         """The release as a Bundle, for the engine: its bytes, never the folder's."""
         root = Path(self.source.get("folder") or f"release-{self.short}")
         migrations = tuple(
-            Migration(name=f.name, path=root / f.path, raw=f.sql.encode(),
+            Migration(name=f.name, path=root / f.path, raw=f.raw,
                       down_path=(root / f.path).parent / "down.sql" if f.down_sql is not None else None,
-                      down_raw=f.down_sql.encode() if f.down_sql is not None else None)
+                      down_raw=f.down_sql.encode() if f.down_sql is not None else None,
+                      problem=f.migration_problem(root / f.path))
             for f in self.files)
         return Bundle(root=root, layout=self.layout, migrations=migrations)
 
@@ -113,10 +138,22 @@ def freeze(bundle: Bundle, name: str, *, lint: dict[str, Any] | None = None,
     `verify`: the verification queries that go with it (see `verify_files`)."""
     files = []
     for m in bundle.migrations:
-        files.append(ReleaseFile(name=m.name, path=str(m.path.relative_to(bundle.root)), sql=m.raw.decode("utf-8"),
-                                 checksum=m.checksum,
-                                 down_sql=m.down_raw.decode("utf-8") if m.down_raw is not None else None))
-    return Release(bundle=name, source=source or source_of(bundle.root), layout=bundle.layout, files=tuple(files),
+        try:
+            text, encoding = m.raw.decode("utf-8"), None
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(m.raw).decode("ascii"), "base64"
+        problem = None
+        if m.problem is not None:
+            e = m.problem
+            problem = {"code": e.code, "line": e.line, "column": e.column, "problem": e.problem, "fix": e.fix}
+        files.append(ReleaseFile(name=m.name, path=str(m.path.relative_to(bundle.root)), sql=text,
+                                 checksum=m.checksum, encoding=encoding, problem=problem,
+                                 down_sql=m.down_raw.decode("utf-8", "replace") if m.down_raw is not None else None))
+    if source is None:
+        source = source_of(bundle.root)
+        if bundle.symlinks:  # allowed by deploy.yaml (allow_symlinks: true): the release says which were followed
+            source["symlinks"] = [{"path": path, "target": target} for path, target in bundle.symlinks]
+    return Release(bundle=name, source=source, layout=bundle.layout, files=tuple(files),
                    lint=lint or {}, prechecks=tuple(prechecks or ()), plans=plans or {}, verify=verify or {})
 
 
@@ -298,7 +335,10 @@ def check_file(uri: str, f: ReleaseFile) -> None:
         raise ReleaseInvalid(uri, f"migration {f.name!r} has path {f.path!r}, which is not "
                              "<timestamp>_<name>/migration.sql or <timestamp>_<name>.sql",
                              "The release was not written by `release create` or a preflight; do not use it.")
-    if sha256_hex(f.sql.encode()) != f.checksum:
+    if f.encoding not in (None, "base64"):
+        raise ReleaseInvalid(uri, f"{f.path} has encoding {f.encoding!r}; this version knows base64 only",
+                             "Create the release again with this version (`release create`).")
+    if sha256_hex(f.raw) != f.checksum:
         raise ReleaseInvalid(uri, f"{f.path} does not hash to its recorded checksum",
                              "The release is corrupt; create a new one from the migrations folder.")
 
@@ -327,7 +367,8 @@ def load(s3: Any, uri: str) -> Release:
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, this version reads format {FORMAT}")
         files = tuple(ReleaseFile(name=m["name"], path=m["path"], sql=m["sql"], checksum=m["checksum"],
-                                  down_sql=m.get("down_sql")) for m in data["migrations"])
+                                  down_sql=m.get("down_sql"), encoding=m.get("encoding"), problem=m.get("problem"))
+                      for m in data["migrations"])
         release = Release(bundle=data["bundle"], source=data["source"], layout=data["layout"], files=files,
                           lint=data.get("lint") or {}, prechecks=tuple(data.get("prechecks") or ()),
                           plans=data.get("plans") or {}, verify=dict(data.get("verify") or {}), uri=uri)

@@ -85,7 +85,6 @@ def preflight_bundle(ctx: Deployment, source: Release | None = None) -> BundleCh
     Blocking findings are counted here but judged against production's plan (`preflight_production`):
     whether a finding blocks depends on which migrations are pending there and how the plan rewrites them.
     """
-    from schema_deploy.bundle import load_bundle
     from schema_deploy.lint import lint_bundle
 
     cfg, params, log = ctx.cfg, ctx.params, ctx.log
@@ -96,7 +95,7 @@ def preflight_bundle(ctx: Deployment, source: Release | None = None) -> BundleCh
         log.info("bundle from release %s (%s), not from a folder", source.short, source.uri)
     else:
         name = params.bundle or cfg.default_bundle
-        bundle = load_bundle(cfg.bundle_path(name))
+        bundle = cfg.load_bundle(name)
         release = releases.store(ctx.store.s3, releases.freeze(bundle, name, verify=releases.verify_files(
             cfg.verify_dir)), ctx.store.root, ctx.store.sse)
         log.info("bundle %s (%d migrations) frozen without plans: %s", name, len(bundle.migrations), release.uri)
@@ -122,6 +121,8 @@ def survey_target(ctx: Deployment, target: Target, release: Release, bundle: Any
         ctx.log.info("%s: pending %s", target.name, ", ".join(status.pending) or "nothing")
         fingerprint = schema_fingerprint(conn)
         plan = plan_for(conn, bundle, status, interrupted, online=ctx.params.online)
+        for warning in plan.warnings:
+            ctx.log.warning("%s: %s", target.name, warning)
         releases.check_plan(release, plan_role or target.name, plan)  # a given release's plans must hold now
         facts = extra(conn, plan) if extra is not None else {}
     return TargetSurvey(env=target.name, release=release.digest, pending=list(status.pending),
@@ -151,9 +152,15 @@ def preflight_production(ctx: Deployment, production: Target, checked: BundleChe
     bundle = release.to_bundle()
 
     def production_facts(conn: Any, plan: Any) -> dict[str, Any]:
-        unfixed = unfixed_findings(lint_bundle(bundle, config=ctx.cfg.lint), plan)
+        findings = lint_bundle(bundle, config=ctx.cfg.lint)
+        unfixed = unfixed_findings(findings, plan)
         if unfixed:
             raise LintBlocked(unfixed)
+        planned = {mp.migration.name for mp in plan.migrations}
+        for f in findings:  # files this run does not deploy: history, said once, never a reason to stop
+            if f.file_problem and f.migration not in planned:
+                ctx.log.warning("%s is not deployed by this run, and could not be as written: %s",
+                                f.migration, f.render())
         prechecks = [r.as_dict() for r in require_clean(conn, plan)]
         for r in prechecks:
             ctx.log.info("precheck ok: %s", r)

@@ -139,14 +139,13 @@ def plan_downs(ctx: Deployment, target: Target, steps: int) -> tuple[Release, li
     frozen into a release in the store. Returns (the stored release, the migrations, newest first)."""
     from schema_deploy import ledger
     from schema_deploy import rollback as engine
-    from schema_deploy.bundle import load_bundle
     from schema_deploy.db import connect
     from schema_deploy.status import compute_status
 
     if steps < 1:
         raise UsageError(f"steps must be 1 or more (got {steps}).")
     log, name = ctx.log, ctx.params.bundle or ctx.cfg.default_bundle
-    bundle = load_bundle(ctx.cfg.bundle_path(name))
+    bundle = ctx.cfg.load_bundle(name)
     with connect(target.url) as conn:
         chosen = engine.choose(bundle, compute_status(bundle, ledger.read_rows(conn)), steps=steps, to=None)
         plans = engine.plan_downs(conn, chosen, online=True)
