@@ -127,21 +127,25 @@ class _Builder:
         return obj
 
 
-def parse_statements(sql: str) -> list[tuple[ast.Node, int, int]]:
+def parse_statements(sql: str, skip: frozenset[str] = frozenset()) -> list[tuple[object, int, int]]:
     """The statements of `sql` as (AST, start, end) character offsets into it (end exclusive,
     surrounding whitespace and comments included between statements). Raises `ParseError`
-    (message, character offset or None at the end of input) as pglast does."""
+    (message, character offset or None at the end of input) as pglast does.
+
+    A statement whose node type is named in `skip` is not built: it comes as (its pglast class,
+    its JSON object), for callers that read a field or two of it (a data seed's INSERTs)."""
     tree = json.loads(pg_parser.parse_sql_json(sql))
     offsets = Offsets(sql)
     builder = _Builder(offsets)
-    out = []
+    out: list[tuple[object, int, int]] = []
     try:
         for item in tree.get("stmts", ()):
             location, length = item.get("stmt_location", 0), item.get("stmt_len", 0)
             start = offsets.char(location) or 0
             end = (offsets.char(location + length) if location + length < offsets.size else len(sql)) \
                 if length else len(sql)
-            out.append((builder.node(item["stmt"]), start, end))
+            ((name, data),) = item["stmt"].items()
+            out.append(((getattr(ast, name), data) if name in skip else builder.node(item["stmt"]), start, end))
     except (KeyError, TypeError, ValueError, AttributeError):  # a JSON shape this builder does not know
         out = [(raw.stmt, raw.stmt_location or 0, (raw.stmt_location or 0) + raw.stmt_len if raw.stmt_len
                 else len(sql)) for raw in pglast.parse_sql(sql)]

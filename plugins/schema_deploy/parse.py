@@ -19,14 +19,17 @@ with no BEGIN, a block never closed, two-phase commit) is refused with
 file:line, and so are statements that need a client on the other end
 (`COPY … FROM STDIN`, psql meta-commands).
 
-Memory. A statement's syntax tree is kept only for the statement kinds the
-planner, lint and verification look into again (DDL); for data statements
-(INSERT, UPDATE, DELETE, SELECT, …) it is dropped once the statement is
-classified and rebuilt from the text if asked for, so a 50 MB data seed holds
-its text and its classification, not a tree twenty times its size.
+Memory and time. A statement's syntax tree is kept only for the statement kinds
+the planner, lint and verification look into again (DDL). Data statements
+(INSERT, UPDATE, DELETE, SELECT, MERGE, COPY) are classified from the parser's
+JSON without building a tree at all (`classify_data`, tested against
+`classify`), and one is built from the text only if asked for (`node`), so a
+50 MB data seed holds its text and its classification, not a tree twenty times
+its size.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +65,9 @@ VOLATILE_DEFAULT_FUNCS = {"random", "gen_random_uuid", "uuid_generate_v4", "cloc
                           "timeofday", "nextval", "uuid_generate_v1", "uuid_generate_v1mc"}
 # Statements whose tree is dropped after classification (see "Memory" above).
 DATA_STATEMENTS = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.SelectStmt, ast.MergeStmt, ast.CopyStmt)
+DATA_NAMES = frozenset(t.__name__ for t in DATA_STATEMENTS)
 TK = enums.TransactionStmtKind
+NONE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +100,11 @@ class Statement:
     transactional: bool = True
     block: Block | None = None  # the file's BEGIN … COMMIT block holding it
     locks: dict[str, str] = field(default_factory=dict)  # table -> strongest lock mode
-    rewrites: set[str] = field(default_factory=set)  # tables rewritten under the lock
-    scans: set[str] = field(default_factory=set)  # tables fully read under the lock
-    creates: set[str] = field(default_factory=set)  # tables this statement creates
+    # Tables rewritten under the lock, fully read under it, created. Read-only once classified (shared
+    # empty frozensets: a data seed's hundred thousand statements would otherwise hold 3 sets each).
+    rewrites: frozenset[str] = NONE
+    scans: frozenset[str] = NONE
+    creates: frozenset[str] = NONE
 
     @property
     def node(self) -> ast.Node:
@@ -187,7 +194,7 @@ def parse_piece(text: str, piece: splitter.Piece, path: Path, migration: str, be
     """The statements of one piece (almost always one), classified, at their places in the file."""
     sql = text[piece.start:piece.end]
     try:
-        found = parse_statements(sql)
+        found = parse_statements(sql, skip=DATA_NAMES)
     except ParseError as exc:
         message, offset = exc.args[0], (exc.args[1] if len(exc.args) > 1 else None)
         if offset is None:  # "at end of input": point just past the last token
@@ -203,14 +210,26 @@ def parse_piece(text: str, piece: splitter.Piece, path: Path, migration: str, be
         lead = len(body) - len(body.lstrip(splitter.WHITESPACE))
         line, column = within(piece, sql, start + lead)
         stmt_sql = body.strip(splitter.WHITESPACE)
+        data = node[1] if isinstance(node, tuple) else None  # a data statement, classified from its JSON
         stmt = Statement(migration=migration, path=path, index=before + len(statements) + 1, line=line,
-                         column=column, sql=stmt_sql, tree=node, node_type=type(node), kind=statement_kind(stmt_sql))
-        classify(stmt)
-        refuse_client_only(stmt)
-        if isinstance(node, DATA_STATEMENTS):
-            stmt.tree = None
+                         column=column, sql=stmt_sql, tree=None if data is not None else node,
+                         node_type=node[0] if data is not None else type(node), kind=statement_kind(stmt_sql))
+        if data is None:
+            classify(stmt)
+        else:
+            classify_data(stmt, data)
+        refuse_client_only(stmt, data)
         statements.append(stmt)
     return statements
+
+
+def classify_data(stmt: Statement, data: dict) -> None:
+    """What `classify` finds for a data statement, read from its JSON parse tree (no tree is built):
+    INSERT, UPDATE and DELETE take ROW EXCLUSIVE on their table; the rest takes no lock we track."""
+    if stmt.node_type in (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt):
+        rv = data.get("relation") or {}
+        name = rv.get("relname", "?")
+        lock(stmt, f"{rv['schemaname']}.{name}" if rv.get("schemaname") else name, "ROW EXCLUSIVE")
 
 
 def within(piece: splitter.Piece, sql: str, offset: int) -> tuple[int, int]:
@@ -221,11 +240,15 @@ def within(piece: splitter.Piece, sql: str, offset: int) -> tuple[int, int]:
     return piece.line + newlines, offset - sql.rfind("\n", 0, offset)
 
 
-def refuse_client_only(stmt: Statement) -> None:
-    """COPY … FROM STDIN / TO STDOUT needs a client streaming rows; a migration sends statements only."""
-    node = stmt.tree
-    if isinstance(node, ast.CopyStmt) and node.filename is None and not node.is_program:
-        if node.is_from:
+def refuse_client_only(stmt: Statement, data: dict | None = None) -> None:
+    """COPY … FROM STDIN / TO STDOUT needs a client streaming rows; a migration sends statements only.
+    (`data`: the statement's JSON parse tree, when no tree was built.)"""
+    if stmt.node_type is not ast.CopyStmt:
+        return
+    copy = data if data is not None else {"filename": stmt.node.filename, "is_program": stmt.node.is_program,
+                                          "is_from": stmt.node.is_from}
+    if copy.get("filename") is None and not copy.get("is_program"):
+        if copy.get("is_from"):
             raise ClientOnlyStatement(
                 stmt.path, stmt.line, stmt.column, "`COPY … FROM STDIN`: the rows would have to come from the "
                 "client (psql reads them from the lines after the statement), and a migration runner sends SQL "
@@ -318,10 +341,10 @@ TRANSACTION_REFUSALS: dict[object, tuple[str, str]] = {
 
 def statement_kind(sql: str) -> str:
     """A short human label: the statement's first keywords, e.g. 'CREATE INDEX'."""
-    words = [w.upper() for w in sql.replace("(", " ").split()[:4]]
+    words = [w.upper() for w in sql[:200].replace("(", " ").split()[:4]]
     skip = {"UNIQUE", "CONCURRENTLY", "OR", "REPLACE", "TEMP", "TEMPORARY", "UNLOGGED", "IF", "NOT", "EXISTS"}
     head = [w for w in words if w not in skip]
-    return " ".join(head[:2]) if head else "?"
+    return sys.intern(" ".join(head[:2])) if head else "?"  # interned: thousands of statements share a kind
 
 
 def relname(rv: ast.RangeVar | None) -> str:
@@ -342,11 +365,14 @@ def has_option(options: tuple | None, name: str) -> bool:
 
 
 def classify(stmt: Statement) -> None:
-    """Fill in the statement's transactional flag, locks, rewrites and scans."""
+    """Fill in the statement's transactional flag, locks, rewrites, scans and creates."""
     node = stmt.node
     handler = CLASSIFIERS.get(type(node))
     if handler is not None:
+        stmt.rewrites, stmt.scans, stmt.creates = set(), set(), set()  # the handlers add to these
         handler(stmt, node)
+        stmt.rewrites, stmt.scans, stmt.creates = (frozenset(stmt.rewrites) or NONE, frozenset(stmt.scans) or NONE,
+                                                    frozenset(stmt.creates) or NONE)
 
 
 def _index(stmt: Statement, node: ast.IndexStmt) -> None:

@@ -122,7 +122,8 @@ def plan_statements(statements: list[Statement], created: set[str],
         if rewritten is not None:
             planned.extend(rewritten)
         else:
-            locks = {t: mode for t, mode in s.locks.items() if t not in created}
+            # The statement's own dict unless the plan created one of its tables (no copy per statement).
+            locks = s.locks if created.isdisjoint(s.locks) else {t: m for t, m in s.locks.items() if t not in created}
             planned.append(PlannedStatement(sql=s.sql, source=s, locks=locks, transactional=s.transactional))
         created |= s.creates
     return planned

@@ -12,7 +12,7 @@ from pglast import ast as pg_ast
 from schema_deploy.parse import LOCK_MODES, Statement
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PlannedStatement:
     """SQL to run, and the file statement it comes from."""
 

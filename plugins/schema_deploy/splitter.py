@@ -315,14 +315,9 @@ class _Splitter:
 
     def block_comment_end(self, pos: int) -> int:
         """End of the (nested) /* comment at `pos`; unterminated, the end of the text (the parser says so)."""
-        depth, i = 0, pos
-        for m in _BLOCK_MARK.finditer(self.text, pos):
-            if m.start() < i:
-                continue  # `/*/`: the `*` belongs to the opening mark
-            depth += 1 if m.group() == "/*" else -1
-            i = m.end()
-            if depth == 0:
-                return i
+        end = block_end(self.text, pos, self.n)
+        if end is not None:
+            return end
         if self.start is None:
             self.start = pos  # an unterminated comment: make it a piece, so the parser reports it
         self.code_end = self.n
@@ -398,17 +393,24 @@ def gap_problem(text: str, start: int, end: int) -> int | None:
         if pos >= end:
             return None
         if text.startswith("/*", pos):
-            depth, i = 0, pos
-            for m in _BLOCK_MARK.finditer(text, pos, end):
-                if m.start() < i:
-                    continue
-                depth += 1 if m.group() == "/*" else -1
-                i = m.end()
-                if depth == 0:
-                    break
-            if depth:
+            after = block_end(text, pos, end)
+            if after is None:
                 return pos
-            pos = i
+            pos = after
             continue
         return pos
+    return None
+
+
+def block_end(text: str, pos: int, end: int) -> int | None:
+    """Just past the /* comment at `pos` (they nest, as in PostgreSQL), or None if it does not close
+    before `end`."""
+    depth, i = 0, pos
+    for m in _BLOCK_MARK.finditer(text, pos, end):
+        if m.start() < i:
+            continue  # `/*/`: the `*` belongs to the opening mark
+        depth += 1 if m.group() == "/*" else -1
+        i = m.end()
+        if depth == 0:
+            return i
     return None

@@ -261,3 +261,25 @@ def test_baseline_file_parses_and_creates_its_tables() -> None:
                        "behavioral_events", "behavioral_patterns", "struggle_predictions", "recommendations",
                        "personalization_configs"}
     assert all(s.transactional for s in statements)
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO t (a) VALUES (1)",
+    "INSERT INTO s.t SELECT * FROM u",
+    'UPDATE "User" SET "url" = \'x\' WHERE "url" IS NULL',
+    "DELETE FROM s.t WHERE a = 1",
+    "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+    "SELECT 1",
+    "MERGE INTO t USING u ON t.a = u.a WHEN MATCHED THEN DO NOTHING",
+    "COPY t FROM '/srv/x.csv'",
+])
+def test_data_statements_classified_from_json_match_the_classification_of_their_tree(sql: str) -> None:
+    from schema_deploy.parse import Statement, classify
+
+    (fast,) = parse_sql(sql)  # classified from the parser's JSON, no tree built
+    assert fast.tree is None
+    full = Statement(migration="", path=Path("m.sql"), index=1, line=1, column=1, sql=sql, tree=fast.node,
+                     node_type=fast.node_type, kind=fast.kind)
+    classify(full)
+    assert (fast.locks, fast.rewrites, fast.scans, fast.creates, fast.transactional) == (
+        full.locks, full.rewrites, full.scans, full.creates, full.transactional)
