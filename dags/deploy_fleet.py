@@ -86,6 +86,10 @@ def on_failure(context):
                                     description="Recorded in the log and the fleet record."),
         "lock_retries": Param(None, type=["null", "integer"], minimum=0, maximum=100, title="Lock retry budget",
                               description="Retries after a lock timeout, per step; empty = deploy.yaml's lock.lock_retries."),
+        "waive_prechecks": Param(None, type=["null", "string"], title="Waive failing data prechecks (reason)",
+                                 description="Empty: rows that would make a statement fail stop the run at preflight. "
+                                             "A reason: they are logged as waived with it, and the audit record "
+                                             "keeps both; the statement itself may still fail."),
     },
 )
 def deploy_fleet():

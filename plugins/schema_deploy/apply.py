@@ -16,20 +16,22 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
 from pglast import ast, enums
 from psycopg import errors as pgerrors
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from schema_deploy import db, ledger
 from schema_deploy.bundle import Bundle
 from schema_deploy.errors import DatabaseError, LedgerBlocked, LockRetriesExhausted, MigrationFailed
 from schema_deploy.plan import MigrationPlan, Plan, plan_for
 from schema_deploy.planned import PlannedStatement, Step
-from schema_deploy.prechecks import require_clean
+from schema_deploy.prechecks import explain_failure, require_clean, written_before
 from schema_deploy.status import Status, compute_status
 
 Log = Callable[[str], None]
@@ -51,6 +53,7 @@ class Settings:
     concurrent_lock_timeout_ms: int = 600_000
     advisory_lock_timeout_s: float = 60.0
     schema: str = "public"  # where _prisma_migrations lives
+    precheck_timeout_ms: int = 60_000  # statement_timeout of each data precheck (a scan of the table)
 
     def lock_timeout_for(self, attempt: int) -> int:
         return min(self.max_lock_timeout_ms, self.lock_timeout_ms * 2 ** attempt)
@@ -105,12 +108,13 @@ def load_state(conn: psycopg.Connection, bundle: Bundle, schema: str = "public")
 def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log = lambda _: None,
           to: str | None = None, online: bool = False, prechecks: bool = True,
           created: Callable[[Status], set[str]] | None = None,
-          approve: Callable[[Plan], None] | None = None) -> ApplyResult:
+          approve: Callable[[Plan], None] | None = None, waive_prechecks: str | None = None) -> ApplyResult:
     """Apply every pending migration of `bundle` (up to `to`) to the database at `url`.
 
     `online` rewrites lock-heavy statements on existing tables (see online.py).
     `prechecks` first looks for rows that would make a statement fail (orphans,
     duplicates, NULLs) and stops with nothing changed if it finds any.
+    `waive_prechecks` (a reason): failed prechecks are logged as waived instead of stopping the run.
     `created(status)` names the tables this deployment already created (see plan_for);
     `approve(plan)` may refuse the plan (by raising) before anything runs. Both are called
     under the migration lock, with the ledger as it is then, so what is checked is what runs.
@@ -125,11 +129,24 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
         if approve is not None:
             approve(plan)
         if prechecks and plan.migrations:
-            require_clean(conn, plan)
+            checked = require_clean(conn, plan, settings, waive=waive_prechecks, log=log)
+            for r in checked:
+                if r.skipped and r.skipped.startswith("decided when"):
+                    log(f"precheck {r.statement.where}: {r.description}: {r.skipped}")
+        mark_deferred_checks(plan)
         if not plan.migrations:
             log("nothing to apply: every migration is applied")
         results = [run_migration(conn, url, mp, settings, log) for mp in plan.migrations]
     return ApplyResult(applied=results, status_before=status)
+
+
+def mark_deferred_checks(plan: Plan) -> None:
+    """Flag the planned statements whose checks are decided when they run (`prechecks.written_before`)."""
+    deferred = written_before(plan)
+    for mp in plan.migrations:
+        for step in mp.steps:
+            for ps in step.statements:
+                ps.deferred_check = ps.source in deferred
 
 
 # --- one migration -----------------------------------------------------------
@@ -140,6 +157,7 @@ def run_migration(conn: psycopg.Connection, url: str, mp: MigrationPlan, setting
     started = time.monotonic()
     result = MigrationResult(name=m.name, checksum=m.checksum, seconds=0.0, steps=[], resumed_from=mp.resume_from,
                              sql=[s.sql for step in mp.steps for s in step.statements])
+    db.reset_session(conn)  # nothing a migration before it set (SET ROLE, search_path, …) reaches this one
     watch = BlockerWatch(url, conn.info.backend_pid)
     try:
         if mp.atomic:
@@ -147,6 +165,12 @@ def run_migration(conn: psycopg.Connection, url: str, mp: MigrationPlan, setting
             result.steps.append(run_atomic(conn, mp, settings, watch, log))
         else:
             result.steps.extend(run_stepped(conn, mp, settings, watch, log))
+    except psycopg.Error as exc:  # from our own bookkeeping, not a statement (those are MigrationFailed)
+        raise DatabaseError(
+            f"migration {m.name} ({m.path}): the database answered {type(exc).__name__}"
+            f"{f' (SQLSTATE {exc.sqlstate})' if exc.sqlstate else ''} outside its statements: "
+            f"{str(exc).strip()}. What committed stays committed, and the ledger shows where it stopped: check "
+            "`python -m schema_deploy status`, then run apply again to resume.") from None
     finally:
         watch.close()
     result.seconds = time.monotonic() - started
@@ -168,6 +192,7 @@ def run_atomic(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings, 
             # than add one beside it: a failed row left behind would keep the migration pending.
             row_id = mp.resume_row_id or ledger.insert_started(conn, m.name, m.checksum, schema)
             execute_statements(conn, step.statements)
+            db.as_connecting_role(conn)  # the ledger is written by the role that connected
             ledger.mark_finished(conn, row_id, 1, schema)
 
     t0 = time.monotonic()
@@ -208,11 +233,13 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
                 conn, s, lt, settings, skipped, lambda c, n=s.number: ledger.set_steps(c, row_id, n, settings.schema)),
                                          settings, watch, log)
         except LockRetriesExhaustedInternal as exc:
-            ledger.mark_failed(conn, row_id, f"{ledger.RETRYABLE_MARK} plan={mp.digest}\n"
-                               + exc.logs(m.name, step.number), schema)
+            with ledger_write(conn):
+                ledger.mark_failed(conn, row_id, f"{ledger.RETRYABLE_MARK} plan={mp.digest}\n"
+                                   + exc.logs(m.name, step.number), schema)
             raise exc.public(m.name) from None
         except StatementFailed as exc:
-            ledger.mark_failed(conn, row_id, exc.logs(m.name, step.number), schema)
+            with ledger_write(conn):
+                ledger.mark_failed(conn, row_id, exc.logs(m.name, step.number), schema)
             done = step.number - 1
             raise MigrationFailed(
                 m.name, f"step {step.number} of {len(mp.steps)}, {exc.ps.where}", exc.sqlstate, exc.message,
@@ -225,8 +252,18 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
                                   skipped=skipped))
         log(f"{m.name}: step {step.number}/{len(mp.steps)} done in {results[-1].seconds:.2f} s"
             + (f" (skipped: {', '.join(skipped)})" if skipped else ""))
-    ledger.mark_finished(conn, row_id, len(mp.steps), schema)
+    with ledger_write(conn):
+        ledger.mark_finished(conn, row_id, len(mp.steps), schema)
     return results
+
+
+@contextmanager
+def ledger_write(conn: psycopg.Connection) -> Iterator[None]:
+    """A transaction in which the ledger is written by the role that connected (a migration's SET ROLE
+    lasts until the migration ends; the ledger is never written as that role)."""
+    with conn.transaction():
+        db.as_connecting_role(conn)
+        yield
 
 
 def check_same_plan(mp: MigrationPlan) -> None:
@@ -257,6 +294,7 @@ def run_step(conn: psycopg.Connection, step: Step, lock_timeout_ms: int, setting
                 else:
                     todo.append(ps)
             execute_statements(conn, todo)
+            db.as_connecting_role(conn)
             record(conn)
         return
     ps = step.statements[0]
@@ -273,7 +311,8 @@ def run_step(conn: psycopg.Connection, step: Step, lock_timeout_ms: int, setting
         execute_statements(conn, [ps])
     else:
         skipped.append(ps.sql.split("\n")[0][:80])
-    record(conn)
+    with ledger_write(conn):
+        record(conn)
 
 
 def set_timeouts(conn: psycopg.Connection, lock_timeout_ms: int, statement_timeout_ms: int, *, local: bool) -> None:
@@ -285,7 +324,11 @@ def set_timeouts(conn: psycopg.Connection, lock_timeout_ms: int, statement_timeo
 def execute_statements(conn: psycopg.Connection, statements: list[PlannedStatement]) -> None:
     for ps in statements:
         try:
-            conn.execute(ps.sql.encode(), prepare=False)
+            if ps.deferred_check and conn.info.transaction_status == TransactionStatus.INTRANS:
+                with conn.transaction():  # a savepoint: after a failure, the rows the statement saw can be counted
+                    conn.execute(ps.sql.encode(), prepare=False)
+            else:
+                conn.execute(ps.sql.encode(), prepare=False)
         except pgerrors.LockNotAvailable as exc:
             exc.planned = ps  # which statement waited, for the error message
             raise
@@ -297,7 +340,12 @@ def execute_statements(conn: psycopg.Connection, statements: list[PlannedStateme
                     "shows the migration as interrupted: run apply again to resume at the step that "
                     "did not finish."
                 ) from None
-            raise StatementFailed(ps, exc) from exc
+            failed = StatementFailed(ps, exc)
+            if ps.deferred_check and isinstance(exc, pgerrors.IntegrityError):
+                explained = explain_failure(conn, ps.source, exc.sqlstate)
+                if explained:
+                    failed.message += f"; precheck: {explained}"
+            raise failed from exc
 
 
 # --- idempotency of non-transactional statements -------------------------------
@@ -306,7 +354,7 @@ def prepare_non_transactional(conn: psycopg.Connection, ps: PlannedStatement) ->
     """Make a re-run harmless. Returns False when the statement's effect is already there."""
     node = ps.ast
     if isinstance(node, ast.IndexStmt) and node.concurrent and node.idxname:
-        return prepare_concurrent_index(conn, node)
+        return prepare_concurrent_index(conn, ps)
     if is_concurrent_drop(ps):
         return any(db.relation_exists(conn, *(p.sval for p in obj)) for obj in node.objects)
     if isinstance(node, ast.AlterEnumStmt) and node.newVal and not node.oldVal:
@@ -346,12 +394,32 @@ def not_valid_constraint_exists(conn: psycopg.Connection, ps: PlannedStatement) 
         return False
     rv = node.relation
     table = db.quoted(rv.schemaname, rv.relname) if rv.schemaname else db.quoted(rv.relname, split=False)
-    return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = %s AND conrelid = to_regclass(%s))",
-                             (c.conname, table)).fetchone()[0])
+    found = conn.execute(
+        "SELECT contype, array(SELECT a.attname::text FROM unnest(conkey) WITH ORDINALITY k(n, o) "
+        "       JOIN pg_attribute a ON a.attrelid = conrelid AND a.attnum = k.n ORDER BY k.o), "
+        "       confrelid, pg_get_constraintdef(oid) "
+        "FROM pg_constraint WHERE conname = %s AND conrelid = to_regclass(%s)", (c.conname, table)).fetchone()
+    if found is None:
+        return False
+    contype, columns, parent, definition = found
+    wanted = {enums.ConstrType.CONSTR_FOREIGN: "f", enums.ConstrType.CONSTR_CHECK: "c"}.get(c.contype)
+    same = contype == wanted
+    if same and c.contype == enums.ConstrType.CONSTR_FOREIGN:
+        same = (columns == [k.sval for k in c.fk_attrs or ()]
+                and parent == db.relation_oid(conn, relname_of(c.pktable)))
+    if not same:
+        raise StatementFailed(ps, sqlstate="42710", message=(
+            f'constraint "{c.conname}" already exists on {table} with another definition: {definition}; this '
+            f"migration asks for {' '.join(ps.source.sql.split())}. Nothing was skipped: give the migration's "
+            "constraint a name that differs within its first 63 bytes, or drop the other one first"))
+    return True
 
 
-def prepare_concurrent_index(conn: psycopg.Connection, node: ast.IndexStmt) -> bool:
-    """Skip a valid index; drop an INVALID one (a crashed or cancelled build) so it is rebuilt."""
+def prepare_concurrent_index(conn: psycopg.Connection, ps: PlannedStatement) -> bool:
+    """Skip a valid index that is the one asked for (a retry after the build finished); drop an INVALID
+    one (a crashed or cancelled build) so it is rebuilt. A valid index of that name with another
+    definition is an error naming both, never a skip (two long names PostgreSQL cut to the same 63 bytes)."""
+    node = ps.ast
     schema = node.relation.schemaname
     parts = (schema, node.idxname) if schema else (node.idxname,)
     oid = db.relation_oid(conn, *parts, split=False)
@@ -361,9 +429,36 @@ def prepare_concurrent_index(conn: psycopg.Connection, node: ast.IndexStmt) -> b
     valid, ready = conn.execute("SELECT indisvalid, indisready FROM pg_index WHERE indexrelid = %s",
                                 (oid,)).fetchone()
     if valid and ready:
+        require_same_index(conn, ps, oid)
         return False
     conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(db.ident(*parts, split=False)))
     return True
+
+
+def require_same_index(conn: psycopg.Connection, ps: PlannedStatement, oid: int) -> None:
+    """The existing index `oid` has the table, uniqueness, key columns, method and predicate-or-not that
+    `ps` asks for; otherwise StatementFailed naming both definitions."""
+    node: ast.IndexStmt = ps.ast
+    table, unique, method, keys, partial, definition = conn.execute(
+        "SELECT i.indrelid, i.indisunique, am.amname, "
+        "       array(SELECT a.attname::text FROM unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY k(n, o) "
+        "             LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o), "
+        "       i.indpred IS NOT NULL, pg_get_indexdef(i.indexrelid) "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam "
+        "WHERE i.indexrelid = %s", (oid,)).fetchone()
+    wanted_table = db.relation_oid(conn, relname_of(node.relation))
+    wanted_keys = [p.name for p in node.indexParams or ()]  # None for an expression, as the catalog has it
+    same = (table == wanted_table and unique == bool(node.unique) and method == (node.accessMethod or "btree")
+            and keys == wanted_keys and partial == (node.whereClause is not None))
+    if not same:
+        raise StatementFailed(ps, sqlstate="42P07", message=(
+            f'index "{node.idxname}" already exists with another definition: {definition}; this migration asks '
+            f"for {' '.join(ps.source.sql.split())}. Nothing was skipped: give the migration's index a name that "
+            "differs within its first 63 bytes (PostgreSQL cuts longer names), or drop the other index first"))
+
+
+def relname_of(rv: ast.RangeVar) -> str:
+    return f"{rv.schemaname}.{rv.relname}" if rv.schemaname else rv.relname
 
 
 def wait_for_builds(conn: psycopg.Connection, index_oid: int, timeout_s: float = 60.0) -> None:
@@ -382,13 +477,16 @@ def wait_for_builds(conn: psycopg.Connection, index_oid: int, timeout_s: float =
 class StatementFailed(Exception):
     """A statement failed for a reason other than a lock timeout."""
 
-    def __init__(self, ps: PlannedStatement, exc: psycopg.Error) -> None:
+    def __init__(self, ps: PlannedStatement, exc: psycopg.Error | None = None, *, sqlstate: str | None = None,
+                 message: str = "") -> None:
         self.ps = ps
-        self.sqlstate = exc.sqlstate
-        diag = exc.diag
-        self.message = diag.message_primary or str(exc)
-        if diag.message_detail:
-            self.message += f" ({diag.message_detail})"
+        self.sqlstate = exc.sqlstate if exc is not None else sqlstate
+        if exc is not None:
+            diag = exc.diag
+            message = diag.message_primary or str(exc)
+            if diag.message_detail:
+                message += f" ({diag.message_detail})"
+        self.message = message
         super().__init__(self.message)
 
     def logs(self, migration: str, step: int) -> str:

@@ -46,7 +46,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from schema_deploy import db, ledger
 from schema_deploy.backup_store import (DUMP_SUFFIX, Sse, check_bucket, check_object_sse, database_prefix,
-                                        dump_key, manifest_key, not_found, parse_s3_uri, s3_error, segment,
+                                        dump_key, key_segment, manifest_key, not_found, parse_s3_uri, s3_error, segment,
                                         write_manifest)
 from schema_deploy.errors import BackupFailed, BucketCheckFailed, PgDumpFailed, S3TransferFailed, UsageError
 from schema_deploy.pg_tools import (Child, Target, count_rows, find_binary, lock_tables_nowait, qualified, target_of,
@@ -314,6 +314,9 @@ def backup(s3: Any, url: str, to: str, *, environment: str = "default", run_id: 
         raise UsageError("max_in_flight must be at least 1.")
     bucket, prefix = parse_s3_uri(to)
     target = target_of(url)
+    database_prefix(prefix, environment, target.dbname)  # refuses names that would make another key, first
+    if run_id is not None:
+        key_segment(run_id, "run id")
     pg_dump = find_binary("pg_dump", pg_bindir)
     pg_dump_version = tool_version(pg_dump)
     bucket_facts = check_bucket(s3, bucket, log)

@@ -70,13 +70,26 @@ def segment(value: str) -> str:
     return _SEGMENT_UNSAFE.sub("-", value).strip("-") or "-"
 
 
+def key_segment(value: str, what: str) -> str:
+    """`segment(value)` for a value a user gave (an environment, a database, a run id): refused, naming
+    `what`, when it is empty or `.`/`..`, or holds `/`, `\\` or a control character, which would make
+    another path of the key (`…/../…`) or hide one."""
+    if (not value.strip() or value.strip() in (".", "..") or any(c in value for c in "/\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+        raise UsageError(f"{what} {value!r} cannot be part of an S3 key: empty names, '.', '..', '/', '\\' and "
+                         "control characters are refused. Use letters, digits, '.', '_' and '-' "
+                         "([A-Za-z0-9][A-Za-z0-9._-]*, e.g. production).")
+    return segment(value)
+
+
 def database_prefix(prefix: str, environment: str, database: str) -> str:
-    return "/".join(p for p in (prefix.strip("/"), segment(environment), segment(database)) if p) + "/"
+    return "/".join(p for p in (prefix.strip("/"), key_segment(environment, "environment"),
+                                key_segment(database, "database")) if p) + "/"
 
 
 def dump_key(prefix: str, environment: str, database: str, started: datetime, run_id: str) -> str:
     stamp = started.strftime(TIMESTAMP_FORMAT)
-    return f"{database_prefix(prefix, environment, database)}{stamp}_{segment(run_id)}{DUMP_SUFFIX}"
+    return f"{database_prefix(prefix, environment, database)}{stamp}_{key_segment(run_id, 'run id')}{DUMP_SUFFIX}"
 
 
 def manifest_key(key: str) -> str:

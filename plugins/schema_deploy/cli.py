@@ -53,12 +53,12 @@ def database_url(args: argparse.Namespace) -> str:
 def settings_from(args: argparse.Namespace) -> Settings:
     fields = {}
     for name in ("lock_timeout_ms", "max_lock_timeout_ms", "lock_retries", "statement_timeout_ms",
-                 "advisory_lock_timeout_s"):
+                 "advisory_lock_timeout_s", "precheck_timeout_ms"):
         value = getattr(args, name, None)
         if value is not None:
             if value < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative (got {value}).")
-            if value == 0 and name in ("lock_timeout_ms", "max_lock_timeout_ms"):
+            if value == 0 and name in ("lock_timeout_ms", "max_lock_timeout_ms", "precheck_timeout_ms"):
                 # 0 means "wait forever" to PostgreSQL: every query on the table would queue behind us.
                 raise UsageError(f"--{name.replace('_', '-')} 0 would wait for locks forever, blocking "
                                  "every query on the table meanwhile; give a positive number of milliseconds.")
@@ -146,7 +146,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan.table_sizes = table_sizes(conn, plan.tables())
         files = [(mp.migration, mp.file or mp.statements) for mp in plan.migrations]
         existing, estimates = relation_facts(conn, referenced_relations(files))
-        prechecks = run_prechecks(conn, plan)
+        prechecks = run_prechecks(conn, plan, settings_from(args))
     findings = lint_parsed(files, existing_tables=existing, config=config, row_estimates=estimates)
     data = {**plan.as_dict(), "lint": [f.as_dict() for f in findings],
             "prechecks": [r.as_dict() for r in prechecks]}
@@ -172,7 +172,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     found, bundle = release_and_bundle(args)
     if args.target:
         approve = lambda plan: check_plan(found, args.target, plan)  # noqa: E731 - called under apply's lock
-    result = apply(url, bundle, settings_from(args), log=say, to=args.to, online=args.online, approve=approve)
+    waive = (args.waive_prechecks or "").strip() or None
+    if args.waive_prechecks is not None and not waive:
+        raise UsageError("--waive-prechecks needs the reason the failed prechecks may be ignored for this run "
+                         "(it is printed and kept with the result), e.g. --waive-prechecks 'rows fixed by hand, ticket 123'.")
+    result = apply(url, bundle, settings_from(args), log=say, to=args.to, online=args.online, approve=approve,
+                   waive_prechecks=waive)
     emit(args, result.as_dict(),
          "\n".join(f"applied {m.name} in {m.seconds:.2f} s" for m in result.applied) or "nothing to apply")
     return 0
@@ -460,7 +465,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         cfg = replace(cfg, bundles=(("cli", args.migrations.resolve()),), default_bundle="cli")
     params = RunParams(bundle=args.bundle or "", dry_run=args.dry_run, online=args.online, require_approval=True,
                        skip_window=bool(args.skip_window), skip_window_reason=args.skip_window or "",
-                       lock_retries=args.lock_retries)
+                       lock_retries=args.lock_retries, waive_prechecks=(args.waive_prechecks or "").strip())
     store = Store.from_config(default_s3_client(), cfg)
     store = Store(store.s3, args.to.rstrip("/"), store.sse)
     user = os.environ.get("USER") or os.environ.get("LOGNAME") or "command line"
@@ -586,6 +591,7 @@ def render_plan(plan: Plan) -> str:
 
 def add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", metavar="NAME", help="stop after this migration")
+    p.add_argument("--precheck-timeout-ms", type=int, help="statement_timeout of each data precheck (default 60000)")
     p.add_argument("--online", action=argparse.BooleanOptionalAction, default=True,
                    help="rewrite lock-heavy statements on existing tables into online forms (default: on)")
 
@@ -630,6 +636,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-retries", type=int, help="retries after a lock timeout (default 10)")
     p.add_argument("--statement-timeout-ms", type=int, help="statement_timeout (default 3600000; 0 = none)")
     p.add_argument("--advisory-lock-timeout-s", type=float, help="wait for another migrator (default 60)")
+    p.add_argument("--waive-prechecks", metavar="REASON",
+                   help="go on although data prechecks fail, for this run only; the reason is printed with each")
     p = verb("verify", cmd_verify, "check the database against its applied migrations")
     config_option(p)
     p.add_argument("--migration", metavar="NAME", help="only this migration's expectations")
@@ -700,6 +708,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="staging and its gate only; production untouched")
     p.add_argument("--approved-by", metavar="NAME", help="who approves production (recorded as given on the "
                                                          "command line); without it the run stops after the gate")
+    p.add_argument("--waive-prechecks", metavar="REASON",
+                   help="go on although data prechecks fail; the reason goes into the audit record")
     p.add_argument("--skip-window", metavar="REASON", help="change production now, outside the maintenance window "
                                                            "(the reason is recorded)")
     p.add_argument("--online", action=argparse.BooleanOptionalAction, default=True,

@@ -100,6 +100,7 @@ class DeployConfig:
     lock_timeout_ms: int = 100
     max_lock_timeout_ms: int = 2000
     lock_retries: int = 10
+    precheck_timeout_ms: int = 60_000  # `prechecks: {timeout_ms: …}`: statement_timeout of each data precheck
     slack_channel: str = "#deploys"
     schedule_lead: timedelta | None = None  # scheduled runs start this long before each window; None = manual only
     expect_index_mb: tuple[float, float] = (50.0, 100.0)
@@ -252,6 +253,7 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         lock_timeout_ms=int(lock.get("lock_timeout_ms", defaults.lock_timeout_ms)),
         max_lock_timeout_ms=int(lock.get("max_lock_timeout_ms", defaults.max_lock_timeout_ms)),
         lock_retries=int(lock.get("lock_retries", defaults.lock_retries)),
+        precheck_timeout_ms=_precheck_timeout(data, path),
         slack_channel=str(slack.get("channel", defaults.slack_channel)),
         schedule_lead=parse_duration(str(schedule["lead"])) if schedule.get("lead") else None,
         expect_index_mb=_range(expect, "index_storage_mb", defaults.expect_index_mb, path),
@@ -341,6 +343,18 @@ def _bundles(data: dict, base: Path, path: Path) -> tuple[tuple[tuple[str, Path]
         raise ConfigError(path, f"default_bundle {default!r} is not declared under bundles",
                           f"Use one of {', '.join(n for n, _ in bundles)}.")
     return tuple(bundles), str(default), frozenset(linked)
+
+
+def _precheck_timeout(data: dict, path: Path) -> int:
+    """`prechecks: {timeout_ms: N}`: how long one data precheck may scan its table (default 60 s)."""
+    section = data.get("prechecks") or {}
+    if not isinstance(section, dict) or set(section) - {"timeout_ms"}:
+        raise ConfigError(path, "prechecks: takes one key, timeout_ms", "e.g. prechecks: {timeout_ms: 120000}.")
+    value = section.get("timeout_ms", DeployConfig.precheck_timeout_ms)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(path, f"prechecks.timeout_ms: expected a positive number of milliseconds, got {value!r}",
+                          "e.g. prechecks: {timeout_ms: 120000} (two minutes).")
+    return value
 
 
 def _range(section: dict, key: str, default: tuple[float, float], path: Path) -> tuple[float, float]:

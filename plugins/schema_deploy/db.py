@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,9 +29,59 @@ MASK = "****"
 
 # --- passwords ------------------------------------------------------------------------
 
+# What RFC 3986 allows in a URL's user information as written: anything else must be percent-encoded.
+USERINFO_OK = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{2})*")
+
+
+def url_userinfo(url: str) -> tuple[str, str, str | None, str] | None:
+    """(scheme, user, password as written or None, what follows the last '@') of a postgresql:// URL; None
+    for a key=value string or a URL without user information. Split by hand at the last '@', so that a
+    password with '#', '?', '/' or a space (which urlsplit would cut) is still found whole."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    userinfo, at, after = rest.rpartition("@")
+    if not at:
+        return None
+    user, colon, password = userinfo.partition(":")
+    return scheme, user, password if colon else None, after
+
+
+def display_url(url: str) -> str:
+    """The URL with its password as ****, however the password is written."""
+    parts = url_userinfo(url)
+    if parts is None:
+        return scrub(url)
+    scheme, user, password, after = parts
+    return f"{scheme}://{user}{':' + MASK if password is not None else ''}@{after}"
+
+
+def check_url(url: str) -> None:
+    """Refuse a postgresql:// URL whose user or password libpq would misread, naming what to
+    percent-encode and never echoing the password (libpq's own errors quote the bad token)."""
+    parts = url_userinfo(url)
+    if parts is None:
+        return
+    _, user, password, _ = parts
+    if "/" in user or "@" in user or (password is not None and ("/" in password or "@" in password)):
+        # libpq would split the URL inside the password and echo a piece of it as the host.
+        raise DatabaseError(f"cannot connect to {display_url(url)}: the user name or password contains '@' or '/'. "
+                            "Percent-encode them in the URL ('@' as %40, '/' as %2F).")
+    for what, value in (("user name", user), ("password", password or "")):
+        if not USERINFO_OK.fullmatch(value):
+            raise DatabaseError(
+                f"cannot connect to {display_url(url)}: the {what} in the URL is not valid percent-encoding (a '%' "
+                "must be followed by two hex digits, and characters such as a space, '#', '?', '%' itself or "
+                "non-ASCII letters must be written as %XX). Percent-encode it, e.g. in Python "
+                "urllib.parse.quote(password, safe='') ('#' becomes %23, '%' becomes %25, a space %20).")
+
+
 def passwords_of(url: str) -> set[str]:
     """The password of a URL or key=value string, as written and percent-decoded."""
     found: set[str | None] = set()
+    parts = url_userinfo(url)
+    if parts is not None and parts[2]:
+        found |= {parts[2], unquote(parts[2])}
     try:
         raw = urlsplit(url).password
         found |= {raw, unquote(raw or "")}
@@ -62,11 +113,7 @@ def connect(url: str, *, autocommit: bool = True, application_name: str = APPLIC
     `settings` are server settings given at connection start (say, read-only with a
     short statement_timeout).
     """
-    userinfo, at, _ = url.partition("://")[2].partition("?")[0].rpartition("@")
-    if at and any(c in userinfo for c in "@/"):
-        # libpq would split the URL inside the password and echo a piece of it as the host.
-        raise DatabaseError(f"cannot connect to {scrub(url)}: the user name or password contains '@' or '/'. "
-                            "Percent-encode them in the URL ('@' as %40, '/' as %2F).")
+    check_url(url)
     # libpq splits `options` at unescaped spaces; a backslash escapes.
     options = " ".join(f"-c {name}=" + str(value).replace("\\", "\\\\").replace(" ", "\\ ")
                        for name, value in (settings or {}).items())
@@ -74,12 +121,42 @@ def connect(url: str, *, autocommit: bool = True, application_name: str = APPLIC
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
                                application_name=application_name, **({"options": options} if options else {}))
     except psycopg.Error as exc:
-        raise DatabaseError(f"cannot connect to {scrub(url)}: {mask_password(str(exc).strip(), url)}. "
+        raise DatabaseError(f"cannot connect to {display_url(url)}: {mask_password(str(exc).strip(), url)}. "
                             "Check the URL, that the server is running, and the role's password.") from None
-    # Lets the server abort our statements soon after this process dies (PostgreSQL 14+),
-    # so a crash leaves no backend building an index on our behalf.
-    conn.execute("SET client_connection_check_interval = '1s'")
+    apply_session_settings(conn)
     return conn
+
+
+# Set on every session we open, and again after each reset_session.
+# client_connection_check_interval lets the server abort our statements soon after this process dies
+# (PostgreSQL 14+), so a crash leaves no backend building an index on our behalf.
+SESSION_SETTINGS = {"client_connection_check_interval": "1s"}
+
+
+def apply_session_settings(conn: psycopg.Connection) -> None:
+    for name, value in SESSION_SETTINGS.items():
+        conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+
+
+def reset_session(conn: psycopg.Connection) -> None:
+    """The session as `connect` left it: every setting at its default (a migration's SET search_path,
+    SET ROLE, SET SESSION AUTHORIZATION included), then our own settings again. Run between migrations,
+    outside a transaction, so nothing one migration set reaches the next."""
+    conn.execute("RESET ALL")
+    conn.execute("RESET ROLE")
+    if conn.execute("SELECT session_user <> %s", (conn.info.user,)).fetchone()[0]:
+        conn.execute("RESET SESSION AUTHORIZATION")  # only a superuser's session can have changed it
+    apply_session_settings(conn)
+
+
+def as_connecting_role(conn: psycopg.Connection) -> None:
+    """Inside a transaction: act as the role that connected until it ends (a migration's session-level
+    SET ROLE comes back after it), so the ledger is always written by the connecting role."""
+    session_user, current_user = conn.execute("SELECT session_user, current_user").fetchone()
+    if session_user != conn.info.user:
+        conn.execute("SET LOCAL SESSION AUTHORIZATION DEFAULT")
+    if current_user != conn.info.user or session_user != conn.info.user:
+        conn.execute("SET LOCAL ROLE NONE")
 
 
 # --- identifiers ----------------------------------------------------------------------
@@ -175,10 +252,25 @@ def advisory_lock_holders(conn: psycopg.Connection, classid: int, objid: int, ob
                           "AND l.objsubid = %s)", (classid, objid, objsubid))
 
 
+def lock_holders(conn: psycopg.Connection, table: str) -> list[Session]:
+    """Other sessions holding a granted lock on `table` (after a lock wait timed out: who was in the way)."""
+    return sessions(conn, "a.pid <> pg_backend_pid() AND a.pid IN (SELECT l.pid FROM pg_locks l "
+                          "WHERE l.locktype = 'relation' AND l.granted AND l.relation = to_regclass(%s))",
+                    (quoted(table),))
+
+
 def other_sessions(conn: psycopg.Connection) -> list[Session]:
-    """Client sessions on the same database other than this one."""
+    """Every other session on the same database but autovacuum workers, whoever's: PostgreSQL shows a role
+    without pg_read_all_stats another role's session with most columns NULL (backend_type included),
+    so such a row counts as a session, hidden details and all."""
     return sessions(conn, "a.datname = current_database() AND a.pid <> pg_backend_pid() "
-                          "AND a.backend_type = 'client backend'")
+                          "AND (a.backend_type = 'client backend' OR a.backend_type IS NULL)")
+
+
+def sees_all_sessions(conn: psycopg.Connection) -> bool:
+    """Can this role read other roles' sessions in pg_stat_activity (superuser or pg_read_all_stats)?"""
+    return bool(conn.execute("SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
+                             "FROM pg_roles WHERE rolname = current_user").fetchone()[0])
 
 
 def describe_blockers(found: list[Session]) -> str:

@@ -223,6 +223,21 @@ class MigrationFailed(SchemaDeployError):
         )
 
 
+class LedgerRowMissing(SchemaDeployError):
+    """The ledger row a migration started with was gone (or finished by someone else) when it ended."""
+
+    exit_code = 1
+
+    def __init__(self, row_id: str, schema: str) -> None:
+        self.row_id = row_id
+        super().__init__(
+            f"the ledger row {row_id} this run inserted into {schema}._prisma_migrations was gone or already "
+            "finished when the migration ended: something else wrote the ledger meanwhile (a statement of the "
+            "migration, or another tool without the migration lock). The migration is not recorded as applied; "
+            "a migration that ran in one transaction rolled back. Check the ledger with `python -m schema_deploy "
+            "status` before running again.")
+
+
 class LedgerBlocked(SchemaDeployError):
     """The ledger has failed rows or drift, so apply refuses to start."""
 
@@ -255,6 +270,35 @@ class PrecheckFailed(SchemaDeployError):
                 lines.append(f"    samples: {', '.join(samples)}")
             lines.append(f"    fix: {fix}")
         super().__init__("\n".join(lines))
+
+
+class PrecheckLocked(SchemaDeployError):
+    """A precheck could not read its table: another session held a conflicting lock every time."""
+
+    exit_code = 1
+
+    def __init__(self, where: str, description: str, table: str, attempts: int, holders: list[Session]) -> None:
+        self.where, self.table, self.holders = where, table, holders
+        who = "; ".join(h.as_blocker() for h in holders) or "sessions that had finished by the time they were looked up"
+        super().__init__(
+            f"data precheck for {where} ({description}) could not read {table} in {attempts} attempts: another "
+            f"session holds a lock on it that blocks reads (lock_timeout each time, SQLSTATE 55P03). Held by: "
+            f"{who}. Nothing was changed. Run again when that work is done, raise --lock-retries, or end the "
+            "session with SELECT pg_terminate_backend(<pid>).")
+
+
+class PrecheckTimedOut(SchemaDeployError):
+    """A precheck ran past its statement_timeout (a large table)."""
+
+    exit_code = 1
+
+    def __init__(self, where: str, description: str, table: str, rows: int | None, timeout_ms: int) -> None:
+        self.where, self.table, self.timeout_ms = where, table, timeout_ms
+        size = f"~{rows:,} rows" if rows is not None else "its size unknown (never analyzed)"
+        super().__init__(
+            f"data precheck for {where} ({description}) did not finish within {timeout_ms} ms on {table} ({size}); "
+            "nothing was changed. Give it longer with --precheck-timeout-ms (deploy.yaml: prechecks.timeout_ms), "
+            "or run the check yourself off-peak and waive it for this run with --waive-prechecks REASON.")
 
 
 # --- backups ------------------------------------------------------------------

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from schema_deploy import db
-from schema_deploy.errors import AdvisoryLockTimeout
+from schema_deploy.errors import AdvisoryLockTimeout, LedgerRowMissing
 
 PRISMA_LOCK_KEY = 72707369
 TABLE = "_prisma_migrations"
@@ -131,13 +131,16 @@ def set_steps(conn: psycopg.Connection, row_id: str, steps: int, schema: str = "
 
 
 def mark_finished(conn: psycopg.Connection, row_id: str, steps: int, schema: str = "public") -> None:
+    """Finish our row; LedgerRowMissing when it is not there any more (never "applied" without a row)."""
     # clock_timestamp(), not now(): in a one-transaction migration now() is still the
     # start time, and finished_at - started_at is how long the migration took.
-    conn.execute(
+    cur = conn.execute(
         sql.SQL("UPDATE {} SET finished_at = clock_timestamp(), applied_steps_count = %s, logs = NULL "
-                "WHERE id = %s").format(table_ident(schema)),
+                "WHERE id = %s AND finished_at IS NULL").format(table_ident(schema)),
         (steps, row_id),
     )
+    if cur.rowcount != 1:
+        raise LedgerRowMissing(row_id, schema)
 
 
 def mark_failed(conn: psycopg.Connection, row_id: str, logs: str, schema: str = "public") -> None:

@@ -185,6 +185,59 @@ def identifier_too_long(stmt: Statement, node: ast.Node, ctx: Context) -> Iterat
             line=stmt.line + stmt.sql.count("\n", 0, offset))
 
 
+def created_names(node: ast.Node) -> list[tuple[str, str]]:
+    """(namespace, name) of what a statement creates that PostgreSQL names: relations (tables, indexes,
+    views) share one namespace per schema; constraints have one per table. Names as the parser gives
+    them (already cut to 63 bytes)."""
+    out: list[tuple[str, str]] = []
+    if isinstance(node, ast.IndexStmt) and node.idxname:
+        out.append((f"relation:{node.relation.schemaname or ''}", node.idxname))
+    elif isinstance(node, ast.CreateStmt):
+        out.append((f"relation:{node.relation.schemaname or ''}", node.relation.relname))
+        out.extend((f"constraint:{relname(node.relation)}", name) for name in named_constraints(node.tableElts))
+    elif isinstance(node, ast.AlterTableStmt):
+        defs = [cmd.def_ for cmd in node.cmds or () if cmd.subtype in (AT.AT_AddConstraint, AT.AT_AddColumn)]
+        out.extend((f"constraint:{relname(node.relation)}", name) for name in named_constraints(defs))
+    return out
+
+
+def named_constraints(elements: tuple | list | None) -> list[str]:
+    """The names given to the constraints among table elements (ColumnDefs' and table constraints)."""
+    found = []
+    for elt in elements or ():
+        for c in (elt.constraints or ()) if isinstance(elt, ast.ColumnDef) else (elt,):
+            if isinstance(c, ast.Constraint) and c.conname:
+                found.append(c.conname)
+    return found
+
+
+@rule("error", ast.IndexStmt, ast.CreateStmt, ast.AlterTableStmt)
+def identifier_collision(stmt: Statement, node: ast.Node, ctx: Context) -> Iterator[Violation]:
+    """Two names that PostgreSQL cuts to the same 63 bytes (the second object is never made).
+
+    Across the bundle, in order: an index, table or constraint whose name, cut to 63 bytes, is
+    the cut name of another one in the same namespace with a different full name. As written the
+    second CREATE fails ("already exists"); a tool that skips what already exists would skip it.
+    """
+    created = created_names(node)
+    if not created:
+        return
+    full = {pg_truncate(name): name for name, _ in long_identifiers(stmt.sql)}
+    for namespace, cut in created:
+        name = full.get(cut, cut)
+        earlier = ctx.facts.names.get((namespace, cut))
+        if earlier is None:
+            ctx.facts.names[(namespace, cut)] = (name, stmt.where)
+            continue
+        if earlier[0] != name:
+            yield Violation(
+                f'"{name}" and "{earlier[0]}" ({earlier[1]}) are both "{cut}" to PostgreSQL, which keeps only '
+                f"{MAX_IDENTIFIER_BYTES} bytes of a name: this one is never created (as written the statement "
+                "fails with \"already exists\")",
+                "Give them names that differ within their first 63 bytes (Prisma: map = \"…\" on the @@index or "
+                "@relation).")
+
+
 def _type_hint(stmt: Statement, ctx: Context, names: tuple[str, ...],
                only_limited: bool = False) -> dict[str, list[str]]:
     """Columns per table whose built-in type is one of `names` (with a length limit, if `only_limited`)."""

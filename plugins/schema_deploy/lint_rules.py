@@ -108,6 +108,8 @@ class BundleFacts:
     """What lint learns across the files of a bundle, in order."""
 
     not_null_checked: set[tuple[str, str]] = field(default_factory=set)  # (table, column) with a validated check
+    # (namespace, name cut to 63 bytes) -> (full name, file:line) of what the bundle creates, for collisions
+    names: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     unvalidated_checks: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, constraint) -> column
 
 

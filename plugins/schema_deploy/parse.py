@@ -219,14 +219,35 @@ def parse_piece(text: str, piece: splitter.Piece, path: Path, migration: str, be
         else:
             classify_data(stmt, data)
         refuse_client_only(stmt, data)
+        refuse_ledger_writes(stmt)
         statements.append(stmt)
     return statements
 
 
+LEDGER_TABLE = "_prisma_migrations"
+READS = ("ACCESS SHARE", "ROW SHARE")
+
+
+def refuse_ledger_writes(stmt: Statement) -> None:
+    """A migration that writes the ledger (`TRUNCATE`, `DELETE FROM`, `INSERT INTO`, `DROP` …
+    `_prisma_migrations`) would make the ledger lie about what ran: its own row could vanish and
+    the next run re-apply everything. Reading it is fine."""
+    for table in (*stmt.locks, *stmt.creates):
+        if table.rsplit(".", 1)[-1] == LEDGER_TABLE and (table in stmt.creates or stmt.locks[table] not in READS):
+            raise MigrationFileError(
+                stmt.path, stmt.line, stmt.column,
+                f"`{shorten(stmt.sql, 60)}` writes {LEDGER_TABLE}, the ledger that says which migrations ran: "
+                "its own row could vanish, and the next run would apply everything again",
+                "Remove it; change the ledger with `python -m schema_deploy resolve --applied|--rolled-back NAME` "
+                "(as `prisma migrate resolve` does)", code="writes-ledger")
+
+
 def classify_data(stmt: Statement, data: dict) -> None:
     """What `classify` finds for a data statement, read from its JSON parse tree (no tree is built):
-    INSERT, UPDATE and DELETE take ROW EXCLUSIVE on their table; the rest takes no lock we track."""
-    if stmt.node_type in (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt):
+    INSERT, UPDATE, DELETE, MERGE and COPY … FROM take ROW EXCLUSIVE on their table; the rest takes no
+    lock we track."""
+    copy_into = stmt.node_type is ast.CopyStmt and data.get("is_from") and data.get("relation")
+    if stmt.node_type in (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt) or copy_into:
         rv = data.get("relation") or {}
         name = rv.get("relname", "?")
         lock(stmt, f"{rv['schemaname']}.{name}" if rv.get("schemaname") else name, "ROW EXCLUSIVE")
@@ -538,6 +559,11 @@ def _dml(stmt: Statement, node: ast.Node) -> None:
     lock(stmt, relname(node.relation), "ROW EXCLUSIVE")
 
 
+def _copy(stmt: Statement, node: ast.CopyStmt) -> None:
+    if node.is_from and node.relation is not None:
+        lock(stmt, relname(node.relation), "ROW EXCLUSIVE")
+
+
 def _trigger(stmt: Statement, node: ast.CreateTrigStmt) -> None:
     lock(stmt, relname(node.relation), SHARE_ROW_EXCLUSIVE)
 
@@ -566,6 +592,8 @@ CLASSIFIERS = {
     ast.InsertStmt: _dml,
     ast.UpdateStmt: _dml,
     ast.DeleteStmt: _dml,
+    ast.MergeStmt: _dml,
+    ast.CopyStmt: _copy,
     ast.CreateTrigStmt: _trigger,
     ast.LockStmt: _lock_table,
     # ALTER TYPE ... ADD VALUE may run in a transaction since PostgreSQL 12, but

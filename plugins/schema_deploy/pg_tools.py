@@ -76,10 +76,14 @@ class Target:
 def target_of(url: str) -> Target:
     """Parse a postgresql:// URL (or key=value string) into a `Target`."""
     try:
+        db.check_url(url)
+    except db.DatabaseError as exc:
+        raise UsageError(exc.message) from None
+    try:
         params = pg_conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        raise UsageError(f"{scrub(url)!r} is not a PostgreSQL URL ({scrub(str(exc)).strip()}); expected a "
-                         "postgresql:// URL with user, password, host, port and database name.") from None
+        raise UsageError(f"{db.display_url(url)!r} is not a PostgreSQL URL ({db.mask_password(str(exc), url).strip()}); "
+                         "expected a postgresql:// URL with user, password, host, port and database name.") from None
     password = params.pop("password", None)
     dbname = str(params.get("dbname") or params.get("user") or os.environ.get("PGDATABASE") or "")
     if not dbname:

@@ -25,6 +25,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 import psycopg
+from pglast import ast as pg_ast
 
 from schema_deploy import db
 from schema_deploy.bundle import Bundle, Migration, checksum_matches
@@ -143,6 +144,22 @@ def block_notes(parsed: ParsedFile, online: bool) -> list[str]:
     return notes
 
 
+SESSION_SETTINGS = {"role": "SET ROLE", "session_authorization": "SET SESSION AUTHORIZATION",
+                    "search_path": "SET search_path"}
+
+
+def session_notes(parsed: ParsedFile) -> list[str]:
+    """What the plan says about session-level settings a file changes that decide who owns what it creates
+    and where names resolve: they last until the migration ends, and no further."""
+    notes = []
+    for s in parsed.statements:
+        if s.node_type is pg_ast.VariableSetStmt and not s.node.is_local and s.node.name in SESSION_SETTINGS:
+            notes.append(f"{s.where}: {SESSION_SETTINGS[s.node.name]} lasts until this migration ends: the "
+                         "statements after it in this file run with it; schema-deploy ends it before the next "
+                         "migration and writes the ledger as the role that connected")
+    return notes
+
+
 def plan_migration(migration: Migration, created: set[str] | None = None,
                    existing: set[str] | None = None, parsed: ParsedFile | None = None) -> MigrationPlan:
     """Steps of one migration; `created` collects tables created so far in the plan.
@@ -156,7 +173,7 @@ def plan_migration(migration: Migration, created: set[str] | None = None,
     planned = plan_statements(parsed.statements, created, existing)
     steps = group_steps(planned, one_per_step=any(p.reason for p in planned))
     return MigrationPlan(migration=migration, statements=parsed.statements, steps=steps,
-                         notes=block_notes(parsed, existing is not None), file=parsed)
+                         notes=block_notes(parsed, existing is not None) + session_notes(parsed), file=parsed)
 
 
 def to_plan(bundle: Bundle, status: Status, to: str | None) -> list[Migration]:

@@ -22,6 +22,7 @@ class PlannedStatement:
     transactional: bool
     reason: str | None = None  # why this differs from the file (online rewrites)
     node: pg_ast.Node | None = None  # AST of `sql` when it differs from the source statement's
+    deferred_check: bool = False  # a precheck is decided when this runs (its table is written before it)
 
     @property
     def ast(self) -> pg_ast.Node:

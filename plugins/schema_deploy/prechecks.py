@@ -10,10 +10,29 @@ statements of a plan that validate existing data:
 
 The Epic 5 plan calls its foreign key "risk-free"; on a table with orphan
 assignments it fails halfway through a deployment. This finds them first.
+
+The data a statement will see. When an earlier statement of the same deployment
+writes the table (the usual backfill: `UPDATE … WHERE col IS NULL` then
+`SET NOT NULL` in one file), today's rows say nothing about what the statement
+will meet, so the check is not run ahead: the statement runs (behind a
+savepoint), and if it fails with the integrity error the check is about, the
+error becomes the check's message, with counts and samples of the rows it saw
+(`explain_failure`). Chosen over a guard query before the statement because a
+guard scans the table a second time under the migration's locks on every run,
+while this costs nothing when the statement succeeds.
+
+Checks run like migration steps: with apply's lock_timeout and lock retries
+(naming the sessions that hold the table when they run out), and a statement
+timeout of their own (`Settings.precheck_timeout_ms`, `--precheck-timeout-ms`)
+whose expiry names the check, the table and its size. A run may waive the checks
+that fail, with a reason (`apply --waive-prechecks REASON`), which the results
+and the audit record carry: never silently.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from pglast import ast, enums
@@ -21,7 +40,7 @@ from pglast.stream import RawStream
 from psycopg import sql
 
 from schema_deploy import db
-from schema_deploy.errors import PrecheckFailed
+from schema_deploy.errors import PrecheckFailed, PrecheckLocked, PrecheckTimedOut
 from schema_deploy.parse import Statement, relname
 from schema_deploy.plan import Plan
 
@@ -41,7 +60,8 @@ class PrecheckResult:
     violations: int
     samples: list[str]
     fix: str
-    skipped: str | None = None  # why it could not run (e.g. the column is created by the plan)
+    skipped: str | None = None  # why it did not run (the column is created by the plan; decided when it runs)
+    waived: str | None = None  # the run's reason for going on although it failed
 
     @property
     def failed(self) -> bool:
@@ -50,7 +70,7 @@ class PrecheckResult:
     def as_dict(self) -> dict[str, object]:
         return {"check": self.check, "where": self.statement.where, "table": self.table,
                 "description": self.description, "violations": self.violations, "samples": self.samples,
-                "fix": self.fix, "skipped": self.skipped}
+                "fix": self.fix, "skipped": self.skipped, "waived": self.waived}
 
 
 def cols(names: list[str]) -> sql.Composable:
@@ -84,34 +104,95 @@ def checks_for(stmt: Statement) -> list[tuple[str, str, dict]]:
     return found
 
 
-def run_prechecks(conn: psycopg.Connection, plan: Plan, statement_timeout_ms: int = 60_000) -> list[PrecheckResult]:
-    """Run every precheck of the plan's statements; returns all results (failed ones have violations)."""
+Check = tuple[str, str, dict]  # (kind, table, details), from checks_for
+
+
+def written_before(plan: Plan) -> dict[Statement, list[tuple[Check, Statement]]]:
+    """The checks that today's rows cannot decide: their table is written (INSERT, UPDATE, DELETE,
+    MERGE, COPY, or a rewrite such as a type change) by an earlier statement of the same deployment,
+    so the statement will see other rows than a query now would. Each comes with that earlier statement."""
+    written: dict[str, Statement] = {}
+    created: set[str] = set()
+    deferred: dict[Statement, list[tuple[Check, Statement]]] = {}
+    for mp in plan.migrations:
+        for stmt in mp.statements:
+            for check_ in checks_for(stmt):
+                if check_[1] not in created and check_[1] in written:
+                    deferred.setdefault(stmt, []).append((check_, written[check_[1]]))
+            created |= stmt.creates
+            for table, mode in stmt.locks.items():
+                if mode == "ROW EXCLUSIVE" or table in stmt.rewrites:
+                    written.setdefault(table, stmt)
+    return deferred
+
+
+def run_prechecks(conn: psycopg.Connection, plan: Plan, settings: Any = None) -> list[PrecheckResult]:
+    """Run every precheck of the plan's statements; returns all results (failed ones have violations).
+
+    A check whose table an earlier statement of the deployment writes is not run: it is decided when
+    its statement runs (`explain_failure`), on the rows that statement sees. `settings` (apply's
+    Settings): the lock timeouts, retries and precheck timeout to run with."""
+    settings = settings if settings is not None else default_settings()
+    deferred = written_before(plan)
     created: set[str] = set()
     results: list[PrecheckResult] = []
     for mp in plan.migrations:
         for stmt in mp.statements:
-            for kind, table, details in checks_for(stmt):
+            for check_ in checks_for(stmt):
+                kind, table, details = check_
                 if table in created:
                     continue  # a table this plan creates holds no rows yet
-                results.append(run_one(conn, kind, stmt, table, details, statement_timeout_ms))
+                writer = next((w for c, w in deferred.get(stmt, ()) if c == check_), None)
+                if writer is not None:
+                    builder = BUILDERS[kind]
+                    description, _, _, fix = builder(table, details)
+                    results.append(PrecheckResult(kind, stmt, table, description, 0, [], fix, skipped=(
+                        f"decided when the statement runs: {writer.where} writes {table} before it")))
+                    continue
+                results.append(run_one(conn, kind, stmt, table, details, settings))
             created |= stmt.creates
     return results
 
 
+def default_settings() -> Any:
+    from schema_deploy.apply import Settings  # apply imports this module: its Settings only at call time
+
+    return Settings()
+
+
 def run_one(conn: psycopg.Connection, kind: str, stmt: Statement, table: str, details: dict,
-            timeout_ms: int) -> PrecheckResult:
-    builder = {"foreign-key": foreign_key, "unique": unique, "not-null": not_null, "check": check}[kind]
-    description, count_q, sample_q, fix = builder(table, details)
-    try:
-        with conn.transaction():
-            conn.execute("SET TRANSACTION READ ONLY")
-            conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
-            violations = conn.execute(count_q).fetchone()[0]
-            samples = [str(r[0]) for r in conn.execute(sample_q).fetchall()] if violations else []
-    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable) as exc:
-        return PrecheckResult(kind, stmt, table, description, 0, [], fix,
-                              skipped=f"not checked: {exc.diag.message_primary} (created by this deployment)")
-    return PrecheckResult(kind, stmt, table, description, violations, samples, fix)
+            settings: Any) -> PrecheckResult:
+    """One check, read-only, with apply's lock timeouts and retries: a table locked by another session
+    is retried like a migration step, and named with its holders when retries run out."""
+    description, count_q, sample_q, fix = BUILDERS[kind](table, details)
+    attempts = settings.lock_retries + 1
+    for attempt in range(attempts):
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION READ ONLY")
+                conn.execute(f"SET LOCAL statement_timeout = {int(settings.precheck_timeout_ms)}")
+                conn.execute(f"SET LOCAL lock_timeout = {int(settings.lock_timeout_for(attempt))}")
+                violations = conn.execute(count_q).fetchone()[0]
+                samples = [str(r[0]) for r in conn.execute(sample_q).fetchall()] if violations else []
+            return PrecheckResult(kind, stmt, table, description, violations, samples, fix)
+        except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable) as exc:
+            return PrecheckResult(kind, stmt, table, description, 0, [], fix,
+                                  skipped=f"not checked: {exc.diag.message_primary} (created by this deployment)")
+        except psycopg.errors.LockNotAvailable:
+            if attempt + 1 == attempts:
+                raise PrecheckLocked(stmt.where, description, table, attempts,
+                                     db.lock_holders(conn, table)) from None
+            time.sleep(settings.sleep_before(attempt))
+        except psycopg.errors.QueryCanceled:
+            raise PrecheckTimedOut(stmt.where, description, table, row_estimate(conn, table),
+                                   settings.precheck_timeout_ms) from None
+    raise AssertionError("unreachable")
+
+
+def row_estimate(conn: psycopg.Connection, table: str) -> int | None:
+    row = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)",
+                       (db.quoted(table),)).fetchone()
+    return int(row[0]) if row and row[0] is not None and row[0] >= 0 else None
 
 
 def foreign_key(table: str, d: dict) -> tuple[str, sql.Composable, sql.Composable, str]:
@@ -164,12 +245,47 @@ def check(table: str, d: dict) -> tuple[str, sql.Composable, sql.Composable, str
             f"fix the rows of {table} that violate the check before deploying it.")
 
 
-def require_clean(conn: psycopg.Connection, plan: Plan, statement_timeout_ms: int = 60_000) -> list[PrecheckResult]:
-    """Run the prechecks and raise PrecheckFailed if any found violating rows."""
-    results = run_prechecks(conn, plan, statement_timeout_ms)
+BUILDERS = {"foreign-key": foreign_key, "unique": unique, "not-null": not_null, "check": check}
+
+
+def require_clean(conn: psycopg.Connection, plan: Plan, settings: Any = None, *, waive: str | None = None,
+                  log: Any = lambda _: None) -> list[PrecheckResult]:
+    """Run the prechecks and raise PrecheckFailed if any found violating rows. With `waive` (the reason),
+    failed checks do not stop the run: each is marked waived with that reason and logged, and the
+    caller records them (the audit record, the CLI's output); nothing is waived silently."""
+    results = run_prechecks(conn, plan, settings)
     failed = [r for r in results if r.failed]
+    if failed and waive:
+        for r in failed:
+            r.waived = waive
+            log(f"precheck waived ({waive}): {r.statement.where}: {r.violations} {r.description}")
+        return results
     if failed:
         raise PrecheckFailed([
             (f"{r.statement.where}: {r.violations} {r.description}", r.samples, r.fix) for r in failed
         ])
     return results
+
+
+# --- checks decided when their statement runs ----------------------------------------------------
+
+INTEGRITY = {"23502": "not-null", "23503": "foreign-key", "23505": "unique", "23514": "check"}
+
+
+def explain_failure(conn: psycopg.Connection, stmt: Statement, sqlstate: str | None) -> str | None:
+    """When a statement with a deferred check (`written_before`) fails with the integrity error that
+    check is about, the check's message with counts and samples of the rows the statement saw.
+    `conn` must see what the statement saw (inside its transaction, back at a savepoint taken just
+    before it). None when the error is not one a check explains."""
+    kind = INTEGRITY.get(sqlstate or "")
+    for k, table, details in checks_for(stmt):
+        if kind is None or (k != kind and not (kind == "check" and k == "not-null")):
+            continue  # online mode makes SET NOT NULL a CHECK constraint: its failure is 23514
+        description, count_q, sample_q, fix = BUILDERS[k](table, details)
+        violations = conn.execute(count_q).fetchone()[0]
+        if not violations:
+            continue
+        samples = [str(r[0]) for r in conn.execute(sample_q).fetchall()]
+        return (f"{violations} {description} when this statement ran (after the statements before it in this "
+                f"deployment){f' (samples: {chr(44).join(samples)})' if samples else ''}; fix: {fix}")
+    return None

@@ -322,9 +322,12 @@ def _refuse_production(target: Target, environment: str | None, confirm_producti
 def _refuse_busy(target: Target, force: bool, log: Log) -> None:
     with db.connect(target.url, application_name=APPLICATION) as conn:
         sessions = db.other_sessions(conn)
+        hidden = "" if not any(s.state == "?" for s in sessions) or db.sees_all_sessions(conn) else (
+            f" (role {conn.info.user} sees other roles' sessions without their details: GRANT pg_read_all_stats "
+            f"TO {conn.info.user} to see what they run)")
     if sessions and not force:
         raise RestoreRefused(target.dbname, f"{len(sessions)} other session(s) are connected to it: "
-                             f"{db.describe_sessions(sessions)}",
+                             f"{db.describe_sessions(sessions)}{hidden}",
                              "They would block the restore on locks or see a half-restored database. Ask them "
                              "to disconnect (or end them: SELECT pg_terminate_backend(<pid>)), or pass --force "
                              "(force=True) to restore anyway.")

@@ -142,10 +142,20 @@ def test_every_task_but_the_approval_retries_with_backoff_and_has_docs(dagbag) -
 def test_trigger_form_has_titled_typed_params(dagbag) -> None:
     params = dagbag.dags["deploy_schema"].params
     for name in ("bundle", "dry_run", "online", "require_approval", "skip_window", "skip_window_reason",
-                 "lock_retries"):
+                 "lock_retries", "waive_prechecks"):
         spec = params.get_param(name).schema
         assert spec.get("title") and spec.get("type"), name
     assert params["online"] is True and params["dry_run"] is False
+    # Optional (null allowed), so the form submits without it; empty means the prechecks stop the run.
+    assert "null" in params.get_param("waive_prechecks").schema["type"] and params["waive_prechecks"] is None
+
+
+def test_a_waiver_reason_from_the_form_reaches_the_run_trimmed_and_none_is_no_waiver() -> None:
+    from schema_deploy.pipeline import RunParams
+
+    assert RunParams.from_mapping({"waive_prechecks": "  rows fixed by hand, ticket 42 "}).waive_prechecks == \
+        "rows fixed by hand, ticket 42"
+    assert RunParams.from_mapping({"waive_prechecks": None}).waive_prechecks == ""
 
 
 def test_the_form_offers_the_declared_bundles_by_name_and_no_folder_field(tmp_path, monkeypatch) -> None:

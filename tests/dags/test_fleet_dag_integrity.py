@@ -75,7 +75,8 @@ def test_each_task_runs_on_the_queue_of_what_it_opens_the_members_on_the_first_f
 def test_the_form_offers_the_declared_fleets_first_by_default_and_titled_fields(dag) -> None:
     params = dag.params
     assert params.get_param("fleet").schema["enum"] == ["tenants", "shards"] and params["fleet"] == "tenants"
-    for name in ("fleet", "bundle", "dry_run", "only_targets", "skip_window", "skip_window_reason", "lock_retries"):
+    for name in ("fleet", "bundle", "dry_run", "only_targets", "skip_window", "skip_window_reason", "lock_retries",
+                 "waive_prechecks"):
         spec = params.get_param(name).schema
         assert spec.get("title") and spec.get("type"), name
     assert params["dry_run"] is False and params["only_targets"] == []

@@ -554,6 +554,30 @@ def test_restore_into_a_database_with_another_session_is_refused_naming_it(
             result.row_counts
 
 
+def test_restore_clean_is_refused_while_a_session_of_another_role_is_connected(
+        s3, to, small_db, new_db, pg_bindir, stack_env: dict[str, str]) -> None:
+    """PostgreSQL hides another role's session details (backend_type included) from a role without
+    pg_read_all_stats: such a session still counts, and the message says which GRANT shows more."""
+    result = backup(s3, small_db, to, pg_bindir=pg_bindir)
+    target = new_db()
+    role, password = f"report_{uuid.uuid4().hex[:8]}", f"Rp-{uuid.uuid4().hex}"
+    with psycopg.connect(stack_env["STAGING_ADMIN_URL"], autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    try:
+        other_url = target.replace("migrator:", f"{role}:", 1).split("@", 1)
+        other_url = f"postgresql://{role}:{password}@{other_url[1]}"
+        with psycopg.connect(other_url, autocommit=True) as other:
+            pid = other.info.backend_pid
+            with pytest.raises(RestoreRefused, match=rf"refusing to restore into database 't_\w+': 1 other session\(s\) "
+                               rf"are connected to it: pid {pid} \(application '\(none\)', client \(hidden\), user "
+                               rf"{role}, state \?\) \(role migrator sees other roles' sessions without their details: "
+                               r"GRANT pg_read_all_stats TO migrator to see what they run\)\. They would block"):
+                restore(s3, result.uri, target, clean=True, pg_bindir=pg_bindir)
+    finally:
+        with psycopg.connect(stack_env["STAGING_ADMIN_URL"], autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')
+
+
 def test_restore_into_a_production_looking_database_needs_its_name_as_confirmation(
         s3, to, small_db, new_db, pg_bindir) -> None:
     result = backup(s3, small_db, to, pg_bindir=pg_bindir)

@@ -342,3 +342,27 @@ def test_the_record_composed_once_is_the_same_in_every_database_and_the_document
 
     untouched = record.compose(ctx, {"apply_production": "production"}, results, {"preflight": "success"})
     assert record.chain(ctx, Target("production", "production", UNREACHABLE), untouched) is None  # not opened
+
+
+def test_a_waiver_lets_preflight_go_on_past_failing_prechecks_and_the_run_keeps_the_reason(
+        ctx: Deployment, targets: dict[str, Target]) -> None:
+    from dataclasses import replace
+
+    from schema_deploy.errors import PrecheckFailed
+
+    production = targets["production"]
+    with psycopg.connect(production.url, autocommit=True) as conn:
+        conn.execute('INSERT INTO "experiment_assignments" ("id", "userId", "experimentId", "variant") '
+                     "VALUES ('orphan_1', 'user_000001', 'exp_missing_0001', 'A')")
+    checked = travel(deploy.preflight_bundle(ctx))
+    with pytest.raises(PrecheckFailed, match=r"1 rows of experiment_assignments whose \(experimentId\) has no row"):
+        deploy.preflight_production(ctx, production, checked)
+
+    waiving = replace(ctx, params=replace(ctx.params, waive_prechecks="orphans are archived rows, ticket 42"))
+    survey = travel(deploy.preflight_production(waiving, production, checked))
+    (waived,) = [p for p in survey.prechecks if p["waived"]]
+    assert (waived["waived"], waived["violations"], waived["check"]) == ("orphans are archived rows, ticket 42", 1,
+                                                                        "foreign-key")
+    kept = record.deploy_record(waiving, {"preflight": {"prechecks": survey.prechecks}}, {})
+    assert kept["parameters"]["waive_prechecks"] == "orphans are archived rows, ticket 42"
+    assert [p["waived"] for p in kept["prechecks"] if p["violations"]] == ["orphans are archived rows, ticket 42"]

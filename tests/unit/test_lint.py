@@ -195,6 +195,15 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
          ("CREATE TABLE " + "Abc" * 22 + " (id bigint);", '^identifier "' + "abc" * 22 + '" is 66 bytes')],
         [f'CREATE INDEX CONCURRENTLY "{NAME_63}" ON t (a);',
          f"SELECT '{'x' * 80}' AS long_string_is_not_a_name;"]),
+    "identifier-collision": (
+        [(f'CREATE INDEX "{NAME_63}_a" ON t (a);\nCREATE INDEX "{NAME_63}_b" ON t (b);',
+          rf'^"{NAME_63}_b" and "{NAME_63}_a" \(<sql>:1\) are both "{NAME_63}" to PostgreSQL, which keeps only '
+          r'63 bytes of a name: this one is never created'),
+         (f'ALTER TABLE t ADD CONSTRAINT "{NAME_63}1" CHECK (a > 0);\n'
+          f'ALTER TABLE t ADD CONSTRAINT "{NAME_63}2" CHECK (b > 0);', rf'^"{NAME_63}2" and "{NAME_63}1"')],
+        [f'CREATE INDEX "{NAME_63}_a" ON t (a);\nCREATE INDEX "{NAME_63[:-1]}_b" ON t (b);',
+         f'ALTER TABLE t ADD CONSTRAINT "{NAME_63}1" CHECK (a > 0);\n'
+         f'ALTER TABLE u ADD CONSTRAINT "{NAME_63}2" CHECK (b > 0);']),
     "prefer-timestamptz": (
         [("CREATE TABLE e (id bigint PRIMARY KEY, at timestamp(3), b timestamp without time zone);",
           r'^columns "at", "b" of "e": timestamp without time zone'),

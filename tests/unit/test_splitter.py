@@ -228,7 +228,7 @@ def test_copy_from_stdin_is_refused_at_its_statement_before_its_data_lines() -> 
 
 def test_copy_from_a_server_file_is_a_statement_like_any_other() -> None:
     (stmt,) = parse_sql("COPY t FROM '/srv/rows.csv' WITH (FORMAT csv);")
-    assert stmt.node_type is pglast.ast.CopyStmt and stmt.locks == {}
+    assert stmt.node_type is pglast.ast.CopyStmt and stmt.locks == {"t": "ROW EXCLUSIVE"}
 
 
 @pytest.mark.parametrize("text, where, message", [

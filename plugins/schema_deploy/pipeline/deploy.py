@@ -161,9 +161,11 @@ def preflight_production(ctx: Deployment, production: Target, checked: BundleChe
             if f.file_problem and f.migration not in planned:
                 ctx.log.warning("%s is not deployed by this run, and could not be as written: %s",
                                 f.migration, f.render())
-        prechecks = [r.as_dict() for r in require_clean(conn, plan)]
+        checked = require_clean(conn, plan, lock_settings(ctx), waive=ctx.params.waive_prechecks or None,
+                                log=ctx.log.warning)
+        prechecks = [r.as_dict() for r in checked]
         for r in prechecks:
-            ctx.log.info("precheck ok: %s", r)
+            ctx.log.info("precheck %s: %s", "waived" if r["waived"] else "skipped" if r["skipped"] else "ok", r)
         return {"prechecks": prechecks, "table_sizes": table_sizes(conn, plan.tables())}
 
     return survey_target(ctx, production, release, bundle, production_facts)
@@ -328,7 +330,8 @@ def lock_settings(ctx: Deployment) -> Any:
 
     cfg, retries = ctx.cfg, ctx.params.lock_retries
     return Settings(lock_timeout_ms=cfg.lock_timeout_ms, max_lock_timeout_ms=cfg.max_lock_timeout_ms,
-                    lock_retries=cfg.lock_retries if retries is None else retries)
+                    lock_retries=cfg.lock_retries if retries is None else retries,
+                    precheck_timeout_ms=cfg.precheck_timeout_ms)
 
 
 def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:

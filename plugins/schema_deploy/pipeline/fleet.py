@@ -283,9 +283,9 @@ def earlier_fleet_release(ctx: Deployment, planless: releases.Release) -> releas
 
 def fleet_prefix(ctx: Deployment, fleet: str) -> str:
     """s3://BUCKET/PREFIX/fleets/<fleet>/runs/<run id>: the run's backups and its fleet record."""
-    from schema_deploy.backup_store import segment
+    from schema_deploy.backup_store import key_segment
 
-    return f"{ctx.store.root}/fleets/{segment(fleet)}/runs/{segment(ctx.run.run_id)}"
+    return f"{ctx.store.root}/fleets/{key_segment(fleet, 'fleet')}/runs/{key_segment(ctx.run.run_id, 'run id')}"
 
 
 # --- one member ----------------------------------------------------------------------------------
@@ -380,7 +380,9 @@ def survey_member(ctx: Deployment, member: Member, release: releases.Release) ->
     from schema_deploy.prechecks import require_clean
 
     def prechecks(conn: Any, plan: Any) -> dict[str, Any]:
-        return {"prechecks": [r.as_dict() for r in require_clean(conn, plan)]}
+        checked = require_clean(conn, plan, lock_settings(ctx), waive=ctx.params.waive_prechecks or None,
+                                log=ctx.log.warning)
+        return {"prechecks": [r.as_dict() for r in checked]}
 
     survey = survey_target(ctx, member, release, release.to_bundle(), prechecks, plan_role=FLEET_ROLE)
     before = (release.plan(FLEET_ROLE) or {}).get("before") or {}

@@ -59,6 +59,7 @@ class RunParams:
     skip_window: bool = False
     skip_window_reason: str = ""
     lock_retries: int | None = None
+    waive_prechecks: str = ""  # the reason to go on although data prechecks fail ("" = they stop the run)
     migrations: str = ""  # the old form field (a folder path): kept only to be refused by check()
 
     @classmethod
@@ -73,7 +74,8 @@ class RunParams:
                    online=bool(params.get("online", True)),
                    require_approval=bool(params.get("require_approval", True)),
                    skip_window=bool(params.get("skip_window", False)),
-                   skip_window_reason=str(params.get("skip_window_reason") or ""), lock_retries=retries)
+                   skip_window_reason=str(params.get("skip_window_reason") or ""), lock_retries=retries,
+                   waive_prechecks=str(params.get("waive_prechecks") or "").strip())
 
     def check(self, cfg: DeployConfig, run_type: str = "manual") -> None:
         """Refuse contradictory choices before anything runs; a `migrations` path (the old form
