@@ -287,6 +287,20 @@ class PrecheckLocked(SchemaDeployError):
             "session with SELECT pg_terminate_backend(<pid>).")
 
 
+class PrecheckCouldNotRun(SchemaDeployError):
+    """A precheck's query failed on the existing rows (the statement would most likely fail the same way)."""
+
+    exit_code = 1
+
+    def __init__(self, where: str, description: str, sqlstate: str | None, pg_message: str) -> None:
+        self.where, self.sqlstate = where, sqlstate
+        super().__init__(
+            f"data precheck for {where} ({description}) could not run: SQLSTATE {sqlstate or '?'}: {pg_message}. "
+            "Nothing was changed. The statement would most likely fail the same way on these rows: fix the rows "
+            "or the statement, or, if you know it will not, waive the checks for this run with "
+            "--waive-prechecks REASON.")
+
+
 class PrecheckTimedOut(SchemaDeployError):
     """A precheck ran past its statement_timeout (a large table)."""
 

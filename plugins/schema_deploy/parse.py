@@ -10,14 +10,12 @@ and whether it rewrites or scans a table while holding that lock. Lock levels
 follow PostgreSQL 15's documentation ("Explicit Locking" and the ALTER TABLE
 reference page).
 
-Explicit transaction blocks. A file may enclose statements in `BEGIN; … COMMIT;`
-(Prisma writes one around an enum change): the statements of a block carry the
-block, and the planner runs each block as one transaction. BEGIN and COMMIT
-themselves are not statements of the plan. Transaction control with no safe
-meaning in a migration (ROLLBACK, savepoints, a nested BEGIN, a COMMIT or END
-with no BEGIN, a block never closed, two-phase commit) is refused with
-file:line, and so are statements that need a client on the other end
-(`COPY … FROM STDIN`, psql meta-commands).
+Explicit transaction blocks (`BEGIN; … COMMIT;`, which Prisma writes around an
+enum change) are taken apart in `blocks.py`: each statement of a block carries
+it, and the planner runs each block as one transaction. Refused with file:line
+and the fix: transaction control with no safe meaning in a migration
+(`blocks.py`), statements that need a client on the other end (`COPY … FROM
+STDIN`, psql meta-commands), and writes to the ledger (`_prisma_migrations`).
 
 Memory and time. A statement's syntax tree is kept only for the statement kinds
 the planner, lint and verification look into again (DDL). Data statements
@@ -36,9 +34,9 @@ from pathlib import Path
 from pglast import ast, enums
 
 from schema_deploy import splitter
+from schema_deploy.blocks import Block, transaction_blocks
 from schema_deploy.bundle import Migration
-from schema_deploy.errors import (ClientOnlyStatement, MigrationFileError, SqlSyntaxError, TransactionControlError,
-                                  UnaccountedBytes, shorten)
+from schema_deploy.errors import ClientOnlyStatement, MigrationFileError, SqlSyntaxError, UnaccountedBytes, shorten
 from schema_deploy.fastparse import ParseError, parse_one, parse_statements
 
 # Lock modes, weakest first; conflicts grow with the index.
@@ -66,22 +64,7 @@ VOLATILE_DEFAULT_FUNCS = {"random", "gen_random_uuid", "uuid_generate_v4", "cloc
 # Statements whose tree is dropped after classification (see "Memory" above).
 DATA_STATEMENTS = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.SelectStmt, ast.MergeStmt, ast.CopyStmt)
 DATA_NAMES = frozenset(t.__name__ for t in DATA_STATEMENTS)
-TK = enums.TransactionStmtKind
 NONE: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class Block:
-    """An explicit `BEGIN; … COMMIT;` block of a file: its number (1-based) and its lines."""
-
-    number: int
-    begin_line: int
-    end_line: int
-
-    @property
-    def lines(self) -> str:
-        return f"lines {self.begin_line}-{self.end_line}" if self.end_line > self.begin_line \
-            else f"line {self.begin_line}"
 
 
 @dataclass(slots=True, eq=False)
@@ -280,84 +263,6 @@ def refuse_client_only(stmt: Statement, data: dict | None = None) -> None:
             stmt.path, stmt.line, stmt.column, "`COPY … TO STDOUT`: a migration has no client to receive the rows",
             "Remove it from the migration; export data with psql or pg_dump outside the deployment",
             code="copy-from-stdin")
-
-
-def transaction_blocks(raw: list[Statement], path: Path) -> tuple[list[Statement], list[Block]]:
-    """Take BEGIN/COMMIT out of the statements, marking the statements between them with their block;
-    refuse transaction control that has no safe meaning in a migration."""
-    statements: list[Statement] = []
-    blocks: list[Block] = []
-    opened: Statement | None = None
-    members: list[Statement] = []
-    for stmt in raw:
-        if stmt.node_type is not ast.TransactionStmt:
-            stmt.index = len(statements) + 1
-            statements.append(stmt)
-            if opened is not None:
-                members.append(stmt)
-            continue
-        node, word = stmt.tree, shorten(stmt.sql, 60)
-        if node.kind in (TK.TRANS_STMT_BEGIN, TK.TRANS_STMT_START):
-            if opened is not None:
-                raise TransactionControlError(
-                    path, stmt.line, word, f"inside the BEGIN block opened at line {opened.line}: PostgreSQL "
-                    "ignores a nested BEGIN with a warning, so the first COMMIT would end the outer block early",
-                    "Remove it, or COMMIT the first block before it")
-            if node.options:
-                raise TransactionControlError(
-                    path, stmt.line, " ".join(stmt.sql.split()), "with transaction options",
-                    "Write the block as plain BEGIN; (a migration's transaction runs with the server's defaults)")
-            opened, members = stmt, []
-        elif node.kind == TK.TRANS_STMT_COMMIT and not node.chain:
-            if opened is None:
-                raise TransactionControlError(
-                    path, stmt.line, word, "closes no BEGIN: PostgreSQL only warns, and the statements before it "
-                    "would not be the one transaction it suggests", "Remove it, or add BEGIN; where the "
-                    "transaction should start")
-            block = Block(number=len(blocks) + 1, begin_line=opened.line, end_line=stmt.line)
-            blocks.append(block)
-            for member in members:
-                enter_block(member, block, path)
-            opened = None
-        else:
-            raise TransactionControlError(path, stmt.line, word, *TRANSACTION_REFUSALS.get(
-                node.kind if not (node.kind == TK.TRANS_STMT_COMMIT and node.chain) else "chain",
-                TRANSACTION_REFUSALS[None]))
-    if opened is not None:
-        raise TransactionControlError(
-            path, opened.line, shorten(opened.sql, 60), "is never closed: PostgreSQL would roll the "
-            "block back when the session ends", "Add COMMIT; after the block's last statement")
-    return statements, blocks
-
-
-def enter_block(stmt: Statement, block: Block, path: Path) -> None:
-    """Mark `stmt` as run inside `block`; refuse what PostgreSQL cannot run in a transaction block."""
-    stmt.block = block
-    if stmt.transactional:
-        return
-    if stmt.node_type is ast.AlterEnumStmt:  # allowed in a transaction since PostgreSQL 12, as written
-        stmt.transactional = True
-        return
-    raise TransactionControlError(
-        path, stmt.line, shorten(stmt.sql, 60), f"inside the BEGIN … COMMIT block of {block.lines}: PostgreSQL refuses it "
-        "there (\"cannot run inside a transaction block\")", "Move it after the block's COMMIT")
-
-
-TRANSACTION_REFUSALS: dict[object, tuple[str, str]] = {
-    TK.TRANS_STMT_ROLLBACK: (
-        "would silently discard what ran before it in its transaction (outside a block PostgreSQL only warns)",
-        "Remove it: a migration that fails is rolled back by schema-deploy, and its ledger says so"),
-    TK.TRANS_STMT_SAVEPOINT: (
-        "has no safe meaning in a migration: schema-deploy decides where transactions start and end",
-        "Remove the savepoint and what refers to it"),
-    TK.TRANS_STMT_RELEASE: (
-        "has no safe meaning in a migration: schema-deploy decides where transactions start and end",
-        "Remove the savepoint and what refers to it"),
-    TK.TRANS_STMT_ROLLBACK_TO: (
-        "would silently discard part of the migration", "Remove the savepoint and what refers to it"),
-    "chain": ("AND CHAIN has no safe meaning in a migration", "Write COMMIT; then BEGIN; for the next block"),
-    None: ("two-phase commit has no place in a migration", "Remove it"),
-}
 
 
 def statement_kind(sql: str) -> str:

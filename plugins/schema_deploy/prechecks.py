@@ -40,7 +40,7 @@ from pglast.stream import RawStream
 from psycopg import sql
 
 from schema_deploy import db
-from schema_deploy.errors import PrecheckFailed, PrecheckLocked, PrecheckTimedOut
+from schema_deploy.errors import PrecheckCouldNotRun, PrecheckFailed, PrecheckLocked, PrecheckTimedOut
 from schema_deploy.parse import Statement, relname
 from schema_deploy.plan import Plan
 
@@ -186,6 +186,9 @@ def run_one(conn: psycopg.Connection, kind: str, stmt: Statement, table: str, de
         except psycopg.errors.QueryCanceled:
             raise PrecheckTimedOut(stmt.where, description, table, row_estimate(conn, table),
                                    settings.precheck_timeout_ms) from None
+        except psycopg.Error as exc:
+            raise PrecheckCouldNotRun(stmt.where, description, exc.sqlstate,
+                                      exc.diag.message_primary or str(exc)) from None
     raise AssertionError("unreachable")
 
 

@@ -9,7 +9,6 @@ with a bare driver error, and passwords or S3 keys taken from user input as they
 from __future__ import annotations
 
 import re
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -183,6 +182,18 @@ def test_a_precheck_that_times_out_names_the_check_the_table_and_the_setting(fre
     result = cli("apply", "--db", fresh_db, "--migrations", str(root), "--precheck-timeout-ms", "200")
     assert result.returncode == 1 and "Give it longer with --precheck-timeout-ms" in result.stderr
     assert "QueryCanceled" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_precheck_whose_query_fails_on_the_rows_says_so_by_name(fresh_db: str, tmp_path: Path) -> None:
+    root = bundle(tmp_path, {BASE: "CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1), (0);\n",
+                             "20240102000000_check": "ALTER TABLE t ADD CONSTRAINT t_inv CHECK (10 / a > 0);\n"})
+    apply(fresh_db, load_bundle(root), FAST, to=BASE)
+    from schema_deploy.errors import PrecheckCouldNotRun
+
+    with pytest.raises(PrecheckCouldNotRun, match=r"data precheck for .*migration\.sql:1 \(rows of t violating CHECK "
+                                                  r"\(10 / a > 0\)\) could not run: SQLSTATE 22012: division by zero\. "
+                                                  r"Nothing was changed"):
+        apply(fresh_db, load_bundle(root), FAST)
 
 
 def test_failing_prechecks_can_be_waived_for_one_run_with_a_reason_that_is_said(fresh_db: str, tmp_path: Path,

@@ -21,7 +21,7 @@ from pglast import ast
 from bench.lint_speed import generate
 from schema_deploy.bundle import load_bundle
 from schema_deploy.cli import main
-from schema_deploy.errors import ConfigError, SqlSyntaxError, TransactionControlError
+from schema_deploy.errors import ConfigError
 from schema_deploy.fastparse import parse_statements
 from schema_deploy.config import load as load_deploy_yaml
 from schema_deploy.lint import LintConfig, config_from, lint_bundle, lint_sql, render
