@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +148,8 @@ class Links:
 
 def check_lock_file(root: Path) -> None:
     """Prisma's migration_lock.toml, when present, must name PostgreSQL."""
+    import tomllib  # here, not at the top: reading the lock file is the only use
+
     lock = root / LOCK_FILE
     if not lock.exists():
         return

@@ -13,18 +13,34 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psycopg
-
-from schema_deploy.apply import Settings, apply, load_state
 from schema_deploy.bundle import Bundle, load_bundle
-from schema_deploy.db import connect
 from schema_deploy.errors import MigrationFileError, SchemaDeployError, UsageError, scrub
-from schema_deploy.plan import Plan, plan_for, table_sizes
-from schema_deploy.resolve import resolve_applied, resolve_rolled_back
-from schema_deploy.status import Status
+
+if TYPE_CHECKING:
+    from schema_deploy.apply import Settings
+    from schema_deploy.plan import Plan
+    from schema_deploy.status import Status
+
+# The database driver, the engine and the planner are imported by the verbs that use them, not here:
+# `lint` on one file (a pre-commit hook) must not pay for psycopg (bench/lint_call.py).
 
 DEFAULT_MIGRATIONS = "sql/migrations"
+
+
+def connect(url: str):
+    """A session on `url` (db.connect, imported when a verb first needs the database)."""
+    from schema_deploy.db import connect as open_session
+
+    return open_session(url)
+
+
+def load_state(conn, bundle: Bundle):
+    """The ledger's view of `bundle` (apply.load_state)."""
+    from schema_deploy.apply import load_state as ledger_state
+
+    return ledger_state(conn, bundle)
 
 
 def say(message: str) -> None:
@@ -51,6 +67,8 @@ def database_url(args: argparse.Namespace) -> str:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    from schema_deploy.apply import Settings
+
     fields = {}
     for name in ("lock_timeout_ms", "max_lock_timeout_ms", "lock_retries", "statement_timeout_ms",
                  "advisory_lock_timeout_s", "precheck_timeout_ms"):
@@ -117,7 +135,12 @@ def deploy_yaml(args: argparse.Namespace):
 
 
 def lint_config(args: argparse.Namespace):
-    return deploy_yaml(args).lint
+    """deploy.yaml's lint settings, found as `deploy_yaml` finds the file, reading only what lint needs."""
+    from schema_deploy import config
+
+    if getattr(args, "config", None):
+        return config.load_lint(args.config, must_exist=True)
+    return config.load_lint(Path("deploy.yaml") if Path("deploy.yaml").is_file() else None)
 
 
 # --- verbs ---------------------------------------------------------------------
@@ -134,6 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     """What `apply` would do: steps, SQL, transactions, locks, table sizes, lint findings
     and data prechecks of the pending migrations. Changes nothing."""
+    from schema_deploy.plan import plan_for, table_sizes
     from schema_deploy.lint import lint_parsed, referenced_relations, relation_facts
     from schema_deploy.lint import render as render_lint
     from schema_deploy.prechecks import run_prechecks
@@ -164,6 +188,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     """Apply pending migrations in order, under the migration lock. With --release, exactly the
     release's migrations (and, with --target, only the plan the release froze for that target)."""
+    from schema_deploy.apply import apply
     from schema_deploy.release import check_plan
 
     url, approve = database_url(args), None
@@ -185,6 +210,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     """Mark a migration applied (baselining) or rolled back, as `prisma migrate resolve` does."""
+    from schema_deploy.resolve import resolve_applied, resolve_rolled_back
+
     bundle = folder_bundle(args)
     url = database_url(args)
     if args.applied:
@@ -218,11 +245,16 @@ def cmd_lint(args: argparse.Namespace) -> int:
     from schema_deploy.lint import lint_parsed, parse_bundle, referenced_relations, relation_facts, rule_table
     from schema_deploy.lint import render as render_lint
 
+    if args.format == "json":
+        args.json = True
     if args.list_rules:
         rules = rule_table()
         emit(args, rules, "\n".join(f"{r['id']:<38} {r['severity']:<8} {r['summary']}" for r in rules))
         return 0
-    bundle = folder_bundle(args)
+    if args.files and args.migrations:
+        raise UsageError("lint takes files or --migrations DIR, not both: files lint just those (a pre-commit hook "
+                         "passes the changed ones), --migrations the whole bundle in order.")
+    bundle = files_bundle(args.files) if args.files else folder_bundle(args)
     config = lint_config(args)
     files = parse_bundle(bundle)
     existing = estimates = None
@@ -230,8 +262,33 @@ def cmd_lint(args: argparse.Namespace) -> int:
         with connect(database_url(args)) as conn:
             existing, estimates = relation_facts(conn, referenced_relations(files))
     findings = lint_parsed(files, existing_tables=existing, config=config, row_estimates=estimates)
-    emit(args, [f.as_dict() for f in findings], render_lint(findings, len(files)))
+    if args.format in ("sarif", "github"):
+        from schema_deploy import lint_report
+        from schema_deploy.lint_rules import RULES
+
+        text = lint_report.sarif_text(findings, RULES) if args.format == "sarif" else lint_report.github(findings)
+        if text:
+            print(text)
+    else:
+        emit(args, [f.as_dict() for f in findings], render_lint(findings, len(files)))
     return 1 if any(f.blocking for f in findings) else 0
+
+
+def files_bundle(paths: list[Path]) -> Bundle:
+    """Migration files named one by one (what a pre-commit hook passes): each is linted as its own
+    migration, named by its folder (`<name>/migration.sql`) or its stem (`<name>.sql`), in that order."""
+    from schema_deploy.bundle import Migration, content_problem, read_sql_bytes
+
+    migrations = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file; pass migration files (…/migration.sql or …/<name>.sql), or "
+                             "--migrations DIR for a whole bundle.")
+        raw = read_sql_bytes(path)
+        name = path.parent.name if path.name == "migration.sql" else path.stem
+        migrations.append(Migration(name=name, path=path, raw=raw, problem=content_problem(path, raw)))
+    return Bundle(root=Path("."), layout="files", migrations=tuple(migrations))
 
 
 # --- backups (boto3 is imported only by these verbs) -------------------------------
@@ -596,11 +653,25 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
                    help="rewrite lock-heavy statements on existing tables into online forms (default: on)")
 
 
-def parser() -> argparse.ArgumentParser:
+class _Unbuilt:
+    """Stands in for the parser of a verb not being run: building all fourteen costs a `lint` call (a
+    pre-commit hook's) about 10 ms, so `main` builds only the one named."""
+
+    def add_argument(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def add_mutually_exclusive_group(self, *args: object, **kwargs: object) -> _Unbuilt:
+        return self
+
+
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `only` (a verb's name), only that verb's options are built."""
     top = argparse.ArgumentParser(prog="python -m schema_deploy", description="PostgreSQL schema deployments.")
     sub = top.add_subparsers(dest="verb", required=True)
 
     def verb(name: str, func, help_: str) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return _Unbuilt()  # type: ignore[return-value]
         p = sub.add_parser(name, help=help_, description=func.__doc__)
         p.set_defaults(func=func)
         p.add_argument("--migrations", type=Path, default=None,
@@ -660,6 +731,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-retries", type=int, help="retries after a lock timeout (default 10)")
     p.add_argument("--advisory-lock-timeout-s", type=float, help="wait for another migrator (default 60)")
     p = verb("lint", cmd_lint, "check migrations for locking, rewriting and destructive statements")
+    p.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                   help="lint just these migration files (what a pre-commit hook passes) instead of --migrations DIR")
+    p.add_argument("--format", choices=("text", "json", "sarif", "github"), default="text",
+                   help="text (default), json (as --json), sarif (SARIF 2.1.0 for code scanning) or github "
+                        "(workflow annotations on the pull request)")
     p.add_argument("--config", type=Path,
                    help="deploy.yaml with lint.severity overrides (default: ./deploy.yaml if present)")
     p.add_argument("--list-rules", action="store_true", help="print every rule's id, default severity and summary")
@@ -725,14 +801,22 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+VERBS = ("status", "plan", "apply", "verify", "resolve", "rollback", "lint", "backup", "verify-backup", "restore",
+         "backups", "release", "deploy", "audit", "config")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(argv[0] if argv and argv[0] in VERBS else None).parse_args(argv)
     try:
         return args.func(args)
     except SchemaDeployError as exc:
         say(f"error: {exc}")
         return exc.exit_code
-    except psycopg.Error as exc:
+    except Exception as exc:  # noqa: BLE001 - only the database driver's errors are ours to word
+        driver = sys.modules.get("psycopg")
+        if driver is None or not isinstance(exc, driver.Error):
+            raise
         # An error we did not anticipate from the database: its message, scrubbed, not a traceback.
         say(f"error: the database answered {type(exc).__name__}"
             f"{f' (SQLSTATE {exc.sqlstate})' if exc.sqlstate else ''}: {str(exc).strip()}")

@@ -14,11 +14,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
+from typing import TYPE_CHECKING
 
-from schema_deploy.config_fleets import FleetSpec, fleets_settings
 from schema_deploy.errors import BundleNotDeclared, ConfigError, UsageError
-from schema_deploy.window import Window, parse_duration
+
+if TYPE_CHECKING:  # imported where the file is read: windows bring croniter, which `lint` does not need
+    from schema_deploy.config_fleets import FleetSpec
+    from schema_deploy.window import Window
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -174,19 +176,37 @@ def load(path: Path | str | None = None, *, must_exist: bool = False) -> DeployC
     """Read deploy.yaml (or the defaults when it does not exist and `must_exist` is off); errors name the
     key and the fix. The one reader of deploy.yaml: lint's severities come from here too."""
     path = Path(path) if path else config_path()
+    data = read_yaml(path, must_exist)
+    return DeployConfig() if data is None else from_mapping(data, path)
+
+
+def load_lint(path: Path | str | None = None, *, must_exist: bool = False) -> LintConfig:
+    """Only what `lint` needs of deploy.yaml (`lint:` and `prisma:`, validated as `load` validates them),
+    without the rest of the file's machinery (windows' cron, fleets): a pre-commit hook runs lint once a
+    file, and `config check` is where the whole file is checked."""
+    path = Path(path) if path else config_path()
+    data = read_yaml(path, must_exist)
+    return LintConfig() if data is None else lint_settings(data, path)
+
+
+def read_yaml(path: Path, must_exist: bool) -> dict | None:
+    """The top-level mapping of a YAML file; None when it does not exist and need not."""
     if not path.exists():
         if must_exist:
             raise ConfigError(path, "not found", "Pass an existing file with --config, or omit --config.")
-        return DeployConfig()
+        return None
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: several times faster
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, f"cannot be read ({exc})", "Make it a readable UTF-8 YAML file.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, f"not valid YAML ({exc})", "Fix the YAML syntax at the position shown.") from None
     if not isinstance(data, dict):
         raise ConfigError(path, "expected a mapping of settings at the top level", "See deploy.yaml in the repository for the layout.")
-    return from_mapping(data, path)
+    return data
 
 
 def section(data: dict, key: str, path: Path) -> dict:
@@ -197,6 +217,9 @@ def section(data: dict, key: str, path: Path) -> dict:
 
 
 def from_mapping(data: dict, path: Path) -> DeployConfig:
+    from schema_deploy.config_fleets import fleets_settings
+    from schema_deploy.window import Window, parse_duration
+
     base = path.parent
     backup, gate, approval = section(data, "backup", path), section(data, "gate", path), section(data, "approval", path)
     lock, slack = section(data, "lock", path), section(data, "slack", path)

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import conninfo as pg_conninfo
 from psycopg import sql
 
+from schema_deploy import names
 from schema_deploy.errors import DatabaseError, scrub, shorten
 
 APPLICATION_NAME = "schema-deploy"
@@ -174,7 +175,7 @@ def ident(*parts: str, split: bool = True) -> sql.Identifier:
 
 def quoted(*parts: str, split: bool = True) -> str:
     """`ident(...)` as text: for `to_regclass`/`to_regtype`, SQL built as text, and messages."""
-    return ident(*parts, split=split).as_string()
+    return names.quoted(*parts, split=split)
 
 
 def relation_oid(conn: psycopg.Connection, *parts: str, split: bool = True) -> int | None:

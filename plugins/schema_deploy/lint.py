@@ -56,10 +56,8 @@ import difflib
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-import psycopg
-
-from schema_deploy import db
 # Importing the rule modules registers their rules (locks first: that is the order of --list-rules).
 from schema_deploy import lint_locks  # noqa: F401
 from schema_deploy import lint_hygiene  # noqa: F401
@@ -67,6 +65,7 @@ from schema_deploy import lint_prisma  # noqa: F401
 from schema_deploy.bundle import Bundle, Migration
 from schema_deploy.config import LintConfig
 from schema_deploy.errors import ConfigError, MigrationFileError
+from schema_deploy.names import quoted
 from schema_deploy.lint_rules import (ANY_STATEMENT, BY_NODE, FILE_RULES, META_RULES, RULES, SEVERITIES, BundleFacts,
                                       Context, Directive, Rule, norm, observe)
 from schema_deploy.parse import ParsedFile, Statement, parse_file, parse_migration_file
@@ -336,14 +335,14 @@ def referenced_relations(files: list[tuple[Migration, Parsed]]) -> list[str]:
     return sorted(names)
 
 
-def relation_facts(conn: psycopg.Connection, names: list[str]) -> tuple[set[str], dict[str, int]]:
+def relation_facts(conn: Any, names: list[str]) -> tuple[set[str], dict[str, int]]:
     """Which of `names` exist in the database, and their row estimates (one query).
 
     A table that was never analyzed has no estimate (reltuples = -1) and is left out of the estimates.
     """
     rows = conn.execute(
         "SELECT u.i, c.reltuples::bigint FROM unnest(%s::text[]) WITH ORDINALITY AS u(name, i) "
-        "JOIN pg_class c ON c.oid = to_regclass(u.name)", ([db.quoted(n) for n in names],)).fetchall()
+        "JOIN pg_class c ON c.oid = to_regclass(u.name)", ([quoted(n) for n in names],)).fetchall()
     existing = {names[i - 1] for i, _ in rows}
     estimates = {names[i - 1]: int(n) for i, n in rows if n is not None and n >= 0}
     return existing, estimates

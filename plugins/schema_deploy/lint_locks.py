@@ -12,7 +12,8 @@ from pglast import ast, enums
 from schema_deploy.lint_rules import (AT, CT, LOCK_EFFECT, OT, ONLINE, QUEUES, Context, Violation, added_constraints,
                                       constraint_label, constraints, dotted, norm, q, rule, table_cmds, takes,
                                       type_is, type_text)
-from schema_deploy.parse import ACCESS_EXCLUSIVE, VOLATILE_DEFAULT_FUNCS, Statement, find_nodes, relname
+from schema_deploy.parse import (ACCESS_EXCLUSIVE, NON_VOLATILE_FUNCS, Statement, find_nodes, has_option,
+                                 relname)
 
 
 # --- indexes -------------------------------------------------------------------------------
@@ -62,9 +63,16 @@ def require_concurrent_index_deletion(stmt: Statement, node: ast.DropStmt, ctx: 
 @rule("error", ast.ReindexStmt)
 def require_concurrent_reindex(stmt: Statement, node: ast.ReindexStmt, ctx: Context) -> Iterator[Violation]:
     """REINDEX without CONCURRENTLY."""
-    if any(isinstance(o, ast.DefElem) and o.defname == "concurrently" for o in node.params or ()):
+    if has_option(node.params, "concurrently"):
         return
     kind = enums.ReindexObjectType(node.kind).name.removeprefix("REINDEX_OBJECT_")
+    if kind == "SYSTEM":  # PostgreSQL refuses REINDEX (CONCURRENTLY) SYSTEM: no online form to advise
+        yield Violation(
+            f"REINDEX SYSTEM {q(node.name or '')} rebuilds every system catalog index, each under locks that block "
+            "reads and writes of that catalog: every query that plans or opens a table waits for it",
+            "Keep it out of migrations: run it in a maintenance window, by hand (it cannot run CONCURRENTLY); "
+            "for your own tables use REINDEX (CONCURRENTLY) TABLE or INDEX.")
+        return
     if node.relation is not None:
         target = relname(node.relation)
         what = (f"REINDEX {kind} {q(target)} takes a SHARE lock on the table and ACCESS EXCLUSIVE on each index "
@@ -137,6 +145,74 @@ def constraint_missing_not_valid(stmt: Statement, node: ast.AlterTableStmt, ctx:
             f"ADD CONSTRAINT … CHECK (…) NOT VALID (a brief lock; new rows are checked from then on), then "
             f"ALTER TABLE {q(table)} VALIDATE CONSTRAINT … in a later step: validation takes SHARE UPDATE "
             f"EXCLUSIVE, which lets reads and writes continue.{online}")
+
+
+@rule("error", ast.AlterTableStmt)
+def validate_constraint_in_same_transaction(stmt: Statement, node: ast.AlterTableStmt,
+                                            ctx: Context) -> Iterator[Violation]:
+    """VALIDATE CONSTRAINT in the transaction that added it NOT VALID.
+
+    The validation then scans the table while the lock the ADD took (ACCESS EXCLUSIVE for a
+    CHECK, SHARE ROW EXCLUSIVE for a foreign key) is still held, so NOT VALID gains nothing.
+    """
+    table = norm(relname(node.relation))
+    for cmd in table_cmds(node, AT.AT_ValidateConstraint):
+        added = ctx.not_valid_added.get((table, cmd.name))
+        if added is None or not (ctx.atomic or (added.block is not None and added.block is stmt.block)):
+            continue
+        yield Violation(
+            f"VALIDATE CONSTRAINT {q(cmd.name)} runs in the same transaction as its ADD … NOT VALID (line "
+            f"{added.line}): the scan of {q(relname(node.relation))} happens while that ADD's lock is still held "
+            "(ACCESS EXCLUSIVE for a CHECK: reads and writes wait), so NOT VALID gains nothing",
+            "Validate in a later migration (or after the COMMIT of the block): VALIDATE alone takes SHARE UPDATE "
+            "EXCLUSIVE, which lets reads and writes continue during the scan.")
+
+
+@rule("warning", ast.AlterTableStmt)
+def ban_drop_not_null(stmt: Statement, node: ast.AlterTableStmt, ctx: Context) -> Iterator[Violation]:
+    """ALTER COLUMN … DROP NOT NULL (readers may assume a value).
+
+    A warning by default: real histories drop NOT NULL routinely, and it takes only a brief
+    lock; what it can break is code that reads the column and assumes it is set.
+    """
+    table = relname(node.relation)
+    if not ctx.is_existing(table, stmt):
+        return
+    for cmd in table_cmds(node, AT.AT_DropNotNull):
+        yield Violation(
+            f"ALTER COLUMN {q(cmd.name)} DROP NOT NULL on {q(table)}: from now on the column may hold NULL, and code "
+            "that reads it and assumes a value (the running release, reports, other services) breaks on the first "
+            "such row; it is backward-incompatible for readers",
+            "Ship readers that handle NULL first, then drop the constraint; if they already do, suppress with a "
+            "reason: -- schema-deploy: ignore ban-drop-not-null <why readers cope>.")
+
+
+@rule("warning", ast.CreateDomainStmt)
+def ban_create_domain_with_constraint(stmt: Statement, node: ast.CreateDomainStmt,
+                                      ctx: Context) -> Iterator[Violation]:
+    """CREATE DOMAIN with a CHECK constraint (changing it later scans every column of the domain)."""
+    checks = [c for c in node.constraints or () if isinstance(c, ast.Constraint) and c.contype == CT.CONSTR_CHECK]
+    if checks:
+        yield Violation(
+            f"domain {q(dotted(node.domainname))} carries a CHECK constraint: every later change of it (ALTER DOMAIN "
+            "… ADD CONSTRAINT, or replacing the domain) checks every column of every table that uses it, under "
+            "locks that block writes, and there is no NOT VALID-then-VALIDATE path for a column's type",
+            "Put the CHECK on the columns (ADD CONSTRAINT … CHECK (…) NOT VALID, then VALIDATE), or use a domain "
+            "without constraints.")
+
+
+@rule("error", ast.AlterDomainStmt)
+def ban_alter_domain_with_add_constraint(stmt: Statement, node: ast.AlterDomainStmt,
+                                         ctx: Context) -> Iterator[Violation]:
+    """ALTER DOMAIN … ADD CONSTRAINT (checks every column of the domain)."""
+    c = node.def_
+    if node.subtype != "C" or not isinstance(c, ast.Constraint) or c.skip_validation:
+        return
+    yield Violation(
+        f"ALTER DOMAIN {q(dotted(node.typeName))} ADD CONSTRAINT checks every column of every table that uses the "
+        "domain before it returns, each table locked against writes for its whole scan",
+        "Add it NOT VALID (ALTER DOMAIN … ADD CONSTRAINT … NOT VALID: new values are checked at once), then "
+        "ALTER DOMAIN … VALIDATE CONSTRAINT in a later migration, or put the CHECK on the columns instead.")
 
 
 @rule("error", ast.AlterTableStmt)
@@ -222,10 +298,16 @@ def rewrite_cause(col: ast.ColumnDef) -> str | None:
             return "GENERATED ALWAYS AS (…) STORED (computed for every row)"
         if c.contype == CT.CONSTR_DEFAULT and c.raw_expr is not None:
             for f in find_nodes(c.raw_expr, ast.FuncCall):
-                name = f.funcname[-1].sval.lower()
-                if name in VOLATILE_DEFAULT_FUNCS:
-                    return f"the volatile DEFAULT {name}() (evaluated for every row)"
+                parts = [n.sval.lower() for n in f.funcname]
+                if parts[-1] not in NON_VOLATILE_FUNCS or parts[:-1] not in ([], ["pg_catalog"]):
+                    known = parts[-1] in KNOWN_VOLATILE
+                    return (f"the {'volatile' if known else 'possibly volatile'} DEFAULT {'.'.join(parts)}() "
+                            f"(evaluated for every row{'' if known else ': lint cannot see its volatility, so it counts as volatile'})")
     return None
+
+
+KNOWN_VOLATILE = frozenset({"random", "gen_random_uuid", "uuid_generate_v4", "uuid_generate_v1", "uuid_generate_v1mc",
+                            "clock_timestamp", "timeofday", "nextval", "setval", "txid_current", "random_normal"})
 
 
 @rule("error", ast.AlterTableStmt)
@@ -302,7 +384,7 @@ def require_concurrent_partition_detach(stmt: Statement, node: ast.AlterTableStm
 @rule("error", ast.VacuumStmt)
 def ban_vacuum_full(stmt: Statement, node: ast.VacuumStmt, ctx: Context) -> Iterator[Violation]:
     """VACUUM FULL."""
-    if not any(isinstance(o, ast.DefElem) and o.defname == "full" for o in node.options or ()):
+    if not has_option(node.options, "full"):  # (FULL false) is a plain VACUUM
         return
     tables = [relname(r.relation) for r in node.rels or ()]
     if not tables:

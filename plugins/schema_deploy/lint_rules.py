@@ -21,9 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pglast import ast, enums
-from pglast.stream import RawStream
 
-from schema_deploy import db
+from schema_deploy.names import quoted
 from schema_deploy.parse import Statement, relname
 from schema_deploy.splitter import Split
 
@@ -133,6 +132,8 @@ class Context:
     atomic: bool = field(init=False)  # the whole file runs as one transaction
     # The first ACCESS EXCLUSIVE lock on an existing table among the statements seen so far: (table, statement).
     first_exclusive: tuple[str, Statement] | None = field(init=False, default=None)
+    # Constraints this file adds NOT VALID: (table, name) -> the statement adding them.
+    not_valid_added: dict[tuple[str, str], Statement] = field(init=False, default_factory=dict)
     _columns: dict[int, list] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -182,7 +183,7 @@ def norm(name: str) -> str:
 
 def q(name: str | None) -> str:
     """Quote a name for a message; `schema.table` becomes "schema"."table"."""
-    return db.quoted(str(name))
+    return quoted(str(name))
 
 
 def article(mode: str) -> str:
@@ -198,6 +199,8 @@ def dotted(names: tuple | None) -> str:
 
 
 def type_text(tn: ast.TypeName | None) -> str:
+    from pglast.stream import RawStream  # here: pglast's printers cost a lint call ~8 ms to import
+
     return RawStream()(tn) if tn is not None else "?"
 
 
@@ -295,6 +298,10 @@ def observe(stmt: Statement, ctx: Context) -> None:
             created = f"{node.relation.schemaname}.{node.newname}" if node.relation.schemaname else node.newname
     elif isinstance(node, ast.AlterTableStmt):
         _observe_not_null_checks(node, ctx.facts)
+        for cmd in node.cmds or ():
+            c = cmd.def_
+            if cmd.subtype == AT.AT_AddConstraint and isinstance(c, ast.Constraint) and c.skip_validation and c.conname:
+                ctx.not_valid_added[(norm(relname(node.relation)), c.conname)] = stmt
     if created is not None:
         ctx.created_at.setdefault(norm(created), stmt.index)
 

@@ -59,8 +59,22 @@ AT_LOCKS = {
     AT.AT_EnableTrigAll: SHARE_ROW_EXCLUSIVE, AT.AT_DisableTrigAll: SHARE_ROW_EXCLUSIVE,
     AT.AT_EnableTrigUser: SHARE_ROW_EXCLUSIVE, AT.AT_DisableTrigUser: SHARE_ROW_EXCLUSIVE,
 }
-VOLATILE_DEFAULT_FUNCS = {"random", "gen_random_uuid", "uuid_generate_v4", "clock_timestamp",
-                          "timeofday", "nextval", "uuid_generate_v1", "uuid_generate_v1mc"}
+# Built-in functions that are not volatile (immutable or stable), as a default of an added column
+# commonly calls them: PostgreSQL computes such a default once, so ADD COLUMN does not rewrite the
+# table. Any other function (volatile built-ins such as random() or gen_random_uuid(), and every
+# function the schema defines, whose volatility lint cannot see) is taken as volatile: a rewrite.
+NON_VOLATILE_FUNCS = frozenset({
+    "now", "transaction_timestamp", "statement_timestamp", "current_setting", "current_database", "version",
+    "to_timestamp", "to_date", "to_char", "to_number", "date_trunc", "date_part", "extract", "make_date",
+    "make_time", "make_timestamp", "make_timestamptz", "make_interval", "timezone", "age", "justify_days",
+    "lower", "upper", "initcap", "btrim", "ltrim", "rtrim", "trim", "concat", "concat_ws", "replace", "substr",
+    "substring", "left", "right", "length", "char_length", "octet_length", "lpad", "rpad", "repeat", "reverse",
+    "md5", "sha256", "encode", "decode", "to_hex", "format", "split_part", "abs", "round", "trunc", "ceil",
+    "ceiling", "floor", "mod", "power", "sqrt", "sign", "jsonb_build_object", "jsonb_build_array",
+    "json_build_object", "json_build_array", "to_jsonb", "to_json", "jsonb_object", "json_object",
+    "array_fill", "array_length", "cardinality", "int4range", "int8range", "numrange", "tsrange",
+    "tstzrange", "daterange", "point", "inet", "cidr", "bool", "int4", "int8", "numeric", "text", "float8",
+})
 # Statements whose tree is dropped after classification (see "Memory" above).
 DATA_STATEMENTS = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.SelectStmt, ast.MergeStmt, ast.CopyStmt)
 DATA_NAMES = frozenset(t.__name__ for t in DATA_STATEMENTS)
@@ -287,7 +301,15 @@ def lock(stmt: Statement, table: str, mode: str) -> None:
 
 
 def has_option(options: tuple | None, name: str) -> bool:
-    return any(isinstance(o, ast.DefElem) and o.defname == name for o in options or ())
+    """Is option `name` on in a statement's option list: `(FULL)`, `(FULL true)`, but not `(FULL false)`,
+    `(FULL off)` or `(FULL 0)`?"""
+    for o in options or ():
+        if isinstance(o, ast.DefElem) and o.defname == name:
+            arg = o.arg
+            value = getattr(arg, "sval", None) if isinstance(arg, ast.String) else getattr(arg, "ival", None) \
+                if isinstance(arg, ast.Integer) else getattr(arg, "boolval", None) if isinstance(arg, ast.Boolean) else True
+            return str(value).lower() not in ("false", "off", "0", "no")
+    return False
 
 
 def classify(stmt: Statement) -> None:
@@ -381,12 +403,15 @@ def added_column_rewrites(col: ast.ColumnDef) -> bool:
 
 
 def column_default_is_volatile(col: ast.ColumnDef) -> bool:
-    """Does an added column's DEFAULT call a volatile function (forcing a table rewrite)?"""
+    """Does an added column's DEFAULT call a function that may be volatile (forcing a table rewrite)?
+    Any function but the known non-volatile built-ins (`NON_VOLATILE_FUNCS`, unqualified or in
+    pg_catalog) counts: a user-defined one may well be volatile, and lint cannot see its definition."""
     for c in col.constraints or ():
         if isinstance(c, ast.Constraint) and c.contype == enums.ConstrType.CONSTR_DEFAULT and c.raw_expr:
-            names = {n.sval.lower() for f in find_nodes(c.raw_expr, ast.FuncCall) for n in f.funcname[-1:]}
-            if names & VOLATILE_DEFAULT_FUNCS:
-                return True
+            for f in find_nodes(c.raw_expr, ast.FuncCall):
+                parts = [n.sval.lower() for n in f.funcname]
+                if parts[-1] not in NON_VOLATILE_FUNCS or parts[:-1] not in ([], ["pg_catalog"]):
+                    return True
     return False
 
 

@@ -65,7 +65,9 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
          "CREATE TABLE n (a int);\nCREATE INDEX n_a_idx ON n (a);\nDROP INDEX n_a_idx;"]),
     "require-concurrent-reindex": (
         [("REINDEX TABLE t;", r'^REINDEX TABLE "t" takes a SHARE lock on the table and ACCESS EXCLUSIVE on each'),
-         ("REINDEX INDEX t_a_idx;", r'^REINDEX INDEX "t_a_idx" takes a SHARE lock')],
+         ("REINDEX INDEX t_a_idx;", r'^REINDEX INDEX "t_a_idx" takes a SHARE lock'),
+         # squawk's case: PostgreSQL refuses REINDEX (CONCURRENTLY) SYSTEM, so that is not the advice
+         ("REINDEX SYSTEM app;", r'^REINDEX SYSTEM "app" rebuilds every system catalog index')],
         ["REINDEX (CONCURRENTLY) TABLE t;", "REINDEX TABLE CONCURRENTLY t;"]),
     "index-too-many-columns": (
         [("CREATE INDEX CONCURRENTLY t_idx ON t (a, b, c, d);", r'^index "t_idx" on "t" has 4 columns')],
@@ -84,6 +86,26 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
     "constraint-missing-not-valid": (
         [("ALTER TABLE t ADD CONSTRAINT pos CHECK (a > 0);", rf'^ADD CONSTRAINT "pos" CHECK on "t" {LOCKS}')],
         ["ALTER TABLE t ADD CONSTRAINT pos CHECK (a > 0) NOT VALID;", "ALTER TABLE t VALIDATE CONSTRAINT pos;"]),
+    "validate-constraint-in-same-transaction": (
+        [("ALTER TABLE t ADD CONSTRAINT pos CHECK (a > 0) NOT VALID;\nALTER TABLE t VALIDATE CONSTRAINT pos;",
+          r'^VALIDATE CONSTRAINT "pos" runs in the same transaction as its ADD … NOT VALID \(line 1\)'),
+         ("CREATE INDEX CONCURRENTLY i ON u (a);\nBEGIN;\nALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u "
+          "(id) NOT VALID;\nALTER TABLE t VALIDATE CONSTRAINT f;\nCOMMIT;", r'^VALIDATE CONSTRAINT "f" .*\(line 3\)')],
+        ["ALTER TABLE t ADD CONSTRAINT pos CHECK (a > 0) NOT VALID;\nCREATE INDEX CONCURRENTLY i ON u (a);\n"
+         "ALTER TABLE t VALIDATE CONSTRAINT pos;",
+         "ALTER TABLE t ADD CONSTRAINT pos CHECK (a > 0) NOT VALID;\nALTER TABLE t VALIDATE CONSTRAINT other;"]),
+    "ban-drop-not-null": (
+        [("ALTER TABLE t ALTER COLUMN a DROP NOT NULL;", r'^ALTER COLUMN "a" DROP NOT NULL on "t": from now on')],
+        ["CREATE TABLE n (a int NOT NULL);\nALTER TABLE n ALTER COLUMN a DROP NOT NULL;",
+         "ALTER TABLE t ALTER COLUMN a SET DEFAULT 0;"]),
+    "ban-create-domain-with-constraint": (
+        [("CREATE DOMAIN positive AS int CHECK (VALUE > 0);", r'^domain "positive" carries a CHECK constraint')],
+        ["CREATE DOMAIN email AS text;", "CREATE DOMAIN id AS bigint NOT NULL;"]),
+    "ban-alter-domain-with-add-constraint": (
+        [("ALTER DOMAIN positive ADD CONSTRAINT pos CHECK (VALUE > 0);",
+          r'^ALTER DOMAIN "positive" ADD CONSTRAINT checks every column of every table that uses the domain')],
+        ["ALTER DOMAIN positive ADD CONSTRAINT pos CHECK (VALUE > 0) NOT VALID;",
+         "ALTER DOMAIN positive VALIDATE CONSTRAINT pos;"]),
     "adding-not-nullable-field": (
         [("ALTER TABLE t ALTER COLUMN a SET NOT NULL;",
           rf'^ALTER COLUMN "a" SET NOT NULL on "t" {LOCKS}.* for the whole scan for NULLs')],
@@ -109,9 +131,16 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
           rf'^ADD COLUMN "token" with the volatile DEFAULT gen_random_uuid\(\) .* on "t" {LOCKS}.* rewrite of the '),
          ("ALTER TABLE t ADD COLUMN n bigserial;", r'^ADD COLUMN "n" with type bigserial'),
          ("ALTER TABLE t ADD COLUMN n bigint GENERATED ALWAYS AS IDENTITY;", r"AS IDENTITY"),
-         ("ALTER TABLE t ADD COLUMN s text GENERATED ALWAYS AS (a || b) STORED;", r"STORED")],
+         ("ALTER TABLE t ADD COLUMN s text GENERATED ALWAYS AS (a || b) STORED;", r"STORED"),
+         # squawk's cases: any function not known to be non-volatile counts, user-defined ones included
+         ("ALTER TABLE t ADD COLUMN id uuid DEFAULT uuid();", r'^ADD COLUMN "id" with the possibly volatile DEFAULT '
+                                                               r"uuid\(\) \(evaluated for every row: lint cannot see its "
+                                                               r"volatility"),
+         ("ALTER TABLE t ADD COLUMN k text DEFAULT app.new_key(lower('x'));", r"possibly volatile DEFAULT app\.new_key")],
         ["ALTER TABLE t ADD COLUMN created timestamptz NOT NULL DEFAULT now();",
          "ALTER TABLE t ADD COLUMN n int DEFAULT 0;",
+         "ALTER TABLE t ADD COLUMN meta jsonb DEFAULT jsonb_build_object('v', 1);",
+         "ALTER TABLE t ADD COLUMN d date DEFAULT pg_catalog.date_trunc('day', now());",
          "CREATE TABLE n (a int);\nALTER TABLE n ADD COLUMN token uuid DEFAULT gen_random_uuid();"]),
     "adding-required-field": (
         [("ALTER TABLE t ADD COLUMN n int NOT NULL;",
@@ -147,7 +176,7 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[str]]] = {
     # --- rewrites and maintenance
     "ban-vacuum-full": (
         [("VACUUM FULL t;", rf'^VACUUM FULL on "t" {LOCKS}'), ("VACUUM (FULL, ANALYZE) t;", r'^VACUUM FULL on "t"')],
-        ["VACUUM (ANALYZE) t;"]),
+        ["VACUUM (ANALYZE) t;", "VACUUM (FULL false) t;", "VACUUM (FULL off, ANALYZE) t;"]),
     "ban-cluster": (
         [("CLUSTER t USING t_pkey;", rf'^CLUSTER on "t" {LOCKS}')],
         ["ALTER TABLE t CLUSTER ON t_pkey;"]),
