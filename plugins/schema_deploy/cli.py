@@ -291,6 +291,22 @@ def files_bundle(paths: list[Path]) -> Bundle:
     return Bundle(root=Path("."), layout="files", migrations=tuple(migrations))
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """`config check [FILE]`: validate deploy.yaml (FILE, else --config, else ./deploy.yaml, else
+    $SCHEMA_DEPLOY_CONFIG or the project's) against its typed model and print the settings in effect,
+    defaults included. Exit 2 on an invalid file, naming the key and the fix."""
+    from schema_deploy import config
+
+    path = args.file or getattr(args, "config", None)
+    if path is None:
+        path = Path("deploy.yaml") if Path("deploy.yaml").is_file() else config.config_path()
+    settings = config.load(path, must_exist=True)
+    effective = config.effective(settings)
+    say(f"{path}: valid")
+    emit(args, effective, "\n".join(f"{key}: {json.dumps(value, default=str)}" for key, value in effective.items()))
+    return 0
+
+
 # --- backups (boto3 is imported only by these verbs) -------------------------------
 
 def _duration(text: str):
@@ -739,6 +755,11 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path,
                    help="deploy.yaml with lint.severity overrides (default: ./deploy.yaml if present)")
     p.add_argument("--list-rules", action="store_true", help="print every rule's id, default severity and summary")
+    p = verb("config", cmd_config, "check deploy.yaml and print the settings in effect")
+    p.add_argument("action", choices=("check",))
+    p.add_argument("file", nargs="?", type=Path, metavar="FILE", help="the deploy.yaml to check (default: as the "
+                                                                        "other verbs find it)")
+    config_option(p)
     p = verb("backup", cmd_backup, "back the database up to S3 (pg_dump -Fc, streamed)")
     p.add_argument("--to", required=True, metavar="s3://BUCKET/PREFIX")
     p.add_argument("--environment", default="default", help="environment name in the key layout (default: default)")

@@ -41,26 +41,26 @@ PRISMA_KEYS = ("deploys", "schema", "cli")
 
 def prisma_settings(data: dict, path: Path) -> PrismaSettings:
     """Validate the `prisma:` section of a parsed deploy.yaml (lint reads it too: this is its one parser)."""
+    from schema_deploy.config_messages import empty_text, unknown_key, wrong_type
+
     value = data.get("prisma")
     if value is None:
         return PrismaSettings()
     if not isinstance(value, dict):
-        raise ConfigError(path, "'prisma' must be a mapping", f"Write its keys indented under 'prisma:', {PRISMA_EXAMPLE}.")
-    unknown = sorted(set(value) - set(PRISMA_KEYS))
-    if unknown:
-        raise ConfigError(path, f"prisma: unknown keys {unknown}",
-                          f"It takes {', '.join(PRISMA_KEYS)}, {PRISMA_EXAMPLE}.")
+        raise wrong_type(path, ["prisma"], "dict_type", value)
+    for key in value:
+        if key not in PRISMA_KEYS:
+            raise unknown_key(path, ["prisma", key], list(PRISMA_KEYS))
     deploys = value.get("deploys", False)
     if not isinstance(deploys, bool):
-        raise ConfigError(path, f"prisma.deploys is {deploys!r}",
-                          "Write true (the team also runs prisma migrate deploy) or false.")
+        raise wrong_type(path, ["prisma", "deploys"], "bool_type", deploys)
     paths: dict[str, Path | None] = {}
-    for key, example in (("schema", "the path of a schema.prisma, relative to this file, e.g. prisma/schema.prisma"),
-                         ("cli", "the folder where Prisma is installed (it holds node_modules/prisma), relative to "
-                                 "this file, e.g. tests/prisma")):
+    for key in ("schema", "cli"):
         given = value.get(key)
-        if given is not None and (not isinstance(given, str) or not given):
-            raise ConfigError(path, f"prisma.{key} is {given!r}", f"Give {example}.")
+        if given is not None and not isinstance(given, str):
+            raise wrong_type(path, ["prisma", key], "string_type", given)
+        if given == "":
+            raise empty_text(path, ["prisma", key])
         paths[key] = path.parent / given if given else None
     return PrismaSettings(deploys=deploys, **paths)
 
@@ -168,6 +168,27 @@ class DeployConfig:
         return declared[name]
 
 
+def effective(cfg: DeployConfig) -> dict[str, Any]:
+    """The settings in effect, as plain JSON-able values for `config check` (deploy.yaml holds no secret;
+    the values are scrubbed all the same, in case someone put a URL with a password in one)."""
+    from dataclasses import fields
+
+    from schema_deploy.errors import scrub
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (Path, timedelta)):
+            return str(value)
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [plain(v) for v in (sorted(value) if isinstance(value, (set, frozenset)) else value)]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if hasattr(value, "__dataclass_fields__"):
+            return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+        return scrub(value) if isinstance(value, str) else value
+
+    return {f.name: plain(getattr(cfg, f.name)) for f in fields(cfg) if f.name != "source"}
+
+
 def config_path() -> Path:
     return Path(os.environ.get("SCHEMA_DEPLOY_CONFIG", ROOT / "deploy.yaml"))
 
@@ -209,104 +230,74 @@ def read_yaml(path: Path, must_exist: bool) -> dict | None:
     return data
 
 
-def section(data: dict, key: str, path: Path) -> dict:
-    value = data.get(key) or {}
-    if not isinstance(value, dict):
-        raise ConfigError(path, f"'{key}' must be a mapping", f"Write '{key}:' followed by indented 'name: value' lines.")
-    return value
-
-
 def from_mapping(data: dict, path: Path) -> DeployConfig:
+    """The settings of a parsed deploy.yaml: keys and types checked by the typed model first
+    (config_model.py: unknown keys, wrong types), then what only building them can check (a cron, a
+    duration, a default bundle that is declared, a window a fleet names, a range's order)."""
     from schema_deploy.config_fleets import fleets_settings
+    from schema_deploy.config_model import Approval, Backup, Expectations, Gate, Lock, Prechecks, Slack, validate
     from schema_deploy.window import Window, parse_duration
 
+    m = validate(data, path)
     base = path.parent
-    backup, gate, approval = section(data, "backup", path), section(data, "gate", path), section(data, "approval", path)
-    lock, slack = section(data, "lock", path), section(data, "slack", path)
-    expect = section(data, "expectations", path)
-    schedule = section(data, "schedule", path)
-    if schedule and not data.get("windows"):
+    backup, gate, approval = m.backup or Backup(), m.gate or Gate(), m.approval or Approval()
+    lock, slack, expect = m.lock or Lock(), m.slack or Slack(), m.expectations or Expectations()
+    if m.schedule and not m.windows:
         raise ConfigError(path, "schedule is set but there are no windows to schedule against",
                           "Add a window under 'windows:', or remove 'schedule:' for manual runs only.")
     windows = []
-    for i, w in enumerate(data.get("windows") or []):
-        if not isinstance(w, dict) or not {"cron", "duration"} <= set(w):
-            raise ConfigError(path, f"windows[{i}] needs 'cron' and 'duration'",
-                              "Give each window a cron start, a duration such as '2h', and optionally 'timezone' and 'name'.")
+    for i, w in enumerate(m.windows or []):
         try:
-            windows.append(Window.from_spec(w))
+            windows.append(Window.from_spec(w.model_dump(exclude_none=True)))
         except UsageError as exc:
             raise ConfigError(path, f"windows[{i}]: {exc}", "Fix that window's entry.") from None
-    commands = []
-    for i, cmd in enumerate(gate.get("commands") or []):
-        if isinstance(cmd, str) or not all(isinstance(part, str) for part in cmd):
-            raise ConfigError(path, f"gate.commands[{i}] must be a list of strings (argv)",
-                              "Write it like ['python', '-m', 'pytest', 'tests/gate'].")
-        commands.append(tuple(cmd))
-    manual = approval.get("manual_runs", "required")
-    if manual not in ("required", "form"):
-        raise ConfigError(path, f"approval.manual_runs is {manual!r}",
-                          "Use 'required' (always ask) or 'form' (the trigger form's require_approval decides).")
-    scheduled = approval.get("scheduled_runs", "required")
-    if scheduled not in ("required", "skip"):
-        raise ConfigError(path, f"approval.scheduled_runs is {scheduled!r}", "Use 'required' or 'skip'.")
-    defaults = DeployConfig()
-    for key in ("lock_timeout_ms", "max_lock_timeout_ms"):
-        if key in lock and int(lock[key]) < 1:
-            raise ConfigError(path, f"lock.{key} is {lock[key]}",
-                              "Give a positive number of milliseconds: 0 would wait for locks forever.")
     bundles, default_bundle, symlink_bundles = _bundles(data, base, path)
+    defaults = DeployConfig()
     return DeployConfig(
         bundles=bundles,
         default_bundle=default_bundle,
         symlink_bundles=symlink_bundles,
-        verify_dir=(base / data["verify_dir"]) if "verify_dir" in data else defaults.verify_dir,
-        backup_bucket=str(backup.get("bucket", defaults.backup_bucket)),
-        backup_prefix=str(backup.get("prefix", defaults.backup_prefix)),
-        backup_sse=str(backup.get("sse", defaults.backup_sse)),
-        backup_kms_key_id=backup.get("kms_key_id"),
-        backup_restore_check=bool(backup.get("restore_check", True)),
-        gate_commands=tuple(commands),
-        gate_timeout=parse_duration(str(gate.get("timeout", "10m"))),
-        approval_manual=manual == "required",
-        approval_scheduled=scheduled == "required",
-        approver_must_differ=bool(approval.get("approver_must_differ", False)),
+        verify_dir=(base / m.verify_dir) if m.verify_dir else defaults.verify_dir,
+        backup_bucket=backup.bucket,
+        backup_prefix=backup.prefix,
+        backup_sse=backup.sse,
+        backup_kms_key_id=backup.kms_key_id,
+        backup_restore_check=backup.restore_check,
+        gate_commands=tuple(tuple(cmd) for cmd in gate.commands or ()),
+        gate_timeout=_duration(parse_duration, gate.timeout, "gate.timeout", path),
+        approval_manual=approval.manual_runs == "required",
+        approval_scheduled=approval.scheduled_runs == "required",
+        approver_must_differ=approval.approver_must_differ,
         windows=tuple(windows),
-        window_safety_factor=float(data.get("window_safety_factor", defaults.window_safety_factor)),
-        lock_timeout_ms=int(lock.get("lock_timeout_ms", defaults.lock_timeout_ms)),
-        max_lock_timeout_ms=int(lock.get("max_lock_timeout_ms", defaults.max_lock_timeout_ms)),
-        lock_retries=int(lock.get("lock_retries", defaults.lock_retries)),
-        precheck_timeout_ms=_precheck_timeout(data, path),
-        slack_channel=str(slack.get("channel", defaults.slack_channel)),
-        schedule_lead=parse_duration(str(schedule["lead"])) if schedule.get("lead") else None,
-        expect_index_mb=_range(expect, "index_storage_mb", defaults.expect_index_mb, path),
-        expect_speedup_pct=_range(expect, "query_speedup_percent", defaults.expect_speedup_pct, path),
+        window_safety_factor=m.window_safety_factor,
+        lock_timeout_ms=lock.lock_timeout_ms,
+        max_lock_timeout_ms=lock.max_lock_timeout_ms,
+        lock_retries=lock.lock_retries,
+        precheck_timeout_ms=(m.prechecks or Prechecks()).timeout_ms,
+        slack_channel=slack.channel,
+        schedule_lead=_duration(parse_duration, m.schedule.lead, "schedule.lead", path)
+        if m.schedule and m.schedule.lead else None,
+        expect_index_mb=_range(expect.index_storage_mb, "index_storage_mb", defaults.expect_index_mb, path),
+        expect_speedup_pct=_range(expect.query_speedup_percent, "query_speedup_percent", defaults.expect_speedup_pct,
+                                  path),
         prisma=prisma_settings(data, path),
-        queues=_queues(data, path),
-        demo=dict(data.get("demo") or {}),
+        queues=tuple((key, getattr(m.queues, key)) for key in QUEUE_KEYS if m.queues and getattr(m.queues, key)),
+        demo=dict(m.demo or {}),
         lint=lint_settings(data, path),
         fleets=fleets_settings(data, path, tuple(windows)),
         source=path,
     )
 
 
+def _duration(parse: Any, text: str, key: str, path: Path) -> timedelta:
+    try:
+        return parse(text)
+    except UsageError as exc:
+        raise ConfigError(path, f"{key}: {exc}", "e.g. 10m, 2h or 1d.") from None
+
+
 QUEUE_KEYS = ("staging", "production", "default")
 DEFAULT_QUEUE = "default"
-
-
-def _queues(data: dict, path: Path) -> tuple[tuple[str, str], ...]:
-    """`queues: {staging: q, production: q, default: q}`: which Celery queue serves each environment's
-    tasks (and, for `default`, those that open no database). Unset names fall back to `default`."""
-    value = section(data, "queues", path)
-    unknown = sorted(set(value) - set(QUEUE_KEYS))
-    if unknown:
-        raise ConfigError(path, f"queues: unknown keys {unknown}",
-                          f"Name the queues of {', '.join(QUEUE_KEYS)} (the tasks that open no database run on default).")
-    for key, queue in value.items():
-        if not isinstance(queue, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", queue):
-            raise ConfigError(path, f"queues.{key} is {queue!r}",
-                              "Give a queue name: letters, digits, '_', '-', '.' or ':' (what the worker's --queues takes).")
-    return tuple((key, value[key]) for key in QUEUE_KEYS if key in value)
 
 
 def lint_settings(data: dict, path: Path) -> LintConfig:
@@ -368,23 +359,11 @@ def _bundles(data: dict, base: Path, path: Path) -> tuple[tuple[tuple[str, Path]
     return tuple(bundles), str(default), frozenset(linked)
 
 
-def _precheck_timeout(data: dict, path: Path) -> int:
-    """`prechecks: {timeout_ms: N}`: how long one data precheck may scan its table (default 60 s)."""
-    section = data.get("prechecks") or {}
-    if not isinstance(section, dict) or set(section) - {"timeout_ms"}:
-        raise ConfigError(path, "prechecks: takes one key, timeout_ms", "e.g. prechecks: {timeout_ms: 120000}.")
-    value = section.get("timeout_ms", DeployConfig.precheck_timeout_ms)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(path, f"prechecks.timeout_ms: expected a positive number of milliseconds, got {value!r}",
-                          "e.g. prechecks: {timeout_ms: 120000} (two minutes).")
-    return value
-
-
-def _range(section: dict, key: str, default: tuple[float, float], path: Path) -> tuple[float, float]:
-    value = section.get(key)
+def _range(value: list[float] | None, key: str, default: tuple[float, float], path: Path) -> tuple[float, float]:
+    """`[low, high]` (the model checked its shape); None is the default."""
     if value is None:
         return default
-    if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            or value[0] > value[1]):
-        raise ConfigError(path, f"expectations.{key} is {value!r}", "Give [low, high] numbers, e.g. [20, 40].")
+    if value[0] > value[1]:
+        raise ConfigError(path, f"expectations.{key} is [{value[0]:g}, {value[1]:g}]: low above high",
+                          "Give [low, high] numbers, e.g. [20, 40].")
     return float(value[0]), float(value[1])

@@ -116,19 +116,22 @@ class Finding:
 def config_from(data: object, path: Path | str = DEFAULT_CONFIG, *, prisma_deploys: bool = False) -> LintConfig:
     """Validate a parsed deploy.yaml and return its lint settings (config.load calls this: it is the
     one reader of the file). `prisma_deploys`: deploy.yaml's prisma.deploys, as config.load read it."""
-    example = "e.g. lint: {severity: {require-concurrent-index: warning}}"
+    from schema_deploy.config_messages import described, unknown_key, wrong_type
+
     if data is None:
         return LintConfig(source=str(path))
     if not isinstance(data, dict):
-        raise ConfigError(path, "is not a mapping", f"Write settings as keys, {example}.")
+        raise ConfigError(path, f"expected a mapping of settings at the top level, got {described(data)}",
+                          "See deploy.yaml in the repository for the layout.")
     section = data.get("lint") or {}
-    if not isinstance(section, dict) or set(section) - {"severity"}:
-        extra = sorted(set(section) - {"severity"}) if isinstance(section, dict) else []
-        raise ConfigError(path, f"lint: unknown keys {extra}" if extra else "lint: is not a mapping",
-                          f"The lint section takes one key, severity, {example}.")
+    if not isinstance(section, dict):
+        raise wrong_type(path, ["lint"], "dict_type", section)
+    for key in section:
+        if key != "severity":
+            raise unknown_key(path, ["lint", key], ["severity"])
     overrides = section.get("severity") or {}
     if not isinstance(overrides, dict):
-        raise ConfigError(path, "lint.severity is not a mapping", f"Map rule ids to severities, {example}.")
+        raise wrong_type(path, ["lint", "severity"], "dict_type", overrides)
     valid = (*SEVERITIES, OFF)
     # YAML 1.1 reads a bare `off` as false; take it as meant.
     overrides = {rid: OFF if level is False else level for rid, level in overrides.items()}
@@ -139,8 +142,8 @@ def config_from(data: object, path: Path | str = DEFAULT_CONFIG, *, prisma_deplo
             raise ConfigError(path, f"lint.severity: unknown rule id {rid!r}{hint}",
                               f"Valid rule ids: {', '.join(sorted(RULES))}.")
         if level not in valid:
-            raise ConfigError(path, f"lint.severity.{rid}: {level!r} is not a severity",
-                              f"Use one of {', '.join(valid)}.")
+            raise ConfigError(path, f"lint.severity.{rid}: expected {', '.join(repr(v) for v in valid[:-1])} or "
+                                    f"{valid[-1]!r}, got {described(level)}", "Use one of those.")
     if prisma_deploys:
         # A team that also runs `prisma migrate deploy` cannot deploy a file Prisma's splitter cuts wrongly.
         overrides.setdefault(PRISMA_SPLITTER_RULE, "error")

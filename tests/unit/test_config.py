@@ -23,12 +23,15 @@ def test_a_missing_file_means_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("windows: [{cron: '0 2 * * *'}]", r"windows\[0\] needs 'cron' and 'duration'"),
-    ("gate: {commands: ['pytest tests/gate']}", r"gate.commands\[0\] must be a list of strings"),
-    ("approval: {scheduled_runs: sometimes}", r"approval.scheduled_runs is 'sometimes'.*'required' or 'skip'"),
-    ("backup: [1, 2]", r"'backup' must be a mapping"),
+    ("windows: [{cron: '0 2 * * *'}]", r"windows\[0\]\.duration: missing"),
+    ("gate: {commands: ['pytest tests/gate']}", r"gate\.commands\[0\]: expected a list, got the string 'pytest "
+                                                r"tests/gate'\. Write a list, e\.g\. \[a, b\]"),
+    ("approval: {scheduled_runs: sometimes}", r"approval\.scheduled_runs: expected 'required' or 'skip', got the "
+                                              r"string 'sometimes'"),
+    ("backup: [1, 2]", r"backup: expected a mapping \(keys indented under it\), got a list"),
     ("windows: [{cron: 'nightly', duration: 1h}]", r"windows\[0\]: .*'nightly' is not a cron expression"),
-    ("lock: {lock_timeout_ms: 0}", r"lock.lock_timeout_ms is 0.*wait for locks forever"),
+    ("lock: {lock_timeout_ms: 0}", r"lock\.lock_timeout_ms: expected a number at least 1, got the number 0\. 0 "
+                                   r"milliseconds would wait forever"),
     ("key: [unclosed", r"not valid YAML"),
 ])
 def test_bad_settings_are_rejected_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -42,9 +45,10 @@ def test_bad_settings_are_rejected_naming_the_key(tmp_path: Path, text: str, mes
 @pytest.mark.parametrize("text, message", [
     ("bundles: {main: sql/migrations}\nmigrations: sql/migrations",
      r"both 'bundles' and 'migrations' are set\. Declare every folder under 'bundles:'"),
-    ("bundles: [sql/migrations]", r"'bundles' must map bundle names to folders\. Write it as a mapping"),
-    ("bundles: {'../up': sql/migrations}", r"bundles: '\.\./up' is not a bundle name\. Use letters, digits"),
-    ("bundles: {main: ''}", r"bundles\.main must be a folder path"),
+    ("bundles: [sql/migrations]", r"bundles: expected a mapping \(keys indented under it\), got a list"),
+    ("bundles: {'../up': sql/migrations}", r"bundles\['\.\./up'\]: '\.\./up' is not a bundle name\. Use letters, "
+                                           r"digits"),
+    ("bundles: {main: ''}", r"bundles\.main: expected text, got an empty string"),
     ("bundles: {main: a, hotfix: b}", r"2 bundles are declared but no default_bundle\. Add default_bundle: one of "
                                       r"main, hotfix"),
     ("bundles: {main: a}\ndefault_bundle: other", r"default_bundle 'other' is not declared under bundles\. Use one of "

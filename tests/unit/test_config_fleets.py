@@ -63,37 +63,48 @@ def test_an_unknown_fleet_name_is_refused_listing_the_declared_ones(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("fleets: [a]", "'fleets' must map fleet names to their settings. Write it as a mapping"),
-    ("fleets: {'a b': {prefix: t_}}", "fleets: 'a b' is not a fleet name. Use letters, digits"),
-    ("fleets: {t: 3}", "fleets.t must be a mapping. Indent its settings under 't:'"),
-    ("fleets: {t: {prefix: t_, wave: {}}}", "fleets.t: unknown keys ['wave']. A fleet takes targets, prefix, catalog"),
+    ("fleets: [a]", "fleets: expected a mapping (keys indented under it), got a list"),
+    ("fleets: {'a b': {prefix: t_}}", "fleets['a b']: 'a b' is not a fleet name. Use letters, digits"),
+    ("fleets: {t: 3}", "fleets.t: expected a mapping (keys indented under it), got the number 3"),
+    ("fleets: {t: {prefix: t_, wave: {}}}", "fleets.t.wave: unknown key. Did you mean waves (in fleets.t)? Keys there: "
+                                            "backup, catalog, prefix, queue, targets, waves, window"),
     ("fleets: {t: {}}", "fleets.t has no target source. Give exactly one of targets: [connection ids], prefix:"),
     ("fleets: {t: {prefix: t_, targets: [a]}}", "fleets.t has targets from targets and prefix. Give exactly one"),
     ("fleets: {t: {targets: []}}", "fleets.t.targets is []. Give a non-empty list of Airflow connection ids"),
     ("fleets: {t: {targets: [a, a]}}", "fleets.t.targets lists a more than once. List each connection once."),
-    ("fleets: {t: {prefix: ''}}", "fleets.t.prefix is ''. Give the start of the members' connection ids"),
-    ("fleets: {t: {catalog: {conn: c}}}", "fleets.t.catalog is {'conn': 'c'}. Give the catalog's connection id and a query"),
-    ("fleets: {t: {prefix: t_, backup: always}}", "fleets.t.backup is 'always'. Write each (a pg_dump of every member"),
-    ("fleets: {t: {prefix: t_, queue: 'a b'}}", "fleets.t.queue is 'a b'. Give a queue name"),
-    ("fleets: {t: {prefix: t_, waves: 3}}", "fleets.t.waves must be a mapping."),
-    ("fleets: {t: {prefix: t_, waves: {sizes: 3}}}", "fleets.t.waves: unknown keys ['sizes']. Waves take canary, size"),
+    ("fleets: {t: {prefix: ''}}", "fleets.t.prefix: expected text, got an empty string"),
+    ("fleets: {t: {catalog: {conn: c}}}", "fleets.t.catalog.query: missing"),
+    ("fleets: {t: {prefix: t_, backup: always}}", "fleets.t.backup: expected 'each' or 'none', got the string 'always'"),
+    ("fleets: {t: {prefix: t_, queue: 'a b'}}", "fleets.t.queue: the string 'a b' is not a valid queue name. Give a "
+                                                "queue name"),
+    ("fleets: {t: {prefix: t_, waves: 3}}", "fleets.t.waves: expected a mapping (keys indented under it), got the "
+                                            "number 3"),
+    ("fleets: {t: {prefix: t_, waves: {sizes: 3}}}", "fleets.t.waves.sizes: unknown key. Did you mean size (in "
+                                                     "fleets.t.waves)?"),
     ("fleets: {t: {prefix: t_, waves: {size: 0}}}", "fleets.t.waves.size is 0. Give a whole number of members (1 or more)"),
     ("fleets: {t: {prefix: t_, waves: {size: '0%'}}}", "fleets.t.waves.size is '0%'. Give a whole number"),
     ("fleets: {t: {prefix: t_, waves: {size: '150%'}}}", "fleets.t.waves.size is '150%'. Give a whole number"),
-    ("fleets: {t: {prefix: t_, waves: {size: 2.5}}}", "fleets.t.waves.size is 2.5. Give a whole number"),
-    ("fleets: {t: {prefix: t_, waves: {parallel: 0}}}", "fleets.t.waves.parallel is 0. Give a whole number, 1 or more."),
-    ("fleets: {t: {prefix: t_, waves: {canary: -1}}}", "fleets.t.waves.canary is -1. Give a whole number, 0 or more."),
-    ("fleets: {t: {prefix: t_, waves: {halt_after: -1}}}", "fleets.t.waves.halt_after is -1. Give a whole number of members (0 or more)"),
+    ("fleets: {t: {prefix: t_, waves: {size: 2.5}}}", "fleets.t.waves.size: expected a whole number, got the number 2.5"),
+    ("fleets: {t: {prefix: t_, waves: {size: '10 %'}}}", "fleets.t.waves.size: the string '10 %' is not a valid share "
+                                                         "of the fleet. Give a whole number of members or a quoted "
+                                                         "percentage"),
+    ("fleets: {t: {prefix: t_, waves: {parallel: 0}}}", "fleets.t.waves.parallel: expected a number at least 1, got "
+                                                        "the number 0"),
+    ("fleets: {t: {prefix: t_, waves: {canary: -1}}}", "fleets.t.waves.canary: expected a number at least 0, got the "
+                                                       "number -1"),
+    ("fleets: {t: {prefix: t_, waves: {halt_after: -1}}}", "fleets.t.waves.halt_after: expected a number at least 0, "
+                                                           "got the number -1"),
     ("fleets: {t: {prefix: t_, waves: {pause: soon}}}", "fleets.t.waves.pause: duration 'soon'"),
-    ("fleets: {t: {prefix: t_, waves: {approve_after_canary: yes please}}}", "fleets.t.waves.approve_after_canary is 'yes please'. Write true or false."),
+    ("fleets: {t: {prefix: t_, waves: {approve_after_canary: yes please}}}",
+     "fleets.t.waves.approve_after_canary: expected true or false, got the string 'yes please'. Write true or false"),
     ("fleets: {t: {prefix: t_, waves: {canary: 0, approve_after_canary: true}}}",
      "fleets.t.waves.approve_after_canary is true but canary is 0. Give the canary a member"),
     ("fleets: {t: {prefix: t_, window: daily}}", "fleets.t.window names window 'daily', which windows: does not declare. Use one of nightly"),
-    ("fleets: {t: {prefix: t_, window: {by: region}}}", "fleets.t.window is {'by': 'region'}. Name one window for the whole fleet"),
+    ("fleets: {t: {prefix: t_, window: {by: region}}}", "fleets.t.window.windows: missing"),
     ("fleets: {t: {prefix: t_, window: {by: region, windows: {eu: {cron: x, duration: 1h}}}}}",
      "fleets.t.window.windows.eu: maintenance window t.window.windows.eu: 'x' is not a cron expression"),
     ("fleets: {t: {prefix: t_, window: {by: region, windows: {eu: nightly}, default: {cron: '0 2 * * *'}}}}",
-     "fleets.t.window.default is {'cron': '0 2 * * *'}. Name a window of windows:, or give {cron, duration, timezone}."),
+     "fleets.t.window.default.duration: missing"),
 ])
 def test_a_bad_fleet_is_refused_naming_the_file_the_key_and_the_fix(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -46,29 +46,29 @@ def test_absent_keys_take_the_defaults(tmp_path: Path, text: str) -> None:
 
 
 @pytest.mark.parametrize("key", ["index_storage_mb", "query_speedup_percent"])
-@pytest.mark.parametrize("value, shown", [
-    ("[40, 20]", "[40, 20]"),
-    ("[20]", "[20]"),
-    ("[10, 20, 30]", "[10, 20, 30]"),
-    ("30", "30"),
-    ("[low, high]", "['low', 'high']"),
-    ("['20', '40']", "['20', '40']"),
-    ("{low: 20, high: 40}", "{'low': 20, 'high': 40}"),
+@pytest.mark.parametrize("value, problem", [
+    ("[40, 20]", "{key} is [40, 20]: low above high. Give [low, high] numbers, e.g. [20, 40]."),
+    ("[20]", "{key}: expected [low, high], got a list of 1. Give two numbers, e.g. [20, 40]."),
+    ("[10, 20, 30]", "{key}: expected [low, high], got a list of 3. Give two numbers, e.g. [20, 40]."),
+    ("30", "{key}: expected a list, got the number 30. Write a list, e.g. [a, b]."),
+    ("[low, high]", "{key}[0]: expected a number, got the string 'low'. Write a number, unquoted."),
+    ("['20', '40']", "{key}[0]: expected a number, got the string '20'. Write a number, unquoted."),
+    ("{low: 20, high: 40}", "{key}: expected a list, got a mapping. Write a list, e.g. [a, b]."),
 ], ids=["reversed", "one-number", "three-numbers", "scalar", "words", "quoted-numbers", "mapping"])
 def test_a_bad_expectation_range_is_rejected_naming_the_key_and_the_valid_form(
-        tmp_path: Path, key: str, value: str, shown: str) -> None:
+        tmp_path: Path, key: str, value: str, problem: str) -> None:
     path = tmp_path / "deploy.yaml"
     path.write_text(f"expectations:\n  {key}: {value}\n")
 
     with pytest.raises(ConfigError) as info:
         load(path)
 
-    assert str(info.value) == f"{path}: expectations.{key} is {shown}. Give [low, high] numbers, e.g. [20, 40]."
+    assert str(info.value) == f"{path}: " + problem.format(key=f"expectations.{key}")
     assert info.value.exit_code == 2
 
 
 def test_expectations_that_are_not_a_mapping_are_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"'expectations' must be a mapping"):
+    with pytest.raises(ConfigError, match=r"expectations: expected a mapping \(keys indented under it\), got a list"):
         load_text(tmp_path, "expectations: [50, 100]")
 
 
@@ -80,7 +80,8 @@ def test_manual_runs_required_always_asks_and_form_leaves_it_to_the_trigger_form
     assert cfg.approval_manual is asks and cfg.approval_scheduled is True
 
 
-@pytest.mark.parametrize("value, shown", [("sometimes", "'sometimes'"), ("true", "True"), ("skip", "'skip'")])
+@pytest.mark.parametrize("value, shown", [("sometimes", "the string 'sometimes'"), ("true", "true"),
+                                          ("skip", "the string 'skip'")])
 def test_a_bad_manual_runs_value_is_rejected_listing_the_valid_ones(tmp_path: Path, value: str, shown: str) -> None:
     path = tmp_path / "deploy.yaml"
     path.write_text(f"approval:\n  manual_runs: {value}\n")
@@ -88,5 +89,4 @@ def test_a_bad_manual_runs_value_is_rejected_listing_the_valid_ones(tmp_path: Pa
     with pytest.raises(ConfigError) as info:
         load(path)
 
-    assert str(info.value) == (f"{path}: approval.manual_runs is {shown}. Use 'required' (always ask) or 'form' "
-                               "(the trigger form's require_approval decides).")
+    assert str(info.value) == f"{path}: approval.manual_runs: expected 'required' or 'form', got {shown}. Use one of those."

@@ -31,13 +31,12 @@ def test_each_environment_gets_its_queue_and_unnamed_ones_fall_back_to_default(t
 
 @pytest.mark.parametrize(("text", "message"), [
     ("queues: {stagin: x}\n",
-     "queues: unknown keys ['stagin']. Name the queues of staging, production, default "
-     "(the tasks that open no database run on default)."),
+     "queues.stagin: unknown key. Did you mean staging (in queues)? Keys there: default, production, staging."),
     ("queues: {production: 'prod queue'}\n",
-     "queues.production is 'prod queue'. Give a queue name: letters, digits, '_', '-', '.' or ':' "
-     "(what the worker's --queues takes)."),
-    ("queues: {staging: 3}\n", "queues.staging is 3. Give a queue name"),
-    ("queues: [staging]\n", "'queues' must be a mapping."),
+     "queues.production: the string 'prod queue' is not a valid queue name. Give a queue name: letters, digits, '_', "
+     "'-', '.' or ':' (what the worker's --queues takes)."),
+    ("queues: {staging: 3}\n", "queues.staging: expected text, got the number 3"),
+    ("queues: [staging]\n", "queues: expected a mapping (keys indented under it), got a list"),
 ])
 def test_a_bad_queues_section_is_refused_naming_the_key_and_the_fix(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

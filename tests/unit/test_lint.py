@@ -424,7 +424,7 @@ def test_a_suppression_without_reason_is_an_error_and_suppresses_nothing() -> No
 
 def test_severity_overrides_from_deploy_yaml_change_and_turn_off_rules(tmp_path: Path) -> None:
     path = tmp_path / "deploy.yaml"
-    path.write_text("targets: [staging]\nlint:\n  severity:\n    require-concurrent-index: warning\n"
+    path.write_text("lint:\n  severity:\n    require-concurrent-index: warning\n"
                     "    ban-drop-table: off\n")
     config = load_deploy_yaml(path).lint
     findings = lint_sql("CREATE INDEX i ON t (a);\nDROP TABLE t;\n", config=config)
@@ -443,11 +443,12 @@ def test_an_unknown_rule_id_in_config_is_an_error_listing_the_valid_ids(tmp_path
 
 
 @pytest.mark.parametrize("data, problem", [
-    ({"lint": {"severity": {"ban-drop-table": "fatal"}}}, r"'fatal' is not a severity\. Use one of error, warning, "
-                                                          r"info, off"),
-    ({"lint": {"severities": {}}}, r"lint: unknown keys \['severities'\]"),
-    ({"lint": {"severity": ["ban-drop-table"]}}, r"lint\.severity is not a mapping"),
-    (["lint"], r"is not a mapping"),
+    ({"lint": {"severity": {"ban-drop-table": "fatal"}}}, r"lint\.severity\.ban-drop-table: expected 'error', "
+                                                          r"'warning', 'info' or 'off', got the string 'fatal'"),
+    ({"lint": {"severities": {}}}, r"lint\.severities: unknown key\. Did you mean severity \(in lint\)\?"),
+    ({"lint": {"severity": ["ban-drop-table"]}}, r"lint\.severity: expected a mapping \(keys indented under it\), "
+                                                 r"got a list"),
+    (["lint"], r"expected a mapping of settings at the top level, got a list"),
 ])
 def test_malformed_lint_config_is_rejected_with_the_fix(data: object, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
