@@ -106,3 +106,10 @@ def test_the_hook_definition_runs_our_lint_on_the_files_a_commit_changes() -> No
     assert files.search("prisma/migrations/20260101000000_x/migration.sql")
     assert files.search("db/migrations/20260101000000_x.sql")
     assert not files.search("prisma/schema.prisma") and not files.search("sql/verify/checks.sql")
+
+
+def test_every_verb_of_the_command_line_is_one_main_knows_to_build_alone() -> None:
+    from schema_deploy.cli import VERBS, parser
+
+    (sub,) = [a for a in parser()._actions if a.dest == "verb"]
+    assert set(sub.choices) == set(VERBS)  # a verb missing from VERBS would still work, with every parser built
