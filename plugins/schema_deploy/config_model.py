@@ -11,13 +11,12 @@ is `lock.lock_retries`), so a misplaced key is never silently ignored.
 """
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from schema_deploy.config_messages import EXPECTED, FIXES, described, dotted, empty_text, unknown_key, wrong_type
+from schema_deploy.config_messages import EXPECTED, described, dotted, empty_text, unknown_key, wrong_type
 from schema_deploy.errors import ConfigError
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]

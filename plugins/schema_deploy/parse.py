@@ -132,12 +132,6 @@ class ParsedFile:
     split: splitter.Split
 
 
-def line_col(text: str, offset: int) -> tuple[int, int]:
-    """1-based line and column of a character offset (for one short text; files use `splitter.Lines`)."""
-    line = text.count("\n", 0, offset) + 1
-    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
-
-
 def parse_migration(migration: Migration) -> list[Statement]:
     """Parse a migration file into classified statements, or raise a located error."""
     return parse_migration_file(migration).statements
