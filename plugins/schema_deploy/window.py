@@ -56,8 +56,12 @@ class Window:
 
     def occurrence_at_or_before(self, moment: datetime) -> datetime:
         local = moment.astimezone(ZoneInfo(self.timezone))
-        it = croniter(self.cron, local + timedelta(seconds=1))
-        return it.get_prev(datetime)
+        # croniter counts in whole seconds: one second later, so an occurrence exactly at `moment` counts;
+        # in the last second before an occurrence that reaches the next one, which has not begun yet.
+        start = croniter(self.cron, local + timedelta(seconds=1)).get_prev(datetime)
+        if start > local:
+            start = croniter(self.cron, start).get_prev(datetime)
+        return start
 
     def occurrence_after(self, moment: datetime) -> datetime:
         local = moment.astimezone(ZoneInfo(self.timezone))

@@ -27,6 +27,21 @@ def test_an_open_window_with_too_little_time_left_waits_for_the_next_one() -> No
     assert slot.start == at("2026-11-27T02:00:00")
 
 
+@pytest.mark.parametrize("now, start", [
+    ("2026-11-26T01:59:59.300000", "2026-11-26T02:00:00"),  # the last second before it opens: not open yet
+    ("2026-11-26T02:00:00", "2026-11-26T02:00:00"),  # opening exactly now: open
+    ("2026-11-26T02:00:00.500000", "2026-11-26T02:00:00.500000"),
+])
+def test_a_window_is_open_from_its_first_instant_and_not_a_second_before(now: str, start: str) -> None:
+    # Found by a CI run: croniter counts whole seconds, and the window passed for open 0.7 s early.
+    slot = next_slot([NIGHTLY], at(now), timedelta(minutes=30))
+    assert slot.start == at(start) and slot.end == at("2026-11-26T04:00:00")
+    every_minute = Window("* * * * *", timedelta(minutes=1), "UTC", "")
+    assert every_minute.occurrence_at_or_before(at("2026-11-26T01:59:59.300000")) == at("2026-11-26T01:59:00")
+    assert next_slot([every_minute], at("2026-11-26T01:59:59.300000"), timedelta(minutes=1)).start == \
+        at("2026-11-26T02:00:00")
+
+
 def test_outside_any_window_the_next_opening_is_chosen() -> None:
     slot = next_slot([NIGHTLY], at("2026-11-26T12:00:00"), timedelta(minutes=5))
     assert slot.start == at("2026-11-27T02:00:00")
