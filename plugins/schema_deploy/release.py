@@ -41,7 +41,7 @@ class ReleaseFile:
     """One migration as frozen: its ledger name, path inside the bundle, text and checksums.
 
     A file whose bytes are not UTF-8 (applied long ago: a pending one is refused) is carried as
-    base64 (`encoding`); a file refused when it was read (a link out of the bundle, not UTF-8)
+    base64 (`encoding`, and `down_encoding` for its down.sql, refused when a rollback reads it); a file refused when it was read (a link out of the bundle, not UTF-8)
     carries that refusal (`problem`), so a run from the release refuses it exactly as from the folder.
     Both keys appear only when set: other releases keep their digests.
     """
@@ -52,18 +52,27 @@ class ReleaseFile:
     checksum: str
     down_sql: str | None = None
     encoding: str | None = None  # "base64" when the bytes are not UTF-8
+    down_encoding: str | None = None  # the same for down.sql
     problem: dict[str, Any] | None = None  # MigrationFileError fields: code, line, column, problem, fix
 
     @property
     def raw(self) -> bytes:
         return base64.b64decode(self.sql) if self.encoding == "base64" else self.sql.encode()
 
+    @property
+    def down_raw(self) -> bytes | None:
+        if self.down_sql is None:
+            return None
+        return base64.b64decode(self.down_sql) if self.down_encoding == "base64" else self.down_sql.encode()
+
     def as_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "path": self.path, "sql": self.sql, "checksum": self.checksum,
                "down_sql": self.down_sql,
-               "down_checksum": sha256_hex(self.down_sql.encode()) if self.down_sql is not None else None}
+               "down_checksum": sha256_hex(self.down_raw) if self.down_raw is not None else None}
         if self.encoding is not None:
             out["encoding"] = self.encoding
+        if self.down_encoding is not None:
+            out["down_encoding"] = self.down_encoding
         if self.problem is not None:
             out["problem"] = self.problem
         return out
@@ -115,7 +124,7 @@ class Release:
         migrations = tuple(
             Migration(name=f.name, path=root / f.path, raw=f.raw,
                       down_path=(root / f.path).parent / "down.sql" if f.down_sql is not None else None,
-                      down_raw=f.down_sql.encode() if f.down_sql is not None else None,
+                      down_raw=f.down_raw,
                       problem=f.migration_problem(root / f.path))
             for f in self.files)
         return Bundle(root=root, layout=self.layout, migrations=migrations)
@@ -131,6 +140,14 @@ class Release:
 
 # --- building ---------------------------------------------------------------------
 
+def carried(raw: bytes) -> tuple[str, str | None]:
+    """A file's bytes as a release carries them: its text when it is UTF-8, else base64 (and "base64")."""
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), "base64"
+
+
 def freeze(bundle: Bundle, name: str, *, lint: dict[str, Any] | None = None,
            prechecks: list[dict[str, Any]] | None = None, plans: dict[str, dict[str, Any]] | None = None,
            source: dict[str, Any] | None = None, verify: dict[str, str] | None = None) -> Release:
@@ -138,17 +155,15 @@ def freeze(bundle: Bundle, name: str, *, lint: dict[str, Any] | None = None,
     `verify`: the verification queries that go with it (see `verify_files`)."""
     files = []
     for m in bundle.migrations:
-        try:
-            text, encoding = m.raw.decode("utf-8"), None
-        except UnicodeDecodeError:
-            text, encoding = base64.b64encode(m.raw).decode("ascii"), "base64"
+        text, encoding = carried(m.raw)
+        down_text, down_encoding = carried(m.down_raw) if m.down_raw is not None else (None, None)
         problem = None
         if m.problem is not None:
             e = m.problem
             problem = {"code": e.code, "line": e.line, "column": e.column, "problem": e.problem, "fix": e.fix}
         files.append(ReleaseFile(name=m.name, path=str(m.path.relative_to(bundle.root)), sql=text,
                                  checksum=m.checksum, encoding=encoding, problem=problem,
-                                 down_sql=m.down_raw.decode("utf-8", "replace") if m.down_raw is not None else None))
+                                 down_sql=down_text, down_encoding=down_encoding))
     if source is None:
         source = source_of(bundle.root)
         if bundle.symlinks:  # allowed by deploy.yaml (allow_symlinks: true): the release says which were followed
@@ -257,7 +272,7 @@ def changes_on_disk(release: Release, folder: Path | None = None) -> list[str]:
     for n, f in frozen.items():  # down.sql too: a rollback runs the release's, never the folder's
         if n not in disk:
             continue
-        mine, theirs = (f.down_sql.encode() if f.down_sql is not None else None), disk[n].down_raw
+        mine, theirs = f.down_raw, disk[n].down_raw
         if mine != theirs:
             where = disk[n].down_path or (folder / f.path).parent / "down.sql"
             changes.append(f"{where}: " + ("not in the release (added since)" if mine is None
@@ -335,9 +350,10 @@ def check_file(uri: str, f: ReleaseFile) -> None:
         raise ReleaseInvalid(uri, f"migration {f.name!r} has path {f.path!r}, which is not "
                              "<timestamp>_<name>/migration.sql or <timestamp>_<name>.sql",
                              "The release was not written by `release create` or a preflight; do not use it.")
-    if f.encoding not in (None, "base64"):
-        raise ReleaseInvalid(uri, f"{f.path} has encoding {f.encoding!r}; this version knows base64 only",
-                             "Create the release again with this version (`release create`).")
+    for what, encoding in ((f.path, f.encoding), (f"{f.name}/down.sql", f.down_encoding)):
+        if encoding not in (None, "base64"):
+            raise ReleaseInvalid(uri, f"{what} has encoding {encoding!r}; this version knows base64 only",
+                                 "Create the release again with this version (`release create`).")
     if sha256_hex(f.raw) != f.checksum:
         raise ReleaseInvalid(uri, f"{f.path} does not hash to its recorded checksum",
                              "The release is corrupt; create a new one from the migrations folder.")
@@ -367,7 +383,8 @@ def load(s3: Any, uri: str) -> Release:
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, this version reads format {FORMAT}")
         files = tuple(ReleaseFile(name=m["name"], path=m["path"], sql=m["sql"], checksum=m["checksum"],
-                                  down_sql=m.get("down_sql"), encoding=m.get("encoding"), problem=m.get("problem"))
+                                  down_sql=m.get("down_sql"), encoding=m.get("encoding"),
+                                  down_encoding=m.get("down_encoding"), problem=m.get("problem"))
                       for m in data["migrations"])
         release = Release(bundle=data["bundle"], source=data["source"], layout=data["layout"], files=files,
                           lint=data.get("lint") or {}, prechecks=tuple(data.get("prechecks") or ()),

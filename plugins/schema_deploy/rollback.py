@@ -28,10 +28,10 @@ from psycopg import sql
 from schema_deploy import db, ledger
 from schema_deploy.apply import (BlockerWatch, Log, LockRetriesExhaustedInternal, MigrationResult, Settings,
                                  StatementFailed, StepResult, run_step, with_lock_retries)
-from schema_deploy.bundle import Bundle, Migration, read_sql_bytes
-from schema_deploy.errors import NoDownMigration, NotApplied, RollbackFailed, RollbackRefused, UsageError
-from schema_deploy.plan import MigrationPlan, plan_migration
-from schema_deploy.parse import parse_migration
+from schema_deploy.bundle import Bundle, Migration, content_problem, read_sql_bytes
+from schema_deploy.errors import MigrationFileError, NoDownMigration, NotApplied, RollbackFailed, RollbackRefused, UsageError
+from schema_deploy.plan import MigrationPlan, plan_migration, referenced_tables
+from schema_deploy.parse import parse_migration_file
 from schema_deploy.status import APPLIED, FAILED, INTERRUPTED, Status, compute_status
 
 DOWN_FILE = "down.sql"
@@ -119,23 +119,25 @@ def check_rollbackable(status: Status) -> None:
 
 
 def down_migration(m: Migration) -> Migration:
-    """The down.sql of `m` as a migration of its own name (checked like any migration file)."""
+    """The down.sql of `m` as a migration of its own name (checked like any migration file: an empty
+    one would "roll back" by running nothing)."""
     assert m.down_path is not None
-    return Migration(name=m.name, path=m.down_path,
-                     raw=m.down_raw if m.down_raw is not None else read_sql_bytes(m.down_path))
+    raw = m.down_raw if m.down_raw is not None else read_sql_bytes(m.down_path)
+    return Migration(name=m.name, path=m.down_path, raw=raw, problem=content_problem(m.down_path, raw))
 
 
 def plan_downs(conn: psycopg.Connection, targets: list[Migration], online: bool) -> list[MigrationPlan]:
     """Parse and plan every down.sql before running any (a syntax error changes nothing)."""
     downs = [down_migration(m) for m in targets]
-    existing = None
-    if online:
-        tables: set[str] = set()
-        for d in downs:
-            for s in parse_migration(d):
-                tables |= set(s.locks) | s.creates
-        existing = db.existing_relations(conn, tables)
-    return [plan_migration(d, set(), existing) for d in downs]
+    parsed = {d.name: parse_migration_file(d) for d in downs}
+    for d in downs:
+        if not parsed[d.name].statements:
+            raise MigrationFileError(
+                d.path, None, None, "holds no SQL statement, only comments: rolling back would mark the "
+                "migration pending while undoing nothing", "Write the SQL that reverses migration.sql there, or "
+                "roll back from a backup instead", code="empty-file")
+    existing = db.existing_relations(conn, referenced_tables(parsed)) if online else None
+    return [plan_migration(d, set(), existing, parsed[d.name]) for d in downs]
 
 
 def run_down(conn: psycopg.Connection, url: str, mp: MigrationPlan, settings: Settings, log: Log) -> MigrationResult:

@@ -242,3 +242,33 @@ def test_a_migration_pending_now_that_the_release_did_not_plan_there_is_refused(
     assert done.returncode == 1
     assert (f"error: release {uri}: {EPIC5} is pending on production now, but the release planned only nothing "
             "there. Nothing was changed. The target's ledger changed since preflight") in done.stderr
+
+
+def test_files_that_are_not_utf8_travel_byte_for_byte_and_keep_their_refusal(s3, store: str, folder: Path) -> None:
+    """An applied migration saved as Latin-1 long ago, and a Latin-1 down.sql: the release carries their
+    bytes (base64), never a decoded approximation, and a run from it refuses them as the folder would."""
+    from schema_deploy import release as releases
+    from schema_deploy.bundle import load_bundle
+    from schema_deploy.rollback import down_migration
+
+    old = "-- première table\nCREATE TABLE t (id int);\n".encode("latin-1")
+    (folder / BASELINE / "migration.sql").write_bytes(old)
+    down = "-- défaire\nDROP TABLE t;\n".encode("latin-1")
+    (folder / EPIC5 / "down.sql").write_bytes(down)
+
+    stored = releases.store(s3, releases.freeze(load_bundle(folder), "main"), store)
+    document = json.loads(s3.get_object(Bucket=parse_s3_uri(stored.uri)[0],
+                                        Key=parse_s3_uri(stored.uri)[1])["Body"].read())
+    by_name = {m["name"]: m for m in document["migrations"]}
+    assert by_name[BASELINE]["encoding"] == "base64" and by_name[EPIC5]["down_encoding"] == "base64"
+    assert "encoding" not in by_name[EPIC5] and "down_encoding" not in by_name[BASELINE]  # only when set
+    assert by_name[EPIC5]["down_checksum"] == hashlib.sha256(down).hexdigest()
+
+    bundle = releases.load(s3, stored.uri).to_bundle()
+    baseline, epic5 = bundle.by_name()[BASELINE], bundle.by_name()[EPIC5]
+    assert baseline.raw == old and epic5.down_raw == down
+    assert baseline.problem.code == "not-utf8"
+    assert re.match(r".*/20250915090000_baseline/migration\.sql:1:9: byte 0xe8 \(file offset 8\) is not UTF-8",
+                    baseline.problem.message)
+    assert re.match(r".*/down\.sql:1:5: byte 0xe9 \(file offset 4\) is not UTF-8",
+                    down_migration(epic5).problem.message)

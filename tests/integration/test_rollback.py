@@ -18,7 +18,7 @@ from generate_data import generate
 from schema_deploy.apply import apply, load_state
 from schema_deploy.bundle import load_bundle
 from schema_deploy.db import connect
-from schema_deploy.errors import LockRetriesExhausted, SqlSyntaxError, UsageError
+from schema_deploy.errors import LockRetriesExhausted, MigrationFileError, SqlSyntaxError, UsageError
 from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint
 from schema_deploy.errors import NoDownMigration, NotApplied, RollbackFailed, RollbackRefused
 from schema_deploy.rollback import down
@@ -187,6 +187,27 @@ def test_a_syntax_error_in_down_sql_is_reported_before_anything_runs(baseline_db
     with pytest.raises(SqlSyntaxError, match=rf"down\.sql:\d+:\d+: syntax error"):
         down(baseline_db, load_bundle(root), settings=FAST)
     assert fingerprint(baseline_db) == before
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"  \n\t\n", r"down\.sql: is empty\. Write the migration's SQL into it"),
+    (b"-- nothing to undo\n", r"down\.sql: holds no SQL statement, only comments: rolling back would mark the "
+                             r"migration pending while undoing nothing\. Write the SQL that reverses migration\.sql"),
+    (b"\xef\xbb\xbfDROP TABLE x;\n", r"down\.sql:1:1: starts with a byte-order mark \(EF BB BF\)"),
+    (b"-- caf\xe9\nDROP TABLE x;\n", r"down\.sql:1:7: byte 0xe9 \(file offset 6\) is not UTF-8\. Save the file as UTF-8"),
+], ids=["empty", "comments-only", "byte-order-mark", "not-utf8"])
+def test_a_down_sql_that_is_not_sql_is_refused_before_anything_runs(
+        baseline_db: str, tmp_path: Path, content: bytes, message: str) -> None:
+    """An empty down.sql would "roll back" by running nothing while the ledger said pending again."""
+    root = copy_bundle(tmp_path)
+    bundle = load_bundle(root)
+    apply(baseline_db, bundle, FAST, online=True)
+    before = fingerprint(baseline_db)
+    (root / EPIC5 / "down.sql").write_bytes(content)
+    with pytest.raises(MigrationFileError, match=message):
+        down(baseline_db, load_bundle(root), settings=FAST)
+    assert fingerprint(baseline_db) == before
+    assert states(baseline_db, bundle)[EPIC5] == "applied"
 
 
 def test_a_failing_down_statement_names_the_file_line_and_keeps_the_migration_applied(
