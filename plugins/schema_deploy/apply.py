@@ -29,6 +29,7 @@ from psycopg.pq import TransactionStatus
 from schema_deploy import db, ledger
 from schema_deploy.bundle import Bundle
 from schema_deploy.errors import DatabaseError, LedgerBlocked, LockRetriesExhausted, MigrationFailed
+from schema_deploy.parse import relname
 from schema_deploy.plan import MigrationPlan, Plan, plan_for
 from schema_deploy.planned import PlannedStatement, Step
 from schema_deploy.prechecks import explain_failure, require_clean, written_before
@@ -131,7 +132,7 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
         if prechecks and plan.migrations:
             checked = require_clean(conn, plan, settings, waive=waive_prechecks, log=log)
             for r in checked:
-                if r.skipped and r.skipped.startswith("decided when"):
+                if r.deferred:
                     log(f"precheck {r.statement.where}: {r.description}: {r.skipped}")
         mark_deferred_checks(plan)
         if not plan.migrations:
@@ -406,7 +407,7 @@ def not_valid_constraint_exists(conn: psycopg.Connection, ps: PlannedStatement) 
     same = contype == wanted
     if same and c.contype == enums.ConstrType.CONSTR_FOREIGN:
         same = (columns == [k.sval for k in c.fk_attrs or ()]
-                and parent == db.relation_oid(conn, relname_of(c.pktable)))
+                and parent == db.relation_oid(conn, relname(c.pktable)))
     if not same:
         raise StatementFailed(ps, sqlstate="42710", message=(
             f'constraint "{c.conname}" already exists on {table} with another definition: {definition}; this '
@@ -446,7 +447,7 @@ def require_same_index(conn: psycopg.Connection, ps: PlannedStatement, oid: int)
         "       i.indpred IS NOT NULL, pg_get_indexdef(i.indexrelid) "
         "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam "
         "WHERE i.indexrelid = %s", (oid,)).fetchone()
-    wanted_table = db.relation_oid(conn, relname_of(node.relation))
+    wanted_table = db.relation_oid(conn, relname(node.relation))
     wanted_keys = [p.name for p in node.indexParams or ()]  # None for an expression, as the catalog has it
     same = (table == wanted_table and unique == bool(node.unique) and method == (node.accessMethod or "btree")
             and keys == wanted_keys and partial == (node.whereClause is not None))
@@ -455,10 +456,6 @@ def require_same_index(conn: psycopg.Connection, ps: PlannedStatement, oid: int)
             f'index "{node.idxname}" already exists with another definition: {definition}; this migration asks '
             f"for {' '.join(ps.source.sql.split())}. Nothing was skipped: give the migration's index a name that "
             "differs within its first 63 bytes (PostgreSQL cuts longer names), or drop the other index first"))
-
-
-def relname_of(rv: ast.RangeVar) -> str:
-    return f"{rv.schemaname}.{rv.relname}" if rv.schemaname else rv.relname
 
 
 def wait_for_builds(conn: psycopg.Connection, index_oid: int, timeout_s: float = 60.0) -> None:

@@ -62,6 +62,7 @@ class PrecheckResult:
     fix: str
     skipped: str | None = None  # why it did not run (the column is created by the plan; decided when it runs)
     waived: str | None = None  # the run's reason for going on although it failed
+    deferred: bool = False  # decided when its statement runs (`written_before`), not now
 
     @property
     def failed(self) -> bool:
@@ -146,7 +147,7 @@ def run_prechecks(conn: psycopg.Connection, plan: Plan, settings: Any = None) ->
                 if writer is not None:
                     builder = BUILDERS[kind]
                     description, _, _, fix = builder(table, details)
-                    results.append(PrecheckResult(kind, stmt, table, description, 0, [], fix, skipped=(
+                    results.append(PrecheckResult(kind, stmt, table, description, 0, [], fix, deferred=True, skipped=(
                         f"decided when the statement runs: {writer.where} writes {table} before it")))
                     continue
                 results.append(run_one(conn, kind, stmt, table, details, settings))
@@ -289,6 +290,7 @@ def explain_failure(conn: psycopg.Connection, stmt: Statement, sqlstate: str | N
         if not violations:
             continue
         samples = [str(r[0]) for r in conn.execute(sample_q).fetchall()]
+        shown = f" (samples: {', '.join(samples)})" if samples else ""
         return (f"{violations} {description} when this statement ran (after the statements before it in this "
-                f"deployment){f' (samples: {chr(44).join(samples)})' if samples else ''}; fix: {fix}")
+                f"deployment){shown}; fix: {fix}")
     return None

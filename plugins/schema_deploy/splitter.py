@@ -387,7 +387,6 @@ def account(split_: Split) -> None:
                                f"{describe_char(text[bad])} is neither SQL, a comment nor whitespace",
                                "Remove the character or put it inside a comment or a string.")
         pos = piece.end
-    return None
 
 
 def gap_problem(text: str, start: int, end: int) -> int | None:
