@@ -36,8 +36,12 @@ the worker (a secrets backend cannot be listed: declare such members with `targe
   twice. A failed member makes the task fail without an automatic retry (its steps were already
   retried 3 times in process); a lost worker is retried by Airflow the same way.
 
-**Trigger form**: fleet, bundle, dry run, only_targets (member names, a list or comma-separated; empty
-= all), skipping the members' windows (needs a reason), lock retry budget.
+**Trigger form**: submits at its defaults (the first declared fleet, every member, in its windows);
+fleet, bundle, dry run, only_targets (member names, comma-separated or a JSON list; empty = all),
+skipping the members' windows (needs a reason), lock retry budget; the empty fields are optional.
+`preflight_bundle`, the first task, refuses a fleet deploy.yaml does not declare, a malformed
+only_targets, skipping the windows without a reason or in a dry run, before anything runs, naming
+the form's fields.
 """
 from __future__ import annotations
 
@@ -78,12 +82,14 @@ def on_failure(context):
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="Check every member (reachable, ledger, drift, prechecks); change nothing, "
                                      "staging included."),
-        "only_targets": Param([], type=["array", "string", "null"], title="Only these members",
-                              description="Member names (a list, or comma-separated); empty = the whole fleet."),
+        "only_targets": Param(None, type=["null", "string", "array"], items={"type": "string"},
+                              title="Only these members",
+                              description="Member names, comma-separated (or a JSON list); empty = the whole fleet."),
         "skip_window": Param(False, type="boolean", title="Skip the members' maintenance windows",
                              description="Change every member now; needs a reason below."),
-        "skip_window_reason": Param("", type="string", title="Why skip the windows",
-                                    description="Recorded in the log and the fleet record."),
+        "skip_window_reason": Param(None, type=["null", "string"], title="Why skip the windows",
+                                    description="Needed when skipping the windows (the first task refuses the run "
+                                                "without it); recorded in the log and the fleet record."),
         "lock_retries": Param(None, type=["null", "integer"], minimum=0, maximum=100, title="Lock retry budget",
                               description="Retries after a lock timeout, per step; empty = deploy.yaml's lock.lock_retries."),
         "waive_prechecks": Param(None, type=["null", "string"], title="Waive failing data prechecks (reason)",

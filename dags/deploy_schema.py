@@ -17,8 +17,11 @@ maintenance window with time enough) → `apply_production` [production] → `ve
 valid and chosen by the planner, exact row counts unchanged, index sizes and query timings against
 the plan's expectations) → the audit record, teardowns that always run: `audit_compose` [default]
 (the run's record, computed once) → `audit_staging` [staging] / `audit_production` [production]
-(hash-chained into `schema_deploy.audit_events` of each database the run changed) →
-`audit_record` [default] (kept beside the backup in S3). Slack hears about every step.
+(hash-chained into `schema_deploy.audit_events` of each database the run changed, and into
+production's when the approval decided on it: a rejection is in production's history, saying
+nothing changed there) → `audit_record` [default] (kept beside the backup in S3, or under
+`audit/` when there is none: failed and nothing-to-do runs keep theirs too). Slack hears about
+every step.
 
 **If it failed at 2 a.m.** — read the failed task's log; the first lines say what and
 where. Every task is safe to clear and re-run:
@@ -30,11 +33,17 @@ where. Every task is safe to clear and re-run:
   a lock-retry failure names the blocking sessions — wait for them or end them, then clear.
 * `test_gate` failed → production was not touched; the failing tests are in the log and Slack,
   the JUnit XML beside the backup in S3.
-* `approve_production` rejected → production is skipped; nothing to undo.
+* `approve_production` rejected → production is skipped; nothing to undo. The run ends
+  successful (a Reject is a decision, not a fault: no failure alarm); the page, Slack and the
+  record say "rejected by X: reason" (the approval form's optional Reason field).
 
-**Trigger form**: dry run (staging only), online mode, approval, skipping the window (needs a
-reason, recorded), lock retry budget. **Schedule**: manual, or `schedule.lead` in deploy.yaml
-starts a run that long before each maintenance window (approval per `approval.scheduled_runs`).
+**Trigger form**: submits at its defaults (a deployment through the maintenance window, with
+approval); dry run (staging only), online mode, approval, skipping the window (needs a reason,
+recorded), lock retry budget; the empty fields are optional. Choices that contradict each other
+(skipping the window without a reason, a dry run that skips the window) are refused by
+`preflight_bundle`, the first task, before anything runs, naming the form's fields.
+**Schedule**: manual, or `schedule.lead` in deploy.yaml starts a run that long before each
+maintenance window (approval per `approval.scheduled_runs`).
 Connections: `staging_db` (on staging's workers only), `production_db` (production's only),
 `backup_s3` and `slack_deploys` (every worker); settings: deploy.yaml.
 """
@@ -75,8 +84,9 @@ def on_failure(context):
                                               "(deploy.yaml may make it mandatory)."),
         "skip_window": Param(False, type="boolean", title="Skip the maintenance window",
                              description="Change production now; needs a reason below."),
-        "skip_window_reason": Param("", type="string", title="Why skip the window",
-                                    description="Recorded in the log and the audit trail."),
+        "skip_window_reason": Param(None, type=["null", "string"], title="Why skip the window",
+                                    description="Needed when skipping the window (the first task refuses the run "
+                                                "without it); recorded in the log and the audit trail."),
         "lock_retries": Param(None, type=["null", "integer"], minimum=0, maximum=100, title="Lock retry budget",
                               description="Retries after a lock timeout, per step; empty = deploy.yaml's lock.lock_retries."),
         "waive_prechecks": Param(None, type=["null", "string"], title="Waive failing data prechecks (reason)",
@@ -135,9 +145,10 @@ def deploy_schema():
     @task.short_circuit(queue=queue(None), doc_md="Stops here on a dry run: production stays untouched.")
     def production_requested(gate, params=None):
         if params["dry_run"]:
+            from schema_deploy.pipeline.deploy import dry_run_facts
             from schema_deploy_airflow.steps import notify, task_log
 
-            notify("dry_run_done", {"staging": "migrated and verified", "production": "untouched"}, task_log())
+            notify("dry_run_done", dry_run_facts(gate), task_log())
         return not params["dry_run"]
 
     @task.branch(queue=queue(None), doc_md="Approval when deploy.yaml's policy or the trigger form asks for it.")
@@ -213,7 +224,8 @@ def deploy_schema():
 
     @teardown
     @task(queue=queue("production"), doc_md="The record hash-chained into production's "
-                                            "schema_deploy.audit_events, when the run changed production.")
+                                            "schema_deploy.audit_events, when the run changed production or the "
+                                            "approval decided on it (a rejection).")
     def audit_production(composed):
         from schema_deploy_airflow import steps
 

@@ -20,8 +20,13 @@ engine with lock retries; the ledger marks them rolled back, so they are pending
 (row counts equal the backup's manifest, or the undone migrations are pending; no INVALID
 index; the schema fingerprint recorded) → `audit_record` (the group's teardown: runs whatever
 happened once `check_environment` passed; kind `rollback` chained
-into `schema_deploy.audit_events` of the target when the rollback ran, and a JSON document
-beside the safety backup in S3; Slack hears "rollback done"). Slack hears every step and failure.
+into `schema_deploy.audit_events` of the target when the rollback ran or a human decided on it
+(a rejection is in the target's chain, saying nothing changed), and a JSON document beside the
+safety backup in S3, or under `audit/` when there is none; Slack hears "rollback done", or
+"rejected by X: reason") → `audit_attempt` (the DAG's last teardown: when the run was refused
+before a group could record it, its record in S3, so every attempt leaves one). Slack hears
+every step and failure. A Reject is a decision, not a fault: the run ends successful (no failure
+alarm), and the page, Slack and the record say "rejected by X: reason".
 
 **Where each task runs** (Celery queues from deploy.yaml `queues:`; `default` when unset): the
 tasks that open the database — `preflight`, `safety_backup`, `rollback`, `verify_rollback`,
@@ -35,9 +40,15 @@ connection, the worker, its queue and the queue to route to.
 
 **If it failed at 2 a.m.** — read the failed task's log; its first lines say what and where.
 * `choose_environment` or `check_environment` failed: the form's environment is not staging or
-  production (or a task of the other group was cleared by hand); nothing ran. Trigger again.
+  production, its fields contradict each other (the message names them: production without
+  confirm_database, a backup URI with down_migrations), or a task of the other group was cleared
+  by hand; nothing ran. Trigger again with the fields the message names.
 * `ConnectionNotOnWorker`: the task reached a worker without that database's connection;
   nothing changed. Fix the route or the worker's connections as the message says, then clear it.
+* `RestoreFromOtherSource` (preflight, nothing changed): the backup was taken of another
+  environment or database than the target; the message names both. Choose a backup of this
+  database (or leave backup URI empty), or trigger with "Restore data from another environment
+  or database" on if copying that data here is intended (it is recorded and announced in Slack).
 * `preflight` changed nothing: a wrong `confirm_database`, no verified backup, no `down.sql`,
   or a failed migration in the ledger are each named with the fix. Trigger again.
 * A release missing or altered in S3 stops the task, not retried, nothing changed: trigger again
@@ -50,19 +61,23 @@ connection, the worker, its queue and the queue to route to.
 * `verify_rollback` failed → the rollback ran; compare with the log, and if needed restore the
   safety backup (its URI is in the `safety_backup` log) with this DAG.
 
-**Trigger form**: environment, method (`backup` | `down_migrations`), backup URI (empty = newest
-verified backup of that database), steps (down migrations to undo), confirm_database
-(production: its name), force, bundle (one of deploy.yaml's `bundles:`, by name: whose
-`down.sql` runs). Connections: `staging_db`, `production_db`, `backup_s3`,
+**Trigger form** (submits at its defaults: staging, from its newest verified backup): environment,
+method (`backup` | `down_migrations`), backup URI (method backup only; empty = newest verified
+backup of that database), steps (down migrations to undo), confirm_database (production: its
+name; needed there), force, allow_other_source (restore a backup of another environment or
+database: recorded and announced in Slack; off, such a backup is refused), bundle (one of deploy.yaml's `bundles:`, by name: whose `down.sql`
+runs). `choose_environment`, the first task, refuses before anything runs, naming the form's
+fields: a production rollback with confirm_database empty, a backup URI with method
+`down_migrations`. Connections: `staging_db`, `production_db`, `backup_s3`,
 `slack_deploys`; settings: deploy.yaml.
 """
 from __future__ import annotations
 
 import pendulum
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, TaskGroup, dag, task
 
 from schema_deploy_airflow.defaults import DEFAULT_ARGS
+from schema_deploy_airflow.operators import RecordedApprovalOperator, reason_param
 from schema_deploy_airflow.steps import bundle_param, queue
 
 ENVIRONMENTS = ("staging", "production")  # one task group each; the group id is the environment
@@ -92,15 +107,23 @@ def on_failure(context):
         "method": Param("backup", type="string", enum=["backup", "down_migrations"], title="Method",
                         description="Restore a backup (everything since it is replaced), or run the down.sql "
                                     "of the newest applied migrations."),
-        "backup_uri": Param("", type="string", title="Backup URI",
-                            description="s3://…/X.dump; empty = the newest verified backup of that database "
-                                        "(preflight lists them)."),
+        "backup_uri": Param(None, type=["null", "string"], title="Backup URI",
+                            description="Method backup only: s3://…/X.dump; empty = the newest verified backup of "
+                                        "that database (preflight lists them)."),
         "steps": Param(1, type="integer", minimum=1, maximum=50, title="Down migrations to undo",
                        description="For down_migrations: how many applied migrations, newest first."),
-        "confirm_database": Param("", type="string", title="Confirm the database name",
-                                  description="Production only: type the production database's name."),
+        "confirm_database": Param(None, type=["null", "string"], title="Confirm the database name",
+                                  description="Production only (needed there): type the production database's "
+                                              "name; leave empty for staging."),
         "force": Param(False, type="boolean", title="Restore with other sessions connected",
                        description="A restore refuses a database with other sessions unless this is on."),
+        "allow_other_source": Param(False, type="boolean",
+                                    title="Restore data from another environment or database",
+                                    description="Method backup: a backup taken of another environment or database "
+                                                "than the target (e.g. production's, into staging) is refused unless "
+                                                "this is on. When on, it is restored, and the choice (who, from "
+                                                "where to where) is recorded in the audit record and announced in "
+                                                "Slack."),
         "bundle": bundle_param(),  # down_migrations: the declared bundle whose down.sql runs, never a path
     },
 )
@@ -158,15 +181,24 @@ def rollback_schema():
 
         return rollback_steps.record()
 
+    @task(queue=NO_DB, doc_md="When the run was refused before a group could record it (choose_environment or "
+                              "check_environment failed), its record in S3. Opens no database.")
+    def audit_attempt():
+        from schema_deploy_airflow import rollback_steps
+
+        return rollback_steps.record_attempt()
+
     chosen = choose_environment()
+    records = []
     for env in ENVIRONMENTS:
         with TaskGroup(env, default_args={"queue": queue(env)}, tooltip=f"Roll back {env}"):
             check = check_environment()
             summary = preflight()
             branch = approval_needed(summary)
-            approve = ApprovalOperator(
+            approve = RecordedApprovalOperator(  # ApprovalOperator keeping its answer for the record
                 task_id="approve_rollback",
                 queue=NO_DB,
+                params=reason_param(),  # the responder's optional reason: in the record, on the page, in Slack
                 subject="Roll back {{ params.environment }} database {{ " + PLAN + "['database'] }} "
                         "({{ params.method }})?",
                 body="{{ " + PLAN + "['approval_body'] }}",
@@ -179,7 +211,11 @@ def rollback_schema():
             approve >> backup
             done = rollback(summary, backup)
             verified = verify_rollback(summary, done)
-            [summary, branch, approve, backup, done, verified] >> audit_record().as_teardown(setups=check)
+            recorded = audit_record().as_teardown(setups=check)
+            [summary, branch, approve, backup, done, verified] >> recorded
+            records.append(recorded)
+    # No setup upstream, so it runs once everything before it is done, whatever their states.
+    [chosen, *records] >> audit_attempt().as_teardown()
 
 
 rollback_schema()

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +29,8 @@ from psycopg.pq import TransactionStatus
 
 from schema_deploy import db, ledger
 from schema_deploy.bundle import Bundle
-from schema_deploy.errors import DatabaseError, LedgerBlocked, LockRetriesExhausted, MigrationFailed
-from schema_deploy.parse import relname
+from schema_deploy.errors import PAGE, DatabaseError, LedgerBlocked, LockRetriesExhausted, MigrationFailed, scrub
+from schema_deploy.parse import LOCK_MODES, relname
 from schema_deploy.plan import MigrationPlan, Plan, plan_for
 from schema_deploy.planned import PlannedStatement, Step
 from schema_deploy.prechecks import explain_failure, require_clean, written_before
@@ -170,8 +171,8 @@ def run_migration(conn: psycopg.Connection, url: str, mp: MigrationPlan, setting
         raise DatabaseError(
             f"migration {m.name} ({m.path}): the database answered {type(exc).__name__}"
             f"{f' (SQLSTATE {exc.sqlstate})' if exc.sqlstate else ''} outside its statements: "
-            f"{str(exc).strip()}. What committed stays committed, and the ledger shows where it stopped: check "
-            "`python -m schema_deploy status`, then run apply again to resume.") from None
+            f"{str(exc).strip()}. What committed stays committed, and the ledger shows where it stopped ({PAGE} "
+            "shows it; or `python -m schema_deploy status`): run apply again to resume.") from None
     finally:
         watch.close()
     result.seconds = time.monotonic() - started
@@ -209,7 +210,9 @@ def run_atomic(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings, 
             "Nothing of it was applied: its transaction rolled back. The attempt is recorded in "
             "_prisma_migrations as rolled back (history only). Fix the migration and apply again.",
         ) from None
-    return StepResult(number=1, seconds=time.monotonic() - t0, attempts=attempts)
+    result = StepResult(number=1, seconds=time.monotonic() - t0, attempts=attempts)
+    log(step_line(m.name, step, 1, result))
+    return result
 
 
 def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings, watch: BlockerWatch,
@@ -251,11 +254,49 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
             ) from None
         results.append(StepResult(number=step.number, seconds=time.monotonic() - t0, attempts=attempts,
                                   skipped=skipped))
-        log(f"{m.name}: step {step.number}/{len(mp.steps)} done in {results[-1].seconds:.2f} s"
-            + (f" (skipped: {', '.join(skipped)})" if skipped else ""))
+        log(step_line(m.name, step, len(mp.steps), results[-1]))
     with ledger_write(conn):
         ledger.mark_finished(conn, row_id, len(mp.steps), schema)
     return results
+
+
+# --- what a person reads in the log -------------------------------------------------
+
+_SQL_PASSWORD = re.compile(r"(?P<head>\bPASSWORD\s+)(?P<pw>E?'(?:[^']|'')*'|\$\w*\$.*?\$\w*\$)", re.I | re.S)
+
+
+def statement_line(text: str, width: int = 80) -> str:
+    """How a statement starts, on one line for a log: from its first line of SQL (comment lines left out,
+    a short first line continued by the next), whitespace collapsed, cut at `width` with an ellipsis, and
+    no password (ALTER ROLE … PASSWORD '…', URLs)."""
+    text = scrub(_SQL_PASSWORD.sub(lambda m: f"{m['head']}'****'", text))
+    code = " ".join(line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("--"))
+    code = " ".join(code.split())
+    return code if len(code) <= width else code[:width - 1].rstrip() + "…"
+
+
+def locks_phrase(locks: dict[str, str]) -> str:
+    """`ACCESS EXCLUSIVE on a, b; SHARE on c` (strongest first), or "no lock on existing tables"."""
+    if not locks:
+        return "no lock on existing tables"
+    by_mode: dict[str, list[str]] = {}
+    for table, mode in sorted(locks.items()):
+        by_mode.setdefault(mode, []).append(table)
+    order = sorted(by_mode, key=LOCK_MODES.index, reverse=True)
+    return "; ".join(f"{mode} on {', '.join(by_mode[mode])}" for mode in order)
+
+
+def step_line(migration: str, step: Step, total: int, result: StepResult, label: str = "step") -> str:
+    """One line per step: migration, step n/N, what ran (its first statement's first line and how many
+    more), its locks, how long it took and how many lock retries it needed."""
+    statements = step.statements
+    what = statement_line(statements[0].sql) if statements else "(no statement)"
+    if len(statements) > 1:
+        what += f" (+{len(statements) - 1} more statement{'s' if len(statements) > 2 else ''})"
+    retries = result.attempts - 1
+    line = (f"{migration}: {label} {step.number}/{total}: {what} | {locks_phrase(step.locks)} | "
+            f"{result.seconds:.2f} s | {retries} lock retr{'y' if retries == 1 else 'ies'}")
+    return line + (f" | skipped: {', '.join(result.skipped)}" if result.skipped else "")
 
 
 @contextmanager

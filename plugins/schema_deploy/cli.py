@@ -372,9 +372,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     result = restore(default_s3_client(), args.source, database_url(args), clean=args.clean, jobs=args.jobs,
                      force=args.force, confirm_production=args.confirm_production,
-                     environment=args.environment, log=say)
+                     environment=args.environment, log=say, allow_other_source=args.allow_other_source)
+    crossed = [f"{result.other_source['fact']} (--allow-other-source)"] if result.other_source else []
     emit(args, result.as_dict(), "\n".join([f"restored {result.uri} into {result.database} in {result.seconds:.1f} s"]
-                                           + _rows_text(result.row_counts, "equal to the manifest")))
+                                           + crossed + _rows_text(result.row_counts, "equal to the manifest")))
     return 0
 
 
@@ -776,7 +777,11 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--clean", action="store_true", help="drop the backup's objects first (--clean --if-exists)")
     p.add_argument("--force", action="store_true", help="restore even with other sessions connected")
     p.add_argument("--confirm-production", metavar="DBNAME", help="the target's name, to restore into production")
-    p.add_argument("--environment", help="the target's environment; 'production' requires --confirm-production")
+    p.add_argument("--environment", help="the target's environment (default: default, as backup's); 'production' "
+                                         "requires --confirm-production")
+    p.add_argument("--allow-other-source", action="store_true",
+                   help="restore a backup taken of another environment or database than the target "
+                        "(refused without it)")
     p.add_argument("--jobs", type=int, default=1, help="must be 1: a streamed restore cannot run in parallel")
     p = verb("backups", cmd_backups, "list or prune backups")
     p.add_argument("action", choices=("list", "prune"))

@@ -107,6 +107,7 @@ class DeployConfig:
     schedule_lead: timedelta | None = None  # scheduled runs start this long before each window; None = manual only
     expect_index_mb: tuple[float, float] = (50.0, 100.0)
     expect_speedup_pct: tuple[float, float] = (20.0, 40.0)
+    expect_measurable_rows: int = 100_000  # below it, query performance is not measurable (criteria.py)
     prisma: PrismaSettings = field(default_factory=PrismaSettings)
     # Celery queue per environment, and `default` for the tasks that open no database.
     queues: tuple[tuple[str, str], ...] = ()
@@ -280,6 +281,7 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         expect_index_mb=_range(expect.index_storage_mb, "index_storage_mb", defaults.expect_index_mb, path),
         expect_speedup_pct=_range(expect.query_speedup_percent, "query_speedup_percent", defaults.expect_speedup_pct,
                                   path),
+        expect_measurable_rows=expect.measurable_from_rows,
         prisma=prisma_settings(data, path),
         queues=tuple((key, getattr(m.queues, key)) for key in QUEUE_KEYS if m.queues and getattr(m.queues, key)),
         demo=dict(m.demo or {}),

@@ -80,6 +80,7 @@ class Schedule(Section):
 class Expectations(Section):
     index_storage_mb: Range | None = None  # None: the default ([50, 100])
     query_speedup_percent: Range | None = None  # None: the default ([20, 40])
+    measurable_from_rows: Positive = 100_000  # timings and index storage are judged from this table size on
 
 
 class Prisma(Section):

@@ -18,10 +18,31 @@ _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>\S+)
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|\S+)", re.I)
 
 
+# Where a person with Airflow sees what a CLI command would print (schema_deploy_airflow/ui.py): messages
+# name it first, and the command after it for runs without Airflow.
+PAGE = "the Schema deployments page (Browse → Schema deployments)"
+
+
 def scrub(text: str) -> str:
     """Mask passwords in URLs (`user:pw@host`) and `password=...` pairs."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}****{m['at']}", text)
     return _KV_PASSWORD.sub(lambda m: f"{m['head']}****", text)
+
+
+def wrapped(text: str, width: int = 100, indent: str = "    ", first_offset: int = 0) -> str:
+    """`text` for a person's screen: each of its lines wrapped at `width` columns, the continuation
+    lines indented under it; words longer than a line (a URI, a path) are kept whole. `first_offset`:
+    columns already taken on the first line by what is printed before it (a log's prefix)."""
+    import textwrap
+
+    out = []
+    for i, line in enumerate(text.splitlines() or [""]):
+        lead = line[:len(line) - len(line.lstrip())]
+        taken = " " * first_offset if i == 0 else ""
+        out.append(textwrap.fill(line.strip(), width, initial_indent=taken + lead, subsequent_indent=lead + indent,
+                                 break_long_words=False, break_on_hyphens=False)[len(taken):]
+                   if line.strip() else "")
+    return "\n".join(out).strip("\n")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -234,8 +255,8 @@ class LedgerRowMissing(SchemaDeployError):
             f"the ledger row {row_id} this run inserted into {schema}._prisma_migrations was gone or already "
             "finished when the migration ended: something else wrote the ledger meanwhile (a statement of the "
             "migration, or another tool without the migration lock). The migration is not recorded as applied; "
-            "a migration that ran in one transaction rolled back. Check the ledger with `python -m schema_deploy "
-            "status` before running again.")
+            f"a migration that ran in one transaction rolled back. Check the ledger before running again: {PAGE} "
+            "shows it; or `python -m schema_deploy status`.")
 
 
 class LedgerBlocked(SchemaDeployError):
@@ -367,7 +388,7 @@ class BackupNotFound(SchemaDeployError):
 
     def __init__(self, uri: str, detail: str) -> None:
         self.uri = uri
-        super().__init__(f"no backup at {uri}: {detail}. List what exists with "
+        super().__init__(f"no backup at {uri}: {detail}. The backups are listed on {PAGE}; or "
                          "`python -m schema_deploy backups list --to s3://BUCKET/PREFIX`.")
 
 
@@ -405,6 +426,25 @@ class RestoreRefused(SchemaDeployError):
     def __init__(self, database: str, reason: str, fix: str, exit_code: int = 1) -> None:
         self.database, self.reason, self.exit_code = database, reason, exit_code
         super().__init__(f"refusing to restore into database {database!r}: {reason}. {fix}")
+
+
+class RestoreFromOtherSource(RestoreRefused):
+    """A backup taken of another environment or database than the target, restored without the
+    explicit opt-in: copying one environment's data into another must be a deliberate decision."""
+
+    def __init__(self, uri: str, source: str, target_environment: str, target_database: str) -> None:
+        self.uri, self.source = uri, source
+        self.target_environment, self.target_database = target_environment, target_database
+        super().__init__(
+            target_database,
+            f"backup {uri} was taken of {source}, but the target is {target_environment} database "
+            f"{target_database!r}",
+            f"Nothing was changed. Choose a backup of {target_environment} database {target_database!r} (leave "
+            "backup_uri empty for the newest verified one of this database), or, to copy that data here on "
+            "purpose, ask for it explicitly: 'Restore data from another environment or database' "
+            "(allow_other_source) on the form, --allow-other-source on the command line; the choice is then "
+            "recorded and announced in Slack.",
+            exit_code=2)
 
 
 class RestoreFailed(SchemaDeployError):
@@ -490,7 +530,8 @@ class AuditProtectionMissing(AuditError):
             f"the audit trail in {where} is not protected: its append-only trigger audit_events_append_only "
             f"{state}, so rows could be edited or deleted. Refusing to write to it. Ask a database admin to run "
             "`ALTER TABLE schema_deploy.audit_events ENABLE ALWAYS TRIGGER audit_events_append_only` (or to "
-            "recreate it), then `python -m schema_deploy audit verify --db URL` to check nothing was changed.")
+            f"recreate it), then check that nothing was changed: {PAGE} verifies each chain; or "
+            "`python -m schema_deploy audit verify --db URL`.")
 
 
 class AuditSetupFailed(AuditError):
@@ -615,8 +656,8 @@ class NoBackupToRestore(SchemaDeployError):
         self.environment, self.database = environment, database
         super().__init__(
             f"no verified backup of {environment} database {database!r} under {where} ({found} backup(s) there, "
-            "none complete and verified). Nothing was changed. Pick one explicitly in backup_uri (see the list in "
-            "this log or `python -m schema_deploy backups list`), or roll back with down_migrations.")
+            f"none complete and verified). Nothing was changed. Pick one explicitly in backup_uri ({PAGE} lists "
+            "them, as does this log; or `python -m schema_deploy backups list`), or roll back with down_migrations.")
 
 
 class RollbackVerificationFailed(SchemaDeployError):

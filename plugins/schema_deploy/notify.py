@@ -35,11 +35,20 @@ TITLES = {
     "dry_run_done": "Dry run finished — production untouched",
     "nothing_pending": "Nothing to deploy — every migration is applied",
 }
+# A success criterion not met (criteria.py): the gate and production never say just "passed"/"verified" then.
+EMOJI.update({"gate_criteria_not_met": ":warning:", "production_done_unmet": ":warning:"})
+TITLES.update({"gate_criteria_not_met": "Staging tests passed, but a success criterion was NOT met — read it "
+                                        "before approving",
+               "production_done_unmet": "Production migrated; its checks passed, but a success criterion was "
+                                        "NOT met"})
 # rollback_schema's events.
 EMOJI.update({"rollback_started": ":rewind:", "rollback_done": ":leftwards_arrow_with_hook:",
               "rollback_failed": ":rotating_light:"})
 TITLES.update({"rollback_started": "Schema rollback started", "rollback_done": "Schema rollback done and verified",
                "rollback_failed": "Schema rollback FAILED"})
+# A rejected rollback: the decision, never "done".
+EMOJI["rollback_rejected"] = ":no_entry:"
+TITLES["rollback_rejected"] = "Schema rollback rejected — nothing changed"
 
 # deploy_fleet's events: one message per wave and one summary, never one per member.
 EMOJI.update({"fleet_wave": ":ocean:", "fleet_done": ":checkered_flag:"})

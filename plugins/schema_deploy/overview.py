@@ -10,7 +10,11 @@ passes them in; tests call these functions directly.
   missing from the bundle), with checksums and applied-at; plus whether the
   environments' schema fingerprints match.
 * `read_runs`: recent deploy/rollback runs joined with their `schema_deploy.audit_events`
-  rows (by run id), audit rows of runs Airflow no longer knows included.
+  rows (by run id), audit rows of runs Airflow no longer knows included, and with the record
+  each run kept in S3 (found by run id, `record.index_key`), so a run no chain has (failed,
+  refused, nothing to do) shows its record too. Each run says its outcome, its decision exactly
+  (approved by X / rejected by X: reason / awaiting approval / timed out / not required /
+  not reached / failed at task T), its backup and its verification verdict (`run_summary`).
 * `read_backups`: backups under the configured S3 prefix with manifest facts and
   their verification state.
 * `read_audit`: the chain status of each environment (`audit.verify_chain`).
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -107,19 +112,68 @@ def read_environment(url: str, bundle: Bundle) -> tuple[dict[str, Any], Status |
     return {**facts, "counts": counts, "clean": status.clean}, status
 
 
-def read_matrix(bundle: Bundle, urls: Urls) -> dict[str, Any]:
-    """The matrix of `bundle` × `urls` ({environment: postgresql URL})."""
+def read_matrix(bundle: Bundle, urls: Urls, name: str | None = None) -> dict[str, Any]:
+    """The matrix of `bundle` × `urls` ({environment: postgresql URL}); `name`: the bundle's declared
+    name (deploy.yaml `bundles:`). The bundle's folder is shown resolved (no `..`)."""
     envs, statuses = {}, {}
     for env, url in urls.items():
         envs[env], statuses[env] = read_environment(url, bundle)
     digests = {e: f.get("schema_digest") for e, f in envs.items() if f.get("schema_digest")}
-    return {"bundle": {"root": str(bundle.root), "layout": bundle.layout, "migrations": len(bundle.migrations)},
+    return {"bundle": {"root": str(Path(bundle.root).resolve()), "name": name,
+                       "layout": bundle.layout, "migrations": len(bundle.migrations)},
             "environments": [{"name": env, **facts} for env, facts in envs.items()],
             "schemas_match": (len(set(digests.values())) == 1) if len(digests) == len(urls) > 1 else None,
             "migrations": build_matrix(bundle, statuses)}
 
 
 # --- runs and their audit records ------------------------------------------------------------
+
+def verdict_of(record: dict[str, Any]) -> str | None:
+    """The verification's verdict as the record holds it (the deploy's criteria summary; a rollback's
+    checks), or why there is none."""
+    states = record.get("task_states") or {}
+    v = record.get("verification")
+    if record.get("kind") == "rollback":
+        if isinstance(v, dict):
+            problems = v.get("problems") or []
+            return ("verified: " + ("row counts equal the backup's manifest" if v.get("row_counts")
+                                    else "the undone migrations are pending") + ", no INVALID index"
+                    if not problems else "not verified: " + "; ".join(problems))
+        return "verification failed (see verify_rollback's log)" if states.get("verify") == "failed" else None
+    if isinstance(v, dict):
+        if v.get("verdict"):
+            return str(v["verdict"])
+        try:
+            from schema_deploy.criteria import summary_of
+
+            return summary_of(v.get("criteria"))
+        except Exception:  # noqa: BLE001 - an older record's shape: its counts then
+            return f"{v.get('checks')} checks, {v.get('failed')} failed"
+    return "verification failed (see verify_production's log)" if states.get("verification") == "failed" else None
+
+
+def backup_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The backups a run's record names: the deploy's backup of production; a rollback's restored
+    backup and the safety backup it took first."""
+    if record.get("kind") == "rollback":
+        return {"restored": ((record.get("plan") or {}).get("backup") or {}).get("uri"),
+                "safety": (record.get("safety_backup") or {}).get("uri")}
+    backup = record.get("backup") or {}
+    return {"uri": backup.get("uri"), "sha256": backup.get("sha256")}
+
+
+def run_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What the page says of a run, from its record: outcome, decision, where it failed, what it
+    changed where, its backup(s), its verification verdict."""
+    approval = record.get("approval") if isinstance(record.get("approval"), dict) else None
+    decision = record.get("decision")
+    if not decision:  # a record written before decisions were recorded
+        from schema_deploy.pipeline.record import decision_of
+
+        decision = decision_of(approval, record.get("task_states") or {})
+    return {"outcome": record.get("outcome"), "decision": decision, "failed_at": record.get("failed_at") or [],
+            "targets": record.get("targets") or {}, "backup": backup_of(record), "verdict": verdict_of(record)}
+
 
 def audit_summary(row: audit.AuditRow) -> dict[str, Any]:
     """The facts of one audit row an on-call engineer scans for, plus the whole record."""
@@ -129,33 +183,71 @@ def audit_summary(row: audit.AuditRow) -> dict[str, Any]:
             "row_hash": row.row_hash, "outcome": p.get("outcome"), "failed_tasks": p.get("failed_tasks") or [],
             "triggered_by": run.get("triggered_by"), "run_type": run.get("run_type"),
             "approver": approval.get("approver"), "approved": approval.get("approved"),
+            "decision": run_summary(p)["decision"], "effect": (p.get("targets") or {}).get(row.environment),
             "backup_uri": backup.get("uri"), "backup_sha256": backup.get("sha256"),
             "release": (p.get("release") or {}).get("short"), "release_uri": (p.get("release") or {}).get("uri"),
             "migrations": [m.get("name") for m in p.get("bundle") or [] if isinstance(m, dict)],
             "record": row.payload}
 
 
+# Airflow's task ids of each DAG's approval (rollback: inside the environment's group).
+APPROVAL_TASKS = {"deploy_schema": ("approve_production",),
+                  "rollback_schema": ("staging.approve_rollback", "production.approve_rollback")}
+LIVE_STATES = ("queued", "running")
+
+
+def live_summary(run: dict[str, Any]) -> dict[str, Any]:
+    """What the page says of a run with no record yet, from Airflow's task states (`run["tasks"]`)."""
+    tasks = run.get("tasks") or {}
+    approvals = [tasks.get(t) for t in APPROVAL_TASKS.get(run.get("dag_id"), ()) if tasks.get(t)]
+    failed = [t for t, state in tasks.items() if state == "failed"]
+    if any(s in ("awaiting_input", "deferred") for s in approvals):
+        decision = "awaiting approval"
+    elif failed:
+        decision = f"failed at task {failed[0]}"
+    else:
+        decision = "not reached" if run.get("state") not in LIVE_STATES else "not reached yet"
+    outcome = ("in progress" if run.get("state") in LIVE_STATES else
+               f"failed at task {failed[0]}" if failed else run.get("state"))
+    return {"outcome": outcome, "decision": decision, "failed_at": failed, "targets": {}, "backup": {},
+            "verdict": None}
+
+
 def merge_runs(airflow_runs: list[dict[str, Any]], audit_rows: Mapping[str, list[audit.AuditRow]],
-               limit: int = 20) -> list[dict[str, Any]]:
-    """Airflow's runs (dicts with dag_id, run_id, state, start_date, ...) newest first, each with the audit
-    rows of its run id; audit rows of runs Airflow does not list become entries of their own."""
-    by_run: dict[str, list[audit.AuditRow]] = {}
+               limit: int = 20, documents: Callable[[str, str], dict[str, Any] | None] | None = None
+               ) -> list[dict[str, Any]]:
+    """Airflow's runs (dicts with dag_id, run_id, state, start_date, tasks: {task id: state}, ...) newest
+    first, each with the audit rows of its run id (of its DAG's kind) and the record it kept in S3
+    (`documents(kind, run_id)`: the run's index object, or None); audit rows of runs Airflow does not
+    list become entries of their own. Every entry has a `summary` (`run_summary`, or `live_summary`
+    while the run has no record)."""
+    dag_kind = {dag: kind for kind, dag in KIND_TO_DAG.items()}
+    by_run: dict[tuple[str, str], list[audit.AuditRow]] = {}
     for rows in audit_rows.values():
         for row in rows:
             if row.run_id:
-                by_run.setdefault(row.run_id, []).append(row)
+                by_run.setdefault((row.kind, row.run_id), []).append(row)
     entries = []
     for run in airflow_runs:
-        rows = sorted(by_run.pop(run["run_id"], []), key=lambda r: (r.environment or "", r.id))
-        entries.append({**run, "source": "airflow", "audit": [audit_summary(r) for r in rows]})
-    for run_id, rows in by_run.items():
+        kind = dag_kind.get(run["dag_id"], run["dag_id"])
+        rows = sorted(by_run.pop((kind, run["run_id"]), []), key=lambda r: (r.environment or "", r.id))
+        document = documents(kind, run["run_id"]) if documents is not None else None
+        record_ = (document or {}).get("record") or next((r.payload for r in rows if isinstance(r.payload, dict)),
+                                                         None)
+        summary = run_summary(record_) if record_ and run.get("state") not in LIVE_STATES else live_summary(run)
+        entries.append({**run, "source": "airflow", "audit": [audit_summary(r) for r in rows], "summary": summary,
+                        "document": {k: document.get(k) for k in ("uri", "sha256", "record", "error")}
+                        if document else None})
+    for (_kind, run_id), rows in by_run.items():
         rows.sort(key=lambda r: (r.environment or "", r.id))
         first = rows[0]
-        run = (first.payload or {}).get("run") if isinstance(first.payload, dict) else None
+        payload = first.payload if isinstance(first.payload, dict) else {}
+        run = payload.get("run")
         entries.append({"dag_id": KIND_TO_DAG.get(first.kind, first.kind), "run_id": run_id, "state": None,
                         "start_date": (run or {}).get("started") or _iso(first.recorded_at), "end_date": None,
                         "run_type": (run or {}).get("run_type"), "url": (run or {}).get("url"),
-                        "source": "audit only", "audit": [audit_summary(r) for r in rows]})
+                        "source": "audit only", "audit": [audit_summary(r) for r in rows],
+                        "summary": run_summary(payload), "document": None})
     entries.sort(key=lambda e: str(e.get("start_date") or ""), reverse=True)
     return entries[:limit]
 
@@ -169,8 +261,10 @@ def recent_audit_rows(conn: psycopg.Connection, limit: int = 50) -> list[audit.A
     return [audit.AuditRow(*r) for r in reversed(rows)]
 
 
-def read_runs(airflow_runs: list[dict[str, Any]], urls: Urls, limit: int = 20) -> dict[str, Any]:
-    """Recent runs with their audit records; audit read errors per environment."""
+def read_runs(airflow_runs: list[dict[str, Any]], urls: Urls, limit: int = 20,
+              documents: Callable[[str, str], dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    """Recent runs with their audit records (chain rows, and the record each kept in S3 when
+    `documents` reads them, see `run_documents`); audit read errors per environment."""
     rows, errors = {}, {}
     for env, url in urls.items():
         try:
@@ -178,7 +272,39 @@ def read_runs(airflow_runs: list[dict[str, Any]], urls: Urls, limit: int = 20) -
                 rows[env] = recent_audit_rows(conn, limit * 3)
         except (psycopg.Error, SchemaDeployError) as exc:
             errors[env] = error_text(exc, url)
-    return {"runs": merge_runs(airflow_runs, rows, limit), "audit_errors": errors}
+    return {"runs": merge_runs(airflow_runs, rows, limit, documents), "audit_errors": errors}
+
+
+def run_documents(s3: Any, root: str) -> Callable[[str, str], dict[str, Any] | None]:
+    """`documents(kind, run_id)` for `read_runs`: the run's index object under the store's root
+    (`record.index_key`), None when the run kept none (yet), {"error": …} when S3 cannot say."""
+    from botocore.exceptions import ClientError
+
+    from schema_deploy.pipeline.record import index_key
+
+    unreachable: list[str] = []  # an endpoint that did not answer is not asked again for every run
+
+    def read(kind: str, run_id: str) -> dict[str, Any] | None:
+        import json
+
+        bucket, key = index_key(root, kind, run_id)
+        if unreachable:
+            return {"error": f"s3://{bucket}/{key}: not read ({unreachable[0]})"}
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            return {"error": f"s3://{bucket}/{key}: {error_text(exc)}"}
+        except Exception as exc:  # an unreachable endpoint: said on the page, never a 500
+            unreachable.append(error_text(exc))
+            return {"error": f"s3://{bucket}/{key}: {error_text(exc)}"}
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            return {"error": f"s3://{bucket}/{key} is not JSON: {exc}"}
+
+    return read
 
 
 # --- backups ------------------------------------------------------------------------------------

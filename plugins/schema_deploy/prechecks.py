@@ -68,6 +68,19 @@ class PrecheckResult:
     def failed(self) -> bool:
         return self.violations > 0
 
+    def describe(self) -> str:
+        """One log line in words: the outcome, where, and what was found (`description` is a plural noun
+        phrase: "rows of t where c IS NULL")."""
+        where = self.statement.where
+        if self.skipped:
+            return f"precheck skipped: {where}: {self.check} on {self.table} ({self.skipped})"
+        if not self.failed:
+            return f"precheck ok: {where}: no {self.description}"
+        found = f"{self.violations} {self.description}" + (f" (e.g. {', '.join(self.samples[:3])})"
+                                                           if self.samples else "")
+        return (f"precheck waived ({self.waived}): {where}: {found}" if self.waived
+                else f"precheck failed: {where}: {found}; {self.fix}")
+
     def as_dict(self) -> dict[str, object]:
         return {"check": self.check, "where": self.statement.where, "table": self.table,
                 "description": self.description, "violations": self.violations, "samples": self.samples,

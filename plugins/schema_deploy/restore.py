@@ -31,10 +31,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from psycopg import sql
 
 from schema_deploy import db
-from schema_deploy.backup_store import (manifest_key, not_found, parse_dump_uri, read_manifest, s3_error,
-                                        sse_of, write_manifest)
-from schema_deploy.errors import (BackupIncomplete, BackupNotFound, DatabaseError, RestoreFailed, RestoreRefused,
-                                  S3TransferFailed, UsageError, VerifyFailed)
+from schema_deploy.backup_store import (_KEY_RE, manifest_key, not_found, parse_dump_uri, read_manifest, s3_error,
+                                        segment, sse_of, write_manifest)
+from schema_deploy.errors import (BackupIncomplete, BackupNotFound, DatabaseError, RestoreFailed,
+                                  RestoreFromOtherSource, RestoreRefused, S3TransferFailed, UsageError, VerifyFailed)
 from schema_deploy.pg_tools import Child, Target, compare_counts, drop_database, find_binary, target_of
 
 Log = Callable[[str], None]
@@ -64,10 +64,96 @@ class RestoreResult:
     size: int
     seconds: float
     row_counts: dict[str, int]
+    other_source: dict[str, Any] | None = None  # BackupSource.as_dict() when asked for explicitly
 
     def as_dict(self) -> dict[str, Any]:
         return {"uri": self.uri, "database": self.database, "size": self.size, "seconds": round(self.seconds, 3),
-                "row_counts": self.row_counts}
+                "row_counts": self.row_counts, "other_source": self.other_source}
+
+
+# --- where a backup was taken, and where it goes ---------------------------------------------
+
+# The environment of a target nobody named (the CLI's `restore` without --environment): the name
+# `backup` files its backups under by default, so a backup and a restore that both leave it out match.
+DEFAULT_ENVIRONMENT = "default"
+
+
+@dataclass(frozen=True)
+class BackupSource:
+    """The environment and database a backup was taken of — as its manifest records them, else as
+    its key (`<environment>/<database>/<timestamp>_<run>.dump`) says — beside the target's."""
+
+    uri: str
+    environment: str | None  # None: neither the manifest nor the key says
+    database: str | None
+    host: str | None
+    recorded_by: str  # "manifest", "key" (an old manifest: both from the key), "manifest and key", "nothing"
+    target_environment: str
+    target_database: str
+
+    @property
+    def known(self) -> bool:
+        return bool(self.environment and self.database)
+
+    @property
+    def other(self) -> bool:
+        """Another environment or database than the target's (or one nobody recorded)."""
+        if not self.known:
+            return True
+        if self.recorded_by != "manifest":  # key segments are sanitized names (backup_store.segment)
+            return (segment(self.environment or ""), segment(self.database or "")) != (
+                segment(self.target_environment), segment(self.target_database))
+        return (self.environment, self.database) != (self.target_environment, self.target_database)
+
+    def described(self) -> str:
+        """The source in words, saying where it was read."""
+        if not self.known:
+            return ("an environment and database nobody recorded (its manifest does not name both, and its key is not "
+                    "<prefix>/<environment>/<database>/<timestamp>_<run id>.dump)")
+        where = {"manifest": "as its manifest records", "key": "as its key says; its manifest does not record it",
+                 }.get(self.recorded_by, "as its manifest and key say")
+        return f"{self.environment} database {self.database!r} ({where})"
+
+    def fact(self, done: bool = True) -> str:
+        """One line for Slack and the record: "data from production (app_prod) restored into staging (app_stg)"."""
+        source = f"{self.environment} ({self.database})" if self.known else "an unrecorded environment and database"
+        return (f"data from {source} {'restored' if done else 'to be restored'} into {self.target_environment} "
+                f"({self.target_database})")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "from": {"environment": self.environment, "database": self.database,
+                                          "host": self.host, "recorded_by": self.recorded_by},
+                "to": {"environment": self.target_environment, "database": self.target_database},
+                "fact": self.fact()}
+
+
+def source_of(uri: str, manifest: dict[str, Any], target_environment: str | None,
+              target_database: str) -> BackupSource:
+    """Where backup `uri` was taken (its manifest first, its key for what the manifest lacks) and
+    the target it would go into; a target without an environment is `DEFAULT_ENVIRONMENT`."""
+    env, database = manifest.get("environment") or None, manifest.get("database") or None
+    recorded_by = "manifest" if env and database else "nothing"
+    if not (env and database):
+        key = uri[5:].partition("/")[2] if uri.startswith("s3://") else ""
+        match = _KEY_RE.match("/".join(key.split("/")[-3:]))
+        if match:
+            recorded_by = "manifest and key" if env or database else "key"
+            env, database = env or match["env"], database or match["db"]
+    return BackupSource(uri, env, database, manifest.get("host"), recorded_by,
+                        target_environment or DEFAULT_ENVIRONMENT, target_database)
+
+
+def check_source(uri: str, manifest: dict[str, Any], target_environment: str | None, target_database: str, *,
+                 allow_other_source: bool = False, log: Log | None = None) -> BackupSource:
+    """Refuse (`RestoreFromOtherSource`) a backup of another environment or database than the target,
+    or of one nobody recorded, unless `allow_other_source`; then it is said in the log. Changes nothing."""
+    source = source_of(uri, manifest, target_environment, target_database)
+    if source.other and not allow_other_source:
+        raise RestoreFromOtherSource(uri, source.described(), source.target_environment, target_database)
+    if source.other and log is not None:
+        log(f"restoring {uri}, taken of {source.described()}, into {source.target_environment} database "
+            f"{target_database!r}: asked for explicitly (allow_other_source), recorded and announced")
+    return source
 
 
 def load_backup(s3: Any, uri: str) -> tuple[str, str, dict[str, Any]]:
@@ -256,13 +342,15 @@ def looks_like_production(database: str, environment: str | None) -> str | None:
 
 def restore(s3: Any, uri: str, target_url: str, clean: bool = False, jobs: int = 1, force: bool = False,
             confirm_production: str | None = None, *, environment: str | None = None, log: Log | None = None,
-            pg_bindir: str | None = None) -> RestoreResult:
+            pg_bindir: str | None = None, allow_other_source: bool = False) -> RestoreResult:
     """Restore backup `uri` into the existing database at `target_url`, streaming from S3.
 
     `clean` drops the backup's objects first (`--clean --if-exists`). Refuses a
-    target with other sessions unless `force`, and a production-looking one
-    unless `confirm_production` is its name. `jobs` must be 1: see the module
-    docstring for why parallel restore is not streamed.
+    target with other sessions unless `force`, a production-looking one unless
+    `confirm_production` is its name, and a backup taken of another environment
+    or database than the target (`environment`, default `DEFAULT_ENVIRONMENT`, and
+    its database name) unless `allow_other_source`. `jobs` must be 1: see the
+    module docstring for why parallel restore is not streamed.
     """
     log = log or (lambda _m: None)
     if jobs != 1:
@@ -272,6 +360,7 @@ def restore(s3: Any, uri: str, target_url: str, clean: bool = False, jobs: int =
     target = target_of(target_url)
     _refuse_production(target, environment, confirm_production)
     bucket, key, manifest = load_backup(s3, uri)
+    source = check_source(uri, manifest, environment, target.dbname, allow_other_source=allow_other_source, log=log)
     pg_restore = find_binary("pg_restore", pg_bindir)
     verification = manifest.get("verification") or {}
     if not verification.get("ok"):
@@ -305,7 +394,7 @@ def restore(s3: Any, uri: str, target_url: str, clean: bool = False, jobs: int =
     seconds = time.monotonic() - started
     log(f"restore: {target.dbname} restored from {uri} in {seconds:.1f} s; row counts match the manifest "
         f"({len(counts)} tables, {sum(counts.values()):,} rows)")
-    return RestoreResult(uri, target.dbname, size, seconds, counts)
+    return RestoreResult(uri, target.dbname, size, seconds, counts, source.as_dict() if source.other else None)
 
 
 def _refuse_production(target: Target, environment: str | None, confirm_production: str | None) -> None:

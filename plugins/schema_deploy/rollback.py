@@ -27,7 +27,7 @@ from psycopg import sql
 
 from schema_deploy import db, ledger
 from schema_deploy.apply import (BlockerWatch, Log, LockRetriesExhaustedInternal, MigrationResult, Settings,
-                                 StatementFailed, StepResult, run_step, with_lock_retries)
+                                 StatementFailed, StepResult, run_step, step_line, with_lock_retries)
 from schema_deploy.bundle import Bundle, Migration, content_problem, read_sql_bytes
 from schema_deploy.errors import MigrationFileError, NoDownMigration, NotApplied, RollbackFailed, RollbackRefused, UsageError
 from schema_deploy.plan import MigrationPlan, plan_migration, referenced_tables
@@ -164,8 +164,7 @@ def run_down(conn: psycopg.Connection, url: str, mp: MigrationPlan, settings: Se
                                      exc.message, 0 if mp.atomic else step.number - 1, len(mp.steps)) from None
             result.steps.append(StepResult(number=step.number, seconds=time.monotonic() - t0, attempts=attempts,
                                            skipped=skipped))
-            log(f"{m.name}: down step {step.number}/{len(mp.steps)} done in {result.steps[-1].seconds:.2f} s"
-                + (f" (skipped: {', '.join(skipped)})" if skipped else ""))
+            log(step_line(m.name, step, len(mp.steps), result.steps[-1], label="down step"))
         if not mp.atomic:
             marked = mark_applied_rolled_back(conn, m.name, schema)
     finally:

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from schema_deploy import audit, db
 from schema_deploy.pg_tools import target_of
-from schema_deploy.restore import RestoreResult, _refuse_production, load_backup, restore
+from schema_deploy.restore import RestoreResult, _refuse_production, check_source, load_backup, restore
 
 Log = Callable[[str], None]
 
@@ -55,18 +55,23 @@ class BackupRollback:
 
 
 def restore_over(s3: Any, uri: str, url: str, *, confirm_production: str | None, environment: str | None,
-                 force: bool = False, log: Log = lambda _: None, pg_bindir: str | None = None) -> BackupRollback:
-    """Restore backup `uri` into the existing database `url` (clean), as described above."""
-    # restore() checks this too; checked here first so a refused restore never touches a foreign key.
-    _refuse_production(target_of(url), environment, confirm_production)
+                 force: bool = False, log: Log = lambda _: None, pg_bindir: str | None = None,
+                 allow_other_source: bool = False) -> BackupRollback:
+    """Restore backup `uri` into the existing database `url` (clean), as described above. A backup
+    of another environment or database than the target is refused unless `allow_other_source`."""
+    # restore() checks these too; checked here first so a refused restore never touches a foreign key.
+    target = target_of(url)
+    _refuse_production(target, environment, confirm_production)
     _, _, manifest = load_backup(s3, uri)
+    check_source(uri, manifest, environment, target.dbname, allow_other_source=allow_other_source)
     tables = sorted(manifest.get("row_counts") or {})
     with db.connect(url) as conn:
         kept = audit_rows(conn)
         dropped = drop_foreign_keys(conn, tables, log)
     try:
         result = restore(s3, uri, url, clean=True, force=force, confirm_production=confirm_production,
-                         environment=environment, log=log, pg_bindir=pg_bindir)
+                         environment=environment, log=log, pg_bindir=pg_bindir,
+                         allow_other_source=allow_other_source)
     except BaseException:
         if dropped:
             with db.connect(url) as conn:

@@ -40,8 +40,9 @@ def fleet_param():
     from airflow.sdk import Param
 
     names = fleet_names()
-    if not names:
-        return Param("", type="string", title="Fleet", description="deploy.yaml declares no fleets: (see README, Fleets).")
+    if not names:  # nullable: the form still submits, and preflight_bundle says what to declare
+        return Param(None, type=["null", "string"], title="Fleet",
+                     description="deploy.yaml declares no fleets: (see README, Fleets).")
     return Param(names[0], type="string", enum=names, title="Fleet", description="One of deploy.yaml's fleets:.")
 
 
@@ -56,21 +57,34 @@ def member_queue() -> str:
 
 
 def only_targets(value: Any) -> list[str]:
-    """The form's only_targets: a list of member names or one comma-separated string; empty = all."""
+    """The form's only_targets: a list of member names or one comma-separated string; empty (None, as
+    the form sends an empty field) = all."""
     if value in (None, "", []):
         return []
     if isinstance(value, str):
         return [n for n in (p.strip() for p in re.split(r"[,\s]+", value)) if n]
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return [v.strip() for v in value if v.strip()]
-    raise UsageError(f"only_targets must be a list of member names or a comma-separated string (got {value!r}).")
+    raise UsageError(f"'Only these members' (only_targets) must be member names, comma-separated, or a list of "
+                     f"them (got {value!r}); leave it empty for the whole fleet.")
 
 
 def check_form(params: dict[str, Any], cfg: deploy_config.DeployConfig) -> None:
     """The fleet-only fields of the form: a declared fleet, a well-formed only_targets (the names are
-    checked against the members by fleet_members, which can see them)."""
+    checked against the members by fleet_members, which can see them); the rules across fields that
+    Airflow's form cannot check (it validates each field alone), named as the fleet's form names
+    them. RunParams.check then checks what the fleet shares with deploy_schema."""
     cfg.fleet(str(params.get("fleet") or ""))
     only_targets(params.get("only_targets"))
+    skip, reason = bool(params.get("skip_window")), str(params.get("skip_window_reason") or "").strip()
+    if skip and not reason:
+        raise UsageError("'Skip the members' maintenance windows' (skip_window) is on but 'Why skip the windows' "
+                         "(skip_window_reason) is empty: say there why the members may change outside their "
+                         "maintenance windows (it is recorded in the fleet record), or turn skip_window off. "
+                         "Nothing was changed.")
+    if skip and bool(params.get("dry_run")):
+        raise UsageError("'Dry run' (dry_run) changes no member, so 'Skip the members' maintenance windows' "
+                         "(skip_window) makes no sense with it; turn one of them off. Nothing was changed.")
 
 
 def spec_of(ctx: dict[str, Any]):

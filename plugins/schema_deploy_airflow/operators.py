@@ -9,16 +9,56 @@ from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator
 
 
+def reason_param():
+    """The approval form's optional reason (Airflow's HITL `params`: filled by the responder, empty
+    allowed): said in Slack, on the page and in the audit record with the decision."""
+    from airflow.sdk import Param
+
+    # source "task": HITLOperator shows only the task's own params, never the DAG's.
+    return {"reason": Param(None, type=["null", "string"], title="Reason (optional)", source="task",
+                            description="Why you approve or reject: recorded with your decision in the audit "
+                                        "trail, shown on the Schema deployments page and said in Slack.")}
+
+
+def approval_reason(event: dict[str, Any] | None) -> str:
+    """The reason the responder typed, from the HITL answer (its `params_input`), or ""."""
+    return str(((event or {}).get("params_input") or {}).get("reason") or "").strip()
+
+
+class RecordedApprovalOperator(ApprovalOperator):
+    """Airflow's ApprovalOperator (rollback_schema's), whose answer is kept as the XCom `answer`
+    (chosen option, who, when, the form's params: the reason) before the base class acts on it.
+
+    On Reject the base class skips the downstream tasks by raising, and Airflow 3.3 then pushes no
+    return value: without this, the audit record could not tell who rejected, when, or why.
+    """
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        if "error" in event:  # a timeout or trigger error: the record says "timed out" when it was one
+            context["ti"].xcom_push(key="approval_error", value=str(event.get("error_type") or "error"))
+        else:
+            context["ti"].xcom_push(key="answer", value={
+                "chosen_options": list(event.get("chosen_options") or []),
+                "params_input": dict(event.get("params_input") or {}),
+                "responded_at": str(event.get("responded_at")),
+                "responded_by_user": event.get("responded_by_user")})
+        return super().execute_complete(context=context, event=event)
+
+
 class ProductionApprovalOperator(ApprovalOperator):
     """Airflow's human-in-the-loop approval, showing the plan, the backup and the gate result.
 
     Slack hears that a decision is awaited (with the link to the "Required actions"
-    page), who decided, and, on Reject, that production is skipped. The approver and
-    the time are this task's XCom (the audit record). With
-    `approval.approver_must_differ`, the user who triggered the run cannot approve it.
+    page), who decided and why ("rejected by X: reason"), and, on Reject, that
+    production is skipped. The approver, the time and the optional reason are this
+    task's XCom (the audit record). With `approval.approver_must_differ`, the user who
+    triggered the run cannot approve it.
     """
 
     def __init__(self, *, preflight_task_id: str, backup_task_id: str, gate_task_id: str, **kwargs: Any) -> None:
+        # Airflow hands the DAG's params in here too; HITLOperator would drop them (it keeps the task's
+        # own only), so the form's fields are just the reason.
+        kwargs["params"] = reason_param()
         super().__init__(subject="Apply the pending migrations to production?", body="", **kwargs)
         self.preflight_task_id, self.backup_task_id, self.gate_task_id = preflight_task_id, backup_task_id, gate_task_id
 
@@ -55,14 +95,17 @@ class ProductionApprovalOperator(ApprovalOperator):
         from schema_deploy_airflow.steps import deployment
 
         if "error" in event:  # a timeout or trigger error: the base class raises the right exception
+            # The record says "timed out" rather than only "failed at task approve_production".
+            context["ti"].xcom_push(key="approval_error", value=str(event.get("error_type") or "error"))
             return super().execute_complete(context=context, event=event)
         user = event.get("responded_by_user") or {}
         approval = Approval(approved=list(event.get("chosen_options") or [])[:1] == [self.APPROVE],
                             approver=user.get("name") or user.get("id") or "?", approver_id=user.get("id"),
                             responded_at=str(event.get("responded_at")),
-                            triggered_by=getattr(context.get("dag_run"), "triggering_user_name", None))
+                            triggered_by=getattr(context.get("dag_run"), "triggering_user_name", None),
+                            reason=approval_reason(event))
         record = approval.to_xcom()
-        self.log.info("approval record: %s", record)
+        self.log.info("decision: %s", approval.decision)
         context["ti"].xcom_push(key="approval", value=record)
         check_approval(deployment(context, store=False), approval)
         super().execute_complete(context=context, event=event)  # on Reject: skips downstream, raising
@@ -107,7 +150,7 @@ class WaitForWindowOperator(BaseOperator):
         waited = (datetime.now(timezone.utc) - datetime.fromisoformat(deferred_at)).total_seconds() \
             if deferred_at else None
         slot = WindowSlot.from_xcom({**facts, "waited_s": waited})
-        self.log.info("maintenance window open after waiting %s s: %s", waited, slot)
+        self.log.info("%s", slot.describe())
         return slot.to_xcom()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from schema_deploy_airflow import connections, steps
-from schema_deploy_airflow.steps import (current_context, deployment, fail_fast, group_of, in_group, notify,
+from schema_deploy_airflow.steps import (current_context, deployment, fail_fast, group_of, in_group,
                                          pulled, run_results, target)
 
 PREFLIGHT = "preflight"
@@ -42,28 +42,39 @@ def request(context: dict[str, Any]):
 
 
 def approval(context: dict[str, Any]):
-    """The stock ApprovalOperator's answer (its XCom) as the pipeline's Approval; None if unanswered."""
+    """The stock ApprovalOperator's answer (its XCom) as the pipeline's Approval, with the reason the
+    responder typed; None if unanswered."""
     from airflow.providers.standard.operators.hitl import ApprovalOperator
     from schema_deploy.pipeline import Approval
+    from schema_deploy_airflow.operators import approval_reason
 
-    answer = context["ti"].xcom_pull(task_ids=in_group(context, "approve_rollback"))
+    task_id = in_group(context, "approve_rollback")
+    # RecordedApprovalOperator keeps the answer apart: on Reject Airflow pushes no return value.
+    answer = context["ti"].xcom_pull(task_ids=task_id, key="answer") or context["ti"].xcom_pull(task_ids=task_id)
     if not answer:
         return None
     user = answer.get("responded_by_user") or {}
     return Approval(approved=list(answer.get("chosen_options") or [])[:1] == [ApprovalOperator.APPROVE],
                     approver=user.get("name") or user.get("id") or "?", approver_id=user.get("id"),
                     responded_at=str(answer.get("responded_at")),
-                    triggered_by=getattr(context.get("dag_run"), "triggering_user_name", None))
+                    triggered_by=getattr(context.get("dag_run"), "triggering_user_name", None),
+                    reason=approval_reason(answer))
 
 
 # --- task bodies -----------------------------------------------------------------------
 
 @fail_fast
 def choose_environment() -> str:
-    """The form's environment: the id of the task group to run; the other group is skipped whole."""
-    from schema_deploy.pipeline.rollback import chosen_environment
+    """The form's environment: the id of the task group to run; the other group is skipped whole.
+    The form's rules across fields (RollbackRequest.check) are checked here first, so a run the form
+    let through with a missing confirmation or a field of the other method fails at once, not
+    retried, before any group runs."""
+    from schema_deploy.pipeline.rollback import RollbackRequest, chosen_environment
 
-    return chosen_environment(dict(current_context().get("params") or {}))
+    params = dict(current_context().get("params") or {})
+    env = chosen_environment(params)
+    RollbackRequest.from_mapping(params).check(env)
+    return env
 
 
 @fail_fast
@@ -121,24 +132,45 @@ def record() -> dict[str, Any]:
     from schema_deploy.pipeline import rollback
 
     ctx = current_context()
-    results, states = run_results(ctx, {in_group(ctx, t): step for t, step in TASK_STEPS.items()})
+    task_steps = {in_group(ctx, t): step for t, step in TASK_STEPS.items()}
+    results, states = run_results(ctx, task_steps)
     answer = approval(ctx)
     results["approval"] = answer.to_xcom() if answer else None
-    return rollback.record(deployment(ctx), rollback_target(ctx), request(ctx), results, states).to_xcom()
+    results["approval_error"] = ctx["ti"].xcom_pull(task_ids=in_group(ctx, "approve_rollback"), key="approval_error")
+    return rollback.record(deployment(ctx), rollback_target(ctx), request(ctx), results, states,
+                           {step: task for task, step in task_steps.items()}).to_xcom()
+
+
+@fail_fast
+def record_attempt() -> dict[str, Any] | None:
+    """The DAG's last teardown: when no group's audit_record kept the run's record (the environment or
+    the form's fields were refused before a group ran), the attempt's record in S3 (no database is
+    opened, nothing changed); else nothing."""
+    from schema_deploy.pipeline import rollback
+
+    ctx = current_context()
+    params = dict(ctx.get("params") or {})
+    env = params.get("environment") if params.get("environment") in rollback.ENVIRONMENTS else None
+    groups = [env] if env else list(rollback.ENVIRONMENTS)
+    task_steps = {"choose_environment": "choose_environment",
+                  **{f"{g}.check_environment": "check_environment" for g in groups},
+                  **{f"{g}.{t}": step for g in groups for t, step in TASK_STEPS.items()},
+                  **{f"{g}.audit_record": "audit_record" for g in groups}}
+    results, states = run_results(ctx, task_steps)
+    if states.pop("audit_record", None) == "success":
+        steps.task_log().info("audit: %s.audit_record kept this run's record; nothing more to keep", env)
+        return None
+    try:
+        req = rollback.RollbackRequest.from_mapping(params)
+    except (TypeError, ValueError):  # a field the form would not have let through: recorded as the defaults
+        req = rollback.RollbackRequest()
+    return rollback.record_attempt(deployment(ctx), env or str(params.get("environment")), req, results, states,
+                                   {step: task for task, step in task_steps.items()}).to_xcom()
 
 
 def notify_failure(context: Any) -> None:
-    """on_failure_callback of rollback_schema's tasks; never raises."""
-    from schema_deploy.errors import scrub
-    from schema_deploy_airflow.steps import task_log
+    """on_failure_callback of rollback_schema's tasks: one 'rollback FAILED' message per run
+    (callbacks.notify_failure); never raises."""
+    from schema_deploy_airflow.callbacks import notify_failure as notify_run_failure
 
-    ti = context.get("ti") or context.get("task_instance")
-    error = context.get("exception")
-    facts = {"task": getattr(ti, "task_id", "?"), "try": getattr(ti, "try_number", "?"),
-             "error": scrub(str(error))[:600] if error else "see the log"}
-    log_url = getattr(ti, "log_url", "")
-    try:
-        notify("rollback_failed", facts, task_log(), links={"Task log": log_url} if log_url else None,
-               context=context)
-    except Exception:  # noqa: BLE001 - a callback must never raise
-        pass
+    notify_run_failure(context, event="rollback_failed")

@@ -29,7 +29,12 @@ TASK_STEPS = {"preflight_bundle": "preflight_bundle", "preflight_staging": "pref
 
 def fail_fast(step: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a non-transient SchemaDeployError into Airflow's no-retry failure, message kept whole;
-    'nothing to deploy' into a skip."""
+    'nothing to deploy' into a skip.
+
+    The Task SDK logs an AirflowFailException with its whole traceback (task_runner: `log.exception`),
+    a dozen frames of Airflow's own that no setting removes. So the message comes first, as an ERROR
+    block wrapped at 100 columns (`failure_text`), and the exception carries the same wrapped text:
+    the trace's last lines are the message again, not one line running off the screen."""
 
     @functools.wraps(step)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -46,9 +51,37 @@ def fail_fast(step: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             from airflow.sdk.exceptions import AirflowFailException
 
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+            task_id = getattr(current_context().get("ti"), "task_id", None)
+            task_id = task_id if isinstance(task_id, str) else step.__name__
+            task_log().error("%s", failure_text(task_id, exc))
+            failure = AirflowFailException(failure_message(exc))
+            failure.unwrapped = f"{type(exc).__name__}: {exc}"  # for Slack (callbacks.failure_facts)
+            raise failure from None
 
     return run
+
+
+# What Airflow's trace prints before the exception's message, on the same line.
+TRACE_PREFIX = "airflow.sdk.exceptions.AirflowFailException: "
+
+
+def failure_message(exc: BaseException) -> str:
+    """`Type: message`, wrapped so that the trace's last lines (`TRACE_PREFIX` + this) fit 100 columns."""
+    from schema_deploy.errors import wrapped
+
+    return wrapped(f"{type(exc).__name__}: {exc}", first_offset=len(TRACE_PREFIX))
+
+
+def failure_text(task_id: str, exc: BaseException) -> str:
+    """The ERROR block a failed task logs before Airflow's trace: which task, then the message
+    (what failed, where, and how to fix it), indented and wrapped."""
+    import textwrap
+
+    from schema_deploy.errors import wrapped
+
+    # The trailing newline puts the log renderer's `[logger] loc=…` on a line of its own.
+    return (f"{task_id} failed (not retried: it would fail the same way):\n"
+            + wrapped(textwrap.indent(f"{type(exc).__name__}: {exc}", "  ")) + "\n")
 
 
 def task_log() -> logging.Logger:
@@ -297,21 +330,24 @@ def compose_audit() -> dict[str, Any]:
     ctx = current_context()
     results, states = run_results(ctx, TASK_STEPS)
     results["approval"] = ctx["ti"].xcom_pull(task_ids="approve_production", key="approval")
-    return record.compose(deployment(ctx), APPLIES, results, states).to_xcom()
+    results["approval_error"] = ctx["ti"].xcom_pull(task_ids="approve_production", key="approval_error")
+    return record.compose(deployment(ctx), APPLIES, results, states,
+                          {step: task for task, step in TASK_STEPS.items()}).to_xcom()
 
 
 @fail_fast
 def chain_audit(env: str) -> dict[str, Any] | None:
-    """The composed record chained into `env`'s audit table when the run changed it; the connection
-    is looked up only then."""
+    """The composed record chained into `env`'s audit table when the run changed it or its decision
+    concerned it (a rejection is in production's chain); the connection is looked up only then."""
     from schema_deploy.pipeline import RunRecord, record
 
     ctx = current_context()
     composed = pulled(ctx, "audit_compose", RunRecord)
     if composed is None:
         raise_no_record()
-    if env not in composed.changed:
-        task_log().info("audit: %s was not changed by this run; nothing to chain", env)
+    if env not in composed.chained:
+        task_log().info("audit: %s was not changed by this run, nor concerned by its decision; nothing to chain",
+                        env)
         return None
     link = record.chain(deployment(ctx, store=False), target(env, ctx), composed)
     return link.to_xcom() if link else None

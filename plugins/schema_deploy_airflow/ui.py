@@ -17,9 +17,12 @@ Routes (GET; JSON unless said otherwise):
   environments: {staging|production: {state: applied|pending|failed|drifted|unknown,
   detail, ledger_checksum, applied_at, applied_steps, logs}}}]}`;
 * `/schema-deploy/api/runs?limit=20` — `{runs: [{dag_id, run_id, state, run_type,
-  start_date, end_date, triggered_by, url, source: airflow|audit only, audit: [{id,
-  environment, kind, recorded_at, row_hash, outcome, approver, backup_uri, release, release_uri, migrations,
-  record}]}], audit_errors: {environment: message}}` (DAGs deploy_schema and rollback_schema);
+  start_date, end_date, triggered_by, url, path (the url's root-relative part, the page's link),
+  tasks: {task id: state}, source: airflow|audit only,
+  summary: {outcome, decision, failed_at, targets, backup, verdict}, document: {uri, sha256, record,
+  error} (the record the run kept in S3), audit: [{id, environment, kind, recorded_at, row_hash,
+  outcome, decision, effect, approver, backup_uri, release, release_uri, migrations, record}]}],
+  audit_errors: {environment: message}}` (DAGs deploy_schema and rollback_schema);
 * `/schema-deploy/api/backups` — `{uri, error, count, backups: [{uri, environment,
   database, run_id, created, state, complete, verified, verification_state, verified_at,
   size, sha256, total_rows, ...}]}` listed from the backup_s3 connection's bucket at the
@@ -102,7 +105,7 @@ def _urls_or_errors() -> tuple[dict[str, str], dict[str, str]]:
 
 def airflow_runs(session, limit: int) -> list[dict[str, Any]]:
     """The newest deploy/rollback runs from Airflow's metadata database."""
-    from urllib.parse import quote
+    from urllib.parse import quote, urlsplit
 
     from sqlalchemy import select
 
@@ -114,14 +117,37 @@ def airflow_runs(session, limit: int) -> list[dict[str, Any]]:
     query = (select(DagRun).where(DagRun.dag_id.in_(DAG_IDS))
              .order_by(DagRun.run_after.desc(), DagRun.id.desc()).limit(limit))
     runs = []
-    for run in session.scalars(query):
+    found = list(session.scalars(query))
+    tasks = task_states(session, found)
+    for run in found:
         runs.append({"dag_id": run.dag_id, "run_id": run.run_id, "state": str(run.state) if run.state else None,
+                     "tasks": tasks.get((run.dag_id, run.run_id), {}),
                      "run_type": str(run.run_type), "triggered_by": getattr(run, "triggering_user_name", None),
                      "start_date": (run.start_date or run.run_after).isoformat() if (run.start_date or run.run_after)
                      else None,
                      "end_date": run.end_date.isoformat() if run.end_date else None,
-                     "url": f"{base}/dags/{run.dag_id}/runs/{quote(run.run_id, safe='')}"})
+                     "url": f"{base}/dags/{run.dag_id}/runs/{quote(run.run_id, safe='')}",
+                     # Root-relative: the page's links stay on the host and port the browser reached
+                     # Airflow on (api.base_url may name another, e.g. localhost vs 127.0.0.1).
+                     "path": f"{urlsplit(base).path}/dags/{run.dag_id}/runs/{quote(run.run_id, safe='')}"})
     return runs
+
+
+def task_states(session, runs: list[Any]) -> dict[tuple[str, str], dict[str, str | None]]:
+    """{(dag id, run id): {task id: state}} of `runs`, in one query (the page's live decision)."""
+    from sqlalchemy import select, tuple_
+
+    from airflow.models.taskinstance import TaskInstance
+
+    if not runs:
+        return {}
+    query = select(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id, TaskInstance.state).where(
+        tuple_(TaskInstance.dag_id, TaskInstance.run_id).in_([(r.dag_id, r.run_id) for r in runs]),
+        TaskInstance.map_index == -1)
+    states: dict[tuple[str, str], dict[str, str | None]] = {}
+    for dag_id, run_id, task_id, state in session.execute(query):
+        states.setdefault((dag_id, run_id), {})[task_id] = str(state) if state else None
+    return states
 
 
 @app.get("/", response_class=HTMLResponse)
@@ -140,19 +166,24 @@ def matrix() -> dict[str, Any]:
     from schema_deploy.overview import read_matrix
 
     urls, errors = _urls_or_errors()
-    result = read_matrix(load_bundle(config.load().migrations), urls)
+    cfg = config.load()
+    result = read_matrix(load_bundle(cfg.migrations), urls, name=cfg.default_bundle)
     result["environments"] += [{"name": env, "reachable": False, "error": msg} for env, msg in errors.items()]
     return result
 
 
 @app.get("/api/runs")
 def runs(session: SessionDep, limit: int = Query(20, ge=1, le=200)) -> dict[str, Any]:
-    """Recent deploy_schema / rollback_schema runs with their audit records."""
-    from schema_deploy.overview import read_runs
+    """Recent deploy_schema / rollback_schema runs with their audit records: chain rows, and the
+    record each run kept in the store (failed, refused and nothing-to-do runs have no chain row)."""
+    from schema_deploy.overview import read_runs, run_documents
 
     urls, errors = _urls_or_errors()
-    result = read_runs(airflow_runs(session, limit), urls, limit)
+    root, s3, store_error = _fleet_store()
+    result = read_runs(airflow_runs(session, limit), urls, limit, run_documents(s3, root) if s3 is not None else None)
     result["audit_errors"].update(errors)
+    if store_error:
+        result["audit_errors"]["S3"] = f"{root}: {store_error}"
     return result
 
 

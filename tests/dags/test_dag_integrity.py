@@ -109,7 +109,8 @@ def test_no_task_reads_a_connection_other_than_its_queues_environments(queued_da
     monkeypatch.setattr(steps, "notify", lambda *a, **k: {})
     monkeypatch.setattr(steps, "run_results", lambda *a: ({}, {}))
     # Every earlier result as if present, the record as if the run changed both databases.
-    monkeypatch.setattr(steps, "pulled", lambda *a, **k: MagicMock(changed=["staging", "production"]))
+    monkeypatch.setattr(steps, "pulled", lambda *a, **k: MagicMock(changed=["staging", "production"],
+                                                                   chained=["staging", "production"]))
     envs = {conn_id: env for env, conn_id in connections.DB_CONNECTIONS.items()}
     read = {}
     for task in queued_dag.tasks:
@@ -202,8 +203,15 @@ def test_the_old_migrations_folder_field_is_refused_rather_than_obeyed() -> None
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"skip_window": True, "skip_window_reason": " "}, "skip_window is on but skip_window_reason is empty"),
-    ({"dry_run": True, "skip_window": True, "skip_window_reason": "x"}, "dry_run leaves production untouched"),
+    ({"skip_window": True, "skip_window_reason": " "},
+     r"^'Skip the maintenance window' \(skip_window\) is on but 'Why skip the window' \(skip_window_reason\) is "
+     r"empty: say there why production may change outside the maintenance window \(it is recorded\), or turn "
+     r"skip_window off. Nothing was changed.$"),
+    ({"skip_window": True, "skip_window_reason": None}, r"^'Skip the maintenance window' \(skip_window\) is on but "
+                                                        r"'Why skip the window' \(skip_window_reason\) is empty"),
+    ({"dry_run": True, "skip_window": True, "skip_window_reason": "x"},
+     r"^'Dry run' \(dry_run\) leaves production untouched, so 'Skip the maintenance window' \(skip_window\) makes "
+     r"no sense with it; turn one of them off. Nothing was changed.$"),
     ({"lock_retries": -1}, "lock_retries must be 0 or more"),
     ({"lock_retries": "ten"}, r"lock_retries must be a whole number \(got 'ten'\)"),
 ])
@@ -226,8 +234,9 @@ def test_a_manual_run_cannot_turn_off_approval_when_deploy_yaml_requires_it() ->
         RunParams.from_mapping(params).check(cfg, run_type)
 
     required = DeployConfig(approval_manual=True, source=Path("deploy.yaml"))
-    with pytest.raises(UsageError, match="deploy.yaml: approval.manual_runs is 'required', so require_approval "
-                                         "cannot be turned off in the trigger form"):
+    with pytest.raises(UsageError, match=r"^deploy.yaml: approval.manual_runs is 'required', so 'Require approval' "
+                                         r"\(require_approval\) cannot be turned off in the trigger form; leave it on, "
+                                         r"or set approval.manual_runs: form.$"):
         check_params({"require_approval": False}, required)
     check_params({"require_approval": False}, required, "scheduled")  # the schedule policy decides those
     assert approval_required({"require_approval": False}, "manual", DeployConfig(approval_manual=False)) is False
@@ -264,7 +273,8 @@ def test_an_audit_task_without_the_composed_record_fails_naming_the_task_to_clea
     context = {"ti": MagicMock(**{"xcom_pull.return_value": None})}
     monkeypatch.setattr(steps, "current_context", lambda: context)
     run = getattr(steps, body)
-    with pytest.raises(AirflowFailException, match=r"^UsageError: audit_compose left no record \(it failed: see its "
-                                                   r"log\); clear audit_compose, which clears the audit tasks after "
-                                                   r"it.$"):
+    with pytest.raises(AirflowFailException) as raised:
         run("staging") if body == "chain_audit" else run()
+    # Wrapped at 100 columns for the task log (steps.fail_fast); the words are these.
+    assert " ".join(str(raised.value).split()) == ("UsageError: audit_compose left no record (it failed: see its "
+                                                   "log); clear audit_compose, which clears the audit tasks after it.")

@@ -47,7 +47,8 @@ def test_deploy_fleet_parses_with_docs_tags_owner_and_one_run_at_a_time(dag) -> 
 
 def test_deploy_fleet_still_parses_when_no_fleet_is_declared(tmp_path, monkeypatch) -> None:
     dag = load(tmp_path, monkeypatch, "")
-    assert dag.params["fleet"] == "" and "enum" not in dag.params.get_param("fleet").schema
+    fleet = dag.params.get_param("fleet")  # empty but nullable: the form submits, preflight_bundle says why not
+    assert dag.params["fleet"] is None and "enum" not in fleet.schema and "null" in fleet.schema["type"]
 
 
 def test_the_chain_follows_the_design(dag) -> None:
@@ -79,7 +80,7 @@ def test_the_form_offers_the_declared_fleets_first_by_default_and_titled_fields(
                  "waive_prechecks"):
         spec = params.get_param(name).schema
         assert spec.get("title") and spec.get("type"), name
-    assert params["dry_run"] is False and params["only_targets"] == []
+    assert params["dry_run"] is False and params["only_targets"] is None  # an empty field, not a literal []
 
 
 @pytest.mark.parametrize("given, wanted", [
@@ -104,8 +105,18 @@ def fleets_config():
     ({"fleet": "tenant"}, r"^deploy.yaml: no fleet named 'tenant' \(declared: tenants\); pass one of those, or "
                           r"declare it under fleets:.$"),
     ({"fleet": ""}, r"no fleet named '' \(declared: tenants\)"),
-    ({"fleet": "tenants", "only_targets": 7}, r"^only_targets must be a list of member names or a comma-separated "
-                                              r"string \(got 7\).$"),
+    ({"fleet": "tenants", "only_targets": 7}, r"^'Only these members' \(only_targets\) must be member names, "
+                                              r"comma-separated, or a list of them \(got 7\); leave it empty for the "
+                                              r"whole fleet.$"),
+    ({"fleet": "tenants", "skip_window": True, "skip_window_reason": None},
+     r"^'Skip the members' maintenance windows' \(skip_window\) is on but 'Why skip the windows' "
+     r"\(skip_window_reason\) is empty: say there why the members may change outside their maintenance windows "
+     r"\(it is recorded in the fleet record\), or turn skip_window off. Nothing was changed.$"),
+    ({"fleet": "tenants", "skip_window": True, "skip_window_reason": "  "}, r"^'Skip the members' maintenance "
+                                                                          r"windows' \(skip_window\) is on but"),
+    ({"fleet": "tenants", "dry_run": True, "skip_window": True, "skip_window_reason": "x"},
+     r"^'Dry run' \(dry_run\) changes no member, so 'Skip the members' maintenance windows' \(skip_window\) makes "
+     r"no sense with it; turn one of them off. Nothing was changed.$"),
 ])
 def test_a_bad_fleet_or_only_targets_is_refused_naming_the_valid_choices(params, message) -> None:
     from schema_deploy.errors import UsageError
@@ -129,13 +140,16 @@ def test_only_targets_naming_a_member_the_fleet_lacks_is_refused_with_its_member
         chosen(spec, members, ["tenant_b", "tenant_x"])
 
 
-def test_skipping_the_windows_needs_a_reason(monkeypatch) -> None:
-    from schema_deploy.errors import UsageError
+def test_the_forms_defaults_pass_the_first_tasks_checks() -> None:
+    """What the form sends untouched (empty fields as None) is a valid run: no cross-field refusal."""
     from schema_deploy.pipeline import RunParams
+    from schema_deploy_airflow.fleet_steps import check_form
 
-    with pytest.raises(UsageError, match="^skip_window is on but skip_window_reason is empty"):
-        RunParams.from_mapping({"fleet": "tenants", "skip_window": True, "skip_window_reason": " "}).check(
-            fleets_config())
+    defaults = {"fleet": "tenants", "bundle": "main", "dry_run": False, "only_targets": None, "skip_window": False,
+                "skip_window_reason": None, "lock_retries": None, "waive_prechecks": None}
+    check_form(defaults, fleets_config())
+    RunParams.from_mapping(defaults).check(fleets_config())
+    check_form({**defaults, "skip_window": True, "skip_window_reason": "hotfix for tenant outage"}, fleets_config())
 
 
 def test_a_prefix_fleets_members_are_the_workers_airflow_conn_variables(monkeypatch) -> None:

@@ -30,8 +30,8 @@ GROUP = ("check_environment", "preflight", "approval_needed", "approve_rollback"
 
 @pytest.mark.parametrize("env", ["staging", "production"])
 def test_each_environment_group_confirms_approves_backs_up_rolls_back_verifies_and_audits(dag, env) -> None:
-    assert {t.task_id for t in dag.tasks} == {"choose_environment"} | {f"{e}.{t}" for e in ("staging", "production")
-                                                                       for t in GROUP}
+    assert {t.task_id for t in dag.tasks} == {"choose_environment", "audit_attempt"} | {
+        f"{e}.{t}" for e in ("staging", "production") for t in GROUP}
     for upstream, downstream in [("check_environment", "preflight"), ("preflight", "approval_needed"),
                                  ("approval_needed", "approve_rollback"), ("approval_needed", "safety_backup"),
                                  ("approve_rollback", "safety_backup"), ("safety_backup", "rollback"),
@@ -44,12 +44,23 @@ def test_each_environment_group_confirms_approves_backs_up_rolls_back_verifies_a
     assert audit.upstream_task_ids == {f"{env}.{t}" for t in GROUP if t != "audit_record"}
 
 
+def test_an_attempt_refused_before_any_group_ran_is_still_recorded_by_the_last_teardown(dag) -> None:
+    """audit_attempt has no setup upstream, so all_done_setup_success runs it once everything before
+    it is done, whatever their states (a failed choose_environment included); a teardown, it leaves the
+    run's state to the rollback's own tasks."""
+    attempt = dag.get_task("audit_attempt")
+    assert attempt.is_teardown and not attempt.on_failure_fail_dagrun
+    assert attempt.trigger_rule == "all_done_setup_success" and not any(u.is_setup for u in attempt.upstream_list)
+    assert attempt.upstream_task_ids == {"choose_environment", "staging.audit_record", "production.audit_record"}
+
+
 def test_the_branch_reaches_each_group_only_through_its_setup_so_the_other_group_is_skipped_whole(dag) -> None:
     """choose_environment skips the other group's check_environment; all_success and
     none_failed_min_one_success skip when every upstream is skipped, and a teardown whose setups
     are all skipped is skipped (Airflow's trigger_rule_dep), so no task of that group runs."""
     branch = dag.get_task("choose_environment")
-    assert branch.downstream_task_ids == {"staging.check_environment", "production.check_environment"}
+    assert branch.downstream_task_ids == {"staging.check_environment", "production.check_environment",
+                                          "audit_attempt"}
     for env in ("staging", "production"):
         check = f"{env}.check_environment"
         for task in dag.tasks:
@@ -71,7 +82,7 @@ def test_each_task_runs_on_the_queue_of_the_database_it_opens(tmp_path, monkeypa
     dag = DagBag(dag_folder=str(REPO / "dags")).dags["rollback_schema"]
     opens_db = {"preflight", "safety_backup", "rollback", "verify_rollback", "audit_record"}
     queues = {t.task_id: t.queue for t in dag.tasks}
-    assert queues == {"choose_environment": "default",
+    assert queues == {"choose_environment": "default", "audit_attempt": "default",
                       **{f"{env}.{t}": (q if t in opens_db else "default")
                          for env, q in (("staging", "stg"), ("production", "prod")) for t in GROUP}}
 
@@ -131,3 +142,9 @@ def test_a_wrong_confirmation_names_the_database_to_type() -> None:
         "confirm_database is empty, but the production database is 'shop': a production rollback needs its "
         "database name typed exactly in confirm_database. Nothing was changed; trigger again with "
         "confirm_database = shop.")
+
+
+def test_the_rollback_approval_offers_an_optional_reason_for_the_record(dag) -> None:
+    for env in ("staging", "production"):
+        params = dag.get_task(f"{env}.approve_rollback").serialized_params
+        assert set(params) == {"reason"} and params["reason"]["schema"]["type"] == ["null", "string"]

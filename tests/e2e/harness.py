@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import psycopg
+import pytest
 
 from schema_deploy.fingerprint import schema_fingerprint
 
@@ -225,3 +226,21 @@ def airflow_services(home: Path, config: Path, targets: dict[str, str], timeout_
 
             drop_metadata_database(stack_env(), home.resolve())
         assert stop.returncode == 0 and not left, (stop.stdout + stop.stderr, [p.cmdline() for p in left])
+
+
+def chrome(tmp_path: Path, size: str = "1400,1100"):
+    """Headless Chromium (Debian's chromium + chromedriver) with a private profile under `tmp_path`."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser = os.environ.get("CHROME_BIN") or shutil.which("chromium")
+    driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.fail("chromium and chromedriver are needed for the browser test: run devstack/ensure_chromium.sh "
+                    "as root (apt-get install -y --no-install-recommends chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={size}", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(driver))

@@ -111,12 +111,12 @@ def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_anno
     verified = run.xcom("verify_production")
     assert verified["rows_before"] == verified["rows_after"] and verified["rows_after"]["behavioral_events"] > 0
     assert len(verified["index_bytes"]) == 12 and all(b > 0 for b in verified["index_bytes"].values())
-    criteria = verified["criteria"]
-    assert criteria["foreign key constraints enforced"]["met"]
-    assert criteria["new indexes created and used by queries"]["met"]
-    assert criteria["no data loss or corruption"]["met"]
-    assert "query performance meets expectations" in criteria  # a fact, whichever way it goes
-    assert "success criterion foreign key constraints enforced" in run.log
+    criteria = {c["name"]: c["verdict"] for c in verified["criteria"]}
+    assert criteria == {"foreign key constraints enforced": "met", "new indexes created and used by queries": "met",
+                        "no data loss or corruption": "met",
+                        # demo data is far below deploy.yaml's expectations.measurable_from_rows
+                        "query performance meets expectations": "not measurable"}
+    assert "success criterion MET            foreign key constraints enforced" in run.log
 
     backup = run.xcom("backup_production")
     junit = run.xcom("test_gate")["gate"]["junit"]
@@ -204,7 +204,11 @@ def test_a_rejected_approval_skips_production_and_says_so_in_the_runs_slack_thre
     assert EPIC5 in applied(targets["staging"]) and EPIC5 not in applied(targets["production"])
     assert "Production change rejected" in slack.texts() and "bob" in slack.texts()
     assert run.xcom("audit_record")["outcome"] == "rejected"
-    assert has_audit_table(targets["staging"]) and not has_audit_table(targets["production"])  # untouched
+    assert has_audit_table(targets["staging"]) and "rejected by bob: no reason given" in slack.texts()
+    with psycopg.connect(targets["production"]) as conn:  # the rejection is in production's history, nothing changed
+        assert conn.execute("SELECT kind, payload->>'decision', payload->'targets'->>'production' "
+                            "FROM schema_deploy.audit_events").fetchall() == [
+            ("deploy", "rejected by bob: no reason given", "nothing changed (rejected by bob: no reason given)")]
     records = slack.records()
     assert [r["kind"] for r in records] == ["chat.postMessage"] * len(records) and len(records) >= 4
     first = records[0]
@@ -265,6 +269,10 @@ def test_a_closed_window_defers_production_which_then_gets_the_release_not_the_f
     assert changer.done == ["removed", "edited"]
     window = run.xcom("wait_for_window")
     assert window["waited_s"] > 0 and "no worker slot held" in run.log
+    # The slot in words (WindowSlot.describe), before the wait and after it; never the dataclass's repr.
+    assert "waiting for the next window with time enough: maintenance window " in run.log
+    assert re.search(r"maintenance window .+ is open from \d{4}-\d\d-\d\d \d\d:\d\d UTC until .+; waited .+ for it",
+                     run.log) and "WindowSlot(" not in run.log
     opens = datetime.fromisoformat(window["opens"])
     assert opens.second == 0 and opens.microsecond == 0
     conn = sqlite3.connect(run.home / "airflow.db")
@@ -344,7 +352,11 @@ def test_a_crashed_production_apply_converges_when_the_task_is_run_again(
         assert "Task failed with exception" not in logs[task], logs[task][-4000:]
     rows = [r for r in ledger(targets["production"]) if r.migration_name == EPIC5]
     assert len(rows) == 1 and rows[0].applied and rows[0].applied_steps_count == 16
-    assert "'resumed_from_step': 4" in logs["apply_production"]
+    # Said by apply's own lines (one per step), not by a dump of the task's result (DEFAULT_ARGS hides it).
+    assert f"{EPIC5}: resuming at step 4 of 16 (an earlier run stopped there)" in logs["apply_production"]
+    resumed = logs["apply_production"]
+    assert f"{EPIC5}: step 4/16: " in resumed and f"{EPIC5}: step 3/16: " not in resumed
+    assert "Returned value was" not in logs["apply_production"]
     with psycopg.connect(targets["production"]) as conn:
         assert conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()[0] == 0
     assert fingerprint(targets["production"]) == fingerprint(targets["staging"])
@@ -363,9 +375,10 @@ def airflow_env_for(deployer: DagRunner, config: Path) -> dict[str, str]:
 
 def test_a_skip_window_without_reason_is_refused_by_preflight_before_any_change(
         deployer: DagRunner, targets: dict[str, str]) -> None:
-    run = deployer.run({"skip_window": True, "skip_window_reason": ""}, approve="alice")
+    run = deployer.run({"skip_window": True, "skip_window_reason": None}, approve="alice")  # the form's empty field
     assert run.returncode == 1 and run.state("preflight_bundle") == "failed"
-    assert "skip_window is on but skip_window_reason is empty: say why production may change" in run.log
+    assert ("'Skip the maintenance window' (skip_window) is on but 'Why skip the window' (skip_window_reason) is "
+            "empty: say there why production may change") in " ".join(run.log.split())
     assert EPIC5 not in applied(targets["staging"]) and EPIC5 not in applied(targets["production"])
 
 
@@ -386,12 +399,13 @@ def test_a_task_on_another_environments_worker_fails_at_once_naming_the_queue_it
     assert run.returncode == 1
     assert run.state("preflight_production") == "failed" and run.result["tasks"]["preflight_production"][
         "try_number"] == 1  # failed without a retry: a retry lands on the same worker
+    flat = " ".join(run.log.split())  # the message is wrapped at 100 columns in the log (steps.fail_fast)
     host = re.search(r"connection production_db is not defined on this worker \((.+?), queue staging\)",
-                     run.log).group(1)
+                     flat).group(1)
     assert host in (socket.getfqdn(), socket.gethostname())
     assert (f"AirflowFailException: ConnectionNotOnWorker: connection production_db is not defined on this worker "
             f"({host}, queue staging): route the task to queue production (deploy.yaml queues.production), "
-            "whose workers hold production_db") in run.log
+            "whose workers hold production_db") in flat
     assert "AirflowNotFoundException" not in run.log  # the message is ours, not the lookup's traceback
     assert run.state("preflight_bundle") == run.state("preflight_staging") == "success"
     assert run.state("preflight") == "upstream_failed" and run.state("backup_production") == "upstream_failed"

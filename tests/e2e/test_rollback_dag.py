@@ -151,7 +151,7 @@ def test_a_wrong_production_confirmation_is_refused_by_preflight_with_nothing_ch
     assert run.state("production.rollback") in ("upstream_failed", None)
     assert (f"ConfirmationMismatch: confirm_database is 'production', but the production database is {database!r}: "
             "a production rollback needs its database name typed exactly in confirm_database. Nothing was changed; "
-            f"trigger again with confirm_database = {database}.") in run.log
+            f"trigger again with confirm_database = {database}.") in " ".join(run.log.split())  # wrapped in the log
     assert fingerprint(production) == before_fp and counts(production) == before_rows
     assert ledger_states(production)[EPIC5] == "applied" and audit_kinds(production) == []
     assert not [k for k in runner.keys() if k.endswith(".dump")]  # no safety backup either
@@ -197,6 +197,42 @@ def test_a_production_rollback_on_a_worker_with_only_the_staging_connection_fail
     assert {t: run.state(f"staging.{t}") for t in GROUP} == dict.fromkeys(GROUP, "skipped")
     assert re.search(r"ConnectionNotOnWorker: connection production_db is not defined on this worker \([^,]+, "
                      r"queue prod\): define production_db on the workers of queue prod \(AIRFLOW_CONN_PRODUCTION_DB "
-                     r"or the worker's secrets backend\)", run.log), run.log[-5000:]
+                     r"or the worker's secrets backend\)", " ".join(run.log.split())), run.log[-5000:]  # wrapped
     assert fingerprint(production) == before_fp and ledger_states(production)[EPIC5] == "applied"
     assert run.result["approvals"] == []
+
+
+def test_a_staging_rollback_from_a_production_backup_needs_allow_other_source_and_then_says_so(
+        runner: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+    from schema_deploy.backup import backup
+    from schema_deploy.restore import verify_backup
+
+    staging, production = targets["staging"], targets["production"]
+    with psycopg.connect(production) as conn:  # production's data differs from staging's
+        conn.execute("DELETE FROM recommendations WHERE id IN (SELECT id FROM recommendations LIMIT 7)")
+    s3 = runner.s3()
+    taken = backup(s3, production, f"s3://{stack_env['BACKUP_BUCKET']}/{runner.prefix}", environment="production",
+                   run_id="prod-nightly")
+    verify_backup(s3, taken.uri)
+    staging_db, production_db = staging.rsplit("/", 1)[1], production.rsplit("/", 1)[1]
+    before = counts(staging)
+    assert before != counts(production)
+
+    run = runner.run({"environment": "staging", "method": "backup", "backup_uri": taken.uri})
+    assert run.returncode == 1 and run.state("staging.preflight") == "failed"
+    assert (f"RestoreFromOtherSource: refusing to restore into database '{staging_db}': backup {taken.uri} was "
+            f"taken of production database '{production_db}' (as its manifest records), but the target is staging "
+            f"database '{staging_db}'. Nothing was changed.") in " ".join(run.log.split())  # however it is wrapped
+    assert counts(staging) == before and run.state("staging.rollback") in ("upstream_failed", None)
+
+    mark = slack_mark(stack_env)
+    run = runner.run({"environment": "staging", "method": "backup", "backup_uri": taken.uri,
+                      "allow_other_source": True})
+    assert run.returncode == 0, run.log[-5000:]
+    assert counts(staging) == counts(production)
+    other = run.xcom("staging.preflight")["backup"]["other_source"]
+    assert (other["from"]["environment"], other["from"]["database"]) == ("production", production_db)
+    assert run.xcom("staging.rollback")["other_source"]["to"] == {"environment": "staging", "database": staging_db}
+    texts = slack_texts(stack_env, mark)
+    assert f"data from production ({production_db}) to be restored into staging ({staging_db})" in texts
+    assert f"data from production ({production_db}) restored into staging ({staging_db})" in texts

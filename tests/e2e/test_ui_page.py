@@ -11,8 +11,7 @@ tests/artifacts/ (git-ignored).
 """
 from __future__ import annotations
 
-import os
-import shutil
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from schema_deploy.db import connect
 from schema_deploy.backup import backup
 from schema_deploy.bundle import load_bundle
 from tests.conftest import drop_database, with_database
-from tests.e2e.harness import airflow_services
+from tests.e2e.harness import airflow_services, chrome
 from tests.fleet_samples import context as fleet_context, record as fleet_record, spec as fleet_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,21 +206,6 @@ def test_the_page_is_linked_in_the_ui_navigation(api: httpx.Client) -> None:
 
 # --- a real browser ----------------------------------------------------------------------------------
 
-def chrome(tmp_path: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    browser = os.environ.get("CHROME_BIN") or shutil.which("chromium")
-    driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.fail("chromium and chromedriver are needed for the browser test: run devstack/ensure_chromium.sh "
-                    "as root (apt-get install -y --no-install-recommends chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1100", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(driver))
 
 
 def test_after_login_the_page_shows_the_matrix_in_a_real_browser(services: dict, tmp_path: Path) -> None:
@@ -272,3 +256,180 @@ def test_after_login_the_page_shows_the_matrix_in_a_real_browser(services: dict,
     finally:
         browser.quit()
     assert (ARTIFACTS / "ui_page.png").stat().st_size > 10_000
+
+
+# --- every decision and attempt on record, and links inside Airflow's frame -----------------------------
+# These run last: they add rows to production's chain (the tests above expect none there).
+
+REASON = "restore window collides with the billing batch"
+REJECTED_RUN = f"ui-reject__{uuid.uuid4().hex[:8]}"
+REFUSED_RUN = f"ui-refused__{uuid.uuid4().hex[:8]}"
+PIPELINE_RUN = f"ui-deploy-reject__{uuid.uuid4().hex[:8]}"
+ROLLBACK = "rollback_schema"
+ANSWER_AFTER_S = 5  # an answer within ~0.5 s of the task parking races the scheduler (test_airflow_services.py)
+
+
+def rollback_path(run_id: str) -> str:
+    from urllib.parse import quote
+
+    return f"/api/v2/dags/{ROLLBACK}/dagRuns/{quote(run_id, safe='')}"
+
+
+def finished_rollback(api: httpx.Client, run_id: str, reject: bool = False) -> str:
+    """Wait for a rollback_schema run to end, answering its production approval with Reject (and
+    the reason) like a person in "Required actions" when `reject`. Returns the run's state."""
+    from tests.e2e.harness import task_instances, wait_for
+
+    parked: list[float] = []
+
+    def check():
+        state = api.get(rollback_path(run_id)).json()["state"]
+        if state in ("success", "failed"):
+            return state
+        approval = task_instances(api, run_id, ROLLBACK).get("production.approve_rollback", {})
+        if reject and approval.get("state") in ("awaiting_input", "deferred") and not parked:
+            parked.append(time.monotonic())
+        if reject and parked and parked[0] > 0 and time.monotonic() - parked[0] >= ANSWER_AFTER_S:
+            answer = api.patch(f"{rollback_path(run_id)}/taskInstances/production.approve_rollback/-1/hitlDetails",
+                               json={"chosen_options": ["Reject"], "params_input": {"reason": REASON}})
+            assert answer.status_code == 200, answer.text
+            parked[0] = -1.0  # answered
+        return None
+
+    return wait_for(f"{ROLLBACK} run {run_id} to finish", check, 300, every=2,
+                    explain=lambda: f"; tasks: {({t: ti['state'] for t, ti in task_instances(api, run_id, ROLLBACK).items()})}")
+
+
+@pytest.fixture(scope="module")
+def decided(api: httpx.Client, stack: dict, stack_env: dict[str, str]) -> dict:
+    """A real production rollback rejected with a reason through Airflow's HITL endpoint, a real one
+    refused at preflight (a wrong confirmation), and a deploy rejection recorded through the pipeline's
+    record functions, as deploy_schema's audit tasks write it."""
+    from schema_deploy.config import DeployConfig
+    from schema_deploy.pipeline import Approval, Deployment, RunInfo, RunParams, Store, Target, record
+
+    from tests.e2e.harness import wait_for
+
+    wait_for("the dag-processor to parse rollback_schema",
+             lambda: True if api.get(f"/api/v2/dags/{ROLLBACK}").status_code == 200 else None, 180)
+    assert api.patch(f"/api/v2/dags/{ROLLBACK}", json={"is_paused": False}).status_code == 200
+    database = stack["urls"]["production"].rsplit("/", 1)[-1].split("?")[0]
+    states = {}
+    for run_id, confirm, reject in ((REJECTED_RUN, database, True), (REFUSED_RUN, "not-the-database", False)):
+        trigger = api.post(f"/api/v2/dags/{ROLLBACK}/dagRuns", json={
+            "dag_run_id": run_id, "logical_date": None,
+            "conf": {"environment": "production", "method": "backup", "backup_uri": stack["backup"].uri,
+                     "confirm_database": confirm}})
+        assert trigger.status_code == 200, trigger.text
+        states[run_id] = finished_rollback(api, run_id, reject=reject)  # max_active_runs=1: one after the other
+
+    s3 = boto3.session.Session().client(
+        "s3", endpoint_url=stack_env["S3_ENDPOINT_URL"], region_name="us-east-1",
+        aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"],
+        config=Config(s3={"addressing_style": "path"}))
+    cfg = DeployConfig(backup_bucket=stack["bucket"], backup_prefix=stack["prefix"])
+    ctx = Deployment(cfg=cfg, store=Store.from_config(s3, cfg), params=RunParams(),
+                     run=RunInfo(run_id=PIPELINE_RUN, triggered_by="alice", started="2026-12-06T06:00:00+00:00"))
+    rejected = Approval(approved=False, approver="bob", responded_at="2026-12-06T06:30:00+00:00",
+                        reason="not during the sale").to_xcom()
+    ran = {s: "success" for s in ("preflight", "backup", "apply_staging", "gate", "approval_needed", "approval")}
+    kept = record.record(ctx, {"apply_staging": Target("staging", "staging", stack["urls"]["staging"]),
+                               "apply_production": Target("production", "production", stack["urls"]["production"])},
+                         {"approval": rejected}, {**ran, "apply_production": "skipped"})
+    return {"states": states, "pipeline": kept, "database": database}
+
+
+def production_rows(stack: dict, run_id: str) -> list[tuple]:
+    with psycopg.connect(stack["urls"]["production"]) as conn:
+        return conn.execute("SELECT kind, payload->>'decision', payload->'targets'->>'production' "
+                            "FROM schema_deploy.audit_events WHERE run_id = %s", (run_id,)).fetchall()
+
+
+def test_a_rejected_rollback_ends_not_failed_and_is_in_productions_chain_with_who_and_why(
+        api: httpx.Client, stack: dict, decided: dict) -> None:
+    from tests.e2e.harness import events, task_instances, task_logs
+
+    def explain(run_id: str) -> str:
+        tis = task_instances(api, run_id, ROLLBACK)
+        logs = {t: events(task_logs(api, run_id, ti)[-1])[-25:] for t, ti in tis.items() if ti["try_number"]
+                and (ti["state"] == "failed" or t.endswith(("audit_record", "audit_attempt", "approve_rollback")))}
+        return f"tasks: {({t: ti['state'] for t, ti in tis.items()})}\nlogs: {json.dumps(logs, indent=1)}"
+
+    assert decided["states"][REJECTED_RUN] == "success", explain(REJECTED_RUN)  # a decision, not a fault
+    decision = f"rejected by admin: {REASON}"
+    assert production_rows(stack, REJECTED_RUN) == [("rollback", decision, f"nothing changed ({decision})")], \
+        explain(REJECTED_RUN)
+    assert production_rows(stack, PIPELINE_RUN) == [
+        ("deploy", "rejected by bob: not during the sale", "nothing changed (rejected by bob: not during the sale)")]
+    runs = {r["run_id"]: r for r in api.get(f"{PREFIX}/api/runs", params={"limit": 50}).json()["runs"]}
+    rejected = runs[REJECTED_RUN]
+    assert (rejected["summary"]["outcome"], rejected["summary"]["decision"]) == ("rejected", decision)
+    assert rejected["summary"]["backup"]["restored"] == stack["backup"].uri
+    assert [a["environment"] for a in rejected["audit"]] == ["production"]
+    assert rejected["document"]["uri"].startswith(f"s3://{stack['bucket']}/{stack['prefix']}/audit/")
+    assert rejected["document"]["record"]["approval"]["reason"] == REASON
+    refused = runs[REFUSED_RUN]
+    assert decided["states"][REFUSED_RUN] == "failed" and refused["audit"] == []  # nothing changed: no chain row
+    assert refused["summary"]["decision"] == "failed at task production.preflight"
+    assert refused["document"]["record"]["outcome"] == "failed"
+    assert runs[PIPELINE_RUN]["summary"]["decision"] == "rejected by bob: not during the sale"
+
+
+def test_the_page_in_airflows_frame_shows_decisions_and_records_and_its_run_link_navigates_the_frame(
+        services: dict, decided: dict, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = chrome(tmp_path)
+    wait = WebDriverWait(browser, 60)
+    try:
+        browser.get(services["url"] + "/auth/login?next=%2Fplugin%2Fschema-deploy")
+        wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
+        browser.find_element(By.NAME, "password").send_keys(services["password"])
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(lambda b: b.get_cookie("_token"))
+        browser.get(services["url"] + "/plugin/schema-deploy")  # Browse → Schema deployments
+        frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f'iframe[src*="{PREFIX}"]')))
+        assert "allow-top-navigation" not in (frame.get_attribute("sandbox") or "")  # why the links stay inside
+        browser.switch_to.frame(frame)
+        wait.until(lambda b: b.find_element(By.ID, "runs").get_attribute("data-state") == "loaded")
+
+        rejected = browser.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{REJECTED_RUN}"]')
+        decision = rejected.find_element(By.CSS_SELECTOR, ".decision")
+        assert decision.text == f"rejected by admin: {REASON}"
+        assert "approved" not in rejected.text
+        assert rejected.get_attribute("data-outcome") == "rejected" and "Airflow run: success" in rejected.text
+        records = rejected.find_element(By.CSS_SELECTOR, "td.records")
+        assert records.find_element(By.CSS_SELECTOR, '.chain-row[data-env="production"]').text.startswith(
+            "production: rejected · nothing changed")
+        assert "S3 s3://" in records.find_element(By.CSS_SELECTOR, ".document").text
+        assert decided["database"] in rejected.find_element(By.CSS_SELECTOR, "td.backup-cell").text or \
+            "restored" in rejected.find_element(By.CSS_SELECTOR, "td.backup-cell").text
+
+        refused = browser.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{REFUSED_RUN}"]')
+        assert refused.find_element(By.CSS_SELECTOR, ".decision").text == "failed at task production.preflight"
+        assert "S3 s3://" in refused.find_element(By.CSS_SELECTOR, "td.records").text  # its record, not "none"
+
+        pipeline = browser.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{PIPELINE_RUN}"]')
+        assert pipeline.find_element(By.CSS_SELECTOR, ".decision").text == "rejected by bob: not during the sale"
+        assert pipeline.find_elements(By.CSS_SELECTOR, '.chain-row[data-env="production"]')
+        browser.switch_to.default_content()
+        browser.save_screenshot(str(ARTIFACTS / "ui_page_decisions_in_airflow.png"))
+
+        # The run's link, clicked inside the sandboxed frame, navigates the frame to the run.
+        browser.switch_to.frame(frame)
+        link = browser.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{REJECTED_RUN}"] a.run-link')
+        assert link.get_attribute("target") in (None, "", "_self")
+        link.click()
+        wait.until(lambda b: f"/dags/{ROLLBACK}/runs/{REJECTED_RUN}" in b.execute_script("return location.href"))
+        browser.switch_to.default_content()
+        # The top page is still Airflow's page of the plugin (which mirrors the frame's path in its URL).
+        assert browser.current_url.startswith(services["url"] + "/plugin/schema-deploy")
+        assert browser.find_element(By.CSS_SELECTOR, f'iframe[src*="{PREFIX}"]')
+        browser.save_screenshot(str(ARTIFACTS / "ui_page_run_link_in_frame.png"))
+    except Exception:
+        browser.save_screenshot(str(ARTIFACTS / "ui_page_decisions_failure.png"))
+        raise
+    finally:
+        browser.quit()

@@ -64,8 +64,14 @@ def explain_cases() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("index, query", explain_cases(), ids=[c[0] for c in explain_cases()])
 def test_the_planner_chooses_each_new_index_for_its_query(database_url: str, index: str, query: str) -> None:
+    from schema_deploy.criteria import PLANNER_MIN_ROWS
+
     with psycopg.connect(database_url, autocommit=True) as conn:
         table = query.split(" FROM ", 1)[1].split()[0]
+        rows = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT {PLANNER_MIN_ROWS}) s").fetchone()[0]
+        if rows < PLANNER_MIN_ROWS:  # the rule verification follows: not measurable at this scale
+            pytest.skip(f"{table} has {rows:,} rows, fewer than {PLANNER_MIN_ROWS:,}: too small for the planner to "
+                        f"choose {index}")
         conn.execute(f"ANALYZE {table}")
         plan = conn.execute(f"EXPLAIN (FORMAT JSON) {query}").fetchone()[0]
     assert index in str(plan), f"the planner did not use {index}: {plan}"

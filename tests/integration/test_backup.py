@@ -292,13 +292,13 @@ def test_backup_verify_and_restore_round_trip_the_schema_and_the_rows(
                             ).fetchone()[0] == 0, "the scratch database was dropped"
 
     target = new_db()
-    restored = restore(s3, result.uri, target, pg_bindir=pg_bindir)
+    restored = restore(s3, result.uri, target, pg_bindir=pg_bindir, allow_other_source=True)
     assert restored.row_counts == manifest["row_counts"]
     assert live_counts(target, list(manifest["row_counts"])) == manifest["row_counts"]
     assert diff_fingerprints(fingerprint(small_db), fingerprint(target), "source", "restored") == []
     assert fingerprint(target)["indexes"] and fingerprint(target)["constraints"]
 
-    restore(s3, result.uri, target, clean=True, pg_bindir=pg_bindir)
+    restore(s3, result.uri, target, clean=True, pg_bindir=pg_bindir, allow_other_source=True)
     assert live_counts(target, list(manifest["row_counts"])) == manifest["row_counts"]
 
 
@@ -339,7 +339,7 @@ def test_one_flipped_byte_fails_verification_and_restore_with_the_sha256_mismatc
     target = new_db()
     with pytest.raises(RestoreFailed, match=r"(?s)the object does not match its manifest.*pg_restore was stopped "
                                             r"before the end of the archive.*the target is unchanged"):
-        restore(s3, result.uri, target, pg_bindir=pg_bindir)
+        restore(s3, result.uri, target, pg_bindir=pg_bindir, allow_other_source=True)
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
 
@@ -532,7 +532,7 @@ def test_manifest_row_counts_are_the_snapshot_the_dump_holds_while_writes_contin
     assert 50 <= manifest["row_counts"]["public.write_probe"] < live
 
     target = new_db()
-    restored = restore(s3, result.uri, target, pg_bindir=pg_bindir)
+    restored = restore(s3, result.uri, target, pg_bindir=pg_bindir, allow_other_source=True)
     assert restored.row_counts == manifest["row_counts"]
     assert live_counts(target, ["public.write_probe"]) == \
         {"public.write_probe": manifest["row_counts"]["public.write_probe"]}
@@ -549,8 +549,9 @@ def test_restore_into_a_database_with_another_session_is_refused_naming_it(
         with pytest.raises(RestoreRefused, match=rf"refusing to restore into database 't_\w+': 1 other session\(s\) "
                            rf"are connected to it: pid {pid} \(application 'report-job', client 127\.0\.0\.1, user "
                            r"migrator, state idle\)\. They would block the restore.*pass --force"):
-            restore(s3, result.uri, target, pg_bindir=pg_bindir)
-        assert restore(s3, result.uri, target, force=True, pg_bindir=pg_bindir).row_counts == \
+            restore(s3, result.uri, target, pg_bindir=pg_bindir, allow_other_source=True)
+        assert restore(s3, result.uri, target, force=True, pg_bindir=pg_bindir,
+                       allow_other_source=True).row_counts == \
             result.row_counts
 
 
@@ -572,7 +573,7 @@ def test_restore_clean_is_refused_while_a_session_of_another_role_is_connected(
                                rf"are connected to it: pid {pid} \(application '\(none\)', client \(hidden\), user "
                                rf"{role}, state \?\) \(role migrator sees other roles' sessions without their details: "
                                r"GRANT pg_read_all_stats TO migrator to see what they run\)\. They would block"):
-                restore(s3, result.uri, target, clean=True, pg_bindir=pg_bindir)
+                restore(s3, result.uri, target, clean=True, pg_bindir=pg_bindir, allow_other_source=True)
     finally:
         with psycopg.connect(stack_env["STAGING_ADMIN_URL"], autocommit=True) as admin:
             admin.execute(f'DROP ROLE "{role}"')
@@ -594,7 +595,8 @@ def test_restore_into_a_production_looking_database_needs_its_name_as_confirmati
     staging_named = new_db()
     with pytest.raises(RestoreRefused, match=r"its environment is marked production"):
         restore(s3, result.uri, staging_named, environment="production", pg_bindir=pg_bindir)
-    assert restore(s3, result.uri, target, confirm_production=name, pg_bindir=pg_bindir).row_counts == \
+    assert restore(s3, result.uri, target, confirm_production=name, pg_bindir=pg_bindir,
+                   allow_other_source=True).row_counts == \
         result.row_counts
 
 
@@ -728,7 +730,7 @@ def test_a_manifest_that_does_not_describe_the_dump_fails_the_restore_check_and_
     with pytest.raises(RestoreFailed, match=r"(?s)row counts differ from the manifest: public\.ghost: manifest 5, "
                        r"missing after the restore; public\.recommendations: manifest 301, restored 300\nThe "
                        r"restore committed, but the database does not hold exactly the backup's rows"):
-        restore(s3, result.uri, new_db(), pg_bindir=pg_bindir)
+        restore(s3, result.uri, new_db(), pg_bindir=pg_bindir, allow_other_source=True)
 
 
 # --- progress ------------------------------------------------------------------------------
@@ -778,7 +780,7 @@ def test_cli_backs_up_verifies_lists_and_restores(cli_env, capsys, to, small_db,
     assert (entry["uri"], entry["state"], entry["verified"]) == (uri, "complete", True)
 
     target = new_db()
-    code, out, err = run_cli(capsys, "restore", "--from", uri, "--db", target)
+    code, out, err = run_cli(capsys, "restore", "--from", uri, "--db", target, "--allow-other-source")
     assert code == 0, err
     assert out.startswith(f"restored {uri} into {target.rsplit('/', 1)[1]} in ")
 

@@ -88,7 +88,11 @@ def gate() -> dict[str, Any]:
     return {
         "gate": {"commands": [pytest_cmd.as_dict(), smoke.as_dict()],
                  "junit": [BACKUP_URI.removesuffix(".dump") + ".gate-1.junit.xml"], "tests": 12},
-        "verification": {"env": "staging", "checks": 31, "failed": 0},
+        "verification": {"env": "staging", "checks": 31, "failed": 0, "not_measurable": 0, "criteria": [
+            {"name": "foreign key constraints enforced", "verdict": "met", "detail": "2/2 constraint checks passed"},
+            {"name": "query performance meets expectations", "verdict": "met", "detail": "3/3 queries faster"}],
+            "verdict": "2/2 success criteria met"},
+        "outcome": "passed",
     }
 
 
@@ -141,12 +145,40 @@ def test_the_gate_section_counts_passed_commands_tests_and_verification_checks(
         summary: dict[str, Any], backup: dict[str, Any], gate: dict[str, Any]) -> None:
     shown = section(approval_body(summary, backup, gate), "Staging gate")
 
-    assert shown.strip() == "2/2 commands passed, 12 tests; verification 31 checks ok"
+    assert shown.strip().splitlines() == [
+        "**passed**: 2/2 commands passed, 12 tests; verification: 31 checks: 31 passed", "",
+        "**Success criteria on staging**: 2/2 success criteria met", "",
+        "* MET — foreign key constraints enforced: 2/2 constraint checks passed",
+        "* MET — query performance meets expectations: 3/3 queries faster"]
+
+
+def test_a_criterion_not_met_or_not_measurable_is_named_with_the_count_and_in_bold(
+        summary: dict[str, Any], backup: dict[str, Any], gate: dict[str, Any]) -> None:
+    from schema_deploy.criteria import Criterion, Verdicts
+
+    verdicts = Verdicts((Criterion("foreign key constraints enforced", "met", "1/1 constraint checks passed"),
+                         Criterion("new indexes created and used by queries", "not measurable", "t has 10 rows"),
+                         Criterion("query performance meets expectations", "not met", "index storage 3.01 MB")))
+    gate["verification"].update(criteria=verdicts.as_list(), verdict=verdicts.summary(), checks=42, not_measurable=2)
+    gate["outcome"] = "tests passed, but a success criterion was not met on staging"
+
+    shown = section(approval_body(summary, backup, gate), "Staging gate")
+
+    assert shown.strip().splitlines() == [
+        "**tests passed, but a success criterion was not met on staging**: 2/2 commands passed, 12 tests; "
+        "verification: 42 checks: 40 passed, 2 not measurable", "",
+        "**Success criteria on staging**: 1/3 success criteria met; not met: query performance meets expectations "
+        "(index storage 3.01 MB); not measurable: new indexes created and used by queries (t has 10 rows)", "",
+        "* MET — foreign key constraints enforced: 1/1 constraint checks passed",
+        "* **NOT MEASURABLE** — new indexes created and used by queries: t has 10 rows",
+        "* **NOT MET** — query performance meets expectations: index storage 3.01 MB"]
+    assert "checks ok" not in shown
 
 
 def test_a_failed_gate_command_is_not_counted_as_passed(summary: dict[str, Any], backup: dict[str, Any],
                                                         gate: dict[str, Any]) -> None:
     gate["gate"]["commands"][1]["exit_code"] = 2
+    del gate["outcome"]
 
     shown = section(approval_body(summary, backup, gate), "Staging gate")
 
@@ -174,7 +206,7 @@ def test_missing_xcoms_give_a_body_that_says_so_instead_of_failing() -> None:
     body = approval_body({}, {}, {})
 
     assert section(body, "Backup").strip() == "`none` sha256 `?`, verified by ?"
-    assert section(body, "Staging gate").strip() == "0/0 commands passed, 0 tests; verification 0 checks ok"
+    assert section(body, "Staging gate").strip() == "0/0 commands passed, 0 tests; verification: not run"
     assert "Strongest lock" not in body and "**Tables**" not in body
 
 

@@ -34,7 +34,7 @@ window_safety_factor: 1.5
 lock: {lock_timeout_ms: 200, max_lock_timeout_ms: 3000, lock_retries: 5}
 slack: {channel: "#ops"}
 schedule: {lead: 1h}
-expectations: {index_storage_mb: [10, 20], query_speedup_percent: [5, 15]}
+expectations: {index_storage_mb: [10, 20], query_speedup_percent: [5, 15], measurable_from_rows: 5000}
 prisma: {deploys: true, schema: prisma/schema.prisma, cli: tests/prisma}
 lint: {severity: {ban-drop-table: warning}}
 prechecks: {timeout_ms: 90000}

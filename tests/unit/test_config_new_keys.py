@@ -90,3 +90,16 @@ def test_a_bad_manual_runs_value_is_rejected_listing_the_valid_ones(tmp_path: Pa
         load(path)
 
     assert str(info.value) == f"{path}: approval.manual_runs: expected 'required' or 'form', got {shown}. Use one of those."
+
+
+def test_the_size_from_which_timings_are_judged_is_read_and_defaults_to_100000_rows(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "expectations: {measurable_from_rows: 5000}").expect_measurable_rows == 5000
+    assert load_text(tmp_path, "expectations:").expect_measurable_rows == 100_000
+    assert load(ROOT / "deploy.yaml").expect_measurable_rows == 100_000
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "many"])
+def test_a_measurable_size_that_is_not_a_positive_whole_number_is_rejected_naming_the_key(
+        tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"expectations\.measurable_from_rows: expected "):
+        load_text(tmp_path, f"expectations: {{measurable_from_rows: {value}}}")

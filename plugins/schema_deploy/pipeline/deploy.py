@@ -164,8 +164,8 @@ def preflight_production(ctx: Deployment, production: Target, checked: BundleChe
         checked = require_clean(conn, plan, lock_settings(ctx), waive=ctx.params.waive_prechecks or None,
                                 log=ctx.log.warning)
         prechecks = [r.as_dict() for r in checked]
-        for r in prechecks:
-            ctx.log.info("precheck %s: %s", "waived" if r["waived"] else "skipped" if r["skipped"] else "ok", r)
+        for r in checked:
+            ctx.log.info("%s", r.describe())
         return {"prechecks": prechecks, "table_sizes": table_sizes(conn, plan.tables())}
 
     return survey_target(ctx, production, release, bundle, production_facts)
@@ -363,7 +363,8 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
             return {"rows": row_counts(conn, tables), "query_ms": query_timings(conn, queries / "explain")}
 
     before = measured_before(ctx, target, measure)
-    log.info("%s before: rows %s", target.name, before["rows"])
+    log.info("%s before: rows %s", target.name,
+             ", ".join(f"{t} {n}" for t, n in sorted(before["rows"].items())) or "none counted")
     t0 = time.monotonic()
     result = run_apply(target.url, bundle, settings, online=params.online, log=log.info,
                        created=lambda status: tables_created(bundle, set(status.names("applied")) & this_run),
@@ -375,7 +376,7 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
                              if r.migration_name in names and r.applied)
     retries = sum(m.lock_retries for m in result.applied)
     log.info("%s: applied %s from release %s in %.2f s (%d lock retries)", target.name,
-             [m.name for m in result.applied] or "nothing", release.short, seconds, retries)
+             ", ".join(m.name for m in result.applied) or "nothing", release.short, seconds, retries)
     return ApplyResult(env=target.name, seconds=round(seconds if result.applied else ledger_seconds, 3),
                        table_bytes=size, migrations=names, before=before, lock_retries=retries,
                        applied=[m.as_dict() for m in result.applied], release=release.digest)
@@ -385,11 +386,14 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
 
 def verify(ctx: Deployment, target: Target, pre: PreflightResult, applied: ApplyResult) -> Verification:
     """Expectations of this run's migrations, the verification queries and EXPLAIN checks (all from
-    the release), and the facts of the change. A failed check or a changed row count raises; sizes and timings are facts."""
+    the release), and the facts of the change; then the plan's success criteria, each judged once
+    (`criteria.judge`: met, not met, or not measurable at this scale with the reason). A failed
+    check or a changed row count raises; a criterion not met on timings or sizes is a verdict, not
+    a failure. The log has one line per check and one per criterion."""
+    from schema_deploy.criteria import judge
     from schema_deploy.db import connect
     from schema_deploy.parse import parse_migration
-    from schema_deploy.verify import (criteria, index_sizes, performance_facts, query_timings, row_counts,
-                                      verify as run_verify)
+    from schema_deploy.verify import index_sizes, performance_facts, query_timings, row_counts, verify as run_verify
 
     cfg, log = ctx.cfg, ctx.log
     release = load_release(ctx, pre)
@@ -397,39 +401,72 @@ def verify(ctx: Deployment, target: Target, pre: PreflightResult, applied: Apply
     statements = [s for m in bundle.migrations if m.name in applied.migrations for s in parse_migration(m)]
     rows_before, before_ms = applied.before.get("rows", {}), applied.before.get("query_ms", {})
     tables = sorted(rows_before)
+    index_tables = {s.node.idxname: s.node.relation.relname for s in statements
+                    if s.kind == "CREATE INDEX" and s.node.idxname}
     with connect(target.url) as conn, releases.verify_dir(release, cfg.verify_dir) as queries:
         analyze(conn, tables)
         report = run_verify(conn, statements, queries)
         rows_after = row_counts(conn, tables)
-        sizes = index_sizes(conn, [s.node.idxname for s in statements if s.kind == "CREATE INDEX" and s.node.idxname])
+        sizes = index_sizes(conn, list(index_tables))
         after_ms = query_timings(conn, queries / "explain")
-    for check in report.checks:
-        log.info("%s %s: %s", "ok  " if check.ok else "FAIL", check.name, check.detail)
+    for i, check in enumerate(report.checks, 1):
+        log.info("%s check %d/%d %s", target.name, i, len(report.checks), check.line())
     lost = {t: (rows_before.get(t), rows_after.get(t)) for t in tables if rows_before.get(t) != rows_after.get(t)}
     perf = performance_facts(sizes, before_ms, after_ms, cfg.expect_index_mb, cfg.expect_speedup_pct)
     for line in perf["lines"]:
-        log.info("fact: %s", line)
-    outcome = criteria(report, lost, perf)
-    for name, (ok, detail) in outcome.items():
-        log.info("success criterion %-40s %s  %s", name, "MET " if ok else "NOT MET", detail)
+        log.info("%s fact: %s", target.name, line)
+    verdicts = judge(report.checks, rows_before, lost, perf, index_tables, cfg.expect_index_mb,
+                     cfg.expect_speedup_pct, cfg.expect_measurable_rows)
+    for criterion in verdicts.criteria:
+        log.info("%s success criterion %s", target.name, criterion.line())
+    log.info("%s: %s; %s", target.name, report.counts(), verdicts.summary())
     if not report.ok or lost:
         raise VerificationFailed(target.name, [f"{c.name}: {c.detail}" for c in report.failed]
                                  + [f"row count of {t} changed {b} -> {a}" for t, (b, a) in lost.items()])
     return Verification(env=target.name, checks=len(report.checks), failed=0, rows_before=rows_before,
                         rows_after=rows_after, index_bytes=sizes, query_ms_before=before_ms, query_ms_after=after_ms,
-                        facts=perf["lines"], criteria={k: {"met": ok, "detail": d} for k, (ok, d) in outcome.items()})
+                        facts=perf["lines"], criteria=verdicts.as_list(), verdict=verdicts.summary(),
+                        not_measurable=len(report.unmeasured))
+
+
+def verdict_facts(verification: dict[str, Any] | Verification) -> dict[str, str]:
+    """How every message states a verification: its check counts and its criteria's summary
+    (the same words as the approval page, the report and the record)."""
+    from schema_deploy.criteria import summary_of
+    from schema_deploy.pipeline.results import verification_counts
+
+    v = verification.to_xcom() if isinstance(verification, Verification) else (verification or {})
+    if not v:
+        return {"verification": "not run"}
+    return {"verification": verification_counts(v), "success criteria": v.get("verdict") or summary_of(
+        v.get("criteria"))}
+
+
+def has_unmet(verification: dict[str, Any] | Verification) -> bool:
+    """Whether a criterion of this verification was not met."""
+    from schema_deploy.criteria import NOT_MET
+
+    v = verification.to_xcom() if isinstance(verification, Verification) else (verification or {})
+    return any(c.get("verdict") == NOT_MET for c in v.get("criteria") or ())
 
 
 def production_done(ctx: Deployment, applied: ApplyResult, verified: Verification, backup_: BackupResult,
                     pre: PreflightResult) -> None:
-    """The closing Slack message of a successful deployment."""
-    met = sum(c["met"] for c in verified.criteria.values())
-    ctx.notify("production_done", {
+    """The closing Slack message of a successful deployment: its title says when a success
+    criterion was not met, and the facts name it."""
+    ctx.notify("production_done_unmet" if has_unmet(verified) else "production_done", {
         "release": release_fact(pre.release),
         "apply": f"{applied.seconds} s, {applied.lock_retries} lock retries",
-        "verification": f"{verified.checks} checks ok; {met}/{len(verified.criteria)} success criteria met",
+        **verdict_facts(verified),
         "rows": "unchanged in every touched table", "backup": f"{backup_.uri} (sha256 {backup_.sha256[:12]}…)",
         "facts": "\n".join(verified.facts[:3])}, None)
+
+
+def dry_run_facts(gated: dict[str, Any] | None) -> dict[str, str]:
+    """The dry run's closing message, from the gate step's result (a StagingGate's XCom): staging's
+    verification and criteria as the gate stated them."""
+    checked = (gated or {}).get("verification") or {}
+    return {"staging": "migrated and verified", **verdict_facts(checked), "production": "untouched"}
 
 
 # --- gate -----------------------------------------------------------------------------
@@ -458,21 +495,37 @@ def gate(ctx: Deployment, staging: Target, pre: PreflightResult, backup_: Backup
     failed = [r for r in results if not r.ok]
     names = [n for r in failed if r.junit for n in r.junit.failed]
     tests = sum(r.junit.tests for r in results if r.junit)
-    ctx.notify("gate_failed" if failed else "gate_passed",
-               {"release": release_fact(pre.release), "commands": f"{len(results) - len(failed)}/{len(results)} passed",
-                "tests": f"{tests} run" if tests else "",
-                "failing tests": "\n".join(names[:10]) or ("see the log" if failed else "")}, None)
-    if failed:
+    if failed:  # a passed gate is announced by staging_gate, once staging's criteria are judged too
+        ctx.notify("gate_failed", {"release": release_fact(pre.release),
+                                   "commands": f"{len(results) - len(failed)}/{len(results)} passed",
+                                   "tests": f"{tests} run" if tests else "",
+                                   "failing tests": "\n".join(names[:10]) or "see the log"}, None)
         raise GateFailed(failed)
     return GateResult(commands=[r.as_dict() for r in results], junit=uploaded, tests=tests)
+
+
+# The gate's outcome in words (StagingGate.outcome), as Slack, the approval page and the report say it.
+GATE_PASSED = "passed"
+GATE_UNMET = "tests passed, but a success criterion was not met on staging"
 
 
 def staging_gate(ctx: Deployment, staging: Target, pre: PreflightResult, backup_: BackupResult | None,
                  staged: ApplyResult) -> StagingGate:
     """The gate on staging: its test commands, then the verification of staging; production waits
-    for both."""
+    for both. A failing command or check stops the run here. A success criterion not met on staging
+    (only timings and sizes can be, while every check passes: the plan's estimates) does not stop
+    it, but the gate does not say "passed": Slack's title, the approval page and the report name the
+    criterion, so the approver decides knowing it."""
     gated = gate(ctx, staging, pre, backup_)
-    return StagingGate(gate=gated.to_xcom(), verification=verify(ctx, staging, pre, staged).to_xcom())
+    checked = verify(ctx, staging, pre, staged)
+    unmet = has_unmet(checked)
+    commands = gated.commands
+    ctx.notify("gate_criteria_not_met" if unmet else "gate_passed", {
+        "release": release_fact(pre.release),
+        "commands": f"{len(commands)}/{len(commands)} passed", "tests": f"{gated.tests} run" if gated.tests else "",
+        **verdict_facts(checked)}, None)
+    return StagingGate(gate=gated.to_xcom(), verification=checked.to_xcom(), outcome=GATE_UNMET if unmet
+                       else GATE_PASSED)
 
 
 # --- window ---------------------------------------------------------------------------
@@ -499,9 +552,9 @@ def window(ctx: Deployment, pre: PreflightResult, staged: ApplyResult | None,
     found = WindowSlot(skipped=False, window=slot.window.label, opens=slot.start.isoformat(),
                        closes=slot.end.isoformat(), needed=str(needed), staging_seconds=seconds)
     if slot.start <= now:
-        log.info("window %s is open until %s; %s needed", slot.window.label, slot.end, needed)
+        log.info("%s", replace(found, waited_s=0).describe())
         return replace(found, waited_s=0), None
     ctx.notify("waiting_window", {"until": slot.start.isoformat(), "window": slot.window.label,
                                   "expected duration": str(needed), "release": release_fact(pre.release)}, None)
-    log.info("waiting for window %s at %s (%s needed)", slot.window.label, slot.start, needed)
+    log.info("waiting for the next window with time enough: %s", found.describe())
     return found, slot.start + timedelta(seconds=1)

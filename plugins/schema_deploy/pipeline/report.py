@@ -46,7 +46,10 @@ def render(title: str, results: dict[str, Any], states: dict[str, str | None],
         out.append(f"  exit {c['exit_code']}  {c['seconds']:.1f} s  {junit.get('tests', '?')} tests, "
                    f"{len(junit.get('failed', []))} failing  {c['command']}")
     out += [f"  JUnit XML: {u}" for u in gate.get("junit", [])]
-    out.append(f"  staging verification: {x['gate'].get('verification', {}).get('checks', 0)} checks ok")
+    staged = x["gate"].get("verification") or {}
+    if x["gate"].get("outcome"):
+        out.append(f"  gate: {x['gate']['outcome']}")
+    out += verification_lines("staging verification", staged)
     a, w = x["approval"], x["window"]
     out += ["", "approval" + (f" ({notes['approval']})" if notes.get("approval") else ""),
             f"  {'approved' if a.get('approved') else 'NOT approved'} by {a.get('approver')} at {a.get('responded_at')}"
@@ -62,10 +65,9 @@ def render(title: str, results: dict[str, Any], states: dict[str, str | None],
     p, v = x["apply_production"], x["verification"]
     out += ["", "production apply",
             f"  {p.get('seconds')} s, {sum(len(m['steps']) for m in p.get('applied', []))} steps, "
-            f"{p.get('lock_retries', 0)} lock retries", "", "verification (production)",
-            f"  {v.get('checks', 0)} checks ok (expectations from the plan, sql/verify, EXPLAIN index usage)"]
-    for name, c in v.get("criteria", {}).items():
-        out.append(f"  {'MET    ' if c['met'] else 'NOT MET'} {name}: {c['detail']}")
+            f"{p.get('lock_retries', 0)} lock retries", ""]
+    out += verification_lines("verification (production; expectations from the plan, sql/verify, EXPLAIN "
+                              "index usage)", v, heading=True)
     if v.get("rows_before"):
         out.append("  rows before → after:")
         for table, before in sorted(v.get("rows_before", {}).items()):
@@ -81,3 +83,19 @@ def render(title: str, results: dict[str, Any], states: dict[str, str | None],
                 or "no database"),
             f"  record: {au.get('s3')} (sha256 {au.get('sha256')})"]
     return out
+
+
+def verification_lines(title: str, v: dict[str, Any], heading: bool = False) -> list[str]:
+    """A verification's check counts, its criteria's summary (the line Slack, the approval page and
+    the record carry) and one line per criterion."""
+    from schema_deploy.criteria import Verdicts
+    from schema_deploy.pipeline.results import verification_counts
+
+    head = [title] if heading else []
+    indent = "  " if heading else "    "
+    if not v:
+        return head + [f"  {'' if heading else title + ': '}not run"]
+    verdicts = Verdicts.from_list(v.get("criteria"))
+    return head + [f"  {'' if heading else title + ': '}{verification_counts(v)}",
+                   f"  success criteria: {v.get('verdict') or verdicts.summary()}"] + [
+        f"{indent}{line}" for line in verdicts.lines()]

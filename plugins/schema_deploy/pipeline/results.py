@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from schema_deploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from schema_deploy.criteria import Verdicts
 
 R = TypeVar("R", bound="Result")
 
@@ -148,14 +151,24 @@ class GateResult(Result):
 
 @dataclass(frozen=True)
 class StagingGate(Result):
-    """The gate step on staging: its commands' result and staging's verification (each to_xcom())."""
+    """The gate step on staging: its commands' result and staging's verification (each to_xcom()),
+    and the gate's outcome in words (`deploy.GATE_PASSED` or `deploy.GATE_UNMET`), as Slack, the approval
+    page and the report say it."""
 
     gate: dict[str, Any]
     verification: dict[str, Any]
+    outcome: str = ""
 
 
 @dataclass(frozen=True)
 class Verification(Result):
+    """What verification found on one target. `criteria`: the plan's success criteria, each
+    `{name, verdict, detail}` (`criteria.Criterion.as_dict()`), judged once by the verify step;
+    `verdict`: their summary (`criteria.Verdicts.summary()`), the one line every report shows;
+    `checks`: every check run, `not_measurable` of them could not be judged at this scale."""
+
+    VERSION = 2
+
     env: str
     checks: int
     failed: int
@@ -165,12 +178,36 @@ class Verification(Result):
     query_ms_before: dict[str, float]
     query_ms_after: dict[str, float]
     facts: list[str]
-    criteria: dict[str, dict[str, Any]]
+    criteria: list[dict[str, str]]
+    verdict: str = ""
+    not_measurable: int = 0
+
+    @property
+    def verdicts(self) -> Verdicts:
+        """The criteria as `criteria.Verdicts`."""
+        from schema_deploy.criteria import Verdicts
+
+        return Verdicts.from_list(self.criteria)
+
+    @property
+    def check_counts(self) -> str:
+        """`42 checks: 40 passed, 2 not measurable`."""
+        return verification_counts(self.to_xcom())
+
+
+def verification_counts(verification: dict[str, Any]) -> str:
+    """How every report counts a Verification's checks (from its XCom, or a record's copy)."""
+    from schema_deploy.criteria import check_counts
+
+    total, failed = int(verification.get("checks") or 0), int(verification.get("failed") or 0)
+    unmeasured = int(verification.get("not_measurable") or 0)
+    return check_counts(total, total - failed - unmeasured, failed, unmeasured)
 
 
 @dataclass(frozen=True)
 class Approval(Result):
-    """Who decided, when, and how (the Airflow UI, or --approved-by on the command line)."""
+    """Who decided, when, how (the Airflow UI, or --approved-by on the command line) and why (the
+    optional reason the responder typed)."""
 
     approved: bool
     approver: str
@@ -178,6 +215,21 @@ class Approval(Result):
     triggered_by: str | None = None
     approver_id: str | None = None
     via: str = "airflow"
+    reason: str = ""
+
+    @property
+    def decision(self) -> str:
+        """The decision in words, as the page, Slack and the record say it."""
+        return decision_text(self.to_xcom())
+
+
+def decision_text(approval: dict[str, Any]) -> str:
+    """"approved by X" / "rejected by X: reason" from an Approval's XCom (or a record's copy of it)."""
+    who = approval.get("approver") or "?"
+    reason = str(approval.get("reason") or "").strip()
+    if approval.get("approved"):
+        return f"approved by {who}" + (f": {reason}" if reason else "")
+    return f"rejected by {who}: {reason or 'no reason given'}"
 
 
 @dataclass(frozen=True)
@@ -191,6 +243,59 @@ class WindowSlot(Result):
     staging_seconds: float | None = None
     waited_s: float | None = None
 
+    def describe(self) -> str:
+        """The slot in a sentence, for logs and Slack (never the dataclass repr)."""
+        if self.skipped:
+            return f"the maintenance window was skipped: {self.reason or 'no reason given'}"
+        text = (f"maintenance window {self.window or '?'} is open from {_moment(self.opens)} "
+                f"until {_moment(self.closes)}")
+        if self.needed:
+            text += f"; the change needs about {_span(self.needed)}"
+            if self.staging_seconds is not None:
+                text += f" (staging took {_seconds(self.staging_seconds)}, scaled to production's size)"
+        if self.waited_s is not None:
+            text += "; no wait" if self.waited_s <= 0 else f"; waited {_seconds(self.waited_s)} for it"
+        return text
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def _moment(iso: str) -> str:
+    """An ISO 8601 time as `2026-12-06 07:48 UTC` (as given when it does not parse)."""
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(iso)
+    except (TypeError, ValueError):
+        return iso or "?"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _seconds(seconds: float) -> str:
+    """`42.0 s`, `3 min 20 s`, `2 h 5 min`."""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def _span(text: str) -> str:
+    """A `str(timedelta)` (`0:01:30`, `1 day, 2:00:00`) in words; as given when it is not one."""
+    import re
+
+    found = re.fullmatch(r"(?:(\d+) days?, )?(\d+):(\d{2}):(\d{2}(?:\.\d+)?)", text.strip())
+    if not found:
+        return text
+    days, hours, minutes, secs = found.groups()
+    return _seconds(((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + float(secs))
+
 
 @dataclass(frozen=True)
 class RunRecord(Result):
@@ -201,6 +306,12 @@ class RunRecord(Result):
     changed: list[str]  # the targets the run changed (their apply step ran): the ones to chain it into
     beside: str = ""  # the backup's URI: the document is kept next to it (else under audit/)
     release: str = ""  # the release's sha256
+    concerned: list[str] = field(default_factory=list)  # unchanged targets a decision concerned: chained too
+
+    @property
+    def chained(self) -> list[str]:
+        """The targets whose audit chain gets the record: those changed and those a decision concerned."""
+        return [*self.changed, *(t for t in self.concerned if t not in self.changed)]
 
 
 @dataclass(frozen=True)
@@ -265,6 +376,7 @@ class RollbackResult(Result):
     audit_rows_put_back: int = 0
     manifest_sha256: str | None = None
     manifest_row_counts: dict[str, int] | None = None
+    other_source: dict[str, Any] | None = None  # backup: from where into where, when asked for explicitly
 
 
 @dataclass(frozen=True)

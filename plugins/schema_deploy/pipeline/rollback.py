@@ -25,7 +25,7 @@ from typing import Any
 from schema_deploy import release as releases
 from schema_deploy.errors import ConfirmationMismatch, NoBackupToRestore, RollbackVerificationFailed, UsageError
 from schema_deploy.pipeline.deploy import load_release, release_fact
-from schema_deploy.pipeline.record import RECORD_VERSION, chain_into, keep_document
+from schema_deploy.pipeline.record import RECORD_VERSION, chain_into, decision_of, failed_at, keep_document
 from schema_deploy.pipeline.results import (AuditRecord, BackupResult, ReleaseRef, RollbackPlan, RollbackResult,
                                             RollbackVerification)
 from schema_deploy.pipeline.target import PRODUCTION, STAGING, Deployment, Target
@@ -48,6 +48,7 @@ class RollbackRequest:
     steps: int = 1  # down_migrations: how many applied migrations to undo, newest first
     confirm_database: str = ""  # a production target's database name, typed by the operator
     force: bool = False  # restore with other sessions connected
+    allow_other_source: bool = False  # restore a backup of another environment or database (recorded, announced)
 
     @classmethod
     def from_mapping(cls, params: dict[str, Any]) -> RollbackRequest:
@@ -55,7 +56,26 @@ class RollbackRequest:
         return cls(method=str(params.get("method") or BACKUP), backup_uri=str(params.get("backup_uri") or "").strip(),
                    steps=int(params.get("steps") or 1),
                    confirm_database=str(params.get("confirm_database") or "").strip(),
-                   force=bool(params.get("force", False)))
+                   force=bool(params.get("force", False)),
+                   allow_other_source=bool(params.get("allow_other_source") or False))
+
+    def check(self, environment: str) -> None:
+        """The rules across the form's fields, which Airflow's form cannot check (it validates each
+        field alone and sends an empty field as None), checked by the first task and again by
+        preflight, so any caller gets them: a production rollback needs its confirmation (its exact
+        value is checked by preflight, which knows the database), and a field of one method is not
+        given with the other. Nothing was changed when this refuses."""
+        if self.method not in METHODS:
+            raise UsageError(f"'Method' (method) is {self.method!r}, not one of {', '.join(METHODS)}. Nothing was "
+                             "changed; trigger again with one of them.")
+        if environment == PRODUCTION and not self.confirm_database:
+            raise UsageError("'Confirm the database name' (confirm_database) is empty, but 'Environment' "
+                             "(environment) is production: a production rollback needs the production database's "
+                             "name typed there. Nothing was changed; trigger again with it.")
+        if self.method == DOWN and self.backup_uri:
+            raise UsageError(f"'Backup URI' (backup_uri) is {self.backup_uri!r}, but 'Method' (method) is {DOWN}, "
+                             f"which restores no backup. Nothing was changed; trigger again with backup_uri empty "
+                             f"to run down migrations, or with method = {BACKUP} to restore that backup.")
 
 
 # --- the environment ------------------------------------------------------------------
@@ -80,6 +100,7 @@ def chosen_environment(params: dict[str, Any], group: str | None = None) -> str:
 def preflight(ctx: Deployment, target: Target, request: RollbackRequest) -> RollbackPlan:
     """Confirmation first (a production target's database name, typed exactly), then the backup to
     restore, or the down migrations planned and frozen into a release. Changes no database."""
+    request.check(target.role)  # the form's rules across fields, as choose_environment checked them
     database = target.database
     if target.role == PRODUCTION and request.confirm_database != database:
         raise ConfirmationMismatch(request.confirm_database, database)
@@ -88,7 +109,7 @@ def preflight(ctx: Deployment, target: Target, request: RollbackRequest) -> Roll
     ctx.cfg.bundle_path(ctx.params.bundle)  # an undeclared bundle is refused whichever the method
     backup, migrations, release = None, [], None
     if request.method == BACKUP:
-        backup = choose_backup(ctx, target, request.backup_uri)
+        backup = choose_backup(ctx, target, request.backup_uri, allow_other_source=request.allow_other_source)
         what = f"restore {backup['uri']}"
     else:
         frozen, migrations = plan_downs(ctx, target, request.steps)
@@ -97,16 +118,20 @@ def preflight(ctx: Deployment, target: Target, request: RollbackRequest) -> Roll
     plan = RollbackPlan(environment=target.name, database=database, method=request.method,
                         needs_approval=target.role == PRODUCTION, backup=backup, migrations=migrations,
                         release=release, confirmed=request.confirm_database, force=request.force, run=ctx.run.facts())
-    facts = {"target": f"{target.name} ({database})", "how": what, "who": ctx.run.triggered_by, "run": ctx.run.run_id}
+    facts = {"target": f"{target.name} ({database})", **other_source_fact(plan, done=False), "how": what,
+             "who": ctx.run.triggered_by, "run": ctx.run.run_id}
     sent = ctx.notify("rollback_started", {**facts, "release": release_fact(release)} if release else facts, None)
     return dataclasses.replace(plan, approval_body=approval_body(plan), slack_ts=sent.get("ts"))
 
 
-def choose_backup(ctx: Deployment, target: Target, uri: str = "") -> dict[str, Any]:
+def choose_backup(ctx: Deployment, target: Target, uri: str = "", *, allow_other_source: bool = False
+                  ) -> dict[str, Any]:
     """The named backup, or the newest complete and verified one of this target's database; every
-    candidate is logged. A named backup of another database is used, with a warning."""
+    candidate is logged. A backup taken of another environment or database (or of one its manifest
+    does not record) is refused (`RestoreFromOtherSource`) unless `allow_other_source`: then the
+    choice, who asked and from where to where, goes into the plan (`other_source`)."""
     from schema_deploy.backup_store import list_backups
-    from schema_deploy.restore import load_backup
+    from schema_deploy.restore import check_source, load_backup
 
     s3, root, log, database = ctx.store.s3, ctx.store.root, ctx.log, target.database
     mine = [b for b in list_backups(s3, root) if b.environment == target.name and b.database == database]
@@ -118,19 +143,33 @@ def choose_backup(ctx: Deployment, target: Target, uri: str = "") -> dict[str, A
                  (b.verification or {}).get("method") if b.verified else "no")
     if uri:
         _, _, manifest = load_backup(s3, uri)
-        if (manifest.get("database"), manifest.get("environment")) != (database, target.name):
-            log.warning("backup %s was taken of %s database %s, not of %s database %s", uri,
-                        manifest.get("environment"), manifest.get("database"), target.name, database)
     else:
         verified = [b for b in mine if b.verified]
         if not verified:
             raise NoBackupToRestore(target.name, database, root, len(mine))
         uri, manifest = verified[-1].uri, verified[-1].manifest or {}
+    source = check_source(uri, manifest, target.name, database, allow_other_source=allow_other_source,
+                          log=log.warning)
     log.info("chosen: %s", uri)
+    other = ({**source.as_dict(), "asked_by": ctx.run.triggered_by, "run": ctx.run.run_id,
+              "planned": source.fact(done=False)} if source.other else None)
     return {"uri": uri, "sha256": manifest.get("sha256"), "size": manifest.get("size"),
             "started_at": manifest.get("started_at"), "run_id": manifest.get("run_id"),
             "row_counts": manifest.get("row_counts") or {}, "total_rows": manifest.get("total_rows"),
-            "verified": bool((manifest.get("verification") or {}).get("ok"))}
+            "verified": bool((manifest.get("verification") or {}).get("ok")),
+            "source": source.as_dict()["from"], "other_source": other}
+
+
+def other_source_fact(plan: RollbackPlan | dict[str, Any], done: bool = True) -> dict[str, str]:
+    """The Slack fact of a restore of another environment's or database's data, asked for explicitly
+    (empty when the backup is the target's own)."""
+    backup = (plan.get("backup") if isinstance(plan, dict) else plan.backup) or {}
+    other = backup.get("other_source")
+    if not other:
+        return {}
+    said = other["fact"] if done else other.get("planned", other["fact"])
+    return {"data from another environment or database": f"{said}, asked for by {other.get('asked_by') or '?'} "
+                                                         "(allow_other_source)"}
 
 
 def plan_downs(ctx: Deployment, target: Target, steps: int) -> tuple[Release, list[dict[str, Any]]]:
@@ -174,6 +213,10 @@ def approval_body(plan: RollbackPlan) -> str:
                   f"`{(b.get('sha256') or '?')[:16]}…`, {b.get('total_rows')} rows, verified: {b.get('verified')}).",
                   "Everything written since that backup is replaced. A safety backup of the current state is "
                   "taken first."]
+        if b.get("other_source"):
+            other = b["other_source"]
+            lines.append(f"**Data from another environment or database**: {other.get('planned', other['fact'])}, "
+                         f"asked for by {other.get('asked_by') or '?'} (allow_other_source).")
     else:
         release = plan.release or {}
         lines.append(f"Down migrations from release `{release.get('short', '?')}` (bundle {release.get('bundle', '?')},"
@@ -217,7 +260,7 @@ def rollback(ctx: Deployment, target: Target, plan: RollbackPlan) -> RollbackRes
 
         done = restore_over(ctx.store.s3, (plan.backup or {})["uri"], target.url,
                             confirm_production=plan.confirmed or None, environment=target.role, force=plan.force,
-                            log=ctx.log.info)
+                            log=ctx.log.info, allow_other_source=bool((plan.backup or {}).get("other_source")))
         return RollbackResult(method=BACKUP, **done.as_dict())
     return run_downs(ctx, target, plan)
 
@@ -312,18 +355,33 @@ def outcome_of(results: dict[str, Any], states: dict[str, str | None]) -> str:
             else "failed" if any(s in ("failed", "upstream_failed") for s in states.values()) else "incomplete")
 
 
-def rollback_record(ctx: Deployment, target: Target, request: RollbackRequest, results: dict[str, Any],
-                    states: dict[str, str | None]) -> dict[str, Any]:
-    """The JSON-able record of a rollback run; `results`: step name -> its result's to_xcom() (or None)."""
+# The steps of a rollback run in order, the orchestrator's own first ones included (a refusal there
+# leaves a record too, see `record_attempt`).
+ATTEMPT_STEPS = ("choose_environment", "check_environment", *STEPS)
+
+
+def rollback_record(ctx: Deployment, target: Target | str, request: RollbackRequest, results: dict[str, Any],
+                    states: dict[str, str | None], task_ids: dict[str, str] | None = None) -> dict[str, Any]:
+    """The JSON-able record of a rollback run; `results`: step name -> its result's to_xcom() (or None);
+    `target`: the Target, or only its environment's name when no step reached it; `task_ids`: step
+    name -> the orchestrator's task id, to name a failed task as its log does."""
     plan = {k: v for k, v in (results.get("preflight") or {}).items()
             if k not in ("type", "version", "slack_ts", "approval_body")}
     release = plan.get("release") or {}
+    environment = target if isinstance(target, str) else target.name
+    decision = decision_of(results.get("approval"), states, approval_error=results.get("approval_error"),
+                           order=ATTEMPT_STEPS, task_ids=task_ids)
+    ran = states.get("rollback") in ("success", "failed")
     return {
         "record_version": RECORD_VERSION,
         "kind": "rollback",
         "outcome": outcome_of(results, states),
+        "decision": decision,
+        "failed_at": failed_at(states, ATTEMPT_STEPS, task_ids),
+        "targets": {environment: "changed" if ran else f"nothing changed ({decision})" if results.get("approval")
+                    else "nothing changed"},
         "run": {**ctx.run.facts(), "url": ctx.run.url, "started": ctx.run.started},
-        "params": {"environment": target.name, "bundle": ctx.params.bundle or ctx.cfg.default_bundle,
+        "params": {"environment": environment, "bundle": ctx.params.bundle or ctx.cfg.default_bundle,
                    **dataclasses.asdict(request)},
         "release": {k: release.get(k) for k in ("uri", "sha256", "short", "bundle", "source")} if release else None,
         "plan": plan,
@@ -337,22 +395,38 @@ def rollback_record(ctx: Deployment, target: Target, request: RollbackRequest, r
 
 
 def record(ctx: Deployment, target: Target, request: RollbackRequest, results: dict[str, Any],
-           states: dict[str, str | None]) -> AuditRecord:
-    """Kind 'rollback' chained into the target's audit trail when the rollback ran, and the record
-    kept in the store beside the safety backup (or under audit/); Slack hears that it is done when
-    verification passed. Idempotent: a retry finds its row in the chain and writes the same document."""
-    record_ = rollback_record(ctx, target, request, results, states)
+           states: dict[str, str | None], task_ids: dict[str, str] | None = None) -> AuditRecord:
+    """Kind 'rollback' chained into the target's audit trail when the rollback ran or a human decided
+    on it (a rejection is in the target's history, nothing changed), and the record kept in the
+    store beside the safety backup (or under audit/) whatever happened, a refusal included; Slack
+    hears that it is done when verification passed, and "rejected by X: reason" on a rejection.
+    Idempotent: a retry finds its row in the chain and writes the same document."""
+    record_ = rollback_record(ctx, target, request, results, states, task_ids)
     ran = states.get("rollback") in ("success", "failed")
-    chained = [chain_into(ctx, target, "rollback", record_)] if ran else []
+    chained = [chain_into(ctx, target, "rollback", record_)] if ran or results.get("approval") else []
     safety = (results.get("safety_backup") or {}).get("uri")
-    uri, digest = keep_document(ctx, record_, chained, safety)
+    uri, digest = keep_document(ctx, record_, chained, safety, kind="rollback")
+    if record_["outcome"] == "rejected":
+        ctx.notify("rollback_rejected", {"target": f"{target.name} ({record_['plan'].get('database')})",
+                                         "decision": record_["decision"], "changed": "nothing"}, None)
     if record_["outcome"] == "rolled back and verified":
         verification = results.get("verify") or {}
         ctx.notify("rollback_done", {
-            "target": f"{target.name} ({record_['plan'].get('database')})", "method": record_["plan"].get("method"),
+            "target": f"{target.name} ({record_['plan'].get('database')})", **other_source_fact(record_["plan"]),
+            "method": record_["plan"].get("method"),
             "ledger": ", ".join(f"{n}: {s}" for n, s in verification.get("ledger", {}).items()),
             "schema": f"fingerprint {verification.get('fingerprint_sha256', '?')[:16]}…",
             "safety backup": safety}, None)
     return AuditRecord(outcome=record_["outcome"], s3=uri, sha256=digest,
                        chain={r.environment: {"id": r.id, "row_hash": r.row_hash} for r in chained},
                        release=(record_["release"] or {}).get("sha256") or "")
+
+
+def record_attempt(ctx: Deployment, environment: str, request: RollbackRequest, results: dict[str, Any],
+                   states: dict[str, str | None], task_ids: dict[str, str] | None = None) -> AuditRecord:
+    """The record of a rollback attempt refused before its environment's steps could record it (the
+    environment or the form's fields refused): kept in the store under audit/ only, no database
+    opened, no chain (nothing changed, nobody decided)."""
+    record_ = rollback_record(ctx, environment, request, results, states, task_ids)
+    uri, digest = keep_document(ctx, record_, [], None, kind="rollback")
+    return AuditRecord(outcome=record_["outcome"], s3=uri, sha256=digest, chain={})

@@ -59,9 +59,9 @@ def run(ctx: Deployment, staging: Target, production: Target, *, source: Release
             event, deploy.naming_release(facts, pre.release), links))
         backup = out.step("backup", lambda: deploy.backup(ctx, production, pre))
         staged = out.step("apply_staging", lambda: deploy.apply(ctx, staging, pre))
-        out.step("gate", lambda: deploy.staging_gate(ctx, staging, pre, backup, staged))
+        gated = out.step("gate", lambda: deploy.staging_gate(ctx, staging, pre, backup, staged))
         if ctx.params.dry_run:
-            ctx.notify("dry_run_done", {"staging": "migrated and verified", "production": "untouched"}, None)
+            ctx.notify("dry_run_done", deploy.dry_run_facts(gated.to_xcom()), None)
             out.stopped = "dry run: staging migrated and verified, production untouched"
             return out
         if not approved_by:

@@ -85,16 +85,18 @@ class RunParams:
                              "declared bundle now: pass 'bundle' with one of deploy.yaml's bundle names.")
         cfg.bundle_path(self.bundle)
         if self.skip_window and not self.skip_window_reason.strip():
-            raise UsageError("skip_window is on but skip_window_reason is empty: say why production may change "
-                             "outside the maintenance window (it is recorded), or turn skip_window off.")
+            raise UsageError("'Skip the maintenance window' (skip_window) is on but 'Why skip the window' "
+                             "(skip_window_reason) is empty: say there why production may change outside the "
+                             "maintenance window (it is recorded), or turn skip_window off. Nothing was changed.")
         if self.dry_run and self.skip_window:
-            raise UsageError("dry_run leaves production untouched, so skip_window makes no sense with it; "
-                             "turn one of them off.")
+            raise UsageError("'Dry run' (dry_run) leaves production untouched, so 'Skip the maintenance window' "
+                             "(skip_window) makes no sense with it; turn one of them off. Nothing was changed.")
         if self.lock_retries is not None and self.lock_retries < 0:
             raise UsageError(f"lock_retries must be 0 or more (got {self.lock_retries}).")
         if not run_type.endswith("scheduled") and cfg.approval_manual and not self.require_approval:
-            raise UsageError(f"{cfg.source or 'deploy.yaml'}: approval.manual_runs is 'required', so require_approval "
-                             "cannot be turned off in the trigger form; leave it on, or set approval.manual_runs: form.")
+            raise UsageError(f"{cfg.source or 'deploy.yaml'}: approval.manual_runs is 'required', so 'Require "
+                             "approval' (require_approval) cannot be turned off in the trigger form; leave it on, or "
+                             "set approval.manual_runs: form.")
 
     def approval_required(self, cfg: DeployConfig, run_type: str) -> bool:
         """deploy.yaml's approval policy applied to this run (scheduled runs ignore the form)."""
