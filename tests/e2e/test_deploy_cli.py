@@ -66,7 +66,7 @@ def test_deploy_without_airflow_takes_both_databases_to_epic5_with_backup_gate_a
     report = second.stdout
     assert f"  {release['short']}  {release['uri']}" in report
     assert "approved by alice" in report and "via command line" in report
-    assert "MET     foreign key constraints enforced" in report
+    assert "MET            foreign key constraints enforced: " in report  # criteria.Criterion.line()
     assert applied(targets["production"]) == applied(targets["staging"])
     for url in targets.values():
         audit = subprocess.run([sys.executable, "-m", "schema_deploy", "audit", "verify", "--db", url], env=env,

@@ -165,6 +165,11 @@ def test_the_verdicts_agree_on_the_approval_page_in_slack_in_the_report_and_in_t
             (row,) = [r for r in audit.read_rows(conn) if r.run_id == document["run"]["run_id"]]
         assert row.payload["verification"]["verdict"] == production_says
 
+    # The Schema deployments page's run summary, read from that record: the same words.
+    from schema_deploy.overview import run_summary
+
+    assert run_summary(document)["verdict"] == production_says
+
     # Verification's log: one line per check, what was checked, the result, the evidence.
     assert ("staging check " in err and f"not measurable: planner uses {SMALL}_appliedAt_idx: {SMALL} has 10 rows"
             in err)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from schema_deploy.pipeline.results import decision_text
+
 ORDER = ("preflight_bundle", "preflight_staging", "preflight_production", "preflight", "backup", "apply_staging", "gate", "production_requested", "approval_needed", "approval",
          "window", "apply_production", "verification", "record")
 
@@ -52,8 +54,8 @@ def render(title: str, results: dict[str, Any], states: dict[str, str | None],
     out += verification_lines("staging verification", staged)
     a, w = x["approval"], x["window"]
     out += ["", "approval" + (f" ({notes['approval']})" if notes.get("approval") else ""),
-            f"  {'approved' if a.get('approved') else 'NOT approved'} by {a.get('approver')} at {a.get('responded_at')}"
-            f" via {a.get('via', '?')} (run triggered by {a.get('triggered_by')})" if a else "  none (not reached)",
+            f"  {decision_text(a)} at {a.get('responded_at')} via {a.get('via', '?')} "
+            f"(run triggered by {a.get('triggered_by')})" if a else "  none (not reached)",
             "", "maintenance window" + (f" ({notes['window']})" if notes.get("window") else "")]
     if w.get("skipped"):
         out.append(f"  skipped: {w.get('reason')}")
