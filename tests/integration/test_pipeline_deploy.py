@@ -366,3 +366,27 @@ def test_a_waiver_lets_preflight_go_on_past_failing_prechecks_and_the_run_keeps_
     kept = record.deploy_record(waiving, {"preflight": {"prechecks": survey.prechecks}}, {})
     assert kept["parameters"]["waive_prechecks"] == "orphans are archived rows, ticket 42"
     assert [p["waived"] for p in kept["prechecks"] if p["violations"]] == ["orphans are archived rows, ticket 42"]
+
+
+def test_production_verification_that_finds_lost_rows_or_a_missing_index_fails_naming_each_and_the_way_back(
+        ctx: Deployment, targets: dict[str, Target]) -> None:
+    from schema_deploy.errors import VerificationFailed
+
+    production = targets["production"]
+    pre = travel(deploy.preflight(ctx, targets["staging"], production))
+    production_applied = travel(deploy.apply(ctx, production, pre))
+    with psycopg.connect(production.url, autocommit=True) as conn:  # what went wrong after the apply
+        before = conn.execute('SELECT count(*) FROM "recommendations"').fetchone()[0]
+        conn.execute('DELETE FROM "recommendations" WHERE ctid IN (SELECT ctid FROM "recommendations" LIMIT 3)')
+        conn.execute('DROP INDEX "recommendations_userId_createdAt_idx"')
+
+    with pytest.raises(VerificationFailed) as caught:
+        deploy.verify(ctx, production, pre, production_applied)
+
+    message = str(caught.value)
+    assert message.startswith("verification of production failed: index recommendations_userId_createdAt_idx: "
+                              "missing; ")
+    assert "; planner uses recommendations_userId_createdAt_idx: plan uses: " in message
+    assert f"; row count of recommendations changed {before} -> {before - 3}. " in message
+    assert message.endswith("The change is applied; investigate, then roll back from the backup if needed.")
+    assert caught.value.exit_code == 1 and caught.value.target == "production"
