@@ -19,7 +19,7 @@ What it does, for a database whose custom-format dump is >= `--size-gb` ("big") 
    - floor:   `pg_dump -Fc > /dev/null`
    - awscli:  `pg_dump -Fc | aws s3 cp - s3://…` (awscli in a throwaway venv under /tmp,
               same endpoint, SSE AES256)
-   - ours:    `schema_deploy.backup.backup()` in its own Python process (snapshot, row
+   - ours:    `schema_deploy.backups.dump.backup()` in its own Python process (snapshot, row
               counts, multipart upload, sha256, manifest)
    - raw:     the same bytes (the dump, saved once to a file) uploaded by our multipart
               code without pg_dump: if this is close to `ours`, the endpoint is the limit
@@ -59,16 +59,16 @@ with os.fdopen(int(sys.argv[1]), "w") as out:
 """
 OURS = """
 import json, os, sys
-from schema_deploy.backup import backup
-from schema_deploy.backup_store import default_s3_client
+from schema_deploy.backups.dump import backup
+from schema_deploy.backups.store import default_s3_client
 r = backup(default_s3_client(), sys.argv[1], sys.argv[2], environment="bench", run_id=sys.argv[3],
            pg_bindir=os.environ["PG_BINDIR"], log=lambda m: print(m, file=sys.stderr, flush=True))
 print(json.dumps({"size": r.size, "parts": r.parts, "uri": r.uri}))
 """
 RAW = """
 import os, sys
-from schema_deploy.backup import MultipartStream
-from schema_deploy.backup_store import Sse, default_s3_client
+from schema_deploy.backups.dump import MultipartStream
+from schema_deploy.backups.store import Sse, default_s3_client
 s = MultipartStream(default_s3_client(), sys.argv[2], sys.argv[3], Sse())
 s.start()
 with open(sys.argv[1], "rb", buffering=0) as f:
@@ -108,8 +108,8 @@ def ensure_database(base: str, name: str, rows: int) -> str:
         pass
     from generate_data import generate
 
-    from schema_deploy.apply import apply
-    from schema_deploy.bundle import load_bundle
+    from schema_deploy.bundle.discover import load_bundle
+    from schema_deploy.engine.apply import apply
 
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.db or not args.bucket or "PG_BINDIR" not in os.environ:
         parser.error("source .devstack/env first (needs STAGING_DATABASE_URL, BACKUP_BUCKET, PG_BINDIR, AWS_*)")
 
-    from schema_deploy.backup_store import default_s3_client
+    from schema_deploy.backups.store import default_s3_client
 
     pg_dump = str(Path(os.environ["PG_BINDIR"]) / "pg_dump")
     big_rows = int(args.size_gb * 1.05e9 / DUMP_BYTES_PER_ROW)

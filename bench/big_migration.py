@@ -71,12 +71,12 @@ def child(kind: str, folder: str, url: str) -> None:
         text = (Path(folder) / "20260101000000_seed" / "migration.sql").read_text(encoding="utf-8")
         facts = {"statements": len(pglast.parse_sql(text))}
     else:
-        from schema_deploy.apply import load_state
-        from schema_deploy.bundle import load_bundle
-        from schema_deploy.db import connect
-        from schema_deploy.lint import lint_bundle
-        from schema_deploy.plan import plan_for
-        from schema_deploy.prechecks import run_prechecks
+        from schema_deploy.bundle.discover import load_bundle
+        from schema_deploy.engine.apply import load_state
+        from schema_deploy.lint.engine import lint_bundle
+        from schema_deploy.pg.db import connect
+        from schema_deploy.plan.planner import plan_for
+        from schema_deploy.plan.prechecks import run_prechecks
 
         bundle = load_bundle(folder)
         findings = lint_bundle(bundle)

@@ -105,7 +105,7 @@ def serial_loop(urls: list[str]) -> float:
 
 def fleet_record(stack: dict[str, str], run_id: str) -> dict:
     """The run's fleet record from S3 (PREFIX/fleets/tenants/runs/<run id>/fleet.json)."""
-    from schema_deploy.backup_store import default_s3_client, segment
+    from schema_deploy.backups.store import default_s3_client, segment
 
     os.environ.update({k: v for k, v in stack.items() if k.startswith("AWS_")})
     key = f"{S3_PREFIX}/fleets/tenants/runs/{segment(run_id)}/fleet.json"

@@ -61,10 +61,10 @@ def main() -> int:
         if key.startswith("AWS_"):
             os.environ[key] = value
 
-    from schema_deploy.backup_store import default_s3_client
-    from schema_deploy.config import DeployConfig
+    from schema_deploy.backups.store import default_s3_client
+    from schema_deploy.config.settings import DeployConfig
     from schema_deploy.pipeline import Deployment, RunInfo, Store, Target, deploy, fleet
-    from schema_deploy.pipeline.fleet import Member
+    from schema_deploy.pipeline.fleet.members import Member
 
     made = tenants.create(stack["PRODUCTION_DATABASE_URL"], 2 * args.members + 1, database_prefix=DB_PREFIX)
     rehearsal = tenants.with_database(stack["STAGING_DATABASE_URL"], f"{DB_PREFIX}staging")

@@ -29,8 +29,8 @@ import pglast
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "plugins")]
 
-from schema_deploy.bundle import load_bundle  # noqa: E402
-from schema_deploy.lint import lint_bundle  # noqa: E402
+from schema_deploy.bundle.discover import load_bundle  # noqa: E402
+from schema_deploy.lint.engine import lint_bundle  # noqa: E402
 
 TARGET_S = 2.0
 

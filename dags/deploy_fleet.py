@@ -1,19 +1,26 @@
 """
 ### deploy_fleet — one release to every database of a fleet (tenants, shards), in waves
 
-**What it does** (deploy.yaml `fleets:`; `[default]` = opens no database, `[staging]`, `[fleet]` = the
-fleet's `queue:`): `preflight_bundle` [default] (the form checked, the bundle linted and frozen) →
-`preflight_staging` [staging] → `preflight` [default] (the fleet's release: staging's plan frozen for
-staging and for every member, with staging's schema before the change) → `apply_staging` [staging] →
-`test_gate` [staging] (the rehearsal: gate commands and verification; **a dry run** changes nothing
-anywhere: staging is not migrated, every member is checked: reachable, ledger, drift, prechecks) → `fleet_members` [fleet] (the members from the fleet's list, connection-id prefix or
-catalog; names and attributes only in XCom, never URLs) → `canary` [fleet] (wave 0 in one process) →
-`approval_needed` → `approve_canary` (only with `waves.approve_after_canary`; Reject: the other members
-are not attempted) → `waves` [fleet] (the other waves in one process, `parallel` members at a time; the
-brake after each wave, `pause` between) → `windowed` [fleet] (the members whose window was closed in
-their wave: deferred, no worker slot held, until it opens; then deployed) → `fleet_record` [default] (a teardown: the fleet record at
-`PREFIX/fleets/<fleet>/runs/<run id>/fleet.json` and one Slack summary). Slack hears one message
-per wave (counts, failed members with their first error line, when the next wave starts), never one per member.
+**What it does** (deploy.yaml `fleets:`), one task per step, in this order; queue `default` = opens no
+database, `fleet` = the fleet's `queue:`:
+
+| task | queue | what it does |
+|---|---|---|
+| `preflight_bundle` | default | checks the form (fleet, only_targets), reads and lints the bundle, freezes it in S3 as a release without plans |
+| `preflight_staging` | staging | staging's ledger, schema fingerprint and plan of the release; changes nothing |
+| `preflight` | default | the fleet's release: staging's plan frozen for staging and for every member, with staging's schema before the change; opens no database |
+| `apply_staging` | staging | the rehearsal: the release applied to staging (**a dry run** changes nothing anywhere, staging included) |
+| `test_gate` | staging | gate commands against staging, then verification of staging (a dry run: the gate does not run) |
+| `fleet_members` | fleet | the members from the fleet's list, connection-id prefix or catalog, cut to only_targets; names and attributes only in XCom, never URLs; picks the canary among the members whose window is open |
+| `canary` | fleet | wave 0 in one process (**a dry run** only checks each member, whatever its window: reachable, ledger, drift, prechecks; the brake only says where a real run would stop) |
+| `approval_needed` | default | `approve_canary` when `waves.approve_after_canary`, else `waves` |
+| `approve_canary` | default | Approve / Reject the waves after the canary (Airflow's `ApprovalOperator`); Reject: the other members are not attempted |
+| `waves` | fleet | the other waves in one process, `parallel` members at a time; the brake (`halt_after`) after each wave, `pause` between |
+| `windowed` | fleet | the members whose window was closed in their wave: deferred, no worker slot held, until it opens; then deployed, the brake decides, deferred again until nobody waits (a dry run: the verdict) |
+| `fleet_record` | default | a teardown: the fleet record at `PREFIX/fleets/<fleet>/runs/<run id>/fleet.json` (every member's outcome, the waves, the brake's decisions) and one Slack summary |
+
+Slack hears one message per wave (counts, failed members with their first error line, when the next
+wave starts), never one per member.
 
 **Queues**: the member tasks run on the queue of the *first* declared fleet (read when the DAG is
 parsed); a fleet whose databases sit in another network needs that queue's workers to hold its

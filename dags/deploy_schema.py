@@ -1,27 +1,29 @@
 """
 ### deploy_schema — apply a migration bundle to staging, then production, safely
 
-**What it does**, one task per step, each on the Celery queue of the one database it opens
-(deploy.yaml `queues:`; `[default]` = opens no database, `[staging]`, `[production]`):
-`preflight_bundle` [default] (lint the declared bundle, freeze it in S3 as a release without plans) →
-`preflight_staging` [staging] and `preflight_production` [production] (each target's ledger, schema
-fingerprint and plan of that release; production also lint vs its plan, orphan/duplicate/NULL
-prechecks, table sizes) → `preflight` [default] (staging and production schemas must match; the
-release with both plans frozen in S3; Slack hears it started) → `backup_production` [production]
-(pg_dump streamed to S3, verified by a restore into a scratch database) → `apply_staging` [staging] →
-`test_gate` [staging] (the gate commands of deploy.yaml against staging, plus verification) →
-`production_requested`, `approval_needed`, `approve_production` [default] (Approve / Reject under
-"Required actions"; who and when is recorded) → `wait_for_window` [default] (deferred until a
-maintenance window with time enough) → `apply_production` [production] → `verify_production`
-[production] (the plan's success criteria, each with its evidence: constraints validated, indexes
-valid and chosen by the planner, exact row counts unchanged, index sizes and query timings against
-the plan's expectations) → the audit record, teardowns that always run: `audit_compose` [default]
-(the run's record, computed once) → `audit_staging` [staging] / `audit_production` [production]
-(hash-chained into `schema_deploy.audit_events` of each database the run changed, and into
-production's when the approval decided on it: a rejection is in production's history, saying
-nothing changed there) → `audit_record` [default] (kept beside the backup in S3, or under
-`audit/` when there is none: failed and nothing-to-do runs keep theirs too). Slack hears about
-every step.
+**What it does**, one task per step, in this order, each on the Celery queue of the one database it
+opens (deploy.yaml `queues:`; `default` = opens no database). Every task after `preflight_bundle`
+works from the release (its short digest and URI are on the approval page, in Slack and the record):
+
+| task | queue | what it does | on failure |
+|---|---|---|---|
+| `preflight_bundle` | default | checks the trigger form, reads and lints the declared bundle, freezes it in S3 as a release without plans; opens no database | changes nothing; not retried (bad input fails the same way twice) |
+| `preflight_staging`, `preflight_production` | staging, production | from that release: the target's ledger, schema fingerprint and plan; production also lint errors its online plan does not fix, orphan/duplicate/NULL prechecks, table sizes | change no database; not retried |
+| `preflight` | default | compares the two fingerprints (staging must match production before the change), stops with "nothing to deploy" when nothing is pending, freezes the release with both plans in S3; Slack hears it started | not retried |
+| `backup_production` | production | pg_dump streamed to S3, verified (sha256, TOC, restore into a scratch database) | no partial object; retried |
+| `apply_staging` | staging | the plan production will get; records rows and query timings before | resumes at the first unfinished step |
+| `test_gate` | staging | deploy.yaml's gate commands with `DATABASE_URL`=staging (JUnit XML kept beside the backup), then verification of staging | production untouched; failing tests named in Slack |
+| `production_requested` | default | stops a dry run here: production stays untouched | |
+| `approval_needed` | default | approval when deploy.yaml's policy or the trigger form asks for it | |
+| `approve_production` | default | Approve / Reject under "Required actions", showing plan, backup and gate, with an optional Reason field; records approver, time and reason | Reject skips production; the run ends successful (a decision, not a fault) |
+| `wait_for_window` | default | deferred (triggerer, no worker slot) until a maintenance window is open with enough time left: staging's duration × size ratio × safety factor | |
+| `apply_production` | production | online plan, lock retries with a blocker report per retry | resumes after a crash |
+| `verify_production` | production | the plan's success criteria, each with its evidence: constraints validated, indexes valid and chosen by the planner, exact row counts unchanged, index sizes and query timings against the plan's expectations | |
+| `audit_compose` | default | teardown (always runs): the run's record, computed once | the run's state stays the deployment's |
+| `audit_staging`, `audit_production` | staging, production | teardowns: the record hash-chained into `schema_deploy.audit_events` of each database the run changed, and into production's when the approval decided on it (a rejection is in production's history, saying nothing changed there) | the run's state stays the deployment's |
+| `audit_record` | default | teardown: the record kept beside the backup in S3, or under `audit/` when there is none (failed and nothing-to-do runs keep theirs too) | the run's state stays the deployment's |
+
+Slack hears about every step.
 
 **If it failed at 2 a.m.** — read the failed task's log; the first lines say what and
 where. Every task is safe to clear and re-run:
@@ -153,7 +155,7 @@ def deploy_schema():
 
     @task.branch(queue=queue(None), doc_md="Approval when deploy.yaml's policy or the trigger form asks for it.")
     def approval_needed(params=None, dag_run=None):
-        from schema_deploy import config
+        from schema_deploy.config import settings as config
         from schema_deploy_airflow.steps import approval_required
 
         needed = approval_required(params, str(dag_run.run_type), config.load())

@@ -2,31 +2,26 @@
 ### rollback_schema — put a database back: restore a backup, or run down migrations
 
 **What it does**: `choose_environment` reads the form's `environment` and runs that
-environment's task group (`staging.…` or `production.…`); the other group is skipped whole,
-so nothing of it runs and its database connection is never read. Inside the group, one task
-per step: `check_environment` (this group is the form's environment) → `preflight` (for
-production, `confirm_database` must be
-the production database's exact name — checked before anything else; then either the backup
-to restore — the one in `backup_uri`, or the newest complete and verified backup of that
-database; every candidate is listed in the log with size, rows, sha256 and verification — or
-the newest applied migrations to undo, with their `down.sql` parsed and planned, and the
-bundle frozen into a release in S3 (`releases/<sha256>.json`): the later tasks run that
-release's `down.sql`, never the folder's, and say in their log when the folder differs) →
-`approval_needed` (production: yes; staging: no) → `approve_rollback` (Approve / Reject under
-"Required actions"; Reject stops here, nothing changed) → `safety_backup` (the current state,
-pg_dump streamed to S3 and verified: the way back from this rollback) → `rollback` (a streamed
-`pg_restore --clean` in one transaction, or the release's down migrations through the deploy
-engine with lock retries; the ledger marks them rolled back, so they are pending again) → `verify_rollback`
-(row counts equal the backup's manifest, or the undone migrations are pending; no INVALID
-index; the schema fingerprint recorded) → `audit_record` (the group's teardown: runs whatever
-happened once `check_environment` passed; kind `rollback` chained
-into `schema_deploy.audit_events` of the target when the rollback ran or a human decided on it
-(a rejection is in the target's chain, saying nothing changed), and a JSON document beside the
-safety backup in S3, or under `audit/` when there is none; Slack hears "rollback done", or
-"rejected by X: reason") → `audit_attempt` (the DAG's last teardown: when the run was refused
-before a group could record it, its record in S3, so every attempt leaves one). Slack hears
-every step and failure. A Reject is a decision, not a fault: the run ends successful (no failure
-alarm), and the page, Slack and the record say "rejected by X: reason".
+environment's task group (`staging.…` or `production.…`; task ids carry the group, e.g.
+`production.rollback`); the other group is skipped whole, so nothing of it runs and its database
+connection is never read. Inside the group, one task per step, in this order (queue `default` =
+opens no database, `environment` = the group's environment's queue):
+
+| task | queue | what it does |
+|---|---|---|
+| `choose_environment` | default | a branch on the form's `environment`: its group runs, the other is skipped whole; refuses contradicting form fields before anything runs |
+| `check_environment` | default | this group is the form's environment (the group's setup, so its `audit_record` runs whatever happens after it) |
+| `preflight` | environment | for production, `confirm_database` must be the production database's exact name — checked before anything else; then either the backup to restore — the one in `backup_uri`, or the newest complete and verified backup of that database; every candidate is listed in the log with size, rows, sha256 and verification — or the newest applied migrations to undo, with their `down.sql` parsed and planned, and the bundle frozen into a release in S3 (`releases/<sha256>.json`): the later tasks run that release's `down.sql`, never the folder's, and say in their log when the folder differs |
+| `approval_needed` | default | production: yes; staging: no |
+| `approve_rollback` | default | production only: Approve / Reject under "Required actions"; Reject stops here, nothing changed |
+| `safety_backup` | environment | the current state, pg_dump streamed to S3 and verified: the way back from this rollback |
+| `rollback` | environment | a streamed `pg_restore --clean` in one transaction, or the release's down migrations through the deploy engine with lock retries; the ledger marks them rolled back, so they are pending again |
+| `verify_rollback` | environment | row counts equal the backup's manifest, or the undone migrations are pending; no INVALID index; the schema fingerprint recorded |
+| `audit_record` | environment | the group's teardown: runs whatever happened once `check_environment` passed; kind `rollback` chained into `schema_deploy.audit_events` of the target when the rollback ran or a human decided on it (a rejection is in the target's chain, saying nothing changed), and a JSON document beside the safety backup in S3, or under `audit/` when there is none; Slack hears "rollback done", or "rejected by X: reason" |
+| `audit_attempt` | default | the DAG's last teardown: when the run was refused before a group could record it, its record in S3, so every attempt leaves one |
+
+Slack hears every step and failure. A Reject is a decision, not a fault: the run ends successful
+(no failure alarm), and the page, Slack and the record say "rejected by X: reason".
 
 **Where each task runs** (Celery queues from deploy.yaml `queues:`; `default` when unset): the
 tasks that open the database — `preflight`, `safety_backup`, `rollback`, `verify_rollback`,

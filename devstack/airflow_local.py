@@ -316,7 +316,7 @@ def worker_env(control: dict[str, str], stack: dict[str, str], home: Path, env_n
 def worker_queue(env: dict[str, str], env_name: str) -> str:
     """The queue deploy.yaml (as the worker's copy has it) routes `env_name`'s tasks to."""
     sys.path.insert(0, str(REPO / "plugins"))
-    from schema_deploy import config
+    from schema_deploy.config import settings as config
 
     return config.load(env["SCHEMA_DEPLOY_CONFIG"]).queue(env_name)
 
@@ -363,13 +363,13 @@ def fleet_queue(settings: Path) -> str:
     """The queue deploy_fleet's member tasks run on, as the DAG reads it (fleet_steps.member_queue):
     the first declared fleet's `queue:`, else the default queue."""
     sys.path.insert(0, str(REPO / "plugins"))
-    from schema_deploy import config
+    from schema_deploy.config import settings as config
     from schema_deploy.errors import SchemaDeployError
 
     try:
         cfg = config.load(settings)
         if not cfg.fleets:
-            raise LocalAirflowError(f"--fleet-env is given, but {settings} declares no fleets: (README, Fleets): "
+            raise LocalAirflowError(f"--fleet-env is given, but {settings} declares no fleets: (docs/fleets.md): "
                                     "declare the fleet, or leave --fleet-env out")
         return cfg.fleet_queue(cfg.fleets[0].name)
     except SchemaDeployError as exc:

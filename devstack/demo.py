@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "devstack")]
 
 from airflow_env import stack_env  # noqa: E402
-from schema_deploy.errors import scrub  # noqa: E402
+from schema_deploy.redact import scrub  # noqa: E402
 from seed import reset  # noqa: E402
 
 CONFIG = REPO / "devstack" / "demo-deploy.yaml"

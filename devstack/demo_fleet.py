@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def fleet_document(uri: str, stack: dict[str, str]) -> dict:
     """The fleet record deploy_fleet kept in S3."""
-    from schema_deploy.backup_store import default_s3_client, parse_s3_uri
+    from schema_deploy.backups.store import default_s3_client, parse_s3_uri
 
     os.environ.update({k: v for k, v in stack.items() if k.startswith("AWS_")})
     bucket, key = parse_s3_uri(uri)

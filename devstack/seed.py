@@ -16,15 +16,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [p for p in (str(REPO / "plugins"), str(REPO / "devstack")) if p not in sys.path]
 
 from generate_data import generate  # noqa: E402
-from schema_deploy.apply import apply  # noqa: E402
-from schema_deploy.bundle import load_bundle  # noqa: E402
+from schema_deploy.engine.apply import apply  # noqa: E402
+from schema_deploy.bundle.discover import load_bundle  # noqa: E402
 
 BASELINE = "20250915090000_baseline"
 
 
 def recreate(url: str) -> None:
     """Drop and create the database `url` names (the stack's role owns it)."""
-    from schema_deploy.pg_tools import drop_database, target_of
+    from schema_deploy.pg.tools import drop_database, target_of
 
     parts = urlsplit(url)
     name = parts.path.lstrip("/")

@@ -63,7 +63,7 @@ def existing(base_url: str, prefix: str = PREFIX) -> list[str]:
 
 def drop(base_url: str, prefix: str = PREFIX) -> list[str]:
     """Drop every database of `prefix` (tenants and template); returns their names."""
-    from schema_deploy.pg_tools import drop_database, target_of
+    from schema_deploy.pg.tools import drop_database, target_of
 
     found = existing(base_url, prefix)
     admin = target_of(with_database(base_url, "postgres"))

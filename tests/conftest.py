@@ -51,8 +51,8 @@ def with_database(url: str, dbname: str) -> str:
 
 
 def drop_database(base_url: str, name: str) -> None:
-    """Drop a test database with the product's own helper (see schema_deploy.pg_tools)."""
-    from schema_deploy.pg_tools import drop_database as drop, target_of
+    """Drop a test database with the product's own helper (see schema_deploy.pg.tools)."""
+    from schema_deploy.pg.tools import drop_database as drop, target_of
 
     drop(target_of(base_url), name, "schema-deploy-tests")
 
@@ -77,7 +77,7 @@ def fresh_db(stack_env: dict[str, str]) -> Iterator[str]:
 @pytest.fixture
 def s3(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
     """The product's own S3 client (boto3's standard environment) pointed at the stack's endpoint."""
-    from schema_deploy.backup_store import default_s3_client
+    from schema_deploy.backups.store import default_s3_client
 
     for key, value in stack_env.items():
         if key.startswith("AWS_"):

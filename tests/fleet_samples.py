@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from schema_deploy.config import DeployConfig
-from schema_deploy.config_fleets import FleetSpec, Share, WavesSpec
+from schema_deploy.config.fleets import FleetSpec, Share, WavesSpec
+from schema_deploy.config.settings import DeployConfig
 from schema_deploy.pipeline import fleet
 from schema_deploy.pipeline.results import BrakeDecision, MemberOutcome, PreflightResult
 from schema_deploy.pipeline.target import Deployment, RunInfo, Store

@@ -1,6 +1,6 @@
 import sys
 
-from schema_deploy.cli import main
+from schema_deploy.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

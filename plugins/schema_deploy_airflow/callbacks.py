@@ -50,7 +50,7 @@ def failure_links(ti: Any) -> dict[str, str]:
 
 def failure_facts(ti: Any, error: BaseException | None) -> dict[str, object]:
     """What the FAILED message says: the DAG (in the text, not only in the link), task, try, error."""
-    from schema_deploy.errors import scrub
+    from schema_deploy.redact import scrub
 
     # fail_fast's exception is wrapped for the log; Slack gets the message as written.
     text = (getattr(error, "unwrapped", None) or str(error)) if error else ""
@@ -61,7 +61,7 @@ def failure_facts(ti: Any, error: BaseException | None) -> dict[str, object]:
 def notify_failure(context: Any, event: str = "failed") -> None:
     """on_failure_callback of every task of the three DAGs (`event`: rollback_schema's is
     rollback_failed); posts only for the run's first failed task. Never raises."""
-    from schema_deploy.errors import scrub
+    from schema_deploy.redact import scrub
     from schema_deploy_airflow.steps import notify, task_log
 
     log = task_log()

@@ -33,7 +33,7 @@ def get_connection(conn_id: str):
 
 def database_url(conn_id: str) -> str:
     """A postgresql:// URL (password percent-encoded) from a postgres connection."""
-    from schema_deploy.errors import ConfigError
+    from schema_deploy.config.errors import ConfigError
 
     conn = get_connection(conn_id)
     if not conn.host or not conn.schema:
@@ -66,7 +66,7 @@ def slack_poster(channel: str, thread_ts: str | None = None,
     """
     from airflow.providers.slack.hooks.slack import SlackHook
     from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-    from schema_deploy.notify import api_poster, webhook_poster
+    from schema_deploy.ops.notify import api_poster, webhook_poster
 
     if SlackHook.get_connection(conn_id).conn_type == "slack":
         return api_poster(SlackHook(slack_conn_id=conn_id).client, channel, thread_ts)

@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any
 
-from schema_deploy import config as deploy_config
+from schema_deploy.config import settings as deploy_config
 from schema_deploy.errors import SchemaDeployError, UsageError
 from schema_deploy_airflow import connections
 from schema_deploy_airflow.steps import PREFLIGHT, current_context, deployment, fail_fast, notify, pulled, task_log
@@ -42,7 +42,7 @@ def fleet_param():
     names = fleet_names()
     if not names:  # nullable: the form still submits, and preflight_bundle says what to declare
         return Param(None, type=["null", "string"], title="Fleet",
-                     description="deploy.yaml declares no fleets: (see README, Fleets).")
+                     description="deploy.yaml declares no fleets: (see docs/fleets.md).")
     return Param(names[0], type="string", enum=names, title="Fleet", description="One of deploy.yaml's fleets:.")
 
 

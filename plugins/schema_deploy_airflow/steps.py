@@ -12,8 +12,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from schema_deploy import config as deploy_config
-from schema_deploy.errors import SchemaDeployError, is_transient, scrub
+from schema_deploy.config import settings as deploy_config
+from schema_deploy.errors import SchemaDeployError, is_transient
+from schema_deploy.redact import scrub
 from schema_deploy_airflow import connections
 
 PREFLIGHT = "preflight"
@@ -38,7 +39,7 @@ def fail_fast(step: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(step)
     def run(*args: Any, **kwargs: Any) -> Any:
-        from schema_deploy.errors import NothingToDeploy
+        from schema_deploy.pipeline.errors import NothingToDeploy
 
         try:
             return step(*args, **kwargs)
@@ -140,7 +141,7 @@ def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | No
            context: dict[str, Any] | None = None) -> dict[str, object]:
     """Post to Slack through the `slack_deploys` connection, threaded under the run's first message
     when the connection is a Web API one. Never raises: a deployment never waits on Slack."""
-    from schema_deploy.notify import Delivery, deliver, message
+    from schema_deploy.ops.notify import Delivery, deliver, message
 
     try:
         channel = deploy_config.load().slack_channel
@@ -193,7 +194,7 @@ def worker_place(context: dict[str, Any] | None = None) -> tuple[str, str]:
 def target(name: str, context: dict[str, Any] | None = None):
     """The Target of an environment, from its connection. A worker without that connection (the task
     was routed to another environment's queue) gets a message naming the connection, queue and fix."""
-    from schema_deploy.errors import ConnectionNotOnWorker
+    from schema_deploy.pipeline.errors import ConnectionNotOnWorker
     from schema_deploy.pipeline.target import Target
 
     conn_id = connections.DB_CONNECTIONS[name]

@@ -1,6 +1,6 @@
 """A timetable that runs a DAG a lead time before each maintenance window opens.
 
-The scheduling arithmetic is `schema_deploy.window.next_run_before_windows`; this module adapts it
+The scheduling arithmetic is `schema_deploy.ops.window.next_run_before_windows`; this module adapts it
 to Airflow's Timetable API. The class must be registered by a plugin
 (`plugins/schema_deploy_plugin.py`): Airflow serializes a timetable by its import path and
 refuses one that no plugin registers.
@@ -16,15 +16,9 @@ from airflow.exceptions import AirflowTimetableInvalid
 from airflow.timetables.base import DagRunInfo, DataInterval, TimeRestriction, Timetable
 from pendulum import DateTime
 
-from schema_deploy import config
-from schema_deploy.window import (
-    Window,
-    format_duration,
-    next_run_before_windows,
-    next_slot,
-    parse_duration,
-    utc_instant,
-)
+from schema_deploy.config import settings as config
+from schema_deploy.config.windows import Window, format_duration, parse_duration
+from schema_deploy.ops.window import next_run_before_windows, next_slot, utc_instant
 
 
 class MaintenanceWindowTimetable(Timetable):
@@ -120,7 +114,7 @@ def _utc(moment: datetime) -> DateTime:
 
 def deploy_schedule() -> MaintenanceWindowTimetable | None:
     """deploy_schema's schedule from deploy.yaml: `schedule.lead` before each window, else manual only."""
-    from schema_deploy import config
+    from schema_deploy.config import settings as config
 
     lead = config.load().schedule_lead
     return MaintenanceWindowTimetable.from_config(lead=lead) if lead is not None else None

@@ -42,7 +42,7 @@ Routes (GET; JSON unless said otherwise):
 An unknown fleet or run, or no records at all, is a 404, a bad filter a 400, an unusable store a
 502; each with `{detail}` saying what to do.
 
-The logic lives in `schema_deploy.overview` and `schema_deploy.fleet_view`; this module only
+The logic lives in `schema_deploy.views.overview` and `schema_deploy.views.fleet`; this module only
 adapts Airflow (connections, its runs and their XComs, authentication).
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ from starlette.exceptions import HTTPException
 
 from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_authenticated
-from schema_deploy.fleet_view import FleetViewError
+from schema_deploy.views.fleet import FleetViewError
 
 URL_PREFIX = "/schema-deploy"
 FLEET_DAG = "deploy_fleet"
@@ -91,7 +91,7 @@ async def fleet_view_refused(request: Request, exc: FleetViewError) -> JSONRespo
 
 
 def _urls_or_errors() -> tuple[dict[str, str], dict[str, str]]:
-    from schema_deploy.overview import error_text
+    from schema_deploy.views.overview import error_text
     from schema_deploy_airflow.connections import DB_CONNECTIONS, database_url
 
     urls, errors = {}, {}
@@ -111,7 +111,7 @@ def airflow_runs(session, limit: int) -> list[dict[str, Any]]:
 
     from airflow.configuration import conf
     from airflow.models.dagrun import DagRun
-    from schema_deploy.overview import DAG_IDS
+    from schema_deploy.views.overview import DAG_IDS
 
     base = conf.get("api", "base_url", fallback="").rstrip("/")
     query = (select(DagRun).where(DagRun.dag_id.in_(DAG_IDS))
@@ -161,9 +161,9 @@ def page(request: Request, user: GetUserDep) -> HTMLResponse:
 @app.get("/api/matrix")
 def matrix() -> dict[str, Any]:
     """Migrations of the bundle × environments."""
-    from schema_deploy import config
-    from schema_deploy.bundle import load_bundle
-    from schema_deploy.overview import read_matrix
+    from schema_deploy.bundle.discover import load_bundle
+    from schema_deploy.config import settings as config
+    from schema_deploy.views.overview import read_matrix
 
     urls, errors = _urls_or_errors()
     cfg = config.load()
@@ -176,7 +176,7 @@ def matrix() -> dict[str, Any]:
 def runs(session: SessionDep, limit: int = Query(20, ge=1, le=200)) -> dict[str, Any]:
     """Recent deploy_schema / rollback_schema runs with their audit records: chain rows, and the
     record each run kept in the store (failed, refused and nothing-to-do runs have no chain row)."""
-    from schema_deploy.overview import read_runs, run_documents
+    from schema_deploy.views.overview import read_runs, run_documents
 
     urls, errors = _urls_or_errors()
     root, s3, store_error = _fleet_store()
@@ -190,8 +190,8 @@ def runs(session: SessionDep, limit: int = Query(20, ge=1, le=200)) -> dict[str,
 @app.get("/api/backups")
 def backups() -> dict[str, Any]:
     """Backups in S3 (backup_s3 connection, deploy.yaml's bucket and prefix) with verification state."""
-    from schema_deploy import config
-    from schema_deploy.overview import error_text, read_backups
+    from schema_deploy.config import settings as config
+    from schema_deploy.views.overview import error_text, read_backups
     from schema_deploy_airflow.connections import s3_client
 
     cfg = config.load()
@@ -206,7 +206,7 @@ def backups() -> dict[str, Any]:
 @app.get("/api/audit")
 def audit_status() -> dict[str, Any]:
     """The audit chain's state in each environment."""
-    from schema_deploy.overview import read_audit
+    from schema_deploy.views.overview import read_audit
 
     urls, errors = _urls_or_errors()
     result = read_audit(urls)
@@ -218,8 +218,8 @@ def audit_status() -> dict[str, Any]:
 
 def _fleet_store() -> tuple[str, Any, str | None]:
     """(s3://BUCKET/PREFIX of deploy.yaml's store, the backup_s3 client or None, the error or None)."""
-    from schema_deploy import config
-    from schema_deploy.overview import error_text
+    from schema_deploy.config import settings as config
+    from schema_deploy.views.overview import error_text
     from schema_deploy_airflow.connections import s3_client
 
     cfg = config.load()
@@ -254,7 +254,7 @@ def fleet_xcoms(session, run_id: str) -> dict[tuple[str, str], Any]:
 
 def live_view(session, run) -> dict[str, Any]:
     """A deploy_fleet run's view from its XComs (fleet_view.view_of_live)."""
-    from schema_deploy.fleet_view import view_of_live
+    from schema_deploy.views.fleet import view_of_live
     from schema_deploy_airflow.fleet_steps import RUN_KEY
 
     got = fleet_xcoms(session, run.run_id)
@@ -285,9 +285,9 @@ def live_fleet_runs(session, limit: int, run_id: str | None = None) -> list[dict
 @app.get("/api/fleets")
 def fleet_runs(session: SessionDep, limit: int = Query(20, ge=1, le=200)) -> dict[str, Any]:
     """Fleet runs: those with a record in S3 and those in progress in Airflow, newest first."""
-    from schema_deploy.backup_store import segment
-    from schema_deploy.fleet_view import NoFleetRecords, counts, fleets_root, list_records
-    from schema_deploy.overview import error_text
+    from schema_deploy.backups.store import segment
+    from schema_deploy.views.fleet import NoFleetRecords, counts, fleets_root, list_records
+    from schema_deploy.views.overview import error_text
 
     root, s3, error = _fleet_store()
     recorded: list[dict[str, Any]] = []
@@ -310,8 +310,8 @@ def fleet_runs(session: SessionDep, limit: int = Query(20, ge=1, le=200)) -> dic
 def _fleet_view(session, fleet: str, run_id: str) -> dict[str, Any]:
     """The run's record; else the run as Airflow has it (in progress: no record yet); else the
     record's refusal (404), or the store's error (502)."""
-    from schema_deploy.fleet_view import read_record
-    from schema_deploy.overview import error_text
+    from schema_deploy.views.fleet import read_record
+    from schema_deploy.views.overview import error_text
 
     root, s3, error = _fleet_store()
     missing: FleetViewError | None = None
@@ -336,7 +336,7 @@ def _fleet_view(session, fleet: str, run_id: str) -> dict[str, Any]:
 def fleet_run(session: SessionDep, fleet: str, run_id: str, state: str | None = None, q: str | None = None,
               wave: str | None = None) -> dict[str, Any]:
     """One fleet run's members × state, filtered by state, text and wave."""
-    from schema_deploy.fleet_view import filtered
+    from schema_deploy.views.fleet import filtered
 
     return filtered(_fleet_view(session, fleet, run_id), state, q, wave)
 
@@ -345,7 +345,7 @@ def fleet_run(session: SessionDep, fleet: str, run_id: str, state: str | None = 
 def fleet_run_csv(session: SessionDep, fleet: str, run_id: str, state: str | None = None, q: str | None = None,
                   wave: str | None = None) -> Response:
     """The same rows as a CSV download."""
-    from schema_deploy.fleet_view import csv_filename, filtered, to_csv
+    from schema_deploy.views.fleet import csv_filename, filtered, to_csv
 
     view = filtered(_fleet_view(session, fleet, run_id), state, q, wave)
     return Response(to_csv(view), media_type="text/csv; charset=utf-8",

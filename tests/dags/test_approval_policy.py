@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from schema_deploy.errors import ApproverRefused
+from schema_deploy.pipeline.errors import ApproverRefused
 from schema_deploy_airflow.operators import ProductionApprovalOperator
 
 

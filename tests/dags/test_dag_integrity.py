@@ -181,8 +181,8 @@ def test_the_form_offers_the_declared_bundles_by_name_and_no_folder_field(tmp_pa
     ("sql/migrations", "bundle 'sql/migrations' is a path: .* by name: main, hotfix."),
 ])
 def test_a_bundle_that_is_not_a_declared_name_is_refused_listing_the_declared_ones(given: str, message: str) -> None:
-    from schema_deploy.config import DeployConfig
-    from schema_deploy.errors import BundleNotDeclared
+    from schema_deploy.config.errors import BundleNotDeclared
+    from schema_deploy.config.settings import DeployConfig
     from schema_deploy.pipeline import RunParams
 
     cfg = DeployConfig(bundles=(("main", REPO / "sql/migrations"), ("hotfix", REPO / "hotfixes")),
@@ -193,7 +193,7 @@ def test_a_bundle_that_is_not_a_declared_name_is_refused_listing_the_declared_on
 
 
 def test_the_old_migrations_folder_field_is_refused_rather_than_obeyed() -> None:
-    from schema_deploy.config import DeployConfig
+    from schema_deploy.config.settings import DeployConfig
     from schema_deploy.errors import UsageError
     from schema_deploy.pipeline import RunParams
 
@@ -216,7 +216,7 @@ def test_the_old_migrations_folder_field_is_refused_rather_than_obeyed() -> None
     ({"lock_retries": "ten"}, r"lock_retries must be a whole number \(got 'ten'\)"),
 ])
 def test_contradictory_trigger_choices_are_rejected_by_the_first_task(params: dict, message: str) -> None:
-    from schema_deploy.config import DeployConfig
+    from schema_deploy.config.settings import DeployConfig
     from schema_deploy.errors import UsageError
     from schema_deploy.pipeline import RunParams
 
@@ -225,7 +225,7 @@ def test_contradictory_trigger_choices_are_rejected_by_the_first_task(params: di
 
 
 def test_a_manual_run_cannot_turn_off_approval_when_deploy_yaml_requires_it() -> None:
-    from schema_deploy.config import DeployConfig
+    from schema_deploy.config.settings import DeployConfig
     from schema_deploy.errors import UsageError
     from schema_deploy.pipeline import RunParams
     from schema_deploy_airflow.steps import approval_required

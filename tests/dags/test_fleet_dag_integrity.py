@@ -94,8 +94,8 @@ def test_only_targets_takes_a_list_or_a_comma_separated_string(given, wanted) ->
 
 
 def fleets_config():
-    from schema_deploy.config import DeployConfig
-    from schema_deploy.config_fleets import FleetSpec
+    from schema_deploy.config.fleets import FleetSpec
+    from schema_deploy.config.settings import DeployConfig
 
     return DeployConfig(fleets=(FleetSpec("tenants", "prefix", prefix="tenant_"),), source=Path("deploy.yaml"),
                         approval_manual=False)
@@ -128,7 +128,7 @@ def test_a_bad_fleet_or_only_targets_is_refused_naming_the_valid_choices(params,
 
 def test_only_targets_naming_a_member_the_fleet_lacks_is_refused_with_its_members() -> None:
     from schema_deploy.errors import UsageError
-    from schema_deploy.pipeline.fleet import Member
+    from schema_deploy.pipeline.fleet.members import Member
     from schema_deploy_airflow.fleet_steps import chosen
 
     spec = fleets_config().fleet("tenants")

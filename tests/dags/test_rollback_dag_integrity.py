@@ -136,7 +136,7 @@ def test_a_task_of_the_group_the_form_did_not_choose_is_refused_before_it_reads_
 
 
 def test_a_wrong_confirmation_names_the_database_to_type() -> None:
-    from schema_deploy.errors import ConfirmationMismatch
+    from schema_deploy.pipeline.errors import ConfirmationMismatch
 
     assert str(ConfirmationMismatch("", "shop")) == (
         "confirm_database is empty, but the production database is 'shop': a production rollback needs its "

@@ -91,7 +91,7 @@ def test_only_these_members_is_an_empty_field_that_takes_names_or_a_list(bag) ->
 
 
 def test_what_the_forms_send_at_their_defaults_passes_the_first_tasks_checks(tmp_path, monkeypatch) -> None:
-    from schema_deploy import config
+    from schema_deploy.config import settings as config
     from schema_deploy.pipeline import RunParams
     from schema_deploy.pipeline.rollback import RollbackRequest, chosen_environment
     from schema_deploy_airflow.fleet_steps import check_form
@@ -117,7 +117,7 @@ def test_what_the_forms_send_at_their_defaults_passes_the_first_tasks_checks(tmp
 
 def test_with_no_fleet_declared_the_fleet_form_still_submits_and_the_first_task_says_what_to_declare(
         tmp_path, monkeypatch) -> None:
-    from schema_deploy import config
+    from schema_deploy.config import settings as config
     from schema_deploy.errors import UsageError
     from schema_deploy_airflow.fleet_steps import check_form
 

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from schema_deploy.fingerprint import schema_fingerprint
+from schema_deploy.pg.fingerprint import schema_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW_LOCAL = REPO / "devstack" / "airflow_local.py"
@@ -89,7 +89,7 @@ class DagRunner:
                    json.loads(result.read_text()) if result.exists() else {"tasks": {}}, self.home)
 
     def s3(self):
-        from schema_deploy.backup_store import default_s3_client
+        from schema_deploy.backups.store import default_s3_client
 
         os.environ.update({k: v for k, v in self.stack_env.items() if k.startswith("AWS_")})
         return default_s3_client()
@@ -100,7 +100,7 @@ class DagRunner:
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
     def object(self, uri: str) -> bytes:
-        from schema_deploy.backup_store import parse_s3_uri
+        from schema_deploy.backups.store import parse_s3_uri
 
         bucket, key = parse_s3_uri(uri)
         return self.s3().get_object(Bucket=bucket, Key=key)["Body"].read()

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "devstack"), str(REPO / "plugins"), str(REPO)]
 
 import run_deploy  # noqa: E402
-from schema_deploy import config  # noqa: E402
+from schema_deploy.config import settings as config  # noqa: E402
 from schema_deploy_airflow import steps  # noqa: E402
 
 

@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from schema_deploy.ledger import read_rows
+from schema_deploy.state.ledger import read_rows
 from seed import reset
 from tests.conftest import drop_database, with_database
 from tests.e2e.harness import (airflow_services, events, import_errors, masked, run_path, stack_secrets,

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 import tenants
-from schema_deploy.ledger import read_rows
+from schema_deploy.state.ledger import read_rows
 from tests.conftest import drop_database, with_database
 from tests.e2e.harness import REPO
 

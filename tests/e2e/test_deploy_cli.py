@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from schema_deploy.ledger import read_rows
+from schema_deploy.state.ledger import read_rows
 from tests.e2e.harness import GATE, REPO
 
 EPIC5 = "20251017120000_epic5_schema_completion"

@@ -25,9 +25,9 @@ import psycopg
 import pytest
 import requests
 
-from schema_deploy.backup_store import parse_s3_uri
-from schema_deploy.bundle import load_bundle
-from schema_deploy.ledger import read_rows
+from schema_deploy.backups.store import parse_s3_uri
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.state.ledger import read_rows
 from tests.e2e.harness import GATE, REPO, DagRunner, Slack, fingerprint, has_audit_table
 
 EPIC5 = "20251017120000_epic5_schema_completion"

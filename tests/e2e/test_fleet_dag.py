@@ -13,8 +13,8 @@ import uuid
 import psycopg
 import pytest
 
-from schema_deploy import audit
-from schema_deploy.ledger import read_rows
+from schema_deploy.audit import chain as audit
+from schema_deploy.state.ledger import read_rows
 from seed import reset
 from tests.conftest import drop_database, with_database
 from tests.e2e.harness import DagRunner, Slack
@@ -220,7 +220,7 @@ def test_members_of_a_closed_regions_window_wait_deferred_while_the_others_proce
 
 def test_a_dry_run_checks_every_member_and_changes_nothing_anywhere_staging_included(
         runner: DagRunner, fleet_dbs: dict[str, str], stack_env: dict[str, str]) -> None:
-    from schema_deploy.fingerprint import fingerprint_digest, schema_fingerprint
+    from schema_deploy.pg.fingerprint import fingerprint_digest, schema_fingerprint
 
     def state(url: str) -> tuple:
         with psycopg.connect(url) as conn:

@@ -13,9 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from schema_deploy.apply import apply
-from schema_deploy.bundle import load_bundle
-from schema_deploy.ledger import read_rows
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.engine.apply import apply
+from schema_deploy.state.ledger import read_rows
 from tests.e2e.harness import REPO, DagRunner, fingerprint
 
 GROUP = ("check_environment", "preflight", "approval_needed", "approve_rollback", "safety_backup", "rollback",
@@ -38,14 +38,14 @@ def counts(url: str) -> dict[str, int]:
 
 
 def ledger_states(url: str) -> dict[str, str]:
-    from schema_deploy.status import compute_status
+    from schema_deploy.state.status import compute_status
 
     with psycopg.connect(url) as conn:
         return {s.name: s.state for s in compute_status(load_bundle(REPO / "sql/migrations"), read_rows(conn)).states}
 
 
 def audit_kinds(url: str) -> list[str]:
-    from schema_deploy import audit
+    from schema_deploy.audit import chain as audit
 
     with psycopg.connect(url, autocommit=True) as conn:
         if not conn.execute("SELECT to_regclass('schema_deploy.audit_events') IS NOT NULL").fetchone()[0]:
@@ -108,8 +108,8 @@ def test_staging_down_migrations_bring_back_the_baseline_schema_and_leave_epic5_
 
 def test_production_rollback_from_the_pre_deploy_backup_after_approval_restores_rows_and_schema(
         runner: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
-    from schema_deploy.backup import backup
-    from schema_deploy.restore import verify_backup
+    from schema_deploy.backups.dump import backup
+    from schema_deploy.backups.restore import verify_backup
 
     production = targets["production"]
     database = production.rsplit("/", 1)[1]
@@ -204,8 +204,8 @@ def test_a_production_rollback_on_a_worker_with_only_the_staging_connection_fail
 
 def test_a_staging_rollback_from_a_production_backup_needs_allow_other_source_and_then_says_so(
         runner: DagRunner, targets: dict[str, str], stack_env: dict[str, str]) -> None:
-    from schema_deploy.backup import backup
-    from schema_deploy.restore import verify_backup
+    from schema_deploy.backups.dump import backup
+    from schema_deploy.backups.restore import verify_backup
 
     staging, production = targets["staging"], targets["production"]
     with psycopg.connect(production) as conn:  # production's data differs from staging's

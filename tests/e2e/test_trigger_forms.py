@@ -26,8 +26,8 @@ import httpx
 import psycopg
 import pytest
 
-from schema_deploy.apply import apply
-from schema_deploy.bundle import load_bundle
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.engine.apply import apply
 from tests.conftest import drop_database, with_database
 from tests.e2e.harness import (airflow_services, chrome, events, import_errors, masked, run_path, stack_secrets,
                                task_instances, task_logs, wait_for)
@@ -48,9 +48,9 @@ pytestmark = pytest.mark.timeout(1500)
 @pytest.fixture(scope="module")
 def stack(stack_env: dict[str, str]) -> Iterator[dict]:
     """Fresh staging and production databases at the baseline; a verified backup of staging's."""
-    from schema_deploy.backup import backup
-    from schema_deploy.backup_store import default_s3_client
-    from schema_deploy.restore import verify_backup
+    from schema_deploy.backups.dump import backup
+    from schema_deploy.backups.restore import verify_backup
+    from schema_deploy.backups.store import default_s3_client
 
     name = f"t_form_{uuid.uuid4().hex[:8]}"
     urls = {env: with_database(stack_env[f"{env.upper()}_DATABASE_URL"], name) for env in ("staging", "production")}

@@ -23,11 +23,11 @@ import psycopg
 import pytest
 from botocore.config import Config
 
-from schema_deploy import audit
-from schema_deploy.apply import apply
-from schema_deploy.db import connect
-from schema_deploy.backup import backup
-from schema_deploy.bundle import load_bundle
+from schema_deploy.audit import chain as audit
+from schema_deploy.backups.dump import backup
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.engine.apply import apply
+from schema_deploy.pg.db import connect
 from tests.conftest import drop_database, with_database
 from tests.e2e.harness import airflow_services, chrome
 from tests.fleet_samples import context as fleet_context, record as fleet_record, spec as fleet_spec
@@ -67,7 +67,7 @@ def stack(stack_env: dict[str, str]) -> Iterator[dict]:
                                 "bundle": [{"name": m.name, "checksum": m.checksum} for m in bundle.migrations]})
         made = backup(s3, urls["production"], f"s3://{bucket}/{prefix}", environment="production", run_id=RUN_ID,
                       pg_bindir=stack_env["PG_BINDIR"])
-        from schema_deploy.pipeline.fleet import keep_fleet_record
+        from schema_deploy.pipeline.fleet.record import keep_fleet_record
 
         fleet_ctx = fleet_context(f"s3://{bucket}/{prefix}", s3=s3)
         keep_fleet_record(fleet_ctx, fleet_spec(), fleet_record(fleet_ctx))
@@ -305,7 +305,7 @@ def decided(api: httpx.Client, stack: dict, stack_env: dict[str, str]) -> dict:
     """A real production rollback rejected with a reason through Airflow's HITL endpoint, a real one
     refused at preflight (a wrong confirmation), and a deploy rejection recorded through the pipeline's
     record functions, as deploy_schema's audit tasks write it."""
-    from schema_deploy.config import DeployConfig
+    from schema_deploy.config.settings import DeployConfig
     from schema_deploy.pipeline import Approval, Deployment, RunInfo, RunParams, Store, Target, record
 
     from tests.e2e.harness import wait_for

@@ -64,7 +64,7 @@ def explain_cases() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("index, query", explain_cases(), ids=[c[0] for c in explain_cases()])
 def test_the_planner_chooses_each_new_index_for_its_query(database_url: str, index: str, query: str) -> None:
-    from schema_deploy.criteria import PLANNER_MIN_ROWS
+    from schema_deploy.engine.criteria import PLANNER_MIN_ROWS
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         table = query.split(" FROM ", 1)[1].split()[0]

@@ -7,7 +7,7 @@ import pytest
 from engine_support import REPO
 from prisma_support import Prisma, PrismaUnavailable, ensure_prisma
 
-from schema_deploy.cli import main
+from schema_deploy.cli.main import main
 
 
 @pytest.fixture

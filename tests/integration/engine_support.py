@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
-from schema_deploy import db
-from schema_deploy.apply import Settings
-from schema_deploy.bundle import Bundle, load_bundle
+from schema_deploy.bundle.discover import Bundle, load_bundle
+from schema_deploy.pg import db
+from schema_deploy.pg.retry import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "sql" / "migrations"

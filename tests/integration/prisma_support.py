@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from schema_deploy.pg_tools import drop_database, target_of
+from schema_deploy.pg.tools import drop_database, target_of
 
 REPO = Path(__file__).resolve().parents[2]
 PRISMA_DIR = REPO / "tests" / "prisma"

@@ -16,12 +16,13 @@ import pytest
 from engine_support import (BASELINE, EPIC5, FAST, MIGRATIONS, copy_bundle, ledger, plain_bundle, rows, scalar,
                             table_exists)
 
-from schema_deploy.apply import apply, load_state
-from schema_deploy.bundle import load_bundle, sha256_hex
-from schema_deploy.db import connect
-from schema_deploy.errors import AdvisoryLockTimeout, LedgerBlocked, LockRetriesExhausted, MigrationFailed
-from schema_deploy.ledger import LEDGER_DDL, PRISMA_LOCK_KEY, RETRYABLE_MARK
-from schema_deploy.status import APPLIED, EDITED, MISSING, PENDING
+from schema_deploy.bundle.discover import load_bundle, sha256_hex
+from schema_deploy.engine.apply import apply, load_state
+from schema_deploy.engine.errors import LockRetriesExhausted, MigrationFailed
+from schema_deploy.pg.db import connect
+from schema_deploy.state.errors import AdvisoryLockTimeout, LedgerBlocked
+from schema_deploy.state.ledger import LEDGER_DDL, PRISMA_LOCK_KEY, RETRYABLE_MARK
+from schema_deploy.state.status import APPLIED, EDITED, MISSING, PENDING
 
 PLAN_INDEXES = {
     "study_schedule_recommendations_appliedAt_idx": ("study_schedule_recommendations", ["appliedAt"]),
@@ -331,7 +332,7 @@ def test_failing_stepped_migration_is_failed_in_the_ledger_until_resolved(fresh_
                                             rf"`python -m schema_deploy resolve --rolled-back {STEPPED_BROKEN}`"):
         apply(fresh_db, broken, FAST)
 
-    from schema_deploy.resolve import resolve_rolled_back
+    from schema_deploy.engine.resolve import resolve_rolled_back
     assert resolve_rolled_back(fresh_db, broken, STEPPED_BROKEN, FAST) == 1
     fixed = plain_bundle(root, {STEPPED_BROKEN: STEPPED_SQL.replace("no_such_table", "t")})
     (result,) = apply(fresh_db, fixed, FAST).applied
@@ -417,7 +418,7 @@ def test_row_left_by_a_killed_prisma_deploy_is_failed_and_apply_asks_for_resolve
 
 
 def test_the_blocker_watch_names_a_blocker_and_stops_without_waiting_out_its_pause(fresh_db: str) -> None:
-    from schema_deploy.apply import BlockerWatch
+    from schema_deploy.engine.apply import BlockerWatch
 
     with psycopg.connect(fresh_db, autocommit=True) as setup:
         setup.execute("CREATE TABLE watch_probe (id int)")

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS
 
-from schema_deploy.apply import apply
-from schema_deploy.bundle import load_bundle
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.engine.apply import apply
 
 STEP = re.compile(r"^(?P<migration>\S+): step (?P<n>\d+)/(?P<total>\d+): (?P<what>.+?) \| (?P<locks>[^|]+) \| "
                   r"(?P<seconds>\d+\.\d\d) s \| (?P<retries>\d+) lock retr(?:y|ies)(?: \| skipped: .+)?$")

@@ -20,9 +20,9 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from engine_support import run_cli
 
-from schema_deploy import audit
-from schema_deploy.db import connect
-from schema_deploy.errors import AuditPayloadInvalid, AuditProtectionMissing
+from schema_deploy.audit import chain as audit
+from schema_deploy.audit.errors import AuditPayloadInvalid, AuditProtectionMissing
+from schema_deploy.pg.db import connect
 
 REFUSED = "schema_deploy.audit_events is append-only: {} refused"
 

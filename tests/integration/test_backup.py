@@ -27,15 +27,18 @@ import pytest
 from botocore.config import Config
 from generate_data import generate
 
-from schema_deploy import cli
-from schema_deploy.apply import apply
-from schema_deploy.backup import backup
-from schema_deploy.backup_store import list_backups, prune, read_manifest
-from schema_deploy.bundle import load_bundle
-from schema_deploy.errors import (BackupFailed, BackupIncomplete, BucketCheckFailed, DatabaseError, PgDumpFailed,
-                                  RestoreFailed, RestoreRefused, S3TransferFailed, UsageError, VerifyFailed)
-from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint
-from schema_deploy.restore import restore, verify_backup
+from schema_deploy.backups.dump import backup
+from schema_deploy.backups.errors import (BackupFailed, BackupIncomplete, BackupVerificationFailed,
+                                          BucketCheckFailed, PgDumpFailed, RestoreFailed, RestoreRefused,
+                                          S3TransferFailed)
+from schema_deploy.backups.restore import restore, verify_backup
+from schema_deploy.backups.store import list_backups, prune, read_manifest
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.cli import main as cli
+from schema_deploy.engine.apply import apply
+from schema_deploy.errors import UsageError
+from schema_deploy.pg.errors import DatabaseError
+from schema_deploy.pg.fingerprint import diff_fingerprints, schema_fingerprint
 from tests.conftest import REPO, drop_database, with_database
 
 MIB = 1 << 20
@@ -328,7 +331,7 @@ def test_one_flipped_byte_fails_verification_and_restore_with_the_sha256_mismatc
     data[len(data) // 2] ^= 0x01
     s3.put_object(Bucket=bucket, Key=result.key, Body=bytes(data), ServerSideEncryption="AES256")
 
-    with pytest.raises(VerifyFailed, match=r"(?s)verification of s3://.+\.dump failed:\n  - sha256 mismatch: the "
+    with pytest.raises(BackupVerificationFailed, match=r"(?s)verification of s3://.+\.dump failed:\n  - sha256 mismatch: the "
                        rf"object's sha256 is [0-9a-f]{{64}}, the manifest says {result.sha256}: the object changed "
                        r"or was corrupted after the backup.*recorded in its manifest"):
         verify_backup(s3, result.uri, pg_bindir=pg_bindir)
@@ -722,7 +725,7 @@ def test_a_manifest_that_does_not_describe_the_dump_fails_the_restore_check_and_
     manifest["row_counts"]["public.ghost"] = 5
     s3.put_object(Bucket=bucket, Key=result.manifest_key, Body=json.dumps(manifest).encode(),
                   ServerSideEncryption="AES256")
-    with pytest.raises(VerifyFailed, match=r"(?s)  - the archive has no data for tables in the manifest: public\.ghost\n"
+    with pytest.raises(BackupVerificationFailed, match=r"(?s)  - the archive has no data for tables in the manifest: public\.ghost\n"
                        r"  - row counts differ from the manifest after a restore: public\.ghost: manifest 5, missing "
                        r"after the restore; public\.recommendations: manifest 301, restored 300\n"):
         verify_backup(s3, result.uri, restore_check=True, admin_url=stack_env["STAGING_DATABASE_URL"],

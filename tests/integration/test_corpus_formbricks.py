@@ -18,9 +18,9 @@ import pytest
 from engine_support import FAST, REPO, ledger
 from prisma_support import databases, outcome, run_parallel
 
-from schema_deploy.apply import apply
-from schema_deploy.bundle import checksum_matches, load_bundle
-from schema_deploy.pg_tools import find_binary as tool
+from schema_deploy.bundle.discover import checksum_matches, load_bundle
+from schema_deploy.engine.apply import apply
+from schema_deploy.pg.tools import find_binary as tool
 
 CORPORA = Path(os.environ.get("SCHEMA_DEPLOY_CORPORA", REPO.parent / "shared" / "corpora"))
 FOLDER = CORPORA / "formbricks-97" / "migrations"

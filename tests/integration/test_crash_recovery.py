@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from engine_support import FAST, REPO, cli_command, cli_env, ledger, plain_bundle, scalar
 
-from schema_deploy.apply import apply
+from schema_deploy.engine.apply import apply
 
 SETUP = "20250101000000_big_table"
 INDEX = "20250102000000_big_index"

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from schema_deploy import db
-from schema_deploy.errors import DatabaseError
+from schema_deploy.pg import db
+from schema_deploy.pg.errors import DatabaseError
 
 
 def with_password(url: str, password: str) -> str:

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from engine_support import BASELINE, EPIC5, MIGRATIONS, REPO, cli_command, cli_env, copy_bundle, ledger, run_cli
 
-from schema_deploy.cli import main
+from schema_deploy.cli.main import main
 
 
 def with_password(url: str, password: str) -> str:
@@ -297,7 +297,7 @@ def test_five_concurrent_applies_apply_each_migration_exactly_once(fresh_db: str
 
 
 def test_a_zero_lock_timeout_is_refused_because_it_means_wait_forever(fresh_db: str) -> None:
-    from schema_deploy.cli import main
+    from schema_deploy.cli.main import main
 
     assert main(["apply", "--db", fresh_db, "--lock-timeout-ms", "0"]) == 2
 
@@ -305,7 +305,7 @@ def test_a_zero_lock_timeout_is_refused_because_it_means_wait_forever(fresh_db: 
 def test_an_unexpected_database_error_is_a_message_not_a_traceback(fresh_db: str, capsys) -> None:
     import psycopg
 
-    from schema_deploy.cli import main
+    from schema_deploy.cli.main import main
 
     with psycopg.connect(fresh_db, autocommit=True) as conn:  # a ledger we may not read
         conn.execute('CREATE TABLE "_prisma_migrations" (id int)')

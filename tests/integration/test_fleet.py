@@ -12,15 +12,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from schema_deploy import audit
-from schema_deploy.backup_store import parse_s3_uri
-from schema_deploy.config import DeployConfig
-from schema_deploy.config_fleets import FleetSpec, Share, WavesSpec
-from schema_deploy.fingerprint import fingerprint_digest, schema_fingerprint
-from schema_deploy.ledger import read_rows
-from schema_deploy.pipeline import Deployment, RunInfo, RunParams, Store, Target, deploy
-from schema_deploy.pipeline import fleet
-from schema_deploy.pipeline.fleet import Member
+from schema_deploy.audit import chain as audit
+from schema_deploy.backups.store import parse_s3_uri
+from schema_deploy.config.fleets import FleetSpec, Share, WavesSpec
+from schema_deploy.config.settings import DeployConfig
+from schema_deploy.pg.fingerprint import fingerprint_digest, schema_fingerprint
+from schema_deploy.pipeline import Deployment, RunInfo, RunParams, Store, Target, deploy, fleet
+from schema_deploy.pipeline.fleet.members import Member
+from schema_deploy.state.ledger import read_rows
 from seed import reset
 from tests.conftest import drop_database, with_database
 
@@ -232,8 +231,8 @@ def test_a_failed_canary_halts_the_run_and_the_record_lists_every_member_not_att
 def test_members_wait_for_their_regions_window_while_the_others_of_their_wave_proceed(ctx, databases) -> None:
     from datetime import timedelta, timezone
 
-    from schema_deploy.config_fleets import FleetWindow
-    from schema_deploy.window import Window
+    from schema_deploy.config.fleets import FleetWindow
+    from schema_deploy.config.windows import Window
 
     staging, members = databases
     regional = [replace(m, attributes=(("region", "eu" if i % 2 else "us"),)) for i, m in enumerate(members)]
@@ -310,8 +309,8 @@ def test_members_whose_window_was_closed_are_deployed_once_it_opens_and_the_next
         ctx, databases) -> None:
     from datetime import timedelta, timezone
 
-    from schema_deploy.config_fleets import FleetWindow
-    from schema_deploy.window import Window
+    from schema_deploy.config.fleets import FleetWindow
+    from schema_deploy.config.windows import Window
 
     staging, members = databases
     region = {m.name: ("eu", "us", "ap")[i % 3] for i, m in enumerate(members)}
@@ -346,8 +345,8 @@ def test_members_whose_window_was_closed_are_deployed_once_it_opens_and_the_next
 def test_the_canary_is_a_member_whose_window_is_open_and_a_canary_left_waiting_halts_the_run(ctx, databases) -> None:
     from datetime import timedelta, timezone
 
-    from schema_deploy.config_fleets import FleetWindow
-    from schema_deploy.window import Window
+    from schema_deploy.config.fleets import FleetWindow
+    from schema_deploy.config.windows import Window
 
     staging, members = databases
     regional = [replace(m, attributes=(("region", "eu" if i < 3 else "us"),)) for i, m in enumerate(members)]
@@ -372,7 +371,7 @@ def test_the_canary_is_a_member_whose_window_is_open_and_a_canary_left_waiting_h
 
 def test_a_run_again_once_staging_is_at_the_bundle_uses_the_rehearsed_fleet_release_or_says_why_it_cannot(
         ctx, databases) -> None:
-    from schema_deploy.errors import NothingToRehearse
+    from schema_deploy.pipeline.errors import NothingToRehearse
 
     staging, members = databases
     pre = freeze(ctx, staging)

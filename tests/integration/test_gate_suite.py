@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 
 from generate_data import generate
-from schema_deploy.apply import apply
-from schema_deploy.bundle import load_bundle
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.engine.apply import apply
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = load_bundle(REPO / "sql" / "migrations")

@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from schema_deploy.cli import main
+from schema_deploy.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "sql" / "migrations"

@@ -18,10 +18,12 @@ import pytest
 from engine_support import FAST, ledger, rows, scalar, table_exists
 from prisma_support import prisma_bundle
 
-from schema_deploy.apply import Settings, apply
-from schema_deploy.bundle import load_bundle
-from schema_deploy.errors import MigrationFailed, PendingMigrationInvalid, PrecheckLocked, PrecheckTimedOut
-from schema_deploy.lint import lint_bundle
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.engine.apply import apply
+from schema_deploy.engine.errors import MigrationFailed
+from schema_deploy.lint.engine import lint_bundle
+from schema_deploy.pg.retry import Settings
+from schema_deploy.plan.errors import PendingMigrationInvalid, PrecheckLocked, PrecheckTimedOut
 
 NAME_63 = "Response_surveyId_createdAt_contactAttributeKeyId_environmentId"  # 63 bytes
 assert len(NAME_63) == 63
@@ -88,8 +90,8 @@ def test_a_search_path_set_by_one_migration_does_not_reach_the_next(fresh_db: st
     root = bundle(tmp_path, {BASE: "CREATE SCHEMA other;\nSET search_path = other;\nCREATE TABLE a (id INT);\n",
                              "20240102000000_next": "CREATE TABLE b (id INT);\n"})
     with psycopg.connect(fresh_db) as conn:
-        from schema_deploy.plan import plan_for
-        from schema_deploy.status import compute_status
+        from schema_deploy.plan.planner import plan_for
+        from schema_deploy.state.status import compute_status
         plan = plan_for(conn, load_bundle(root), compute_status(load_bundle(root), []))
     assert any("SET search_path lasts until this migration ends" in n for n in plan.migrations[0].notes)
 
@@ -188,7 +190,7 @@ def test_a_precheck_whose_query_fails_on_the_rows_says_so_by_name(fresh_db: str,
     root = bundle(tmp_path, {BASE: "CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1), (0);\n",
                              "20240102000000_check": "ALTER TABLE t ADD CONSTRAINT t_inv CHECK (10 / a > 0);\n"})
     apply(fresh_db, load_bundle(root), FAST, to=BASE)
-    from schema_deploy.errors import PrecheckCouldNotRun
+    from schema_deploy.plan.errors import PrecheckCouldNotRun
 
     with pytest.raises(PrecheckCouldNotRun, match=r"data precheck for .*migration\.sql:1 \(rows of t violating CHECK "
                                                   r"\(10 / a > 0\)\) could not run: SQLSTATE 22012: division by zero\. "
@@ -237,7 +239,7 @@ def test_a_migration_that_removes_its_own_ledger_row_indirectly_is_not_reported_
               "$$ DELETE FROM _prisma_migrations WHERE finished_at IS NULL $$;\n")
     root = bundle(tmp_path, {BASE: forget, "20240102000000_forgets": "CREATE TABLE u (a INT);\nSELECT forget();\n"})
     apply(fresh_db, load_bundle(root), FAST, to=BASE)
-    from schema_deploy.errors import LedgerRowMissing
+    from schema_deploy.state.errors import LedgerRowMissing
 
     with pytest.raises(LedgerRowMissing, match=r"the ledger row [0-9a-f-]{36} this run inserted into "
                                                r"public\._prisma_migrations was gone or already finished when the "

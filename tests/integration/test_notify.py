@@ -10,7 +10,7 @@ import requests
 from slack_sdk import WebClient
 from slack_sdk.webhook import WebhookClient
 
-from schema_deploy.notify import api_poster, deliver, message, webhook_poster
+from schema_deploy.ops.notify import api_poster, deliver, message, webhook_poster
 
 
 @pytest.fixture

@@ -10,11 +10,14 @@ import psycopg
 import pytest
 
 from generate_data import generate
-from schema_deploy.apply import Settings, apply
-from schema_deploy.bundle import load_bundle
-from schema_deploy.errors import LedgerBlocked, LockRetriesExhausted, PrecheckFailed
-from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint
-from schema_deploy.ledger import read_rows
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.engine.apply import apply
+from schema_deploy.engine.errors import LockRetriesExhausted
+from schema_deploy.pg.fingerprint import diff_fingerprints, schema_fingerprint
+from schema_deploy.pg.retry import Settings
+from schema_deploy.plan.errors import PrecheckFailed
+from schema_deploy.state.errors import LedgerBlocked
+from schema_deploy.state.ledger import read_rows
 from tests.conftest import drop_database, with_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -252,8 +255,8 @@ def test_null_topic_ids_planted_by_the_generator_stop_a_set_not_null(fresh_db: s
     'ALTER TABLE child ADD CONSTRAINT "u" UNIQUE NULLS NOT DISTINCT (code);',
 ])
 def test_statements_whose_online_form_would_differ_run_as_written(sql: str) -> None:
-    from schema_deploy.online import rewrite_statement
-    from schema_deploy.parse import parse_sql
+    from schema_deploy.bundle.parse import parse_sql
+    from schema_deploy.plan.online import rewrite_statement
 
     [stmt] = parse_sql(sql)
     assert rewrite_statement(stmt, {"child"}) is None

@@ -1,4 +1,4 @@
-"""schema_deploy.overview, what the UI page shows, against real databases and the stack's S3 endpoint."""
+"""schema_deploy.views.overview, what the UI page shows, against real databases and the stack's S3 endpoint."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,12 @@ from botocore.config import Config
 from psycopg.conninfo import make_conninfo
 
 from engine_support import FAST, plain_bundle
-from schema_deploy import audit, ledger, overview
-from schema_deploy.apply import apply
-from schema_deploy.bundle import load_bundle
-from schema_deploy.db import connect
+from schema_deploy.audit import chain as audit
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.engine.apply import apply
+from schema_deploy.pg.db import connect
+from schema_deploy.state import ledger
+from schema_deploy.views import overview
 
 UNREACHABLE = "postgresql://migrator:s3cret-pw-xyz@127.0.0.1:1/nowhere"
 M1, M2, M3, M4 = ("20260101000001_create_t", "20260101000002_add_column", "20260101000003_broken",

@@ -15,13 +15,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from schema_deploy import audit
-from schema_deploy.backup_store import parse_s3_uri
-from schema_deploy.config import DeployConfig
-from schema_deploy.errors import ReleaseMissing, ReleaseTampered
-from schema_deploy.ledger import read_rows
-from schema_deploy.pipeline import (ApplyResult, BackupResult, Deployment, GateResult, RunInfo,
-                                    RunParams, Store, Target, Verification, deploy, record)
+from schema_deploy.audit import chain as audit
+from schema_deploy.backups.store import parse_s3_uri
+from schema_deploy.config.settings import DeployConfig
+from schema_deploy.ops.errors import ReleaseMissing, ReleaseTampered
+from schema_deploy.pipeline import (ApplyResult, BackupResult, Deployment, GateResult, RunInfo, RunParams, Store,
+                                    Target, Verification, deploy, record)
+from schema_deploy.state.ledger import read_rows
 from seed import reset
 from tests.conftest import drop_database, with_database
 
@@ -175,10 +175,10 @@ def test_preflight_stops_on_a_schema_prisma_the_releases_migrations_do_not_creat
 
     from prisma_support import PRISMA_DIR
 
-    from schema_deploy import release
-    from schema_deploy.bundle import load_bundle
-    from schema_deploy.config import PrismaSettings
-    from schema_deploy.errors import PrismaSchemaMismatch
+    from schema_deploy.bundle.discover import load_bundle
+    from schema_deploy.config.settings import PrismaSettings
+    from schema_deploy.ops import release
+    from schema_deploy.plan.errors import PrismaSchemaMismatch
 
     schema = tmp_path / "schema.prisma"
     shipped = (REPO / "prisma" / "schema.prisma").read_text()
@@ -202,7 +202,8 @@ def test_a_retry_after_some_migrations_committed_runs_the_frozen_plan_and_conver
         ctx: Deployment, targets: dict[str, Target], tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from schema_deploy.apply import Settings, apply as engine_apply
+    from schema_deploy.engine.apply import apply as engine_apply
+    from schema_deploy.pg.retry import Settings
 
     folder = tmp_path / "bundle"
     shutil.copytree(REPO / "sql" / "migrations", folder, ignore=shutil.ignore_patterns("*epic5*"))
@@ -235,7 +236,7 @@ UNREACHABLE = "postgresql://deployer:not-the-password@127.0.0.1:9/production?con
 
 def test_the_preflight_parts_apart_freeze_the_release_the_whole_preflight_freezes(
         ctx: Deployment, targets: dict[str, Target]) -> None:
-    from schema_deploy import release
+    from schema_deploy.ops import release
     from schema_deploy.pipeline import BundleCheck, TargetSurvey
 
     staging, production = targets["staging"], targets["production"]
@@ -265,8 +266,8 @@ def test_the_preflight_parts_apart_freeze_the_release_the_whole_preflight_freeze
 
 def test_the_staging_survey_opens_staging_only_and_production_stays_unreachable(
         ctx: Deployment, targets: dict[str, Target], monkeypatch) -> None:
-    from schema_deploy import db
-    from schema_deploy.errors import DatabaseError
+    from schema_deploy.pg import db
+    from schema_deploy.pg.errors import DatabaseError
 
     staging = targets["staging"]
     production = Target("production", "production", UNREACHABLE)
@@ -288,7 +289,9 @@ def test_the_release_part_stops_on_schemas_that_differ_or_nothing_pending_and_on
         ctx: Deployment, targets: dict[str, Target]) -> None:
     from dataclasses import replace
 
-    from schema_deploy.errors import LedgerBlocked, NothingToDeploy, ReleaseInvalid
+    from schema_deploy.ops.errors import ReleaseInvalid
+    from schema_deploy.pipeline.errors import NothingToDeploy
+    from schema_deploy.state.errors import LedgerBlocked
 
     checked = travel(deploy.preflight_bundle(ctx))
     staged = deploy.preflight_staging(ctx, targets["staging"], checked)
@@ -348,7 +351,7 @@ def test_a_waiver_lets_preflight_go_on_past_failing_prechecks_and_the_run_keeps_
         ctx: Deployment, targets: dict[str, Target]) -> None:
     from dataclasses import replace
 
-    from schema_deploy.errors import PrecheckFailed
+    from schema_deploy.plan.errors import PrecheckFailed
 
     production = targets["production"]
     with psycopg.connect(production.url, autocommit=True) as conn:
@@ -370,7 +373,7 @@ def test_a_waiver_lets_preflight_go_on_past_failing_prechecks_and_the_run_keeps_
 
 def test_production_verification_that_finds_lost_rows_or_a_missing_index_fails_naming_each_and_the_way_back(
         ctx: Deployment, targets: dict[str, Target]) -> None:
-    from schema_deploy.errors import VerificationFailed
+    from schema_deploy.pipeline.errors import DeployVerificationFailed
 
     production = targets["production"]
     pre = travel(deploy.preflight(ctx, targets["staging"], production))
@@ -380,7 +383,7 @@ def test_production_verification_that_finds_lost_rows_or_a_missing_index_fails_n
         conn.execute('DELETE FROM "recommendations" WHERE ctid IN (SELECT ctid FROM "recommendations" LIMIT 3)')
         conn.execute('DROP INDEX "recommendations_userId_createdAt_idx"')
 
-    with pytest.raises(VerificationFailed) as caught:
+    with pytest.raises(DeployVerificationFailed) as caught:
         deploy.verify(ctx, production, pre, production_applied)
 
     message = str(caught.value)

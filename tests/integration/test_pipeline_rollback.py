@@ -20,20 +20,20 @@ import pytest
 from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS
 
 from generate_data import generate
-from schema_deploy import audit
-from schema_deploy.apply import apply
-from schema_deploy.backup_store import parse_s3_uri
-from schema_deploy.bundle import load_bundle
-from schema_deploy.config import DeployConfig
-from schema_deploy.errors import ConfirmationMismatch, NoBackupToRestore, ReleaseMissing
-from schema_deploy.fingerprint import schema_fingerprint
+from schema_deploy.audit import chain as audit
+from schema_deploy.backups.store import parse_s3_uri
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.config.settings import DeployConfig
+from schema_deploy.engine.apply import apply
+from schema_deploy.ops.errors import ReleaseMissing
+from schema_deploy.ops.release import release_uri
+from schema_deploy.pg.fingerprint import schema_fingerprint
 from schema_deploy.pipeline import (Deployment, RollbackPlan, RollbackResult, RollbackVerification, RunInfo,
-                                    RunParams, Store, Target)
-from schema_deploy.pipeline import rollback
+                                    RunParams, Store, Target, rollback)
+from schema_deploy.pipeline.errors import ConfirmationMismatch, NoBackupToRestore
 from schema_deploy.pipeline.target import PRODUCTION, STAGING
-from schema_deploy.release import release_uri
-from schema_deploy.ledger import read_rows
-from schema_deploy.status import compute_status
+from schema_deploy.state.ledger import read_rows
+from schema_deploy.state.status import compute_status
 
 EDITED_DOWN = 'CREATE TABLE "edited_after_preflight" (id int);\n'
 

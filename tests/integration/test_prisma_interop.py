@@ -3,7 +3,7 @@
 One module-scoped fixture drives six independent chains (each on its own new database of the
 staging cluster) side by side, because every Prisma run costs seconds (a successful `migrate
 deploy` ~11 s, mostly an idle engine timer); the tests then read what each step showed. The
-README's "Prisma" table is this module's findings.
+table in docs/prisma.md ("What each tool says in each ledger state") is this module's findings.
 """
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import pytest
 from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS, ledger
 from prisma_support import Prisma, databases, outcome, prisma_bundle, run_parallel
 
-from schema_deploy.apply import apply, load_state
-from schema_deploy.db import connect
-from schema_deploy.bundle import load_bundle
-from schema_deploy.errors import LedgerBlocked, MigrationFailed
-from schema_deploy.resolve import resolve_applied, resolve_rolled_back
-from schema_deploy.rollback import down
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.engine.apply import apply, load_state
+from schema_deploy.engine.down import down
+from schema_deploy.engine.errors import MigrationFailed
+from schema_deploy.engine.resolve import resolve_applied, resolve_rolled_back
+from schema_deploy.pg.db import connect
+from schema_deploy.state.errors import LedgerBlocked
 
 UP_TO_DATE = "Database schema is up to date!"
 BOOM = "20251101000000_boom"

@@ -1,6 +1,6 @@
 """prisma/schema.prisma against the real Prisma CLI: it validates, and it is exactly what sql/migrations creates.
 
-The diffs run through `schema_deploy.prisma_check` (the optional preflight check) with tests/prisma's CLI,
+The diffs run through `schema_deploy.plan.prisma_check` (the optional preflight check) with tests/prisma's CLI,
 each on a scratch database that the check creates on the staging server and drops again.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from engine_support import MIGRATIONS, REPO
 from prisma_support import PRISMA_DIR, Prisma, outcome, prisma_bundle, run_parallel
 
-from schema_deploy.errors import PrismaCheckFailed, PrismaSchemaMismatch
-from schema_deploy.prisma_check import require_schema_matches, schema_differences
+from schema_deploy.plan.errors import PrismaCheckFailed, PrismaSchemaMismatch
+from schema_deploy.plan.prisma_check import require_schema_matches, schema_differences
 
 SCHEMA = REPO / "prisma" / "schema.prisma"
 SCORE = "  metrics      Json? // Epic 5\n"

@@ -12,8 +12,8 @@ import pytest
 from engine_support import FAST, ledger, plain_bundle
 from prisma_support import Prisma, PrismaUnavailable, databases, ensure_prisma, outcome, prisma_bundle, run_parallel
 
-from schema_deploy.apply import apply
-from schema_deploy.lint import lint_sql
+from schema_deploy.engine.apply import apply
+from schema_deploy.lint.engine import lint_sql
 
 CASES = Path(__file__).resolve().parents[1] / "prisma" / "splitter_cases"
 RULE = "prisma-splitter-semicolon"

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from schema_deploy import audit, overview
-from schema_deploy.backup_store import parse_s3_uri
-from schema_deploy.config import DeployConfig
-from schema_deploy.notify import message
+from schema_deploy.audit import chain as audit
+from schema_deploy.backups.store import parse_s3_uri
+from schema_deploy.config.settings import DeployConfig
+from schema_deploy.ops.notify import message
 from schema_deploy.pipeline import Approval, Deployment, RunInfo, RunParams, Store, Target, record, rollback
 from schema_deploy.pipeline.record import decision_of, index_key
+from schema_deploy.views import overview
 from tests.conftest import drop_database, with_database
 
 UNREACHABLE = "postgresql://deployer:not-the-password@127.0.0.1:9/production?connect_timeout=1"
@@ -259,7 +260,7 @@ def test_a_rollback_refused_before_any_group_ran_keeps_its_attempt_in_s3(ctx: De
 def test_the_page_names_the_bundle_by_its_declared_name_and_its_normalised_folder() -> None:
     from pathlib import Path
 
-    from schema_deploy.bundle import load_bundle
+    from schema_deploy.bundle.discover import load_bundle
 
     repo = Path(__file__).resolve().parents[2]
     got = overview.read_matrix(load_bundle(repo / "devstack" / ".." / "sql" / "migrations"), {}, name="main")

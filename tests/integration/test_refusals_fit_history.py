@@ -78,8 +78,8 @@ def test_an_applied_file_that_would_be_refused_now_never_blocks_an_upgrade(fresh
     root = prisma_bundle(tmp_path / "m", {M1: history})
     import psycopg
 
-    from schema_deploy.bundle import sha256_hex
-    from schema_deploy.ledger import ensure_ledger
+    from schema_deploy.bundle.discover import sha256_hex
+    from schema_deploy.state.ledger import ensure_ledger
 
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         ensure_ledger(conn)

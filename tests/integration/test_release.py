@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from schema_deploy.backup_store import parse_s3_uri
-from schema_deploy.ledger import read_rows
+from schema_deploy.backups.store import parse_s3_uri
+from schema_deploy.state.ledger import read_rows
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = "20250915090000_baseline"
@@ -156,7 +156,7 @@ def test_a_plan_frozen_for_a_target_is_the_only_plan_apply_runs_there(cli, folde
 
 
 def test_a_release_whose_paths_leave_the_bundle_is_refused(s3, store: str, fresh_db: str, cli) -> None:
-    from schema_deploy.release import Release, ReleaseFile
+    from schema_deploy.ops.release import Release, ReleaseFile
 
     sql = "CREATE TABLE x (id int);\n"
     forged = Release(bundle="main", source={"folder": "/tmp"}, layout="prisma", files=(ReleaseFile(
@@ -219,8 +219,8 @@ def test_a_document_that_is_not_a_release_is_refused_even_when_it_hashes_to_its_
 
 def test_a_release_with_a_verification_query_outside_its_folder_is_refused(cli, s3, store: str, folder: Path,
                                                                           fresh_db: str) -> None:
-    from schema_deploy.bundle import load_bundle
-    from schema_deploy.release import freeze
+    from schema_deploy.bundle.discover import load_bundle
+    from schema_deploy.ops.release import freeze
 
     forged = freeze(load_bundle(folder), "main", verify={"../../etc/cron.d/x.sql": "SELECT 1"})
     uri = put_release(s3, store, forged.document())
@@ -247,9 +247,9 @@ def test_a_migration_pending_now_that_the_release_did_not_plan_there_is_refused(
 def test_files_that_are_not_utf8_travel_byte_for_byte_and_keep_their_refusal(s3, store: str, folder: Path) -> None:
     """An applied migration saved as Latin-1 long ago, and a Latin-1 down.sql: the release carries their
     bytes (base64), never a decoded approximation, and a run from it refuses them as the folder would."""
-    from schema_deploy import release as releases
-    from schema_deploy.bundle import load_bundle
-    from schema_deploy.rollback import down_migration
+    from schema_deploy.bundle.discover import load_bundle
+    from schema_deploy.engine.down import down_migration
+    from schema_deploy.ops import release as releases
 
     old = "-- première table\nCREATE TABLE t (id int);\n".encode("latin-1")
     (folder / BASELINE / "migration.sql").write_bytes(old)

@@ -7,11 +7,11 @@ import psycopg
 import pytest
 from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS, ledger, plain_bundle, table_exists
 
-from schema_deploy.apply import apply, load_state
-from schema_deploy.bundle import load_bundle
-from schema_deploy.db import connect
-from schema_deploy.errors import MigrationFailed, ResolveRefused
-from schema_deploy.resolve import resolve_applied, resolve_rolled_back
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.engine.apply import apply, load_state
+from schema_deploy.engine.errors import MigrationFailed, ResolveRefused
+from schema_deploy.engine.resolve import resolve_applied, resolve_rolled_back
+from schema_deploy.pg.db import connect
 
 SETUP = "20250101000000_setup"
 STEPPED = "20250102000000_stepped"

@@ -19,20 +19,20 @@ from engine_support import BASELINE, FAST, MIGRATIONS
 from slack_sdk.webhook import WebhookClient
 
 from generate_data import generate
-from schema_deploy import audit
-from schema_deploy.apply import apply
-from schema_deploy.backup import backup
-from schema_deploy.backup_store import parse_s3_uri
-from schema_deploy.bundle import load_bundle
-from schema_deploy.config import DeployConfig
-from schema_deploy.errors import NoBackupToRestore, RestoreFromOtherSource
-from schema_deploy.fingerprint import schema_fingerprint
-from schema_deploy.notify import deliver, message, webhook_poster
-from schema_deploy.pg_tools import count_rows, qualified, user_tables
-from schema_deploy.pipeline import Deployment, RollbackPlan, RunInfo, RunParams, Store, Target
-from schema_deploy.pipeline import rollback
+from schema_deploy.audit import chain as audit
+from schema_deploy.backups.dump import backup
+from schema_deploy.backups.errors import RestoreFromOtherSource
+from schema_deploy.backups.restore import verify_backup
+from schema_deploy.backups.store import parse_s3_uri
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.config.settings import DeployConfig
+from schema_deploy.engine.apply import apply
+from schema_deploy.ops.notify import deliver, message, webhook_poster
+from schema_deploy.pg.fingerprint import schema_fingerprint
+from schema_deploy.pg.tools import count_rows, qualified, user_tables
+from schema_deploy.pipeline import Deployment, RollbackPlan, RunInfo, RunParams, Store, Target, rollback
+from schema_deploy.pipeline.errors import NoBackupToRestore
 from schema_deploy.pipeline.target import STAGING
-from schema_deploy.restore import verify_backup
 from seed import reset
 from tests.conftest import drop_database, with_database
 
@@ -239,7 +239,7 @@ def test_the_cli_restore_refuses_another_environment_s_backup_unless_allow_other
 
 def test_an_old_manifest_without_the_source_is_judged_by_its_key_and_still_restores_its_own_database(
         ctx: Deployment, staging: Target, production_backup, s3) -> None:
-    from schema_deploy.backup_store import read_manifest
+    from schema_deploy.backups.store import read_manifest
 
     bucket, key = parse_s3_uri(production_backup.uri)
     manifest = read_manifest(s3, bucket, key)

@@ -15,13 +15,15 @@ import pytest
 from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS, copy_bundle, ledger, plain_bundle, run_cli
 
 from generate_data import generate
-from schema_deploy.apply import apply, load_state
-from schema_deploy.bundle import load_bundle
-from schema_deploy.db import connect
-from schema_deploy.errors import LockRetriesExhausted, MigrationFileError, SqlSyntaxError, UsageError
-from schema_deploy.fingerprint import diff_fingerprints, schema_fingerprint
-from schema_deploy.errors import NoDownMigration, NotApplied, RollbackFailed, RollbackRefused
-from schema_deploy.rollback import down
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.bundle.errors import MigrationFileError, SqlSyntaxError
+from schema_deploy.engine.apply import apply, load_state
+from schema_deploy.engine.down import down
+from schema_deploy.engine.errors import (LockRetriesExhausted, NoDownMigration, NotApplied, RollbackFailed,
+                                         RollbackRefused)
+from schema_deploy.errors import UsageError
+from schema_deploy.pg.db import connect
+from schema_deploy.pg.fingerprint import diff_fingerprints, schema_fingerprint
 
 EPIC5_SHA256 = "57965b6ac4b88a1e29b62a7d04cf43fc6c759b7ab1d22d401bcd9fb73186749e"
 TABLES = ("personalization_experiments", "experiment_assignments", "behavioral_events", "behavioral_patterns",
@@ -124,7 +126,7 @@ def test_a_held_lock_is_retried_and_then_the_rollback_completes(baseline_db: str
 
 def test_running_out_of_lock_retries_keeps_the_migration_applied_and_a_rerun_finishes(
         baseline_db: str, bundle) -> None:
-    from schema_deploy.apply import Settings
+    from schema_deploy.pg.retry import Settings
 
     apply(baseline_db, bundle, FAST, online=True)
     holder = psycopg.connect(baseline_db)
@@ -226,7 +228,7 @@ def test_a_failing_down_statement_names_the_file_line_and_keeps_the_migration_ap
 
 
 def test_a_failed_migration_in_the_ledger_blocks_a_rollback(fresh_db: str, tmp_path: Path) -> None:
-    from schema_deploy.errors import MigrationFailed
+    from schema_deploy.engine.errors import MigrationFailed
 
     bundle = plain_bundle(tmp_path / "m", {
         "20250101000000_setup": "CREATE TABLE t (a int);\n",

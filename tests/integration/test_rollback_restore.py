@@ -8,14 +8,14 @@ import psycopg
 import pytest
 from botocore.config import Config
 
-from schema_deploy import audit
-from schema_deploy.apply import apply
-from schema_deploy.backup import backup
-from schema_deploy.bundle import load_bundle
-from schema_deploy.errors import RestoreRefused
-from schema_deploy.fingerprint import schema_fingerprint
-from schema_deploy.ledger import read_rows
-from schema_deploy.rollback_restore import restore_over
+from schema_deploy.audit import chain as audit
+from schema_deploy.backups.dump import backup
+from schema_deploy.backups.errors import RestoreRefused
+from schema_deploy.backups.restore_over import restore_over
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.engine.apply import apply
+from schema_deploy.pg.fingerprint import schema_fingerprint
+from schema_deploy.state.ledger import read_rows
 from seed import reset
 from tests.conftest import REPO, drop_database, with_database
 

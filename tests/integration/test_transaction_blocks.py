@@ -15,14 +15,14 @@ import pytest
 from engine_support import FAST, ledger, rows, scalar
 from prisma_support import prisma_bundle
 
-from schema_deploy.apply import apply
-from schema_deploy.bundle import load_bundle
-from schema_deploy.config import DeployConfig
-from schema_deploy.errors import MigrationFailed
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.config.settings import DeployConfig
+from schema_deploy.engine.apply import apply
+from schema_deploy.engine.errors import MigrationFailed
 from schema_deploy.pipeline import Deployment, RunInfo, RunParams, Store, Target, deploy
-from schema_deploy.plan import plan_for
-from schema_deploy.status import compute_status
-from schema_deploy.ledger import read_rows
+from schema_deploy.plan.planner import plan_for
+from schema_deploy.state.ledger import read_rows
+from schema_deploy.state.status import compute_status
 
 INIT = """\
 CREATE TYPE "SurveyStatus" AS ENUM ('draft', 'inProgress', 'archived', 'completed');

@@ -19,10 +19,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from schema_deploy import audit
-from schema_deploy.backup_store import parse_s3_uri
-from schema_deploy.cli import main
-from schema_deploy.criteria import INDEXES, MET, NOT_MEASURABLE, NOT_MET, PERFORMANCE, Verdicts
+from schema_deploy.audit import chain as audit
+from schema_deploy.backups.store import parse_s3_uri
+from schema_deploy.cli.main import main
+from schema_deploy.engine.criteria import INDEXES, MET, NOT_MEASURABLE, NOT_MET, PERFORMANCE, Verdicts
 from schema_deploy.pipeline import record
 from seed import reset
 from tests.conftest import drop_database, with_database
@@ -166,7 +166,7 @@ def test_the_verdicts_agree_on_the_approval_page_in_slack_in_the_report_and_in_t
         assert row.payload["verification"]["verdict"] == production_says
 
     # The Schema deployments page's run summary, read from that record: the same words.
-    from schema_deploy.overview import run_summary
+    from schema_deploy.views.overview import run_summary
 
     assert run_summary(document)["verdict"] == production_says
 

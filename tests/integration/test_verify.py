@@ -11,10 +11,10 @@ import psycopg
 import pytest
 
 from generate_data import generate
-from schema_deploy.apply import apply
-from schema_deploy.bundle import load_bundle
-from schema_deploy.parse import parse_migration
-from schema_deploy.verify import verify
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.bundle.parse import parse_migration
+from schema_deploy.engine.apply import apply
+from schema_deploy.engine.verify import verify
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = load_bundle(REPO / "sql" / "migrations")
@@ -126,7 +126,7 @@ def test_verify_cli_exits_1_and_names_the_failed_check(fresh_db: str) -> None:
 
 
 def test_row_counts_index_sizes_and_timings_are_reported_as_facts(epic5_db: str) -> None:
-    from schema_deploy.verify import index_sizes, query_timings, row_counts
+    from schema_deploy.engine.verify import index_sizes, query_timings, row_counts
 
     with psycopg.connect(epic5_db) as conn:
         counts = row_counts(conn, ["behavioral_events", "experiment_assignments", "no_such_table"])

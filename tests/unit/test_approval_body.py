@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from schema_deploy.gate import CommandResult, JUnitSummary
+from schema_deploy.ops.gate import CommandResult, JUnitSummary
 from schema_deploy.pipeline.record import approval_body
 
 EPIC5 = "20251017120000_epic5_schema_completion"
@@ -154,7 +154,7 @@ def test_the_gate_section_counts_passed_commands_tests_and_verification_checks(
 
 def test_a_criterion_not_met_or_not_measurable_is_named_with_the_count_and_in_bold(
         summary: dict[str, Any], backup: dict[str, Any], gate: dict[str, Any]) -> None:
-    from schema_deploy.criteria import Criterion, Verdicts
+    from schema_deploy.engine.criteria import Criterion, Verdicts
 
     verdicts = Verdicts((Criterion("foreign key constraints enforced", "met", "1/1 constraint checks passed"),
                          Criterion("new indexes created and used by queries", "not measurable", "t has 10 rows"),

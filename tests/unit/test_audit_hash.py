@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from schema_deploy.audit import (GENESIS, AuditRow, _payload_text, canonical_json, chain_hash, check_rows,
-                                 document, iso_utc)
-from schema_deploy.errors import AuditPayloadInvalid
+from schema_deploy.audit.chain import (GENESIS, AuditRow, _payload_text, canonical_json, chain_hash, check_rows,
+                                       document, iso_utc)
+from schema_deploy.audit.errors import AuditPayloadInvalid
 
 T0 = datetime(2026, 11, 26, 3, 20, 1, 123456, tzinfo=timezone.utc)
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from schema_deploy.errors import RestoreFromOtherSource
-from schema_deploy.restore import check_source, source_of
+from schema_deploy.backups.errors import RestoreFromOtherSource
+from schema_deploy.backups.restore import check_source, source_of
 
 KEYED = "s3://backups/prefix/production/americano_production/20261101T020000Z_nightly.dump"
 LOOSE = "s3://backups/copied-by-hand.dump"

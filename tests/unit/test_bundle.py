@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from schema_deploy.bundle import checksum_matches, load_bundle, sha256_hex
-from schema_deploy.errors import BundleError, MigrationFileError, NotUtf8
-from schema_deploy.parse import parse_migration
+from schema_deploy.bundle.discover import checksum_matches, load_bundle, sha256_hex
+from schema_deploy.bundle.errors import BundleError, MigrationFileError, NotUtf8
+from schema_deploy.bundle.parse import parse_migration
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "sql" / "migrations"

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from schema_deploy import config as deploy_config
+from schema_deploy.config import settings as deploy_config
 from schema_deploy_airflow import connections
 
 REPO = Path(__file__).resolve().parents[2]

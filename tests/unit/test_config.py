@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from schema_deploy.config import ROOT, DeployConfig, load
-from schema_deploy.errors import ConfigError
+from schema_deploy.config.errors import ConfigError
+from schema_deploy.config.settings import ROOT, DeployConfig, load
 
 
 def test_the_shipped_deploy_yaml_loads_with_a_nightly_window_and_the_gate_suite() -> None:
@@ -81,7 +81,7 @@ def test_reading_the_shipped_deploy_yaml_does_not_import_the_sql_parser() -> Non
     import subprocess
     import sys
 
-    code = ("import sys; from schema_deploy import config; config.load(sys.argv[1]); "
+    code = ("import sys; from schema_deploy.config import settings; settings.load(sys.argv[1]); "
             "print(sorted(m for m in ('pglast', 'psycopg', 'schema_deploy.lint') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code, str(ROOT / "deploy.yaml")], capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT / "plugins")}, timeout=60)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from schema_deploy.config import DeployConfig, load
-from schema_deploy.config_fleets import Share, WavesSpec
-from schema_deploy.errors import ConfigError, UsageError
+from schema_deploy.config.errors import ConfigError
+from schema_deploy.config.fleets import Share, WavesSpec
+from schema_deploy.config.settings import DeployConfig, load
+from schema_deploy.errors import UsageError
 
 WINDOWS = "windows:\n  - {name: nightly, cron: '0 2 * * *', duration: 2h}\n"
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from schema_deploy.cli import main
-from schema_deploy.config import ROOT, load
-from schema_deploy.config_messages import dotted
-from schema_deploy.config_model import DeployYaml, key_paths
-from schema_deploy.errors import ConfigError
+from schema_deploy.cli.main import main
+from schema_deploy.config.errors import ConfigError
+from schema_deploy.config.messages import dotted
+from schema_deploy.config.model import DeployYaml, key_paths
+from schema_deploy.config.settings import ROOT, load
 
 EVERY_KEY = yaml.safe_load("""
 bundles:

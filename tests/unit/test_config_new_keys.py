@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from schema_deploy.config import ROOT, DeployConfig, load
-from schema_deploy.errors import ConfigError
+from schema_deploy.config.errors import ConfigError
+from schema_deploy.config.settings import ROOT, DeployConfig, load
 
 
 def load_text(tmp_path: Path, text: str) -> DeployConfig:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from schema_deploy.criteria import (FOREIGN_KEYS, INDEXES, MET, NO_DATA_LOSS, NOT_MEASURABLE, NOT_MET, PERFORMANCE,
-                                    Criterion, Verdicts, judge, summary_of)
-from schema_deploy.verify import CheckResult, performance_facts
+from schema_deploy.engine.criteria import (FOREIGN_KEYS, INDEXES, MET, NOT_MEASURABLE, NOT_MET, NO_DATA_LOSS,
+                                           PERFORMANCE, Criterion, Verdicts, judge, summary_of)
+from schema_deploy.engine.verify import CheckResult, performance_facts
 
 PLAN_MB = (50.0, 100.0)
 PLAN_SPEEDUP = (20.0, 40.0)

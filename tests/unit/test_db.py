@@ -5,8 +5,8 @@ from datetime import timedelta
 
 import pytest
 
-from schema_deploy import db
-from schema_deploy.errors import DatabaseError
+from schema_deploy.pg import db
+from schema_deploy.pg.errors import DatabaseError
 
 
 @pytest.mark.parametrize(("parts", "split", "expected"), [

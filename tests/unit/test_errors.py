@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from schema_deploy.errors import SchemaDeployError, scrub
+from schema_deploy.errors import SchemaDeployError
+from schema_deploy.redact import scrub
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -29,7 +30,7 @@ def test_every_package_error_is_scrubbed_when_built() -> None:
 
 
 def test_a_connection_missing_on_the_worker_names_the_connection_the_queue_and_the_route() -> None:
-    from schema_deploy.errors import ConnectionNotOnWorker
+    from schema_deploy.pipeline.errors import ConnectionNotOnWorker
 
     wrong_queue = ConnectionNotOnWorker("production_db", queue="staging", host="worker-staging", wanted="production",
                                         setting="queues.production")

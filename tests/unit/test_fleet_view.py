@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from schema_deploy import fleet_view
-from schema_deploy.fleet_view import BadFilter, NotAFleetRecord
+from schema_deploy.views import fleet as fleet_view
+from schema_deploy.views.fleet import BadFilter, NotAFleetRecord
 from tests.fleet_samples import ERROR, RUN_ID, WAVES, live_members, outcomes, record
 
 URI = "s3://bucket/prefix/fleets/tenants/runs/x/fleet.json"

@@ -5,12 +5,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from schema_deploy.config_fleets import FleetSpec, FleetWindow, Share, WavesSpec
+from schema_deploy.config.fleets import FleetSpec, FleetWindow, Share, WavesSpec
+from schema_deploy.config.windows import Window
 from schema_deploy.errors import UsageError
-from schema_deploy.pipeline.fleet import (Member, brake, halt_limit, not_attempted, plan_waves, resolve_members,
-                                          split_by_window, waiting_outcomes, wave_limit)
+from schema_deploy.pipeline.fleet.members import Member, resolve_members
+from schema_deploy.pipeline.fleet.waves import brake, halt_limit, not_attempted, plan_waves, wave_limit
+from schema_deploy.pipeline.fleet.windows import split_by_window, waiting_outcomes
 from schema_deploy.pipeline.results import MemberOutcome
-from schema_deploy.window import Window
 
 URLS = {f"tenant_{i:02d}": f"postgresql://u:pw@db/t{i}" for i in range(10)}
 

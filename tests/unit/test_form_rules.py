@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from schema_deploy.config import DeployConfig
+from schema_deploy.config.settings import DeployConfig
 from schema_deploy.errors import UsageError
 from schema_deploy.pipeline import RunParams
 from schema_deploy.pipeline.rollback import RollbackRequest, chosen_environment

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from schema_deploy.errors import GateFailed
-from schema_deploy.gate import CommandResult, JUnitSummary, parse_junit, run_commands
+from schema_deploy.ops.errors import GateFailed
+from schema_deploy.ops.gate import CommandResult, JUnitSummary, parse_junit, run_commands
 
 SAMPLE_TESTS = '''
 import pytest

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from test_lint import CASES, MIGRATIONS, SPLITTER_CASES
 
-from schema_deploy.cli import main
-from schema_deploy.config import PrismaSettings, load
-from schema_deploy.errors import ConfigError
-from schema_deploy.lint import config_from, lint_sql
-from schema_deploy.lint_prisma import prisma_cuts
+from schema_deploy.cli.main import main
+from schema_deploy.config.errors import ConfigError
+from schema_deploy.config.settings import PrismaSettings, load
+from schema_deploy.lint.config import config_from
+from schema_deploy.lint.engine import lint_sql
+from schema_deploy.lint.rules.prisma import prisma_cuts
 
 RULE = "prisma-splitter-semicolon"
 MIXED = """\
@@ -123,7 +124,7 @@ def test_deploy_yaml_prisma_section_is_read_relative_to_the_file(tmp_path: Path)
     ("prisma: {cli: ''}", r"prisma\.cli: expected text, got an empty string\. Give it a value, or leave the key out\.$"),
 ])
 def test_a_bad_prisma_section_is_rejected_naming_the_key_and_the_fix(tmp_path: Path, text: str, message: str) -> None:
-    from schema_deploy.config import load_lint
+    from schema_deploy.config.settings import load_lint
 
     path = tmp_path / "deploy.yaml"
     path.write_text(text + "\n")

@@ -7,7 +7,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from schema_deploy.cli import main
+from schema_deploy.cli.main import main
 
 SCHEMA = json.loads((Path(__file__).parent / "sarif" / "sarif-2.1.0-rtm.5.json").read_text())
 FILE = """\
@@ -80,8 +80,8 @@ def test_github_output_annotates_each_unsuppressed_finding_with_file_line_and_es
 
 
 def test_github_escapes_what_would_end_or_split_a_workflow_command() -> None:
-    from schema_deploy.lint import Finding
-    from schema_deploy.lint_report import github
+    from schema_deploy.lint.engine import Finding
+    from schema_deploy.lint.report import github
 
     f = Finding(rule="r", severity="error", path="a,b:c.sql", line=3, message="50% done\nsecond line", help="x")
     assert github([f]) == "::error file=a%2Cb%3Ac.sql,line=3,title=schema-deploy r::50%25 done%0Asecond line. Fix: x"
@@ -101,7 +101,7 @@ def test_the_hook_definition_runs_our_lint_on_the_files_a_commit_changes() -> No
     (hook,) = yaml.safe_load((repo / ".pre-commit-hooks.yaml").read_text())
     assert (hook["id"], hook["entry"], hook["language"]) == ("schema-deploy-lint", "schema-deploy lint", "python")
     pyproject = (repo / "pyproject.toml").read_text()
-    assert 'schema-deploy = "schema_deploy.cli:main"' in pyproject  # the entry's command
+    assert 'schema-deploy = "schema_deploy.cli.main:main"' in pyproject  # the entry's command
     files = re.compile(hook["files"])
     assert files.search("prisma/migrations/20260101000000_x/migration.sql")
     assert files.search("db/migrations/20260101000000_x.sql")
@@ -109,7 +109,7 @@ def test_the_hook_definition_runs_our_lint_on_the_files_a_commit_changes() -> No
 
 
 def test_every_verb_of_the_command_line_is_one_main_knows_to_build_alone() -> None:
-    from schema_deploy.cli import VERBS, parser
+    from schema_deploy.cli.main import VERBS, parser
 
     (sub,) = [a for a in parser()._actions if a.dest == "verb"]
     assert set(sub.choices) == set(VERBS)  # a verb missing from VERBS would still work, with every parser built

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from schema_deploy.bundle import load_bundle
-from schema_deploy.errors import SqlSyntaxError, TransactionControlError
-from schema_deploy.parse import parse_migration, parse_sql
+from schema_deploy.bundle.discover import load_bundle
+from schema_deploy.bundle.errors import SqlSyntaxError, TransactionControlError
+from schema_deploy.bundle.parse import parse_migration, parse_sql
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "sql" / "migrations"
@@ -274,7 +274,7 @@ def test_baseline_file_parses_and_creates_its_tables() -> None:
     "COPY t FROM '/srv/x.csv'",
 ])
 def test_data_statements_classified_from_json_match_the_classification_of_their_tree(sql: str) -> None:
-    from schema_deploy.parse import Statement, classify
+    from schema_deploy.bundle.parse import Statement, classify
 
     (fast,) = parse_sql(sql)  # classified from the parser's JSON, no tree built
     assert fast.tree is None

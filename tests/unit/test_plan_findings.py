@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from schema_deploy.bundle import Bundle, load_bundle
-from schema_deploy.errors import LintBlocked
-from schema_deploy.lint import Finding, lint_bundle
-from schema_deploy.lint_rules import RULES
-from schema_deploy.plan import FIXED_BY_ONLINE, Plan, plan_migration, unfixed_findings
+from schema_deploy.bundle.discover import Bundle, load_bundle
+from schema_deploy.lint.engine import Finding, lint_bundle
+from schema_deploy.lint.errors import LintBlocked
+from schema_deploy.lint.registry import RULES
+from schema_deploy.plan.planner import FIXED_BY_ONLINE, Plan, plan_migration, unfixed_findings
 
 EXISTING = {"orders", "users"}
 PLAIN_INDEX = 'CREATE INDEX "orders_userId_idx" ON "orders" ("userId");'

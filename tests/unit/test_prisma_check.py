@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from schema_deploy.prisma_check import find_cli, require_schema_matches, schema_differences, summary_lines
+from schema_deploy.plan.prisma_check import find_cli, require_schema_matches, schema_differences, summary_lines
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "sql" / "migrations"

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from schema_deploy.apply import locks_phrase, statement_line
+from schema_deploy.engine.apply import locks_phrase, statement_line
 from schema_deploy.errors import PAGE, UsageError, wrapped
 from schema_deploy.pipeline import WindowSlot
 
@@ -213,7 +213,7 @@ def test_rollback_schema_failures_go_through_the_same_rule_with_their_own_title(
 
 
 def test_the_failed_message_text_names_the_dag_outside_the_link() -> None:
-    from schema_deploy.notify import message
+    from schema_deploy.ops.notify import message
     from schema_deploy_airflow.callbacks import failure_facts
 
     msg = message("failed", failure_facts(FakeTi("preflight_bundle", {}), Exception("boom")),
@@ -233,20 +233,24 @@ def test_the_failed_message_text_names_the_dag_outside_the_link() -> None:
 ])
 def test_messages_name_the_schema_deployments_page_first_and_the_cli_for_runs_without_airflow(
         error: str, page_says: str, cli: str) -> None:
-    from schema_deploy import errors
+    from schema_deploy.audit.errors import AuditProtectionMissing
+    from schema_deploy.backups.errors import BackupNotFound
+    from schema_deploy.pipeline.errors import NoBackupToRestore
+    from schema_deploy.state.errors import LedgerRowMissing
 
+    classes = {c.__name__: c for c in (AuditProtectionMissing, BackupNotFound, NoBackupToRestore, LedgerRowMissing)}
     built = {"BackupNotFound": lambda c: c("s3://b/p/x.dump", "the object does not exist"),
              "NoBackupToRestore": lambda c: c("staging", "app", "s3://b/p", 2),
              "AuditProtectionMissing": lambda c: c("staging database app", "is disabled"),
-             "LedgerRowMissing": lambda c: c("r1", "public")}[error](getattr(errors, error))
+             "LedgerRowMissing": lambda c: c("r1", "public")}[error](classes[error])
     text = str(built)
     assert page_says in text and cli in text and text.index(PAGE) < text.index(cli)
     assert PAGE == "the Schema deployments page (Browse → Schema deployments)"
 
 
 def test_a_precheck_result_reads_as_a_sentence_not_a_dict() -> None:
-    from schema_deploy.parse import parse_sql
-    from schema_deploy.prechecks import PrecheckResult
+    from schema_deploy.bundle.parse import parse_sql
+    from schema_deploy.plan.prechecks import PrecheckResult
 
     (stmt,) = parse_sql('ALTER TABLE "t" ALTER COLUMN "c" SET NOT NULL;', path="m/migration.sql")
     found = PrecheckResult(check="not-null", statement=stmt, table="t", description="rows of t where c IS NULL",

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pglast.stream import RawStream
 
-from schema_deploy.errors import ClientOnlyStatement, SqlSyntaxError, UnaccountedBytes
-from schema_deploy.parse import parse_file, parse_sql
-from schema_deploy.splitter import Lines, SplitProblem, account, split
+from schema_deploy.bundle.errors import ClientOnlyStatement, SqlSyntaxError, UnaccountedBytes
+from schema_deploy.bundle.parse import parse_file, parse_sql
+from schema_deploy.bundle.splitter import Lines, SplitProblem, account, split
 
 PROPERTY = settings(max_examples=150, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])

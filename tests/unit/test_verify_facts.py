@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schema_deploy.verify import CheckResult, VerifyReport, performance_facts
+from schema_deploy.engine.verify import CheckResult, VerifyReport, performance_facts
 
 PLAN_MB = (50.0, 100.0)
 PLAN_SPEEDUP = (20.0, 40.0)

@@ -6,8 +6,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from schema_deploy.config.windows import Window, parse_duration
 from schema_deploy.errors import UsageError
-from schema_deploy.window import Window, expected_duration, next_slot, parse_duration
+from schema_deploy.ops.window import expected_duration, next_slot
 
 UTC = timezone.utc
 NIGHTLY = Window("0 2 * * *", timedelta(hours=2), "UTC", "nightly")

@@ -7,14 +7,8 @@ from zoneinfo import ZoneInfo
 import pendulum
 import pytest
 
-from schema_deploy.window import (
-    PlannedRun,
-    Window,
-    format_duration,
-    next_run_before_windows,
-    next_slot,
-    parse_duration,
-)
+from schema_deploy.config.windows import Window, format_duration, parse_duration
+from schema_deploy.ops.window import PlannedRun, next_run_before_windows, next_slot
 
 UTC = timezone.utc
 HOUR = timedelta(hours=1)

@@ -21,13 +21,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from schema_deploy import release as releases
-from schema_deploy.config import ROOT
-from schema_deploy.errors import LedgerBlocked, LintBlocked, NothingToDeploy, ReleaseInvalid, VerificationFailed
+from schema_deploy.bundle.discover import load_declared
+from schema_deploy.config.settings import ROOT
+from schema_deploy.lint.errors import LintBlocked
+from schema_deploy.ops import release as releases
+from schema_deploy.ops.errors import ReleaseInvalid
+from schema_deploy.ops.release import Release
+from schema_deploy.pipeline.errors import DeployVerificationFailed, NothingToDeploy
 from schema_deploy.pipeline.results import (ApplyResult, BackupResult, BundleCheck, GateResult, PreflightResult,
                                             ReleaseRef, StagingGate, TargetSurvey, Verification, WindowSlot)
 from schema_deploy.pipeline.target import Deployment, Target
-from schema_deploy.release import Release
+from schema_deploy.state.errors import LedgerBlocked
 
 
 def load_release(ctx: Deployment, pre: PreflightResult | BundleCheck) -> Release:
@@ -85,7 +89,7 @@ def preflight_bundle(ctx: Deployment, source: Release | None = None) -> BundleCh
     Blocking findings are counted here but judged against production's plan (`preflight_production`):
     whether a finding blocks depends on which migrations are pending there and how the plan rewrites them.
     """
-    from schema_deploy.lint import lint_bundle
+    from schema_deploy.lint.engine import lint_bundle
 
     cfg, params, log = ctx.cfg, ctx.params, ctx.log
     params.check(cfg, ctx.run.run_type)
@@ -95,7 +99,7 @@ def preflight_bundle(ctx: Deployment, source: Release | None = None) -> BundleCh
         log.info("bundle from release %s (%s), not from a folder", source.short, source.uri)
     else:
         name = params.bundle or cfg.default_bundle
-        bundle = cfg.load_bundle(name)
+        bundle = load_declared(cfg, name)
         release = releases.store(ctx.store.s3, releases.freeze(bundle, name, verify=releases.verify_files(
             cfg.verify_dir)), ctx.store.root, ctx.store.sse)
         log.info("bundle %s (%d migrations) frozen without plans: %s", name, len(bundle.migrations), release.uri)
@@ -110,10 +114,10 @@ def survey_target(ctx: Deployment, target: Target, release: Release, bundle: Any
     """One target's ledger (refused when a migration failed or drifted), fingerprint and plan of the
     release; `extra(conn, plan)` adds the production facts. The plan is checked against the release's
     plan for `plan_role` (default: the target's name; a fleet's members share one)."""
-    from schema_deploy.apply import load_state
-    from schema_deploy.db import connect
-    from schema_deploy.fingerprint import schema_fingerprint
-    from schema_deploy.plan import check_applyable, plan_for
+    from schema_deploy.engine.apply import load_state
+    from schema_deploy.pg.db import connect
+    from schema_deploy.pg.fingerprint import schema_fingerprint
+    from schema_deploy.plan.planner import check_applyable, plan_for
 
     with connect(target.url) as conn:
         status, interrupted = load_state(conn, bundle)
@@ -144,9 +148,9 @@ def preflight_production(ctx: Deployment, production: Target, checked: BundleChe
     """Production before the change: its ledger, fingerprint and plan, the blocking lint findings
     that plan leaves (LintBlocked), the data prechecks (orphans, duplicates, NULLs) and the sizes of
     the tables it touches. Opens production only."""
-    from schema_deploy.lint import lint_bundle
-    from schema_deploy.plan import table_sizes, unfixed_findings
-    from schema_deploy.prechecks import require_clean
+    from schema_deploy.lint.engine import lint_bundle
+    from schema_deploy.plan.planner import table_sizes, unfixed_findings
+    from schema_deploy.plan.prechecks import require_clean
 
     release = load_release(ctx, checked)
     bundle = release.to_bundle()
@@ -177,7 +181,7 @@ def preflight_release(ctx: Deployment, checked: BundleCheck, staging: TargetSurv
     schemas that differ before the change (LedgerBlocked); else the release with both plans is
     frozen into the store and the run announced. A given release planned for both targets, whose
     plans still hold, is the release as it is."""
-    from schema_deploy.fingerprint import diff_fingerprints
+    from schema_deploy.pg.fingerprint import diff_fingerprints
 
     cfg, params, log = ctx.cfg, ctx.params, ctx.log
     planless = load_release(ctx, checked)
@@ -232,7 +236,7 @@ def check_prisma_schema(ctx: Deployment, bundle: Any, staging: Target, *, on_dis
     """deploy.yaml's `prisma.schema` must describe what the migrations create (`prisma migrate diff`
     with a scratch database on staging's server); skipped, once said, where Prisma is not installed.
     A bundle from a release is written to a scratch folder first (its bytes, not the folder's)."""
-    from schema_deploy.prisma_check import require_schema_matches
+    from schema_deploy.plan.prisma_check import require_schema_matches
 
     schema, cli = ctx.cfg.prisma.schema, ctx.cfg.prisma.cli
     if on_disk:
@@ -254,9 +258,9 @@ def backup(ctx: Deployment, target: Target, pre: PreflightResult) -> BackupResul
 def verified_backup(ctx: Deployment, target: Target, root: str, *, restore_check: bool) -> BackupResult:
     """pg_dump of `target` streamed under `root` (s3://BUCKET/PREFIX), then verified: `pg_restore
     --list`, and with `restore_check` a restore into a scratch database with row counts compared."""
-    from schema_deploy.backup import backup as take_backup
-    from schema_deploy.errors import VerifyFailed
-    from schema_deploy.restore import verify_backup
+    from schema_deploy.backups.dump import backup as take_backup
+    from schema_deploy.backups.errors import BackupVerificationFailed
+    from schema_deploy.backups.restore import verify_backup
 
     cfg, log = ctx.cfg, ctx.log
     result = take_backup(ctx.store.s3, target.url, root, environment=target.name, run_id=ctx.run.run_id,
@@ -264,7 +268,7 @@ def verified_backup(ctx: Deployment, target: Target, root: str, *, restore_check
     check = verify_backup(ctx.store.s3, result.uri, restore_check=restore_check, admin_url=target.url,
                           log=log.info)
     if not check.ok:
-        raise VerifyFailed(result.uri, check.problems)
+        raise BackupVerificationFailed(result.uri, check.problems)
     log.info("backup %s (%d bytes, sha256 %s) verified by %s", result.uri, result.size, result.sha256, check.method)
     return BackupResult(uri=result.uri, sha256=result.sha256, size=result.size,
                         rows=sum(result.row_counts.values()), verified=check.method)
@@ -280,7 +284,7 @@ def analyze(conn: Any, tables: list[str]) -> None:
     """Fresh planner statistics (ANALYZE takes SHARE UPDATE EXCLUSIVE: reads and writes go on)."""
     from psycopg import sql
 
-    from schema_deploy.db import ident
+    from schema_deploy.pg.db import ident
 
     for table in tables:
         conn.execute(sql.SQL("ANALYZE {}").format(ident(table)))
@@ -294,7 +298,7 @@ def deploying(pre: PreflightResult) -> list[str]:
 
 def tables_created(bundle: Any, names: set[str]) -> set[str]:
     """Tables the named migrations create."""
-    from schema_deploy.parse import parse_migration
+    from schema_deploy.bundle.parse import parse_migration
 
     return {t for m in bundle.migrations if m.name in names for s in parse_migration(m) for t in s.creates}
 
@@ -307,7 +311,7 @@ def measured_before(ctx: Deployment, target: Target, measure: Any) -> dict[str, 
 
     from botocore.exceptions import ClientError
 
-    from schema_deploy.backup_store import not_found, parse_s3_uri
+    from schema_deploy.backups.store import not_found, parse_s3_uri
 
     bucket, prefix = parse_s3_uri(ctx.store.root)
     key = f"{prefix}/runs/{quote(ctx.run.run_id, safe='')}/{target.name}.before.json".lstrip("/")
@@ -326,7 +330,7 @@ def measured_before(ctx: Deployment, target: Target, measure: Any) -> dict[str, 
 
 def lock_settings(ctx: Deployment) -> Any:
     """deploy.yaml's lock timeouts and retries, with the run's lock_retries when it sets them."""
-    from schema_deploy.apply import Settings
+    from schema_deploy.pg.retry import Settings
 
     cfg, retries = ctx.cfg, ctx.params.lock_retries
     return Settings(lock_timeout_ms=cfg.lock_timeout_ms, max_lock_timeout_ms=cfg.max_lock_timeout_ms,
@@ -345,11 +349,11 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
     left to apply (a retry after the work was done, or a second `deploy` after the approval), the
     ledger's own durations stand in for the measured time, so the window estimate stays honest.
     """
-    from schema_deploy.apply import apply as run_apply
-    from schema_deploy.db import connect
-    from schema_deploy.ledger import read_rows
-    from schema_deploy.plan import table_sizes
-    from schema_deploy.verify import query_timings, row_counts
+    from schema_deploy.engine.apply import apply as run_apply
+    from schema_deploy.engine.verify import query_timings, row_counts
+    from schema_deploy.pg.db import connect
+    from schema_deploy.plan.planner import table_sizes
+    from schema_deploy.state.ledger import read_rows
 
     cfg, params, log = ctx.cfg, ctx.params, ctx.log
     release = load_release(ctx, pre)
@@ -390,10 +394,11 @@ def verify(ctx: Deployment, target: Target, pre: PreflightResult, applied: Apply
     (`criteria.judge`: met, not met, or not measurable at this scale with the reason). A failed
     check or a changed row count raises; a criterion not met on timings or sizes is a verdict, not
     a failure. The log has one line per check and one per criterion."""
-    from schema_deploy.criteria import judge
-    from schema_deploy.db import connect
-    from schema_deploy.parse import parse_migration
-    from schema_deploy.verify import index_sizes, performance_facts, query_timings, row_counts, verify as run_verify
+    from schema_deploy.bundle.parse import parse_migration
+    from schema_deploy.engine.criteria import judge
+    from schema_deploy.engine.verify import (index_sizes, performance_facts, query_timings, row_counts,
+                                             verify as run_verify)
+    from schema_deploy.pg.db import connect
 
     cfg, log = ctx.cfg, ctx.log
     release = load_release(ctx, pre)
@@ -421,7 +426,7 @@ def verify(ctx: Deployment, target: Target, pre: PreflightResult, applied: Apply
         log.info("%s success criterion %s", target.name, criterion.line())
     log.info("%s: %s; %s", target.name, report.counts(), verdicts.summary())
     if not report.ok or lost:
-        raise VerificationFailed(target.name, [f"{c.name}: {c.detail}" for c in report.failed]
+        raise DeployVerificationFailed(target.name, [f"{c.name}: {c.detail}" for c in report.failed]
                                  + [f"row count of {t} changed {b} -> {a}" for t, (b, a) in lost.items()])
     return Verification(env=target.name, checks=len(report.checks), failed=0, rows_before=rows_before,
                         rows_after=rows_after, index_bytes=sizes, query_ms_before=before_ms, query_ms_after=after_ms,
@@ -432,7 +437,7 @@ def verify(ctx: Deployment, target: Target, pre: PreflightResult, applied: Apply
 def verdict_facts(verification: dict[str, Any] | Verification) -> dict[str, str]:
     """How every message states a verification: its check counts and its criteria's summary
     (the same words as the approval page, the report and the record)."""
-    from schema_deploy.criteria import summary_of
+    from schema_deploy.engine.criteria import summary_of
     from schema_deploy.pipeline.results import verification_counts
 
     v = verification.to_xcom() if isinstance(verification, Verification) else (verification or {})
@@ -444,7 +449,7 @@ def verdict_facts(verification: dict[str, Any] | Verification) -> dict[str, str]
 
 def has_unmet(verification: dict[str, Any] | Verification) -> bool:
     """Whether a criterion of this verification was not met."""
-    from schema_deploy.criteria import NOT_MET
+    from schema_deploy.engine.criteria import NOT_MET
 
     v = verification.to_xcom() if isinstance(verification, Verification) else (verification or {})
     return any(c.get("verdict") == NOT_MET for c in v.get("criteria") or ())
@@ -474,9 +479,9 @@ def dry_run_facts(gated: dict[str, Any] | None) -> dict[str, str]:
 def gate(ctx: Deployment, staging: Target, pre: PreflightResult, backup_: BackupResult | None) -> GateResult:
     """The configured test commands against staging (DATABASE_URL), with a timeout; JUnit XML kept
     beside the backup in the store. Raises GateFailed naming the failing tests."""
-    from schema_deploy.backup_store import parse_s3_uri
-    from schema_deploy.errors import GateFailed
-    from schema_deploy.gate import run_commands
+    from schema_deploy.backups.store import parse_s3_uri
+    from schema_deploy.ops.errors import GateFailed
+    from schema_deploy.ops.gate import run_commands
 
     cfg, log = ctx.cfg, ctx.log
     load_release(ctx, pre)
@@ -538,7 +543,7 @@ def window(ctx: Deployment, pre: PreflightResult, staged: ApplyResult | None,
     The expected production duration is staging's apply time scaled by the size ratio of the
     touched tables, times deploy.yaml's safety factor; a window too short for it is passed over.
     """
-    from schema_deploy.window import expected_duration, next_slot
+    from schema_deploy.ops.window import expected_duration, next_slot
 
     params, log = ctx.params, ctx.log
     if params.skip_window:

@@ -20,8 +20,8 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from schema_deploy.criteria import MET, Verdicts, summary_of
-from schema_deploy.errors import ApproverRefused
+from schema_deploy.engine.criteria import MET, Verdicts, summary_of
+from schema_deploy.pipeline.errors import ApproverRefused
 from schema_deploy.pipeline.results import Approval, AuditLink, AuditRecord, RunRecord, decision_text
 from schema_deploy.pipeline.target import Deployment, RunParams, Target
 
@@ -128,8 +128,8 @@ def deploy_record(ctx: Deployment, results: dict[str, Any], states: dict[str, st
 
 def chain_into(ctx: Deployment, target: Target, kind: str, record_: dict[str, Any]) -> Any:
     """The run's row in the target's audit chain: appended once, found again on a retry."""
-    from schema_deploy import audit
-    from schema_deploy.db import connect
+    from schema_deploy.audit import chain as audit
+    from schema_deploy.pg.db import connect
 
     with connect(target.url) as conn:
         audit.ensure_table(conn)
@@ -148,7 +148,7 @@ def keep_document(ctx: Deployment, record_: dict[str, Any], chain: list[Any], be
     Then the run's index object (`index_key`): the document's URI, sha256 and record, where the page
     finds any run's record by its id, one without a chain row (failed, refused, nothing to do) too.
     Returns (uri, sha256)."""
-    from schema_deploy.backup_store import parse_s3_uri
+    from schema_deploy.backups.store import parse_s3_uri
 
     if beside:
         bucket, key = parse_s3_uri(beside)
@@ -168,7 +168,7 @@ def keep_document(ctx: Deployment, record_: dict[str, Any], chain: list[Any], be
 def index_key(root: str, kind: str, run_id: str) -> tuple[str, str]:
     """(bucket, key) of a run's index object under the store's root `s3://BUCKET/PREFIX`:
     PREFIX/audit/runs/<kind>/<run id, URL-quoted>.json (a deploy and a rollback run may share an id)."""
-    from schema_deploy.backup_store import parse_s3_uri
+    from schema_deploy.backups.store import parse_s3_uri
 
     bucket, prefix = parse_s3_uri(root)
     return bucket, f"{prefix}/audit/runs/{kind}/{quote(run_id, safe='')}.json".lstrip("/")
@@ -180,8 +180,8 @@ def put_document(ctx: Deployment, bucket: str, key: str, document: dict[str, Any
     An S3 failure is the package's (transient) S3TransferFailed naming the call and the object."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from schema_deploy.backup_store import s3_error
-    from schema_deploy.errors import S3TransferFailed
+    from schema_deploy.backups.errors import S3TransferFailed
+    from schema_deploy.backups.store import s3_error
 
     body = json.dumps(document, indent=2, sort_keys=True, default=str).encode() + b"\n"
     digest = hashlib.sha256(body).hexdigest()
@@ -201,8 +201,8 @@ def put_document(ctx: Deployment, bucket: str, key: str, document: dict[str, Any
 def release_check(ctx: Deployment, uri: str) -> str:
     """Whether the run's release is still in the store as it was frozen, in words for the record
     (the record is written whatever the answer)."""
-    from schema_deploy import release
-    from schema_deploy.errors import ReleaseError
+    from schema_deploy.ops import release
+    from schema_deploy.ops.errors import ReleaseError
 
     try:
         release.load(ctx.store.s3, uri)
@@ -281,7 +281,7 @@ def check_approval(ctx: Deployment, approval: Approval) -> None:
 def approval_body(pre: dict[str, Any], backup: dict[str, Any], gate: dict[str, Any]) -> str:
     """Markdown for the approval page: the release, what will run, the backup, what the gate found
     (its outcome, and staging's success criteria in the words Slack, the report and the record use)."""
-    from schema_deploy.parse import LOCK_MODES
+    from schema_deploy.bundle.parse import LOCK_MODES
     from schema_deploy.pipeline.results import verification_counts
 
     release = pre.get("release") or {}

@@ -90,7 +90,7 @@ def render(title: str, results: dict[str, Any], states: dict[str, str | None],
 def verification_lines(title: str, v: dict[str, Any], heading: bool = False) -> list[str]:
     """A verification's check counts, its criteria's summary (the line Slack, the approval page and
     the record carry) and one line per criterion."""
-    from schema_deploy.criteria import Verdicts
+    from schema_deploy.engine.criteria import Verdicts
     from schema_deploy.pipeline.results import verification_counts
 
     head = [title] if heading else []

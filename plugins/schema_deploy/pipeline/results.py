@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from schema_deploy.errors import UsageError
 
 if TYPE_CHECKING:
-    from schema_deploy.criteria import Verdicts
+    from schema_deploy.engine.criteria import Verdicts
 
 R = TypeVar("R", bound="Result")
 
@@ -185,7 +185,7 @@ class Verification(Result):
     @property
     def verdicts(self) -> Verdicts:
         """The criteria as `criteria.Verdicts`."""
-        from schema_deploy.criteria import Verdicts
+        from schema_deploy.engine.criteria import Verdicts
 
         return Verdicts.from_list(self.criteria)
 
@@ -197,7 +197,7 @@ class Verification(Result):
 
 def verification_counts(verification: dict[str, Any]) -> str:
     """How every report counts a Verification's checks (from its XCom, or a record's copy)."""
-    from schema_deploy.criteria import check_counts
+    from schema_deploy.engine.criteria import check_counts
 
     total, failed = int(verification.get("checks") or 0), int(verification.get("failed") or 0)
     unmeasured = int(verification.get("not_measurable") or 0)

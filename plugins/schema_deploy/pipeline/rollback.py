@@ -22,14 +22,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from schema_deploy import release as releases
-from schema_deploy.errors import ConfirmationMismatch, NoBackupToRestore, RollbackVerificationFailed, UsageError
+from schema_deploy.bundle.discover import load_declared
+from schema_deploy.errors import UsageError
+from schema_deploy.ops import release as releases
+from schema_deploy.ops.release import Release
 from schema_deploy.pipeline.deploy import load_release, release_fact
+from schema_deploy.pipeline.errors import ConfirmationMismatch, NoBackupToRestore, RollbackVerificationFailed
 from schema_deploy.pipeline.record import RECORD_VERSION, chain_into, decision_of, failed_at, keep_document
 from schema_deploy.pipeline.results import (AuditRecord, BackupResult, ReleaseRef, RollbackPlan, RollbackResult,
                                             RollbackVerification)
 from schema_deploy.pipeline.target import PRODUCTION, STAGING, Deployment, Target
-from schema_deploy.release import Release
 
 BACKUP, DOWN = "backup", "down_migrations"
 METHODS = (BACKUP, DOWN)
@@ -130,8 +132,8 @@ def choose_backup(ctx: Deployment, target: Target, uri: str = "", *, allow_other
     candidate is logged. A backup taken of another environment or database (or of one its manifest
     does not record) is refused (`RestoreFromOtherSource`) unless `allow_other_source`: then the
     choice, who asked and from where to where, goes into the plan (`other_source`)."""
-    from schema_deploy.backup_store import list_backups
-    from schema_deploy.restore import check_source, load_backup
+    from schema_deploy.backups.restore import check_source, load_backup
+    from schema_deploy.backups.store import list_backups
 
     s3, root, log, database = ctx.store.s3, ctx.store.root, ctx.log, target.database
     mine = [b for b in list_backups(s3, root) if b.environment == target.name and b.database == database]
@@ -176,15 +178,15 @@ def plan_downs(ctx: Deployment, target: Target, steps: int) -> tuple[Release, li
     """The `steps` newest applied migrations and their down steps, planned from the declared bundle
     (refusals raise here: a failed ledger, no down.sql); then that bundle, down.sql included, is
     frozen into a release in the store. Returns (the stored release, the migrations, newest first)."""
-    from schema_deploy import ledger
-    from schema_deploy import rollback as engine
-    from schema_deploy.db import connect
-    from schema_deploy.status import compute_status
+    from schema_deploy.engine import down as engine
+    from schema_deploy.pg.db import connect
+    from schema_deploy.state import ledger
+    from schema_deploy.state.status import compute_status
 
     if steps < 1:
         raise UsageError(f"steps must be 1 or more (got {steps}).")
     log, name = ctx.log, ctx.params.bundle or ctx.cfg.default_bundle
-    bundle = ctx.cfg.load_bundle(name)
+    bundle = load_declared(ctx.cfg, name)
     with connect(target.url) as conn:
         chosen = engine.choose(bundle, compute_status(bundle, ledger.read_rows(conn)), steps=steps, to=None)
         plans = engine.plan_downs(conn, chosen, online=True)
@@ -230,9 +232,9 @@ def approval_body(plan: RollbackPlan) -> str:
 
 def safety_backup(ctx: Deployment, target: Target, plan: RollbackPlan) -> BackupResult:
     """pg_dump of the target as it is now, streamed to the store and verified: the way back from the rollback."""
-    from schema_deploy.backup import backup as take_backup
-    from schema_deploy.errors import VerifyFailed
-    from schema_deploy.restore import verify_backup
+    from schema_deploy.backups.dump import backup as take_backup
+    from schema_deploy.backups.errors import BackupVerificationFailed
+    from schema_deploy.backups.restore import verify_backup
 
     cfg, log = ctx.cfg, ctx.log
     if plan.release:
@@ -243,7 +245,7 @@ def safety_backup(ctx: Deployment, target: Target, plan: RollbackPlan) -> Backup
     check = verify_backup(ctx.store.s3, result.uri, restore_check=cfg.backup_restore_check, admin_url=target.url,
                           log=log.info)
     if not check.ok:
-        raise VerifyFailed(result.uri, check.problems)
+        raise BackupVerificationFailed(result.uri, check.problems)
     log.info("safety backup %s (%d bytes, sha256 %s) verified by %s", result.uri, result.size, result.sha256,
              check.method)
     return BackupResult(uri=result.uri, sha256=result.sha256, size=result.size,
@@ -256,7 +258,7 @@ def rollback(ctx: Deployment, target: Target, plan: RollbackPlan) -> RollbackRes
     """Restore the chosen backup over the target (streamed, clean, one transaction), or run the
     chosen down migrations from the release."""
     if plan.method == BACKUP:
-        from schema_deploy.rollback_restore import restore_over
+        from schema_deploy.backups.restore_over import restore_over
 
         done = restore_over(ctx.store.s3, (plan.backup or {})["uri"], target.url,
                             confirm_production=plan.confirmed or None, environment=target.role, force=plan.force,
@@ -268,12 +270,12 @@ def rollback(ctx: Deployment, target: Target, plan: RollbackPlan) -> RollbackRes
 def run_downs(ctx: Deployment, target: Target, plan: RollbackPlan) -> RollbackResult:
     """Undo the migrations preflight chose that are still applied, with the release's down.sql
     (a retry never undoes one more)."""
-    from schema_deploy import ledger
-    from schema_deploy.apply import Settings
-    from schema_deploy.db import connect
-    from schema_deploy.errors import RollbackRefused
-    from schema_deploy.rollback import down
-    from schema_deploy.status import APPLIED, compute_status
+    from schema_deploy.engine.down import down
+    from schema_deploy.engine.errors import RollbackRefused
+    from schema_deploy.pg.db import connect
+    from schema_deploy.pg.retry import Settings
+    from schema_deploy.state import ledger
+    from schema_deploy.state.status import APPLIED, compute_status
 
     cfg, params, log = ctx.cfg, ctx.params, ctx.log
     release = load_release(ctx, plan)
@@ -309,11 +311,11 @@ def ledger_states(rows: list[Any]) -> dict[str, str]:
 def verify(ctx: Deployment, target: Target, plan: RollbackPlan) -> RollbackVerification:
     """Row counts equal the backup's manifest (restore), the undone migrations pending in the release's
     terms (down), no INVALID index; the schema fingerprint and the ledger's states are recorded."""
-    from schema_deploy import ledger
-    from schema_deploy.db import connect
-    from schema_deploy.fingerprint import fingerprint_digest, schema_fingerprint
-    from schema_deploy.pg_tools import compare_counts
-    from schema_deploy.status import PENDING, compute_status
+    from schema_deploy.pg.db import connect
+    from schema_deploy.pg.fingerprint import fingerprint_digest, schema_fingerprint
+    from schema_deploy.pg.tools import compare_counts
+    from schema_deploy.state import ledger
+    from schema_deploy.state.status import PENDING, compute_status
 
     log = ctx.log
     bundle = load_release(ctx, plan).to_bundle() if plan.method == DOWN else None

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from schema_deploy.errors import NothingToDeploy
+from schema_deploy.ops.release import Release
 from schema_deploy.pipeline import deploy, record
+from schema_deploy.pipeline.errors import NothingToDeploy
 from schema_deploy.pipeline.results import Approval
 from schema_deploy.pipeline.target import Deployment, Target
-from schema_deploy.release import Release
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schema_deploy.config import DeployConfig
+from schema_deploy.config.settings import DeployConfig
 from schema_deploy.errors import UsageError
 
 STAGING, PRODUCTION, MEMBER = "staging", "production", "member"
@@ -27,7 +27,7 @@ class Target:
 
     @property
     def database(self) -> str:
-        from schema_deploy.pg_tools import target_of
+        from schema_deploy.pg.tools import target_of
 
         return target_of(self.url).dbname
 
@@ -42,7 +42,7 @@ class Store:
 
     @classmethod
     def from_config(cls, s3: Any, cfg: DeployConfig) -> Store:
-        from schema_deploy.backup_store import Sse
+        from schema_deploy.backups.store import Sse
 
         return cls(s3, f"s3://{cfg.backup_bucket}/{cfg.backup_prefix}".rstrip("/"),
                    Sse(cfg.backup_sse, cfg.backup_kms_key_id).put_args())
