@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "devstack")]
 
 from generate_data import generate  # noqa: E402
-from schema_deploy.engine.apply import apply  # noqa: E402
 from schema_deploy.bundle.discover import load_bundle  # noqa: E402
+from schema_deploy.engine.apply import apply  # noqa: E402
 
 SOURCE = "bench_stall_src"
 EPIC5 = REPO / "sql/migrations/20251017120000_epic5_schema_completion/migration.sql"

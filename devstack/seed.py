@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [p for p in (str(REPO / "plugins"), str(REPO / "devstack")) if p not in sys.path]
 
 from generate_data import generate  # noqa: E402
-from schema_deploy.engine.apply import apply  # noqa: E402
 from schema_deploy.bundle.discover import load_bundle  # noqa: E402
+from schema_deploy.engine.apply import apply  # noqa: E402
 
 BASELINE = "20250915090000_baseline"
 

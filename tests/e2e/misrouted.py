@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "devstack"), str(REPO / "plugins"), str(REPO)]
 
 import run_deploy  # noqa: E402
-from schema_deploy.config import settings as config  # noqa: E402
+from schema_deploy.config import settings  # noqa: E402
 from schema_deploy_airflow import steps  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def main() -> int:
     dropped = [name for name in os.environ.pop("DROP_CONNECTIONS", "").split(",") if name]
     for name in dropped:
         os.environ.pop(name, None)
-    parsed = config.load(os.environ.pop("PARSE_CONFIG"), must_exist=True)
+    parsed = settings.load(os.environ.pop("PARSE_CONFIG"), must_exist=True)
     steps.queue = parsed.queue  # what the DAG file's queue= reads at parse time (the DAG processor's file)
     stack_env = run_deploy.airflow_env
 

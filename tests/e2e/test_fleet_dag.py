@@ -13,7 +13,7 @@ import uuid
 import psycopg
 import pytest
 
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.state.ledger import read_rows
 from seed import reset
 from tests.conftest import drop_database, with_database
@@ -82,9 +82,9 @@ def applied(url: str) -> list[str]:
 
 def fleet_rows(url: str) -> list:
     with psycopg.connect(url) as conn:
-        audit.ensure_table(conn)
-        assert audit.verify_chain(conn).ok
-        return [r for r in audit.read_rows(conn) if r.kind == "fleet"]
+        chain.ensure_table(conn)
+        assert chain.verify_chain(conn).ok
+        return [r for r in chain.read_rows(conn) if r.kind == "fleet"]
 
 
 def fleet_messages(slack: Slack) -> list[str]:
@@ -224,8 +224,8 @@ def test_a_dry_run_checks_every_member_and_changes_nothing_anywhere_staging_incl
 
     def state(url: str) -> tuple:
         with psycopg.connect(url) as conn:
-            audit.ensure_table(conn)
-            return applied(url), fingerprint_digest(schema_fingerprint(conn)), len(audit.read_rows(conn))
+            chain.ensure_table(conn)
+            return applied(url), fingerprint_digest(schema_fingerprint(conn)), len(chain.read_rows(conn))
 
     with psycopg.connect(fleet_dbs["tenant_03"]) as conn:
         conn.execute('UPDATE experiment_assignments SET "experimentId" = \'exp_missing_\' || id WHERE id IN '

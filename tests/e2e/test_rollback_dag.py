@@ -45,13 +45,13 @@ def ledger_states(url: str) -> dict[str, str]:
 
 
 def audit_kinds(url: str) -> list[str]:
-    from schema_deploy.audit import chain as audit
+    from schema_deploy.audit import chain
 
     with psycopg.connect(url, autocommit=True) as conn:
         if not conn.execute("SELECT to_regclass('schema_deploy.audit_events') IS NOT NULL").fetchone()[0]:
             return []
-        assert audit.verify_chain(conn).ok
-        return [r.kind for r in audit.read_rows(conn)]
+        assert chain.verify_chain(conn).ok
+        return [r.kind for r in chain.read_rows(conn)]
 
 
 def slack_texts(stack_env: dict[str, str], start: int) -> str:

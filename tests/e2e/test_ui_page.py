@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from botocore.config import Config
 
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.backups.dump import backup
 from schema_deploy.bundle.discover import load_bundle
 from schema_deploy.engine.apply import apply
@@ -61,7 +61,7 @@ def stack(stack_env: dict[str, str]) -> Iterator[dict]:
         apply(urls["staging"], bundle)
         apply(urls["production"], bundle, to=BASELINE)
         with connect(urls["staging"]) as conn:
-            row = audit.append(conn, "deploy", RUN_ID, "staging",
+            row = chain.append(conn, "deploy", RUN_ID, "staging",
                                {"outcome": "dry run", "run": {"run_id": RUN_ID, "run_type": "manual"},
                                 "approval": {"approved": True, "approver": "ui-test"},
                                 "bundle": [{"name": m.name, "checksum": m.checksum} for m in bundle.migrations]})

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.audit.errors import AuditError, AuditSetupFailed
 from schema_deploy.pg.db import connect
 
@@ -30,7 +30,7 @@ def test_a_role_without_create_on_the_database_is_told_how_to_get_the_audit_trai
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'REVOKE CREATE ON DATABASE "{name}" FROM migrator')
     with connect(fresh_db) as conn, pytest.raises(AuditSetupFailed) as info:
-        audit.ensure_table(conn)
+        chain.ensure_table(conn)
     assert str(info.value) == (
         f"cannot create the audit trail (schema schema_deploy, table audit_events) in {where(fresh_db)} as role "
         f"'migrator': permission denied for database {name}. Grant the role CREATE on the database, or have an "
@@ -43,13 +43,13 @@ def test_a_role_without_create_on_the_database_is_told_how_to_get_the_audit_trai
 def test_appending_inside_a_repeatable_read_transaction_is_refused_before_it_can_fork_the_chain(
         fresh_db: str) -> None:
     with connect(fresh_db) as conn:
-        audit.append(conn, "deploy", "r1", "staging", {"step": 1})
+        chain.append(conn, "deploy", "r1", "staging", {"step": 1})
         with pytest.raises(AuditError) as info, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            audit.append(conn, "deploy", "r2", "staging", {"step": 2})
+            chain.append(conn, "deploy", "r2", "staging", {"step": 2})
         assert str(info.value) == (
             f"cannot append to the audit trail in {where(fresh_db)} inside a repeatable read transaction: its "
             "snapshot may miss a row another writer just appended and fork the chain. Append on an autocommit "
             "connection or in a READ COMMITTED transaction.")
         assert type(info.value) is AuditError and info.value.exit_code == 1
-        assert [row.run_id for row in audit.read_rows(conn)] == ["r1"]
+        assert [row.run_id for row in chain.read_rows(conn)] == ["r1"]

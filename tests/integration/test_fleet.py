@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.backups.store import parse_s3_uri
 from schema_deploy.config.fleets import FleetSpec, Share, WavesSpec
 from schema_deploy.config.settings import DeployConfig
@@ -79,11 +79,11 @@ def ledger(url: str) -> dict[str, str]:
         return {r.migration_name: r.checksum for r in read_rows(conn) if r.applied}
 
 
-def fleet_rows(url: str) -> list[audit.AuditRow]:
+def fleet_rows(url: str) -> list[chain.AuditRow]:
     with psycopg.connect(url) as conn:
-        audit.ensure_table(conn)
-        assert audit.verify_chain(conn).ok
-        return [r for r in audit.read_rows(conn) if r.kind == "fleet"]
+        chain.ensure_table(conn)
+        assert chain.verify_chain(conn).ok
+        return [r for r in chain.read_rows(conn) if r.kind == "fleet"]
 
 
 def plant_orphans(url: str, n: int = 3) -> None:

@@ -12,7 +12,7 @@ from botocore.config import Config
 from psycopg.conninfo import make_conninfo
 
 from engine_support import FAST, plain_bundle
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.bundle.discover import load_bundle
 from schema_deploy.engine.apply import apply
 from schema_deploy.pg.db import connect
@@ -100,9 +100,9 @@ def record(outcome: str, approver: str | None = "ana") -> dict:
 
 def test_runs_carry_their_audit_records_and_audit_only_runs_are_kept(fresh_db: str) -> None:
     with connect(fresh_db) as conn:
-        audit.append(conn, "deploy", "manual__old", "production", record("production migrated", approver=None))
-        audit.append(conn, "deploy", "manual__new", "production", record("production migrated"))
-        audit.append(conn, "deploy", "manual__new", "staging", record("production migrated"))
+        chain.append(conn, "deploy", "manual__old", "production", record("production migrated", approver=None))
+        chain.append(conn, "deploy", "manual__new", "production", record("production migrated"))
+        chain.append(conn, "deploy", "manual__new", "staging", record("production migrated"))
     airflow_runs = [{"dag_id": "deploy_schema", "run_id": "manual__new", "state": "success",
                      "start_date": "2026-11-26T02:00:00+00:00", "end_date": None, "url": "http://x/runs/manual__new"}]
 
@@ -128,7 +128,7 @@ def test_the_audit_status_is_ok_then_names_the_edited_row(fresh_db: str, stack_e
     assert overview.chain_status(fresh_db)["state"] == "no trail"
     with connect(fresh_db) as conn:
         for i in range(3):
-            audit.append(conn, "deploy", f"run-{i}", "staging", {"step": i})
+            chain.append(conn, "deploy", f"run-{i}", "staging", {"step": i})
     ok = overview.read_audit({"staging": fresh_db})["environments"][0]
     assert (ok["name"], ok["state"], ok["rows_checked"]) == ("staging", "ok", 3) and ok["message"].startswith(
         "audit chain ok")

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.backups.store import parse_s3_uri
 from schema_deploy.config.settings import DeployConfig
 from schema_deploy.ops.errors import ReleaseMissing, ReleaseTampered
@@ -114,7 +114,7 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
     assert document["record"]["release"]["sha256"] == pre.release["sha256"]
     for target in (staging, production):
         with psycopg.connect(target.url) as conn:
-            assert audit.verify_chain(conn).ok
+            assert chain.verify_chain(conn).ok
     assert "the migrations folder is not on this machine (the release is used)" in caplog.text
     assert [e for e, _ in ctx.notify.events] == ["started", "gate_passed"]
     assert ctx.notify.events[0][1]["release"] == f"{pre.release['short']} ({pre.release_uri})"
@@ -336,8 +336,8 @@ def test_the_record_composed_once_is_the_same_in_every_database_and_the_document
     payloads = []
     for target in targets.values():
         with psycopg.connect(target.url) as conn:
-            payloads += [r.payload for r in audit.read_rows(conn) if r.run_id == ctx.run.run_id]
-            assert audit.verify_chain(conn).ok
+            payloads += [r.payload for r in chain.read_rows(conn) if r.run_id == ctx.run.run_id]
+            assert chain.verify_chain(conn).ok
     assert payloads == [document["record"], document["record"]] and document["record"] == composed.record
     assert document["chain"] == [link.row for link in links]
     assert kept.chain == {link.env: {"id": link.row["id"], "row_hash": link.row["row_hash"]} for link in links}

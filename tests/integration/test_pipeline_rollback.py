@@ -20,7 +20,7 @@ import pytest
 from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS
 
 from generate_data import generate
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.backups.store import parse_s3_uri
 from schema_deploy.bundle.discover import load_bundle
 from schema_deploy.config.settings import DeployConfig
@@ -142,8 +142,8 @@ def test_down_migrations_run_the_frozen_release_even_after_the_folder_s_down_sql
     assert kept["kind"] == "rollback" and kept["run"]["triggered_by"] == "alice"
     assert kept["release"]["sha256"] == plan.release["sha256"] and kept["params"]["bundle"] == "main"
     with psycopg.connect(staging.url, autocommit=True) as conn:
-        rows = audit.read_rows(conn)
-        assert [(r.kind, r.run_id) for r in rows] == [("rollback", ctx.run.run_id)] and audit.verify_chain(conn).ok
+        rows = chain.read_rows(conn)
+        assert [(r.kind, r.run_id) for r in rows] == [("rollback", ctx.run.run_id)] and chain.verify_chain(conn).ok
     assert record.chain == {"staging": {"id": rows[0].id, "row_hash": rows[0].row_hash}}
     assert rollback.record(ctx, staging, request, results, steps).chain == record.chain  # a retry adds no row
     assert [event for event, _ in messages] == ["rollback_started", "rollback_done", "rollback_done"]

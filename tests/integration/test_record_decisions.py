@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.backups.store import parse_s3_uri
 from schema_deploy.config.settings import DeployConfig
 from schema_deploy.ops.notify import message
@@ -79,12 +79,12 @@ def rejection(reason: str = REASON) -> dict:
                     reason=reason).to_xcom()
 
 
-def rows_of(target: Target, run_id: str) -> list[audit.AuditRow]:
+def rows_of(target: Target, run_id: str) -> list[chain.AuditRow]:
     with psycopg.connect(target.url) as conn:
         if not conn.execute("SELECT to_regclass('schema_deploy.audit_events')").fetchone()[0]:
             return []
-        assert audit.verify_chain(conn).ok
-        return [r for r in audit.read_rows(conn) if r.run_id == run_id]
+        assert chain.verify_chain(conn).ok
+        return [r for r in chain.read_rows(conn) if r.run_id == run_id]
 
 
 def read(ctx: Deployment, uri: str) -> dict:

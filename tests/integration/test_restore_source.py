@@ -19,7 +19,7 @@ from engine_support import BASELINE, FAST, MIGRATIONS
 from slack_sdk.webhook import WebhookClient
 
 from generate_data import generate
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.backups.dump import backup
 from schema_deploy.backups.errors import RestoreFromOtherSource
 from schema_deploy.backups.restore import verify_backup
@@ -194,7 +194,7 @@ def test_asked_for_explicitly_production_data_is_restored_into_staging_recorded_
     assert kept["plan"]["backup"]["other_source"]["to"]["database"] == staging.database
     assert kept["rollback"]["other_source"]["from"]["database"] == source_db
     with psycopg.connect(staging.url) as conn:
-        [row] = [r for r in audit.read_rows(conn) if r.kind == "rollback"]
+        [row] = [r for r in chain.read_rows(conn) if r.kind == "rollback"]
     assert row.payload["plan"]["backup"]["other_source"]["asked_by"] == "alice"
 
     texts = slack_texts(stack_env, staging.database)

@@ -1,4 +1,4 @@
-"""Rolling back from a backup over a database that has moved on (rollback_restore.restore_over)."""
+"""Rolling back from a backup over a database that has moved on (backups.restore_over)."""
 from __future__ import annotations
 
 import uuid
@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from botocore.config import Config
 
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.backups.dump import backup
 from schema_deploy.backups.errors import RestoreRefused
 from schema_deploy.backups.restore_over import restore_over
@@ -44,13 +44,13 @@ def test_restoring_a_pre_deploy_backup_over_epic5_undoes_it_and_keeps_the_audit_
         s3, production, stack_env: dict[str, str]) -> None:
     url, name = production
     with psycopg.connect(url, autocommit=True) as conn:
-        audit.append(conn, "deploy", "before-backup", "production", {"n": 1})
+        chain.append(conn, "deploy", "before-backup", "production", {"n": 1})
         before = schema_fingerprint(conn)
     taken = backup(s3, url, f"s3://{stack_env['BACKUP_BUCKET']}/t-rb-{uuid.uuid4().hex[:8]}",
                    environment="production", run_id="pre")
     apply(url, load_bundle(REPO / "sql/migrations"), online=True)
     with psycopg.connect(url, autocommit=True) as conn:
-        audit.append(conn, "deploy", "after-backup", "production", {"n": 2})
+        chain.append(conn, "deploy", "after-backup", "production", {"n": 2})
     logs: list[str] = []
     done = restore_over(s3, taken.uri, url, confirm_production=name, environment="production", log=logs.append)
     assert done.foreign_keys_dropped == ["public.experiment_assignments.experiment_assignments_experimentId_fkey"]
@@ -58,10 +58,10 @@ def test_restoring_a_pre_deploy_backup_over_epic5_undoes_it_and_keeps_the_audit_
     with psycopg.connect(url, autocommit=True) as conn:
         assert schema_fingerprint(conn) == before
         assert [r.migration_name for r in read_rows(conn) if r.applied] == ["20250915090000_baseline"]
-        assert [r.run_id for r in audit.read_rows(conn)] == ["before-backup", "after-backup"]
-        assert audit.verify_chain(conn).ok
-        audit.append(conn, "rollback", "rb", "production", {"n": 3})
-        assert audit.verify_chain(conn).ok
+        assert [r.run_id for r in chain.read_rows(conn)] == ["before-backup", "after-backup"]
+        assert chain.verify_chain(conn).ok
+        chain.append(conn, "rollback", "rb", "production", {"n": 3})
+        assert chain.verify_chain(conn).ok
 
 
 def test_a_refused_restore_puts_the_dropped_foreign_keys_back(s3, production, stack_env: dict[str, str]) -> None:

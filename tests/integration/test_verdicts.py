@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.backups.store import parse_s3_uri
 from schema_deploy.cli.main import main
 from schema_deploy.engine.criteria import INDEXES, MET, NOT_MEASURABLE, NOT_MET, PERFORMANCE, Verdicts
@@ -162,7 +162,7 @@ def test_the_verdicts_agree_on_the_approval_page_in_slack_in_the_report_and_in_t
     counts_name_the_unmet(json.dumps(document), staged)
     for url in targets.values():
         with psycopg.connect(url) as conn:
-            (row,) = [r for r in audit.read_rows(conn) if r.run_id == document["run"]["run_id"]]
+            (row,) = [r for r in chain.read_rows(conn) if r.run_id == document["run"]["run_id"]]
         assert row.payload["verification"]["verdict"] == production_says
 
     # The Schema deployments page's run summary, read from that record: the same words.

@@ -1,6 +1,6 @@
 """deploy.yaml's typed model: every key refuses a value of the wrong type and an unknown sibling, by name.
 
-The cases are generated from the model itself (`config_model.key_paths`), against a file that uses
+The cases are generated from the model itself (`config.model.key_paths`), against a file that uses
 every key (`EVERY_KEY`), so a key added to the model without a test cannot exist: it gets both here.
 """
 from __future__ import annotations

@@ -247,6 +247,8 @@ PINNED_ELSEWHERE: dict[str, str] = {
     "AuditPayloadInvalid": "tests/integration/test_audit.py::"
                            "test_a_payload_jsonb_refuses_is_reported_and_nothing_is_written",
     "AuditReadRefused": "tests/integration/test_audit.py::test_a_role_that_may_not_read_the_trail_is_told_the_grant",
+    "AuditWriteRefused": "tests/integration/test_audit.py::"
+                         "test_a_role_that_may_not_append_to_a_trail_an_admin_created_is_told_the_grants_not_to_create_it",
     # backups
     "BackupFailed": "tests/integration/test_backup.py::"
                     "test_a_second_backup_of_the_same_database_is_refused_while_one_runs",

@@ -133,12 +133,42 @@ def test_no_module_imports_a_higher_layer_airflow_or_itself_in_a_cycle() -> None
     assert violations(PACKAGE) == []
 
 
-def test_each_subpackage_says_what_it_owns_and_what_it_may_import() -> None:
+def may_import(doc: str, order: list[str], layer: str) -> tuple[set[str], bool]:
+    """What a subpackage's docstring says it may import, and whether it says it as an exact list:
+    "every layer", "every layer up to `X`", or the names in backquotes up to the sentence's end
+    (a name's part in parentheses, like "for type hints only", is not a runtime import)."""
+    said = " ".join(doc.split("May import:", 1)[1].split())
+    below = order[:order.index(layer)]
+    if said.startswith("every layer up to"):
+        upto = re.match(r"every layer up to `(\w+)`", said)[1]
+        return set(order[:order.index(upto) + 1]), False
+    if said.startswith("every layer"):
+        return set(below), False
+    sentence = re.split(r"\.(?:\s|$)", said, maxsplit=1)[0]
+    sentence = re.sub(r"\([^)]*\)", "", sentence)
+    return set(re.findall(r"`([\w.]+)`", sentence)), True
+
+
+def test_each_subpackage_says_what_it_owns_and_what_it_may_import_and_imports_no_more() -> None:
+    order, mods = layer_order(PACKAGE), modules(PACKAGE)
+    known = set(mods) - {""}
     for init in sorted(PACKAGE.glob("*/__init__.py")):
+        layer = init.parent.name
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
-        assert doc, f"{init}: no docstring"
-        assert "Owns" in doc and "May import" in doc, \
+        assert "Owns" in doc and "May import:" in doc, \
             f"{init}: the docstring must say what the subpackage owns and may import"
+        allowed, exact = may_import(doc, order, layer)
+        assert allowed <= set(order[:order.index(layer)]) | {a for a in allowed if "." in a}, \
+            f"{init}: may import only layers below {layer}"
+        used = set()
+        for name in known:
+            if name.split(".")[0] == layer:
+                for imported, _ in runtime_imports(mods[name], name, "schema_deploy", known):
+                    if imported and imported.split(".")[0] != layer:
+                        used.add(imported if imported in allowed else imported.split(".")[0])
+        assert used <= allowed, f"{init}: imports {sorted(used - allowed)}, which its docstring does not allow"
+        if exact:
+            assert allowed == used, f"{init}: says it may import {sorted(allowed - used)}, which it does not"
 
 
 def test_no_more_than_twelve_modules_sit_directly_in_the_package() -> None:

@@ -50,7 +50,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from schema_deploy.audit.errors import (AuditError, AuditPayloadInvalid, AuditProtectionMissing, AuditReadRefused,
-                                        AuditSetupFailed, AuditTableMissing)
+                                        AuditSetupFailed, AuditTableMissing, AuditWriteRefused)
 from schema_deploy.redact import scrub
 
 SCHEMA = "schema_deploy"
@@ -276,6 +276,21 @@ def where(conn: psycopg.Connection) -> str:
     return f"database {conn.info.dbname!r} on {conn.info.host}:{conn.info.port}"
 
 
+def _append_refused(conn: psycopg.Connection, exc: psycopg.Error) -> AuditError:
+    """Why this role may not append: it may not create a trail that is missing, or, when an admin
+    created it without making the role a writer, may not write to it."""
+    if _table_exists(conn):
+        return AuditWriteRefused(where(conn), conn.info.user, _pg_message(exc))
+    return AuditSetupFailed(where(conn), conn.info.user, _pg_message(exc))
+
+
+def _table_exists(conn: psycopg.Connection) -> bool:
+    """Whether the audit table exists, read from the catalog (which any role may read, unlike the schema)."""
+    return conn.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)",
+                        (SCHEMA, TABLE)).fetchone()[0]
+
+
 def _protection(conn: psycopg.Connection) -> tuple[bool, str | None]:
     """(table exists, tgenabled of the append-only trigger or None when it has none)."""
     exists, enabled = conn.execute(
@@ -382,7 +397,7 @@ def append(conn: psycopg.Connection, kind: str, run_id: str | None, environment:
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
                 (recorded_at, kind, run_id, environment, Jsonb(stored), prev, digest)).fetchone()[0]
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise AuditSetupFailed(where(conn), conn.info.user, _pg_message(exc)) from None
+        raise _append_refused(conn, exc) from None
     except psycopg.DataError as exc:
         raise AuditPayloadInvalid(kind, run_id, f"PostgreSQL refused it as jsonb: {_pg_message(exc)}") from None
     return AuditRow(row_id, recorded_at, kind, run_id, environment, stored, prev, digest)

@@ -48,6 +48,21 @@ class AuditSetupFailed(AuditError):
             "once with schema_deploy.audit.chain.ensure_table(conn, writer_role=<the migrator role>).")
 
 
+class AuditWriteRefused(AuditError):
+    """The audit trail exists, but the role may not append to it (an admin created it without granting it)."""
+
+    exit_code = 2
+
+    def __init__(self, where: str, role: str, pg_message: str) -> None:
+        self.where, self.role, self.pg_message = where, role, pg_message
+        super().__init__(
+            f"role {role!r} may not append to the audit trail in {where}: {pg_message.strip()}. The trail exists; "
+            f"grant the role what a writer needs (schema_deploy.audit.chain.ensure_table(conn, writer_role={role!r}) "
+            f"run as its owner does the same): GRANT USAGE ON SCHEMA schema_deploy TO {role}; "
+            f"GRANT SELECT, INSERT ON schema_deploy.audit_events TO {role}; "
+            f"GRANT USAGE ON SEQUENCE schema_deploy.audit_events_id_seq TO {role};")
+
+
 class AuditPayloadInvalid(AuditError):
     """A record that cannot be stored as PostgreSQL jsonb."""
 

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.backups.restore import RestoreResult, _refuse_production, check_source, load_backup, restore
 from schema_deploy.pg import db
 from schema_deploy.pg.tools import target_of
@@ -110,19 +110,19 @@ def add_foreign_keys(conn: psycopg.Connection, fks: list[tuple[str, str, str, st
                 f"{definition}")
 
 
-def audit_rows(conn: psycopg.Connection) -> list[audit.AuditRow]:
-    if not db.relation_exists(conn, audit.QUALIFIED):
+def audit_rows(conn: psycopg.Connection) -> list[chain.AuditRow]:
+    if not db.relation_exists(conn, chain.QUALIFIED):
         return []
-    return audit.read_rows(conn)
+    return chain.read_rows(conn)
 
 
-def put_back_audit_rows(conn: psycopg.Connection, before: list[audit.AuditRow], log: Log) -> int:
+def put_back_audit_rows(conn: psycopg.Connection, before: list[chain.AuditRow], log: Log) -> int:
     """Re-insert, verbatim, the audit rows the restore took away (those after the backup's chain head)."""
     if not before:
         return 0
     after = audit_rows(conn)
-    if not db.relation_exists(conn, audit.QUALIFIED):
-        audit.ensure_table(conn)
+    if not db.relation_exists(conn, chain.QUALIFIED):
+        chain.ensure_table(conn)
     have = {r.id: r.row_hash for r in after}
     missing = [r for r in before if r.id not in have]
     if not missing:
@@ -130,10 +130,10 @@ def put_back_audit_rows(conn: psycopg.Connection, before: list[audit.AuditRow], 
     with conn.transaction():
         for r in missing:
             conn.execute(
-                f"INSERT INTO {audit.QUALIFIED} (id, recorded_at, kind, run_id, environment, payload, prev_hash, "
+                f"INSERT INTO {chain.QUALIFIED} (id, recorded_at, kind, run_id, environment, payload, prev_hash, "
                 "row_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (r.id, r.recorded_at, r.kind, r.run_id, r.environment, Jsonb(r.payload), r.prev_hash, r.row_hash))
-        conn.execute(f"SELECT setval(pg_get_serial_sequence('{audit.QUALIFIED}', 'id'), %s)",
+        conn.execute(f"SELECT setval(pg_get_serial_sequence('{chain.QUALIFIED}', 'id'), %s)",
                      (max(r.id for r in before),))
     log(f"audit trail: {len(missing)} row(s) recorded after the backup put back verbatim (ids "
         f"{missing[0].id}..{missing[-1].id}); the chain is unbroken")

@@ -2,7 +2,7 @@
 
 Prisma writes such a block around an enum change, and people write them by hand. The
 statements between BEGIN and COMMIT carry their Block; the planner runs each block as
-one transaction (`plan.group_steps`), as written. BEGIN and COMMIT themselves are not
+one transaction (`plan.planner.group_steps`), as written. BEGIN and COMMIT themselves are not
 statements of the plan. Transaction control with no safe meaning in a migration is
 refused with file:line and the fix: ROLLBACK (outside a block PostgreSQL only warns, and
 it would silently discard what ran before it), savepoints, a nested BEGIN (ignored with a

@@ -23,14 +23,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """`audit verify` walks the hash chain of the database's audit trail (schema_deploy.audit_events)
     and names the first row whose hash does not hold; `audit export` prints the rows recorded since a
     date, with their hashes, as JSON or CSV. Neither changes anything."""
-    from schema_deploy.audit import chain as audit
+    from schema_deploy.audit import chain
 
     if args.action == "verify":
         if args.since or args.format:
             raise UsageError("--since and --format belong to `audit export`; `audit verify` always walks the "
                              "whole chain.")
         with connect(database_url(args)) as conn:
-            report = audit.verify_chain(conn)
+            report = chain.verify_chain(conn)
         emit(args, report.as_dict(), report.message)
         return 0 if report.ok else 1
     fmt = args.format or "json"
@@ -38,6 +38,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise UsageError(f"--json and --format {fmt} contradict each other; pass one of them.")
     since = _since(args.since) if args.since else None
     with connect(database_url(args)) as conn:
-        text = audit.export(conn, since, fmt)
+        text = chain.export(conn, since, fmt)
     sys.stdout.write(text)  # as stored: payloads were scrubbed when appended, and must match their hashes
     return 0

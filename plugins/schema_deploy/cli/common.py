@@ -120,17 +120,17 @@ def release_of(uri: str):
 def deploy_yaml(args: argparse.Namespace):
     """deploy.yaml's settings: --config (which must exist), else ./deploy.yaml when the current folder has
     one, else $SCHEMA_DEPLOY_CONFIG or the project's."""
-    from schema_deploy.config import settings as config
+    from schema_deploy.config import settings
 
     if getattr(args, "config", None):
-        return config.load(args.config, must_exist=True)
-    return config.load(Path("deploy.yaml") if Path("deploy.yaml").is_file() else None)
+        return settings.load(args.config, must_exist=True)
+    return settings.load(Path("deploy.yaml") if Path("deploy.yaml").is_file() else None)
 
 
 def lint_config(args: argparse.Namespace):
     """deploy.yaml's lint settings, found as `deploy_yaml` finds the file, reading only what lint needs."""
-    from schema_deploy.config import settings as config
+    from schema_deploy.config import settings
 
     if getattr(args, "config", None):
-        return config.load_lint(args.config, must_exist=True)
-    return config.load_lint(Path("deploy.yaml") if Path("deploy.yaml").is_file() else None)
+        return settings.load_lint(args.config, must_exist=True)
+    return settings.load_lint(Path("deploy.yaml") if Path("deploy.yaml").is_file() else None)

@@ -3,7 +3,7 @@
 Every section forbids keys it does not know and takes values strictly as typed: `'false'` is not
 false, `fast` is not a number of milliseconds. What the model cannot say (a cron expression, a
 duration, a window named that `windows:` declares, a rule id of lint's registry) is checked where
-the settings are built (`config.from_mapping`, `config.fleets`, `lint.config`), with messages
+the settings are built (`config.settings.from_mapping`, `config.fleets`, `lint.config`), with messages
 of the same shape: `deploy.yaml: backup.restore_check: expected true or false, got the string 'false'`.
 
 An unknown key's message names the closest valid key and its section (a top-level `lock_retries: 3`

@@ -18,7 +18,7 @@ bundle, bytes that are not UTF-8) is one finding of severity error under the
 condition's id (`syntax-error`, `nul-byte`, `copy-from-stdin`, `psql-meta-command`,
 `transaction-control`, `symlink-outside-bundle`, `not-utf8`, …), which no
 severity setting or suppression changes. It blocks a deployment only if that
-deployment runs the file (`plan.unfixed_findings`).
+deployment runs the file (`plan.planner.unfixed_findings`).
 
 Existing tables. Most rules fire only on tables that already hold data that
 someone is using:
@@ -56,18 +56,15 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Importing the rule modules registers their rules (locks first: that is the order of --list-rules).
-from schema_deploy.lint.rules import locks as lint_locks  # noqa: F401
-from schema_deploy.lint.rules import hygiene as lint_hygiene  # noqa: F401
-from schema_deploy.lint.rules import prisma as lint_prisma  # noqa: F401
 from schema_deploy.bundle.discover import Bundle, Migration
 from schema_deploy.bundle.errors import MigrationFileError
 from schema_deploy.bundle.parse import ParsedFile, Statement, parse_file, parse_migration_file
 from schema_deploy.bundle.splitter import Split
-from schema_deploy.config.settings import LINT_OFF as OFF, LintConfig
+from schema_deploy.config.settings import LINT_OFF, LintConfig
 from schema_deploy.lint.config import checked
 from schema_deploy.lint.registry import (ANY_STATEMENT, BY_NODE, FILE_RULES, META_RULES, RULES, SEVERITIES,
                                          BundleFacts, Context, Directive, Rule, norm, observe)
+from schema_deploy.lint.rules import REGISTERED  # noqa: F401 - importing the rules registers them
 from schema_deploy.pg.names import quoted
 
 DIRECTIVE = re.compile(r"--\s*schema-deploy:\s*ignore\b(?P<rest>.*)$")
@@ -150,7 +147,7 @@ def lint_parsed(files: list[tuple[Migration, Parsed]], *, existing_tables: set[s
 
 def problem_finding(error: MigrationFileError, migration: str = "") -> Finding:
     """A file that cannot be deployed as written, as a finding under its condition's id. It blocks a run
-    that deploys that migration (`plan.unfixed_findings`); for an applied one it is history."""
+    that deploys that migration (`plan.planner.unfixed_findings`); for an applied one it is history."""
     return Finding(rule=error.code, severity="error", path=str(error.path), line=error.line or 1,
                    message=error.problem, help=error.fix, migration=migration, file_problem=True)
 
@@ -190,7 +187,7 @@ class Run:
     def start(cls, config: LintConfig | None, existing_tables: set[str] | None,
               row_estimates: dict[str, int] | None) -> Run:
         config = checked(config or LintConfig())
-        on = {rid for rid, r in RULES.items() if config.severity_of(r) != OFF}
+        on = {rid for rid, r in RULES.items() if config.severity_of(r) != LINT_OFF}
         every = tuple(r for r in ANY_STATEMENT if r.id in on)
         return cls(config=config, every_statement=every,
                    by_node={t: tuple(r for r in rules if r.id in on) + every for t, rules in BY_NODE.items()},

@@ -167,7 +167,7 @@ class Context:
 
     def steps(self) -> int:
         """How many steps the plan makes of this file: runs of transactional statements, each BEGIN …
-        COMMIT block one of its own (as `plan.group_steps` makes them)."""
+        COMMIT block one of its own (as `plan.planner.group_steps` makes them)."""
         count, previous = 0, None
         for s in self.statements:
             if not (previous is not None and previous.transactional and s.transactional

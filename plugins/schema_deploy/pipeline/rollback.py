@@ -178,7 +178,7 @@ def plan_downs(ctx: Deployment, target: Target, steps: int) -> tuple[Release, li
     """The `steps` newest applied migrations and their down steps, planned from the declared bundle
     (refusals raise here: a failed ledger, no down.sql); then that bundle, down.sql included, is
     frozen into a release in the store. Returns (the stored release, the migrations, newest first)."""
-    from schema_deploy.engine import down as engine
+    from schema_deploy.engine import down
     from schema_deploy.pg.db import connect
     from schema_deploy.state import ledger
     from schema_deploy.state.status import compute_status
@@ -188,8 +188,8 @@ def plan_downs(ctx: Deployment, target: Target, steps: int) -> tuple[Release, li
     log, name = ctx.log, ctx.params.bundle or ctx.cfg.default_bundle
     bundle = load_declared(ctx.cfg, name)
     with connect(target.url) as conn:
-        chosen = engine.choose(bundle, compute_status(bundle, ledger.read_rows(conn)), steps=steps, to=None)
-        plans = engine.plan_downs(conn, chosen, online=True)
+        chosen = down.choose(bundle, compute_status(bundle, ledger.read_rows(conn)), steps=steps, to=None)
+        plans = down.plan_downs(conn, chosen, online=True)
     if not plans:
         raise UsageError(f"nothing to roll back: no migration is applied on {target.name} database "
                          f"{target.database!r}.")

@@ -2,5 +2,5 @@
 
 Owns: `ledger` (the ledger table as Prisma creates it, its rows, Prisma's advisory lock), `status`
 (applied, pending, failed, drifted, interrupted), `errors`.
-May import: `redact`, `errors`, `config`, `pg`, `bundle`.
+May import: `errors`, `pg`, `bundle`.
 """

@@ -31,7 +31,7 @@ from typing import Any
 
 import psycopg
 
-from schema_deploy.audit import chain as audit
+from schema_deploy.audit import chain
 from schema_deploy.bundle.discover import Bundle
 from schema_deploy.errors import SchemaDeployError
 from schema_deploy.pg import db
@@ -177,7 +177,7 @@ def run_summary(record: dict[str, Any]) -> dict[str, Any]:
             "targets": record.get("targets") or {}, "backup": backup_of(record), "verdict": verdict_of(record)}
 
 
-def audit_summary(row: audit.AuditRow) -> dict[str, Any]:
+def audit_summary(row: chain.AuditRow) -> dict[str, Any]:
     """The facts of one audit row an on-call engineer scans for, plus the whole record."""
     p = row.payload if isinstance(row.payload, dict) else {}
     run, approval, backup = p.get("run") or {}, p.get("approval") or {}, p.get("backup") or {}
@@ -215,7 +215,7 @@ def live_summary(run: dict[str, Any]) -> dict[str, Any]:
             "verdict": None}
 
 
-def merge_runs(airflow_runs: list[dict[str, Any]], audit_rows: Mapping[str, list[audit.AuditRow]],
+def merge_runs(airflow_runs: list[dict[str, Any]], audit_rows: Mapping[str, list[chain.AuditRow]],
                limit: int = 20, documents: Callable[[str, str], dict[str, Any] | None] | None = None
                ) -> list[dict[str, Any]]:
     """Airflow's runs (dicts with dag_id, run_id, state, start_date, tasks: {task id: state}, ...) newest
@@ -224,7 +224,7 @@ def merge_runs(airflow_runs: list[dict[str, Any]], audit_rows: Mapping[str, list
     list become entries of their own. Every entry has a `summary` (`run_summary`, or `live_summary`
     while the run has no record)."""
     dag_kind = {dag: kind for kind, dag in KIND_TO_DAG.items()}
-    by_run: dict[tuple[str, str], list[audit.AuditRow]] = {}
+    by_run: dict[tuple[str, str], list[chain.AuditRow]] = {}
     for rows in audit_rows.values():
         for row in rows:
             if row.run_id:
@@ -254,13 +254,13 @@ def merge_runs(airflow_runs: list[dict[str, Any]], audit_rows: Mapping[str, list
     return entries[:limit]
 
 
-def recent_audit_rows(conn: psycopg.Connection, limit: int = 50) -> list[audit.AuditRow]:
+def recent_audit_rows(conn: psycopg.Connection, limit: int = 50) -> list[chain.AuditRow]:
     """The newest `limit` rows of the trail, oldest first; [] when there is no trail yet."""
-    if not db.relation_exists(conn, audit.QUALIFIED):
+    if not db.relation_exists(conn, chain.QUALIFIED):
         return []
-    rows = conn.execute(f"SELECT {', '.join(audit.COLUMNS)} FROM {audit.QUALIFIED} ORDER BY id DESC LIMIT %s",
+    rows = conn.execute(f"SELECT {', '.join(chain.COLUMNS)} FROM {chain.QUALIFIED} ORDER BY id DESC LIMIT %s",
                         (limit,)).fetchall()
-    return [audit.AuditRow(*r) for r in reversed(rows)]
+    return [chain.AuditRow(*r) for r in reversed(rows)]
 
 
 def read_runs(airflow_runs: list[dict[str, Any]], urls: Urls, limit: int = 20,
@@ -351,10 +351,10 @@ def chain_status(url: str) -> dict[str, Any]:
     """One environment's chain: state ok | broken | no trail | error, with verify's report and message."""
     try:
         with open_readonly(url) as conn:
-            if not db.relation_exists(conn, audit.QUALIFIED):
+            if not db.relation_exists(conn, chain.QUALIFIED):
                 return {"state": "no trail", "database": describe(conn), "message":
-                        f"{audit.QUALIFIED} does not exist yet: no deploy has recorded itself in {describe(conn)}"}
-            report = audit.verify_chain(conn)
+                        f"{chain.QUALIFIED} does not exist yet: no deploy has recorded itself in {describe(conn)}"}
+            report = chain.verify_chain(conn)
             return {"state": "ok" if report.ok else "broken", "database": describe(conn), "message": report.message,
                     **report.as_dict()}
     except (psycopg.Error, SchemaDeployError) as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from schema_deploy.backups.store import parse_s3_uri
-
 from schema_deploy.ops import release as releases
 from schema_deploy.ops.errors import ReleaseInvalid
 from schema_deploy.pipeline.deploy import load_release

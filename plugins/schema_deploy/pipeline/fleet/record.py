@@ -7,7 +7,6 @@ from typing import Any
 from urllib.parse import quote
 
 from schema_deploy.backups.store import parse_s3_uri
-
 from schema_deploy.config.fleets import FleetSpec
 from schema_deploy.pipeline.fleet.members import RECORD_VERSION, fleet_prefix
 from schema_deploy.pipeline.fleet.waves import FleetRun

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-
 from schema_deploy.config.fleets import FleetSpec, WavesSpec
 from schema_deploy.pipeline.fleet.members import Member, deploy_member, failed_outcome, first_line, now_utc
 from schema_deploy.pipeline.fleet.windows import split_by_window, waiting_outcomes

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-
 from schema_deploy.config.fleets import FleetSpec
 from schema_deploy.config.windows import Window
 from schema_deploy.errors import UsageError
