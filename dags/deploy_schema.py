@@ -155,10 +155,10 @@ def deploy_schema():
 
     @task.branch(queue=queue(None), doc_md="Approval when deploy.yaml's policy or the trigger form asks for it.")
     def approval_needed(params=None, dag_run=None):
-        from schema_deploy.config import settings as config
+        from schema_deploy.config import settings
         from schema_deploy_airflow.steps import approval_required
 
-        needed = approval_required(params, str(dag_run.run_type), config.load())
+        needed = approval_required(params, str(dag_run.run_type), settings.load_current())
         return "approve_production" if needed else "wait_for_window"
 
     approve = ProductionApprovalOperator(

@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any
 
-from schema_deploy.config import settings as deploy_config
+from schema_deploy.config import settings
 from schema_deploy.errors import SchemaDeployError, UsageError
 from schema_deploy_airflow import connections
 from schema_deploy_airflow.steps import PREFLIGHT, current_context, deployment, fail_fast, notify, pulled, task_log
@@ -22,11 +22,11 @@ WINDOW_KEY = "fleet_window"  # windowed's progress, read again when it resumes a
 CONN_ENV = "AIRFLOW_CONN_"
 
 
-def _cfg() -> deploy_config.DeployConfig:
+def _cfg() -> settings.DeployConfig:
     try:
-        return deploy_config.load()
+        return settings.load_current()
     except SchemaDeployError:  # the DAG still loads; preflight_bundle reports the broken file
-        return deploy_config.DeployConfig()
+        return settings.DeployConfig()
 
 
 def fleet_names() -> list[str]:
@@ -53,7 +53,7 @@ def member_queue() -> str:
     try:
         return cfg.fleet_queue(names[0]) if names else cfg.queue(None)
     except SchemaDeployError:
-        return deploy_config.DEFAULT_QUEUE
+        return settings.DEFAULT_QUEUE
 
 
 def only_targets(value: Any) -> list[str]:
@@ -69,7 +69,7 @@ def only_targets(value: Any) -> list[str]:
                      f"them (got {value!r}); leave it empty for the whole fleet.")
 
 
-def check_form(params: dict[str, Any], cfg: deploy_config.DeployConfig) -> None:
+def check_form(params: dict[str, Any], cfg: settings.DeployConfig) -> None:
     """The fleet-only fields of the form: a declared fleet, a well-formed only_targets (the names are
     checked against the members by fleet_members, which can see them); the rules across fields that
     Airflow's form cannot check (it validates each field alone), named as the fleet's form names
@@ -88,7 +88,7 @@ def check_form(params: dict[str, Any], cfg: deploy_config.DeployConfig) -> None:
 
 
 def spec_of(ctx: dict[str, Any]):
-    return deploy_config.load().fleet(str((ctx.get("params") or {}).get("fleet") or ""))
+    return settings.load_current().fleet(str((ctx.get("params") or {}).get("fleet") or ""))
 
 
 # --- members ---------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def frozen_members(ctx: dict[str, Any]) -> list:
 def preflight_bundle() -> dict[str, Any]:
     from schema_deploy_airflow import steps
 
-    check_form(dict(current_context().get("params") or {}), deploy_config.load())
+    check_form(dict(current_context().get("params") or {}), settings.load_current())
     return steps.preflight_bundle()
 
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from schema_deploy.config import settings as deploy_config
+from schema_deploy.config import settings
 from schema_deploy.errors import SchemaDeployError, is_transient
 from schema_deploy.redact import scrub
 from schema_deploy_airflow import connections
@@ -144,9 +144,9 @@ def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | No
     from schema_deploy.ops.notify import Delivery, deliver, message
 
     try:
-        channel = deploy_config.load().slack_channel
+        channel = settings.load_current().slack_channel
     except SchemaDeployError:  # a broken deploy.yaml is reported by the task; Slack still hears of it
-        channel = deploy_config.DeployConfig().slack_channel
+        channel = settings.DeployConfig().slack_channel
     context = context or current_context()
     thread = None
     if event not in ("started", "rollback_started") and context.get("ti") is not None:
@@ -175,7 +175,7 @@ def deployment(context: dict[str, Any] | None = None, *, store: bool = True):
     from schema_deploy.pipeline.target import Deployment, RunParams, Store
 
     context = context if context is not None else current_context()
-    cfg, log = deploy_config.load(), task_log()
+    cfg, log = settings.load_current(), task_log()
     return Deployment(cfg=cfg, store=Store.from_config(connections.s3_client() if store else None, cfg),
                       run=run_info(context),
                       params=RunParams.from_mapping(dict(context.get("params") or {})),
@@ -188,7 +188,7 @@ def worker_place(context: dict[str, Any] | None = None) -> tuple[str, str]:
 
     context = context if context is not None else current_context()
     task = getattr(context.get("ti"), "task", None)
-    return get_hostname(), str(getattr(task, "queue", None) or deploy_config.DEFAULT_QUEUE)
+    return get_hostname(), str(getattr(task, "queue", None) or settings.DEFAULT_QUEUE)
 
 
 def target(name: str, context: dict[str, Any] | None = None):
@@ -203,7 +203,7 @@ def target(name: str, context: dict[str, Any] | None = None):
     except connections.ConnectionMissing:
         host, queue = worker_place(context)
         try:
-            wanted = deploy_config.load().queue(name)
+            wanted = settings.load_current().queue(name)
         except SchemaDeployError:
             wanted = None
         raise ConnectionNotOnWorker(conn_id, queue=queue, host=host, wanted=wanted,
@@ -213,9 +213,9 @@ def target(name: str, context: dict[str, Any] | None = None):
 def queue(env: str | None) -> str:
     """The queue for a task of `env` (None: a task that opens no database), read at DAG-parse time."""
     try:
-        return deploy_config.load().queue(env)
+        return settings.load_current().queue(env)
     except SchemaDeployError:  # the DAG still loads; preflight reports the broken file
-        return deploy_config.DEFAULT_QUEUE
+        return settings.DEFAULT_QUEUE
 
 
 def pulled(context: dict[str, Any], task_id: str, result_type, key: str | None = None):
@@ -232,7 +232,7 @@ def run_results(context: dict[str, Any], task_steps: dict[str, str]) -> tuple[di
     return {step: ti.xcom_pull(task_ids=t) for t, step in task_steps.items()}, states
 
 
-def approval_required(params: dict[str, Any], run_type: str, cfg: deploy_config.DeployConfig) -> bool:
+def approval_required(params: dict[str, Any], run_type: str, cfg: settings.DeployConfig) -> bool:
     from schema_deploy.pipeline.target import RunParams
 
     return RunParams.from_mapping(params).approval_required(cfg, run_type)
@@ -243,9 +243,9 @@ def bundle_param():
     from airflow.sdk import Param
 
     try:
-        cfg = deploy_config.load()
+        cfg = settings.load_current()
     except SchemaDeployError:  # the DAG still loads; preflight reports the broken file
-        cfg = deploy_config.DeployConfig()
+        cfg = settings.DeployConfig()
     names = [cfg.default_bundle] + [n for n in cfg.bundle_names if n != cfg.default_bundle]
     return Param(cfg.default_bundle, type="string", enum=names, title="Migration bundle",
                  description="One of the bundles declared in deploy.yaml (bundles:); a path is not accepted.")

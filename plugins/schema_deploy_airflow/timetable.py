@@ -16,8 +16,9 @@ from airflow.exceptions import AirflowTimetableInvalid
 from airflow.timetables.base import DagRunInfo, DataInterval, TimeRestriction, Timetable
 from pendulum import DateTime
 
-from schema_deploy.config import settings as config
-from schema_deploy.config.windows import Window, format_duration, parse_duration
+from schema_deploy.config import settings
+from schema_deploy.config.durations import format_duration, parse_duration
+from schema_deploy.config.windows import Window
 from schema_deploy.ops.window import next_run_before_windows, next_slot, utc_instant
 
 
@@ -47,7 +48,7 @@ class MaintenanceWindowTimetable(Timetable):
     @classmethod
     def from_config(cls, lead: str | timedelta = "1h") -> MaintenanceWindowTimetable:
         """The windows of deploy.yaml (or `$SCHEMA_DEPLOY_CONFIG`), `lead` before each."""
-        return cls([w.spec() for w in config.load().windows], lead=lead)
+        return cls([w.spec() for w in settings.load_current().windows], lead=lead)
 
     @classmethod
     def deserialize(cls, data: dict[str, Any]) -> MaintenanceWindowTimetable:
@@ -114,7 +115,5 @@ def _utc(moment: datetime) -> DateTime:
 
 def deploy_schedule() -> MaintenanceWindowTimetable | None:
     """deploy_schema's schedule from deploy.yaml: `schedule.lead` before each window, else manual only."""
-    from schema_deploy.config import settings as config
-
-    lead = config.load().schedule_lead
+    lead = settings.load_current().schedule_lead
     return MaintenanceWindowTimetable.from_config(lead=lead) if lead is not None else None

@@ -162,11 +162,11 @@ def page(request: Request, user: GetUserDep) -> HTMLResponse:
 def matrix() -> dict[str, Any]:
     """Migrations of the bundle × environments."""
     from schema_deploy.bundle.discover import load_bundle
-    from schema_deploy.config import settings as config
+    from schema_deploy.config import settings
     from schema_deploy.views.overview import read_matrix
 
     urls, errors = _urls_or_errors()
-    cfg = config.load()
+    cfg = settings.load_current()
     result = read_matrix(load_bundle(cfg.migrations), urls, name=cfg.default_bundle)
     result["environments"] += [{"name": env, "reachable": False, "error": msg} for env, msg in errors.items()]
     return result
@@ -190,11 +190,11 @@ def runs(session: SessionDep, limit: int = Query(20, ge=1, le=200)) -> dict[str,
 @app.get("/api/backups")
 def backups() -> dict[str, Any]:
     """Backups in S3 (backup_s3 connection, deploy.yaml's bucket and prefix) with verification state."""
-    from schema_deploy.config import settings as config
+    from schema_deploy.config import settings
     from schema_deploy.views.overview import error_text, read_backups
     from schema_deploy_airflow.connections import s3_client
 
-    cfg = config.load()
+    cfg = settings.load_current()
     uri = f"s3://{cfg.backup_bucket}/{cfg.backup_prefix}".rstrip("/")
     try:
         s3 = s3_client()
@@ -218,11 +218,11 @@ def audit_status() -> dict[str, Any]:
 
 def _fleet_store() -> tuple[str, Any, str | None]:
     """(s3://BUCKET/PREFIX of deploy.yaml's store, the backup_s3 client or None, the error or None)."""
-    from schema_deploy.config import settings as config
+    from schema_deploy.config import settings
     from schema_deploy.views.overview import error_text
     from schema_deploy_airflow.connections import s3_client
 
-    cfg = config.load()
+    cfg = settings.load_current()
     root = f"s3://{cfg.backup_bucket}/{cfg.backup_prefix}".rstrip("/")
     try:
         return root, s3_client(), None
@@ -253,7 +253,7 @@ def fleet_xcoms(session, run_id: str) -> dict[tuple[str, str], Any]:
 
 
 def live_view(session, run) -> dict[str, Any]:
-    """A deploy_fleet run's view from its XComs (fleet_view.view_of_live)."""
+    """A deploy_fleet run's view from its XComs (views.fleet.view_of_live)."""
     from schema_deploy.views.fleet import view_of_live
     from schema_deploy_airflow.fleet_steps import RUN_KEY
 

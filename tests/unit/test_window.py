@@ -6,7 +6,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from schema_deploy.config.windows import Window, parse_duration
+from schema_deploy.config.durations import parse_duration
+from schema_deploy.config.windows import Window
 from schema_deploy.errors import UsageError
 from schema_deploy.ops.window import expected_duration, next_slot
 
@@ -79,15 +80,26 @@ def test_bad_window_specs_are_rejected_with_the_fix(cron: str, zone: str, messag
         Window(cron, timedelta(hours=1), zone)
 
 
-@pytest.mark.parametrize("text, seconds", [("2h", 7200), ("90m", 5400), ("1h30m", 5400), ("45s", 45)])
+@pytest.mark.parametrize("text, seconds", [("2h", 7200), ("90m", 5400), ("1h30m", 5400), ("45s", 45),
+                                           ("7d", 7 * 86400), ("2w", 14 * 86400), ("1d12h", 36 * 3600)])
 def test_durations_parse(text: str, seconds: int) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["2 hours", "90", "h"])
-def test_bad_durations_say_how_to_write_them(text: str) -> None:
-    with pytest.raises(UsageError, match="duration"):
-        parse_duration(text)
+@pytest.mark.parametrize("text, what, message", [
+    ("2 hours", "duration", "duration '2 hours': write it as numbers with units (w, d, h, m, s), such as '2h', "
+                            "'90m', '1h30m', '45s', '7d' or '2w'."),
+    ("h", "gate.timeout", "gate.timeout 'h': write it as numbers with units (w, d, h, m, s), such as '2h', '90m', "
+                          "'1h30m', '45s', '7d' or '2w'."),
+    ("90", "--older-than", "--older-than '90': add a unit (w, d, h, m or s) after 90, such as '2h', '90m', '1h30m', "
+                           "'45s', '7d' or '2w'."),
+    ("", "duration", "duration '': add a unit (w, d, h, m or s) after a number, such as '2h', '90m', '1h30m', "
+                     "'45s', '7d' or '2w'."),
+])
+def test_bad_durations_say_how_to_write_them(text: str, what: str, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_duration(text, what)
+    assert str(info.value) == message
 
 
 def test_expected_duration_scales_staging_time_by_size_and_safety_factor() -> None:

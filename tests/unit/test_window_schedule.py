@@ -7,7 +7,8 @@ from zoneinfo import ZoneInfo
 import pendulum
 import pytest
 
-from schema_deploy.config.windows import Window, format_duration, parse_duration
+from schema_deploy.config.durations import format_duration, parse_duration
+from schema_deploy.config.windows import Window
 from schema_deploy.ops.window import PlannedRun, next_run_before_windows, next_slot
 
 UTC = timezone.utc

@@ -4,17 +4,8 @@ from __future__ import annotations
 import argparse
 
 from schema_deploy.cli.common import database_url, emit, say
+from schema_deploy.config.durations import parse_duration
 from schema_deploy.errors import UsageError
-
-
-def _duration(text: str):
-    """'7d', '12h', '30m', '2w' -> timedelta."""
-    from datetime import timedelta
-
-    units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
-        raise UsageError(f"--older-than {text!r}: expected a number and a unit, e.g. 30m, 12h, 7d or 2w.")
-    return timedelta(**{units[text[-1]]: int(text[:-1])})
 
 
 def _rows_text(counts: dict[str, int], how: str) -> list[str]:
@@ -91,7 +82,7 @@ def cmd_backups(args: argparse.Namespace) -> int:
         return 0
     if args.keep is None:
         raise UsageError("backups prune needs --keep N (how many of the newest complete backups to keep).")
-    older = _duration(args.older_than) if args.older_than else None
+    older = parse_duration(args.older_than, "--older-than") if args.older_than else None
     decisions = prune(s3, args.to, keep=args.keep, older_than=older, dry_run=args.dry_run)
     verb_ = "would delete" if args.dry_run else "deleted"
     emit(args, [d.as_dict() for d in decisions],

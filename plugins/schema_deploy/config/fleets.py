@@ -22,8 +22,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from schema_deploy.config.durations import parse_duration
 from schema_deploy.config.errors import ConfigError
-from schema_deploy.config.windows import Window, parse_duration
+from schema_deploy.config.windows import Window
 from schema_deploy.errors import UsageError
 
 FLEET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -7,6 +7,8 @@ Airflow connections (`staging_db`, `production_db`, `backup_s3`,
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -199,6 +201,23 @@ def load(path: Path | str | None = None, *, must_exist: bool = False) -> DeployC
     return DeployConfig() if data is None else from_mapping(data, path)
 
 
+def load_current() -> DeployConfig:
+    """`load()` of the file in use, parsed again only when its bytes changed: a DAG file's parse asks
+    many times (a queue per task, the form's choices, the schedule) and parses it once. (Reading the
+    bytes is cheap; YAML and the typed model are what cost.)"""
+    path = config_path()
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        digest = None
+    return _load_version(str(path), digest)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_version(path: str, digest: str | None) -> DeployConfig:
+    return load(path)  # an error is not cached: the next call reads the file again
+
+
 def load_lint(path: Path | str | None = None, *, must_exist: bool = False) -> LintConfig:
     """Only what `lint` needs of deploy.yaml (`lint:` and `prisma:`, validated as `load` validates them),
     without the rest of the file's machinery (windows' cron, fleets): a pre-commit hook runs lint once a
@@ -232,9 +251,10 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
     """The settings of a parsed deploy.yaml: keys and types checked by the typed model first
     (config/model.py: unknown keys, wrong types), then what only building them can check (a cron, a
     duration, a default bundle that is declared, a window a fleet names, a range's order)."""
+    from schema_deploy.config.durations import parse_duration
     from schema_deploy.config.fleets import fleets_settings
     from schema_deploy.config.model import Approval, Backup, Expectations, Gate, Lock, Prechecks, Slack, validate
-    from schema_deploy.config.windows import Window, parse_duration
+    from schema_deploy.config.windows import Window
 
     m = validate(data, path)
     base = path.parent

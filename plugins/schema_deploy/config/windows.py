@@ -1,4 +1,4 @@
-"""Maintenance windows as deploy.yaml declares them, and the duration grammar ('2h', '1h30m').
+"""Maintenance windows as deploy.yaml declares them.
 
 A window is a cron expression for its start, a duration and an IANA time zone (so "02:00
 Europe/Berlin" stays 02:00 across daylight-saving changes). Which slot a run takes is
@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from schema_deploy.config.durations import format_duration, parse_duration
 from schema_deploy.errors import UsageError
 
 
@@ -66,34 +67,3 @@ class Window:
     def occurrence_after(self, moment: datetime) -> datetime:
         local = moment.astimezone(ZoneInfo(self.timezone))
         return croniter(self.cron, local).get_next(datetime)
-
-
-def parse_duration(text: str) -> timedelta:
-    """'90m', '2h', '1h30m', '45s' → timedelta."""
-    units = {"h": 3600, "m": 60, "s": 1}
-    total, number = 0, ""
-    for ch in text.strip():
-        if ch.isdigit():
-            number += ch
-        elif ch in units and number:
-            total += int(number) * units[ch]
-            number = ""
-        else:
-            raise UsageError(f"duration {text!r}: use hours, minutes and seconds such as '2h', '90m', '1h30m'.")
-    if number:
-        raise UsageError(f"duration {text!r}: add a unit (h, m or s) after {number}.")
-    return timedelta(seconds=total)
-
-
-def fmt(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def format_duration(delta: timedelta) -> str:
-    """timedelta → '2h', '1h30m', '45s': the inverse of parse_duration, in whole seconds."""
-    hours, rest = divmod(int(delta.total_seconds()), 3600)
-    minutes, seconds = divmod(rest, 60)
-    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n) or "0s"

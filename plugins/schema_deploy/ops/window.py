@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from schema_deploy.config.windows import Window, fmt
+from schema_deploy.config.durations import fmt
+from schema_deploy.config.windows import Window
 from schema_deploy.errors import UsageError
 
 
