@@ -6,7 +6,8 @@ runtime imports and fails on an upward import or a cycle::
 
     redact     scrubbing passwords and tokens out of text (a leaf)
     errors     the root exception and the message helpers every message uses
-    config     deploy.yaml: typed settings, fleets, maintenance-window specs, durations
+    config     deploy.yaml: typed settings, fleets, maintenance-window specs, the duration grammar
+    retrying   the one retry helper for transient I/O (tenacity), each call site's policy as data
     pg         PostgreSQL sessions, identifiers, client tools, fingerprints, lock-retry timing
     bundle     a migrations folder: discovery, checksums, parsing, Prisma's splitter, blocks
     lint       static checks of migration files: engine, its config, registry, rules by family
@@ -22,7 +23,8 @@ runtime imports and fails on an upward import or a cycle::
 
 Why this order: the ledger (`state`) sits below `plan` because a plan is made from a database's
 status; `audit` sits below `backups` because restoring over a database records itself; `ops`
-sits above `backups` because a release is stored beside the backups. Each subpackage's
+sits above `backups` because a release is stored beside the backups; `retrying` imports only
+`errors` and sits as low as it can, so every layer that does I/O may use it. Each subpackage's
 `__init__` says what it owns and what it may import; each keeps its own error conditions in its
 `errors.py`, under the root in `errors`.
 """

@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -52,6 +52,7 @@ from schema_deploy.errors import UsageError
 from schema_deploy.pg import db
 from schema_deploy.pg.tools import (Child, Target, count_rows, find_binary, lock_tables_nowait, qualified,
                                     target_of, tool_version, user_tables)
+from schema_deploy.retrying import Policy, run
 from schema_deploy.state import ledger
 
 Log = Callable[[str], None]
@@ -64,6 +65,18 @@ APPLICATION = "schema-deploy-backup"
 # sub-key 1), which cannot collide with the one-key lock migrators take.
 BACKUP_LOCK = (72707369, 1)
 F_SETPIPE_SZ = 1031
+
+
+def _endpoint_away(exc: BaseException) -> bool:
+    """An S3 error worth another abort: any but NoSuchUpload (the upload is gone: nothing to abort)."""
+    return isinstance(exc, (ClientError, BotoCoreError)) and s3_error(exc)[0] != "NoSuchUpload"
+
+
+# Aborting a multipart upload: 0.25 s, 0.5 s, 1 s, 2 s, then 4 s between tries, for as long as the
+# caller's abort_timeout_s allows (its budget_s: no wait that would end past it), on any S3 error
+# but NoSuchUpload; any other error is raised.
+ABORT_RETRY = Policy(attempts=None, first_wait_s=0.25, factor=2.0, cap_s=4.0, transient=_endpoint_away,
+                     budget_s=30.0)
 
 
 @dataclass
@@ -204,25 +217,22 @@ class MultipartStream:
         return str(resp.get("ETag", ""))
 
     def abort(self, timeout_s: float) -> str:
-        """Abort, retrying while the endpoint is away; returns what happened, for the error message."""
+        """Abort, retrying while the endpoint is away (`ABORT_RETRY` for `timeout_s` seconds);
+        returns what happened, for the error message."""
         if self.upload_id is None:
             return "No upload had started; nothing was stored."
-        deadline, delay = time.monotonic() + timeout_s, 0.25
-        while True:
-            try:
-                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
-                return f"The multipart upload {self.upload_id} was aborted: nothing was stored."
-            except (ClientError, BotoCoreError) as exc:
-                code, detail = s3_error(exc)
-                if code == "NoSuchUpload":
-                    return f"The multipart upload {self.upload_id} is gone: nothing was stored."
-                if time.monotonic() + delay > deadline:
-                    return (f"The multipart upload {self.upload_id} could not be aborted ({code}: {detail}); "
-                            "the next backup of this database aborts it before it starts (or run: aws s3api "
-                            f"abort-multipart-upload --bucket {self.bucket} --key {self.key} "
-                            f"--upload-id {self.upload_id}).")
-                time.sleep(delay)
-                delay = min(delay * 2, 4.0)
+        try:
+            run(lambda: self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id),
+                replace(ABORT_RETRY, budget_s=timeout_s))
+            return f"The multipart upload {self.upload_id} was aborted: nothing was stored."
+        except (ClientError, BotoCoreError) as exc:
+            code, detail = s3_error(exc)
+            if code == "NoSuchUpload":
+                return f"The multipart upload {self.upload_id} is gone: nothing was stored."
+            return (f"The multipart upload {self.upload_id} could not be aborted ({code}: {detail}); "
+                    "the next backup of this database aborts it before it starts (or run: aws s3api "
+                    f"abort-multipart-upload --bucket {self.bucket} --key {self.key} "
+                    f"--upload-id {self.upload_id}).")
 
 
 class _Progress(threading.Thread):

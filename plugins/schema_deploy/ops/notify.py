@@ -6,17 +6,18 @@ with links. Every text goes through `scrub`, so no password or token from a
 connection URL can reach a channel.
 
 `deliver(post, msg)` calls `post` (a webhook or Web API call made by the
-caller, e.g. the Slack provider's hook) with retries and backoff, honouring
-Retry-After on HTTP 429, and returns what happened instead of raising: a
-notification that cannot be sent is logged and recorded, never a reason to
-stop a production change.
+caller, e.g. the Slack provider's hook) with retries and backoff (the policy
+`SLACK_RETRY`, run by `retrying`), honouring Retry-After on HTTP 429, and
+returns what happened instead of raising: a notification that cannot be sent
+is logged and recorded, never a reason to stop a production change.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from schema_deploy import retrying
 from schema_deploy.redact import scrub
 
 EMOJI = {
@@ -94,27 +95,40 @@ class RetryAfter(Exception):
         super().__init__(detail)
 
 
+# Slack posts: 3 attempts, 1 s then 2 s between them; any error is worth another attempt (a
+# notification must never break the deployment); a 429 waits what its Retry-After says. Every wait,
+# a 429's too, is capped at 30 s. deliver()'s arguments can change attempts, first wait and cap.
+SLACK_RETRY = retrying.Policy(attempts=3, first_wait_s=1.0, factor=2.0, cap_s=30.0,
+                              transient=lambda exc: isinstance(exc, Exception),
+                              server_wait=lambda exc: exc.seconds if isinstance(exc, RetryAfter) else None)
+
+
 def deliver(post: Callable[[dict[str, object]], str | None], msg: dict[str, object], event: str, *,
-            attempts: int = 3, backoff_s: float = 1.0, max_wait_s: float = 30.0,
-            log: Callable[[str], None] = lambda _: None, sleep: Callable[[float], None] = time.sleep) -> Delivery:
-    """Send `msg` with `post`, retrying; never raises. `post` returns the message ts or None."""
+            attempts: int = SLACK_RETRY.attempts, backoff_s: float = SLACK_RETRY.first_wait_s,
+            max_wait_s: float = SLACK_RETRY.cap_s, log: Callable[[str], None] = lambda _: None,
+            sleep: Callable[[float], None] = time.sleep) -> Delivery:
+    """Send `msg` with `post`, retrying under `SLACK_RETRY` (its attempts, first wait and cap can be
+    given); never raises. `post` returns the message ts or None. Each failure, a 429 too, is logged
+    and recorded in the outcome's `errors`."""
     outcome = Delivery(event=event, ok=False, attempts=0)
-    for attempt in range(1, attempts + 1):
-        outcome.attempts = attempt
-        try:
-            outcome.ts = post(msg)
-            outcome.ok = True
-            return outcome
-        except RetryAfter as exc:
-            wait = min(max_wait_s, exc.seconds)
-            outcome.errors.append(scrub(f"attempt {attempt}: HTTP 429, retry after {exc.seconds:g} s"))
-        except Exception as exc:  # noqa: BLE001 - a notification must never break the deployment
-            wait = min(max_wait_s, backoff_s * 2 ** (attempt - 1))
-            outcome.errors.append(scrub(f"attempt {attempt}: {type(exc).__name__}: {exc}"))
+    policy = replace(SLACK_RETRY, attempts=attempts, first_wait_s=backoff_s, cap_s=max_wait_s)
+
+    def failed(failure: retrying.Failure) -> None:
+        exc = failure.error
+        outcome.errors.append(scrub(f"attempt {failure.attempt}: HTTP 429, retry after {exc.seconds:g} s"
+                                    if isinstance(exc, RetryAfter) else
+                                    f"attempt {failure.attempt}: {type(exc).__name__}: {exc}"))
         log(f"Slack notification '{event}' not delivered ({outcome.errors[-1]})")
-        if attempt < attempts:
-            sleep(wait)
-    log(f"giving up on Slack notification '{event}' after {attempts} attempts; the deployment goes on")
+
+    def attempt() -> str | None:
+        outcome.attempts += 1
+        return post(msg)
+
+    try:
+        outcome.ts = retrying.run(attempt, policy, on_failure=failed, sleep=sleep)
+        outcome.ok = True
+    except Exception:  # noqa: BLE001 - a notification must never break the deployment; `failed` recorded it
+        log(f"giving up on Slack notification '{event}' after {attempts} attempts; the deployment goes on")
     return outcome
 
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-
 from schema_deploy.config.fleets import FleetSpec
 from schema_deploy.errors import UsageError, is_transient, shorten
 from schema_deploy.ops import release as releases
@@ -21,21 +20,16 @@ from schema_deploy.pipeline.record import chain_into
 from schema_deploy.pipeline.results import MemberOutcome, PreflightResult, TargetSurvey
 from schema_deploy.pipeline.target import MEMBER, Deployment, Target
 from schema_deploy.redact import scrub
+from schema_deploy.retrying import Failure, Policy, run
 
 
 URL_SCHEMES = ("postgresql://", "postgres://")
-
-
 FLEET_ROLE = "fleet"  # the release's plan for every member (members share one plan: they share one schema)
-
-
-TRIES = 3  # per step of a member, for transient errors (errors.is_transient)
-
-
-BACKOFF_S = 0.5  # before retry i: BACKOFF_S * 2**i
-
-
 RECORD_VERSION = 1
+# Each step of a member (survey, backup, apply, verification, audit row): 3 tries in all for a
+# transient error (errors.is_transient), 0.5 s then 1 s between them; any other error at once.
+STEP_RETRY = Policy(attempts=3, first_wait_s=0.5, factor=2.0, transient=is_transient)
+TRIES = STEP_RETRY.attempts  # a member whose step failed transiently on every try has this many tries
 
 
 @dataclass(frozen=True)
@@ -125,23 +119,20 @@ def first_line(exc: BaseException) -> str:
 
 
 class _Tries:
-    """Transient errors retried in process, with backoff; counts the tries for the outcome."""
+    """A member's steps run under `STEP_RETRY`; counts the tries for the outcome (across its steps)."""
 
     def __init__(self, ctx: Deployment, member: Member) -> None:
         self.ctx, self.member, self.count = ctx, member, 1
 
     def __call__(self, step: Callable[[], Any]) -> Any:
-        for i in range(TRIES):
-            try:
-                return step()
-            except Exception as exc:  # noqa: BLE001 - is_transient decides
-                if i + 1 == TRIES or not is_transient(exc):
-                    raise
-                self.count += 1
-                self.ctx.log.warning("%s: %s; try %d of %d in %.1f s", self.member.name, first_line(exc), i + 2,
-                                     TRIES, BACKOFF_S * 2 ** i)
-                time.sleep(BACKOFF_S * 2 ** i)
-        raise AssertionError("unreachable")
+        return run(step, STEP_RETRY, on_failure=self._retrying)
+
+    def _retrying(self, failure: Failure) -> None:
+        if failure.last:
+            return
+        self.count += 1
+        self.ctx.log.warning("%s: %s; try %d of %d in %.1f s", self.member.name, first_line(failure.error),
+                             failure.attempt + 1, STEP_RETRY.attempts, failure.wait_s)
 
 
 def deploy_member(ctx: Deployment, member: Member, pre: PreflightResult, *, fleet: str, backup: bool,
