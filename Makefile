@@ -11,12 +11,13 @@ PYTEST_ARGS ?=
 # make airflow EXECUTOR=celery: metadata on PostgreSQL, Redis, one Celery worker per environment.
 EXECUTOR ?= local
 
-.PHONY: help venv postgres redis compose chromium stack-up stack-down stack-status demo demo-fleet airflow test requirements clean
+.PHONY: help venv postgres redis compose chromium stack-up stack-down stack-status demo demo-fleet airflow test check requirements clean
 
 help:
 	@echo "make demo          bring up the local stack, seed it, run the deployment, print a report"
 	@echo "make demo-fleet    TENANTS tenant databases (default 20), orphan rows in one, deploy_fleet in waves, a report"
 	@echo "make test          run the whole test suite on the local stack"
+	@echo "make check         the quick answer: unit, DAG and integration tests not marked slow (about 2 minutes)"
 	@echo "make airflow       start Airflow (UI on http://localhost:8080, scheduler, triggerer) on the local stack; Ctrl-C stops it"
 	@echo "                   EXECUTOR=celery: CeleryExecutor, a worker per environment holding only its own credentials"
 	@echo "make stack-up      start the local stack (2 PostgreSQL clusters, S3, Slack stand-in)"
@@ -67,6 +68,15 @@ test: venv postgres redis compose chromium
 	@was_up=0; python3 devstack/stack.py status >/dev/null 2>&1 && was_up=1; \
 	$(STACK) up >/dev/null || exit $$?; \
 	rc=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$was_up = 0 ]; then $(STACK) down || true; fi; \
+	exit $$rc
+
+# The quick answer while working: tests/unit, tests/dags and the integration tests not marked slow
+# (each marked one took half a second or more). Same stack handling as `test`; `make test` runs everything.
+check: venv postgres
+	@was_up=0; python3 devstack/stack.py status >/dev/null 2>&1 && was_up=1; \
+	$(STACK) up >/dev/null || exit $$?; \
+	rc=0; $(VENV)/bin/pytest -q -m "not slow" tests/unit tests/dags tests/integration $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$was_up = 0 ]; then $(STACK) down || true; fi; \
 	exit $$rc
 

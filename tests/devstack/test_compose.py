@@ -405,6 +405,7 @@ def path_problems(cfg: dict) -> list[str]:
 
 # --- the file as it is ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_compose_accepts_the_file_with_the_example_env():
     done = compose_config(COMPOSE)
     assert done.returncode == 0, done.stderr
@@ -423,6 +424,7 @@ def test_compose_refuses_to_start_without_the_secrets(tmp_path):
     assert "set AIRFLOW_DB_PASSWORD in docker/.env" in done.stderr
 
 
+@pytest.mark.slow
 def test_every_image_is_pinned_to_a_version(resolved):
     assert unpinned_images(resolved) == []
     images = {s["image"] for s in resolved["services"].values() if s.get("image")}
@@ -628,6 +630,7 @@ def test_env_example_holds_placeholders_only():
     assert done.returncode == 0, "docker/.env must be git-ignored"
 
 
+@pytest.mark.slow
 def test_new_env_fills_every_placeholder_with_values_the_services_accept(tmp_path):
     out = tmp_path / "stack.env"
     done = subprocess.run(["bash", "docker/new-env.sh", str(out)], cwd=REPO, capture_output=True, text=True)
@@ -782,6 +785,7 @@ def test_a_broken_file_is_caught(resolved, breakage, check):
     assert check(broken) != []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, validator", [
     # depends_on a service that does not exist: Compose refuses it
     (lambda raw: raw["services"]["airflow-worker-staging"]["depends_on"].update(

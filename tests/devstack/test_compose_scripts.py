@@ -59,6 +59,7 @@ def test_init_script_makes_a_database_the_migrator_owns_and_can_run_again(superu
     assert (super_, createdb) == (False, True)
 
 
+@pytest.mark.slow
 def test_seed_puts_both_targets_at_the_baseline_with_the_same_rows_once(superuser_env, app_databases, stack_env):
     for name in app_databases:
         assert run_init(superuser_env, name).returncode == 0

@@ -175,6 +175,7 @@ def test_private_stack_starts_idempotently_and_stops_leaving_nothing_running(tmp
     assert stack("destroy").returncode == 0 and not state.exists()
 
 
+@pytest.mark.slow
 def test_a_busy_port_is_reported_with_the_variable_to_change(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -195,6 +196,7 @@ def test_a_busy_port_is_reported_with_the_variable_to_change(tmp_path: Path) -> 
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_services_start_when_a_generated_secret_begins_with_a_dash(tmp_path: Path) -> None:
     """token_urlsafe() can start with '-'; the stack must pass it so argparse does not take it for an option."""
     state = tmp_path / "stack"

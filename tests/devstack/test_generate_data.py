@@ -108,6 +108,7 @@ def _table_counts(url: str) -> dict[str, int]:
         return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in gd.TABLES}
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_data_in_two_databases(baseline_db: str, make_db: Callable[[], str]) -> None:
     other = make_db()
     _apply_baseline(other)
@@ -119,6 +120,7 @@ def test_same_seed_gives_identical_data_in_two_databases(baseline_db: str, make_
     assert gd.content_checksum(baseline_db) == gd.content_checksum(other)
 
 
+@pytest.mark.slow
 def test_truncate_then_same_seed_reproduces_checksums(small_db: str) -> None:
     before = gd.content_checksum(small_db)
     counts = gd.generate(small_db, seed=42, scale="small", truncate=True)
@@ -126,6 +128,7 @@ def test_truncate_then_same_seed_reproduces_checksums(small_db: str) -> None:
     assert gd.content_checksum(small_db) == before
 
 
+@pytest.mark.slow
 def test_different_seed_changes_content_not_counts(baseline_db: str, make_db: Callable[[], str]) -> None:
     other = make_db()
     _apply_baseline(other)
@@ -134,6 +137,7 @@ def test_different_seed_changes_content_not_counts(baseline_db: str, make_db: Ca
     assert all(sums_a[t] != sums_b[t] for t in gd.TABLES), (sums_a, sums_b)
 
 
+@pytest.mark.slow
 def test_rerun_without_truncate_is_refused_and_atomic(small_db: str) -> None:
     before = gd.content_checksum(small_db)
     with pytest.raises(gd.GenerateError) as info:
@@ -238,6 +242,7 @@ def test_cli_refuses_database_without_baseline(settled_db: str) -> None:
     assert password not in result.stderr + result.stdout  # ...without its password
 
 
+@pytest.mark.slow
 def test_cli_prints_json_counts_and_masked_summary(baseline_db: str) -> None:
     result = _run_cli("--db", baseline_db, "--preset", "small", "--seed", "3", "--orphans", "2", "--json")
     assert result.returncode == 0, result.stderr

@@ -300,6 +300,7 @@ def test_an_aws_chunked_body_with_a_crc32_trailer_is_decoded(server: RunningServ
 
 # -- listing --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_list_v2_pages_through_prefixes_and_delimiters(s3) -> None:
     keys = [f"many/k-{i:05d}" for i in range(1100)] + ["many/sub/x", "many/sub/y", "many/zz/1", "other/1"]
     with ThreadPoolExecutor(8) as pool:
@@ -414,6 +415,7 @@ def test_an_unknown_upload_id_is_no_such_upload(s3) -> None:
     assert error_code(excinfo) == "NoSuchUpload"
 
 
+@pytest.mark.slow
 def test_uploads_survive_a_server_restart(tmp_path: Path) -> None:
     first = start_server(tmp_path, tmp_path / "root", "restart-bucket")
     client = make_client(first.endpoint)
@@ -435,6 +437,7 @@ def test_uploads_survive_a_server_restart(tmp_path: Path) -> None:
 
 # -- authentication -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_wrong_secret_key_is_signature_does_not_match(server: RunningServer) -> None:
     with pytest.raises(ClientError) as excinfo:
         make_client(server.endpoint, secret_key="not-the-secret").list_objects_v2(Bucket=BUCKET)
@@ -538,6 +541,7 @@ def test_a_client_killed_mid_upload_leaves_no_object_and_the_server_stays_health
     assert BUCKET in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 
 
+@pytest.mark.slow
 def test_server_memory_stays_flat_during_a_200_mib_multipart_upload(server: RunningServer, s3) -> None:
     size = 200 * MIB
     stream = ReadOnlyStream(size, seed=11)

@@ -266,6 +266,7 @@ def test_fail_429_webhook_sees_retry_after(standin: Standin) -> None:
     assert _messages(standin) == []
 
 
+@pytest.mark.slow
 def test_fail_429_web_client_retries_once(standin: Standin) -> None:
     _arm(standin, status=429, retry_after=1, count=1)
     before = _stats(standin)

@@ -206,6 +206,7 @@ def hold_table_lock(url: str, table: str) -> psycopg.Connection:
     return holder
 
 
+@pytest.mark.slow
 def test_apply_retries_a_lock_timeout_until_the_holder_lets_go(fresh_db: str, bundle) -> None:
     apply(fresh_db, bundle, FAST, to=BASELINE)
     holder = hold_table_lock(fresh_db, "behavioral_events")
@@ -233,6 +234,7 @@ def test_apply_retries_a_lock_timeout_until_the_holder_lets_go(fresh_db: str, bu
     assert status_of(fresh_db, bundle).clean
 
 
+@pytest.mark.slow
 def test_apply_gives_up_after_its_attempts_naming_the_holder_and_a_rerun_proceeds(fresh_db: str, bundle) -> None:
     apply(fresh_db, bundle, FAST, to=BASELINE)
     holder = hold_table_lock(fresh_db, "behavioral_events")
@@ -264,6 +266,7 @@ def test_apply_gives_up_after_its_attempts_naming_the_holder_and_a_rerun_proceed
 
 # --- the migration lock (Prisma's advisory lock) ---------------------------------------
 
+@pytest.mark.slow
 def test_apply_times_out_on_the_migration_lock_naming_the_session_that_holds_it(fresh_db: str, bundle) -> None:
     with psycopg.connect(fresh_db, autocommit=True, application_name="other-migrator") as other:
         other.execute("SELECT pg_advisory_lock(%s)", (PRISMA_LOCK_KEY,))
@@ -353,6 +356,7 @@ def test_finished_at_minus_started_at_is_how_long_a_one_transaction_migration_to
 
 # --- interrupted migrations resume -------------------------------------------------------
 
+@pytest.mark.slow
 def test_stepped_migration_out_of_lock_retries_is_interrupted_and_a_rerun_resumes_at_that_step(
         fresh_db: str, tmp_path: Path) -> None:
     bundle = plain_bundle(tmp_path / "m", {
@@ -379,6 +383,7 @@ def test_stepped_migration_out_of_lock_retries_is_interrupted_and_a_rerun_resume
     assert status_of(fresh_db, bundle).clean
 
 
+@pytest.mark.slow
 def test_concurrent_index_stopped_by_an_old_snapshot_leaves_an_invalid_index_that_the_rerun_replaces(
         fresh_db: str, tmp_path: Path) -> None:
     bundle = plain_bundle(tmp_path / "m", {
@@ -417,6 +422,7 @@ def test_row_left_by_a_killed_prisma_deploy_is_failed_and_apply_asks_for_resolve
         apply(fresh_db, bundle, FAST)
 
 
+@pytest.mark.slow
 def test_the_blocker_watch_names_a_blocker_and_stops_without_waiting_out_its_pause(fresh_db: str) -> None:
     from schema_deploy.engine.apply import BlockerWatch
 

@@ -60,6 +60,7 @@ def test_a_one_transaction_migration_logs_one_step_naming_its_first_statement_an
     assert line["locks"] == "no lock on existing tables"  # it only creates
 
 
+@pytest.mark.slow
 def test_a_step_that_waited_for_a_lock_counts_its_lock_retries_in_its_line(fresh_db: str, bundle) -> None:
     apply(fresh_db, bundle, FAST, to=BASELINE)
     holder = psycopg.connect(fresh_db, application_name="lock-holder")

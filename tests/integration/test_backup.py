@@ -254,6 +254,7 @@ def kill_on_part(s3_client, part: int, action) -> None:
 
 # --- round trip ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_backup_verify_and_restore_round_trip_the_schema_and_the_rows(
         s3, to, bucket, small_db, new_db, stack_env, pg_bindir) -> None:
     lines: list[str] = []
@@ -364,6 +365,7 @@ def test_a_dump_without_its_manifest_is_incomplete_everywhere(s3, to, bucket, pg
 
 # --- failures leave nothing behind ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_s3_endpoint_killed_mid_upload_aborts_the_upload_once_it_is_back_and_a_retry_succeeds(
         own_s3: OwnServer, noise_db, pg_bindir) -> None:
     s3 = client(own_s3.endpoint, OWN_KEY, OWN_SECRET, attempts=1)
@@ -389,6 +391,7 @@ def test_s3_endpoint_killed_mid_upload_aborts_the_upload_once_it_is_back_and_a_r
     assert verify_backup(s3, retry.uri, pg_bindir=pg_bindir).ok
 
 
+@pytest.mark.slow
 def test_an_upload_left_behind_by_a_long_outage_is_aborted_by_the_next_backup(
         own_s3: OwnServer, noise_db, pg_bindir) -> None:
     s3 = client(own_s3.endpoint, OWN_KEY, OWN_SECRET, attempts=1)
@@ -412,6 +415,7 @@ def test_an_upload_left_behind_by_a_long_outage_is_aborted_by_the_next_backup(
     assert keys_under(s3, OWN_BUCKET, "nightly/") == [retry.key, retry.manifest_key]
 
 
+@pytest.mark.slow
 def test_a_leftover_upload_of_another_run_is_aborted_only_once_it_is_idle(s3, to, bucket, small_db,
                                                                            pg_bindir) -> None:
     prefix = f"{to.split('/', 3)[3]}/default/{small_db.rsplit('/', 1)[1]}/"
@@ -430,6 +434,7 @@ def test_a_leftover_upload_of_another_run_is_aborted_only_once_it_is_idle(s3, to
     assert uploads_under(s3, bucket, prefix) == []
 
 
+@pytest.mark.slow
 def test_pg_dump_killed_after_several_parts_leaves_no_object_and_no_upload(
         s3, stack_env, to, bucket, noise_db, pg_bindir) -> None:
     own = client(stack_env["S3_ENDPOINT_URL"], stack_env["AWS_ACCESS_KEY_ID"], stack_env["AWS_SECRET_ACCESS_KEY"])
@@ -442,6 +447,7 @@ def test_pg_dump_killed_after_several_parts_leaves_no_object_and_no_upload(
     assert keys_under(s3, bucket, prefix) == [] and uploads_under(s3, bucket, prefix) == []
 
 
+@pytest.mark.slow
 def test_pg_dump_failing_reports_its_exit_code_and_stderr_without_the_password(
         s3, to, bucket, small_db, pg_bindir) -> None:
     with psycopg.connect(small_db) as holder:
@@ -504,6 +510,7 @@ def test_a_second_backup_of_the_same_database_is_refused_while_one_runs(s3, to, 
 
 # --- consistency under writes --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_manifest_row_counts_are_the_snapshot_the_dump_holds_while_writes_continue(
         s3, to, noise_db, new_db, pg_bindir) -> None:
     with psycopg.connect(noise_db, autocommit=True) as conn:
@@ -543,6 +550,7 @@ def test_manifest_row_counts_are_the_snapshot_the_dump_holds_while_writes_contin
 
 # --- restore refusals ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_restore_into_a_database_with_another_session_is_refused_naming_it(
         s3, to, small_db, new_db, pg_bindir) -> None:
     result = backup(s3, small_db, to, pg_bindir=pg_bindir)
@@ -558,6 +566,7 @@ def test_restore_into_a_database_with_another_session_is_refused_naming_it(
             result.row_counts
 
 
+@pytest.mark.slow
 def test_restore_clean_is_refused_while_a_session_of_another_role_is_connected(
         s3, to, small_db, new_db, pg_bindir, stack_env: dict[str, str]) -> None:
     """PostgreSQL hides another role's session details (backend_type included) from a role without
@@ -582,6 +591,7 @@ def test_restore_clean_is_refused_while_a_session_of_another_role_is_connected(
             admin.execute(f'DROP ROLE "{role}"')
 
 
+@pytest.mark.slow
 def test_restore_into_a_production_looking_database_needs_its_name_as_confirmation(
         s3, to, small_db, new_db, pg_bindir) -> None:
     result = backup(s3, small_db, to, pg_bindir=pg_bindir)
@@ -605,6 +615,7 @@ def test_restore_into_a_production_looking_database_needs_its_name_as_confirmati
 
 # --- retention -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_prune_keeps_the_newest_verified_backup(s3, to, bucket, small_db, pg_bindir) -> None:
     made = [backup(s3, small_db, to, run_id=f"b{i}", pg_bindir=pg_bindir) for i in range(3)]
     verify_backup(s3, made[0].uri, pg_bindir=pg_bindir)
@@ -663,6 +674,7 @@ def test_a_bucket_without_a_full_public_access_block_is_refused(s3, small_db, pg
         s3.delete_bucket(Bucket=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seen, message", [
     (None, r"\.dump was stored without server-side encryption \(HeadObject returned no x-amz-server-side-encryption "
            r"header although AES256 was requested\); the object was deleted\. Turn on default encryption for the "
@@ -695,6 +707,7 @@ def test_sse_kms_with_a_key_id_is_requested_checked_and_recorded(s3, to, bucket,
         backup(s3, small_db, to, kms_key_id=key_id, pg_bindir=pg_bindir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("call, error, message", [
     (lambda s3, url, tmp: backup(s3, url, "s3://b/p", part_size=MIB), UsageError,
      r"part size 1048576 is below S3's minimum of 5242880 bytes \(5 MiB\)\."),
@@ -717,6 +730,7 @@ def test_bad_input_is_refused_before_anything_runs(s3, stack_env, tmp_path, call
         call(s3, stack_env["STAGING_DATABASE_URL"], tmp_path)
 
 
+@pytest.mark.slow
 def test_a_manifest_that_does_not_describe_the_dump_fails_the_restore_check_and_the_restore(
         s3, to, bucket, small_db, new_db, stack_env, pg_bindir) -> None:
     result = backup(s3, small_db, to, pg_bindir=pg_bindir)
@@ -738,6 +752,7 @@ def test_a_manifest_that_does_not_describe_the_dump_fails_the_restore_check_and_
 
 # --- progress ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_progress_is_logged_while_the_dump_runs_and_summarised_at_the_end(s3, to, noise_db, pg_bindir) -> None:
     lines: list[str] = []
     result = backup(s3, noise_db, to, part_size=PART, progress_interval_s=0.1, pg_bindir=pg_bindir,
@@ -763,6 +778,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.slow
 def test_cli_backs_up_verifies_lists_and_restores(cli_env, capsys, to, small_db, new_db) -> None:
     code, out, err = run_cli(capsys, "backup", "--db", small_db, "--to", to, "--environment", "staging",
                              "--restore-check")
@@ -791,6 +807,7 @@ def test_cli_backs_up_verifies_lists_and_restores(cli_env, capsys, to, small_db,
     assert code == 0 and [d["action"] for d in json.loads(out)] == ["keep"]
 
 
+@pytest.mark.slow
 def test_cli_errors_go_to_stderr_with_their_exit_codes(cli_env, capsys, to, stack_env) -> None:
     url = stack_env["STAGING_DATABASE_URL"]
     code, out, err = run_cli(capsys, "backup", "--db", url, "--to", "/tmp/backups")

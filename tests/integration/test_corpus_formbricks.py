@@ -74,6 +74,7 @@ def test_the_corpus_holds_prismas_own_transaction_blocks(corpus: Path) -> None:
     assert "20230915143725_remove_survey_status_archived" in blocks and len(load_bundle(corpus).migrations) == 97
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("way", ["whole", "stepwise"])
 def test_every_migration_is_applied_in_the_ledger_with_its_files_checksum(deployed: dict, way: str) -> None:
     rows = deployed["ledger"][way]

@@ -100,6 +100,7 @@ def test_relation_lookups_split_a_qualified_name_and_use_the_search_path_for_a_b
 
 # --- sessions and blockers ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_blocker_of_a_real_held_lock_is_named_with_its_application_state_age_and_query(fresh_db: str) -> None:
     with db.connect(fresh_db) as setup:
         setup.execute('CREATE TABLE "lock me" (a int)')

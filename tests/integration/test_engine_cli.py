@@ -41,6 +41,7 @@ def test_status_of_a_fresh_database_lists_pending_migrations_and_exits_1(fresh_d
     assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_apply_prints_what_it_applied_on_stdout_and_progress_on_stderr(fresh_db: str) -> None:
     result = run_cli("apply", "--db", fresh_db)
     assert result.returncode == 0, result.stderr
@@ -282,6 +283,7 @@ def test_bad_migrations_folder_exits_2_naming_the_folder(fresh_db: str, tmp_path
 
 # --- concurrency ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_five_concurrent_applies_apply_each_migration_exactly_once(fresh_db: str) -> None:
     procs = [subprocess.Popen(cli_command("apply", "--db", fresh_db), cwd=REPO, env=cli_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]

@@ -106,6 +106,7 @@ def kept(ctx: Deployment, uri: str) -> dict:
     return json.loads(ctx.store.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
+@pytest.mark.slow
 def test_every_member_reaches_the_release_with_a_verified_backup_and_one_audit_row_each(ctx, databases) -> None:
     staging, members = databases
     pre = freeze(ctx, staging)
@@ -129,6 +130,7 @@ def test_every_member_reaches_the_release_with_a_verified_backup_and_one_audit_r
     assert [m["member"] for m in document["members"]] == [m.name for m in members]
 
 
+@pytest.mark.slow
 def test_a_member_with_orphan_rows_and_an_unreachable_one_fail_alone_and_a_second_run_does_only_the_rest(
         ctx, databases) -> None:
     staging, members = databases
@@ -163,6 +165,7 @@ def test_a_member_with_orphan_rows_and_an_unreachable_one_fail_alone_and_a_secon
     assert all(len(fleet_rows(m.url)) == 1 for m in members)
 
 
+@pytest.mark.slow
 def test_a_dry_run_checks_every_member_and_changes_nothing_anywhere(ctx, databases) -> None:
     staging, members = databases
     plant_orphans(members[0].url)  # the canary: a real run would halt there
@@ -200,6 +203,7 @@ def overlap(outcomes) -> int:
     return peak
 
 
+@pytest.mark.slow
 def test_parallel_is_honoured_at_most_p_applies_at_once_and_more_than_one(ctx, databases) -> None:
     staging, members = databases
     pre = freeze(ctx, staging)
@@ -210,6 +214,7 @@ def test_parallel_is_honoured_at_most_p_applies_at_once_and_more_than_one(ctx, d
     assert 1 < overlap(run.outcomes) <= 3
 
 
+@pytest.mark.slow
 def test_a_failed_canary_halts_the_run_and_the_record_lists_every_member_not_attempted(ctx, databases) -> None:
     staging, members = databases
     plant_orphans(members[0].url)
@@ -228,6 +233,7 @@ def test_a_failed_canary_halts_the_run_and_the_record_lists_every_member_not_att
     assert all(ledger(m.url) == ledger(members[1].url) and EPIC5 not in ledger(m.url) for m in members)
 
 
+@pytest.mark.slow
 def test_members_wait_for_their_regions_window_while_the_others_of_their_wave_proceed(ctx, databases) -> None:
     from datetime import timedelta, timezone
 
@@ -250,6 +256,7 @@ def test_members_wait_for_their_regions_window_while_the_others_of_their_wave_pr
     assert run["tenant_00"].next_window == "2026-03-03T07:00:00+00:00" and EPIC5 not in ledger(members[0].url)
 
 
+@pytest.mark.slow
 def test_an_edited_applied_migration_and_a_schema_unlike_the_rehearsals_fail_naming_the_cause(ctx, databases) -> None:
     staging, members = databases
     with psycopg.connect(members[1].url) as conn:
@@ -268,6 +275,7 @@ def test_an_edited_applied_migration_and_a_schema_unlike_the_rehearsals_fail_nam
     assert {o.state for n, o in run.items() if n not in ("tenant_01", "tenant_02")} == {"done"}
 
 
+@pytest.mark.slow
 def test_members_come_from_a_catalog_query_on_a_real_database(ctx, databases) -> None:
     staging, members = databases
     with psycopg.connect(staging.url) as conn:
@@ -285,6 +293,7 @@ def test_members_come_from_a_catalog_query_on_a_real_database(ctx, databases) ->
     assert found[0].name.endswith(f"/{members[3].database}") and found[1].name == "tenant_01"
 
 
+@pytest.mark.slow
 def test_a_failure_in_wave_two_above_halt_after_stops_the_run_and_lists_the_later_waves_not_attempted(
         ctx, databases) -> None:
     staging, members = databases
@@ -305,6 +314,7 @@ def test_a_failure_in_wave_two_above_halt_after_stops_the_run_and_lists_the_late
     assert all(EPIC5 not in ledger(m.url) for m in members[1:])
 
 
+@pytest.mark.slow
 def test_members_whose_window_was_closed_are_deployed_once_it_opens_and_the_next_opening_is_returned(
         ctx, databases) -> None:
     from datetime import timedelta, timezone
@@ -342,6 +352,7 @@ def test_members_whose_window_was_closed_are_deployed_once_it_opens_and_the_next
     assert all(EPIC5 in ledger(m.url) for m in regional)
 
 
+@pytest.mark.slow
 def test_the_canary_is_a_member_whose_window_is_open_and_a_canary_left_waiting_halts_the_run(ctx, databases) -> None:
     from datetime import timedelta, timezone
 
@@ -369,6 +380,7 @@ def test_the_canary_is_a_member_whose_window_is_open_and_a_canary_left_waiting_h
     assert {o.state for o in again.outcomes if o.member != "tenant_00"} == {"not_attempted"}
 
 
+@pytest.mark.slow
 def test_a_run_again_once_staging_is_at_the_bundle_uses_the_rehearsed_fleet_release_or_says_why_it_cannot(
         ctx, databases) -> None:
     from schema_deploy.pipeline.errors import NothingToRehearse

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from generate_data import generate
 from schema_deploy.bundle.discover import load_bundle
@@ -22,6 +23,7 @@ def run_gate(url: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_the_gate_passes_at_epic5_and_leaves_the_data_as_it_was(fresh_db: str) -> None:
     apply(fresh_db, BUNDLE, to="20250915090000_baseline")
     generate(fresh_db, seed=3, scale="demo")
@@ -42,6 +44,7 @@ def test_the_gate_passes_at_epic5_and_leaves_the_data_as_it_was(fresh_db: str) -
     assert after == before
 
 
+@pytest.mark.slow
 def test_the_gate_fails_on_a_database_without_epic5_naming_the_tests(fresh_db: str) -> None:
     apply(fresh_db, BUNDLE, to="20250915090000_baseline")
     generate(fresh_db, seed=3, scale="small")

@@ -38,6 +38,7 @@ def try_repo(cwd: Path, home: Path, *files: str) -> subprocess.CompletedProcess:
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_pre_commit_installs_the_hook_and_it_fails_a_commit_with_a_blocking_finding(team_repo: Path,
                                                                                        tmp_path: Path) -> None:
     if not shutil.which("git"):

@@ -71,6 +71,7 @@ def test_an_index_already_there_with_the_same_definition_is_still_skipped_on_a_r
 
 # --- the ledger is ours -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("statement", ['TRUNCATE "_prisma_migrations"', "DELETE FROM _prisma_migrations",
                                        "UPDATE public._prisma_migrations SET logs = 'x'"])
 def test_a_migration_that_writes_the_ledger_is_refused_before_anything_runs(fresh_db: str, tmp_path: Path,
@@ -102,6 +103,7 @@ def test_a_search_path_set_by_one_migration_does_not_reach_the_next(fresh_db: st
     assert where == {"a": "other", "b": "public"}
 
 
+@pytest.mark.slow
 def test_a_role_set_by_one_migration_owns_only_that_migrations_objects(fresh_db: str, tmp_path: Path,
                                                                         stack_env: dict[str, str]) -> None:
     role = f"owner_{uuid.uuid4().hex[:8]}"
@@ -133,6 +135,7 @@ BACKFILL = ('UPDATE "User" SET "url" = \'https://example.com/\' || "id" WHERE "u
 USERS = 'CREATE TABLE "User" ("id" INT PRIMARY KEY, "url" TEXT);\nINSERT INTO "User" VALUES (1, NULL), (2, NULL), (3, \'x\');\n'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("online", [True, False])
 def test_a_backfill_followed_by_set_not_null_in_one_file_deploys(fresh_db: str, tmp_path: Path, online: bool) -> None:
     root = bundle(tmp_path, {BASE: USERS, "20240102000000_backfill": BACKFILL.format(cond="")})
@@ -143,6 +146,7 @@ def test_a_backfill_followed_by_set_not_null_in_one_file_deploys(fresh_db: str, 
                             "AND column_name = 'url'") == "NO"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("online", [True, False])
 def test_a_backfill_that_leaves_rows_fails_with_the_counts_of_the_rows_the_statement_saw(
         fresh_db: str, tmp_path: Path, online: bool) -> None:
@@ -154,6 +158,7 @@ def test_a_backfill_that_leaves_rows_fails_with_the_counts_of_the_rows_the_state
         apply(fresh_db, load_bundle(root), FAST, online=online)
 
 
+@pytest.mark.slow
 def test_a_precheck_behind_a_lock_is_retried_then_names_the_session_holding_it(fresh_db: str, tmp_path: Path) -> None:
     root = bundle(tmp_path, {BASE: USERS.replace("(1, NULL), (2, NULL)", "(1, 'a'), (2, 'b')"),
                              "20240102000000_not_null": 'ALTER TABLE "User" ALTER COLUMN "url" SET NOT NULL;\n'})
@@ -170,6 +175,7 @@ def test_a_precheck_behind_a_lock_is_retried_then_names_the_session_holding_it(f
     assert ledger(fresh_db, "20240102000000_not_null") == []
 
 
+@pytest.mark.slow
 def test_a_precheck_that_times_out_names_the_check_the_table_and_the_setting(fresh_db: str, tmp_path: Path,
                                                                                cli) -> None:
     slow = "CREATE FUNCTION slow_positive(x INT) RETURNS BOOLEAN LANGUAGE sql AS $$ SELECT pg_sleep(0.05) IS NOT NULL AND x > 0 $$;\n"
@@ -214,6 +220,7 @@ def test_failing_prechecks_can_be_waived_for_one_run_with_a_reason_that_is_said(
 
 # --- passwords and key segments from user input -------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("password", ["p%zzS3cret", "pa#ssS3cret", "pa ssS3cret", "p%2S3cret"])
 def test_a_password_that_is_not_valid_percent_encoding_is_never_echoed(password: str, cli) -> None:
     url = f"postgresql://migrator:{password}@127.0.0.1:55432/x"
@@ -224,6 +231,7 @@ def test_a_password_that_is_not_valid_percent_encoding_is_never_echoed(password:
         assert "S3cret" not in out and "not valid percent-encoding" in out and "urllib.parse.quote" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("environment", ["..", ".", "", "a/b", "x\ny"])
 def test_an_environment_that_would_make_another_s3_key_is_refused(environment: str, cli, fresh_db: str, s3) -> None:
     result = cli("backup", "--db", fresh_db, "--to", "s3://schema-deploy-backups/x", "--environment", environment)

@@ -49,6 +49,7 @@ def write_bundle(root: Path, migrations: dict[str, str]) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_epic5_online_ends_with_the_same_schema_as_written(fresh_db: str, second_db: str) -> None:
     bundle = load_bundle(MIGRATIONS)
     for url in (fresh_db, second_db):
@@ -86,6 +87,7 @@ REWRITES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(REWRITES))
 def test_each_online_rewrite_is_equivalent_to_the_statement_as_written(
         case: str, fresh_db: str, second_db: str, tmp_path: Path) -> None:
@@ -109,6 +111,7 @@ def test_plan_keeps_plain_forms_for_tables_created_in_the_same_deployment(fresh_
     assert not any("CONCURRENTLY" in s for s in result.applied[0].sql)
 
 
+@pytest.mark.slow
 def test_orphan_rows_stop_apply_before_any_change_with_count_and_samples(fresh_db: str) -> None:
     bundle = load_bundle(MIGRATIONS)
     apply(fresh_db, bundle, FAST, to=BASELINE)
@@ -139,6 +142,7 @@ PRECHECK_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(PRECHECK_CASES))
 def test_each_precheck_reports_the_violating_rows(case: str, fresh_db: str, tmp_path: Path) -> None:
     anomaly, change, message = PRECHECK_CASES[case]
@@ -152,6 +156,7 @@ def test_each_precheck_reports_the_violating_rows(case: str, fresh_db: str, tmp_
             apply(fresh_db, bundle, FAST, online=online)
 
 
+@pytest.mark.slow
 def test_terminated_concurrent_build_leaves_invalid_index_that_retry_rebuilds(fresh_db: str, tmp_path: Path) -> None:
     bundle = load_bundle(write_bundle(tmp_path / "b", {
         "20250101000000_existing": EXISTING,
@@ -195,6 +200,7 @@ def test_terminated_concurrent_build_leaves_invalid_index_that_retry_rebuilds(fr
         assert len(row) == 1 and row[0].applied and row[0].applied_steps_count == 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_online_run_cannot_be_resumed_with_a_different_plan(fresh_db: str, tmp_path: Path) -> None:
     bundle = load_bundle(write_bundle(tmp_path / "b", {
         "20250101000000_existing": EXISTING,

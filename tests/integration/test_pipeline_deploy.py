@@ -75,6 +75,7 @@ def applied(target: Target) -> dict[str, str]:
         return {r.migration_name: r.checksum for r in read_rows(conn) if r.applied}
 
 
+@pytest.mark.slow
 def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the_folder(
         ctx: Deployment, targets: dict[str, Target], caplog) -> None:
     from dataclasses import replace
@@ -120,6 +121,7 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
     assert ctx.notify.events[0][1]["release"] == f"{pre.release['short']} ({pre.release_uri})"
 
 
+@pytest.mark.slow
 def test_a_tampered_or_deleted_release_stops_the_next_step_before_it_changes_anything(
         ctx: Deployment, targets: dict[str, Target]) -> None:
     from airflow.sdk.exceptions import AirflowFailException
@@ -169,6 +171,7 @@ def test_results_refuse_another_steps_or_versions_xcom() -> None:
         BackupResult.from_xcom(short)
 
 
+@pytest.mark.slow
 def test_preflight_stops_on_a_schema_prisma_the_releases_migrations_do_not_create(
         ctx: Deployment, targets: dict[str, Target], prisma, tmp_path: Path) -> None:
     from dataclasses import replace
@@ -198,6 +201,7 @@ def test_preflight_stops_on_a_schema_prisma_the_releases_migrations_do_not_creat
     assert pre.pending["production"] == [EPIC5]
 
 
+@pytest.mark.slow
 def test_a_retry_after_some_migrations_committed_runs_the_frozen_plan_and_converges(
         ctx: Deployment, targets: dict[str, Target], tmp_path: Path) -> None:
     from dataclasses import replace
@@ -234,6 +238,7 @@ def test_a_retry_after_some_migrations_committed_runs_the_frozen_plan_and_conver
 UNREACHABLE = "postgresql://deployer:not-the-password@127.0.0.1:9/production?connect_timeout=1"
 
 
+@pytest.mark.slow
 def test_the_preflight_parts_apart_freeze_the_release_the_whole_preflight_freezes(
         ctx: Deployment, targets: dict[str, Target]) -> None:
     from schema_deploy.ops import release
@@ -264,6 +269,7 @@ def test_the_preflight_parts_apart_freeze_the_release_the_whole_preflight_freeze
     assert set(release.load(ctx.store.s3, pre.release_uri).plans) == {"staging", "production"}
 
 
+@pytest.mark.slow
 def test_the_staging_survey_opens_staging_only_and_production_stays_unreachable(
         ctx: Deployment, targets: dict[str, Target], monkeypatch) -> None:
     from schema_deploy.pg import db
@@ -285,6 +291,7 @@ def test_the_staging_survey_opens_staging_only_and_production_stays_unreachable(
         deploy.preflight(ctx, staging, production)
 
 
+@pytest.mark.slow
 def test_the_release_part_stops_on_schemas_that_differ_or_nothing_pending_and_on_a_survey_of_another_release(
         ctx: Deployment, targets: dict[str, Target]) -> None:
     from dataclasses import replace
@@ -316,6 +323,7 @@ def test_the_release_part_stops_on_schemas_that_differ_or_nothing_pending_and_on
         deploy.preflight_release(ctx, checked, staged, other)
 
 
+@pytest.mark.slow
 def test_the_record_composed_once_is_the_same_in_every_database_and_the_document(
         ctx: Deployment, targets: dict[str, Target]) -> None:
     from schema_deploy.pipeline import AuditLink, RunRecord
@@ -347,6 +355,7 @@ def test_the_record_composed_once_is_the_same_in_every_database_and_the_document
     assert record.chain(ctx, Target("production", "production", UNREACHABLE), untouched) is None  # not opened
 
 
+@pytest.mark.slow
 def test_a_waiver_lets_preflight_go_on_past_failing_prechecks_and_the_run_keeps_the_reason(
         ctx: Deployment, targets: dict[str, Target]) -> None:
     from dataclasses import replace
@@ -371,6 +380,7 @@ def test_a_waiver_lets_preflight_go_on_past_failing_prechecks_and_the_run_keeps_
     assert [p["waived"] for p in kept["prechecks"] if p["violations"]] == ["orphans are archived rows, ticket 42"]
 
 
+@pytest.mark.slow
 def test_production_verification_that_finds_lost_rows_or_a_missing_index_fails_naming_each_and_the_way_back(
         ctx: Deployment, targets: dict[str, Target]) -> None:
     from schema_deploy.pipeline.errors import DeployVerificationFailed

@@ -86,6 +86,7 @@ def states(url: str) -> dict[str, str]:
         return {s.name: s.state for s in compute_status(load_bundle(MIGRATIONS), read_rows(conn)).states}
 
 
+@pytest.mark.slow
 def test_down_migrations_run_the_frozen_release_even_after_the_folder_s_down_sql_was_edited(
         ctx: Deployment, staging: Target, folder: Path, cli, s3, messages: list,
         caplog: pytest.LogCaptureFixture) -> None:

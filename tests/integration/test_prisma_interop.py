@@ -158,6 +158,7 @@ def applied_rows(rows: list[dict]) -> list[dict]:
 
 # --- both tools agree on a clean deployment ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_after_our_apply_prisma_migrate_status_is_up_to_date(chains: dict) -> None:
     seen = outcome(chains, "ours_then_prisma")
     assert [m.name for m in seen["applied"].applied] == [BASELINE, EPIC5]

@@ -65,6 +65,7 @@ def diffs(prisma: Prisma, stack_env: dict[str, str], tmp_path_factory: pytest.Te
     return results
 
 
+@pytest.mark.slow
 def test_prisma_validate_accepts_the_schema(diffs: dict) -> None:
     result = outcome(diffs, "validate")
     assert result.code == 0 and "is valid 🚀" in result.output, result
@@ -75,6 +76,7 @@ def test_migrate_diff_from_the_migrations_to_the_schema_is_empty(diffs: dict) ->
     assert diffs["logs"]["same"] == [f"prisma migrate diff: {MIGRATIONS} against {SCHEMA}"]
 
 
+@pytest.mark.slow
 def test_preflight_says_when_the_schema_matches(stack_env: dict[str, str], prisma: Prisma) -> None:
     """Read from the same kind of run as above, through the preflight entry point (one more diff, ~2 s)."""
     logs: list[str] = []

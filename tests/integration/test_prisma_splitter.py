@@ -55,6 +55,7 @@ def test_every_fails_case_has_its_prisma_error_pinned() -> None:
     assert [f for f in FILES if not f.startswith("fails-")] == ["deploys-near-misses.sql"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(PRISMA_ERRORS))
 def test_prisma_migrate_deploy_fails_on_the_case_and_lint_names_it(case: str, deployed: dict) -> None:
     result, rows = outcome(deployed, case)

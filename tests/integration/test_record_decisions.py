@@ -166,6 +166,7 @@ def test_a_nothing_to_deploy_run_keeps_its_record_in_s3_and_opens_no_database(ct
     assert index_of(ctx, "deploy")["record"] == kept_record
 
 
+@pytest.mark.slow
 def test_a_run_failed_before_the_approval_names_the_task_and_chains_only_what_it_changed(
         ctx: Deployment, targets: dict[str, Target]) -> None:
     states = {**REJECTED, "gate": "failed", "production_requested": "upstream_failed",
@@ -239,6 +240,7 @@ def test_a_rollback_refused_at_preflight_keeps_its_record_in_s3_and_chains_nothi
     assert kept_record["targets"] == {"production": "nothing changed"} and ctx.notify.events == []
 
 
+@pytest.mark.slow
 def test_a_rollback_refused_before_any_group_ran_keeps_its_attempt_in_s3(ctx: Deployment) -> None:
     states = {"choose_environment": "failed", "check_environment": "upstream_failed",
               "preflight": "upstream_failed"}

@@ -11,6 +11,8 @@ import os
 import uuid
 from pathlib import Path
 
+import pytest
+
 from engine_support import ledger, table_exists
 from prisma_support import prisma_bundle
 
@@ -132,6 +134,7 @@ def test_a_migration_sql_linked_from_outside_is_refused_too(fresh_db: str, tmp_p
             f"{root / M2 / 'migration.sql'}: is a symbolic link to {target.resolve()}") in result.stderr
 
 
+@pytest.mark.slow
 def test_a_bundle_that_allows_links_deploys_them_and_its_release_records_them(
         fresh_db: str, tmp_path: Path, cli, s3, stack_env: dict[str, str]) -> None:
     root, target = linked_bundle(tmp_path)

@@ -45,6 +45,7 @@ def create(cli, folder: Path, store: str, *extra: str) -> tuple[str, str]:
     return uri, sha_line.removeprefix("sha256 ")
 
 
+@pytest.mark.slow
 def test_a_release_is_stored_once_under_the_sha256_of_its_bytes(cli, folder: Path, store: str, s3) -> None:
     uri, digest = create(cli, folder, store)
 
@@ -65,6 +66,7 @@ def test_a_release_is_stored_once_under_the_sha256_of_its_bytes(cli, folder: Pat
     assert shown.returncode == 0 and f"sha256   {digest}" in shown.stdout and EPIC5 in shown.stdout
 
 
+@pytest.mark.slow
 def test_apply_from_a_release_applies_exactly_the_release_after_the_folder_was_edited(
         cli, folder: Path, store: str, fresh_db: str) -> None:
     uri, _ = create(cli, folder, store)
@@ -87,6 +89,7 @@ def test_apply_from_a_release_applies_exactly_the_release_after_the_folder_was_e
     assert cli("status", "--release", uri, "--db", fresh_db).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_tampered_release_is_refused_and_nothing_is_changed(cli, folder: Path, store: str, fresh_db: str,
                                                               s3) -> None:
     uri, digest = create(cli, folder, store)
@@ -110,6 +113,7 @@ def test_a_tampered_release_is_refused_and_nothing_is_changed(cli, folder: Path,
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == forged
 
 
+@pytest.mark.slow
 def test_a_deleted_release_is_refused_naming_what_to_do(cli, folder: Path, store: str, fresh_db: str, s3) -> None:
     uri, _ = create(cli, folder, store)
     bucket, key = parse_s3_uri(uri)
@@ -123,6 +127,7 @@ def test_a_deleted_release_is_refused_naming_what_to_do(cli, folder: Path, store
             ) in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (("apply", "--release", "s3://bucket/x/backup.dump"),
      "error: 's3://bucket/x/backup.dump' does not name a release: expected s3://BUCKET/PREFIX/releases/<sha256>.json"),
@@ -140,6 +145,7 @@ def test_bad_release_arguments_are_refused_with_the_fix(cli, fresh_db: str, args
     assert done.returncode == 2 and message in done.stderr
 
 
+@pytest.mark.slow
 def test_a_plan_frozen_for_a_target_is_the_only_plan_apply_runs_there(cli, folder: Path, store: str,
                                                                       fresh_db: str) -> None:
     cli("apply", "--migrations", str(folder), "--db", fresh_db, "--to", BASELINE)
@@ -155,6 +161,7 @@ def test_a_plan_frozen_for_a_target_is_the_only_plan_apply_runs_there(cli, folde
     assert list(ledger(fresh_db)) == [BASELINE]
 
 
+@pytest.mark.slow
 def test_a_release_whose_paths_leave_the_bundle_is_refused(s3, store: str, fresh_db: str, cli) -> None:
     from schema_deploy.ops.release import Release, ReleaseFile
 
@@ -208,6 +215,7 @@ def put_release(s3, store: str, document: bytes) -> str:
     return uri
 
 
+@pytest.mark.slow
 def test_a_document_that_is_not_a_release_is_refused_even_when_it_hashes_to_its_name(
         cli, s3, store: str, fresh_db: str) -> None:
     uri = put_release(s3, store, b'["not", "a", "release"]')
@@ -230,6 +238,7 @@ def test_a_release_with_a_verification_query_outside_its_folder_is_refused(cli, 
             "explain/<name>.sql. Nothing was changed.") in done.stderr
 
 
+@pytest.mark.slow
 def test_a_migration_pending_now_that_the_release_did_not_plan_there_is_refused(
         cli, folder: Path, store: str, fresh_db: str) -> None:
     cli("apply", "--migrations", str(folder), "--db", fresh_db)  # everything applied when the plan was frozen

@@ -103,6 +103,7 @@ def state(url: str) -> tuple[dict, dict[str, int]]:
         return schema_fingerprint(conn), count_rows(conn, tables)
 
 
+@pytest.mark.slow
 def test_a_staging_rollback_given_a_production_backup_is_refused_naming_both_with_nothing_changed(
         ctx: Deployment, staging: Target, production_backup, stack_env: dict[str, str]) -> None:
     before = state(staging.url)
@@ -125,6 +126,7 @@ def test_a_staging_rollback_given_a_production_backup_is_refused_naming_both_wit
     assert state(staging.url) == before
 
 
+@pytest.mark.slow
 def test_a_backup_of_another_database_of_the_same_environment_is_refused_too(
         ctx: Deployment, staging: Target, s3, stack_env: dict[str, str]) -> None:
     other = f"t_src_stg_{uuid.uuid4().hex[:8]}"
@@ -141,6 +143,7 @@ def test_a_backup_of_another_database_of_the_same_environment_is_refused_too(
     assert state(staging.url) == before
 
 
+@pytest.mark.slow
 def test_the_newest_verified_default_only_ever_picks_a_backup_of_the_target_s_own_database(
         ctx: Deployment, staging: Target, production_backup, s3, stack_env: dict[str, str]) -> None:
     # Only another environment's backup (verified, newer than anything) is there: none is chosen.
@@ -157,6 +160,7 @@ def test_the_newest_verified_default_only_ever_picks_a_backup_of_the_target_s_ow
                                      "host": own.manifest["host"], "recorded_by": "manifest"}
 
 
+@pytest.mark.slow
 def test_asked_for_explicitly_production_data_is_restored_into_staging_recorded_and_announced(
         ctx: Deployment, staging: Target, production_backup, production_db: str, s3,
         stack_env: dict[str, str]) -> None:
@@ -205,6 +209,7 @@ def test_asked_for_explicitly_production_data_is_restored_into_staging_recorded_
             f"staging ({staging.database}), asked for by alice (allow_other_source)") in texts[1]
 
 
+@pytest.mark.slow
 def test_the_cli_restore_refuses_another_environment_s_backup_unless_allow_other_source(
         cli, s3, production_backup, production_db: str, fresh_db: str, stack_env: dict[str, str],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,6 +242,7 @@ def test_the_cli_restore_refuses_another_environment_s_backup_unless_allow_other
     assert state(fresh_db)[1] == state(production_db)[1]
 
 
+@pytest.mark.slow
 def test_an_old_manifest_without_the_source_is_judged_by_its_key_and_still_restores_its_own_database(
         ctx: Deployment, staging: Target, production_backup, s3) -> None:
     from schema_deploy.backups.store import read_manifest

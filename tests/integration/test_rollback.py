@@ -67,6 +67,7 @@ def test_down_sql_is_not_part_of_the_bundle_and_leaves_the_epic5_checksum_unchan
     assert all(m.path.name == "migration.sql" for m in bundle.migrations)
 
 
+@pytest.mark.slow
 def test_deploy_rollback_deploy_ends_where_a_single_deploy_does_with_the_data_kept(
         baseline_db: str, bundle, stack_env: dict[str, str]) -> None:
     baseline_fp, baseline_rows = fingerprint(baseline_db), counts(baseline_db)
@@ -94,6 +95,7 @@ def test_deploy_rollback_deploy_ends_where_a_single_deploy_does_with_the_data_ke
     assert len(ledger(baseline_db, BASELINE)) == 1
 
 
+@pytest.mark.slow
 def test_a_rollback_half_done_by_hand_is_finished_by_running_it_again(baseline_db: str, bundle) -> None:
     baseline_fp = fingerprint(baseline_db)
     apply(baseline_db, bundle, FAST, online=True)
@@ -108,6 +110,7 @@ def test_a_rollback_half_done_by_hand_is_finished_by_running_it_again(baseline_d
     assert states(baseline_db, bundle)[EPIC5] == "pending"
 
 
+@pytest.mark.slow
 def test_a_held_lock_is_retried_and_then_the_rollback_completes(baseline_db: str, bundle) -> None:
     apply(baseline_db, bundle, FAST, online=True)
     holder = psycopg.connect(baseline_db)
@@ -124,6 +127,7 @@ def test_a_held_lock_is_retried_and_then_the_rollback_completes(baseline_db: str
     assert states(baseline_db, bundle)[EPIC5] == "pending"
 
 
+@pytest.mark.slow
 def test_running_out_of_lock_retries_keeps_the_migration_applied_and_a_rerun_finishes(
         baseline_db: str, bundle) -> None:
     from schema_deploy.pg.retry import Settings
@@ -142,6 +146,7 @@ def test_running_out_of_lock_retries_keeps_the_migration_applied_and_a_rerun_fin
     assert states(baseline_db, bundle)[EPIC5] == "pending"
 
 
+@pytest.mark.slow
 def test_cli_rollback_then_status_shows_epic5_pending(baseline_db: str, bundle) -> None:
     apply(baseline_db, bundle, FAST, online=True)
     run = run_cli("rollback", "--db", baseline_db, "--steps", "1")
@@ -179,6 +184,7 @@ def test_a_plain_layout_migration_is_refused_explaining_down_migrations_need_fol
         down(fresh_db, bundle, settings=FAST)
 
 
+@pytest.mark.slow
 def test_a_syntax_error_in_down_sql_is_reported_before_anything_runs(baseline_db: str, tmp_path: Path) -> None:
     root = copy_bundle(tmp_path)
     bundle = load_bundle(root)
@@ -191,6 +197,7 @@ def test_a_syntax_error_in_down_sql_is_reported_before_anything_runs(baseline_db
     assert fingerprint(baseline_db) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, message", [
     (b"  \n\t\n", r"down\.sql: is empty\. Write the migration's SQL into it"),
     (b"-- nothing to undo\n", r"down\.sql: holds no SQL statement, only comments: rolling back would mark the "
@@ -212,6 +219,7 @@ def test_a_down_sql_that_is_not_sql_is_refused_before_anything_runs(
     assert states(baseline_db, bundle)[EPIC5] == "applied"
 
 
+@pytest.mark.slow
 def test_a_failing_down_statement_names_the_file_line_and_keeps_the_migration_applied(
         baseline_db: str, tmp_path: Path) -> None:
     root = copy_bundle(tmp_path)
@@ -245,6 +253,7 @@ def test_steps_and_to_together_are_a_usage_error(fresh_db: str, bundle) -> None:
         down(fresh_db, bundle, steps=1, to=EPIC5)
 
 
+@pytest.mark.slow
 def test_to_names_the_oldest_migration_to_undo_and_the_cli_reports_json(baseline_db: str, bundle) -> None:
     import json
 

@@ -40,6 +40,7 @@ def production(stack_env: dict[str, str]):
     drop_database(stack_env["PRODUCTION_DATABASE_URL"], name)
 
 
+@pytest.mark.slow
 def test_restoring_a_pre_deploy_backup_over_epic5_undoes_it_and_keeps_the_audit_chain(
         s3, production, stack_env: dict[str, str]) -> None:
     url, name = production
@@ -64,6 +65,7 @@ def test_restoring_a_pre_deploy_backup_over_epic5_undoes_it_and_keeps_the_audit_
         assert chain.verify_chain(conn).ok
 
 
+@pytest.mark.slow
 def test_a_refused_restore_puts_the_dropped_foreign_keys_back(s3, production, stack_env: dict[str, str]) -> None:
     url, name = production
     taken = backup(s3, url, f"s3://{stack_env['BACKUP_BUCKET']}/t-rb-{uuid.uuid4().hex[:8]}",

@@ -30,6 +30,7 @@ def test_tenant_names_are_zero_padded_so_they_sort_in_order(count: int, first: s
     assert (names[0], names[-1], len(names)) == (first, last, count) and names == sorted(names)
 
 
+@pytest.mark.slow
 def test_tenants_are_copies_with_the_same_data_and_re_creating_drops_the_last_runs(
         stack_env: dict[str, str], prefix: str) -> None:
     base = stack_env["PRODUCTION_DATABASE_URL"]
@@ -46,6 +47,7 @@ def test_tenants_are_copies_with_the_same_data_and_re_creating_drops_the_last_ru
     assert content_checksum(again["tenant_00"]) == data  # the same data every time
 
 
+@pytest.mark.slow
 def test_orphan_rows_are_planted_in_one_tenant_only(stack_env: dict[str, str], prefix: str) -> None:
     made = tenants.create(stack_env["PRODUCTION_DATABASE_URL"], 2, database_prefix=prefix)
 

@@ -130,6 +130,7 @@ def live_run(engine, run_id: str = LIVE_RUN, xcoms: dict | None = None) -> None:
 
 # --- the list of runs ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_list_has_each_recorded_run_with_its_counts_and_the_runs_in_progress(client, s3_root,
                                                                                  metadata_db) -> None:
     uri = keep(s3_root)
@@ -163,6 +164,7 @@ def test_with_no_records_yet_the_list_says_where_they_will_be(client, s3_root) -
                                "fleet_members task has run.")
 
 
+@pytest.mark.slow
 def test_a_run_in_progress_that_has_its_record_already_is_listed_once(client, s3_root, metadata_db) -> None:
     keep(s3_root)
     live_run(metadata_db, RUN_ID, {("fleet_members", "return_value"): live_members()})
@@ -172,6 +174,7 @@ def test_a_run_in_progress_that_has_its_record_already_is_listed_once(client, s3
 
 # --- one run ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_recorded_runs_rows_are_filtered_by_state_text_and_wave(client, s3_root) -> None:
     keep(s3_root)
 
@@ -191,12 +194,14 @@ def test_a_recorded_runs_rows_are_filtered_by_state_text_and_wave(client, s3_roo
                                                                     ("tenant_03", "skipped by window")]
 
 
+@pytest.mark.slow
 def test_the_sanitised_run_id_of_the_records_key_finds_the_run_too(client, s3_root) -> None:
     keep(s3_root)
     resp = client.get(run_path("tenants", "manual__2026-03-01T02-00-00-00-00"))
     assert resp.status_code == 200 and resp.json()["run_id"] == RUN_ID
 
 
+@pytest.mark.slow
 def test_a_run_in_progress_shows_what_its_tasks_pushed_and_the_rest_pending(client, metadata_db) -> None:
     canary = {"outcomes": [o.to_xcom() for o in outcomes()[:1]], "brakes": []}
     live_run(metadata_db, xcoms={("fleet_members", "return_value"): live_members(), ("canary", "fleet_run"): canary})
@@ -209,6 +214,7 @@ def test_a_run_in_progress_shows_what_its_tasks_pushed_and_the_rest_pending(clie
     assert client.get(run_path("shards", LIVE_RUN)).status_code == 404  # it is another fleet's run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("params", "detail"), [
     ({"state": "succeeded"}, "filter state='succeeded' is not valid: a state is one of done, failed, pending, "
                              "not attempted, skipped by window, dry run (several separated by commas)."),
@@ -221,6 +227,7 @@ def test_a_bad_filter_is_a_400_naming_the_valid_values(client, s3_root, params: 
         assert (resp.status_code, resp.json()) == (400, {"detail": detail})
 
 
+@pytest.mark.slow
 def test_an_unknown_run_fleet_or_no_records_at_all_is_a_404_saying_what_exists(client, s3_root) -> None:
     root = f"{s3_root[1]}/fleets/"
     nothing = client.get(run_path("tenants", RUN_ID))

@@ -89,6 +89,7 @@ def counts_name_the_unmet(text: str, verdicts: Verdicts) -> None:
             assert "not measurable: " in line and f"{c.name} (" in line, line
 
 
+@pytest.mark.slow
 def test_the_verdicts_agree_on_the_approval_page_in_slack_in_the_report_and_in_the_record(
         stack_env: dict[str, str], targets: dict[str, str], tmp_path: Path, monkeypatch, capsys, s3) -> None:
     monkeypatch.setenv("SLACK_WEBHOOK_URL", stack_env["SLACK_WEBHOOK_URL"])
@@ -177,6 +178,7 @@ def test_the_verdicts_agree_on_the_approval_page_in_slack_in_the_report_and_in_t
                      r"FOREIGN KEY .*01_epic5_foreign_key.sql\)", err)
 
 
+@pytest.mark.slow
 def test_at_the_demos_scale_performance_is_not_measurable_and_the_gate_passes_saying_so(
         stack_env: dict[str, str], targets: dict[str, str], tmp_path: Path, monkeypatch, capsys, s3) -> None:
     monkeypatch.setenv("SLACK_WEBHOOK_URL", stack_env["SLACK_WEBHOOK_URL"])

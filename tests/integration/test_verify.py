@@ -59,6 +59,7 @@ def epic5_statements():
     return parse_migration(BUNDLE.by_name()[EPIC5])
 
 
+@pytest.mark.slow
 def test_every_check_passes_after_the_epic5_migration(epic5_db: str) -> None:
     with psycopg.connect(epic5_db) as conn:
         report = verify(conn, epic5_statements(), VERIFY_DIR)
@@ -108,6 +109,7 @@ def test_a_not_validated_foreign_key_and_a_wrong_column_type_fail(fresh_db: str)
     assert failed["column study_schedule_recommendations.appliedAt"] == "missing"
 
 
+@pytest.mark.slow
 def test_verify_cli_exits_1_and_names_the_failed_check(fresh_db: str) -> None:
     apply(fresh_db, BUNDLE)
     env = {**os.environ, "PYTHONPATH": str(REPO / "plugins")}
