@@ -21,6 +21,7 @@ from schema_deploy.config.settings import DeployConfig
 from schema_deploy.ops.errors import ReleaseMissing, ReleaseTampered
 from schema_deploy.pipeline import (ApplyResult, BackupResult, Deployment, GateResult, RunInfo, RunParams, Store,
                                     Target, Verification, deploy, record)
+from schema_deploy.pipeline.results import ChainRowRef
 from schema_deploy.state.ledger import read_rows
 from seed import reset
 from tests.conftest import drop_database, with_database
@@ -83,7 +84,7 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
     staging, production = targets["staging"], targets["production"]
     folder = ctx.cfg.migrations
     pre = travel(deploy.preflight(ctx, staging, production))
-    frozen = {m["name"]: m["checksum"] for m in pre.release["migrations"]}
+    frozen = {m.name: m.checksum for m in pre.release.migrations}
     assert pre.pending == {"staging": [EPIC5], "production": [EPIC5]} and pre.migrations[0]["name"] == EPIC5
     shutil.rmtree(folder)  # the next steps run "elsewhere": no migrations folder, no verification queries
     ctx = replace(ctx, cfg=replace(ctx.cfg, verify_dir=folder.parent / "no-verify-here"))
@@ -91,7 +92,8 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
     backup = travel(deploy.backup(ctx, production, pre))
     staged = travel(deploy.apply(ctx, staging, pre))
     staged_gate = travel(deploy.staging_gate(ctx, staging, pre, backup, staged))
-    gated, checked = GateResult.from_xcom(staged_gate.gate), Verification.from_xcom(staged_gate.verification)
+    gated, checked = staged_gate.gate, staged_gate.verification
+    assert isinstance(gated, GateResult) and isinstance(checked, Verification)
     slot, wake_at = deploy.window(ctx, pre, staged)
     production_applied = travel(deploy.apply(ctx, production, pre))
     verified = travel(deploy.verify(ctx, production, pre, production_applied))
@@ -105,20 +107,20 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
     assert backup.verified.endswith("restore") and gated.tests > 0 and gated.junit
     assert slot.skipped and wake_at is None
     assert verified.rows_before == verified.rows_after and verified.verdicts.criteria[2].verdict == "met"
-    assert production_applied.release == pre.release["sha256"] == kept.release
+    assert production_applied.release == pre.release.sha256 == kept.release
     assert checked.checks > 0 and staged.migrations == [EPIC5]
     assert len(verified.query_ms_after) == 12  # the release's EXPLAIN queries, one per new index
     assert kept.outcome == "production migrated" and set(kept.chain) == {"staging", "production"}
     bucket, key = parse_s3_uri(kept.s3)
     document = json.loads(ctx.store.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     assert document["record"]["release"]["check"] == "present, sha256 matches its name"
-    assert document["record"]["release"]["sha256"] == pre.release["sha256"]
+    assert document["record"]["release"]["sha256"] == pre.release.sha256
     for target in (staging, production):
         with psycopg.connect(target.url) as conn:
             assert chain.verify_chain(conn).ok
     assert "the migrations folder is not on this machine (the release is used)" in caplog.text
     assert [e for e, _ in ctx.notify.events] == ["started", "gate_passed"]
-    assert ctx.notify.events[0][1]["release"] == f"{pre.release['short']} ({pre.release_uri})"
+    assert ctx.notify.events[0][1]["release"] == f"{pre.release.short} ({pre.release_uri})"
 
 
 @pytest.mark.slow
@@ -247,7 +249,7 @@ def test_the_preflight_parts_apart_freeze_the_release_the_whole_preflight_freeze
     staging, production = targets["staging"], targets["production"]
     checked = travel(deploy.preflight_bundle(ctx))
     planless = release.load(ctx.store.s3, checked.release_uri)
-    assert planless.plans == {} and planless.names == [m["name"] for m in checked.release["migrations"]]
+    assert planless.plans == {} and planless.names == checked.release.names
     assert isinstance(checked, BundleCheck) and not checked.given and checked.lint["errors"] > 0
     whole = deploy.preflight(ctx, staging, production)  # the folder is still there for this one
     shutil.rmtree(ctx.cfg.migrations)  # the surveys and the release work from the plan-less release
@@ -262,8 +264,8 @@ def test_the_preflight_parts_apart_freeze_the_release_the_whole_preflight_freeze
     assert produced.table_sizes and set(produced.table_sizes) == set(whole.table_sizes)
     pre = travel(deploy.preflight_release(ctx, checked, staged, produced))
 
-    assert pre.release["sha256"] == whole.release["sha256"]  # the same content, so the same release
-    assert pre.release["source"] == planless.source and "release" not in pre.release["source"]
+    assert pre.release.sha256 == whole.release.sha256  # the same content, so the same release
+    assert pre.release.source == planless.source and "release" not in pre.release.source
     assert (pre.pending, pre.lint, pre.prechecks, pre.migrations) == (whole.pending, whole.lint, whole.prechecks,
                                                                        whole.migrations)
     assert set(release.load(ctx.store.s3, pre.release_uri).plans) == {"staging", "production"}
@@ -348,7 +350,7 @@ def test_the_record_composed_once_is_the_same_in_every_database_and_the_document
             assert chain.verify_chain(conn).ok
     assert payloads == [document["record"], document["record"]] and document["record"] == composed.record
     assert document["chain"] == [link.row for link in links]
-    assert kept.chain == {link.env: {"id": link.row["id"], "row_hash": link.row["row_hash"]} for link in links}
+    assert kept.chain == {link.env: ChainRowRef(link.row["id"], link.row["row_hash"]) for link in links}
     assert kept.outcome == "failed" and "preflight_staging" in record.STEPS
 
     untouched = record.compose(ctx, {"apply_production": "production"}, results, {"preflight": "success"})

@@ -31,6 +31,7 @@ from schema_deploy.pg.fingerprint import schema_fingerprint
 from schema_deploy.pipeline import (Deployment, RollbackPlan, RollbackResult, RollbackVerification, RunInfo,
                                     RunParams, Store, Target, rollback)
 from schema_deploy.pipeline.errors import ConfirmationMismatch, NoBackupToRestore
+from schema_deploy.pipeline.results import ChainRowRef
 from schema_deploy.pipeline.target import PRODUCTION, STAGING
 from schema_deploy.state.ledger import read_rows
 from schema_deploy.state.status import compute_status
@@ -100,16 +101,17 @@ def test_down_migrations_run_the_frozen_release_even_after_the_folder_s_down_sql
     plan = rollback.preflight(ctx, staging, request)
     assert [m["name"] for m in plan.migrations] == [EPIC5] and not plan.needs_approval
     assert plan.migrations[0]["down_sha256"] == hashlib.sha256(frozen_down).hexdigest()
-    assert plan.release["uri"] == release_uri(ctx.store.root, plan.release["sha256"])
-    assert f"release `{plan.release['short']}`" in plan.approval_body and EPIC5 in plan.approval_body
-    bucket, key = parse_s3_uri(plan.release["uri"])
+    assert plan.release.uri == release_uri(ctx.store.root, plan.release.sha256)
+    assert f"release `{plan.release.short}`" in plan.approval_body and EPIC5 in plan.approval_body
+    bucket, key = parse_s3_uri(plan.release.uri)
     document = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     assert next(m for m in document["migrations"] if m["name"] == EPIC5)["down_sql"].encode() == frozen_down
     plan = RollbackPlan.from_xcom(json.loads(json.dumps(plan.to_xcom())))  # as the next worker gets it
 
     # After preflight the folder changes; the steps after it must not care.
     (folder / EPIC5 / "down.sql").write_text(EDITED_DOWN)
-    gone = dataclasses.replace(plan, release={**plan.release, "uri": release_uri(ctx.store.root, "0" * 64)})
+    gone_uri = release_uri(ctx.store.root, "0" * 64)
+    gone = dataclasses.replace(plan, release=dataclasses.replace(plan.release, uri=gone_uri))
     with pytest.raises(ReleaseMissing, match=r"does not exist \(deleted, or a wrong bucket/prefix\)\. Nothing was "
                                              r"changed\."):
         rollback.rollback(ctx, staging, gone)
@@ -118,7 +120,7 @@ def test_down_migrations_run_the_frozen_release_even_after_the_folder_s_down_sql
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="schema_deploy"):
         done = RollbackResult.from_xcom(rollback.rollback(ctx, staging, plan).to_xcom())
-    assert [m["name"] for m in done.rolled_back] == [EPIC5] and done.release == plan.release["sha256"]
+    assert [m["name"] for m in done.rolled_back] == [EPIC5] and done.release == plan.release.sha256
     assert f"{folder / EPIC5 / 'down.sql'}: edited since the release" in caplog.text
     assert "applying the release, not the folder" in caplog.text
     ran = " ".join(done.rolled_back[0]["sql"])
@@ -135,21 +137,22 @@ def test_down_migrations_run_the_frozen_release_even_after_the_folder_s_down_sql
     steps = {"preflight": "success", "approval_needed": "success", "approval": "skipped", "rollback": "success",
              "verify": "success"}
     record = rollback.record(ctx, staging, request, results, steps)
-    assert record.outcome == "rolled back and verified" and record.release == plan.release["sha256"]
+    assert record.outcome == "rolled back and verified" and record.release == plan.release.sha256
     assert record.s3 == f"{ctx.store.root}/audit/{ctx.run.run_id}.audit.json"
     body = s3.get_object(Bucket=bucket, Key=parse_s3_uri(record.s3)[1])["Body"].read()
     assert hashlib.sha256(body).hexdigest() == record.sha256
     kept = json.loads(body)["record"]
     assert kept["kind"] == "rollback" and kept["run"]["triggered_by"] == "alice"
-    assert kept["release"]["sha256"] == plan.release["sha256"] and kept["params"]["bundle"] == "main"
+    assert kept["release"]["sha256"] == plan.release.sha256 and kept["params"]["bundle"] == "main"
     with psycopg.connect(staging.url, autocommit=True) as conn:
         rows = chain.read_rows(conn)
         assert [(r.kind, r.run_id) for r in rows] == [("rollback", ctx.run.run_id)] and chain.verify_chain(conn).ok
-    assert record.chain == {"staging": {"id": rows[0].id, "row_hash": rows[0].row_hash}}
+    assert record.chain == {"staging": ChainRowRef(rows[0].id, rows[0].row_hash)}
+    assert record.to_xcom()["chain"] == {"staging": {"id": rows[0].id, "row_hash": rows[0].row_hash}}
     assert rollback.record(ctx, staging, request, results, steps).chain == record.chain  # a retry adds no row
     assert [event for event, _ in messages] == ["rollback_started", "rollback_done", "rollback_done"]
     assert f"{EPIC5}: pending" in messages[1][1]["ledger"]
-    assert messages[0][1]["release"] == f"{plan.release['short']} ({plan.release['uri']})"
+    assert messages[0][1]["release"] == f"{plan.release.short} ({plan.release.uri})"
 
 
 def test_a_production_target_needs_its_database_name_typed_before_anything_is_read(

@@ -32,6 +32,7 @@ from schema_deploy.pg.fingerprint import schema_fingerprint
 from schema_deploy.pg.tools import count_rows, qualified, user_tables
 from schema_deploy.pipeline import Deployment, RollbackPlan, RunInfo, RunParams, Store, Target, rollback
 from schema_deploy.pipeline.errors import NoBackupToRestore
+from schema_deploy.pipeline.results import BackupRef
 from schema_deploy.pipeline.target import STAGING
 from seed import reset
 from tests.conftest import drop_database, with_database
@@ -119,7 +120,7 @@ def test_a_staging_rollback_given_a_production_backup_is_refused_naming_both_wit
     # A plan that names the backup without the opt-in (made by hand, or by an older preflight) is refused
     # by the rollback step too, before it drops a foreign key or restores a row.
     forged = RollbackPlan(environment="staging", database=staging.database, method=rollback.BACKUP,
-                          needs_approval=False, backup={"uri": production_backup.uri})
+                          needs_approval=False, backup=BackupRef(uri=production_backup.uri))
     with pytest.raises(RestoreFromOtherSource, match=re.escape(f"backup {production_backup.uri} was taken of "
                                                                f"{source}")):
         rollback.rollback(ctx, staging, forged)
@@ -155,8 +156,8 @@ def test_the_newest_verified_default_only_ever_picks_a_backup_of_the_target_s_ow
                    ctx.store.root, environment="production", run_id="prod-newer")
     verify_backup(s3, newer.uri)
     plan = rollback.preflight(ctx, staging, rollback.RollbackRequest())
-    assert plan.backup["uri"] == own.uri and plan.backup["other_source"] is None
-    assert plan.backup["source"] == {"environment": "staging", "database": staging.database,
+    assert plan.backup.uri == own.uri and plan.backup.other_source is None
+    assert plan.backup.source == {"environment": "staging", "database": staging.database,
                                      "host": own.manifest["host"], "recorded_by": "manifest"}
 
 
@@ -169,7 +170,7 @@ def test_asked_for_explicitly_production_data_is_restored_into_staging_recorded_
                                                      "allow_other_source": True})
     assert state(staging.url)[1] != state(production_db)[1]
     plan = rollback.preflight(ctx, staging, request)
-    crossed = plan.backup["other_source"]
+    crossed = plan.backup.other_source
     assert crossed["from"] == {"environment": "production", "database": source_db,
                                "host": production_backup.manifest["host"], "recorded_by": "manifest"}
     assert crossed["to"] == {"environment": "staging", "database": staging.database}
@@ -263,5 +264,5 @@ def test_an_old_manifest_without_the_source_is_judged_by_its_key_and_still_resto
     old = {k: v for k, v in read_manifest(s3, bucket, own_key).items() if k not in ("environment", "database")}
     s3.put_object(Bucket=bucket, Key=own.manifest_key, Body=json.dumps(old).encode(), ServerSideEncryption="AES256")
     plan = rollback.preflight(ctx, staging, rollback.RollbackRequest())
-    assert plan.backup["uri"] == own.uri and plan.backup["other_source"] is None
-    assert plan.backup["source"]["recorded_by"] == "key"
+    assert plan.backup.uri == own.uri and plan.backup.other_source is None
+    assert plan.backup.source["recorded_by"] == "key"

@@ -82,9 +82,10 @@ class Verdicts:
     criteria: tuple[Criterion, ...]
 
     @classmethod
-    def from_list(cls, items: Iterable[Mapping[str, Any]] | None) -> Verdicts:
-        """From `as_list()` as it travels (results, the record)."""
-        return cls(tuple(Criterion(str(c["name"]), str(c["verdict"]), str(c.get("detail", ""))) for c in items or ()))
+    def from_list(cls, items: Iterable[Criterion | Mapping[str, Any]] | None) -> Verdicts:
+        """From `as_list()` as it travels (the record, an XCom), or a result's criteria."""
+        return cls(tuple(c if isinstance(c, Criterion) else Criterion(str(c["name"]), str(c["verdict"]),
+                                                                      str(c.get("detail", ""))) for c in items or ()))
 
     def as_list(self) -> list[dict[str, str]]:
         return [c.as_dict() for c in self.criteria]
@@ -121,7 +122,7 @@ def check_counts(total: int, passed: int, failed: int, unmeasured: int) -> str:
             + (f", {unmeasured} not measurable" if unmeasured else ""))
 
 
-def summary_of(criteria: Iterable[Mapping[str, Any]] | None) -> str:
+def summary_of(criteria: Iterable[Criterion | Mapping[str, Any]] | None) -> str:
     """`Verdicts.summary()` of criteria as they travel (a result's or a record's list)."""
     return Verdicts.from_list(criteria).summary()
 

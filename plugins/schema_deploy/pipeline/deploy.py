@@ -55,12 +55,13 @@ def load_release(ctx: Deployment, pre: PreflightResult | BundleCheck) -> Release
     return release
 
 
-def release_fact(release: dict[str, Any]) -> str:
-    """How every message names the release: its short digest, then where it is."""
+def release_fact(release: ReleaseRef | dict[str, Any]) -> str:
+    """How every message names the release: its short digest, then where it is (from a result's
+    `ReleaseRef`, or a record's copy of it)."""
     return f"{release.get('short', '?')} ({release.get('uri', '?')})"
 
 
-def naming_release(facts: dict[str, Any], release: dict[str, Any] | None) -> dict[str, Any]:
+def naming_release(facts: dict[str, Any], release: ReleaseRef | dict[str, Any] | None) -> dict[str, Any]:
     """A message's facts with the run's release, for notifiers that wrap the run's messages (those
     of the steps name it already; approvals, dry runs and failures are raised outside them)."""
     return facts if not release or "release" in facts else {**facts, "release": release_fact(release)}
@@ -106,7 +107,7 @@ def preflight_bundle(ctx: Deployment, source: Release | None = None) -> BundleCh
     findings = lint_bundle(bundle, config=cfg.lint)
     lint = {"errors": sum(f.blocking for f in findings),
             "warnings": sum(f.severity == "warning" and not f.suppressed for f in findings)}
-    return BundleCheck(release=ReleaseRef(**release.summary()).to_xcom(), lint=lint, given=source is not None)
+    return BundleCheck(release=ReleaseRef(**release.summary()), lint=lint, given=source is not None)
 
 
 def survey_target(ctx: Deployment, target: Target, release: Release, bundle: Any,
@@ -226,7 +227,7 @@ def preflight_release(ctx: Deployment, checked: BundleCheck, staging: TargetSurv
                                   "where": f"{staging.env}, then {production.env}" if not params.dry_run
                                   else f"{staging.env} only (dry run)",
                                   "online": params.online, "run": ctx.run.run_id}, None)
-    return PreflightResult(release=ReleaseRef(**release.summary()).to_xcom(), migrations=migrations,
+    return PreflightResult(release=ReleaseRef(**release.summary()), migrations=migrations,
                            online=params.online, pending=pending, lint=lint, prechecks=prechecks, table_sizes=sizes,
                            production_table_bytes=sum(v["bytes"] for v in sizes.values()), run=ctx.run.facts(),
                            slack_ts=sent.get("ts"))
@@ -293,7 +294,7 @@ def analyze(conn: Any, tables: list[str]) -> None:
 def deploying(pre: PreflightResult) -> list[str]:
     """The migrations this run deploys: pending on any target at preflight, in the bundle's order."""
     names = {n for pending in pre.pending.values() for n in pending}
-    return [m["name"] for m in pre.release["migrations"] if m["name"] in names]
+    return [name for name in pre.release.names if name in names]
 
 
 def tables_created(bundle: Any, names: set[str]) -> set[str]:
@@ -430,7 +431,7 @@ def verify(ctx: Deployment, target: Target, pre: PreflightResult, applied: Apply
                                  + [f"row count of {t} changed {b} -> {a}" for t, (b, a) in lost.items()])
     return Verification(env=target.name, checks=len(report.checks), failed=0, rows_before=rows_before,
                         rows_after=rows_after, index_bytes=sizes, query_ms_before=before_ms, query_ms_after=after_ms,
-                        facts=perf["lines"], criteria=verdicts.as_list(), verdict=verdicts.summary(),
+                        facts=perf["lines"], criteria=list(verdicts.criteria), verdict=verdicts.summary(),
                         not_measurable=len(report.unmeasured))
 
 
@@ -467,9 +468,9 @@ def production_done(ctx: Deployment, applied: ApplyResult, verified: Verificatio
         "facts": "\n".join(verified.facts[:3])}, None)
 
 
-def dry_run_facts(gated: dict[str, Any] | None) -> dict[str, str]:
-    """The dry run's closing message, from the gate step's result (a StagingGate's XCom): staging's
-    verification and criteria as the gate stated them."""
+def dry_run_facts(gated: StagingGate | dict[str, Any] | None) -> dict[str, str]:
+    """The dry run's closing message, from the gate step's result (a StagingGate, or its XCom):
+    staging's verification and criteria as the gate stated them."""
     checked = (gated or {}).get("verification") or {}
     return {"staging": "migrated and verified", **verdict_facts(checked), "production": "untouched"}
 
@@ -529,7 +530,7 @@ def staging_gate(ctx: Deployment, staging: Target, pre: PreflightResult, backup_
         "release": release_fact(pre.release),
         "commands": f"{len(commands)}/{len(commands)} passed", "tests": f"{gated.tests} run" if gated.tests else "",
         **verdict_facts(checked)}, None)
-    return StagingGate(gate=gated.to_xcom(), verification=checked.to_xcom(), outcome=GATE_UNMET if unmet
+    return StagingGate(gate=gated, verification=checked, outcome=GATE_UNMET if unmet
                        else GATE_PASSED)
 
 

@@ -4,14 +4,25 @@
 Airflow's XCom (or any queue, or a file) carries between workers; `from_xcom()`
 reads it back and refuses another type or an unknown version, so a worker running
 an older release of this package never misreads a newer result.
+
+A field whose shape is known is a small typed record (`Record`: a release or backup reference,
+a chain row; or `criteria.Criterion`), never a `dict`: it travels as the plain dict of its fields
+(a nested `Result`, as `ReleaseRef` is, as its own `to_xcom()`), and is made a record again when
+the result is built, from `from_xcom()` or from a dict given to the constructor. `dict` stays only
+for a shape that is truly open (a fingerprint's sections, row counts by table, timings by query).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from functools import cache
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
+from schema_deploy.engine.criteria import Criterion
 from schema_deploy.errors import UsageError
 
 if TYPE_CHECKING:
@@ -21,13 +32,105 @@ R = TypeVar("R", bound="Result")
 
 
 @dataclass(frozen=True)
-class Result:
+class Record:
+    """A small typed value inside a result. Its fields annotated with a record type (`ReleaseRef`,
+    `list[Criterion]`, `BackupRef | None`) are made records when it is built, from their dicts as
+    they travel; `plain()` gives it back as that dict."""
+
+    def __post_init__(self) -> None:
+        for name, annotation in record_fields(type(self)).items():
+            value = getattr(self, name)
+            built = _build(annotation, value)
+            if built is not value:
+                object.__setattr__(self, name, built)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style access for report code that reads a result or its XCom alike."""
+        return getattr(self, key, default)
+
+
+def plain(value: Any) -> Any:
+    """A record, a result or a value holding them as it travels: a result as its `to_xcom()`, any
+    other dataclass (a `Record`, a `Criterion`) as the plain dict of its fields, with no tag."""
+    if isinstance(value, Result):
+        return value.to_xcom()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _fields_of(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def _fields_of(value: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(value):
+        v = getattr(value, f.name)
+        # `none_as`: what an absent record travels as, where an older shape carried e.g. `{}` for it.
+        out[f.name] = f.metadata["none_as"] if v is None and "none_as" in f.metadata else plain(v)
+    return out
+
+
+def _is_record(annotation: Any) -> bool:
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+
+
+def _mentions_record(annotation: Any) -> bool:
+    return _is_record(annotation) or any(_mentions_record(a) for a in typing.get_args(annotation))
+
+
+@cache
+def record_fields(cls: type) -> dict[str, Any]:
+    """The fields of `cls` whose annotation holds a record type, with that annotation."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError:  # a hint names a type imported for type checking only: read the fields one by one
+        hints = {f.name: _hint(cls, f) for f in dataclasses.fields(cls)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if _mentions_record(hints[f.name])}
+
+
+def _hint(cls: type, f: dataclasses.Field[Any]) -> Any:
+    """One field's annotation evaluated in its class's module; `Any` (no record) when it cannot be."""
+    if not isinstance(f.type, str):
+        return f.type
+    module = sys.modules.get(cls.__module__)
+    try:
+        return eval(f.type, dict(vars(module)) if module else {})  # noqa: S307 - our own annotations
+    except NameError:
+        return Any
+
+
+def _build(annotation: Any, value: Any) -> Any:
+    """`value` as `annotation` says: a dict made its record, lists and dicts of them item by item."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        if value == {} and type(None) in args:  # an empty reference, as older shapes carried it: none
+            return None
+        arms = [a for a in args if a is not type(None) and _mentions_record(a)]
+        return _build(arms[0], value) if arms else value
+    if origin is list and isinstance(value, (list, tuple)):
+        return [_build(args[0], v) for v in value]
+    if origin is dict and isinstance(value, dict):
+        return {k: _build(args[1], v) for k, v in value.items()}
+    if _is_record(annotation) and isinstance(value, dict):
+        if issubclass(annotation, Result) and "type" in value:
+            return annotation.from_xcom(value)
+        names = {f.name for f in dataclasses.fields(annotation)}
+        return annotation(**{k: v for k, v in value.items() if k in names})
+    return value
+
+
+@dataclass(frozen=True)
+class Result(Record):
     """Base of every step's result."""
 
     VERSION = 1
 
     def to_xcom(self) -> dict[str, Any]:
-        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        body = _fields_of(self)
         # A round trip through JSON makes tuples lists and proves the value is JSON-safe now,
         # not when a worker on another machine tries to read it.
         return {"type": type(self).__name__, "version": self.VERSION, **json.loads(json.dumps(body, default=str))}
@@ -49,21 +152,31 @@ class Result:
             raise UsageError(f"{cls.__name__} from the earlier step cannot be read ({exc}): run every worker on "
                              "the same schema_deploy version, and clear the run from its first task.") from None
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """Dict-style access for report code that reads a result or its XCom alike."""
-        return getattr(self, key, default)
+
+@dataclass(frozen=True)
+class MigrationRef(Record):
+    """One migration a release holds: its name and the checksum of its file."""
+
+    name: str
+    checksum: str
 
 
 @dataclass(frozen=True)
 class ReleaseRef(Result):
-    """Where the run's release is and what it holds, in short."""
+    """Where the run's release is and what it holds, in short (`Release.summary()`). A result of its
+    own, so inside another it travels with its type and version, as it always has."""
 
     uri: str
     sha256: str
     short: str
     bundle: str
-    source: dict[str, Any] = field(default_factory=dict)
-    migrations: list[dict[str, Any]] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)  # folder, git commit, dirty; symlinks when any
+    migrations: list[MigrationRef] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        """The migrations' names, in the release's order."""
+        return [m.name for m in self.migrations]
 
 
 @dataclass(frozen=True)
@@ -71,13 +184,13 @@ class BundleCheck(Result):
     """Preflight's first part, with no database: the bundle read, linted and frozen as a release
     without plans (or the release given to deploy), which each target's survey then loads."""
 
-    release: dict[str, Any]  # ReleaseRef.to_xcom() of that release
+    release: ReleaseRef
     lint: dict[str, int]  # errors (blocking findings, before any plan fixes them), warnings
     given: bool = False  # the release was given (`deploy --release`), not frozen from the folder now
 
     @property
     def release_uri(self) -> str:
-        return self.release["uri"]
+        return self.release.uri
 
 
 @dataclass(frozen=True)
@@ -99,7 +212,7 @@ class TargetSurvey(Result):
 class PreflightResult(Result):
     """Nothing changed yet: the release, what is pending where, lint, prechecks and the production plan."""
 
-    release: dict[str, Any]  # ReleaseRef.to_xcom()
+    release: ReleaseRef
     migrations: list[dict[str, Any]]  # production's plan: name, checksum, digest, steps (sql, locks, rewritten)
     online: bool
     pending: dict[str, list[str]]
@@ -112,7 +225,7 @@ class PreflightResult(Result):
 
     @property
     def release_uri(self) -> str:
-        return self.release["uri"]
+        return self.release.uri
 
     @property
     def triggered_by(self) -> str:
@@ -151,19 +264,19 @@ class GateResult(Result):
 
 @dataclass(frozen=True)
 class StagingGate(Result):
-    """The gate step on staging: its commands' result and staging's verification (each to_xcom()),
-    and the gate's outcome in words (`deploy.GATE_PASSED` or `deploy.GATE_UNMET`), as Slack, the approval
-    page and the report say it."""
+    """The gate step on staging: its commands' result and staging's verification (each travels as
+    its own tagged `to_xcom()`, as it always has), and the gate's outcome in words
+    (`deploy.GATE_PASSED` or `deploy.GATE_UNMET`), as Slack, the approval page and the report say it."""
 
-    gate: dict[str, Any]
-    verification: dict[str, Any]
+    gate: GateResult
+    verification: Verification
     outcome: str = ""
 
 
 @dataclass(frozen=True)
 class Verification(Result):
-    """What verification found on one target. `criteria`: the plan's success criteria, each
-    `{name, verdict, detail}` (`criteria.Criterion.as_dict()`), judged once by the verify step;
+    """What verification found on one target. `criteria`: the plan's success criteria
+    (`criteria.Criterion`: name, verdict, detail), judged once by the verify step;
     `verdict`: their summary (`criteria.Verdicts.summary()`), the one line every report shows;
     `checks`: every check run, `not_measurable` of them could not be judged at this scale."""
 
@@ -178,7 +291,7 @@ class Verification(Result):
     query_ms_before: dict[str, float]
     query_ms_after: dict[str, float]
     facts: list[str]
-    criteria: list[dict[str, str]]
+    criteria: list[Criterion]
     verdict: str = ""
     not_measurable: int = 0
 
@@ -187,7 +300,7 @@ class Verification(Result):
         """The criteria as `criteria.Verdicts`."""
         from schema_deploy.engine.criteria import Verdicts
 
-        return Verdicts.from_list(self.criteria)
+        return Verdicts(tuple(self.criteria))
 
     @property
     def check_counts(self) -> str:
@@ -327,11 +440,29 @@ class AuditRecord(Result):
     outcome: str
     s3: str
     sha256: str
-    chain: dict[str, dict[str, Any]]
+    chain: dict[str, ChainRowRef]  # target -> its chain row
     release: str = ""
 
 
 # --- the rollback pipeline ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BackupRef(Record):
+    """The backup a rollback restores, as its manifest describes it (`rollback.choose_backup`).
+    Not a `BackupResult`: that is a backup this run took (its rows, how it was verified); this is
+    one chosen from the store, with its manifest's facts and where its data came from."""
+
+    uri: str
+    sha256: str | None = None
+    size: int | None = None
+    started_at: str | None = None
+    run_id: str | None = None
+    row_counts: dict[str, int] = field(default_factory=dict)  # table -> exact rows
+    total_rows: int | None = None
+    verified: bool = False
+    source: dict[str, Any] = field(default_factory=dict)  # the manifest's source: environment, database, ...
+    # a restore of another environment's or database's data, asked for: from, to, asked_by, run, fact, planned
+    other_source: dict[str, Any] | None = None
 
 @dataclass(frozen=True)
 class RollbackPlan(Result):
@@ -342,9 +473,9 @@ class RollbackPlan(Result):
     database: str
     method: str
     needs_approval: bool  # a production target waits for a human
-    backup: dict[str, Any] | None = None  # uri, sha256, size, started_at, run_id, row_counts, total_rows, verified
+    backup: BackupRef | None = None  # method backup: the backup to restore
     migrations: list[dict[str, Any]] = field(default_factory=list)  # newest first: name, down_sql, down_sha256, steps
-    release: dict[str, Any] | None = None  # ReleaseRef.to_xcom() of the down path's release
+    release: ReleaseRef | None = None  # method down_migrations: the down path's release
     confirmed: str = ""  # the database name the operator typed (production)
     force: bool = False  # restore with other sessions connected
     approval_body: str = ""
@@ -356,7 +487,15 @@ class RollbackPlan(Result):
         if not self.release:
             raise UsageError(f"the {self.method} rollback of {self.environment} has no release: only the "
                              "down_migrations path freezes one. Clear the run from preflight.")
-        return self.release["uri"]
+        return self.release.uri
+
+    @property
+    def restoring(self) -> BackupRef:
+        """The backup this plan restores (method `backup`)."""
+        if self.backup is None:
+            raise UsageError(f"the {self.method} rollback of {self.environment} has no backup to restore: only the "
+                             "backup path chooses one. Clear the run from preflight.")
+        return self.backup
 
 
 @dataclass(frozen=True)
@@ -391,6 +530,13 @@ class RollbackVerification(Result):
 # --- the fleet pipeline ------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class ChainRowRef(Record):
+    """A row of a target's audit chain: its id and its hash (`audit.AuditRow`)."""
+
+    id: int
+    row_hash: str
+
+@dataclass(frozen=True)
 class MemberOutcome(Result):
     """What one fleet member's deployment did. `state`: done | failed | already | not_attempted |
     waiting_window | would_apply (a dry run). Times are ISO 8601 UTC; `apply_s` and `verify_s` are
@@ -411,7 +557,8 @@ class MemberOutcome(Result):
     pending: list[str] = field(default_factory=list)  # what the release had pending there
     migrations: list[str] = field(default_factory=list)  # what this run applied there
     backup: str = ""  # the backup's URI
-    audit: dict[str, Any] = field(default_factory=dict)  # the chain row: id, row_hash
+    # the member's chain row (done); travels as {} when there is none, as it always has
+    audit: ChainRowRef | None = field(default=None, metadata={"none_as": {}})
     error: str = ""  # the first error line (scrubbed)
     detail: str = ""  # the whole error (scrubbed, shortened)
     reason: str = ""  # not_attempted / waiting_window: why

@@ -29,8 +29,8 @@ from schema_deploy.ops.release import Release
 from schema_deploy.pipeline.deploy import load_release, release_fact
 from schema_deploy.pipeline.errors import ConfirmationMismatch, NoBackupToRestore, RollbackVerificationFailed
 from schema_deploy.pipeline.record import RECORD_VERSION, chain_into, decision_of, failed_at, keep_document
-from schema_deploy.pipeline.results import (AuditRecord, BackupResult, ReleaseRef, RollbackPlan, RollbackResult,
-                                            RollbackVerification)
+from schema_deploy.pipeline.results import (AuditRecord, BackupRef, BackupResult, ChainRowRef, ReleaseRef,
+                                            RollbackPlan, RollbackResult, RollbackVerification)
 from schema_deploy.pipeline.target import PRODUCTION, STAGING, Deployment, Target
 
 BACKUP, DOWN = "backup", "down_migrations"
@@ -60,6 +60,15 @@ class RollbackRequest:
                    confirm_database=str(params.get("confirm_database") or "").strip(),
                    force=bool(params.get("force", False)),
                    allow_other_source=bool(params.get("allow_other_source") or False))
+
+    @classmethod
+    def or_defaults(cls, params: dict[str, Any]) -> RollbackRequest:
+        """From the trigger form for the attempt's record: a field the form would not have let through
+        (not a number where one belongs) is recorded as the defaults."""
+        try:
+            return cls.from_mapping(params)
+        except (TypeError, ValueError):
+            return cls()
 
     def check(self, environment: str) -> None:
         """The rules across the form's fields, which Airflow's form cannot check (it validates each
@@ -112,10 +121,10 @@ def preflight(ctx: Deployment, target: Target, request: RollbackRequest) -> Roll
     backup, migrations, release = None, [], None
     if request.method == BACKUP:
         backup = choose_backup(ctx, target, request.backup_uri, allow_other_source=request.allow_other_source)
-        what = f"restore {backup['uri']}"
+        what = f"restore {backup.uri}"
     else:
         frozen, migrations = plan_downs(ctx, target, request.steps)
-        release = ReleaseRef(**frozen.summary()).to_xcom()
+        release = ReleaseRef(**frozen.summary())
         what = f"down migrations of {', '.join(m['name'] for m in migrations)} (release {frozen.short})"
     plan = RollbackPlan(environment=target.name, database=database, method=request.method,
                         needs_approval=target.role == PRODUCTION, backup=backup, migrations=migrations,
@@ -127,7 +136,7 @@ def preflight(ctx: Deployment, target: Target, request: RollbackRequest) -> Roll
 
 
 def choose_backup(ctx: Deployment, target: Target, uri: str = "", *, allow_other_source: bool = False
-                  ) -> dict[str, Any]:
+                  ) -> BackupRef:
     """The named backup, or the newest complete and verified one of this target's database; every
     candidate is logged. A backup taken of another environment or database (or of one its manifest
     does not record) is refused (`RestoreFromOtherSource`) unless `allow_other_source`: then the
@@ -155,18 +164,20 @@ def choose_backup(ctx: Deployment, target: Target, uri: str = "", *, allow_other
     log.info("chosen: %s", uri)
     other = ({**source.as_dict(), "asked_by": ctx.run.triggered_by, "run": ctx.run.run_id,
               "planned": source.fact(done=False)} if source.other else None)
-    return {"uri": uri, "sha256": manifest.get("sha256"), "size": manifest.get("size"),
-            "started_at": manifest.get("started_at"), "run_id": manifest.get("run_id"),
-            "row_counts": manifest.get("row_counts") or {}, "total_rows": manifest.get("total_rows"),
-            "verified": bool((manifest.get("verification") or {}).get("ok")),
-            "source": source.as_dict()["from"], "other_source": other}
+    return BackupRef(uri=uri, sha256=manifest.get("sha256"), size=manifest.get("size"),
+                     started_at=manifest.get("started_at"), run_id=manifest.get("run_id"),
+                     row_counts=manifest.get("row_counts") or {}, total_rows=manifest.get("total_rows"),
+                     verified=bool((manifest.get("verification") or {}).get("ok")),
+                     source=source.as_dict()["from"], other_source=other)
 
 
 def other_source_fact(plan: RollbackPlan | dict[str, Any], done: bool = True) -> dict[str, str]:
     """The Slack fact of a restore of another environment's or database's data, asked for explicitly
-    (empty when the backup is the target's own)."""
-    backup = (plan.get("backup") if isinstance(plan, dict) else plan.backup) or {}
-    other = backup.get("other_source")
+    (empty when the backup is the target's own); `plan`: the result, or a record's copy of it."""
+    if isinstance(plan, dict):
+        other = (plan.get("backup") or {}).get("other_source")
+    else:
+        other = plan.backup.other_source if plan.backup else None
     if not other:
         return {}
     said = other["fact"] if done else other.get("planned", other["fact"])
@@ -210,19 +221,20 @@ def approval_body(plan: RollbackPlan) -> str:
     """Markdown for the approval page: what will be put back, and from what."""
     lines = [f"### Roll back {plan.environment} database `{plan.database}`"]
     if plan.method == BACKUP:
-        b = plan.backup or {}
-        lines += [f"Restore backup `{b.get('uri')}` (taken {b.get('started_at')}, sha256 "
-                  f"`{(b.get('sha256') or '?')[:16]}…`, {b.get('total_rows')} rows, verified: {b.get('verified')}).",
+        b = plan.backup or BackupRef(uri="")
+        lines += [f"Restore backup `{b.uri or None}` (taken {b.started_at}, sha256 "
+                  f"`{(b.sha256 or '?')[:16]}…`, {b.total_rows} rows, verified: {b.verified}).",
                   "Everything written since that backup is replaced. A safety backup of the current state is "
                   "taken first."]
-        if b.get("other_source"):
-            other = b["other_source"]
+        if b.other_source:
+            other = b.other_source
             lines.append(f"**Data from another environment or database**: {other.get('planned', other['fact'])}, "
                          f"asked for by {other.get('asked_by') or '?'} (allow_other_source).")
     else:
-        release = plan.release or {}
-        lines.append(f"Down migrations from release `{release.get('short', '?')}` (bundle {release.get('bundle', '?')},"
-                     f" sha256 `{release.get('sha256', '?')}`), newest first:")
+        release = plan.release
+        lines.append(f"Down migrations from release `{release.short if release else '?'}` (bundle "
+                     f"{release.bundle if release else '?'}, sha256 `{release.sha256 if release else '?'}`), "
+                     "newest first:")
         lines += [f"* **{m['name']}** — {len(m['steps'])} steps from `{m['down_sql']}` "
                   f"(sha256 `{m['down_sha256'][:16]}…`)" for m in plan.migrations]
     return "\n".join(lines)
@@ -260,9 +272,10 @@ def rollback(ctx: Deployment, target: Target, plan: RollbackPlan) -> RollbackRes
     if plan.method == BACKUP:
         from schema_deploy.backups.restore_over import restore_over
 
-        done = restore_over(ctx.store.s3, (plan.backup or {})["uri"], target.url,
+        chosen = plan.restoring
+        done = restore_over(ctx.store.s3, chosen.uri, target.url,
                             confirm_production=plan.confirmed or None, environment=target.role, force=plan.force,
-                            log=ctx.log.info, allow_other_source=bool((plan.backup or {}).get("other_source")))
+                            log=ctx.log.info, allow_other_source=bool(chosen.other_source))
         return RollbackResult(method=BACKUP, **done.as_dict())
     return run_downs(ctx, target, plan)
 
@@ -327,7 +340,7 @@ def verify(ctx: Deployment, target: Target, plan: RollbackPlan) -> RollbackVerif
         invalid = [r[0] for r in conn.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid")]
         if plan.method == BACKUP:
             # The audit trail keeps the rows recorded since the backup (put back on purpose): not compared.
-            expected = {t: n for t, n in (plan.backup or {}).get("row_counts", {}).items()
+            expected = {t: n for t, n in (plan.backup.row_counts if plan.backup else {}).items()
                         if not t.startswith("schema_deploy.")}
             counts, diffs = compare_counts(conn, expected)
             problems += [f"row count {d}" for d in diffs]
@@ -420,7 +433,7 @@ def record(ctx: Deployment, target: Target, request: RollbackRequest, results: d
             "schema": f"fingerprint {verification.get('fingerprint_sha256', '?')[:16]}…",
             "safety backup": safety}, None)
     return AuditRecord(outcome=record_["outcome"], s3=uri, sha256=digest,
-                       chain={r.environment: {"id": r.id, "row_hash": r.row_hash} for r in chained},
+                       chain={r.environment: ChainRowRef(r.id, r.row_hash) for r in chained},
                        release=(record_["release"] or {}).get("sha256") or "")
 
 

@@ -61,7 +61,7 @@ def run(ctx: Deployment, staging: Target, production: Target, *, source: Release
         staged = out.step("apply_staging", lambda: deploy.apply(ctx, staging, pre))
         gated = out.step("gate", lambda: deploy.staging_gate(ctx, staging, pre, backup, staged))
         if ctx.params.dry_run:
-            ctx.notify("dry_run_done", deploy.dry_run_facts(gated.to_xcom()), None)
+            ctx.notify("dry_run_done", deploy.dry_run_facts(gated), None)
             out.stopped = "dry run: staging migrated and verified, production untouched"
             return out
         if not approved_by:
