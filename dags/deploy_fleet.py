@@ -53,19 +53,13 @@ the form's fields.
 from __future__ import annotations
 
 import pendulum
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task, teardown
 
+from schema_deploy_airflow import task_ids as ids
 from schema_deploy_airflow.defaults import DEFAULT_ARGS
+from schema_deploy_airflow.fleet_operators import CanaryApprovalOperator, FleetWindowOperator
 from schema_deploy_airflow.fleet_steps import fleet_param, member_queue
-from schema_deploy_airflow.operators import FleetWindowOperator
 from schema_deploy_airflow.steps import bundle_param, queue
-
-CANARY_BODY = """Canary wave of fleet {{ params.fleet }}:
-{% for o in (ti.xcom_pull(task_ids='canary', key='fleet_run') or {}).get('outcomes', []) %}
-* {{ o.member }}: {{ o.state }}{% if o.error %} ({{ o.error }}){% endif %}
-{% endfor %}
-Approve to deploy the other waves; Reject leaves them not attempted."""
 
 
 def on_failure(context):
@@ -106,90 +100,101 @@ def on_failure(context):
     },
 )
 def deploy_fleet():
-    @task(queue=queue(None), doc_md="Checks the form (fleet, only_targets), reads and lints the bundle, freezes it "
-                                    "in S3 as a release without plans. Opens no database.")
+    @task(task_id=ids.PREFLIGHT_BUNDLE, queue=queue(None),
+          doc_md="Checks the form (fleet, only_targets), reads and lints the bundle, freezes it in S3 as a release "
+                 "without plans. Opens no database.")
     def preflight_bundle():
         from schema_deploy_airflow import fleet_steps
 
         return fleet_steps.preflight_bundle()
 
-    @task(queue=queue("staging"), doc_md="Staging's ledger, schema fingerprint and plan of the release. Changes nothing.")
+    @task(task_id=ids.PREFLIGHT_STAGING, queue=queue("staging"),
+          doc_md="Staging's ledger, schema fingerprint and plan of the release. Changes nothing.")
     def preflight_staging(checked):
         from schema_deploy_airflow import steps
 
-        return steps.preflight_target("staging")
+        return steps.preflight_target("staging", checked)
 
-    @task(queue=queue(None), doc_md="The fleet's release: staging's plan frozen for staging and every member, "
-                                    "with staging's schema before the change. Opens no database.")
-    def preflight(survey):
+    @task(task_id=ids.PREFLIGHT, queue=queue(None),
+          doc_md="The fleet's release: staging's plan frozen for staging and every member, with staging's schema "
+                 "before the change. Opens no database.")
+    def preflight(checked, survey):
         from schema_deploy_airflow import fleet_steps
 
-        return fleet_steps.fleet_release()
+        return fleet_steps.fleet_release(checked, survey)
 
-    @task(queue=queue("staging"), doc_md="The rehearsal: the release applied to staging.")
+    @task(task_id=ids.APPLY_STAGING, queue=queue("staging"), doc_md="The rehearsal: the release applied to staging.")
     def apply_staging(summary):
         from schema_deploy_airflow import fleet_steps, steps
 
-        return fleet_steps.unless_dry_run(lambda: steps.apply_to("staging"), "the release is not applied")
+        return fleet_steps.unless_dry_run(lambda: steps.apply_to("staging", summary), "the release is not applied")
 
-    @task(queue=queue("staging"), doc_md="Gate commands against staging, then verification of staging.")
-    def test_gate(staged):
+    @task(task_id=ids.TEST_GATE, queue=queue("staging"),
+          doc_md="Gate commands against staging, then verification of staging.")
+    def test_gate(summary, staged):
         from schema_deploy_airflow import fleet_steps, steps
 
-        return fleet_steps.unless_dry_run(steps.test_gate, "the gate does not run")
+        return fleet_steps.unless_dry_run(lambda: steps.test_gate(summary, None, staged), "the gate does not run")
 
-    @task(queue=member_queue(), doc_md="The fleet's members (list, prefix or catalog), cut to only_targets; "
-                                       "names and attributes in XCom, never URLs.")
-    def fleet_members(gate):
+    @task(task_id=ids.FLEET_MEMBERS, queue=member_queue(),
+          doc_md="The fleet's members (list, prefix or catalog), cut to only_targets; names and attributes in XCom, "
+                 "never URLs.")
+    def fleet_members(summary):
         from schema_deploy_airflow import fleet_steps
 
-        return fleet_steps.fleet_members()
+        return fleet_steps.fleet_members(summary)
 
-    @task(queue=member_queue(), doc_md="Wave 0, the canary, in one process (a dry run only checks).")
-    def canary(members):
+    # canary and waves return {fleet_run: their part}: with multiple_outputs, `part[FLEET_RUN_KEY]` of
+    # one that never ran is None for windowed (all_done), not an error.
+    @task(task_id=ids.CANARY, queue=member_queue(), multiple_outputs=True,
+          doc_md="Wave 0, the canary, in one process (a dry run only checks).")
+    def canary(summary, members):
         from schema_deploy_airflow import fleet_steps
 
-        return fleet_steps.canary()
+        return fleet_steps.canary(summary, members)
 
-    @task.branch(queue=queue(None), doc_md="approve_canary when waves.approve_after_canary, else waves.")
-    def approval_needed():
+    @task.branch(task_id=ids.FLEET_APPROVAL_NEEDED, queue=queue(None),
+                 doc_md="approve_canary when waves.approve_after_canary, else waves.")
+    def approval_needed(members):
         from schema_deploy_airflow import fleet_steps
 
-        return fleet_steps.approval_needed()
+        return fleet_steps.approval_needed(members)
 
-    approve = ApprovalOperator(task_id="approve_canary", subject="Deploy the rest of fleet {{ params.fleet }}?",
-                               body=CANARY_BODY, retries=0, queue=queue(None),
-                               doc_md="Approve or reject the waves after the canary; Reject: not attempted.")
-
-    @task(queue=member_queue(), trigger_rule="none_failed_min_one_success",
+    @task(task_id=ids.WAVES, queue=member_queue(), multiple_outputs=True, trigger_rule="none_failed_min_one_success",
           doc_md="The waves after the canary, in one process: brake after each, pause between.")
-    def waves():
+    def waves(summary, members, first):
         from schema_deploy_airflow import fleet_steps
 
-        return fleet_steps.waves()
-
-    windowed = FleetWindowOperator(task_id="windowed", queue=member_queue(), trigger_rule="all_done",
-                                   doc_md="The members whose window was closed in their wave: deferred until "
-                                          "it opens, then deployed (the brake after each batch).")
+        return fleet_steps.waves(summary, members, first)
 
     @teardown
-    @task(queue=queue(None), doc_md="The fleet record in S3 (every member's outcome) and one Slack summary. "
-                                    "Opens no database.")
-    def fleet_record():
+    @task(task_id=ids.FLEET_RECORD, queue=queue(None),
+          doc_md="The fleet record in S3 (every member's outcome) and one Slack summary. Opens no database.")
+    def fleet_record(summary, members):
         from schema_deploy_airflow import fleet_steps
 
-        return fleet_steps.fleet_record()
+        return fleet_steps.fleet_record(summary, members)
 
     checked = preflight_bundle()
-    summary = preflight(preflight_staging(checked))
-    gated = test_gate(apply_staging(summary))
-    members = fleet_members(gated)
-    first = canary(members)
-    branch = approval_needed()
-    rest = waves()
+    summary = preflight(checked, preflight_staging(checked))
+    staged = apply_staging(summary)
+    gated = test_gate(summary, staged)
+    members = fleet_members(summary)
+    gated >> members  # the members are changed only after staging's rehearsal passed the gate
+    first = canary(summary, members)
+    branch = approval_needed(members)
+    approve = CanaryApprovalOperator(task_id=ids.APPROVE_CANARY, canary=first[ids.FLEET_RUN_KEY], retries=0,
+                                     queue=queue(None),
+                                     doc_md="Approve or reject the waves after the canary; Reject: not attempted.")
+    rest = waves(summary, members, first[ids.FLEET_RUN_KEY])
+    windowed = FleetWindowOperator(task_id=ids.WINDOWED, summary=summary, members=members,
+                                   canary=first[ids.FLEET_RUN_KEY], waves=rest[ids.FLEET_RUN_KEY],
+                                   queue=member_queue(), trigger_rule="all_done",
+                                   doc_md="The members whose window was closed in their wave: deferred until "
+                                          "it opens, then deployed (the brake after each batch).")
     first >> branch >> [approve, rest]
     approve >> rest >> windowed
-    [checked, summary, gated, members, first, branch, approve, rest, windowed] >> fleet_record()
+    [checked, summary, gated, members, first, branch, approve, rest, windowed] >> fleet_record(summary, members)
 
 
 deploy_fleet()

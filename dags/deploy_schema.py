@@ -54,6 +54,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task, teardown
 
+from schema_deploy_airflow import task_ids as ids
 from schema_deploy_airflow.defaults import DEFAULT_ARGS
 from schema_deploy_airflow.operators import ProductionApprovalOperator, WaitForWindowOperator
 from schema_deploy_airflow.steps import bundle_param, queue
@@ -98,153 +99,145 @@ def on_failure(context):
     },
 )
 def deploy_schema():
-    @task(queue=queue(None), doc_md="Reads and lints the declared bundle, freezes it in S3 as a release without "
-                                    "plans. Opens no database.")
+    @task(task_id=ids.PREFLIGHT_BUNDLE, queue=queue(None),
+          doc_md="Reads and lints the declared bundle, freezes it in S3 as a release without plans. Opens no database.")
     def preflight_bundle():
         from schema_deploy_airflow import steps
 
         return steps.preflight_bundle()
 
-    @task(queue=queue("staging"), doc_md="Staging's ledger, schema fingerprint and plan of the release (and the "
-                                         "schema.prisma check when configured). Changes nothing.")
+    @task(task_id=ids.PREFLIGHT_STAGING, queue=queue("staging"),
+          doc_md="Staging's ledger, schema fingerprint and plan of the release (and the schema.prisma check when "
+                 "configured). Changes nothing.")
     def preflight_staging(checked):
         from schema_deploy_airflow import steps
 
-        return steps.preflight_target("staging")
+        return steps.preflight_target("staging", checked)
 
-    @task(queue=queue("production"), doc_md="Production's ledger, schema fingerprint and plan; lint findings the "
-                                            "plan leaves, data prechecks, table sizes. Changes nothing.")
+    @task(task_id=ids.PREFLIGHT_PRODUCTION, queue=queue("production"),
+          doc_md="Production's ledger, schema fingerprint and plan; lint findings the plan leaves, data prechecks, "
+                 "table sizes. Changes nothing.")
     def preflight_production(checked):
         from schema_deploy_airflow import steps
 
-        return steps.preflight_target("production")
+        return steps.preflight_target("production", checked)
 
-    @task(queue=queue(None), doc_md="Both surveys: nothing to deploy (skip), schemas that differ (stop), else "
-                                    "the release with both plans frozen in S3 and Slack told. Opens no database.")
-    def preflight(staging_survey, production_survey):
+    @task(task_id=ids.PREFLIGHT, queue=queue(None),
+          doc_md="Both surveys: nothing to deploy (skip), schemas that differ (stop), else the release with both "
+                 "plans frozen in S3 and Slack told. Opens no database.")
+    def preflight(checked, staging_survey, production_survey):
         from schema_deploy_airflow import steps
 
-        return steps.preflight()
+        return steps.preflight(checked, staging_survey, production_survey)
 
-    @task(queue=queue("production"), doc_md="pg_dump of production streamed to S3 and verified.")
+    @task(task_id=ids.BACKUP_PRODUCTION, queue=queue("production"),
+          doc_md="pg_dump of production streamed to S3 and verified.")
     def backup_production(summary):
         from schema_deploy_airflow import steps
 
-        return steps.backup_production()
+        return steps.backup_production(summary)
 
-    @task(queue=queue("staging"), doc_md="Apply the release to staging (the plan production will get).")
+    @task(task_id=ids.APPLY_STAGING, queue=queue("staging"),
+          doc_md="Apply the release to staging (the plan production will get).")
     def apply_staging(summary, backup):
         from schema_deploy_airflow import steps
 
-        return steps.apply_to("staging")
+        return steps.apply_to("staging", summary)
 
-    @task(queue=queue("staging"), doc_md="Gate commands against staging, then verification of staging.")
-    def test_gate(staged, backup):
+    @task(task_id=ids.TEST_GATE, queue=queue("staging"),
+          doc_md="Gate commands against staging, then verification of staging.")
+    def test_gate(summary, backup, staged):
         from schema_deploy_airflow import steps
 
-        return steps.test_gate()
+        return steps.test_gate(summary, backup, staged)
 
-    @task.short_circuit(queue=queue(None), doc_md="Stops here on a dry run: production stays untouched.")
-    def production_requested(gate, params=None):
-        if params["dry_run"]:
-            from schema_deploy.pipeline.deploy import dry_run_facts
-            from schema_deploy_airflow.steps import notify, task_log
+    @task.short_circuit(task_id=ids.PRODUCTION_REQUESTED, queue=queue(None),
+                        doc_md="Stops here on a dry run: production stays untouched.")
+    def production_requested(summary, gate, params=None):
+        from schema_deploy_airflow import steps
 
-            notify("dry_run_done", dry_run_facts(gate), task_log())
-        return not params["dry_run"]
+        return steps.production_requested(summary, gate, bool(params["dry_run"]))
 
-    @task.branch(queue=queue(None), doc_md="Approval when deploy.yaml's policy or the trigger form asks for it.")
+    @task.branch(task_id=ids.APPROVAL_NEEDED, queue=queue(None),
+                 doc_md="Approval when deploy.yaml's policy or the trigger form asks for it.")
     def approval_needed(params=None, dag_run=None):
-        from schema_deploy.config import settings
-        from schema_deploy_airflow.steps import approval_required
+        from schema_deploy_airflow import steps
 
-        needed = approval_required(params, str(dag_run.run_type), settings.load_current())
-        return "approve_production" if needed else "wait_for_window"
+        return steps.approval_branch(params, str(dag_run.run_type))
 
-    approve = ProductionApprovalOperator(
-        task_id="approve_production",
-        preflight_task_id="preflight",
-        backup_task_id="backup_production",
-        gate_task_id="test_gate",
-        retries=0,
-        queue=queue(None),
-        doc_md="Approve or reject the production change; Reject skips production.",
-    )
-
-    window = WaitForWindowOperator(
-        task_id="wait_for_window",
-        staging_task_id="apply_staging",
-        preflight_task_id="preflight",
-        trigger_rule="none_failed_min_one_success",
-        queue=queue(None),
-        doc_md="Deferred until a maintenance window is open and long enough.",
-    )
-
-    @task(queue=queue("production"), doc_md="Apply the release to production, with lock retries and blocker reports.")
+    @task(task_id=ids.APPLY_PRODUCTION, queue=queue("production"),
+          doc_md="Apply the release to production, with lock retries and blocker reports.")
     def apply_production(summary):
         from schema_deploy_airflow import steps
 
-        return steps.apply_to("production")
+        return steps.apply_to("production", summary)
 
-    @task(queue=queue("production"), doc_md="The plan's success criteria on production: checks, row counts, "
-                                            "sizes, timings.")
-    def verify_production(applied, backup):
+    @task(task_id=ids.VERIFY_PRODUCTION, queue=queue("production"),
+          doc_md="The plan's success criteria on production: checks, row counts, sizes, timings.")
+    def verify_production(summary, backup, applied):
         from schema_deploy_airflow import steps
 
-        return steps.verify_production()
+        return steps.verify_production(summary, backup, applied)
 
     checked = preflight_bundle()
     surveyed = [preflight_staging(checked), preflight_production(checked)]
-    summary = preflight(*surveyed)
+    summary = preflight(checked, *surveyed)
     backup = backup_production(summary)
     staged = apply_staging(summary, backup)
-    gated = test_gate(staged, backup)
-    requested = production_requested(gated)
+    gated = test_gate(summary, backup, staged)
+    requested = production_requested(summary, gated)
     branch = approval_needed()
+    approve = ProductionApprovalOperator(task_id=ids.APPROVE_PRODUCTION, preflight=summary, backup=backup,
+                                         gate=gated, retries=0, queue=queue(None),
+                                         doc_md="Approve or reject the production change; Reject skips production.")
+    window = WaitForWindowOperator(task_id=ids.WAIT_FOR_WINDOW, preflight=summary, staging=staged,
+                                   trigger_rule="none_failed_min_one_success", queue=queue(None),
+                                   doc_md="Deferred until a maintenance window is open and long enough.")
     requested >> branch >> [approve, window]
     approve >> window
     applied = apply_production(summary)
     window >> applied
-    verified = verify_production(applied, backup)
+    verified = verify_production(summary, backup, applied)
 
     # The audit record: teardowns, so they run whatever happened, and the run's state stays the deployment's.
     @teardown
-    @task(queue=queue(None), doc_md="The run's audit record, computed once (every copy carries these bytes). "
-                                    "Opens no database.")
+    @task(task_id=ids.AUDIT_COMPOSE, queue=queue(None),
+          doc_md="The run's audit record, computed once (every copy carries these bytes). Opens no database.")
     def audit_compose():
         from schema_deploy_airflow import steps
 
         return steps.compose_audit()
 
     @teardown
-    @task(queue=queue("staging"), doc_md="The record hash-chained into staging's schema_deploy.audit_events, "
-                                         "when the run changed staging.")
+    @task(task_id=ids.AUDIT_STAGING, queue=queue("staging"),
+          doc_md="The record hash-chained into staging's schema_deploy.audit_events, when the run changed staging.")
     def audit_staging(composed):
         from schema_deploy_airflow import steps
 
-        return steps.chain_audit("staging")
+        return steps.chain_audit("staging", composed)
 
     @teardown
-    @task(queue=queue("production"), doc_md="The record hash-chained into production's "
-                                            "schema_deploy.audit_events, when the run changed production or the "
-                                            "approval decided on it (a rejection).")
+    @task(task_id=ids.AUDIT_PRODUCTION, queue=queue("production"),
+          doc_md="The record hash-chained into production's schema_deploy.audit_events, when the run changed "
+                 "production or the approval decided on it (a rejection).")
     def audit_production(composed):
         from schema_deploy_airflow import steps
 
-        return steps.chain_audit("production")
+        return steps.chain_audit("production", composed)
 
     @teardown
-    @task(queue=queue(None), doc_md="The record and its chain rows kept beside the backup in S3; the run's "
-                                    "audit result. Opens no database.")
-    def audit_record(staging_row, production_row):
+    @task(task_id=ids.AUDIT_RECORD, queue=queue(None),
+          doc_md="The record and its chain rows kept beside the backup in S3; the run's audit result. "
+                 "Opens no database.")
+    def audit_record(composed, staging_row, production_row):
         from schema_deploy_airflow import steps
 
-        return steps.record_audit()
+        return steps.record_audit(composed, staging_row, production_row)
 
     composed = audit_compose()
     [checked, *surveyed, summary, backup, staged, gated, requested, branch, approve, window, applied,
      verified] >> composed
-    audit_record(audit_staging(composed), audit_production(composed))
+    audit_record(composed, audit_staging(composed), audit_production(composed))
 
 
 deploy_schema()

@@ -71,14 +71,13 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, TaskGroup, dag, task
 
+from schema_deploy_airflow import task_ids as ids
 from schema_deploy_airflow.defaults import DEFAULT_ARGS
 from schema_deploy_airflow.operators import RecordedApprovalOperator, reason_param
 from schema_deploy_airflow.steps import bundle_param, queue
 
 ENVIRONMENTS = ("staging", "production")  # one task group each; the group id is the environment
 NO_DB = queue(None)
-# The group's preflight summary in a template: the group comes from the running task's id.
-PLAN = "ti.xcom_pull(task_ids=ti.task_id.rpartition('.')[0] ~ '.preflight')"
 
 
 def on_failure(context):
@@ -123,61 +122,68 @@ def on_failure(context):
     },
 )
 def rollback_schema():
-    @task.branch(queue=NO_DB, doc_md="The form's environment: its group runs, the other is skipped whole.")
+    @task.branch(task_id=ids.CHOOSE_ENVIRONMENT, queue=NO_DB,
+                 doc_md="The form's environment: its group runs, the other is skipped whole.")
     def choose_environment():
         from schema_deploy_airflow import rollback_steps
 
         return rollback_steps.choose_environment()
 
-    @task(queue=NO_DB, doc_md="This group is the form's environment; the group's setup, so its audit_record "
-                              "runs only when the group was chosen. Opens no database.")
+    @task(task_id=ids.CHECK_ENVIRONMENT, queue=NO_DB,
+          doc_md="This group is the form's environment; the group's setup, so its audit_record runs only when "
+                 "the group was chosen. Opens no database.")
     def check_environment():
         from schema_deploy_airflow import rollback_steps
 
         return rollback_steps.check_environment()
 
-    @task(doc_md="Confirmation, then the backup to restore, or the down migrations planned and frozen into a "
+    @task(task_id=ids.ROLLBACK_PREFLIGHT,
+          doc_md="Confirmation, then the backup to restore, or the down migrations planned and frozen into a "
                  "release in S3; Slack 'rollback started'. Changes nothing.")
     def preflight():
         from schema_deploy_airflow import rollback_steps
 
         return rollback_steps.preflight()
 
-    @task.branch(queue=NO_DB, doc_md="A production target needs a human Approve (preflight says); staging goes "
-                                     "straight on.")
+    @task.branch(task_id=ids.ROLLBACK_APPROVAL_NEEDED, queue=NO_DB,
+                 doc_md="A production target needs a human Approve (preflight says); staging goes straight on.")
     def approval_needed(summary):
         from schema_deploy_airflow import rollback_steps
 
         return rollback_steps.after_preflight(summary)
 
-    @task(trigger_rule="none_failed_min_one_success",
+    @task(task_id=ids.SAFETY_BACKUP, trigger_rule="none_failed_min_one_success",
           doc_md="pg_dump of the target as it is now, to S3, verified: the way back from this rollback.")
-    def safety_backup():
+    def safety_backup(summary):
         from schema_deploy_airflow import rollback_steps
 
-        return rollback_steps.safety_backup()
+        return rollback_steps.safety_backup(summary)
 
-    @task(doc_md="Streamed restore of the chosen backup, or the release's down migrations with lock retries.")
+    @task(task_id=ids.ROLLBACK,
+          doc_md="Streamed restore of the chosen backup, or the release's down migrations with lock retries.")
     def rollback(summary, backup):
         from schema_deploy_airflow import rollback_steps
 
-        return rollback_steps.run_rollback()
+        return rollback_steps.run_rollback(summary)
 
-    @task(doc_md="Row counts against the manifest or the ledger's states, INVALID indexes, fingerprint.")
+    @task(task_id=ids.VERIFY_ROLLBACK,
+          doc_md="Row counts against the manifest or the ledger's states, INVALID indexes, fingerprint.")
     def verify_rollback(summary, done):
         from schema_deploy_airflow import rollback_steps
 
-        return rollback_steps.verify()
+        return rollback_steps.verify(summary)
 
-    @task(doc_md="kind 'rollback' in the target's audit chain and a JSON record in S3; Slack 'rollback done'. "
+    @task(task_id=ids.ROLLBACK_AUDIT_RECORD,
+          doc_md="kind 'rollback' in the target's audit chain and a JSON record in S3; Slack 'rollback done'. "
                  "The group's teardown: it runs whatever happened after check_environment.")
     def audit_record():
         from schema_deploy_airflow import rollback_steps
 
         return rollback_steps.record()
 
-    @task(queue=NO_DB, doc_md="When the run was refused before a group could record it (choose_environment or "
-                              "check_environment failed), its record in S3. Opens no database.")
+    @task(task_id=ids.AUDIT_ATTEMPT, queue=NO_DB,
+          doc_md="When the run was refused before a group could record it (choose_environment or "
+                 "check_environment failed), its record in S3. Opens no database.")
     def audit_attempt():
         from schema_deploy_airflow import rollback_steps
 
@@ -191,16 +197,11 @@ def rollback_schema():
             summary = preflight()
             branch = approval_needed(summary)
             approve = RecordedApprovalOperator(  # ApprovalOperator keeping its answer for the record
-                task_id="approve_rollback",
-                queue=NO_DB,
+                task_id=ids.APPROVE_ROLLBACK, plan=summary, queue=NO_DB,
                 params=reason_param(),  # the responder's optional reason: in the record, on the page, in Slack
-                subject="Roll back {{ params.environment }} database {{ " + PLAN + "['database'] }} "
-                        "({{ params.method }})?",
-                body="{{ " + PLAN + "['approval_body'] }}",
-                retries=0,
-                doc_md="Approve or reject the production rollback; Reject ends the run with nothing changed.",
-            )
-            backup = safety_backup()
+                retries=0, doc_md="Approve or reject the production rollback; Reject ends the run with nothing "
+                                  "changed.")
+            backup = safety_backup(summary)
             chosen >> check >> summary
             branch >> [approve, backup]
             approve >> backup

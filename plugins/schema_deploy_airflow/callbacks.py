@@ -62,7 +62,7 @@ def notify_failure(context: Any, event: str = "failed") -> None:
     """on_failure_callback of every task of the three DAGs (`event`: rollback_schema's is
     rollback_failed); posts only for the run's first failed task. Never raises."""
     from schema_deploy.redact import scrub
-    from schema_deploy_airflow.steps import notify, task_log
+    from schema_deploy_airflow.steps import notify, run_preflight, task_log, thread_of
 
     log = task_log()
     try:
@@ -74,6 +74,6 @@ def notify_failure(context: Any, event: str = "failed") -> None:
             log.info("Slack: not posting '%s' for %s: this run's failure was already announced when %s failed",
                      event, facts["task"], ", ".join(earlier))
             return
-        notify(event, facts, log, links=failure_links(ti) or None, context=context)
+        notify(event, facts, log, links=failure_links(ti) or None, **thread_of(run_preflight(context)))
     except Exception as exc:  # noqa: BLE001 - a callback must never raise
         log.warning("the failure notification could not be sent: %s", scrub(str(exc)))

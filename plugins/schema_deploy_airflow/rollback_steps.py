@@ -4,22 +4,21 @@ The domain (confirmation, backup choice, the down migrations from a frozen relea
 verification, the outcome and the record) is in `schema_deploy.pipeline.rollback`;
 this module only adapts it to Airflow: the form's `environment` picks the task group
 to run, the running task's group (`staging.…`, `production.…`) becomes a `Target` from
-that environment's connection only, earlier results come back from XCom of the same
-group with `from_xcom`, the stock approval's answer becomes an `Approval`, and a
-non-transient error a failure that is not retried.
+that environment's connection only, each task's inputs are the values its upstream tasks
+returned (read with `from_xcom`), the stock approval's answer becomes an `Approval`, and a
+non-transient error a failure that is not retried. Only the audit tasks, which by their job read
+the whole run, read other tasks' XComs by id.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from schema_deploy_airflow import connections, steps
+from schema_deploy_airflow import task_ids as ids
 from schema_deploy_airflow.steps import (current_context, deployment, fail_fast, group_of, in_group,
-                                         pulled, run_results, target)
+                                         run_preflight, run_results, target)
 
-PREFLIGHT = "preflight"
-# Task id inside an environment's group -> the rollback pipeline's step name, for the audit record.
-TASK_STEPS = {"preflight": "preflight", "approval_needed": "approval_needed", "approve_rollback": "approval",
-              "safety_backup": "safety_backup", "rollback": "rollback", "verify_rollback": "verify"}
+TASK_STEPS = ids.ROLLBACK_STEPS
 
 
 def environment(context: dict[str, Any]) -> str:
@@ -41,24 +40,23 @@ def request(context: dict[str, Any]):
     return RollbackRequest.from_mapping(dict(context.get("params") or {}))
 
 
-def approval(context: dict[str, Any]):
-    """The stock ApprovalOperator's answer (its XCom) as the pipeline's Approval, with the reason the
-    responder typed; None if unanswered."""
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
-    from schema_deploy.pipeline import Approval
-    from schema_deploy_airflow.operators import approval_reason
+def approval_results(context: dict[str, Any]) -> dict[str, Any]:
+    """The record's `approval` (the decision, or None) and `approval_error` (a timeout), from the group's
+    approval task."""
+    answer = approval(context)
+    error = context["ti"].xcom_pull(task_ids=in_group(context, ids.APPROVE_ROLLBACK), key=ids.APPROVAL_ERROR_KEY)
+    return {"approval": answer.to_xcom() if answer else None, "approval_error": error}
 
-    task_id = in_group(context, "approve_rollback")
+
+def approval(context: dict[str, Any]):
+    """The group's approval answer (its XCom, read by the record) as the pipeline's Approval; None if
+    unanswered."""
+    from schema_deploy_airflow.operators import approval_of
+
+    task_id = in_group(context, ids.APPROVE_ROLLBACK)
     # RecordedApprovalOperator keeps the answer apart: on Reject Airflow pushes no return value.
-    answer = context["ti"].xcom_pull(task_ids=task_id, key="answer") or context["ti"].xcom_pull(task_ids=task_id)
-    if not answer:
-        return None
-    user = answer.get("responded_by_user") or {}
-    return Approval(approved=list(answer.get("chosen_options") or [])[:1] == [ApprovalOperator.APPROVE],
-                    approver=user.get("name") or user.get("id") or "?", approver_id=user.get("id"),
-                    responded_at=str(answer.get("responded_at")),
-                    triggered_by=getattr(context.get("dag_run"), "triggering_user_name", None),
-                    reason=approval_reason(answer))
+    answer = context["ti"].xcom_pull(task_ids=task_id, key=ids.ANSWER_KEY) or context["ti"].xcom_pull(task_ids=task_id)
+    return approval_of(answer, context.get("dag_run")) if answer else None
 
 
 # --- task bodies -----------------------------------------------------------------------
@@ -89,7 +87,10 @@ def check_environment() -> str:
 
 def after_preflight(summary: dict[str, Any]) -> str:
     """approval_needed's branch: this group's approval when preflight says it is needed, else its safety backup."""
-    return in_group(current_context(), "approve_rollback" if summary["needs_approval"] else "safety_backup")
+    from schema_deploy.pipeline import RollbackPlan
+
+    needed = RollbackPlan.from_xcom(summary).needs_approval
+    return in_group(current_context(), ids.APPROVE_ROLLBACK if needed else ids.SAFETY_BACKUP)
 
 
 @fail_fast
@@ -101,30 +102,27 @@ def preflight() -> dict[str, Any]:
 
 
 @fail_fast
-def safety_backup() -> dict[str, Any]:
+def safety_backup(summary: dict[str, Any]) -> dict[str, Any]:
     from schema_deploy.pipeline import RollbackPlan, rollback
 
-    ctx = current_context()
-    return rollback.safety_backup(deployment(ctx), rollback_target(ctx),
-                                  pulled(ctx, in_group(ctx, PREFLIGHT), RollbackPlan)).to_xcom()
+    plan, ctx = RollbackPlan.from_xcom(summary), current_context()
+    return rollback.safety_backup(deployment(ctx, pre=plan), rollback_target(ctx), plan).to_xcom()
 
 
 @fail_fast
-def run_rollback() -> dict[str, Any]:
+def run_rollback(summary: dict[str, Any]) -> dict[str, Any]:
     from schema_deploy.pipeline import RollbackPlan, rollback
 
-    ctx = current_context()
-    return rollback.rollback(deployment(ctx), rollback_target(ctx),
-                             pulled(ctx, in_group(ctx, PREFLIGHT), RollbackPlan)).to_xcom()
+    plan, ctx = RollbackPlan.from_xcom(summary), current_context()
+    return rollback.rollback(deployment(ctx, pre=plan), rollback_target(ctx), plan).to_xcom()
 
 
 @fail_fast
-def verify() -> dict[str, Any]:
+def verify(summary: dict[str, Any]) -> dict[str, Any]:
     from schema_deploy.pipeline import RollbackPlan, rollback
 
-    ctx = current_context()
-    return rollback.verify(deployment(ctx), rollback_target(ctx),
-                           pulled(ctx, in_group(ctx, PREFLIGHT), RollbackPlan)).to_xcom()
+    plan, ctx = RollbackPlan.from_xcom(summary), current_context()
+    return rollback.verify(deployment(ctx, pre=plan), rollback_target(ctx), plan).to_xcom()
 
 
 @fail_fast
@@ -134,11 +132,9 @@ def record() -> dict[str, Any]:
     ctx = current_context()
     task_steps = {in_group(ctx, t): step for t, step in TASK_STEPS.items()}
     results, states = run_results(ctx, task_steps)
-    answer = approval(ctx)
-    results["approval"] = answer.to_xcom() if answer else None
-    results["approval_error"] = ctx["ti"].xcom_pull(task_ids=in_group(ctx, "approve_rollback"), key="approval_error")
-    return rollback.record(deployment(ctx), rollback_target(ctx), request(ctx), results, states,
-                           {step: task for task, step in task_steps.items()}).to_xcom()
+    results.update(approval_results(ctx))
+    return rollback.record(deployment(ctx, pre=run_preflight(ctx)), rollback_target(ctx), request(ctx), results,
+                           states, {step: task for task, step in task_steps.items()}).to_xcom()
 
 
 @fail_fast
@@ -150,22 +146,36 @@ def record_attempt() -> dict[str, Any] | None:
 
     ctx = current_context()
     params = dict(ctx.get("params") or {})
-    env = params.get("environment") if params.get("environment") in rollback.ENVIRONMENTS else None
-    groups = [env] if env else list(rollback.ENVIRONMENTS)
-    task_steps = {"choose_environment": "choose_environment",
-                  **{f"{g}.check_environment": "check_environment" for g in groups},
-                  **{f"{g}.{t}": step for g in groups for t, step in TASK_STEPS.items()},
-                  **{f"{g}.audit_record": "audit_record" for g in groups}}
-    results, states = run_results(ctx, task_steps)
+    results, states = run_results(ctx, task_steps := attempt_steps(env := form_environment(params)))
     if states.pop("audit_record", None) == "success":
-        steps.task_log().info("audit: %s.audit_record kept this run's record; nothing more to keep", env)
-        return None
-    try:
-        req = rollback.RollbackRequest.from_mapping(params)
-    except (TypeError, ValueError):  # a field the form would not have let through: recorded as the defaults
-        req = rollback.RollbackRequest()
-    return rollback.record_attempt(deployment(ctx), env or str(params.get("environment")), req, results, states,
+        return kept_already(env)
+    return rollback.record_attempt(deployment(ctx), env or str(params.get("environment")),
+                                   rollback.RollbackRequest.or_defaults(params), results, states,
                                    {step: task for task, step in task_steps.items()}).to_xcom()
+
+
+def kept_already(env: str | None) -> None:
+    steps.task_log().info("audit: %s.audit_record kept this run's record; nothing more to keep", env)
+
+
+def form_environment(params: dict[str, Any]) -> str | None:
+    """The form's environment when it is one of the two, else None (the run was refused for it)."""
+    from schema_deploy.pipeline.rollback import ENVIRONMENTS
+
+    return params.get("environment") if params.get("environment") in ENVIRONMENTS else None
+
+
+def attempt_steps(env: str | None) -> dict[str, str]:
+    """Task id -> step name of every task that may have run before the attempt's record: the choice,
+    and the tasks of `env`'s group (both groups' when the form named none): their audit_record tells
+    whether the run's record was kept."""
+    from schema_deploy.pipeline.rollback import ENVIRONMENTS
+
+    groups = [env] if env else list(ENVIRONMENTS)
+    return {ids.CHOOSE_ENVIRONMENT: "choose_environment",
+            **{f"{g}.{ids.CHECK_ENVIRONMENT}": "check_environment" for g in groups},
+            **{f"{g}.{t}": step for g in groups for t, step in TASK_STEPS.items()},
+            **{f"{g}.{ids.ROLLBACK_AUDIT_RECORD}": "audit_record" for g in groups}}
 
 
 def notify_failure(context: Any) -> None:

@@ -2,8 +2,10 @@
 
 The domain is in `schema_deploy.pipeline`; this module only adapts it to Airflow:
 connections become `Target`s, the task's logger and Slack become the deployment's
-log and notifier, earlier results come back from XCom with `from_xcom`, and a
-non-transient error becomes a failure that is not retried.
+log and notifier, each task's inputs are the values its upstream tasks returned (the DAG
+passes them as XComArgs; `typed` reads them with `from_xcom` at the body's first line), and a
+non-transient error becomes a failure that is not retried. No task body here pulls another task's
+XCom by id: only the audit composer reads the whole run (`run_results`), by its job.
 """
 from __future__ import annotations
 
@@ -15,18 +17,7 @@ from typing import Any
 from schema_deploy.config import settings
 from schema_deploy.errors import SchemaDeployError, is_transient
 from schema_deploy.redact import scrub
-from schema_deploy_airflow import connections
-
-PREFLIGHT = "preflight"
-# Task id -> the pipeline's step name, for the audit record. The record's own tasks (audit_*) are not
-# in it: they run after the steps they record.
-TASK_STEPS = {"preflight_bundle": "preflight_bundle", "preflight_staging": "preflight_staging",
-              "preflight_production": "preflight_production", "preflight": "preflight",
-              "backup_production": "backup", "apply_staging": "apply_staging",
-              "test_gate": "gate", "production_requested": "production_requested",
-              "approval_needed": "approval_needed", "approve_production": "approval", "wait_for_window": "window",
-              "apply_production": "apply_production", "verify_production": "verification"}
-
+from schema_deploy_airflow import connections, task_ids
 
 def fail_fast(step: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a non-transient SchemaDeployError into Airflow's no-retry failure, message kept whole;
@@ -137,27 +128,19 @@ def in_group(context: dict[str, Any], task_id: str) -> str:
     return f"{group}.{task_id}" if group else task_id
 
 
-def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | None = None,
-           context: dict[str, Any] | None = None) -> dict[str, object]:
-    """Post to Slack through the `slack_deploys` connection, threaded under the run's first message
-    when the connection is a Web API one. Never raises: a deployment never waits on Slack."""
+def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | None = None, *,
+           thread: str | None = None, release: Any = None) -> dict[str, object]:
+    """Post to Slack through the `slack_deploys` connection, threaded under `thread` (the run's first
+    message, when the connection is a Web API one) and naming `release` (every message of the run
+    names its release). Never raises: a deployment never waits on Slack."""
     from schema_deploy.ops.notify import Delivery, deliver, message
+    from schema_deploy.pipeline.deploy import naming_release
 
     try:
         channel = settings.load_current().slack_channel
     except SchemaDeployError:  # a broken deploy.yaml is reported by the task; Slack still hears of it
         channel = settings.DeployConfig().slack_channel
-    context = context or current_context()
-    thread = None
-    if event not in ("started", "rollback_started") and context.get("ti") is not None:
-        try:
-            summary = context["ti"].xcom_pull(task_ids=in_group(context, PREFLIGHT)) or {}
-        except Exception:  # noqa: BLE001 - no thread then
-            summary = {}
-        thread = summary.get("slack_ts")
-        from schema_deploy.pipeline.deploy import naming_release
-
-        facts = naming_release(facts, summary.get("release"))  # every message of the run names its release
+    facts = naming_release(facts, release)
     try:
         poster = connections.slack_poster(channel, thread)
     except Exception as exc:  # noqa: BLE001 - a missing Slack connection must not stop a deployment
@@ -169,17 +152,24 @@ def notify(event: str, facts: dict[str, object], log, links: dict[str, str] | No
     return outcome
 
 
-def deployment(context: dict[str, Any] | None = None, *, store: bool = True):
+def thread_of(pre: Any) -> dict[str, Any]:
+    """notify's `thread` and `release` from the run's preflight result (deploy_schema's and
+    deploy_fleet's PreflightResult, rollback_schema's RollbackPlan; None before it exists)."""
+    return {"thread": getattr(pre, "slack_ts", None), "release": getattr(pre, "release", None)}
+
+
+def deployment(context: dict[str, Any] | None = None, *, store: bool = True, pre: Any = None):
     """The run's Deployment: deploy.yaml, the store behind `backup_s3` (unless `store` is off, for
-    steps that write nothing there), Slack, the form's params."""
+    steps that write nothing there), Slack threaded under the run's first message (from `pre`, the
+    run's preflight result the task received), the form's params."""
     from schema_deploy.pipeline.target import Deployment, RunParams, Store
 
     context = context if context is not None else current_context()
-    cfg, log = settings.load_current(), task_log()
+    cfg, log, thread = settings.load_current(), task_log(), thread_of(pre)
     return Deployment(cfg=cfg, store=Store.from_config(connections.s3_client() if store else None, cfg),
                       run=run_info(context),
                       params=RunParams.from_mapping(dict(context.get("params") or {})),
-                      notify=lambda event, facts, links=None: notify(event, facts, log, links, context), log=log)
+                      notify=lambda event, facts, links=None: notify(event, facts, log, links, **thread), log=log)
 
 
 def worker_place(context: dict[str, Any] | None = None) -> tuple[str, str]:
@@ -218,11 +208,13 @@ def queue(env: str | None) -> str:
         return settings.DEFAULT_QUEUE
 
 
-def pulled(context: dict[str, Any], task_id: str, result_type, key: str | None = None):
-    """An earlier task's result, typed; None when that task returned nothing (skipped)."""
-    data = context["ti"].xcom_pull(task_ids=task_id, key=key) if key else context["ti"].xcom_pull(task_ids=task_id)
+def typed(result_type, data: Any):
+    """An upstream task's value (its XComArg, resolved), as its result type; None when that task
+    returned nothing (skipped, or not in this DAG)."""
     return None if data is None else result_type.from_xcom(data)
 
+
+# --- run-wide reads: the audit composer and the failure callback, which by their job read the whole run ---
 
 def run_results(context: dict[str, Any], task_steps: dict[str, str]) -> tuple[dict[str, Any], dict[str, str | None]]:
     """Each task's XCom and state in this run, keyed by the pipeline's step names (for the record)."""
@@ -232,10 +224,18 @@ def run_results(context: dict[str, Any], task_steps: dict[str, str]) -> tuple[di
     return {step: ti.xcom_pull(task_ids=t) for t, step in task_steps.items()}, states
 
 
-def approval_required(params: dict[str, Any], run_type: str, cfg: settings.DeployConfig) -> bool:
-    from schema_deploy.pipeline.target import RunParams
+def run_preflight(context: dict[str, Any]):
+    """The run's preflight result (in the running task's group: PreflightResult, or rollback_schema's
+    RollbackPlan), read by the tasks and callbacks that look at the whole run, to thread their Slack
+    message under the run's first one; None when there is none."""
+    from schema_deploy.pipeline import PreflightResult, RollbackPlan
 
-    return RunParams.from_mapping(params).approval_required(cfg, run_type)
+    try:
+        data = context["ti"].xcom_pull(task_ids=in_group(context, task_ids.PREFLIGHT))
+        kind = {cls.__name__: cls for cls in (PreflightResult, RollbackPlan)}[data["type"]]
+        return kind.from_xcom(data)
+    except Exception:  # noqa: BLE001 - no preflight result (it failed, or a task before it): no thread then
+        return None
 
 
 def bundle_param():
@@ -251,7 +251,7 @@ def bundle_param():
                  description="One of the bundles declared in deploy.yaml (bundles:); a path is not accepted.")
 
 
-# --- task bodies -----------------------------------------------------------------------
+# --- task bodies: each takes the values its upstream tasks returned -------------------------
 
 @fail_fast
 def preflight_bundle() -> dict[str, Any]:
@@ -261,113 +261,123 @@ def preflight_bundle() -> dict[str, Any]:
 
 
 @fail_fast
-def preflight_target(env: str) -> dict[str, Any]:
+def preflight_target(env: str, checked: dict[str, Any]) -> dict[str, Any]:
     """One target's survey, on the worker of its queue (it opens that target's database only)."""
     from schema_deploy.pipeline import BundleCheck, deploy
 
-    ctx = current_context()
+    bundle, ctx = BundleCheck.from_xcom(checked), current_context()
     survey = deploy.preflight_staging if env == "staging" else deploy.preflight_production
-    return survey(deployment(ctx), target(env, ctx), pulled(ctx, "preflight_bundle", BundleCheck)).to_xcom()
+    return survey(deployment(ctx), target(env, ctx), bundle).to_xcom()
 
 
 @fail_fast
-def preflight() -> dict[str, Any]:
+def preflight(checked: dict[str, Any], staging: dict[str, Any], production: dict[str, Any]) -> dict[str, Any]:
     from schema_deploy.pipeline import BundleCheck, TargetSurvey, deploy
 
-    ctx = current_context()
-    return deploy.preflight_release(deployment(ctx), pulled(ctx, "preflight_bundle", BundleCheck),
-                                    pulled(ctx, "preflight_staging", TargetSurvey),
-                                    pulled(ctx, "preflight_production", TargetSurvey)).to_xcom()
+    bundle, surveys = BundleCheck.from_xcom(checked), [TargetSurvey.from_xcom(s) for s in (staging, production)]
+    return deploy.preflight_release(deployment(), bundle, *surveys).to_xcom()
 
 
 @fail_fast
-def backup_production() -> dict[str, Any]:
+def backup_production(summary: dict[str, Any]) -> dict[str, Any]:
     from schema_deploy.pipeline import PreflightResult, deploy
 
-    ctx = current_context()
-    return deploy.backup(deployment(ctx), target("production", ctx), pulled(ctx, PREFLIGHT, PreflightResult)).to_xcom()
+    pre, ctx = PreflightResult.from_xcom(summary), current_context()
+    return deploy.backup(deployment(ctx, pre=pre), target("production", ctx), pre).to_xcom()
 
 
 @fail_fast
-def apply_to(env: str) -> dict[str, Any]:
+def apply_to(env: str, summary: dict[str, Any]) -> dict[str, Any]:
     from schema_deploy.pipeline import PreflightResult, deploy
 
-    ctx = current_context()
-    return deploy.apply(deployment(ctx), target(env, ctx), pulled(ctx, PREFLIGHT, PreflightResult)).to_xcom()
+    pre, ctx = PreflightResult.from_xcom(summary), current_context()
+    return deploy.apply(deployment(ctx, pre=pre), target(env, ctx), pre).to_xcom()
 
 
 @fail_fast
-def test_gate() -> dict[str, Any]:
+def test_gate(summary: dict[str, Any], backup: dict[str, Any] | None, staged: dict[str, Any]) -> dict[str, Any]:
+    """The gate on staging; `backup` is None in deploy_fleet, which takes none (its JUnit XML then
+    goes under the release)."""
     from schema_deploy.pipeline import ApplyResult, BackupResult, PreflightResult, deploy
 
+    pre, saved, applied = PreflightResult.from_xcom(summary), typed(BackupResult, backup), typed(ApplyResult, staged)
     ctx = current_context()
-    return deploy.staging_gate(deployment(ctx), target("staging", ctx), pulled(ctx, PREFLIGHT, PreflightResult),
-                               pulled(ctx, "backup_production", BackupResult),
-                               pulled(ctx, "apply_staging", ApplyResult)).to_xcom()
+    return deploy.staging_gate(deployment(ctx, pre=pre), target("staging", ctx), pre, saved, applied).to_xcom()
+
+
+def production_requested(summary: dict[str, Any], gate: dict[str, Any], dry_run: bool) -> bool:
+    """production_requested's verdict: a dry run stops here (Slack hears what staging got)."""
+    from schema_deploy.pipeline import PreflightResult
+    from schema_deploy.pipeline.deploy import dry_run_facts
+
+    if dry_run:
+        deployment(pre=PreflightResult.from_xcom(summary), store=False).notify("dry_run_done", dry_run_facts(gate))
+    return not dry_run
+
+
+def approval_branch(params: dict[str, Any], run_type: str) -> str:
+    """approval_needed's branch: the approval when deploy.yaml's policy or the form asks, else the window."""
+    from schema_deploy.pipeline.target import RunParams
+
+    needed = RunParams.from_mapping(params).approval_required(settings.load_current(), run_type)
+    return task_ids.APPROVE_PRODUCTION if needed else task_ids.WAIT_FOR_WINDOW
 
 
 @fail_fast
-def verify_production() -> dict[str, Any]:
+def verify_production(summary: dict[str, Any], backup: dict[str, Any], applied: dict[str, Any]) -> dict[str, Any]:
     from schema_deploy.pipeline import ApplyResult, BackupResult, PreflightResult, deploy
 
+    pre, saved, done = PreflightResult.from_xcom(summary), typed(BackupResult, backup), ApplyResult.from_xcom(applied)
     ctx = current_context()
-    run, pre, applied = deployment(ctx), pulled(ctx, PREFLIGHT, PreflightResult), pulled(ctx, "apply_production",
-                                                                                          ApplyResult)
-    verified = deploy.verify(run, target("production", ctx), pre, applied)
-    deploy.production_done(run, applied, verified, pulled(ctx, "backup_production", BackupResult), pre)
+    run = deployment(ctx, pre=pre)
+    verified = deploy.verify(run, target("production", ctx), pre, done)
+    deploy.production_done(run, done, verified, saved, pre)
     return verified.to_xcom()
-
-
-# Each apply task's step name -> the target it changes (the record is chained into those that ran).
-APPLIES = {"apply_staging": "staging", "apply_production": "production"}
 
 
 @fail_fast
 def compose_audit() -> dict[str, Any]:
     """The run's record, once, on a worker without database connections: every chain row and the
-    document carry these bytes (no task computes its own)."""
+    document carry these bytes (no task computes its own). The one task that reads the whole run."""
     from schema_deploy.pipeline import record
 
     ctx = current_context()
-    results, states = run_results(ctx, TASK_STEPS)
-    results["approval"] = ctx["ti"].xcom_pull(task_ids="approve_production", key="approval")
-    results["approval_error"] = ctx["ti"].xcom_pull(task_ids="approve_production", key="approval_error")
-    return record.compose(deployment(ctx), APPLIES, results, states,
-                          {step: task for task, step in TASK_STEPS.items()}).to_xcom()
+    results, states = run_results(ctx, task_ids.DEPLOY_STEPS)
+    for key in (task_ids.APPROVAL_KEY, task_ids.APPROVAL_ERROR_KEY):
+        results[key] = ctx["ti"].xcom_pull(task_ids=task_ids.APPROVE_PRODUCTION, key=key)
+    return record.compose(deployment(ctx), task_ids.APPLIES, results, states,
+                          {step: task for task, step in task_ids.DEPLOY_STEPS.items()}).to_xcom()
 
 
 @fail_fast
-def chain_audit(env: str) -> dict[str, Any] | None:
+def chain_audit(env: str, composed: dict[str, Any] | None) -> dict[str, Any] | None:
     """The composed record chained into `env`'s audit table when the run changed it or its decision
     concerned it (a rejection is in production's chain); the connection is looked up only then."""
     from schema_deploy.pipeline import RunRecord, record
 
-    ctx = current_context()
-    composed = pulled(ctx, "audit_compose", RunRecord)
-    if composed is None:
-        raise_no_record()
-    if env not in composed.chained:
+    run_record, ctx = recorded(composed, RunRecord), current_context()
+    if env not in run_record.chained:
         task_log().info("audit: %s was not changed by this run, nor concerned by its decision; nothing to chain",
                         env)
         return None
-    link = record.chain(deployment(ctx, store=False), target(env, ctx), composed)
+    link = record.chain(deployment(ctx, store=False), target(env, ctx), run_record)
     return link.to_xcom() if link else None
 
 
 @fail_fast
-def record_audit() -> dict[str, Any]:
+def record_audit(composed: dict[str, Any] | None, *links: dict[str, Any] | None) -> dict[str, Any]:
+    """The record and the chain rows `links` (audit_staging's, audit_production's) kept in S3."""
     from schema_deploy.pipeline import AuditLink, RunRecord, record
 
-    ctx = current_context()
-    composed = pulled(ctx, "audit_compose", RunRecord)
-    if composed is None:
-        raise_no_record()
-    links = [pulled(ctx, f"audit_{env}", AuditLink) for env in APPLIES.values()]
-    return record.keep(deployment(ctx), composed, [link for link in links if link is not None]).to_xcom()
+    run_record, chained = recorded(composed, RunRecord), [typed(AuditLink, link) for link in links]
+    return record.keep(deployment(), run_record, [link for link in chained if link is not None]).to_xcom()
 
 
-def raise_no_record() -> None:
+def recorded(composed: dict[str, Any] | None, result_type):
+    """audit_compose's record; a failed audit_compose left none, and the audit tasks after it say so."""
     from schema_deploy.errors import UsageError
 
-    raise UsageError("audit_compose left no record (it failed: see its log); clear audit_compose, which clears "
-                     "the audit tasks after it.")
+    if composed is None:
+        raise UsageError("audit_compose left no record (it failed: see its log); clear audit_compose, which clears "
+                         "the audit tasks after it.")
+    return result_type.from_xcom(composed)

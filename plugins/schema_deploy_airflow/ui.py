@@ -243,7 +243,7 @@ def fleet_xcoms(session, run_id: str) -> dict[tuple[str, str], Any]:
     from sqlalchemy import select
 
     from airflow.models.xcom import XComModel
-    from schema_deploy_airflow.fleet_steps import RUN_KEY
+    from schema_deploy_airflow.task_ids import FLEET_RUN_KEY as RUN_KEY
 
     query = select(XComModel).where(XComModel.dag_id == FLEET_DAG, XComModel.run_id == run_id,
                                     XComModel.map_index == -1,
@@ -255,7 +255,7 @@ def fleet_xcoms(session, run_id: str) -> dict[tuple[str, str], Any]:
 def live_view(session, run) -> dict[str, Any]:
     """A deploy_fleet run's view from its XComs (views.fleet.view_of_live)."""
     from schema_deploy.views.fleet import view_of_live
-    from schema_deploy_airflow.fleet_steps import RUN_KEY
+    from schema_deploy_airflow.task_ids import FLEET_RUN_KEY as RUN_KEY
 
     got = fleet_xcoms(session, run.run_id)
     members = got.get((FLEET_MEMBERS_TASK, "return_value"))

@@ -27,8 +27,8 @@ def decide(monkeypatch, tmp_path, *, must_differ: bool, approver: str, option: s
     config.write_text(f"approval: {{manual_runs: required, approver_must_differ: {str(must_differ).lower()}}}\n")
     monkeypatch.setenv("SCHEMA_DEPLOY_CONFIG", str(config))
     monkeypatch.delenv("AIRFLOW_CONN_SLACK_DEPLOYS", raising=False)  # no Slack here: logged, not raised
-    op = ProductionApprovalOperator(task_id="approve_production", preflight_task_id="preflight",
-                                    backup_task_id="backup_production", gate_task_id="test_gate")
+    # The upstream values are resolved XComArgs in a run; the decision does not read them.
+    op = ProductionApprovalOperator(task_id="approve_production", preflight=None, backup=None, gate=None)
     ti = RecordingTI()
     context = {"ti": ti, "dag_run": SimpleNamespace(triggering_user_name="alice")}
     event = {"chosen_options": [option], "params_input": {},
@@ -73,7 +73,7 @@ def test_the_rollback_approval_keeps_a_rejections_answer_though_airflow_pushes_n
     with who, when and the reason, is kept as the XCom `answer` first."""
     from schema_deploy_airflow.operators import RecordedApprovalOperator
 
-    op = RecordedApprovalOperator(task_id="approve_rollback", subject="Roll back?")
+    op = RecordedApprovalOperator(task_id="approve_rollback", plan=None)
     ti = RecordingTI()
     event = {"chosen_options": ["Reject"], "params_input": {"reason": "wrong backup"},
              "responded_at": datetime(2026, 12, 6, 7, 0, tzinfo=timezone.utc),

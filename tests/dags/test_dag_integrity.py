@@ -53,13 +53,15 @@ def test_the_chain_follows_the_design(dagbag) -> None:
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
     assert dag.get_task("preflight_staging").upstream_task_ids == {"preflight_bundle"}
     assert dag.get_task("preflight_production").upstream_task_ids == {"preflight_bundle"}
-    assert dag.get_task("preflight").upstream_task_ids == {"preflight_staging", "preflight_production"}
+    # preflight reads the bundle check and both surveys: its inputs are their values (XComArgs).
+    assert dag.get_task("preflight").upstream_task_ids == {"preflight_bundle", "preflight_staging",
+                                                           "preflight_production"}
     # The record: computed once after every step, chained into each database, kept; all teardowns, so they
     # run whatever happened and the run's state stays the deployment's.
     assert dag.get_task("audit_compose").upstream_task_ids == set(ORDER)
     assert dag.get_task("audit_staging").upstream_task_ids == {"audit_compose"}
     assert dag.get_task("audit_production").upstream_task_ids == {"audit_compose"}
-    assert dag.get_task("audit_record").upstream_task_ids == {"audit_staging", "audit_production"}
+    assert dag.get_task("audit_record").upstream_task_ids == {"audit_compose", "audit_staging", "audit_production"}
     for task_id in AUDIT:
         task = dag.get_task(task_id)
         assert task.is_teardown and not task.on_failure_fail_dagrun, task_id
@@ -67,7 +69,7 @@ def test_the_chain_follows_the_design(dagbag) -> None:
 
 def test_the_record_names_a_step_for_every_task_but_its_own(dagbag) -> None:
     from schema_deploy.pipeline.record import STEPS
-    from schema_deploy_airflow.steps import TASK_STEPS
+    from schema_deploy_airflow.task_ids import DEPLOY_STEPS as TASK_STEPS
 
     assert list(TASK_STEPS) == ORDER
     assert sorted(TASK_STEPS.values()) == sorted(STEPS)
@@ -103,14 +105,16 @@ def test_no_task_reads_a_connection_other_than_its_queues_environments(queued_da
 
     asked: list[str] = []
     monkeypatch.setattr(connections, "database_url", lambda conn_id: asked.append(conn_id) or "postgresql://u@h/d")
-    monkeypatch.setattr(pipeline, "deploy", MagicMock())
+    monkeypatch.setattr(pipeline, "deploy", MagicMock(**{"window.return_value": (MagicMock(), None)}))
     monkeypatch.setattr(pipeline, "record", MagicMock())
     monkeypatch.setattr(steps, "deployment", MagicMock())
     monkeypatch.setattr(steps, "notify", lambda *a, **k: {})
     monkeypatch.setattr(steps, "run_results", lambda *a: ({}, {}))
     # Every earlier result as if present, the record as if the run changed both databases.
-    monkeypatch.setattr(steps, "pulled", lambda *a, **k: MagicMock(changed=["staging", "production"],
-                                                                   chained=["staging", "production"]))
+    from schema_deploy.pipeline.results import Result
+
+    monkeypatch.setattr(Result, "from_xcom", classmethod(lambda cls, data: MagicMock(
+        changed=["staging", "production"], chained=["staging", "production"])))
     envs = {conn_id: env for env, conn_id in connections.DB_CONNECTIONS.items()}
     read = {}
     for task in queued_dag.tasks:
@@ -124,8 +128,8 @@ def test_no_task_reads_a_connection_other_than_its_queues_environments(queued_da
             task.execute(context)
         else:
             names = inspect.signature(task.python_callable).parameters
-            task.python_callable(*[None] * len(task.op_args), **{n: context[n] for n in ("params", "dag_run")
-                                                                  if n in names})
+            task.python_callable(*[{}] * len(task.op_args), **{n: context[n] for n in ("params", "dag_run")
+                                                                if n in names})
         read[task.task_id] = {envs[c] for c in asked}
     assert read == {t: ({env} if env else set()) for t, env in ENVS.items() if t != "approve_production"}
 
@@ -228,7 +232,8 @@ def test_a_manual_run_cannot_turn_off_approval_when_deploy_yaml_requires_it() ->
     from schema_deploy.config.settings import DeployConfig
     from schema_deploy.errors import UsageError
     from schema_deploy.pipeline import RunParams
-    from schema_deploy_airflow.steps import approval_required
+    def approval_required(params: dict, run_type: str, cfg: DeployConfig) -> bool:
+        return RunParams.from_mapping(params).approval_required(cfg, run_type)
 
     def check_params(params: dict, cfg: DeployConfig, run_type: str = "manual") -> None:
         RunParams.from_mapping(params).check(cfg, run_type)
@@ -274,7 +279,7 @@ def test_an_audit_task_without_the_composed_record_fails_naming_the_task_to_clea
     monkeypatch.setattr(steps, "current_context", lambda: context)
     run = getattr(steps, body)
     with pytest.raises(AirflowFailException) as raised:
-        run("staging") if body == "chain_audit" else run()
+        run("staging", None) if body == "chain_audit" else run(None, None, None)
     # Wrapped at 100 columns for the task log (steps.fail_fast); the words are these.
     assert " ".join(str(raised.value).split()) == ("UsageError: audit_compose left no record (it failed: see its "
                                                    "log); clear audit_compose, which clears the audit tasks after it.")

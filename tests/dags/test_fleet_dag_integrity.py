@@ -55,14 +55,34 @@ def test_the_chain_follows_the_design(dag) -> None:
     assert set(dag.task_ids) == set(ENVS)
     for upstream, downstream in zip(ORDER, ORDER[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
-    assert dag.get_task("approve_canary").upstream_task_ids == {"approval_needed"}
-    assert dag.get_task("waves").upstream_task_ids == {"approval_needed", "approve_canary"}
+    # Each task's inputs are its upstream tasks' values: the edges they bring are part of the design.
+    assert dag.get_task("approve_canary").upstream_task_ids == {"approval_needed", "canary"}
+    assert dag.get_task("waves").upstream_task_ids == {"approval_needed", "approve_canary", "canary", "preflight",
+                                                       "fleet_members"}
     assert dag.get_task("waves").trigger_rule == "none_failed_min_one_success"
     windowed = dag.get_task("windowed")  # runs after failed waves too: a failure below halt_after goes on
-    assert windowed.upstream_task_ids == {"waves"} and windowed.trigger_rule == "all_done"
+    assert windowed.upstream_task_ids == {"waves", "canary", "preflight", "fleet_members"}
+    assert windowed.trigger_rule == "all_done"
     record = dag.get_task("fleet_record")
     assert record.is_teardown and not record.on_failure_fail_dagrun
     assert set(ORDER[:-1]) - record.upstream_task_ids == {"preflight_staging", "apply_staging"}  # via their next
+
+
+def test_the_member_tasks_take_their_upstream_values_and_a_part_of_a_task_that_never_ran_reads_as_none(dag) -> None:
+    """canary and waves return {fleet_run: their part} with multiple_outputs, so windowed (all_done)
+    and the approval read `fleet_run` through XComArgs: None for a task that never ran, not an error."""
+    from airflow.sdk.definitions.xcom_arg import PlainXComArg
+
+    assert dag.get_task("canary").multiple_outputs and dag.get_task("waves").multiple_outputs
+    windowed = dag.get_task("windowed")
+    for field, task_id, key in [("summary", "preflight", "return_value"), ("members", "fleet_members", "return_value"),
+                                ("canary", "canary", "fleet_run"), ("waves", "waves", "fleet_run")]:
+        arg = getattr(windowed, field)
+        assert isinstance(arg, PlainXComArg) and (arg.operator.task_id, arg.key) == (task_id, key), field
+        assert field in windowed.template_fields
+    approve = dag.get_task("approve_canary")
+    assert (approve.canary.operator.task_id, approve.canary.key) == ("canary", "fleet_run")
+    assert "canary" in approve.template_fields
 
 
 def test_each_task_runs_on_the_queue_of_what_it_opens_the_members_on_the_first_fleets(dag, tmp_path,
@@ -124,20 +144,6 @@ def test_a_bad_fleet_or_only_targets_is_refused_naming_the_valid_choices(params,
 
     with pytest.raises(UsageError, match=message):
         check_form(params, fleets_config())
-
-
-def test_only_targets_naming_a_member_the_fleet_lacks_is_refused_with_its_members() -> None:
-    from schema_deploy.errors import UsageError
-    from schema_deploy.pipeline.fleet.members import Member
-    from schema_deploy_airflow.fleet_steps import chosen
-
-    spec = fleets_config().fleet("tenants")
-    members = [Member(n, "member", f"postgresql://h/{n}") for n in ("tenant_a", "tenant_b")]
-    assert [m.name for m in chosen(spec, members, ["tenant_b"])] == ["tenant_b"]
-    assert chosen(spec, members, []) == members
-    with pytest.raises(UsageError, match=r"^only_targets names tenant_x, which fleet tenants does not have; its "
-                                         r"members: tenant_a, tenant_b.$"):
-        chosen(spec, members, ["tenant_b", "tenant_x"])
 
 
 def test_the_forms_defaults_pass_the_first_tasks_checks() -> None:

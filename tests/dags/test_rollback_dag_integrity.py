@@ -89,7 +89,7 @@ def test_each_task_runs_on_the_queue_of_the_database_it_opens(tmp_path, monkeypa
 
 def test_the_audit_record_maps_every_group_task_but_the_setup_and_itself_to_a_pipeline_step(dag) -> None:
     from schema_deploy.pipeline.rollback import STEPS
-    from schema_deploy_airflow.rollback_steps import TASK_STEPS
+    from schema_deploy_airflow.task_ids import ROLLBACK_STEPS as TASK_STEPS
 
     assert set(TASK_STEPS) == set(GROUP) - {"check_environment", "audit_record"}
     assert sorted(TASK_STEPS.values()) == sorted(STEPS)

@@ -110,7 +110,7 @@ def kept(ctx: Deployment, uri: str) -> dict:
 def test_every_member_reaches_the_release_with_a_verified_backup_and_one_audit_row_each(ctx, databases) -> None:
     staging, members = databases
     pre = freeze(ctx, staging)
-    frozen = {m["name"]: m["checksum"] for m in pre.release["migrations"]}
+    frozen = {m.name: m.checksum for m in pre.release.migrations}
     tenants = replace(spec(canary=1, size=Share(50, True), parallel=2), backup=True)
 
     run = fleet.run_fleet(ctx, tenants, members, pre)
@@ -120,8 +120,8 @@ def test_every_member_reaches_the_release_with_a_verified_backup_and_one_audit_r
     for m, o in zip(members, sorted(run.outcomes, key=lambda o: o.member)):
         assert ledger(m.url) == frozen and o.migrations == [EPIC5] and o.tries == 1
         [row] = fleet_rows(m.url)
-        assert row.payload["release"]["sha256"] == pre.release["sha256"] and row.payload["outcome"] == "done"
-        assert o.audit["id"] == row.id and o.backup.startswith(f"{ctx.store.root}/fleets/tenants/runs/")
+        assert row.payload["release"]["sha256"] == pre.release.sha256 and row.payload["outcome"] == "done"
+        assert o.audit.id == row.id and o.backup.startswith(f"{ctx.store.root}/fleets/tenants/runs/")
         assert o.apply_s > 0 and o.verify_s > 0 and o.apply_started <= o.apply_ended
     uri, _ = fleet.keep_fleet_record(ctx, tenants, fleet.fleet_record(ctx, tenants, pre, run))
     document = kept(ctx, uri)
@@ -157,12 +157,53 @@ def test_a_member_with_orphan_rows_and_an_unreachable_one_fail_alone_and_a_secon
     again = replace(ctx, run=RunInfo(run_id=f"fleet__{uuid.uuid4().hex[:6]}"), loaded={})
     release = deploy.load_release(again, pre)
     pre2 = freeze(again, staging, given=release)
-    assert pre2.release["sha256"] == pre.release["sha256"]  # the same release: a resume
+    assert pre2.release.sha256 == pre.release.sha256  # the same release: a resume
     second = by_member(fleet.run_fleet(again, tenants, members, pre2))
 
     assert second["tenant_02"].state == "done" and second["tenant_02"].migrations == [EPIC5]
     assert {o.state for n, o in second.items() if n != "tenant_02"} == {"already"}
     assert all(len(fleet_rows(m.url)) == 1 for m in members)
+
+
+@pytest.mark.slow
+def test_run_apart_as_the_dag_runs_it_the_parts_travel_as_xcom_and_join_into_the_record_with_a_message_a_wave(
+        ctx, databases) -> None:
+    """deploy_fleet's tasks without Airflow: the members frozen, the canary's part, the waves' part
+    (the brake counting the canary's), windowed with nobody waiting, then the record joined from the
+    parts; each value through its XCom form, as it crosses between tasks."""
+    staging, members = databases
+    plant_orphans(members[2].url)
+    pre = freeze(ctx, staging)
+    told: list = []
+    run = replace(ctx, notify=lambda event, facts, links=None: told.append((event, facts)) or {"ok": True})
+    tenants = spec(canary=1, size=Share(50, True), parallel=2)  # 00 | 01 02 03 | 04 05, halt_after 0
+
+    frozen = fleet.FleetMembers.from_xcom(fleet.freeze_members(run, tenants, members, []).to_xcom())
+    here = fleet.refound(frozen, list(reversed(members)))
+    first = fleet.FleetPart.from_xcom(fleet.run_part(run, tenants, here, pre, canary=True).to_xcom())
+    rest = fleet.FleetPart.from_xcom(fleet.run_part(run, tenants, here, pre, canary=False, prior=first).to_xcom())
+
+    assert frozen.waves == [["tenant_00"], ["tenant_01", "tenant_02", "tenant_03"], ["tenant_04", "tenant_05"]]
+    assert fleet.part_verdict("tenants", first, dry_run=False) is None
+    verdict = fleet.part_verdict("tenants", rest, dry_run=False)
+    assert verdict.failed and verdict.message.startswith("fleet tenants: 1 member(s) failed (tenant_02: data "
+                                                         "prechecks failed; nothing was changed:")
+    assert ". The brake halted the run: the later members are not attempted. Fix them" in verdict.message
+    assert fleet.before_window("tenants", [first, rest], "failed", dry_run=False) is None
+    progress, wake = fleet.window_step(run, tenants, lambda: here, pre,
+                                       fleet.window_start([first, rest], waves_failed=True))
+    assert wake is None and fleet.windowed_verdict("tenants", progress).message.startswith(
+        "fleet tenants: members failed in the waves")
+
+    reason = fleet.unreached_reason(False, {"canary": "success", "waves": "failed"}, {})
+    record = fleet.record_run(run, tenants, pre, frozen, [first, rest, progress.part], reason)
+    document = kept(run, record.uri)
+    assert record.outcome == document["outcome"] == "halted"
+    assert record.counts == document["counts"] == {"done": 3, "failed": 1, "not_attempted": 2}
+    assert [e for e, _ in told] == ["fleet_wave", "fleet_wave", "fleet_done"]
+    assert told[0][1]["wave"] == "1 of 3 (canary)" and told[1][1]["next wave"] == "none: the brake halted the run"
+    assert told[2][1]["outcome"] == "halted" and told[2][1]["record"] == record.uri
+    assert told[2][1]["not attempted"] == reason == "the run stopped before them (canary success, waves failed)"
 
 
 @pytest.mark.slow
@@ -393,7 +434,7 @@ def test_a_run_again_once_staging_is_at_the_bundle_uses_the_rehearsed_fleet_rele
 
     pre2 = freeze(again, staging)
 
-    assert pre2.release["sha256"] == pre.release["sha256"] and pre2.migrations == pre.migrations
+    assert pre2.release.sha256 == pre.release.sha256 and pre2.migrations == pre.migrations
     run = by_member(fleet.run_fleet(again, spec(canary=1, size=Share(5), parallel=3), members, pre2))
     assert {o.state for o in run.values()} == {"done"}
 

@@ -131,7 +131,10 @@ class FakeTi:
     def __init__(self, task_id: str, states: dict[str, str] | Exception, dag_id: str = "deploy_fleet") -> None:
         self.task_id, self.dag_id, self.run_id, self.try_number = task_id, dag_id, "manual__1", 1
         self.log_url = f"http://airflow/dags/{dag_id}/runs/manual__1/tasks/{task_id}"
-        self.states = states
+        self.states, self.xcoms = states, {}
+
+    def xcom_pull(self, task_ids: str, key: str = "return_value"):
+        return self.xcoms.get(task_ids)
 
     def get_task_states(self, dag_id: str, run_ids: list[str]) -> dict:
         if isinstance(self.states, Exception):
@@ -145,9 +148,13 @@ def posted(monkeypatch) -> list[tuple[str, dict, dict | None]]:
     """What the callback hands to Slack (the transport edge), instead of posting it."""
     from schema_deploy_airflow import steps
 
-    sent: list[tuple[str, dict, dict | None]] = []
-    monkeypatch.setattr(steps, "notify", lambda event, facts, log, links=None, context=None:
-                        sent.append((event, facts, links)))
+    class Posted(list):
+        threads: list[dict]  # each message's thread and release
+
+    sent = Posted()
+    sent.threads = []
+    monkeypatch.setattr(steps, "notify", lambda event, facts, log, links=None, **thread:
+                        sent.append((event, facts, links)) or sent.threads.append(thread))
     return sent
 
 
@@ -210,6 +217,22 @@ def test_rollback_schema_failures_go_through_the_same_rule_with_their_own_title(
                     "exception": None})
     ((event, facts, _),) = posted
     assert event == "rollback_failed" and facts["DAG"] == "rollback_schema" and facts["error"] == "see the task log"
+    assert posted.threads == [{"thread": None, "release": None}]  # no preflight result: a message of its own
+
+
+def test_a_failure_after_preflight_is_threaded_under_the_runs_first_message_naming_its_release(posted) -> None:
+    """The callback reads the run's preflight result (of the failed task's group) for the thread."""
+    from schema_deploy.pipeline import RollbackPlan
+    from schema_deploy_airflow.rollback_steps import notify_failure
+
+    ti = FakeTi("production.rollback", {"production.rollback": "running"}, "rollback_schema")
+    release = {"uri": "s3://b/r.tar", "sha256": "ab" * 32, "short": "abababab", "bundle": "main"}
+    ti.xcoms["production.preflight"] = RollbackPlan(environment="production", database="app", method="backup",
+                                                    needs_approval=True, release=release,
+                                                    slack_ts="1765000000.000100").to_xcom()
+    notify_failure({"ti": ti, "exception": None})
+    assert posted.threads[0]["thread"] == "1765000000.000100"
+    assert posted.threads[0]["release"] in (release, RollbackPlan.from_xcom(ti.xcoms["production.preflight"]).release)
 
 
 def test_the_failed_message_text_names_the_dag_outside_the_link() -> None:

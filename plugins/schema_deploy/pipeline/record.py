@@ -22,7 +22,8 @@ from urllib.parse import quote
 
 from schema_deploy.engine.criteria import MET, Verdicts, summary_of
 from schema_deploy.pipeline.errors import ApproverRefused
-from schema_deploy.pipeline.results import Approval, AuditLink, AuditRecord, RunRecord, decision_text
+from schema_deploy.pipeline.results import (Approval, AuditLink, AuditRecord, BackupResult, ChainRowRef,
+                                            PreflightResult, RunRecord, StagingGate, decision_text)
 from schema_deploy.pipeline.target import Deployment, RunParams, Target
 
 RECORD_VERSION = 2
@@ -250,7 +251,7 @@ def keep(ctx: Deployment, composed: RunRecord, links: list[AuditLink]) -> AuditR
     again identically on a retry."""
     uri, digest = keep_document(ctx, composed.record, [link.row for link in links], composed.beside or None)
     return AuditRecord(outcome=composed.record["outcome"], s3=uri, sha256=digest,
-                       chain={link.env: {"id": link.row["id"], "row_hash": link.row["row_hash"]} for link in links},
+                       chain={link.env: ChainRowRef(link.row["id"], link.row["row_hash"]) for link in links},
                        release=composed.release)
 
 
@@ -278,9 +279,11 @@ def check_approval(ctx: Deployment, approval: Approval) -> None:
                 "production": "next: the maintenance window" if approval.approved else "skipped, untouched"}, None)
 
 
-def approval_body(pre: dict[str, Any], backup: dict[str, Any], gate: dict[str, Any]) -> str:
+def approval_body(pre: PreflightResult | dict[str, Any], backup: BackupResult | dict[str, Any],
+                  gate: StagingGate | dict[str, Any]) -> str:
     """Markdown for the approval page: the release, what will run, the backup, what the gate found
-    (its outcome, and staging's success criteria in the words Slack, the report and the record use)."""
+    (its outcome, and staging's success criteria in the words Slack, the report and the record use).
+    Reads the results or their XComs alike (`Result.get`)."""
     from schema_deploy.bundle.parse import LOCK_MODES
     from schema_deploy.pipeline.results import verification_counts
 
@@ -309,7 +312,7 @@ def approval_body(pre: dict[str, Any], backup: dict[str, Any], gate: dict[str, A
               f"verified by {backup.get('verified', '?')}"]
     cmds = gate.get("gate", {}).get("commands", [])
     verification = gate.get("verification") or {}
-    lines += ["\n### Staging gate", (f"**{gate['outcome']}**: " if gate.get("outcome") else "")
+    lines += ["\n### Staging gate", (f"**{gate.get('outcome')}**: " if gate.get("outcome") else "")
               + f"{sum(c['exit_code'] == 0 for c in cmds)}/{len(cmds)} commands passed, "
               f"{gate.get('gate', {}).get('tests', 0)} tests; verification: "
               + (verification_counts(verification) if verification else "not run")]
@@ -330,3 +333,12 @@ def verdict_record(verification: dict[str, Any] | None, gate_outcome: str | None
             "not_measurable": verification.get("not_measurable", 0), "criteria": verification.get("criteria"),
             "verdict": verification.get("verdict") or summary_of(verification.get("criteria"))}
     return {**kept, "gate_outcome": gate_outcome} if gate_outcome is not None else kept
+
+
+def approval_request(pre: PreflightResult, backup: BackupResult, gate: StagingGate) -> tuple[str, str, dict[str, str]]:
+    """What the production approval asks: its subject (the migrations and the release), the page's
+    body (`approval_body`) and the facts of Slack's 'awaiting approval' message."""
+    names = [m["name"] for m in pre.migrations]
+    subject = f"Apply {', '.join(names) or 'nothing'} (release {pre.release.short}) to production?"
+    facts = {"migrations": ", ".join(names), "triggered by": pre.triggered_by, "backup": backup.uri or "?"}
+    return subject, approval_body(pre, backup, gate), facts

@@ -1,18 +1,33 @@
-"""The fleet run's record: the outcome of every member, kept in the store and chained into the audit record."""
+"""The fleet run's record: the outcome of every member, kept in the store and chained into the audit
+record; when the run's parts ran apart (`record_run`), joined from them, the members no part reached
+listed as not attempted, and Slack told once."""
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from schema_deploy.backups.store import parse_s3_uri
 from schema_deploy.config.fleets import FleetSpec
 from schema_deploy.pipeline.fleet.members import RECORD_VERSION, fleet_prefix
+from schema_deploy.pipeline.fleet.parts import FleetMembers, FleetPart, brakes_of, latest_outcomes, unreached
+from schema_deploy.pipeline.fleet.verdicts import record_outcome
 from schema_deploy.pipeline.fleet.waves import FleetRun
 from schema_deploy.pipeline.record import put_document
-from schema_deploy.pipeline.results import BrakeDecision, MemberOutcome, PreflightResult
+from schema_deploy.pipeline.results import BrakeDecision, MemberOutcome, PreflightResult, Result
 from schema_deploy.pipeline.target import Deployment
+
+
+@dataclass(frozen=True)
+class FleetRecordRef(Result):
+    """Where the run's fleet record was kept, its digest, the run's outcome and the members per state."""
+
+    uri: str
+    sha256: str
+    outcome: str
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 def fleet_outcome(outcomes: Sequence[MemberOutcome], brakes: Sequence[BrakeDecision], dry_run: bool) -> str:
@@ -46,3 +61,33 @@ def keep_fleet_record(ctx: Deployment, spec: FleetSpec, document: dict[str, Any]
     uri, digest = put_document(ctx, bucket, key, document)
     ctx.log.info("fleet record of %s kept at %s sha256 %s", quote(ctx.run.run_id), uri, digest)
     return uri, digest
+
+
+def done_facts(spec: FleetSpec, outcome: str, outcomes: Sequence[MemberOutcome], reason: str, uri: str
+               ) -> dict[str, Any]:
+    """The run's one Slack summary: its outcome, the members per state, the failed ones with their
+    first error line, why the others were not attempted, and where the record is."""
+    failed = [o for o in outcomes if o.failed]
+    return {"fleet": spec.name, "outcome": outcome,
+            "members": ", ".join(f"{s} {n}" for s, n in sorted(Counter(o.state for o in outcomes).items())),
+            "failed": "\n".join(f"{o.member}: {o.error}" for o in failed[:10]),
+            "not attempted": reason if any(o.state == "not_attempted" for o in outcomes) else "", "record": uri}
+
+
+def record_run(ctx: Deployment, spec: FleetSpec, pre: PreflightResult | None, frozen: FleetMembers | None,
+               parts: Sequence[FleetPart | None], reason: str) -> FleetRecordRef | None:
+    """The fleet record of a run whose parts ran apart (the canary's, the waves', the waiting
+    members', in that order: a member's latest outcome counts), every frozen member no part reached
+    not attempted with `reason`; kept in the store, then one Slack summary. None, and nothing kept,
+    when the run has no release (no member was touched)."""
+    if pre is None:
+        ctx.log.info("no fleet release (preflight did not finish): no member was touched, nothing to record")
+        return None
+    outcomes = latest_outcomes(parts)
+    outcomes += unreached(frozen, outcomes, reason)
+    document = fleet_record(ctx, spec, pre, FleetRun(outcomes=outcomes, waves=frozen.waves if frozen else [],
+                                                     brakes=brakes_of(parts)))
+    document["outcome"] = record_outcome(document["outcome"], ctx.params.dry_run, outcomes, reason)
+    uri, digest = keep_fleet_record(ctx, spec, document)
+    ctx.notify("fleet_done", done_facts(spec, document["outcome"], outcomes, reason, uri))
+    return FleetRecordRef(uri=uri, sha256=digest, outcome=document["outcome"], counts=document["counts"])

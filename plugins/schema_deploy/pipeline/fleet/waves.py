@@ -1,6 +1,8 @@
 """Waves: canary first, sizes and parallelism from deploy.yaml, the brake that halts a run after
 too many failures, and running them (`run_waves`, `run_fleet`; `run_windowed` for members that waited
-for their window)."""
+for their window). Run apart, as the DAG's tasks do: the members frozen (`freeze_members`), the canary
+wave or the waves after it (`run_part`), the waiting members once more (`window_step`), each telling
+Slack one message per wave (`wave_facts`)."""
 from __future__ import annotations
 
 import time
@@ -8,10 +10,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from schema_deploy.config.fleets import FleetSpec, WavesSpec
 from schema_deploy.pipeline.fleet.members import Member, deploy_member, failed_outcome, first_line, now_utc
+from schema_deploy.pipeline.fleet.parts import FleetMembers, FleetPart, WindowProgress, chosen
+from schema_deploy.pipeline.fleet.verdicts import NOT_APPROVED
 from schema_deploy.pipeline.fleet.windows import split_by_window, waiting_outcomes
 from schema_deploy.pipeline.results import BrakeDecision, MemberOutcome, PreflightResult
 from schema_deploy.pipeline.target import Deployment
@@ -154,7 +159,7 @@ def run_fleet(ctx: Deployment, spec: FleetSpec, members: Sequence[Member], pre: 
     if canary.brakes[-1].halt or not later:
         return canary
     if spec.waves.approve_after_canary and not ctx.params.dry_run and (approve is None or not approve(canary.outcomes)):
-        return replace(canary, outcomes=canary.outcomes + not_attempted(later, "not approved after the canary wave", 1))
+        return replace(canary, outcomes=canary.outcomes + not_attempted(later, NOT_APPROVED, 1))
     rest = run_waves(ctx, spec, members, pre, start=1, prior=canary.outcomes, now=now, sleep=sleep)
     return FleetRun(outcomes=canary.outcomes + rest.outcomes, waves=canary.waves, brakes=canary.brakes + rest.brakes)
 
@@ -185,3 +190,88 @@ def run_windowed(ctx: Deployment, spec: FleetSpec, members: Sequence[Member], pr
     later = [replace(o, next_window=at.astimezone(timezone.utc).isoformat())
              for o in waiting for m, at in still if m.name == o.member]
     return FleetRun(outcomes=done + later, waves=[], brakes=brakes), min((at for _, at in still), default=None)
+
+
+# --- run apart, one part per task --------------------------------------------------------------
+
+def freeze_members(ctx: Deployment, spec: FleetSpec, members: list[Member], only: list[str], *,
+                   now: Callable[[], datetime] = now_utc) -> FleetMembers:
+    """The run's members (cut to `only`; the canary picked among those whose window is open, unless
+    the windows are skipped) and their wave plan, frozen for the steps after."""
+    members = chosen(spec, members, only)
+    if not ctx.params.skip_window:
+        members = canary_first(spec, members, now())
+    waves = plan_waves(members, spec.waves)
+    ctx.log.info("fleet %s: %d members in %d waves: %s", spec.name, len(members), len(waves),
+                 " | ".join(", ".join(m.name for m in w) for w in waves))
+    return FleetMembers.of(spec.name, members, waves)
+
+
+def next_wave(spec: FleetSpec, waves: int, index: int, decision: BrakeDecision, canary: bool, now: datetime) -> str:
+    """When the wave after wave `index` (of `waves`) starts, as Slack says it."""
+    if decision.halt:
+        return "none: the brake halted the run"
+    if index + 1 >= waves:
+        return "none (the last wave)"
+    if canary and spec.waves.approve_after_canary:
+        return "after the approval (approve_canary)"
+    at = now + timedelta(seconds=spec.waves.pause.total_seconds())
+    return f"{at.isoformat(timespec='seconds')} (pause {spec.waves.pause})"
+
+
+def wave_facts(spec: FleetSpec, label: str, done: Sequence[MemberOutcome], decision: BrakeDecision,
+               nxt: str) -> dict[str, Any]:
+    """The Slack message of one wave (or one batch of members whose window opened): its counts, the
+    failed members with their first error line, the brake when it matters, and what comes next."""
+    counts = Counter(o.state for o in done)
+    failed = [o for o in done if o.failed]
+    return {"fleet": spec.name, "wave": label, "members": ", ".join(f"{s} {n}" for s, n in sorted(counts.items())),
+            "failed": "\n".join(f"{o.member}: {o.error}" for o in failed[:10]) + ("\n…" if len(failed) > 10 else ""),
+            "brake": decision.reason if decision.halt or failed else "", "next wave": nxt}
+
+
+def run_part(ctx: Deployment, spec: FleetSpec, members: Sequence[Member], pre: PreflightResult, *, canary: bool,
+             prior: FleetPart | None = None, now: Callable[[], datetime] = now_utc,
+             sleep: Callable[[float], None] = time.sleep) -> FleetPart:
+    """The canary wave (`canary`), or every wave after it with the brake counting `prior` (the
+    canary's part), in this process, one Slack message per wave. A fleet without a canary wave has
+    an empty canary part."""
+    has_canary = bool(spec.waves.canary)
+    if canary and not has_canary:
+        ctx.log.info("fleet %s has no canary wave (waves.canary: 0)", spec.name)
+        return FleetPart()
+    count = len(plan_waves(members, spec.waves))
+    start, stop = (0, 1) if canary else (1 if has_canary else 0, None)
+
+    def told(i: int, done: list[MemberOutcome], decision: BrakeDecision) -> None:
+        label = f"{i + 1} of {count}" + (" (canary)" if canary else "")
+        nxt = next_wave(spec, count, i, decision, canary, now())
+        ctx.notify("fleet_wave", wave_facts(spec, label, done, decision, nxt))
+
+    got = run_waves(ctx, spec, members, pre, start=start, stop=stop, prior=prior.outcomes if prior else [],
+                    now=now, sleep=sleep, on_wave=told)
+    return FleetPart(outcomes=got.outcomes, brakes=got.brakes)
+
+
+def window_step(ctx: Deployment, spec: FleetSpec, members: Callable[[], Sequence[Member]], pre: PreflightResult,
+                progress: WindowProgress, *, now: Callable[[], datetime] = now_utc
+                ) -> tuple[WindowProgress, datetime | None]:
+    """The members still waiting for their window, once (`run_windowed`): those whose window opened
+    are deployed and Slack hears of them; returns the progress, and when the next window opens (None:
+    nobody waits any more). `members` gives the run's members with their URLs, asked only when
+    someone waits."""
+    if not progress.waiting:
+        ctx.log.info("fleet %s: no member waits for its window", spec.name)
+        return progress, None
+    got, wake = run_windowed(ctx, spec, members(), pre, progress.waiting, prior=[*progress.prior, *progress.done],
+                             now=now)
+    finished = [o for o in got.outcomes if o.state != "waiting_window"]
+    progress = replace(progress, done=[*progress.done, *finished], brakes=[*progress.brakes, *got.brakes],
+                       waiting=[o for o in got.outcomes if o.state == "waiting_window"])
+    if got.brakes:
+        nxt = f"{wake.isoformat(timespec='seconds')} (the next window)" if wake else "none"
+        ctx.notify("fleet_wave", wave_facts(spec, "members whose window opened", finished, got.brakes[-1], nxt))
+    if wake is not None:
+        ctx.log.info("fleet %s: %d member(s) wait for their window (%s), deferred until %s", spec.name,
+                     len(progress.waiting), ", ".join(o.member for o in progress.waiting), wake.isoformat())
+    return progress, wake
