@@ -63,11 +63,15 @@ demo-fleet: stack-up
 airflow: $(if $(filter celery,$(EXECUTOR)),venv postgres redis) stack-up
 	@$(PY) devstack/airflow_local.py start --executor $(EXECUTOR)
 
-# Runs the suite; stops the stack afterwards only if this target started it.
+# Runs the suite; stops the stack afterwards only if this target started it. The files run side by side
+# in TEST_WORKERS pytest processes (pytest-xdist), each file on one process but the few whose tests
+# tests/conftest.py spreads (SPREAD there); README "How long the suite takes". TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 4
+TEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 test: venv postgres redis compose chromium
 	@was_up=0; python3 devstack/stack.py status >/dev/null 2>&1 && was_up=1; \
 	$(STACK) up >/dev/null || exit $$?; \
-	rc=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(VENV)/bin/pytest $(TEST_PARALLEL) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$was_up = 0 ]; then $(STACK) down || true; fi; \
 	exit $$rc
 

@@ -255,7 +255,11 @@ def celery_env(home: Path, stack: dict[str, str], env: dict[str, str]) -> dict[s
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "86400",
         # A worker that died (SIGKILL, OOM, power) is noticed after a minute here, not 5: its task
         # then fails and is retried by Airflow on a live worker of the same queue.
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        # (The tests lower it, and how often the scheduler looks, with DEVSTACK_TASK_HEARTBEAT_TIMEOUT
+        # and DEVSTACK_TASK_HEARTBEAT_CHECK_EVERY: tests/e2e/test_celery.py.)
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": os.environ.get("DEVSTACK_TASK_HEARTBEAT_TIMEOUT", "60"),
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL":
+            os.environ.get("DEVSTACK_TASK_HEARTBEAT_CHECK_EVERY", "10"),
         "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
         "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "backup_s3",
         "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER":

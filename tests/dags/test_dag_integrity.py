@@ -283,3 +283,19 @@ def test_an_audit_task_without_the_composed_record_fails_naming_the_task_to_clea
     # Wrapped at 100 columns for the task log (steps.fail_fast); the words are these.
     assert " ".join(str(raised.value).split()) == ("UsageError: audit_compose left no record (it failed: see its "
                                                    "log); clear audit_compose, which clears the audit tasks after it.")
+
+
+def test_the_retry_delay_is_30_s_unless_the_dag_processors_environment_sets_another(monkeypatch) -> None:
+    import importlib
+    from datetime import timedelta
+
+    from schema_deploy_airflow import defaults
+
+    try:
+        monkeypatch.delenv("SCHEMA_DEPLOY_RETRY_DELAY_S", raising=False)
+        assert importlib.reload(defaults).DEFAULT_ARGS["retry_delay"] == timedelta(seconds=30)
+        monkeypatch.setenv("SCHEMA_DEPLOY_RETRY_DELAY_S", "3")  # tests/e2e/test_celery.py's killed worker
+        assert importlib.reload(defaults).DEFAULT_ARGS["retry_delay"] == timedelta(seconds=3)
+    finally:
+        monkeypatch.delenv("SCHEMA_DEPLOY_RETRY_DELAY_S", raising=False)
+        importlib.reload(defaults)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
+
+from tests.conftest import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "devstack" / "slack_standin.py"
@@ -71,13 +72,7 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin]:
         assert pid.read_text().strip() == str(proc.pid)
         yield Standin(base_url, TOKEN, messages, log)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         stderr = proc.stderr.read().decode() if proc.stderr else ""
         proc.stderr and proc.stderr.close()
     assert proc.returncode == 0, stderr

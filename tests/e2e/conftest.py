@@ -1,6 +1,8 @@
 """Fixtures of the DAG end-to-end tests: fresh target databases and a migrated Airflow home."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -27,11 +29,24 @@ def targets(stack_env: dict[str, str]):
 
 @pytest.fixture(scope="session")
 def migrated_home(tmp_path_factory) -> Path:
-    """An Airflow home with its metadata database migrated once; each run copies it."""
-    home = tmp_path_factory.mktemp("airflow-template")
-    config = home / "deploy.yaml"
-    config.write_text("")
-    run = subprocess.run([sys.executable, str(REPO / "devstack/run_deploy.py"), "--home", str(home),
-                          "--config", str(config), "--migrate-only"], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    """An Airflow home with its metadata database migrated once; each run copies it. Under xdist the
+    pytest processes share one (made by the first, under a file lock, in their common temp folder)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    home = shared / "airflow-template"
+    with FileLock(str(shared / "airflow-template.lock")):
+        if (home / "migrated").exists():
+            return home
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir()
+        config = home / "deploy.yaml"
+        config.write_text("")
+        run = subprocess.run([sys.executable, str(REPO / "devstack/run_deploy.py"), "--home", str(home),
+                              "--config", str(config), "--migrate-only"], capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        (home / "migrated").touch()
     return home

@@ -62,7 +62,8 @@ class DagRunner:
             f"bundles: {{main: {bundle}}}\nverify_dir: {REPO / 'sql/verify'}\n"
             f"backup: {{bucket: {self.stack_env['BACKUP_BUCKET']}, prefix: {self.prefix}, restore_check: true}}\n"
             f"gate:\n  timeout: 2m\n  commands:\n{gate}"
-            f"windows: {windows}\napproval: {{manual_runs: form, scheduled_runs: required}}\n{extra}")
+            f"windows: {windows}\napproval: {{manual_runs: form, scheduled_runs: required}}\n"
+            f"slack: {{channel: '{slack_channel()}'}}\n{extra}")
         return path
 
     def command(self, conf: dict, config: Path, approve: str | None, reject: str | None) -> list[str]:
@@ -106,16 +107,30 @@ class DagRunner:
         return self.s3().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+def slack_channel() -> str:
+    """The Slack channel of this pytest process's runs (DagRunner.config writes it into deploy.yaml):
+    messages posted through the Web API are told apart by channel, as webhook ones are by path."""
+    from tests.conftest import worker_id
+
+    return f"#deploys-{worker_id()}"
+
+
 class Slack:
-    """Messages the Slack stand-in recorded since this object was made."""
+    """Messages the Slack stand-in recorded since this object was made, of this pytest process:
+    posted to its webhook (stack_env's SLACK_WEBHOOK_URL, one per process) or to its channel."""
 
     def __init__(self, stack_env: dict[str, str]) -> None:
+        from slack_standin import channel_id_for
+
         self.path = Path(stack_env["SLACK_MESSAGES_FILE"])
+        self.webhook = urlsplit(stack_env["SLACK_WEBHOOK_URL"]).path
+        self.channel = channel_id_for(slack_channel())
         self.start = len(self.path.read_text().splitlines()) if self.path.exists() else 0
 
     def records(self) -> list[dict]:
         lines = self.path.read_text().splitlines()[self.start:] if self.path.exists() else []
-        return [json.loads(line) for line in lines]
+        return [r for r in map(json.loads, lines)
+                if (r["path"] == self.webhook if r["kind"] == "webhook" else r["channel"] == self.channel)]
 
     def texts(self) -> str:
         """What the channel shows: each message's text and blocks (not the stand-in's request record)."""
@@ -196,16 +211,17 @@ def events(log: str) -> list[str]:
 
 @contextmanager
 def airflow_services(home: Path, config: Path, targets: dict[str, str], timeout_s: float = 600,
-                     executor: str = "local", fleet_env: Path | None = None) -> Iterator[dict]:
+                     executor: str = "local", fleet_env: Path | None = None,
+                     extra_env: dict[str, str] | None = None) -> Iterator[dict]:
     """The four Airflow services (devstack/airflow_local.py) on a free port, against `targets` (with
     `executor="celery"` also a worker per environment; `fleet_env`: deploy_fleet's member connections,
-    airflow_local's --fleet-env); yields the URL, the admin's password and the supervisor's state
+    airflow_local's --fleet-env; `extra_env`: e.g. airflow_local's test-only DEVSTACK_* knobs); yields the URL, the admin's password and the supervisor's state
     (pids, workers); stopped after, asserting no process is left."""
     from airflow_local import airflow_processes, free_port, read_state
 
     port = free_port()
     env = {**os.environ, "AIRFLOW_CONN_STAGING_DB": targets["staging"],
-           "AIRFLOW_CONN_PRODUCTION_DB": targets["production"]}
+           "AIRFLOW_CONN_PRODUCTION_DB": targets["production"], **(extra_env or {})}
     try:
         t0 = time.monotonic()
         start = subprocess.run([sys.executable, str(AIRFLOW_LOCAL), "start", "--background", "--no-seed", "--home",

@@ -54,7 +54,8 @@ def airflow(tmp_path_factory, stack_env: dict[str, str], targets: dict[str, str]
     home, config = base / "airflow", base / "deploy.yaml"
     config.write_text(
         f"migrations: {REPO / 'sql/migrations'}\nverify_dir: {REPO / 'sql/verify'}\n"
-        f"backup: {{bucket: {stack_env['BACKUP_BUCKET']}, prefix: e2e-services, restore_check: true}}\n"
+        f"backup: {{bucket: {stack_env['BACKUP_BUCKET']}, prefix: e2e-services-{uuid.uuid4().hex[:8]}, "
+        "restore_check: true}\n"
         "gate:\n  timeout: 5m\n  commands:\n"
         "    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, '--junitxml={junit}']\n"
         "approval: {manual_runs: form, scheduled_runs: required}\n"

@@ -7,7 +7,6 @@ run_deploy's responder, as a person would in the UI.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import psycopg
@@ -16,7 +15,7 @@ import pytest
 from schema_deploy.bundle.discover import load_bundle
 from schema_deploy.engine.apply import apply
 from schema_deploy.state.ledger import read_rows
-from tests.e2e.harness import REPO, DagRunner, fingerprint
+from tests.e2e.harness import REPO, DagRunner, Slack, fingerprint
 
 GROUP = ("check_environment", "preflight", "approval_needed", "approve_rollback", "safety_backup", "rollback",
          "verify_rollback", "audit_record")
@@ -54,17 +53,6 @@ def audit_kinds(url: str) -> list[str]:
         return [r.kind for r in chain.read_rows(conn)]
 
 
-def slack_texts(stack_env: dict[str, str], start: int) -> str:
-    path = Path(stack_env["SLACK_MESSAGES_FILE"])
-    lines = path.read_text().splitlines()[start:] if path.exists() else []
-    return "\n".join(json.dumps({k: json.loads(line).get(k) for k in ("text", "blocks")}) for line in lines)
-
-
-def slack_mark(stack_env: dict[str, str]) -> int:
-    path = Path(stack_env["SLACK_MESSAGES_FILE"])
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 def deploy_epic5(url: str) -> None:
     apply(url, load_bundle(REPO / "sql/migrations"), online=True)
 
@@ -88,7 +76,7 @@ def test_staging_down_migrations_bring_back_the_baseline_schema_and_leave_epic5_
     baseline_fp, baseline_rows = fingerprint(staging), counts(staging)
     deploy_epic5(staging)
     assert fingerprint(staging) != baseline_fp
-    mark = slack_mark(stack_env)
+    slack = Slack(stack_env)
     run = runner.run({"environment": "staging", "method": "down_migrations", "steps": 1})
     assert run.returncode == 0, run.log[-5000:]
     assert run.state("staging.approve_rollback") == "skipped" and run.state("staging.safety_backup") == "success"
@@ -102,7 +90,7 @@ def test_staging_down_migrations_bring_back_the_baseline_schema_and_leave_epic5_
     assert audit_kinds(staging) == ["rollback"]
     assert run.xcom("staging.audit_record")["outcome"] == "rolled back and verified"
     assert any(k.endswith(".dump") and "/staging/" in k for k in runner.keys())  # the safety backup
-    texts = slack_texts(stack_env, mark)
+    texts = slack.texts()
     assert "Schema rollback started" in texts and "Schema rollback done and verified" in texts
 
 
@@ -225,7 +213,7 @@ def test_a_staging_rollback_from_a_production_backup_needs_allow_other_source_an
             f"database '{staging_db}'. Nothing was changed.") in " ".join(run.log.split())  # however it is wrapped
     assert counts(staging) == before and run.state("staging.rollback") in ("upstream_failed", None)
 
-    mark = slack_mark(stack_env)
+    slack = Slack(stack_env)
     run = runner.run({"environment": "staging", "method": "backup", "backup_uri": taken.uri,
                       "allow_other_source": True})
     assert run.returncode == 0, run.log[-5000:]
@@ -233,6 +221,6 @@ def test_a_staging_rollback_from_a_production_backup_needs_allow_other_source_an
     other = run.xcom("staging.preflight")["backup"]["other_source"]
     assert (other["from"]["environment"], other["from"]["database"]) == ("production", production_db)
     assert run.xcom("staging.rollback")["other_source"]["to"] == {"environment": "staging", "database": staging_db}
-    texts = slack_texts(stack_env, mark)
+    texts = slack.texts()
     assert f"data from production ({production_db}) to be restored into staging ({staging_db})" in texts
     assert f"data from production ({production_db}) restored into staging ({staging_db})" in texts

@@ -14,10 +14,10 @@ from schema_deploy.ops.notify import api_poster, deliver, message, webhook_poste
 
 
 @pytest.fixture
-def slack(stack_env: dict[str, str]):
-    control = stack_env["SLACK_CONTROL_URL"]
+def slack(private_slack: dict[str, str]):
+    control = private_slack["SLACK_CONTROL_URL"]  # a stand-in of the test's own: its failures hit no other test
     requests.delete(f"{control}/fail", timeout=5)
-    yield stack_env
+    yield private_slack
     requests.delete(f"{control}/fail", timeout=5)
 
 
