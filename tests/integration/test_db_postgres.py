@@ -137,9 +137,13 @@ def _wait_for_lock(conn: psycopg.Connection) -> None:
         pass
 
 
-def test_holders_of_an_advisory_lock_and_other_sessions_are_listed_but_never_this_one(fresh_db: str) -> None:
-    with psycopg.connect(fresh_db, autocommit=True, application_name="other-migrator") as other, \
+def test_holders_of_an_advisory_lock_and_other_sessions_are_listed_but_never_this_one(
+        fresh_db: str, stack_env: dict[str, str]) -> None:
+    # The same key held in another database of the cluster blocks nobody here: not a holder.
+    with psycopg.connect(stack_env["STAGING_DATABASE_URL"], autocommit=True) as elsewhere, \
+            psycopg.connect(fresh_db, autocommit=True, application_name="other-migrator") as other, \
             db.connect(fresh_db) as conn:
+        elsewhere.execute("SELECT pg_advisory_lock(%s)", (72707369,))
         other.execute("SELECT pg_advisory_lock(%s)", (72707369,))
         conn.execute("SELECT pg_advisory_lock(%s)", (1,))  # ours: never listed
         (holder,) = db.advisory_lock_holders(conn, 0, 72707369, 1)

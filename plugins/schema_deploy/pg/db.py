@@ -248,11 +248,14 @@ def blockers(conn: psycopg.Connection, pid: int) -> list[Session]:
 
 
 def advisory_lock_holders(conn: psycopg.Connection, classid: int, objid: int, objsubid: int) -> list[Session]:
-    """Other sessions holding the advisory lock with these pg_locks keys
-    (a bigint key k: classid k >> 32, objid k & 0xffffffff, objsubid 1; two int keys: objsubid 2)."""
+    """Other sessions holding the advisory lock with these pg_locks keys in this database
+    (a bigint key k: classid k >> 32, objid k & 0xffffffff, objsubid 1; two int keys: objsubid 2).
+    An advisory lock is per database: the same key held in another database of the cluster blocks
+    nobody here, and its holder is not named."""
     return sessions(conn, "a.pid <> pg_backend_pid() AND a.pid IN (SELECT l.pid FROM pg_locks l "
                           "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s "
-                          "AND l.objsubid = %s)", (classid, objid, objsubid))
+                          "AND l.objsubid = %s AND l.database = (SELECT oid FROM pg_database "
+                          "WHERE datname = current_database()))", (classid, objid, objsubid))
 
 
 def lock_holders(conn: psycopg.Connection, table: str) -> list[Session]:
