@@ -330,7 +330,7 @@ def verify_production(summary: dict[str, Any], backup: dict[str, Any], applied: 
     pre, saved, done = PreflightResult.from_xcom(summary), typed(BackupResult, backup), ApplyResult.from_xcom(applied)
     ctx = current_context()
     run = deployment(ctx, pre=pre)
-    verified = deploy.verify(run, target("production", ctx), pre, done)
+    verified = deploy.verify(run, target("production", ctx), pre, done, saved)
     deploy.production_done(run, done, verified, saved, pre)
     return verified.to_xcom()
 

@@ -385,6 +385,7 @@ def test_a_waiver_lets_preflight_go_on_past_failing_prechecks_and_the_run_keeps_
 @pytest.mark.slow
 def test_production_verification_that_finds_lost_rows_or_a_missing_index_fails_naming_each_and_the_way_back(
         ctx: Deployment, targets: dict[str, Target]) -> None:
+    from schema_deploy.pipeline import BackupResult
     from schema_deploy.pipeline.errors import DeployVerificationFailed
 
     production = targets["production"]
@@ -395,13 +396,17 @@ def test_production_verification_that_finds_lost_rows_or_a_missing_index_fails_n
         conn.execute('DELETE FROM "recommendations" WHERE ctid IN (SELECT ctid FROM "recommendations" LIMIT 3)')
         conn.execute('DROP INDEX "recommendations_userId_createdAt_idx"')
 
+    backup = BackupResult(uri="s3://backups/prod/2026-12-06/backup.dump", sha256="ab" * 32, size=1, rows=1,
+                          verified="restore")
     with pytest.raises(DeployVerificationFailed) as caught:
-        deploy.verify(ctx, production, pre, production_applied)
+        deploy.verify(ctx, production, pre, production_applied, backup)
 
     message = str(caught.value)
     assert message.startswith("verification of production failed: index recommendations_userId_createdAt_idx: "
                               "missing; ")
     assert "; planner uses recommendations_userId_createdAt_idx: plan uses: " in message
     assert f"; row count of recommendations changed {before} -> {before - 3}. " in message
-    assert message.endswith("The change is applied; investigate, then roll back from the backup if needed.")
+    assert message.endswith("The change is applied; investigate, then roll back from the run's backup if needed: "
+                            "s3://backups/prod/2026-12-06/backup.dump (rollback_schema, method backup, that backup "
+                            "URI).")
     assert caught.value.exit_code == 1 and caught.value.target == "production"

@@ -389,7 +389,8 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
 
 # --- verify ---------------------------------------------------------------------------
 
-def verify(ctx: Deployment, target: Target, pre: PreflightResult, applied: ApplyResult) -> Verification:
+def verify(ctx: Deployment, target: Target, pre: PreflightResult, applied: ApplyResult,
+           backup: BackupResult | None = None) -> Verification:
     """Expectations of this run's migrations, the verification queries and EXPLAIN checks (all from
     the release), and the facts of the change; then the plan's success criteria, each judged once
     (`criteria.judge`: met, not met, or not measurable at this scale with the reason). A failed
@@ -428,7 +429,8 @@ def verify(ctx: Deployment, target: Target, pre: PreflightResult, applied: Apply
     log.info("%s: %s; %s", target.name, report.counts(), verdicts.summary())
     if not report.ok or lost:
         raise DeployVerificationFailed(target.name, [f"{c.name}: {c.detail}" for c in report.failed]
-                                 + [f"row count of {t} changed {b} -> {a}" for t, (b, a) in lost.items()])
+                                       + [f"row count of {t} changed {b} -> {a}" for t, (b, a) in lost.items()],
+                                       backup.uri if backup else None)
     return Verification(env=target.name, checks=len(report.checks), failed=0, rows_before=rows_before,
                         rows_after=rows_after, index_bytes=sizes, query_ms_before=before_ms, query_ms_after=after_ms,
                         facts=perf["lines"], criteria=list(verdicts.criteria), verdict=verdicts.summary(),

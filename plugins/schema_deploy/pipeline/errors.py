@@ -7,10 +7,12 @@ from schema_deploy.errors import PAGE, SchemaDeployError, UsageError
 class DeployVerificationFailed(SchemaDeployError):
     exit_code = 1
 
-    def __init__(self, target: str, failures: list[str]) -> None:
-        self.target, self.failures = target, failures
+    def __init__(self, target: str, failures: list[str], backup_uri: str | None = None) -> None:
+        self.target, self.failures, self.backup_uri = target, failures, backup_uri
+        way_back = (f"roll back from the run's backup if needed: {backup_uri} (rollback_schema, method backup, "
+                    "that backup URI)" if backup_uri else "roll back from the backup if needed")
         super().__init__(f"verification of {target} failed: " + "; ".join(failures[:10])
-                         + ". The change is applied; investigate, then roll back from the backup if needed.")
+                         + f". The change is applied; investigate, then {way_back}.")
 
 
 class ApproverRefused(SchemaDeployError):

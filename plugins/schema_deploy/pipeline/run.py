@@ -74,7 +74,7 @@ def run(ctx: Deployment, staging: Target, production: Target, *, source: Release
         out.step("approval", lambda: approve(ctx, approval))
         out.step("window", lambda: wait_for_window(ctx, pre, staged, sleep))
         applied = out.step("apply_production", lambda: deploy.apply(ctx, production, pre))
-        verified = out.step("verification", lambda: deploy.verify(ctx, production, pre, applied))
+        verified = out.step("verification", lambda: deploy.verify(ctx, production, pre, applied, backup))
         deploy.production_done(ctx, applied, verified, backup, pre)
         return out
     except NothingToDeploy:
