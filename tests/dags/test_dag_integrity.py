@@ -299,3 +299,25 @@ def test_the_retry_delay_is_30_s_unless_the_dag_processors_environment_sets_anot
     finally:
         monkeypatch.delenv("SCHEMA_DEPLOY_RETRY_DELAY_S", raising=False)
         importlib.reload(defaults)
+
+
+def test_a_process_builds_one_s3_client_per_connection_version_and_none_without_the_connection(monkeypatch) -> None:
+    """A boto3 session reads botocore's models again each time: one client per connection as it is."""
+    import json
+
+    from schema_deploy_airflow import connections
+
+    def conn(endpoint: str) -> str:
+        return json.dumps({"conn_type": "aws", "login": "key", "password": "secret",
+                           "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}})
+
+    monkeypatch.setenv("AIRFLOW_CONN_BACKUP_S3", conn("http://127.0.0.1:9"))
+    first = connections.s3_client()
+    assert connections.s3_client() is first
+    assert first.meta.endpoint_url == "http://127.0.0.1:9"
+    monkeypatch.setenv("AIRFLOW_CONN_BACKUP_S3", conn("http://127.0.0.1:10"))  # the connection was edited
+    edited = connections.s3_client()
+    assert edited is not first and edited.meta.endpoint_url == "http://127.0.0.1:10"
+    monkeypatch.delenv("AIRFLOW_CONN_BACKUP_S3")  # none: boto3's own credential chain, as the hook does
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    assert connections.s3_client().meta.service_model.service_name == "s3"
