@@ -64,6 +64,7 @@ OPTIONAL_ENV = {
     "USER": "`deploy` records who ran it; in Airflow the triggering user comes from the DAG run",
     "LOGNAME": "the same, where USER is not set",
     "SCHEMA_DEPLOY_UI": "builds the UI page's app outside `airflow api-server` too; the api-server builds it anyway",
+    "SCHEMA_DEPLOY_RETRY_DELAY_S": "a task's first retry delay; unset, it is 30 s (tests shorten it)",
 }
 ENV_READ = re.compile(r"""(?:environ\.get|getenv|environ\.setdefault)\(\s*["']([A-Z][A-Z0-9_]*)["']"""
                       r"""|environ\[\s*["']([A-Z][A-Z0-9_]*)["']\s*\]""")
