@@ -27,9 +27,10 @@ def earlier_failures(task_id: str, states: dict[str, Any]) -> list[str]:
 
 def run_states(ti: Any) -> dict[str, Any] | None:
     """This run's task states by task id, or None when they cannot be read (then the callback posts)."""
+    from schema_deploy_airflow.steps import run_states as states_of
+
     try:
-        run_id = ti.run_id
-        return (ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]) or {}).get(run_id, {})
+        return states_of(ti)
     except Exception:  # noqa: BLE001 - outside a task runner, or the API is unreachable
         return None
 

@@ -20,7 +20,7 @@ from typing import Any
 from schema_deploy.config import settings
 from schema_deploy.errors import SchemaDeployError, UsageError
 from schema_deploy_airflow import connections, task_ids
-from schema_deploy_airflow.steps import current_context, deployment, fail_fast, task_log, typed
+from schema_deploy_airflow.steps import current_context, deployment, fail_fast, run_states, task_log, typed
 
 CONN_ENV = "AIRFLOW_CONN_"
 # The tasks that reach members -> the fleet pipeline's step names (fleet.unreached_reason).
@@ -131,9 +131,7 @@ def ended(verdict) -> None:
 
 def task_states(ctx: dict[str, Any]) -> dict[str, str]:
     """This run's task states by task id, as plain words (success, failed, skipped, …)."""
-    ti, run_id = ctx["ti"], ctx["dag_run"].run_id
-    states = (ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]) or {}).get(run_id, {})
-    return {t: str(s).rsplit(".", 1)[-1].lower() for t, s in states.items() if s}
+    return {t: str(s).rsplit(".", 1)[-1].lower() for t, s in run_states(ctx["ti"]).items() if s}
 
 
 def run_outcomes(ctx: dict[str, Any]) -> tuple[list, dict[str, str]]:

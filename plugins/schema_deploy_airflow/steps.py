@@ -218,10 +218,14 @@ def typed(result_type, data: Any):
 
 def run_results(context: dict[str, Any], task_steps: dict[str, str]) -> tuple[dict[str, Any], dict[str, str | None]]:
     """Each task's XCom and state in this run, keyed by the pipeline's step names (for the record)."""
-    ti, run_id = context["ti"], context["dag_run"].run_id
-    found = (ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]) or {}).get(run_id, {})
-    states = {task_steps[t]: (str(s) if s else None) for t, s in found.items() if t in task_steps}
+    ti = context["ti"]
+    states = {task_steps[t]: (str(s) if s else None) for t, s in run_states(ti).items() if t in task_steps}
     return {step: ti.xcom_pull(task_ids=t) for t, step in task_steps.items()}, states
+
+
+def run_states(ti: Any) -> dict[str, Any]:
+    """This run's task states by task id, as the API answers them (None for a task not run yet)."""
+    return (ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]) or {}).get(ti.run_id, {})
 
 
 def run_preflight(context: dict[str, Any]):

@@ -232,7 +232,7 @@ def test_a_failure_after_preflight_is_threaded_under_the_runs_first_message_nami
                                                     slack_ts="1765000000.000100").to_xcom()
     notify_failure({"ti": ti, "exception": None})
     assert posted.threads[0]["thread"] == "1765000000.000100"
-    assert posted.threads[0]["release"] in (release, RollbackPlan.from_xcom(ti.xcoms["production.preflight"]).release)
+    assert posted.threads[0]["release"] == RollbackPlan.from_xcom(ti.xcoms["production.preflight"]).release
 
 
 def test_the_failed_message_text_names_the_dag_outside_the_link() -> None:
