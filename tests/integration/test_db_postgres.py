@@ -153,3 +153,24 @@ def test_holders_of_an_advisory_lock_and_other_sessions_are_listed_but_never_thi
                                        f"user {user}, state idle)")
         assert db.advisory_lock_holders(conn, 0, 1, 1) == []
         assert [s.pid for s in db.other_sessions(conn)] == [other.info.backend_pid]
+
+
+def test_an_autovacuum_worker_is_not_a_session_but_another_roles_hidden_one_is(fresh_db: str) -> None:
+    """What a role without pg_read_all_stats sees of other processes on its database: every column
+    NULL but pid, datname and usesysid, and usesysid NULL too for a server process (an autovacuum
+    worker, which cannot be summoned on demand). A view of that shape, first on the search path,
+    stands in for pg_stat_activity; the server runs the real query against it."""
+    with db.connect(fresh_db) as conn:
+        role = conn.execute("SELECT oid FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+        conn.execute("CREATE SCHEMA shadow")
+        conn.execute(
+            "CREATE VIEW shadow.pg_stat_activity AS SELECT pid, datname, usesysid, usename, application_name, "
+            "client_addr, client_port, state, xact_start, query, backend_type FROM pg_catalog.pg_stat_activity "
+            "UNION ALL SELECT 990001, current_database(), NULL::oid, NULL::name, NULL, NULL::inet, NULL::int, "
+            "NULL, NULL::timestamptz, NULL, NULL "  # an autovacuum worker, as this role sees it
+            "UNION ALL SELECT 990002, current_database(), %s::oid, 'someone'::name, NULL, NULL::inet, NULL::int, "
+            "NULL, NULL::timestamptz, NULL, NULL" % int(role))  # another role's client, its details hidden
+        conn.execute("SET search_path = shadow, pg_catalog")
+        found = db.other_sessions(conn)
+    assert [s.as_session() for s in found] == [
+        "pid 990002 (application '(none)', client (hidden), user someone, state ?)"]

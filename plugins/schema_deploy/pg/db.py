@@ -268,9 +268,12 @@ def lock_holders(conn: psycopg.Connection, table: str) -> list[Session]:
 def other_sessions(conn: psycopg.Connection) -> list[Session]:
     """Every other session on the same database but autovacuum workers, whoever's: PostgreSQL shows a role
     without pg_read_all_stats another role's session with most columns NULL (backend_type included),
-    so such a row counts as a session, hidden details and all."""
+    so such a row counts as a session, hidden details and all, when it has a role. A row without one
+    (`usesysid` NULL, which PostgreSQL shows every role) is a server process, not a client: an
+    autovacuum worker busy with a freshly filled database is one."""
     return sessions(conn, "a.datname = current_database() AND a.pid <> pg_backend_pid() "
-                          "AND (a.backend_type = 'client backend' OR a.backend_type IS NULL)")
+                          "AND (a.backend_type = 'client backend' "
+                          "OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL))")
 
 
 def sees_all_sessions(conn: psycopg.Connection) -> bool:
