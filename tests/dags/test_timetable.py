@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -9,6 +12,8 @@ import pendulum
 import pytest
 
 from schema_deploy_airflow.timetable import MaintenanceWindowTimetable
+
+REPO = Path(__file__).resolve().parents[2]
 
 NIGHTLY = {"cron": "0 2 * * *", "duration": "2h", "timezone": "UTC", "name": "nightly"}
 BERLIN = {"cron": "0 2 * * *", "duration": "2h", "timezone": "Europe/Berlin", "name": "berlin"}
@@ -145,3 +150,21 @@ def test_a_window_without_cron_or_duration_is_refused() -> None:
 
     with pytest.raises(AirflowTimetableInvalid, match="needs 'cron' and 'duration'"):
         MaintenanceWindowTimetable([{"cron": "0 2 * * *"}])
+
+
+def test_loading_plugins_imports_only_the_plugin_files_and_not_the_ui_page() -> None:
+    """Airflow imports each .py of the plugins folder as a top-level module named after the file:
+    plugins/.airflowignore keeps the packages out, so no second "steps" or "ui" module appears and a
+    process other than the api-server does not build the UI page's app (a fresh interpreter: this
+    one has imported the packages already)."""
+    probe = ("import sys\nfrom airflow import plugins_manager\n"
+             "plugins, errors = plugins_manager._get_plugins()\n"
+             "print('plugins:', sorted(p.name for p in plugins if p.name.startswith('schema_deploy')), sorted(errors))\n"
+             "print('modules:', sorted(m for m in sys.modules if m in {'steps', 'ui', 'operators', 'callbacks', 'connections',"
+             " 'defaults', 'schema_deploy_airflow.ui', '__main__.py'}))\n")
+    env = {**os.environ, "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    env.pop("SCHEMA_DEPLOY_UI", None)
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    said = [line for line in run.stdout.splitlines() if line.startswith(("plugins:", "modules:"))]
+    assert said == ["plugins: ['schema_deploy', 'schema_deploy_ui'] []", "modules: []"], run.stdout
