@@ -10,18 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from seed import reset
 from tests.conftest import drop_database, with_database
 from tests.e2e.harness import REPO
 
 
 @pytest.fixture
-def targets(stack_env: dict[str, str]):
+def targets(stack_env: dict[str, str], seeded):
     """A fresh staging and production database, at the baseline with identical demo data."""
     name = f"t_dag_{uuid.uuid4().hex[:8]}"
     urls = {env.lower(): with_database(stack_env[f"{env}_DATABASE_URL"], name) for env in ("STAGING", "PRODUCTION")}
     for url in urls.values():
-        reset(url, seed=9, log=lambda _: None)
+        seeded.reset(url, seed=9)
     yield urls
     for env in ("STAGING", "PRODUCTION"):
         drop_database(stack_env[f"{env}_DATABASE_URL"], name)

@@ -57,7 +57,8 @@ def airflow(tmp_path_factory, stack_env: dict[str, str], targets: dict[str, str]
         f"backup: {{bucket: {stack_env['BACKUP_BUCKET']}, prefix: e2e-services-{uuid.uuid4().hex[:8]}, "
         "restore_check: true}\n"
         "gate:\n  timeout: 5m\n  commands:\n"
-        "    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, '--junitxml={junit}']\n"
+        "    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, -p, no:hypothesispytest, "
+        "'--junitxml={junit}']\n"
         "approval: {manual_runs: form, scheduled_runs: required}\n"
         "windows: [{name: always-open, cron: '* * * * *', duration: 1h, timezone: UTC}]\n")
     with airflow_services(home, config, targets) as services, \

@@ -80,7 +80,7 @@ def tenants(stack_env: dict[str, str]) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def celery(tmp_path_factory, stack_env: dict[str, str], databases: dict[str, str],
-           tenants: dict[str, str]) -> Iterator[dict]:
+           tenants: dict[str, str], seeded) -> Iterator[dict]:
     """The services and both workers, the tenants' connections in a --fleet-env file; an API client
     logged in as admin. Stopped after, no process left."""
     base = tmp_path_factory.mktemp("celery")
@@ -93,7 +93,8 @@ def celery(tmp_path_factory, stack_env: dict[str, str], databases: dict[str, str
         "bundles: {main: ../sql/migrations}\nverify_dir: ../sql/verify\n"
         f"backup: {{bucket: {stack_env['BACKUP_BUCKET']}, prefix: {prefix}, restore_check: true}}\n"
         "gate:\n  timeout: 5m\n  commands:\n"
-        "    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, '--junitxml={junit}']\n"
+        "    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, -p, no:hypothesispytest, "
+        "'--junitxml={junit}']\n"
         "approval: {manual_runs: form, scheduled_runs: required}\n"
         "windows: [{name: always-open, cron: '* * * * *', duration: 1h, timezone: UTC}]\n"
         "lock: {lock_timeout_ms: 200, max_lock_timeout_ms: 1000, lock_retries: 10}\n"
@@ -104,7 +105,7 @@ def celery(tmp_path_factory, stack_env: dict[str, str], databases: dict[str, str
     fleet_env.touch(mode=0o600)
     fleet_env.write_text("".join(f"export AIRFLOW_CONN_{name.upper()}='{url}'\n" for name, url in tenants.items()))
     for url in databases.values():
-        reset(url, seed=9, log=lambda _msg: None)
+        seeded.reset(url, seed=9)
     # A killed worker's task is found dead after 20 s (checked every 3 s), not after the 60 s `make airflow`
     # waits: the kill test then waits less for the same outcome.
     quick = {"DEVSTACK_TASK_HEARTBEAT_TIMEOUT": "20", "DEVSTACK_TASK_HEARTBEAT_CHECK_EVERY": "3",
@@ -261,10 +262,10 @@ def test_the_staging_worker_holds_and_logs_no_production_credential(
 
 
 def test_a_production_worker_killed_mid_apply_is_restarted_and_the_retried_task_converges(
-        celery: dict, databases: dict[str, str]) -> None:
+        celery: dict, databases: dict[str, str], seeded) -> None:
     api = celery["api"]
     for url in databases.values():
-        reset(url, seed=9, log=lambda _msg: None)
+        seeded.reset(url, seed=9)
     # A session of "the application" holds a lock Epic 5's index builds wait for (reads go on).
     holder = psycopg.connect(databases["production"], application_name="test-lock-holder")
     holder.execute(f'LOCK TABLE "{LOCKED_TABLE}" IN EXCLUSIVE MODE')
@@ -332,13 +333,14 @@ def tenant_traces(environment: dict[str, str], tenants: dict[str, str]) -> list[
 
 
 def test_a_fleet_run_brings_every_tenant_to_the_release_opening_them_only_on_the_fleet_queues_worker(
-        celery: dict, databases: dict[str, str], tenants: dict[str, str], stack_env: dict[str, str]) -> None:
+        celery: dict, databases: dict[str, str], tenants: dict[str, str], stack_env: dict[str, str],
+        seeded) -> None:
     from airflow_local import read_state
 
     api, placed = celery["api"], workers(celery)
     assert placed["production"]["fleet_connections"] == sorted(tenants), placed
     assert placed["staging"]["fleet_connections"] == []
-    reset(databases["staging"], seed=9, log=lambda _msg: None)  # the rehearsal needs staging at the baseline
+    seeded.reset(databases["staging"], seed=9)  # the rehearsal needs staging at the baseline
     run_id = trigger(api, {"fleet": "tenants"}, FLEET_DAG)
     state = wait_for(f"run {run_id}", lambda: run_state(api, run_id, FLEET_DAG), RUN_TIMEOUT_S, every=2,
                      explain=explain(api, run_id, FLEET_DAG))

@@ -18,7 +18,8 @@ BUNDLE = load_bundle(REPO / "sql" / "migrations")
 
 
 def run_gate(url: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "tests/gate", "-q", "-p", "no:cacheprovider"],
+    return subprocess.run([sys.executable, "-m", "pytest", "tests/gate", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:hypothesispytest"],
                           cwd=REPO, env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True,
                           timeout=300)
 

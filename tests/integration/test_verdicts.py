@@ -52,7 +52,7 @@ verify_dir: {REPO / "sql" / "verify"}
 backup: {{sse: AES256, restore_check: false}}
 gate:
   commands:
-    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, "--junitxml={{junit}}"]
+    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, -p, no:hypothesispytest, "--junitxml={{junit}}"]
 approval: {{manual_runs: required}}
 expectations:
   index_storage_mb: [50, 100]
