@@ -118,7 +118,9 @@ def small_db(new_db, small_template: str) -> str:
 
 @pytest.fixture(scope="module")
 def noise_db(stack_env: dict[str, str]) -> Iterator[str]:
-    """The baseline with small data plus 21,000 rows of random base64 text: a ~17 MiB dump (4 parts of 5 MiB)."""
+    """The baseline with small data plus 38,000 rows of random base64 text: a ~31 MiB dump (7 parts of 5 MiB).
+    More than 25 MiB: when part 3 is about to be sent, at most parts 3 to 5 are read (two in flight, one
+    buffered), so pg_dump is still writing, not done, when a test kills it then."""
     base = stack_env["STAGING_DATABASE_URL"]
     url = create_db(base)
     seed_baseline(url)
@@ -127,7 +129,7 @@ def noise_db(stack_env: dict[str, str]) -> Iterator[str]:
             CREATE TABLE noise AS
             WITH pool AS (SELECT p, encode(decode(string_agg(md5(random()::text || p || h), ''), 'hex'), 'base64') AS b
                           FROM generate_series(0, 2047) p, generate_series(1, 48) h GROUP BY p)
-            SELECT g AS id, pool.b AS payload FROM generate_series(1, 21000) g
+            SELECT g AS id, pool.b AS payload FROM generate_series(1, 38000) g
             JOIN pool ON pool.p = (g * 2654435761::bigint) % 2048""")
     yield url
     drop_db(base, url)
