@@ -22,8 +22,9 @@ from schema_deploy.engine.apply import apply  # noqa: E402
 BASELINE = "20250915090000_baseline"
 
 
-def recreate(url: str) -> None:
-    """Drop and create the database `url` names (the stack's role owns it)."""
+def recreate(url: str, template: str | None = None) -> None:
+    """Drop and create the database `url` names (the stack's role owns it); `template`: as a copy of
+    that database of the same cluster (CREATE DATABASE … TEMPLATE)."""
     from schema_deploy.pg.tools import drop_database, target_of
 
     parts = urlsplit(url)
@@ -31,7 +32,8 @@ def recreate(url: str) -> None:
     admin = urlunsplit(parts._replace(path="/postgres"))
     drop_database(target_of(admin), name, "schema-deploy-seed")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        copy = sql.SQL(" TEMPLATE {}").format(sql.Identifier(template)) if template else sql.SQL("")
+        conn.execute(sql.SQL("CREATE DATABASE {}{}").format(sql.Identifier(name), copy))
 
 
 def reset(url: str, *, seed: int = 42, scale: str = "demo", log=print) -> None:
