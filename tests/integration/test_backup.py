@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -286,15 +287,19 @@ def test_backup_verify_and_restore_round_trip_the_schema_and_the_rows(
         [(baseline.name, baseline.checksum, "applied")]
     assert lines[-1].startswith(f"backup: stored {result.uri}: ") and result.sha256 in lines[-1]
 
+    verified: list[str] = []
     check = verify_backup(s3, result.uri, restore_check=True, admin_url=stack_env["STAGING_DATABASE_URL"],
-                          pg_bindir=pg_bindir)
+                          pg_bindir=pg_bindir, log=verified.append)
     assert check.ok and check.method == "sha256+toc+restore"
     assert check.row_counts == manifest["row_counts"]
     recorded = read_manifest(s3, bucket, result.key)["verification"]
     assert recorded["ok"] is True and recorded["method"] == "sha256+toc+restore"
     assert recorded["details"]["toc"]["by_type"]["TABLE DATA"] == len(manifest["row_counts"])
+    # This check's own scratch database, by the name it logged: other tests verify backups meanwhile.
+    scratch = re.search(r"into scratch database (schema_deploy_verify_\w+)", "\n".join(verified))
+    assert scratch, verified
     with psycopg.connect(stack_env["STAGING_DATABASE_URL"]) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'schema_deploy_verify_%'"
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (scratch[1],)
                             ).fetchone()[0] == 0, "the scratch database was dropped"
 
     target = new_db()
