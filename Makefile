@@ -7,6 +7,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK := $(PY) devstack/stack.py
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
+# Python caches the project's compiled modules in __pycache__ (git ignores them). Where the environment
+# says not to (PYTHONDONTWRITEBYTECODE), each of the hundreds of Python processes a `make test` starts
+# would compile them again.
+unexport PYTHONDONTWRITEBYTECODE
 PYTEST_ARGS ?=
 # make airflow EXECUTOR=celery: metadata on PostgreSQL, Redis, one Celery worker per environment.
 EXECUTOR ?= local

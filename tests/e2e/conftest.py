@@ -6,12 +6,13 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import drop_database, with_database
-from tests.e2e.harness import REPO
+from tests.e2e.harness import REPO, Zygote
 
 
 @pytest.fixture
@@ -49,3 +50,12 @@ def migrated_home(tmp_path_factory) -> Path:
         assert run.returncode == 0, run.stderr[-3000:]
         (home / "migrated").touch()
     return home
+
+
+@pytest.fixture(scope="session")
+def dag_zygote(tmp_path_factory, migrated_home: Path, stack_env: dict[str, str]) -> Iterator[Zygote]:
+    """This pytest process's warm interpreter for the DAG runs (tests/e2e/zygote.py), started by the
+    first DAG test it runs."""
+    zygote = Zygote(tmp_path_factory.mktemp("zygote") / "airflow", migrated_home, stack_env)
+    yield zygote
+    zygote.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,14 +47,69 @@ class Run:
         return self.result["tasks"]["approve_production"]["xcom_keys"]["approval"]
 
 
+class Zygote:
+    """tests/e2e/zygote.py for one pytest process: Airflow imported once, each run a fork of it, all
+    runs in one AIRFLOW_HOME (`home`), which `reset` refills from the migrated template per test."""
+
+    def __init__(self, home: Path, migrated_home: Path, stack_env: dict[str, str]) -> None:
+        from airflow_env import airflow_env
+
+        self.home, self.template = home, migrated_home
+        self.reset()
+        self.socket = str(home.parent / "zygote.sock")
+        env = airflow_env(home, stack_env, home / "deploy.yaml")
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"), str(REPO)])
+        self.log = open(home.parent / "zygote.log", "w")
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests/e2e/zygote.py"), self.socket], env=env,
+                                     cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        said = list(iter(self.proc.stdout.readline, "ready\n"))  # until it says ready (or ends)
+        assert not said or said[-1], "".join(said) + (home.parent / "zygote.log").read_text()[-3000:]
+
+    def reset(self) -> None:
+        shutil.rmtree(self.home, ignore_errors=True)
+        shutil.copytree(self.template, self.home)
+
+    def run(self, script: Path, args: list[str], env: dict[str, str], out: Path, timeout: float
+            ) -> subprocess.CompletedProcess:
+        """`python script args` as a fork of the zygote: its exit code and output, like subprocess.run."""
+        stdout, stderr = out.with_suffix(".stdout"), out.with_suffix(".stderr")
+        request = {"script": str(script), "args": args, "env": env, "cwd": str(REPO),
+                   "stdout": str(stdout), "stderr": str(stderr)}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(self.socket)
+            conn.settimeout(timeout)
+            conn.sendall((json.dumps(request) + "\n").encode())
+            answers = conn.makefile("r")
+            pid = int(answers.readline())
+            try:
+                code = answers.readline()
+            except TimeoutError:
+                os.killpg(pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired([str(script), *args], timeout) from None
+        assert code, f"the zygote died running {script} (log: {self.home.parent / 'zygote.log'})"
+        return subprocess.CompletedProcess([str(script), *args], int(code), stdout.read_text(), stderr.read_text())
+
+    def close(self) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(self.socket)  # an empty request: the zygote returns
+        self.proc.wait(30)
+        self.log.close()
+
+
 class DagRunner:
-    """Runs one DAG against `targets`, with a deploy.yaml of its own and a private S3 prefix."""
+    """Runs one DAG against `targets`, with a deploy.yaml of its own and a private S3 prefix. With a
+    zygote, in its home (refilled here) and forked from it; else in a home of its own, as a new process."""
 
     def __init__(self, dag_id: str, tmp_path: Path, migrated_home: Path, targets: dict[str, str],
-                 stack_env: dict[str, str]) -> None:
+                 stack_env: dict[str, str], zygote: Zygote | None = None) -> None:
         self.dag_id, self.tmp, self.targets, self.stack_env = dag_id, tmp_path, targets, stack_env
-        self.home = tmp_path / "airflow"
-        shutil.copytree(migrated_home, self.home)
+        self.zygote = zygote
+        if zygote:
+            zygote.reset()
+            self.home = zygote.home
+        else:
+            self.home = tmp_path / "airflow"
+            shutil.copytree(migrated_home, self.home)
         self.prefix = f"e2e-{uuid.uuid4().hex[:8]}"
         self.extra_env: dict[str, str] = {}
         self.script = REPO / "devstack/run_deploy.py"  # or a wrapper of it (tests/e2e/misrouted.py)
@@ -86,8 +143,11 @@ class DagRunner:
             reject: str | None = None) -> Run:
         result = self.tmp / "result.json"
         result.unlink(missing_ok=True)
-        proc = subprocess.run(self.command(conf or {}, config or self.config(), approve, reject), env=self.env(),
-                              capture_output=True, text=True, timeout=600, cwd=REPO)
+        command = self.command(conf or {}, config or self.config(), approve, reject)
+        if self.zygote:
+            proc = self.zygote.run(Path(command[1]), command[2:], self.env(), self.tmp / "run", timeout=600)
+        else:
+            proc = subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=600, cwd=REPO)
         return Run(proc.returncode, proc.stdout + proc.stderr,
                    json.loads(result.read_text()) if result.exists() else {"tasks": {}}, self.home)
 

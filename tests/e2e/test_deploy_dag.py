@@ -35,8 +35,8 @@ LATER = "20261201000000_next_release"
 
 
 @pytest.fixture
-def deployer(tmp_path, migrated_home, targets, stack_env) -> DagRunner:
-    return DagRunner("deploy_schema", tmp_path, migrated_home, targets, stack_env)
+def deployer(tmp_path, migrated_home, targets, stack_env, dag_zygote) -> DagRunner:
+    return DagRunner("deploy_schema", tmp_path, migrated_home, targets, stack_env, dag_zygote)
 
 
 def ledger(url: str) -> list:

@@ -19,8 +19,8 @@ def failed_messages(slack: Slack, run) -> list[dict]:
 
 
 def test_a_failed_deploy_schema_run_logs_its_message_first_and_wrapped_and_posts_one_failed_message(
-        tmp_path, migrated_home, targets, stack_env) -> None:
-    deployer = DagRunner("deploy_schema", tmp_path, migrated_home, targets, stack_env)
+        tmp_path, migrated_home, targets, stack_env, dag_zygote) -> None:
+    deployer = DagRunner("deploy_schema", tmp_path, migrated_home, targets, stack_env, dag_zygote)
     slack = Slack(stack_env)
     run = deployer.run({"skip_window": True, "skip_window_reason": ""}, approve="alice")
     assert run.returncode == 1 and run.state("preflight_bundle") == "failed", run.log[-4000:]
@@ -48,9 +48,10 @@ def test_a_failed_deploy_schema_run_logs_its_message_first_and_wrapped_and_posts
 
 
 def test_a_fleet_run_failing_in_preflight_posts_one_failed_message_naming_deploy_fleet(
-        tmp_path, migrated_home, stack_env) -> None:
+        tmp_path, migrated_home, stack_env, dag_zygote) -> None:
     # windowed runs whatever happened (all_done) and fails too, since the waves did not run: logged, not posted.
-    runner = DagRunner("deploy_fleet", tmp_path, migrated_home, {"staging": CLOSED, "production": CLOSED}, stack_env)
+    runner = DagRunner("deploy_fleet", tmp_path, migrated_home, {"staging": CLOSED, "production": CLOSED}, stack_env,
+                       dag_zygote)
     slack = Slack(stack_env)
     run = runner.run({"fleet": "tenants", "skip_window": True, "skip_window_reason": ""},
                      runner.config(extra=FLEET))

@@ -62,9 +62,9 @@ def fleet_dbs(stack_env: dict[str, str], template: str, staging_template: str):
 
 
 @pytest.fixture
-def runner(tmp_path, migrated_home, fleet_dbs, stack_env) -> DagRunner:
+def runner(tmp_path, migrated_home, fleet_dbs, stack_env, dag_zygote) -> DagRunner:
     runner = DagRunner("deploy_fleet", tmp_path, migrated_home,
-                       {"staging": fleet_dbs["staging"], "production": CLOSED}, stack_env)
+                       {"staging": fleet_dbs["staging"], "production": CLOSED}, stack_env, dag_zygote)
     runner.extra_env = {f"AIRFLOW_CONN_{k.upper()}": url for k, url in fleet_dbs.items() if k.startswith("tenant_")}
     return runner
 

@@ -27,8 +27,8 @@ TABLES = ("personalization_experiments", "experiment_assignments", "behavioral_e
 
 
 @pytest.fixture
-def runner(tmp_path, migrated_home, targets, stack_env) -> DagRunner:
-    return DagRunner("rollback_schema", tmp_path, migrated_home, targets, stack_env)
+def runner(tmp_path, migrated_home, targets, stack_env, dag_zygote) -> DagRunner:
+    return DagRunner("rollback_schema", tmp_path, migrated_home, targets, stack_env, dag_zygote)
 
 
 def counts(url: str) -> dict[str, int]:
