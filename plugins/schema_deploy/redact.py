@@ -19,3 +19,12 @@ def scrub(text: str) -> str:
     """Mask passwords in URLs (`user:pw@host`) and `password=...` pairs."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text)
     return _KV_PASSWORD.sub(lambda m: f"{m['head']}{MASK}", text)
+
+
+_SQL_PASSWORD = re.compile(r"(?P<head>\bPASSWORD\s+)(?P<pw>E?'(?:[^']|'')*'|\$\w*\$.*?\$\w*\$)", re.I | re.S)
+
+
+def scrub_sql(text: str) -> str:
+    """`scrub`, and the literal after SQL's PASSWORD (`ALTER ROLE … PASSWORD '…'`) masked: for SQL text
+    shown to a person (a statement's first line, another session's query)."""
+    return scrub(_SQL_PASSWORD.sub(lambda m: f"{m['head']}'{MASK}'", text))

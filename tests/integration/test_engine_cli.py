@@ -110,6 +110,14 @@ def test_plan_shows_steps_locks_and_table_sizes(fresh_db: str, cli) -> None:
     assert "tables touched:" in out
     (events,) = [line for line in out.splitlines() if line.strip().startswith("behavioral_events ")]
     assert re.search(r"~\s*500 rows\s+[\d.]+ MB$", events), events
+    # The online steps production's health gate paces, and the gate's settings (deploy.yaml's health:).
+    online = out
+    assert re.search(r"^   step \d+ \[autocommit\] SHARE UPDATE EXCLUSIVE on behavioral_events; health-gated in "
+                     r"production \(index build\)$", online, re.M), online
+    assert online.rstrip().endswith(
+        "in production, the health gate before each online step: replica replay lag under 64.0 MB, WAL under "
+        "64.0 MB/s, no transaction open longer than 600 s, at most 0 session(s) waiting on our locks, no wraparound "
+        "autovacuum on the step's tables; checked every 2 s, for at most 600 s"), online[-600:]
 
     data = json.loads(cli("plan", "--db", fresh_db, "--json").stdout)
     (migration,) = data["migrations"]
@@ -120,6 +128,7 @@ def test_plan_shows_steps_locks_and_table_sizes(fresh_db: str, cli) -> None:
     assert {"experiment_assignments", "behavioral_events", "personalization_configs"} <= locked
     assert data["table_sizes"]["behavioral_events"]["rows_estimate"] == 500
     assert data["table_sizes"]["behavioral_events"]["bytes"] > 0
+    assert data["health"]["max_replica_lag_bytes"] == 64 * 1024 * 1024 and data["health"]["enabled"] is True
     assert ledger(fresh_db, EPIC5) == []  # plan changes nothing
 
 

@@ -32,6 +32,8 @@ windows:
   - {name: nightly, cron: "0 2 * * *", duration: 2h, timezone: UTC}
 window_safety_factor: 1.5
 lock: {lock_timeout_ms: 200, max_lock_timeout_ms: 3000, lock_retries: 5}
+health: {enabled: true, max_replica_lag_mb: 32, max_wal_mb_per_s: 16, max_transaction_age: 5m, max_lock_waiters: 1,
+         poll: 3s, max_wait: 20m}
 slack: {channel: "#ops"}
 schedule: {lead: 1h}
 expectations: {index_storage_mb: [10, 20], query_speedup_percent: [5, 15], measurable_from_rows: 5000}
@@ -106,6 +108,7 @@ CASES = [(key, where) for key in key_paths() for where in places(doc_for(key), k
 def test_the_file_that_uses_every_key_is_valid_and_every_key_is_in_it(tmp_path: Path) -> None:
     cfg = load_doc(tmp_path, EVERY_KEY)
     assert cfg.lock_retries == 5 and cfg.backup_restore_check is False and cfg.fleet("regions").window.by == "region"
+    assert (cfg.health.max_replica_lag_bytes, cfg.health.max_lock_waiters, cfg.health.max_wait_s) == (32 << 20, 1, 1200)
     assert load_doc(tmp_path, OLD_FORM).bundles == (("main", tmp_path / "sql/migrations"),)
     missing = [key for key in key_paths() if not places(doc_for(key), key.split("."))]
     assert missing == [], "keys of the model that the example does not use (so no test covers them)"

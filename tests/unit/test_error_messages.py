@@ -179,6 +179,13 @@ def test_each_message_no_other_test_pins_reads_in_full(name: str, build: Callabl
 # --- pins elsewhere: class name -> the test that pins its message ---------------------------------
 
 PINNED_ELSEWHERE: dict[str, str] = {
+    # health
+    "HealthGateRefused": "tests/integration/test_health_gate.py::"
+                         "test_a_role_without_pg_read_all_stats_is_refused_naming_the_grant_with_nothing_changed",
+    "HealthGateTimedOut": "tests/integration/test_health_gate.py::"
+                          "test_the_maximum_wait_fails_the_step_before_it_starts_and_a_retry_resumes_there",
+    "HealthGateWaiting": "tests/integration/test_health_gate.py::"
+                         "test_a_deferring_caller_is_told_to_come_back_and_the_migration_is_left_resumable",
     # root
     "UsageError": "tests/unit/test_window.py::test_no_window_long_enough_is_an_error_naming_both_durations",
     # config

@@ -40,8 +40,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         existing, estimates = relation_facts(conn, referenced_relations(files))
         prechecks = run_prechecks(conn, plan, settings_from(args))
     findings = lint_parsed(files, existing_tables=existing, config=config, row_estimates=estimates)
+    health = health_settings(args)
     data = {**plan.as_dict(), "lint": [f.as_dict() for f in findings],
-            "prechecks": [r.as_dict() for r in prechecks]}
+            "prechecks": [r.as_dict() for r in prechecks], "health": health.__dict__}
     text = render_plan(plan)
     if plan.migrations:
         text += "\n\nlint of the pending migrations:\n" + render_lint(findings, len(files))
@@ -49,8 +50,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"   {'FAIL' if r.failed else 'ok  '} {r.statement.where}: {r.violations} {r.description}"
             + (f" (samples: {', '.join(r.samples)})" if r.samples else "") + (f" [{r.skipped}]" if r.skipped else "")
             for r in prechecks) or "   none needed")
+    if any(step.online_kind for mp in plan.migrations for step in mp.steps):
+        text += f"\n\nin production, the {health.describe()}"
     emit(args, data, text)
     return 0
+
+
+def health_settings(args: argparse.Namespace):
+    """deploy.yaml's `health:` thresholds (found as lint's settings are), or the defaults without a file."""
+    from pathlib import Path
+
+    from schema_deploy.config import settings
+
+    if getattr(args, "config", None):
+        return settings.load(args.config, must_exist=True).health
+    return settings.load(Path("deploy.yaml") if Path("deploy.yaml").is_file() else None).health
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -162,7 +176,8 @@ def render_plan(plan: Plan) -> str:
         for step in mp.steps:
             kind = "transaction" if step.transactional else "autocommit"
             locks = ", ".join(f"{mode} on {table}" for table, mode in sorted(step.locks.items())) or "no table locks"
-            lines.append(f"   step {step.number} [{kind}] {locks}")
+            gated = f"; health-gated in production ({step.online_kind})" if step.online_kind else ""
+            lines.append(f"   step {step.number} [{kind}] {locks}{gated}")
             for ps in step.statements:
                 if ps.reason and id(ps.source) not in shown:
                     shown.add(id(ps.source))

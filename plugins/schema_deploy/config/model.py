@@ -69,6 +69,16 @@ class Lock(Section):
     lock_retries: NonNegative = 10
 
 
+class Health(Section):
+    enabled: bool = True
+    max_replica_lag_mb: Positive = 64
+    max_wal_mb_per_s: Positive = 64
+    max_transaction_age: Text = "10m"
+    max_lock_waiters: NonNegative = 0
+    poll: Text = "2s"
+    max_wait: Text = "10m"
+
+
 class Slack(Section):
     channel: Text = "#deploys"
 
@@ -147,6 +157,7 @@ class DeployYaml(Section):
     windows: list[WindowSpec] | None = None
     window_safety_factor: Annotated[float, Field(gt=0)] = 2.0
     lock: Lock | None = None
+    health: Health | None = None
     slack: Slack | None = None
     schedule: Schedule | None = None
     expectations: Expectations | None = None

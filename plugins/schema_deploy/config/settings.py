@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from schema_deploy.config.errors import BundleNotDeclared, ConfigError
 from schema_deploy.errors import UsageError
 
+from schema_deploy.config.health import HealthSettings
+
 if TYPE_CHECKING:  # imported where the file is read: windows bring croniter, which `lint` does not need
     from schema_deploy.config.fleets import FleetSpec
     from schema_deploy.config.windows import Window
@@ -108,6 +110,7 @@ class DeployConfig:
     lock_timeout_ms: int = 100
     max_lock_timeout_ms: int = 2000
     lock_retries: int = 10
+    health: HealthSettings = field(default_factory=HealthSettings)  # production's health gate (`health:`)
     precheck_timeout_ms: int = 60_000  # `prechecks: {timeout_ms: …}`: statement_timeout of each data precheck
     slack_channel: str = "#deploys"
     schedule_lead: timedelta | None = None  # scheduled runs start this long before each window; None = manual only
@@ -253,7 +256,8 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
     duration, a default bundle that is declared, a window a fleet names, a range's order)."""
     from schema_deploy.config.durations import parse_duration
     from schema_deploy.config.fleets import fleets_settings
-    from schema_deploy.config.model import Approval, Backup, Expectations, Gate, Lock, Prechecks, Slack, validate
+    from schema_deploy.config.model import (Approval, Backup, Expectations, Gate, Health, Lock, Prechecks, Slack,
+                                            validate)
     from schema_deploy.config.windows import Window
 
     m = validate(data, path)
@@ -291,6 +295,7 @@ def from_mapping(data: dict, path: Path) -> DeployConfig:
         lock_timeout_ms=lock.lock_timeout_ms,
         max_lock_timeout_ms=lock.max_lock_timeout_ms,
         lock_retries=lock.lock_retries,
+        health=health_settings(m.health or Health(), path),
         precheck_timeout_ms=(m.prechecks or Prechecks()).timeout_ms,
         slack_channel=slack.channel,
         schedule_lead=_duration(parse_duration, m.schedule.lead, "schedule.lead", path)
@@ -312,7 +317,25 @@ def _duration(parse: Any, text: str, key: str, path: Path) -> timedelta:
     try:
         return parse(text)
     except UsageError as exc:
-        raise ConfigError(path, f"{key}: {exc}", "e.g. 10m, 2h or 1d.") from None
+        raise ConfigError(path, f"{key}: {str(exc).rstrip('.')}", "e.g. 10m, 2h or 1d.") from None
+
+
+def health_settings(h: Any, path: Path) -> HealthSettings:
+    """The `health:` section (config.model.Health) as the gate's settings: sizes in bytes, durations in seconds."""
+    from schema_deploy.config.durations import parse_duration
+
+    def seconds(text: str, key: str) -> float:
+        value = _duration(parse_duration, text, f"health.{key}", path).total_seconds()
+        if value <= 0:
+            raise ConfigError(path, f"health.{key}: {text!r} is no time at all", "Give a duration above zero, e.g. 2s.")
+        return value
+
+    mb = 1024 * 1024
+    return HealthSettings(enabled=h.enabled, max_replica_lag_bytes=h.max_replica_lag_mb * mb,
+                          max_wal_bytes_per_s=h.max_wal_mb_per_s * mb,
+                          max_transaction_age_s=seconds(h.max_transaction_age, "max_transaction_age"),
+                          max_lock_waiters=h.max_lock_waiters, poll_s=seconds(h.poll, "poll"),
+                          max_wait_s=seconds(h.max_wait, "max_wait"))
 
 
 QUEUE_KEYS = ("staging", "production", "default")

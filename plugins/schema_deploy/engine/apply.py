@@ -13,11 +13,10 @@
 """
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import psycopg
@@ -30,13 +29,15 @@ from schema_deploy.bundle.discover import Bundle
 from schema_deploy.bundle.parse import LOCK_MODES, relname
 from schema_deploy.engine.errors import LockRetriesExhausted, MigrationFailed
 from schema_deploy.errors import PAGE
+from schema_deploy.health.errors import HealthGateTimedOut, HealthGateWaiting
+from schema_deploy.health.gate import HealthGate, StepHealth
 from schema_deploy.pg import db
 from schema_deploy.pg.errors import DatabaseError
 from schema_deploy.pg.retry import Settings
 from schema_deploy.plan.planner import MigrationPlan, Plan, plan_for
 from schema_deploy.plan.prechecks import explain_failure, require_clean, written_before
 from schema_deploy.plan.steps import PlannedStatement, Step
-from schema_deploy.redact import scrub
+from schema_deploy.redact import scrub_sql
 from schema_deploy.state import ledger
 from schema_deploy.state.errors import LedgerBlocked
 from schema_deploy.state.status import Status, compute_status
@@ -50,6 +51,7 @@ class StepResult:
     seconds: float
     attempts: int
     skipped: list[str] = field(default_factory=list)
+    health: StepHealth | None = None  # production's online steps: the gate's wait, WAL written, replica lag
 
 
 @dataclass
@@ -69,7 +71,8 @@ class MigrationResult:
         return {"name": self.name, "checksum": self.checksum, "seconds": round(self.seconds, 3),
                 "resumed_from_step": self.resumed_from + 1 if self.resumed_from else None,
                 "lock_retries": self.lock_retries,
-                "steps": [s.__dict__ for s in self.steps], "sql": self.sql}
+                "steps": [{**s.__dict__, "health": s.health.as_dict() if s.health else None} for s in self.steps],
+                "sql": self.sql}
 
 
 @dataclass
@@ -90,7 +93,8 @@ def load_state(conn: psycopg.Connection, bundle: Bundle, schema: str = "public")
 def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log = lambda _: None,
           to: str | None = None, online: bool = False, prechecks: bool = True,
           created: Callable[[Status], set[str]] | None = None,
-          approve: Callable[[Plan], None] | None = None, waive_prechecks: str | None = None) -> ApplyResult:
+          approve: Callable[[Plan], None] | None = None, waive_prechecks: str | None = None,
+          health: HealthGate | None = None) -> ApplyResult:
     """Apply every pending migration of `bundle` (up to `to`) to the database at `url`.
 
     `online` rewrites lock-heavy statements on existing tables (see online.py).
@@ -100,7 +104,11 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
     `created(status)` names the tables this deployment already created (see plan_for);
     `approve(plan)` may refuse the plan (by raising) before anything runs. Both are called
     under the migration lock, with the ledger as it is then, so what is checked is what runs.
+    `health` (production): the gate that each online step waits for and that measures it; its role's
+    privileges are checked first, before anything changes.
     """
+    if health is not None:
+        health.require_privileges()
     with db.connect(url) as conn, ledger.migration_lock(conn, settings.advisory_lock_timeout_s, log):
         ledger.ensure_ledger(conn, settings.schema)
         status, interrupted = load_state(conn, bundle, settings.schema)
@@ -118,7 +126,7 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
         mark_deferred_checks(plan)
         if not plan.migrations:
             log("nothing to apply: every migration is applied")
-        results = [run_migration(conn, url, mp, settings, log) for mp in plan.migrations]
+        results = [run_migration(conn, url, mp, settings, log, health) for mp in plan.migrations]
     return ApplyResult(applied=results, status_before=status)
 
 
@@ -134,7 +142,7 @@ def mark_deferred_checks(plan: Plan) -> None:
 # --- one migration -----------------------------------------------------------
 
 def run_migration(conn: psycopg.Connection, url: str, mp: MigrationPlan, settings: Settings,
-                  log: Log) -> MigrationResult:
+                  log: Log, health: HealthGate | None = None) -> MigrationResult:
     m = mp.migration
     started = time.monotonic()
     result = MigrationResult(name=m.name, checksum=m.checksum, seconds=0.0, steps=[], resumed_from=mp.resume_from,
@@ -146,7 +154,7 @@ def run_migration(conn: psycopg.Connection, url: str, mp: MigrationPlan, setting
             log(f"{m.name}: applying in one transaction")
             result.steps.append(run_atomic(conn, mp, settings, watch, log))
         else:
-            result.steps.extend(run_stepped(conn, mp, settings, watch, log))
+            result.steps.extend(run_stepped(conn, mp, settings, watch, log, health))
     except psycopg.Error as exc:  # from our own bookkeeping, not a statement (those are MigrationFailed)
         raise DatabaseError(
             f"migration {m.name} ({m.path}): the database answered {type(exc).__name__}"
@@ -196,8 +204,10 @@ def run_atomic(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings, 
 
 
 def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings, watch: BlockerWatch,
-                log: Log) -> list[StepResult]:
-    """Step by step, each step recorded in `applied_steps_count` as it completes."""
+                log: Log, health: HealthGate | None = None) -> list[StepResult]:
+    """Step by step, each step recorded in `applied_steps_count` as it completes. With `health`, an
+    online step first waits for the database's health; a wait that runs out (or is deferred) leaves the
+    migration resumable at that step, nothing of it run."""
     m, schema = mp.migration, settings.schema
     marker = f"{ledger.IN_PROGRESS_MARK} plan={mp.digest} steps={len(mp.steps)}"
     if mp.resume_row_id:
@@ -210,12 +220,14 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
         log(f"{m.name}: applying in {len(mp.steps)} steps")
     results = []
     for step in mp.steps[mp.resume_from:]:
+        gated = gate_step(conn, mp, step, row_id, settings, log, health)
         t0 = time.monotonic()
         skipped: list[str] = []
         try:
-            attempts = with_lock_retries(lambda lt, s=step: run_step(
-                conn, s, lt, settings, skipped, lambda c, n=s.number: ledger.set_steps(c, row_id, n, settings.schema)),
-                                         settings, watch, log)
+            with health.measure(gated) if gated else nullcontext():
+                attempts = with_lock_retries(lambda lt, s=step: run_step(
+                    conn, s, lt, settings, skipped,
+                    lambda c, n=s.number: ledger.set_steps(c, row_id, n, settings.schema)), settings, watch, log)
         except LockRetriesExhaustedInternal as exc:
             with ledger_write(conn):
                 ledger.mark_failed(conn, row_id, f"{ledger.RETRYABLE_MARK} plan={mp.digest}\n"
@@ -233,23 +245,42 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
                 f"--rolled-back {m.name}`, or complete the migration by hand and run `resolve --applied {m.name}`.",
             ) from None
         results.append(StepResult(number=step.number, seconds=time.monotonic() - t0, attempts=attempts,
-                                  skipped=skipped))
+                                  skipped=skipped, health=gated))
         log(step_line(m.name, step, len(mp.steps), results[-1]))
     with ledger_write(conn):
         ledger.mark_finished(conn, row_id, len(mp.steps), schema)
     return results
 
 
+def gate_step(conn: psycopg.Connection, mp: MigrationPlan, step: Step, row_id: str, settings: Settings, log: Log,
+              health: HealthGate | None) -> StepHealth | None:
+    """Before an online step: wait for the database's health (None for any other step, or without a gate).
+    When the wait runs out or is deferred, the migration's row is left resumable at this step."""
+    kind = step.online_kind if health is not None else None
+    if kind is None:
+        return None
+    what = f"{mp.migration.name}: step {step.number}/{len(mp.steps)} ({kind})"
+    try:
+        return health.wait(what, sorted(step.locks), conn.info.backend_pid)
+    except (HealthGateTimedOut, HealthGateWaiting) as exc:
+        with ledger_write(conn):
+            ledger.mark_failed(conn, row_id, f"{ledger.RETRYABLE_MARK} plan={mp.digest}\nhealth gate: {exc}",
+                               settings.schema)
+        if isinstance(exc, HealthGateTimedOut):
+            done = step.number - 1
+            raise HealthGateTimedOut(what, exc.waited_s, exc.reason,
+                                     f"Steps 1..{done} of {mp.migration.name} are applied and stay; "
+                                     if done else "Nothing of this migration ran; ") from None
+        raise
+
+
 # --- what a person reads in the log -------------------------------------------------
-
-_SQL_PASSWORD = re.compile(r"(?P<head>\bPASSWORD\s+)(?P<pw>E?'(?:[^']|'')*'|\$\w*\$.*?\$\w*\$)", re.I | re.S)
-
 
 def statement_line(text: str, width: int = 80) -> str:
     """How a statement starts, on one line for a log: from its first line of SQL (comment lines left out,
     a short first line continued by the next), whitespace collapsed, cut at `width` with an ellipsis, and
     no password (ALTER ROLE … PASSWORD '…', URLs)."""
-    text = scrub(_SQL_PASSWORD.sub(lambda m: f"{m['head']}'****'", text))
+    text = scrub_sql(text)
     code = " ".join(line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("--"))
     code = " ".join(code.split())
     return code if len(code) <= width else code[:width - 1].rstrip() + "…"
@@ -276,6 +307,8 @@ def step_line(migration: str, step: Step, total: int, result: StepResult, label:
     retries = result.attempts - 1
     line = (f"{migration}: {label} {step.number}/{total}: {what} | {locks_phrase(step.locks)} | "
             f"{result.seconds:.2f} s | {retries} lock retr{'y' if retries == 1 else 'ies'}")
+    health = getattr(result, "health", None)
+    line += f" | {health.describe()}" if health else ""
     return line + (f" | skipped: {', '.join(result.skipped)}" if result.skipped else "")
 
 

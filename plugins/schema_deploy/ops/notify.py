@@ -56,6 +56,11 @@ EMOJI.update({"fleet_wave": ":ocean:", "fleet_done": ":checkered_flag:"})
 TITLES.update({"fleet_wave": "Fleet wave finished", "fleet_done": "Fleet deployment finished"})
 
 
+# Production's health gate held an online step back (once per step's wait, never per check).
+EMOJI["health_wait"] = ":stethoscope:"
+TITLES["health_wait"] = "Production waits for the database's health before an online step"
+
+
 def message(event: str, facts: dict[str, object], links: dict[str, str] | None = None) -> dict[str, object]:
     """A Slack message (`text` fallback + `blocks`) for a deployment event."""
     if event not in TITLES:

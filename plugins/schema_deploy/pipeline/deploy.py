@@ -339,6 +339,24 @@ def lock_settings(ctx: Deployment) -> Any:
                     precheck_timeout_ms=cfg.precheck_timeout_ms)
 
 
+def health_gate(ctx: Deployment, target: Target) -> Any:
+    """Production's health gate with deploy.yaml's `health:` thresholds (None for staging, or when the
+    gate is turned off). With the run's `defer` hook (Airflow), a wait defers the task instead of sleeping;
+    `health_waited_s` (and `health_wait_reason`) is what this task's earlier attempts already waited."""
+    from schema_deploy.health.gate import HealthGate
+
+    if target.name != "production" or not ctx.cfg.health.enabled:
+        return None
+    limit = ctx.cfg.health.max_wait_s
+
+    def announce(what: str, reason: str) -> None:
+        ctx.notify("health_wait", {"step": what, "waiting for": reason, "waits at most": f"{limit:.0f} s"}, None)
+
+    return HealthGate(target.url, ctx.cfg.health, log=ctx.log.info, defer=ctx.defer,
+                      waited_before_s=ctx.health_waited_s, wait_reason_before=ctx.health_wait_reason,
+                      announce=announce)
+
+
 def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
     """Apply the release's pending migrations to one target with its frozen plan and lock retries.
 
@@ -371,9 +389,14 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
     log.info("%s before: rows %s", target.name,
              ", ".join(f"{t} {n}" for t, n in sorted(before["rows"].items())) or "none counted")
     t0 = time.monotonic()
-    result = run_apply(target.url, bundle, settings, online=params.online, log=log.info,
-                       created=lambda status: tables_created(bundle, set(status.names("applied")) & this_run),
-                       approve=lambda plan: releases.check_plan(release, target.name, plan))
+    gate = health_gate(ctx, target)
+    try:
+        result = run_apply(target.url, bundle, settings, online=params.online, log=log.info,
+                           created=lambda status: tables_created(bundle, set(status.names("applied")) & this_run),
+                           approve=lambda plan: releases.check_plan(release, target.name, plan), health=gate)
+    finally:
+        if gate is not None:
+            gate.close()
     seconds = time.monotonic() - t0
     with connect(target.url) as conn:
         size = sum(v["bytes"] for v in table_sizes(conn, tables).values())

@@ -136,3 +136,8 @@ class Deployment:
     # Releases this Deployment has loaded and proven, by URI: a task (or a `deploy` run) whose steps
     # each need the release reads and checks it once.
     loaded: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Production's health gate: called with the wait (a HealthGateWaiting) instead of sleeping, when set
+    # (Airflow defers the task from it); and what this task's earlier attempts waited already.
+    defer: Callable[[Any], None] | None = field(default=None, compare=False, repr=False)
+    health_waited_s: float = 0.0
+    health_wait_reason: str = ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pglast import ast as pg_ast
+from pglast.enums import AlterTableType
 
 from schema_deploy.bundle.parse import LOCK_MODES, Statement
 
@@ -54,6 +55,19 @@ class Step:
                 if table not in merged or LOCK_MODES.index(mode) > LOCK_MODES.index(merged[table]):
                     merged[table] = mode
         return merged
+
+    @property
+    def online_kind(self) -> str | None:
+        """"index build" or "constraint validation" when this step builds an index concurrently or validates a
+        constraint (the work the health gate paces in production: it writes WAL or scans a table while the
+        application runs); else None."""
+        for st in self.statements:
+            if st.node_type is pg_ast.IndexStmt and st.ast.concurrent:
+                return "index build"
+            if st.node_type is pg_ast.AlterTableStmt and any(
+                    getattr(cmd, "subtype", None) == AlterTableType.AT_ValidateConstraint for cmd in st.ast.cmds or ()):
+                return "constraint validation"
+        return None
 
     def as_dict(self) -> dict[str, object]:
         return {
