@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # make airflow EXECUTOR=celery: metadata on PostgreSQL, Redis, one Celery worker per environment.
 EXECUTOR ?= local
 
-.PHONY: help venv postgres redis compose chromium stack-up stack-down stack-status demo demo-fleet airflow test check requirements clean
+.PHONY: help venv postgres redis compose chromium stack-up stack-down stack-status replica-up replica-down demo demo-fleet airflow test check requirements clean
 
 help:
 	@echo "make demo          bring up the local stack, seed it, run the deployment, print a report"
@@ -27,6 +27,8 @@ help:
 	@echo "make stack-up      start the local stack (2 PostgreSQL clusters, S3, Slack stand-in)"
 	@echo "make stack-status  show what runs where (passwords masked)"
 	@echo "make stack-down    stop every process of the local stack"
+	@echo "make replica-up    start production's streaming replica (make demo does; the health gate watches it)"
+	@echo "make replica-down  stop it"
 
 venv:
 	@devstack/ensure_venv.sh
@@ -55,7 +57,15 @@ stack-down:
 stack-status:
 	@python3 devstack/stack.py status
 
-demo: stack-up
+# Production's streaming replica: started for what measures against it (the demo, the health gate's
+# tests and benchmark), not with the stack.
+replica-up: stack-up
+	@$(STACK) replica-up
+
+replica-down:
+	@python3 devstack/stack.py replica-down
+
+demo: replica-up
 	@$(PY) devstack/demo.py
 
 # make demo-fleet TENANTS=40: the fleet's size; the tenants stay (devstack/tenants.py drop removes them).

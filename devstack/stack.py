@@ -54,7 +54,7 @@ class Cluster:
 
     @property
     def database(self) -> str:
-        return "airflow" if self.env == "airflow" else f"americano_{self.env}"
+        return {"airflow": "airflow", "replica": "americano_production"}.get(self.env, f"americano_{self.env}")
 
     @property
     def role(self) -> str:
@@ -88,6 +88,11 @@ def metadata_cluster() -> Cluster:
 
 def all_clusters() -> list[Cluster]:
     return [*clusters(), metadata_cluster()]
+
+
+def replica_cluster() -> Cluster:
+    """Production's streaming replica (hot standby), started on demand: `stack.py replica-up`."""
+    return Cluster("replica", port_from_env("DEVSTACK_REPLICA_PORT", 55435))
 
 
 def redis_port() -> int:
@@ -264,6 +269,10 @@ def start_cluster(cluster: Cluster, password: str) -> None:
         f"SELECT 'CREATE DATABASE {cluster.database} OWNER {role}' "
         f"WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{cluster.database}') \\gexec\n"
     )
+    if cluster.env == "production":
+        # The health gate reads replication and other sessions' statistics (plugins/schema_deploy/health);
+        # it runs only in production, and staging's role stays without them (tests of that case use it).
+        role_sql += f"GRANT pg_read_all_stats TO {role};\n"
     # The password goes in on stdin, not argv, where `ps` would show it (it is URL-safe base64).
     proc = subprocess.run(psql, input=f"\\set pw '{password}'\n" + role_sql, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -275,6 +284,55 @@ def stop_cluster(cluster: Cluster) -> None:
         data, _, _ = cluster_dirs(cluster)
         run(as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
             what=f"stopping the {cluster.env} cluster")
+
+
+REPLICA_NAME = "production_replica"  # its application_name in production's pg_stat_replication
+
+
+def start_replica(primary: Cluster | None = None, replica: Cluster | None = None, name: str = REPLICA_NAME) -> None:
+    """A streaming replica of `primary` (production's by default): a base backup (`pg_basebackup -R`, no
+    slot) with its own port, data directory and socket, listed in the primary's pg_stat_replication as
+    `name`. A stopped replica is made again from a fresh base backup: without a slot, the primary may
+    have recycled the WAL it would need to catch up."""
+    primary = primary or next(c for c in clusters() if c.env == "production")
+    replica = replica or replica_cluster()
+    if not pg_running(primary):
+        raise StackError(f"{primary.env} is not running: start the stack first (make stack-up)")
+    data, sockdir, log = cluster_dirs(replica)
+    if pg_running(replica):
+        return
+    stop_cluster(replica)
+    shutil.rmtree(data.parent, ignore_errors=True)
+    data.parent.mkdir(parents=True)
+    sockdir.mkdir()
+    if running_as_root():
+        for path in (data.parent, sockdir):
+            shutil.chown(path, "postgres", "postgres")
+    _, primary_sock, _ = cluster_dirs(primary)
+    run(as_pg_user([str(pg_bindir() / "pg_basebackup"), "-D", str(data), "-R", "-X", "stream", "-c", "fast",
+                    "-h", str(primary_sock), "-p", str(primary.port), "-U", "postgres"]),
+        what="pg_basebackup of production for its replica")
+    with open(data / "postgresql.conf", "a") as fh:
+        fh.write(f"\n# --- devstack replica ---\nunix_socket_directories = '{sockdir}'\n"
+                 f"cluster_name = '{name}'\nhot_standby = on\n")
+    ensure_port_free(replica.port, f"{primary.env}'s replica", replica.port_variable)
+    run(as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                    "-o", f"-p {replica.port}", "start"]), what=f"starting {primary.env}'s replica (log: {log})")
+    wait_for_streaming(primary, replica, name)
+
+
+def wait_for_streaming(primary: Cluster, replica: Cluster, name: str) -> None:
+    """Until the primary lists the replica as streaming in pg_stat_replication."""
+    psql = [str(pg_bindir() / "psql"), "-X", "-At", "-h", str(cluster_dirs(primary)[1]), "-p", str(primary.port),
+            "-U", "postgres", "-d", "postgres", "-c",
+            f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' "
+            "AND state = 'streaming'"]
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while subprocess.run(psql, capture_output=True, text=True).stdout.strip() != "1":
+        if time.monotonic() > deadline:
+            raise StackError(f"the replica does not stream from {primary.env} after {START_TIMEOUT_S:.0f} s: see "
+                             f"{cluster_dirs(replica)[2]}")
+        time.sleep(0.2)
 
 
 def database_url(cluster: Cluster, password: str) -> str:
@@ -483,6 +541,8 @@ def environment(values: dict[str, str]) -> dict[str, str]:
         "PRODUCTION_DATABASE_URL": production_url,
         "STAGING_ADMIN_URL": admin_url(by_env["staging"]),
         "PRODUCTION_ADMIN_URL": admin_url(by_env["production"]),
+        # Production's replica, when started (make replica-up): read-only, a superuser over its socket.
+        "PRODUCTION_REPLICA_ADMIN_URL": admin_url(replica_cluster()),
         "PG_BINDIR": str(pg_bindir()),
         "S3_ENDPOINT_URL": s3_url,
         "BACKUP_BUCKET": BACKUP_BUCKET,
@@ -575,7 +635,7 @@ def cmd_down() -> None:
     for service in services():
         stop_service(service)
     stop_redis()
-    for cluster in all_clusters():
+    for cluster in [replica_cluster(), *all_clusters()]:
         stop_cluster(cluster)
     leftovers = [f"{name} (pid {pid})" for name, pid in started.items() if pid_alive(pid)]
     if leftovers:
@@ -615,6 +675,10 @@ def cmd_status() -> int:
     rows.append(("redis", f"running (pid {redis_pid})" if redis_pid else
                  "not installed" if optional else "stopped",
                  env["REDIS_URL"] + ("  (only for Celery: devstack/ensure_redis.sh)" if optional else "")))
+    replica = replica_cluster()
+    rows.append(("postgres replica", "running" if pg_running(replica) else "stopped",
+                 f"{env['PRODUCTION_REPLICA_ADMIN_URL']}  (production's streaming replica; on demand: make replica-up)"))
+    optional.add("postgres replica")
     for name, state, url in rows:
         print(f"{name:<20} {state:<20} {mask(url, values)}")
     print(f"{'state':<20} {'':<20} {STATE}  (env file: {STATE / 'env'})")
@@ -624,7 +688,7 @@ def cmd_status() -> int:
 def stack_pids() -> dict[str, int]:
     """The pid of every running process of this stack (postmasters and our two servers)."""
     pids: dict[str, int] = {}
-    for cluster in all_clusters():
+    for cluster in [*all_clusters(), replica_cluster()]:
         data, _, _ = cluster_dirs(cluster)
         pid_file = data / "postmaster.pid"
         if pg_running(cluster) and pid_file.exists():
@@ -646,7 +710,7 @@ def cmd_pids() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "status", "pids", "destroy"])
+    parser.add_argument("command", choices=["up", "down", "status", "pids", "destroy", "replica-up", "replica-down"])
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -655,6 +719,11 @@ def main(argv: list[str] | None = None) -> int:
             cmd_down()
         elif args.command == "destroy":
             cmd_destroy()
+        elif args.command == "replica-up":
+            start_replica()
+            print(f"production's replica streams on port {replica_cluster().port}", file=sys.stderr)
+        elif args.command == "replica-down":
+            stop_cluster(replica_cluster())
         elif args.command == "pids":
             return cmd_pids()
         else:

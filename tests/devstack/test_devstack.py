@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -149,7 +150,9 @@ def pid_alive(pid: int) -> bool:
 def test_private_stack_starts_idempotently_and_stops_leaving_nothing_running(tmp_path: Path) -> None:
     state = tmp_path / "stack"
     ports = {name: free_port() for name in ("STAGING", "PRODUCTION", "AIRFLOW_DB", "S3", "SLACK", "REDIS")}
-    env = {**os.environ, "DEVSTACK_DIR": str(state), **{f"DEVSTACK_{k}_PORT": str(v) for k, v in ports.items()}}
+    replica_port = free_port()
+    env = {**os.environ, "DEVSTACK_DIR": str(state), **{f"DEVSTACK_{k}_PORT": str(v) for k, v in ports.items()},
+           "DEVSTACK_REPLICA_PORT": str(replica_port)}
     if os.geteuid() == 0:
         os.chmod(tmp_path, 0o755)  # the postgres user must reach the cluster directories
 
@@ -168,11 +171,29 @@ def test_private_stack_starts_idempotently_and_stops_leaving_nothing_running(tmp
         again = stack("up")
         assert again.returncode == 0, again.stderr
         assert json.loads(stack("pids").stdout) == pids
+        assert re.search(r"^postgres replica +stopped .*make replica-up", stack("status").stdout, re.M)
+
+        # Production's replica, on demand: listed by status and pids, streaming, read-only.
+        replica = stack("replica-up")
+        assert replica.returncode == 0, replica.stderr
+        assert f"production's replica streams on port {replica_port}" in replica.stderr
+        status = stack("status")
+        assert status.returncode == 0 and re.search(r"^postgres replica +running ", status.stdout, re.M), status.stdout
+        pids = json.loads(stack("pids").stdout)
+        assert set(pids) == {"s3", "slack", "postgres-staging", "postgres-production", "postgres-airflow", "redis",
+                             "postgres-replica"}
+        envfile = dict(line[len("export "):].split("=", 1) for line in (state / "env").read_text().splitlines()
+                       if line.startswith("export "))
+        with psycopg.connect(envfile["PRODUCTION_ADMIN_URL"].strip("'")) as conn:
+            assert conn.execute("SELECT application_name, state FROM pg_stat_replication").fetchall() == [
+                ("production_replica", "streaming")]
+        with psycopg.connect(envfile["PRODUCTION_REPLICA_ADMIN_URL"].strip("'")) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
     finally:
         down = stack("down")
     assert down.returncode == 0, down.stderr
     assert not [name for name, pid in pids.items() if pid_alive(pid)]
-    assert not [name for name, port in ports.items() if port_open(port)]
+    assert not [name for name, port in {**ports, "REPLICA": replica_port}.items() if port_open(port)]
     assert not list(state.glob("*.pid")) and not list(state.glob("redis/*.pid"))
     assert stack("destroy").returncode == 0 and not state.exists()
 
