@@ -17,7 +17,7 @@ works from the release (its short digest and URI are on the approval page, in Sl
 | `approval_needed` | default | approval when deploy.yaml's policy or the trigger form asks for it | |
 | `approve_production` | default | Approve / Reject under "Required actions", showing plan, backup and gate, with an optional Reason field; records approver, time and reason | Reject skips production; the run ends successful (a decision, not a fault) |
 | `wait_for_window` | default | deferred (triggerer, no worker slot) until a maintenance window is open with enough time left: staging's duration × size ratio × safety factor | |
-| `apply_production` | production | online plan, lock retries with a blocker report per retry | resumes after a crash |
+| `apply_production` | production | online plan, lock retries with a blocker report per retry; before each online step the health gate (replica lag, WAL rate, …), deferred while it says wait | resumes after a crash, or at its step after a deferral |
 | `verify_production` | production | the plan's success criteria, each with its evidence: constraints validated, indexes valid and chosen by the planner, exact row counts unchanged, index sizes and query timings against the plan's expectations | |
 | `audit_compose` | default | teardown (always runs): the run's record, computed once | the run's state stays the deployment's |
 | `audit_staging`, `audit_production` | staging, production | teardowns: the record hash-chained into `schema_deploy.audit_events` of each database the run changed, and into production's when the approval decided on it (a rejection is in production's history, saying nothing changed there) | the run's state stays the deployment's |
@@ -56,7 +56,8 @@ from airflow.sdk import Param, dag, task, teardown
 
 from schema_deploy_airflow import task_ids as ids
 from schema_deploy_airflow.defaults import DEFAULT_ARGS
-from schema_deploy_airflow.operators import ProductionApprovalOperator, WaitForWindowOperator
+from schema_deploy_airflow.operators import (ApplyProductionOperator, ProductionApprovalOperator,
+                                              WaitForWindowOperator)
 from schema_deploy_airflow.steps import bundle_param, queue
 from schema_deploy_airflow.timetable import deploy_schedule
 
@@ -165,13 +166,6 @@ def deploy_schema():
 
         return steps.approval_branch(params, str(dag_run.run_type))
 
-    @task(task_id=ids.APPLY_PRODUCTION, queue=queue("production"),
-          doc_md="Apply the release to production, with lock retries and blocker reports.")
-    def apply_production(summary):
-        from schema_deploy_airflow import steps
-
-        return steps.apply_to("production", summary)
-
     @task(task_id=ids.VERIFY_PRODUCTION, queue=queue("production"),
           doc_md="The plan's success criteria on production: checks, row counts, sizes, timings.")
     def verify_production(summary, backup, applied):
@@ -195,9 +189,11 @@ def deploy_schema():
                                    doc_md="Deferred until a maintenance window is open and long enough.")
     requested >> branch >> [approve, window]
     approve >> window
-    applied = apply_production(summary)
+    applied = ApplyProductionOperator(task_id=ids.APPLY_PRODUCTION, preflight=summary, queue=queue("production"),
+                                      doc_md="Apply the release to production, with lock retries and blocker "
+                                             "reports; deferred while the health gate says wait.")
     window >> applied
-    verified = verify_production(summary, backup, applied)
+    verified = verify_production(summary, backup, applied.output)
 
     # The audit record: teardowns, so they run whatever happened, and the run's state stays the deployment's.
     @teardown

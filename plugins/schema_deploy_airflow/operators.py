@@ -1,4 +1,5 @@
-"""Operators of deploy_schema that need more than a @task: the approval and the window wait."""
+"""Operators of deploy_schema that need more than a @task: the approval, the window wait and production's
+apply (which defers while the health gate says wait)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -9,7 +10,7 @@ from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator
 
 from schema_deploy_airflow import task_ids as ids
-from schema_deploy_airflow.steps import deployment, typed
+from schema_deploy_airflow.steps import apply_to, deployment, typed
 
 
 def reason_param():
@@ -185,3 +186,23 @@ class WaitForWindowOperator(BaseOperator):
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+class ApplyProductionOperator(BaseOperator):
+    """Apply the release to production. While the health gate says wait before an online step, the task
+    defers on a DateTimeTrigger (no worker slot held; the triggerer holds no database credentials) and,
+    when it fires, runs again on a worker: the migration resumes at its step (`steps.health_deferral`).
+    `preflight` is preflight's value (an XComArg, resolved when this task renders)."""
+
+    template_fields = ("preflight",)
+
+    def __init__(self, *, preflight: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.preflight = preflight
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        return apply_to("production", self.preflight)
+
+    def execute_complete(self, context: Any, event: Any = None) -> dict[str, Any]:
+        """The trigger fired: check the database's health again, and go on if it allows."""
+        return apply_to("production", self.preflight)

@@ -158,18 +158,22 @@ def thread_of(pre: Any) -> dict[str, Any]:
     return {"thread": getattr(pre, "slack_ts", None), "release": getattr(pre, "release", None)}
 
 
-def deployment(context: dict[str, Any] | None = None, *, store: bool = True, pre: Any = None):
+def deployment(context: dict[str, Any] | None = None, *, store: bool = True, pre: Any = None,
+               health: tuple[Any, float, str] | None = None):
     """The run's Deployment: deploy.yaml, the store behind `backup_s3` (unless `store` is off, for
     steps that write nothing there), Slack threaded under the run's first message (from `pre`, the
-    run's preflight result the task received), the form's params."""
+    run's preflight result the task received), the form's params; `health`: production's health-gate
+    deferral (`health_deferral`)."""
     from schema_deploy.pipeline.target import Deployment, RunParams, Store
 
     context = context if context is not None else current_context()
     cfg, log, thread = settings.load_current(), task_log(), thread_of(pre)
+    defer, waited, reason = health or (None, 0.0, "")
     return Deployment(cfg=cfg, store=Store.from_config(connections.s3_client() if store else None, cfg),
                       run=run_info(context),
                       params=RunParams.from_mapping(dict(context.get("params") or {})),
-                      notify=lambda event, facts, links=None: notify(event, facts, log, links, **thread), log=log)
+                      notify=lambda event, facts, links=None: notify(event, facts, log, links, **thread), log=log,
+                      defer=defer, health_waited_s=waited, health_wait_reason=reason)
 
 
 def worker_place(context: dict[str, Any] | None = None) -> tuple[str, str]:
@@ -295,7 +299,36 @@ def apply_to(env: str, summary: dict[str, Any]) -> dict[str, Any]:
     from schema_deploy.pipeline import PreflightResult, deploy
 
     pre, ctx = PreflightResult.from_xcom(summary), current_context()
-    return deploy.apply(deployment(ctx, pre=pre), target(env, ctx), pre).to_xcom()
+    run = deployment(ctx, pre=pre, health=health_deferral(ctx) if env == "production" else None)
+    return deploy.apply(run, target(env, ctx), pre).to_xcom()
+
+
+HEALTH_WAIT_SINCE = "health_wait_since"  # this task's own progress: when its first health wait began, and why
+
+
+def health_deferral(context: dict[str, Any]) -> tuple[Any, float, str]:
+    """Production's health gate in Airflow: a wait defers the task on a DateTimeTrigger (no worker slot held;
+    the triggerer holds no database credentials) and the task runs again, resuming the migration at its
+    step. When the first wait began, and why, is the task's own progress (its XCom HEALTH_WAIT_SINCE), so
+    max_wait counts every deferral. Returns (the gate's defer hook, seconds waited by earlier deferrals, the
+    first wait's reason)."""
+    from datetime import datetime, timedelta, timezone
+
+    from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+    from airflow.sdk.exceptions import TaskDeferred
+
+    ti, now = context["ti"], datetime.now(timezone.utc)
+    since = ti.xcom_pull(task_ids=ti.task_id, key=HEALTH_WAIT_SINCE, map_indexes=ti.map_index)
+    since = since if isinstance(since, dict) else {}  # none yet (or not this shape): no earlier wait
+
+    def defer(waiting: Any) -> None:
+        if not since:
+            ti.xcom_push(HEALTH_WAIT_SINCE, {"since": now.isoformat(), "reason": waiting.reason})
+        wake = datetime.now(timezone.utc) + timedelta(seconds=waiting.retry_in_s)  # a poll from this check
+        raise TaskDeferred(trigger=DateTimeTrigger(moment=wake), method_name="execute_complete")
+
+    waited = (now - datetime.fromisoformat(since["since"])).total_seconds() if since else 0.0
+    return defer, waited, since.get("reason", "")
 
 
 @fail_fast

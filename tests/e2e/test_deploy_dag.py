@@ -416,3 +416,78 @@ def test_a_task_on_another_environments_worker_fails_at_once_naming_the_queue_it
     assert run.xcom("audit_record")["outcome"] == "failed" and run.xcom("audit_record")["chain"] == {}
     assert not has_audit_table(targets["staging"]) and not has_audit_table(targets["production"])
     assert EPIC5 not in applied(targets["staging"]) and EPIC5 not in applied(targets["production"])
+
+
+def test_a_lagging_replica_defers_apply_production_which_resumes_at_its_step_once_replay_catches_up(
+        tmp_path, migrated_home, stack_env, dag_zygote, seeded) -> None:
+    """Production on a primary of its own with a streaming replica (tests/replica_pair.py) whose replay is
+    paused: apply_production reaches its first online step, the gate says wait, the task defers (no worker
+    slot held) and, once replay resumes, runs again and goes on from that step."""
+    from seed import reset
+    from tests.conftest import drop_database, with_database
+    from tests.replica_pair import replica_pair
+
+    name = f"t_dagh_{os.urandom(4).hex()}"
+    slack = Slack(stack_env)
+    with replica_pair("dag") as pair:
+        staging = with_database(stack_env["STAGING_DATABASE_URL"], name)
+        production = pair.database(name)
+        seeded.reset(staging, seed=9)
+        reset(production, seed=9, log=lambda _: None)  # not `seeded`: its template would outlive this cluster
+        deployer = DagRunner("deploy_schema", tmp_path, migrated_home, {"staging": staging, "production": production},
+                             stack_env, dag_zygote)
+        config = deployer.config(extra="health: {max_replica_lag_mb: 1, poll: 1s, max_wait: 90s}\n")
+        pair.replay(paused=True)
+        pair.fill(mb=3)  # the lag is over 1 MB from the start (the run writes more: backup check, audit)
+        seen: dict[str, object] = {}
+
+        def watch() -> None:
+            """Until Slack hears that a step waits for the database's health, then a few seconds more (the
+            task defers and its trigger fires meanwhile): then replay resumes."""
+            deadline = time.monotonic() + 400
+            while time.monotonic() < deadline:
+                try:
+                    said = [r for r in slack.records() if "waits for the database's health" in (r.get("text") or "")]
+                except Exception as exc:  # noqa: BLE001 - the stand-in may be busy; reported if it never works
+                    seen["error"], said = repr(exc), []
+                if said:
+                    seen["held"] = time.monotonic()
+                    time.sleep(5)
+                    pair.replay(paused=False)
+                    return
+                time.sleep(0.3)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            run = deployer.run({"require_approval": False}, config=config)
+        finally:
+            pair.replay(paused=False)
+            watcher.join(30)
+            drop_database(stack_env["STAGING_DATABASE_URL"], name)
+    assert run.returncode == 0, run.log[-5000:]
+    assert "held" in seen, f"the gate never held a step back while the replica lagged ({seen.get('error')})"
+    first_wait = run.log.index("health gate: ")
+    assert "new_state=deferred" in run.log[first_wait:], "apply_production did not defer while it waited"
+    waits = re.findall(rf"health gate: {EPIC5}: step (\d+)/\d+ \((index build|constraint validation)\): waiting "
+                       r"\(replica health_replica \(local socket, streaming\) replay lag \d+\.\d MB \(over 1\.0 MB", run.log)
+    assert waits and len({step for step, _ in waits}) == 1, waits
+    step = int(waits[0][0])
+    assert f"{EPIC5}: resuming at step {step} of 16 (an earlier run stopped there)" in run.log
+    applied = run.xcom("apply_production")["applied"][0]
+    assert applied["resumed_from_step"] == (step if step > 1 else None)
+    gated = [s for s in applied["steps"] if s["health"]]
+    assert gated and all(s["health"]["wal_bytes"] > 0 for s in gated)
+    # The held step's record: every deferral's wait and its first reason; the steps after it waited for nothing.
+    assert gated[0]["number"] == step and gated[0]["health"]["waited_s"] >= 4
+    assert gated[0]["health"]["wait_reason"].startswith("replica health_replica (local socket, streaming) replay lag ")
+    assert all(s["health"]["waited_s"] == 0 for s in gated[1:])
+    assert len(re.findall(r"healthy after [\d.]+ s; going on", run.log)) == 1
+    record = json.loads(deployer.object(run.xcom("audit_record")["s3"]))["record"]  # the figures, in the audit trail
+    held = [s for s in record["production"]["steps"] if (s.get("health") or {}).get("waited_s")]
+    assert [(s["migration"], s["number"]) for s in held] == [(EPIC5, step)]
+    assert held[0]["health"]["wait_reason"] == gated[0]["health"]["wait_reason"]
+    assert run.state("verify_production") == "success"
+    health = [r for r in slack.records() if "waits for the database's health" in (r.get("text") or "")]
+    assert len(health) == 1, [r.get("text") for r in slack.records()]
+    assert f"step: {EPIC5}: step {step}/16" in health[0]["text"] and "waits at most: 90 s" in health[0]["text"]

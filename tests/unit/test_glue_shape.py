@@ -32,6 +32,7 @@ RUN_READERS = {
     "operators.WaitForWindowOperator.execute_complete": "its own progress across the deferral (self.task_id)",
     "fleet_steps.run_outcomes": "the fleet record: every part's outcomes, failed tasks' included",
     "fleet_steps.windowed_progress": "windowed's own progress across its deferrals",
+    "steps.health_deferral": "apply_production's own progress across its health-gate deferrals (ti.task_id)",
 }
 
 
@@ -99,7 +100,8 @@ def task_bodies() -> dict[str, ast.FunctionDef]:
 
 def test_the_rule_sees_every_dags_tasks_and_the_steps_they_delegate_to() -> None:
     bodies = task_bodies()
-    for expected in ("deploy_schema.apply_production", "steps.apply_to", "steps.verify_production",
+    for expected in ("deploy_schema.apply_staging", "steps.apply_to", "steps.verify_production",
+                     "operators.ApplyProductionOperator.execute", "operators.ApplyProductionOperator.execute_complete",
                      "rollback_schema.safety_backup", "rollback_steps.run_rollback", "deploy_fleet.canary",
                      "operators.ProductionApprovalOperator.execute", "operators.WaitForWindowOperator.execute"):
         assert expected in bodies, expected
