@@ -276,6 +276,8 @@ def test_the_page_names_the_bundle_by_its_declared_name_and_its_normalised_folde
     ("rollback_schema", "running", {"production.approve_rollback": "awaiting_input"}, "awaiting approval",
      "in progress"),
     ("deploy_schema", "running", {"apply_staging": "running"}, "not reached yet", "in progress"),
+    ("deploy_schema", "running", {"approve_production": "success", "apply_production": "deferred"}, "not reached yet",
+     "in progress: production waits for the database's health before an online step"),
     ("deploy_schema", "failed", {"test_gate": "failed", "approve_production": "upstream_failed"},
      "failed at task test_gate", "failed at task test_gate"),
 ])

@@ -196,6 +196,8 @@ def audit_summary(row: chain.AuditRow) -> dict[str, Any]:
 APPROVAL_TASKS = {"deploy_schema": ("approve_production",),
                   "rollback_schema": ("staging.approve_rollback", "production.approve_rollback")}
 LIVE_STATES = ("queued", "running")
+# The task that defers while production's health gate says wait (schema_deploy.health).
+HEALTH_GATED = {"deploy_schema": "apply_production"}
 
 
 def live_summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +213,9 @@ def live_summary(run: dict[str, Any]) -> dict[str, Any]:
         decision = "not reached" if run.get("state") not in LIVE_STATES else "not reached yet"
     outcome = ("in progress" if run.get("state") in LIVE_STATES else
                f"failed at task {failed[0]}" if failed else run.get("state"))
+    if run.get("state") in LIVE_STATES and tasks.get(HEALTH_GATED.get(run.get("dag_id"), "")) == "deferred":
+        # Deferred by the health gate (its reason: the task log and Slack's health_wait message).
+        outcome = "in progress: production waits for the database's health before an online step"
     return {"outcome": outcome, "decision": decision, "failed_at": failed, "targets": {}, "backup": {},
             "verdict": None}
 
