@@ -5,7 +5,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from schema_deploy.bundle.errors import MigrationFileError
-from schema_deploy.cli.common import (bundle_of, connect, database_url, emit, folder_bundle, lint_config,
+from schema_deploy.cli.common import (bundle_of, connect, database_url, deploy_yaml, emit, folder_bundle, lint_config,
                                       load_state, release_and_bundle, say, settings_from)
 from schema_deploy.errors import UsageError
 
@@ -40,7 +40,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         existing, estimates = relation_facts(conn, referenced_relations(files))
         prechecks = run_prechecks(conn, plan, settings_from(args))
     findings = lint_parsed(files, existing_tables=existing, config=config, row_estimates=estimates)
-    health = health_settings(args)
+    health = deploy_yaml(args).health
     data = {**plan.as_dict(), "lint": [f.as_dict() for f in findings],
             "prechecks": [r.as_dict() for r in prechecks], "health": health.__dict__}
     text = render_plan(plan)
@@ -54,17 +54,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         text += f"\n\nin production, the {health.describe()}"
     emit(args, data, text)
     return 0
-
-
-def health_settings(args: argparse.Namespace):
-    """deploy.yaml's `health:` thresholds (found as lint's settings are), or the defaults without a file."""
-    from pathlib import Path
-
-    from schema_deploy.config import settings
-
-    if getattr(args, "config", None):
-        return settings.load(args.config, must_exist=True).health
-    return settings.load(Path("deploy.yaml") if Path("deploy.yaml").is_file() else None).health
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
