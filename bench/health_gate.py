@@ -81,13 +81,6 @@ def replica_url(env: dict[str, str]) -> str:
     return env["PRODUCTION_REPLICA_ADMIN_URL"]
 
 
-def clone(base: str, name: str) -> str:
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {name} TEMPLATE {SOURCE} STRATEGY FILE_COPY")
-    return stall.with_db(base, name)
-
-
 def caught_up(url: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     with psycopg.connect(url, autocommit=True) as conn:
@@ -174,8 +167,8 @@ def main() -> int:
                            max_lock_waiters=1 << 20, poll_s=args.poll)
     gated = HealthSettings(max_replica_lag_bytes=args.lag_mb * MB, max_wal_bytes_per_s=1 << 50,
                            max_transaction_age_s=1e9, poll_s=args.poll, max_wait_s=600)
-    results = [run_variant("a-no-gate", clone(base, "bench_health_a"), never, args, env),
-               run_variant("b-gate", clone(base, "bench_health_b"), gated, args, env)]
+    results = [run_variant("a-no-gate", stall.clone(base, "bench_health_a", "FILE_COPY"), never, args, env),
+               run_variant("b-gate", stall.clone(base, "bench_health_b", "FILE_COPY"), gated, args, env)]
     print(f"\nEpic 5 on production (>= 2,000,000 behavioral_events), replica attached, {args.rate} rows/s written, "
           f"replay paused {args.pause:g} s from step {args.pause_at}; gate: lag < {args.lag_mb} MB, poll {args.poll:g} s")
     for r in results:
@@ -204,9 +197,7 @@ def main() -> int:
               f"under {args.lag_mb} MB   (target <= {limit:.2f} s: one poll)   {'OK' if late <= limit else 'MISSED'}")
     else:
         print("(b) no step had to wait: the pause did not push the lag over the threshold (try a lower --lag-mb)")
-    with psycopg.connect(base, autocommit=True) as admin:
-        for name in ("bench_health_a", "bench_health_b"):
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    stall.drop_databases(base, "bench_health_a", "bench_health_b")
     return 0
 
 

@@ -94,11 +94,18 @@ def build_source(base: str, rebuild: bool) -> str:
     return url
 
 
-def clone(base: str, name: str) -> str:
+def clone(base: str, name: str, strategy: str = "") -> str:
+    """A copy of SOURCE; `strategy` "FILE_COPY" writes almost no WAL (a replica then has little to replay)."""
     with psycopg.connect(base, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {name} TEMPLATE {SOURCE}")
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE {SOURCE}" + (f" STRATEGY {strategy}" if strategy else ""))
     return with_db(base, name)
+
+
+def drop_databases(base: str, *names: str) -> None:
+    with psycopg.connect(base, autocommit=True) as admin:
+        for name in names:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def pg_env(url: str) -> dict[str, str]:
@@ -203,9 +210,7 @@ def main() -> int:
     print(f"\nmax stall ratio (a)/(b): {ratio:.1f}x   (target >= 50x)   {'OK' if ratio >= 50 else 'MISSED'}")
     print(f"(b) max write latency: {b['max'] * 1e3:.1f} ms   (target <= 100 ms)   {'OK' if b['max'] <= 0.1 else 'MISSED'}")
     print(f"wall time ratio (b)/(a): {wall:.2f}x   (target <= 3x)   {'OK' if wall <= 3 else 'MISSED'}")
-    with psycopg.connect(base, autocommit=True) as admin:
-        for name in ("bench_stall_a", "bench_stall_b"):
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_databases(base, "bench_stall_a", "bench_stall_b")
     return 0
 
 
