@@ -161,6 +161,9 @@ def test_private_stack_starts_idempotently_and_stops_leaving_nothing_running(tmp
                               capture_output=True, text=True, timeout=180)
 
     try:
+        early = stack("replica-up")  # nothing to replicate yet
+        assert (early.returncode, early.stderr) == (
+            2, "devstack: production is not running: start the stack first (make stack-up)\n")
         first = stack("up")
         assert first.returncode == 0, first.stderr
         pids = json.loads(stack("pids").stdout)
