@@ -303,27 +303,26 @@ def apply_to(env: str, summary: dict[str, Any]) -> dict[str, Any]:
     return deploy.apply(run, target(env, ctx), pre).to_xcom()
 
 
-HEALTH_WAIT_SINCE = "health_wait_since"  # this task's own progress: when its first health wait began, and why
-
-
 def health_deferral(context: dict[str, Any]) -> tuple[Any, float, str]:
     """Production's health gate in Airflow: a wait defers the task on a DateTimeTrigger (no worker slot held;
     the triggerer holds no database credentials) and the task runs again, resuming the migration at its
-    step. When the first wait began, and why, is the task's own progress (its XCom HEALTH_WAIT_SINCE), so
-    max_wait counts every deferral. Returns (the gate's defer hook, seconds waited by earlier deferrals, the
-    first wait's reason)."""
+    step. When the first wait began, and why, is the task's own progress (its XCom task_ids.HEALTH_WAIT_KEY),
+    so max_wait counts every deferral; the latest wait's reason is there too, for the page. Returns (the
+    gate's defer hook, seconds waited by earlier deferrals, the first wait's reason)."""
     from datetime import datetime, timedelta, timezone
 
     from airflow.providers.standard.triggers.temporal import DateTimeTrigger
     from airflow.sdk.exceptions import TaskDeferred
 
     ti, now = context["ti"], datetime.now(timezone.utc)
-    since = ti.xcom_pull(task_ids=ti.task_id, key=HEALTH_WAIT_SINCE, map_indexes=ti.map_index)
+    since = ti.xcom_pull(task_ids=ti.task_id, key=task_ids.HEALTH_WAIT_KEY, map_indexes=ti.map_index)
     since = since if isinstance(since, dict) else {}  # none yet (or not this shape): no earlier wait
 
     def defer(waiting: Any) -> None:
-        if not since:
-            ti.xcom_push(HEALTH_WAIT_SINCE, {"since": now.isoformat(), "reason": waiting.reason})
+        # The first wait's start and reason stay; the latest reason is what the page shows meanwhile.
+        ti.xcom_push(task_ids.HEALTH_WAIT_KEY, {"since": since.get("since", now.isoformat()),
+                                              "reason": since.get("reason", waiting.reason),
+                                              "latest": waiting.reason})
         wake = datetime.now(timezone.utc) + timedelta(seconds=waiting.retry_in_s)  # a poll from this check
         raise TaskDeferred(trigger=DateTimeTrigger(moment=wake), method_name="execute_complete")
 

@@ -43,6 +43,7 @@ APPROVAL_KEY = "approval"  # the production approval's decision, pushed before a
 APPROVAL_ERROR_KEY = "approval_error"  # an approval that timed out or whose trigger failed
 ANSWER_KEY = "answer"  # the rollback approval's raw answer (RecordedApprovalOperator)
 WINDOW_WAIT_KEY = "window_wait"  # wait_for_window's own progress across its deferral
+HEALTH_WAIT_KEY = "health_wait_since"  # apply_production's health waits: first start and reason, latest reason
 
 # --- rollback_schema: tasks inside each environment's group ("staging.preflight", …) ---
 CHOOSE_ENVIRONMENT = "choose_environment"

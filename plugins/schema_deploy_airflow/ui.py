@@ -118,10 +118,11 @@ def airflow_runs(session, limit: int) -> list[dict[str, Any]]:
              .order_by(DagRun.run_after.desc(), DagRun.id.desc()).limit(limit))
     runs = []
     found = list(session.scalars(query))
-    tasks = task_states(session, found)
+    tasks, waits = task_states(session, found), health_waits(session, found)
     for run in found:
         runs.append({"dag_id": run.dag_id, "run_id": run.run_id, "state": str(run.state) if run.state else None,
                      "tasks": tasks.get((run.dag_id, run.run_id), {}),
+                     "health_wait": waits.get((run.dag_id, run.run_id)),
                      "run_type": str(run.run_type), "triggered_by": getattr(run, "triggering_user_name", None),
                      "start_date": (run.start_date or run.run_after).isoformat() if (run.start_date or run.run_after)
                      else None,
@@ -148,6 +149,29 @@ def task_states(session, runs: list[Any]) -> dict[tuple[str, str], dict[str, str
     for dag_id, run_id, task_id, state in session.execute(query):
         states.setdefault((dag_id, run_id), {})[task_id] = str(state) if state else None
     return states
+
+
+def health_waits(session, runs: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """{(dag id, run id): the health gate's wait, as its gated task keeps it} of `runs` (the page's
+    "waits for the database's health" and why), in one query."""
+    from sqlalchemy import select, tuple_
+
+    from airflow.models.xcom import XComModel
+    from schema_deploy.views.overview import HEALTH_GATED
+    from schema_deploy_airflow.task_ids import HEALTH_WAIT_KEY
+
+    if not runs:
+        return {}
+    query = select(XComModel.dag_id, XComModel.run_id, XComModel.value).where(
+        tuple_(XComModel.dag_id, XComModel.run_id).in_([(r.dag_id, r.run_id) for r in runs]),
+        XComModel.task_id.in_(set(HEALTH_GATED.values())), XComModel.key == HEALTH_WAIT_KEY,
+        XComModel.map_index == -1)
+    waits = {}
+    for row in session.execute(query):
+        value = XComModel.deserialize_value(row)
+        if isinstance(value, dict):
+            waits[(row.dag_id, row.run_id)] = value
+    return waits
 
 
 @app.get("/", response_class=HTMLResponse)

@@ -3,10 +3,13 @@
 The api-server, scheduler, dag-processor and triggerer run on a free port with a
 private AIRFLOW_HOME against two fresh databases; the test drives the REST API the
 way the UI does: trigger with approval, answer the approval, wait for success, then
-read every task's state and log.
+read every task's state and log. Production is a primary with a streaming replica whose
+replay is paused: apply_production defers on the real triggerer until the page has said
+what it waits for, then replay resumes.
 """
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ import pytest
 from schema_deploy.state.ledger import read_rows
 from seed import reset
 from tests.conftest import drop_database, with_database
+from tests.replica_pair import Pair, replica_pair
 from tests.e2e.harness import (airflow_services, events, import_errors, masked, run_path, stack_secrets,
                                task_instances, task_logs, wait_for)
 
@@ -34,17 +38,22 @@ pytestmark = pytest.mark.timeout(1200)
 
 
 @pytest.fixture(scope="module")
-def targets(stack_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """A fresh database on each cluster, at the baseline with the demo data."""
+def pair() -> Iterator[Pair]:
+    with replica_pair("svc") as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def targets(stack_env: dict[str, str], pair: Pair) -> Iterator[dict[str, str]]:
+    """A fresh database on staging's cluster and on the replicated primary, at the baseline with the demo data."""
     name = f"t_svc_{uuid.uuid4().hex[:8]}"
-    urls = {env: with_database(stack_env[f"{env.upper()}_DATABASE_URL"], name) for env in ("staging", "production")}
+    urls = {"staging": with_database(stack_env["STAGING_DATABASE_URL"], name), "production": pair.database(name)}
     try:
         for url in urls.values():
-            reset(url, log=lambda _msg: None)  # creates the database, then baseline + data
+            reset(url, log=lambda _msg: None)  # creates the database if needed, then baseline + data
         yield urls
     finally:
-        for env in ("STAGING", "PRODUCTION"):
-            drop_database(stack_env[f"{env}_DATABASE_URL"], name)
+        drop_database(stack_env["STAGING_DATABASE_URL"], name)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +69,8 @@ def airflow(tmp_path_factory, stack_env: dict[str, str], targets: dict[str, str]
         "    - [python, -m, pytest, tests/gate, -q, -p, no:cacheprovider, -p, no:hypothesispytest, "
         "'--junitxml={junit}']\n"
         "approval: {manual_runs: form, scheduled_runs: required}\n"
-        "windows: [{name: always-open, cron: '* * * * *', duration: 1h, timezone: UTC}]\n")
+        "windows: [{name: always-open, cron: '* * * * *', duration: 1h, timezone: UTC}]\n"
+        "health: {max_replica_lag_mb: 1, poll: 2s, max_wait: 5m}\n")
     with airflow_services(home, config, targets) as services, \
             httpx.Client(base_url=services["url"], timeout=30) as api:
         token = api.post("/auth/token", json={"username": "admin", "password": services["password"]})
@@ -70,8 +80,10 @@ def airflow(tmp_path_factory, stack_env: dict[str, str], targets: dict[str, str]
 
 
 def test_a_run_triggered_and_approved_over_the_api_migrates_production_and_logs_no_secret(
-        airflow: httpx.Client, targets: dict[str, str], stack_env: dict[str, str]) -> None:
+        airflow: httpx.Client, targets: dict[str, str], stack_env: dict[str, str], pair: Pair) -> None:
     api, secrets = airflow, stack_secrets(stack_env)
+    pair.replay(paused=True)
+    pair.fill(mb=3)  # the replica lags over 1 MB until the page has said so
     t0 = time.monotonic()
     wait_for("the dag-processor to parse deploy_schema",
              lambda: True if api.get(f"/api/v2/dags/{DAG}").status_code == 200 else None, 180,
@@ -83,11 +95,15 @@ def test_a_run_triggered_and_approved_over_the_api_migrates_production_and_logs_
 
     asked: list[dict] = []
     parked: list[float] = []
+    held: list[dict] = []  # the page's entry of the run while apply_production deferred on the health gate
 
     def finished():
         state = api.get(run_path(run_id)).json()["state"]
         if state in ("success", "failed"):
             return state
+        if not held and task_instances(api, run_id).get("apply_production", {}).get("state") == "deferred":
+            held.extend(r for r in api.get("/schema-deploy/api/runs").json()["runs"] if r["run_id"] == run_id)
+            pair.replay(paused=False)
         approval = task_instances(api, run_id).get("approve_production", {})
         if approval.get("state") in ("awaiting_input", "deferred") and not parked:
             parked.append(time.monotonic())
@@ -106,7 +122,10 @@ def test_a_run_triggered_and_approved_over_the_api_migrates_production_and_logs_
         states = {t: ti["state"] for t, ti in task_instances(api, run_id).items()}
         return f"\ntask states: {states}\nimport errors: {import_errors(api) or 'none'}"
 
-    state = wait_for(f"run {run_id} to finish", finished, RUN_TIMEOUT_S, every=3, explain=explain)
+    try:
+        state = wait_for(f"run {run_id} to finish", finished, RUN_TIMEOUT_S, every=3, explain=explain)
+    finally:
+        pair.replay(paused=False)
     print(f"run {run_id}: {state} after {time.monotonic() - t0:.1f} s")
     tis = task_instances(api, run_id)
     logs = {task_id: task_logs(api, run_id, ti) for task_id, ti in tis.items()}
@@ -116,6 +135,11 @@ def test_a_run_triggered_and_approved_over_the_api_migrates_production_and_logs_
         + "\n".join(f"--- {t}\n" + "\n".join(events(logs[t][-1])[-40:]) for t in not_ok if logs.get(t)), secrets)
 
     assert asked and "Approve" in asked[0]["options"]
+    assert held, "apply_production never deferred while the replica lagged"
+    summary = held[0]["summary"]  # what the page said while the task waited: that it waits, and why
+    assert summary["outcome"] == "in progress: production waits for the database's health before an online step"
+    assert re.fullmatch(r"waiting for: replica health_replica \(.+, streaming\) replay lag \d+\.\d MB \(over 1\.0 MB.*\) "
+                        r"\(waiting since \d{4}-\d\d-\d\dT[\d:.]+\+00:00\)", summary["waiting"] or ""), summary
     record = api.get(f"{run_path(run_id)}/taskInstances/approve_production/xcomEntries/return_value",
                      params={"deserialize": "true"})
     assert record.status_code == 200, record.text

@@ -288,6 +288,27 @@ def test_a_run_without_a_record_yet_is_summarised_from_airflows_task_states(
     assert (run["summary"]["decision"], run["summary"]["outcome"], run["document"]) == (decision, outcome, None)
 
 
+WAIT = {"since": "2026-12-06T21:50:02+00:00", "reason": "replica r1 (10.0.0.2, streaming) replay lag 3.0 MB (over 1.0 MB)",
+        "latest": "replica r1 (10.0.0.2, streaming) replay lag 1.4 MB (over 1.0 MB)"}
+
+
+@pytest.mark.parametrize(("state", "apply_state", "wait", "waiting"), [
+    ("running", "deferred", WAIT, "waiting for: replica r1 (10.0.0.2, streaming) replay lag 1.4 MB (over 1.0 MB) "
+                                  "(waiting since 2026-12-06T21:50:02+00:00)"),
+    ("running", "deferred", {k: v for k, v in WAIT.items() if k != "latest"},
+     "waiting for: replica r1 (10.0.0.2, streaming) replay lag 3.0 MB (over 1.0 MB) "
+     "(waiting since 2026-12-06T21:50:02+00:00)"),
+    ("running", "deferred", None, "waiting for: see apply_production's log"),
+    ("running", "running", WAIT, None),  # it waited, and goes on: no longer waiting
+    ("failed", "deferred", WAIT, None),  # the run ended (killed): nothing waits
+])
+def test_a_run_held_by_the_health_gate_says_what_it_waits_for(state: str, apply_state: str, wait: dict | None,
+                                                               waiting: str | None) -> None:
+    (run,) = overview.merge_runs([{"dag_id": "deploy_schema", "run_id": "r1", "state": state, "start_date": "2026-12-06",
+                                   "tasks": {"apply_production": apply_state}, "health_wait": wait}], {})
+    assert run["summary"]["waiting"] == waiting
+
+
 def test_an_unreadable_store_is_said_on_the_run_not_raised(stack_env: dict[str, str]) -> None:
     import boto3
     from botocore.config import Config

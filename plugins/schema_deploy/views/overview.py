@@ -201,7 +201,9 @@ HEALTH_GATED = {"deploy_schema": "apply_production"}
 
 
 def live_summary(run: dict[str, Any]) -> dict[str, Any]:
-    """What the page says of a run with no record yet, from Airflow's task states (`run["tasks"]`)."""
+    """What the page says of a run with no record yet, from Airflow's task states (`run["tasks"]`) and,
+    while production's health gate holds it, the gate's wait (`run["health_wait"]`: since, first and
+    latest reason)."""
     tasks = run.get("tasks") or {}
     approvals = [tasks.get(t) for t in APPROVAL_TASKS.get(run.get("dag_id"), ()) if tasks.get(t)]
     failed = [t for t, state in tasks.items() if state == "failed"]
@@ -213,11 +215,17 @@ def live_summary(run: dict[str, Any]) -> dict[str, Any]:
         decision = "not reached" if run.get("state") not in LIVE_STATES else "not reached yet"
     outcome = ("in progress" if run.get("state") in LIVE_STATES else
                f"failed at task {failed[0]}" if failed else run.get("state"))
+    waiting = None
     if run.get("state") in LIVE_STATES and tasks.get(HEALTH_GATED.get(run.get("dag_id"), "")) == "deferred":
-        # Deferred by the health gate (its reason: the task log and Slack's health_wait message).
         outcome = "in progress: production waits for the database's health before an online step"
+        wait = run.get("health_wait") or {}
+        if wait.get("latest") or wait.get("reason"):
+            waiting = f"waiting for: {wait.get('latest') or wait.get('reason')}"
+            waiting += f" (waiting since {wait['since']})" if wait.get("since") else ""
+        else:  # the task deferred but its wait is not (yet) readable: where to find the reason
+            waiting = f"waiting for: see {HEALTH_GATED[run['dag_id']]}'s log"
     return {"outcome": outcome, "decision": decision, "failed_at": failed, "targets": {}, "backup": {},
-            "verdict": None}
+            "verdict": None, "waiting": waiting}
 
 
 def merge_runs(airflow_runs: list[dict[str, Any]], audit_rows: Mapping[str, list[chain.AuditRow]],
