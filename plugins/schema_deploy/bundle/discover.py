@@ -46,6 +46,7 @@ class Migration:
     raw: bytes
     down_path: Path | None = None
     down_raw: bytes | None = None  # read with the migration, so a release can carry it frozen
+    backfill_raw: bytes | None = None  # its backfill.yaml (schema_deploy.backfill), frozen the same way
     problem: MigrationFileError | None = field(default=None, compare=False)  # why it cannot be deployed
 
     @property
@@ -60,6 +61,10 @@ class Migration:
     def sql(self) -> str:
         """The file's text; NotUtf8 (with line and column) when its bytes are not UTF-8."""
         return decode(self.path, self.raw)
+
+    @property
+    def backfill_path(self) -> Path:
+        return self.path.with_name("backfill.yaml")
 
 
 @dataclass(frozen=True)
@@ -181,13 +186,14 @@ def read_prisma_migration(folder: Path, links: Links) -> Migration:
         raise BundleError(sql, "missing",
                           "Every migration folder needs a migration.sql; remove the empty folder "
                           "or add the file.")
-    down = folder / "down.sql"
-    has_down = down.is_file()
+    down, backfill = folder / "down.sql", folder / "backfill.yaml"
+    has_down, has_backfill = down.is_file(), backfill.is_file()
     raw = read_sql_bytes(sql)
     problem = links.outside(folder) or links.outside(sql) or (links.outside(down) if has_down else None) \
-        or content_problem(sql, raw)
+        or (links.outside(backfill) if has_backfill else None) or content_problem(sql, raw)
     return Migration(name=folder.name, path=sql, raw=raw, down_path=down if has_down else None,
-                     down_raw=read_sql_bytes(down) if has_down else None, problem=problem)
+                     down_raw=read_sql_bytes(down) if has_down else None,
+                     backfill_raw=read_sql_bytes(backfill) if has_backfill else None, problem=problem)
 
 
 def read_plain_migration(path: Path, links: Links) -> Migration:

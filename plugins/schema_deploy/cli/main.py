@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from schema_deploy.cli.audit import cmd_audit
+from schema_deploy.cli.backfill import cmd_backfill
 from schema_deploy.cli.backups import cmd_backup, cmd_backups, cmd_restore, cmd_verify_backup
 from schema_deploy.cli.checks import cmd_config, cmd_lint
 from schema_deploy.cli.common import DEFAULT_MIGRATIONS, say
@@ -104,6 +105,14 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--lock-timeout-ms", type=int, help="lock_timeout of the first attempt (default 100)")
     p.add_argument("--lock-retries", type=int, help="retries after a lock timeout (default 10)")
     p.add_argument("--advisory-lock-timeout-s", type=float, help="wait for another migrator (default 60)")
+    p = verb("backfill", cmd_backfill, "run, show, pause, resume or cancel a migration's declared backfill")
+    config_option(p)
+    release_option(p)
+    p.add_argument("action", choices=("run", "status", "pause", "resume", "cancel"))
+    p.add_argument("--name", metavar="MIGRATION", help="the migration whose backfill.yaml it is (default: the only one)")
+    p.add_argument("--health", action="store_true",
+                   help="run: wait between batches while deploy.yaml's health gate says so (as production does)")
+    p.add_argument("--by", metavar="WHO", help="pause/resume/cancel: who asks (default: $USER)")
     p = verb("lint", cmd_lint, "check migrations for locking, rewriting and destructive statements")
     p.add_argument("files", nargs="*", type=Path, metavar="FILE",
                    help="lint just these migration files (what a pre-commit hook passes) instead of --migrations DIR")

@@ -56,6 +56,7 @@ class ReleaseFile:
     encoding: str | None = None  # "base64" when the bytes are not UTF-8
     down_encoding: str | None = None  # the same for down.sql
     problem: dict[str, Any] | None = None  # MigrationFileError fields: code, line, column, problem, fix
+    backfill: str | None = None  # its backfill.yaml's text (UTF-8, checked when read)
 
     @property
     def raw(self) -> bytes:
@@ -77,6 +78,8 @@ class ReleaseFile:
             out["down_encoding"] = self.down_encoding
         if self.problem is not None:
             out["problem"] = self.problem
+        if self.backfill is not None:
+            out["backfill"] = self.backfill
         return out
 
     def migration_problem(self, path: Path) -> MigrationFileError | None:
@@ -126,7 +129,7 @@ class Release:
         migrations = tuple(
             Migration(name=f.name, path=root / f.path, raw=f.raw,
                       down_path=(root / f.path).parent / "down.sql" if f.down_sql is not None else None,
-                      down_raw=f.down_raw,
+                      down_raw=f.down_raw, backfill_raw=f.backfill.encode() if f.backfill is not None else None,
                       problem=f.migration_problem(root / f.path))
             for f in self.files)
         return Bundle(root=root, layout=self.layout, migrations=migrations)
@@ -165,13 +168,25 @@ def freeze(bundle: Bundle, name: str, *, lint: dict[str, Any] | None = None,
             problem = {"code": e.code, "line": e.line, "column": e.column, "problem": e.problem, "fix": e.fix}
         files.append(ReleaseFile(name=m.name, path=str(m.path.relative_to(bundle.root)), sql=text,
                                  checksum=m.checksum, encoding=encoding, problem=problem,
-                                 down_sql=down_text, down_encoding=down_encoding))
+                                 down_sql=down_text, down_encoding=down_encoding,
+                                 backfill=backfill_text(m)))
     if source is None:
         source = source_of(bundle.root)
         if bundle.symlinks:  # allowed by deploy.yaml (allow_symlinks: true): the release says which were followed
             source["symlinks"] = [{"path": path, "target": target} for path, target in bundle.symlinks]
     return Release(bundle=name, source=source, layout=bundle.layout, files=tuple(files),
                    lint=lint or {}, prechecks=tuple(prechecks or ()), plans=plans or {}, verify=verify or {})
+
+
+def backfill_text(m: Migration) -> str | None:
+    """A migration's backfill.yaml as the release carries it: checked first (a release never freezes a
+    backfill that cannot run), as text."""
+    if m.backfill_raw is None:
+        return None
+    from schema_deploy.backfill.spec import load_spec
+
+    load_spec(m.name, m.backfill_path, m.backfill_raw)
+    return m.backfill_raw.decode("utf-8")
 
 
 VERIFY_PATH = re.compile(r"^(explain/)?[A-Za-z0-9][A-Za-z0-9_.-]*\.sql$")
@@ -386,7 +401,8 @@ def load(s3: Any, uri: str) -> Release:
             raise ValueError(f"format {data.get('format')!r}, this version reads format {FORMAT}")
         files = tuple(ReleaseFile(name=m["name"], path=m["path"], sql=m["sql"], checksum=m["checksum"],
                                   down_sql=m.get("down_sql"), encoding=m.get("encoding"),
-                                  down_encoding=m.get("down_encoding"), problem=m.get("problem"))
+                                  down_encoding=m.get("down_encoding"), problem=m.get("problem"),
+                                  backfill=m.get("backfill"))
                       for m in data["migrations"])
         release = Release(bundle=data["bundle"], source=data["source"], layout=data["layout"], files=files,
                           lint=data.get("lint") or {}, prechecks=tuple(data.get("prechecks") or ()),

@@ -1,0 +1,340 @@
+"""Run one backfill: keyset batches, each its own short transaction, paced by a WAL budget, gated on
+the database's health between batches, checkpointed with every batch.
+
+One batch is one statement::
+
+    WITH batch AS MATERIALIZED (SELECT key FROM t WHERE (where) AND key > last ORDER BY key LIMIT n FOR UPDATE),
+         done AS (UPDATE t SET ... FROM batch WHERE t.key = batch.key RETURNING t.key, (where) AS still)
+    SELECT count(*), the batch's last key, count(*) FILTER (WHERE still), a key still selected FROM done
+
+plus the checkpoint's row, in the same transaction (with `SET LOCAL lock_timeout`). A row the `set`
+leaves still selected by `where` (the new values evaluated in RETURNING) would be selected again for
+ever: that batch is rolled back and the run stops, naming the key. Rows locked by the application make
+the batch wait at most `lock_timeout`, then it is retried with half the rows; the application is never
+held longer than that.
+
+Batch size: the smaller of the rows that fit the target batch duration and the rows whose WAL fits the
+budget over that duration, as measured on the previous batch (rows, seconds, LSN difference; the LSN
+difference counts everything the cluster wrote meanwhile, so the budget is an upper bound on ours). A
+batch starts no earlier than its predecessor's start plus its WAL divided by the budget, so the WAL
+written by the backfill averages at most the budget over any stretch of batches.
+
+When the walk reaches the last key, the rows `where` still selects are counted: 0 is done; others (rows
+with smaller keys the application wrote meanwhile, not filled by the expand migration's trigger) get
+another pass from the first key, at most MAX_PASSES in all.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from schema_deploy.backfill import checkpoint
+from schema_deploy.backfill.errors import BackfillBusy, BackfillLocked, BackfillNotConverging, BackfillRefused
+from schema_deploy.backfill.spec import MB, BackfillSpec
+from schema_deploy.pg import db
+
+APPLICATION = "schema-deploy-backfill"
+MAX_PASSES = 3
+LOCK_ATTEMPTS = 10
+LOG_EVERY_S = 10.0
+
+
+@dataclass
+class Progress:
+    """Where a running backfill stands, after each batch (what the log, the page and Slack show)."""
+
+    backfill: str
+    rows_done: int
+    rows_estimated: int | None
+    rows_per_s: float
+    batch_rows: int
+    wal_bytes: int
+    paused_because: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.rows_estimated:
+            return None
+        return min(1.0, self.rows_done / self.rows_estimated)
+
+    @property
+    def eta_s(self) -> float | None:
+        if not self.rows_estimated or self.rows_per_s <= 0:
+            return None
+        return max(0.0, self.rows_estimated - self.rows_done) / self.rows_per_s
+
+    def describe(self) -> str:
+        pct = f" ({self.fraction * 100:.0f} %)" if self.fraction is not None else ""
+        eta = f", ETA {self.eta_s:.0f} s" if self.eta_s is not None else ""
+        paused = f"; paused: {self.paused_because}" if self.paused_because else ""
+        return (f"backfill {self.backfill}: {self.rows_done} of ~{self.rows_estimated} rows{pct}, "
+                f"{self.rows_per_s:.0f} rows/s{eta}, batch {self.batch_rows} rows, "
+                f"WAL {self.wal_bytes / MB:.1f} MB{paused}")
+
+
+@dataclass
+class BackfillResult:
+    """What one run of a backfill did. `state`: done, paused or cancelled (errors raise)."""
+
+    id: str
+    table: str
+    state: str
+    rows_done: int  # in all runs
+    rows_this_run: int = 0
+    batches_this_run: int = 0
+    wal_bytes_this_run: int = 0
+    seconds: float = 0.0
+    resumed_after_key: str | None = None
+    passes: int = 1
+    lock_retries: int = 0
+    pauses: list[dict[str, Any]] = field(default_factory=list)  # the health gate's, this run
+    requested_by: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def describe(self) -> str:
+        resumed = f", resumed after key {self.resumed_after_key}" if self.resumed_after_key else ""
+        paused = f", paused {len(self.pauses)} time(s) for the database's health" if self.pauses else ""
+        by = f" (by {self.requested_by})" if self.requested_by and self.state != "done" else ""
+        return (f"backfill {self.id}: {self.state}{by}: {self.rows_this_run} rows this run in {self.batches_this_run} "
+                f"batches, {self.seconds:.1f} s, WAL {self.wal_bytes_this_run / MB:.1f} MB ({self.rows_done} rows "
+                f"done in all){resumed}{paused}")
+
+
+@dataclass
+class Target:
+    """The table as the database has it: the key's type, checked."""
+
+    key_type: str
+
+
+def check_target(conn: psycopg.Connection, spec: BackfillSpec) -> Target:
+    """The table, its key (NOT NULL, alone in a valid unique index: a keyset walk needs it) and the `set`
+    columns exist; BackfillRefused naming what is missing otherwise."""
+    oid = db.relation_oid(conn, spec.table)
+    if oid is None:
+        raise BackfillRefused(spec.id, f"table {spec.table} does not exist",
+                              "Apply the migration that creates it first, or fix `table` in backfill.yaml.")
+    columns = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                                "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)).fetchall())
+    missing = [c for c in [spec.key, *(c for c, _ in spec.set)] if c not in columns]
+    if missing:
+        raise BackfillRefused(spec.id, f"table {spec.table} has no column {', '.join(missing)}",
+                              "Apply the migration that adds it first (the expand migration), or fix backfill.yaml.")
+    unique = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1 "
+        "AND i.indpred IS NULL AND a.attname = %s AND a.attnotnull)", (oid, spec.key)).fetchone()[0]
+    if not unique:
+        raise BackfillRefused(spec.id, f"key {spec.key} of {spec.table} is not a NOT NULL column with a unique "
+                              "index of its own, so batches cannot walk it in order",
+                              "Use the table's primary key (or another unique NOT NULL column) as `key`.")
+    return Target(key_type=columns[spec.key])
+
+
+def batch_query(spec: BackfillSpec, target: Target, first: bool) -> sql.Composed:
+    table, key = db.ident(spec.table), sql.Identifier(spec.key)
+
+    def raw(expression: str) -> sql.SQL:
+        return sql.SQL(expression.replace("%", "%%"))  # the query has parameters: a literal % stays one
+
+    where = raw(spec.where)
+    after = sql.SQL("") if first else sql.SQL(" AND {} > CAST(%(last)s AS {})").format(key, sql.SQL(target.key_type))
+    sets = sql.SQL(", ").join(sql.SQL("{} = ({})").format(sql.Identifier(c), raw(e)) for c, e in spec.set)
+    return sql.SQL(
+        "WITH batch AS MATERIALIZED (SELECT {key} AS schema_deploy_key FROM {table} WHERE ({where}){after} "
+        "ORDER BY {key} LIMIT %(rows)s FOR UPDATE), "
+        "done AS (UPDATE {table} SET {sets} FROM batch WHERE {table}.{key} = batch.schema_deploy_key "
+        "RETURNING {table}.{key} AS schema_deploy_key, ({where}) AS schema_deploy_still) "
+        "SELECT count(*), (SELECT schema_deploy_key::text FROM batch ORDER BY schema_deploy_key DESC LIMIT 1), "
+        "count(*) FILTER (WHERE schema_deploy_still), "
+        "(array_agg(schema_deploy_key::text) FILTER (WHERE schema_deploy_still))[1] FROM done"
+    ).format(key=key, table=table, where=where, after=after, sets=sets)
+
+
+def count_left(conn: psycopg.Connection, spec: BackfillSpec) -> int:
+    query = sql.SQL("SELECT count(*) FROM {} WHERE ({})").format(db.ident(spec.table), sql.SQL(spec.where))
+    return int(conn.execute(query).fetchone()[0])
+
+
+def wal_lsn(conn: psycopg.Connection) -> int:
+    return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint").fetchone()[0])
+
+
+@dataclass
+class Runner:
+    """One run of `spec` on `url`. `gate`: production's HealthGate (None: not gated); `on_progress`: told
+    after every batch (the caller decides what to say where); `release`: the release's digest, kept on
+    the checkpoint."""
+
+    url: str
+    spec: BackfillSpec
+    release: str | None = None
+    gate: Any = None
+    log: Callable[[str], None] = lambda _m: None
+    on_progress: Callable[[Progress], None] | None = None
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+    def run(self) -> BackfillResult:
+        spec = self.spec
+        with db.connect(self.url, application_name=APPLICATION) as conn:
+            target = check_target(conn, spec)
+            key = checkpoint.lock_key(spec.id)
+            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+                raise BackfillBusy(spec.id, db.describe_sessions(checkpoint.runners(conn, spec.id)) or "a session "
+                                   "that ended meanwhile")
+            try:
+                return self._run(conn, target)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def _run(self, conn: psycopg.Connection, target: Target) -> BackfillResult:
+        spec, started = self.spec, self.clock()
+        (existing,) = checkpoint.read(conn, spec.id) or [None]
+        if existing is not None and existing.digest == spec.digest:
+            if existing.state in ("paused", "cancelled"):
+                by = f" by {existing.requested_by}" if existing.requested_by else ""
+                raise BackfillRefused(spec.id, f"it is {existing.state}{by} at {existing.rows_done} rows",
+                                      f"Resume it first: python -m schema_deploy backfill resume --name {spec.id}.")
+            if existing.state == "done" and count_left(conn, spec) == 0:
+                self.log(f"backfill {spec.id}: already done ({existing.rows_done} rows); nothing to do")
+                return BackfillResult(spec.id, spec.table, "done", existing.rows_done)
+        estimated = count_left(conn, spec)
+        point = checkpoint.start(conn, spec.id, spec.digest, self.release, spec.table, estimated)
+        result = BackfillResult(spec.id, spec.table, "running", point.rows_done, resumed_after_key=point.last_key)
+        self.log(f"{spec.describe()}: {estimated} rows to do"
+                 + (f"; resuming after key {point.last_key} ({point.rows_done} rows done)" if point.last_key else ""))
+        try:
+            self._batches(conn, target, point.last_key, estimated + point.rows_done, result)
+        except BaseException as exc:
+            if not isinstance(exc, psycopg.OperationalError) or not conn.closed:
+                checkpoint.finish(conn, spec.id, "failed" if not is_waiting(exc) else "running", str(exc)[:2000])
+            raise
+        finally:
+            result.seconds = self.clock() - started
+        return result
+
+    def _batches(self, conn: psycopg.Connection, target: Target, last: str | None, estimated: int,
+                 result: BackfillResult) -> None:
+        spec, rows, not_before, run_began = self.spec, self.spec.first_rows, 0.0, self.clock()
+        queries = {True: batch_query(spec, target, True), False: batch_query(spec, target, False)}
+        logged, locked, pid = self.clock(), 0, conn.info.backend_pid
+        milestones = {0.25, 0.5, 0.75}
+        while True:
+            self._healthy(conn, pid, result)
+            if (wait := not_before - self.clock()) > 0:
+                self.sleep(wait)
+            began, before = self.clock(), wal_lsn(conn)
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{spec.lock_timeout_ms}ms")))
+                    conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(
+                        sql.Literal(f"{max(60_000, int(spec.target_s * 20_000))}ms")))
+                    done, batch_last, still, still_key = conn.execute(
+                        queries[last is None], {"rows": rows, "last": last}).fetchone()
+                    if still:
+                        raise BackfillNotConverging(
+                            spec.id, f"after its `set`, {still} row(s) of this batch still match `where` ({spec.where}),"
+                            f" e.g. {spec.key} = {still_key}: they would be selected again for ever", result.rows_done)
+                    requested = by = None
+                    if done:
+                        requested, by = checkpoint.batch_done(conn, spec.id, batch_last, done, 0)
+            except psycopg.errors.LockNotAvailable:
+                locked += 1
+                result.lock_retries += 1
+                if locked >= LOCK_ATTEMPTS:
+                    raise BackfillLocked(spec.id, last or "(first)", locked, spec.lock_timeout_ms,
+                                         result.rows_done) from None
+                rows = max(spec.min_rows, rows // 2)
+                self.log(f"backfill {spec.id}: rows after key {last or '(first)'} are locked by another session "
+                         f"(lock_timeout {spec.lock_timeout_ms} ms); retrying with {rows} rows")
+                self.sleep(min(0.1 * 2 ** locked, 5.0))
+                continue
+            locked = 0
+            took, wal = self.clock() - began, max(0, wal_lsn(conn) - before)
+            if not done:
+                left = count_left(conn, spec)
+                if left == 0:
+                    checkpoint.finish(conn, spec.id, "done")
+                    result.state = "done"
+                    self.log(result.describe())
+                    return
+                if result.passes >= MAX_PASSES:
+                    raise BackfillNotConverging(
+                        spec.id, f"{left} row(s) still match `where` after {result.passes} passes over every key: rows "
+                        "keep appearing that need it (the application writes them meanwhile)", result.rows_done)
+                result.passes += 1
+                self.log(f"backfill {spec.id}: {left} row(s) written meanwhile still match `where`; pass "
+                         f"{result.passes} from the first key")
+                checkpoint.restart_pass(conn, spec.id)
+                last = None
+                continue
+            conn.execute(f"UPDATE {checkpoint.TABLE} SET wal_bytes = wal_bytes + %s WHERE id = %s", (wal, spec.id))
+            last = batch_last
+            result.rows_done += done
+            result.rows_this_run += done
+            result.batches_this_run += 1
+            result.wal_bytes_this_run += wal
+            not_before = began + wal / spec.wal_budget_bytes_per_s
+            rows = next_rows(spec, rows, done, took, wal)
+            rate = result.rows_this_run / max(self.clock() - run_began, 1e-3)
+            progress = Progress(spec.id, result.rows_done, estimated, rate, rows, result.wal_bytes_this_run)
+            if self.on_progress is not None:
+                self.on_progress(progress)
+            passed = {m for m in milestones if (progress.fraction or 0) >= m}
+            if passed or self.clock() - logged >= LOG_EVERY_S:
+                milestones -= passed
+                logged = self.clock()
+                self.log(progress.describe())
+            if requested:
+                state = "paused" if requested == "pause" else "cancelled"
+                checkpoint.finish(conn, spec.id, state, f"{state} by {by or 'an operator'} after key {last}")
+                result.state, result.requested_by = state, by
+                self.log(result.describe())
+                return
+
+    def _healthy(self, conn: psycopg.Connection, pid: int, result: BackfillResult) -> None:
+        """Between batches: wait (or defer) while the health gate says so, recording the pause."""
+        if self.gate is None:
+            return
+        decision = self.gate.check([self.spec.table], pid)
+        if decision.go:
+            return
+        reason, since, began = decision.reason(), datetime.now(timezone.utc), self.clock()
+        self.log(f"backfill {self.spec.id}: paused for the database's health: {reason}")
+        checkpoint.add_pause(conn, self.spec.id, {"reason": reason, "since": since.isoformat()})
+        health = self.gate.wait(f"backfill {self.spec.id}", [self.spec.table], pid)
+        pause = {"reason": reason, "since": since.isoformat(), "seconds": round(self.clock() - began, 1),
+                 "waited_s": round(health.waited_s, 1)}
+        result.pauses.append(pause)
+        self.log(f"backfill {self.spec.id}: healthy again after {pause['seconds']} s; going on")
+
+
+def is_waiting(exc: BaseException) -> bool:
+    from schema_deploy.health.errors import HealthGateWaiting
+
+    return isinstance(exc, HealthGateWaiting)
+
+
+def next_rows(spec: BackfillSpec, asked: int, done: int, took_s: float, wal: int) -> int:
+    """The next batch's rows: what fits the target duration and what the WAL budget lets one batch of that
+    duration write, from this batch's measures; at most twice this batch, within [min_rows, max_rows]."""
+    if done <= 0:
+        return asked
+    fits_time = spec.target_s / max(took_s / done, 1e-6)
+    per_row_wal = wal / done
+    fits_wal = spec.wal_budget_bytes_per_s * spec.target_s / per_row_wal if per_row_wal > 0 else float("inf")
+    return int(max(spec.min_rows, min(spec.max_rows, fits_time, fits_wal, 2 * max(asked, done))))
+
+
+def run_backfill(url: str, spec: BackfillSpec, **options: Any) -> BackfillResult:
+    """`Runner(url, spec, **options).run()`."""
+    return Runner(url, spec, **options).run()
