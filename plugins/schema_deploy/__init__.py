@@ -10,6 +10,7 @@ runtime imports and fails on an upward import or a cycle::
     retrying   the one retry helper for transient I/O (tenacity), each call site's policy as data
     pg         PostgreSQL sessions, identifiers, client tools, fingerprints, lock-retry timing
     health     the health gate before online steps: replica lag, WAL rate, autovacuum, lock waiters, xmin
+    backfill   declared data changes (backfill.yaml): checkpointed keyset batches, contract checks
     bundle     a migrations folder: discovery, checksums, parsing, Prisma's splitter, blocks
     lint       static checks of migration files: engine, its config, registry, rules by family
     state      what a database has run: Prisma's `_prisma_migrations` ledger, per-migration status

@@ -23,7 +23,7 @@ import pytest
 
 from schema_deploy.backfill import checkpoint
 from schema_deploy.backfill.engine import APPLICATION, Runner
-from schema_deploy.backfill.errors import BackfillNotConverging, BackfillRefused
+from schema_deploy.backfill.errors import BackfillBusy, BackfillLocked, BackfillNotConverging, BackfillRefused
 from schema_deploy.backfill.spec import load_spec
 from schema_deploy.config.health import MB, HealthSettings
 from schema_deploy.health.gate import HealthGate
@@ -104,18 +104,19 @@ def test_a_backfill_walks_a_text_key_and_updates_every_row_exactly_once(events: 
 
 KILLER = """
 import sys
+import time
 from pathlib import Path
 from schema_deploy.backfill.engine import Runner
 from schema_deploy.backfill.spec import load_spec
 path = Path(sys.argv[2])
-Runner(sys.argv[1], load_spec(path.parent.name, path, path.read_bytes())).run()
+Runner(sys.argv[1], load_spec(path.parent.name, path, path.read_bytes()), on_progress=lambda p: time.sleep(0.02)).run()
 """
 
 
 def test_a_kill_at_a_random_batch_resumes_at_the_checkpoint_with_no_row_updated_twice(events: str,
                                                                                       tmp_path: Path) -> None:
-    # 100-row batches paced by a small WAL budget: about 200 batches over several seconds.
-    spec = spec_of(tmp_path, min_rows=100, max_rows=100, first_rows=100, target_ms=20, wal=0.5)
+    # 200 batches of 100 rows, 20 ms apart (the killed process sleeps in on_progress): several seconds.
+    spec = spec_of(tmp_path, min_rows=100, max_rows=100, first_rows=100, target_ms=20)
     stop_at = random.Random(os.getpid()).randrange(2_000, 15_000)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
     proc = subprocess.Popen([sys.executable, "-c", KILLER, events, str(spec.path)], env=env, stderr=subprocess.PIPE)
@@ -195,9 +196,10 @@ def test_rows_the_application_holds_make_the_batch_retry_without_holding_the_app
 
 def test_an_operator_pauses_a_running_backfill_which_then_refuses_to_run_until_resumed(events: str,
                                                                                         tmp_path: Path) -> None:
-    spec = spec_of(tmp_path, min_rows=100, max_rows=100, first_rows=100, wal=0.2)  # paced: ~15 s in all
+    spec = spec_of(tmp_path, min_rows=100, max_rows=100, first_rows=100)
     outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=Runner(events, spec).run()))
+    slow = Runner(events, spec, on_progress=lambda p: time.sleep(0.1))  # 200 batches, over 20 s in all
+    runner = threading.Thread(target=lambda: outcome.update(result=slow.run()))
     runner.start()
     deadline = time.monotonic() + 30
     while not (scalar(events, "SELECT to_regclass('schema_deploy.backfills') IS NOT NULL")
@@ -290,3 +292,71 @@ def test_the_cli_runs_a_bundles_backfill_only_once_its_migration_is_applied(fres
     never = run_cli("backfill", "pause", "--name", "20261201000000_nope", "--db", fresh_db)
     assert never.returncode == 2 and never.stderr.strip() == (
         "error: backfill 20261201000000_nope: no checkpoint on this database (it has not run here).")
+
+
+def test_a_second_runner_is_refused_naming_the_session_that_runs_it(events: str, tmp_path: Path) -> None:
+    spec = spec_of(tmp_path)
+    with psycopg.connect(events, autocommit=True, application_name="other-runner") as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (checkpoint.lock_key(spec.id),))
+        with pytest.raises(BackfillBusy) as err:
+            Runner(events, spec).run()
+    assert re.fullmatch(
+        rf"backfill {spec.id}: another session runs it now \(pid \d+ \(application 'other-runner', client [^,]+, user "
+        r"migrator, state idle\)\)\. Nothing was changed\. Wait for it to end, or pause it: python -m "
+        rf"schema_deploy backfill pause --name {spec.id}\.", str(err.value)), str(err.value)
+    assert counts(events)[0] == ROWS
+
+
+def test_rows_held_through_every_attempt_stop_the_backfill_with_its_progress_kept(events: str, tmp_path: Path) -> None:
+    spec = spec_of(tmp_path, lock_timeout_ms=50, min_rows=200, max_rows=200, first_rows=200)
+    with psycopg.connect(events) as app:
+        app.execute("SELECT 1 FROM events WHERE id = (SELECT id FROM events ORDER BY id LIMIT 1 OFFSET 500) FOR UPDATE")
+        with pytest.raises(BackfillLocked) as err:
+            Runner(events, spec, sleep=lambda s: None).run()
+    done = point(events, spec.id)
+    assert (done.state, done.rows_done) == ("failed", 400)  # two batches of 200 before the held row
+    assert str(err.value) == (
+        f"backfill {spec.id}: the batch after key {done.last_key} waited for rows other sessions hold locked 10 times "
+        "(lock_timeout 50 ms each, the batch halved each time); 400 rows are done and checkpointed. Run it again later "
+        "(it resumes there), or find the long transaction holding the rows (pg_stat_activity, pg_locks).")
+    assert Runner(events, spec, sleep=lambda s: None).run().rows_this_run == ROWS - 400  # released: it resumes
+    assert counts(events) == (0, 0, 0)
+
+
+def test_a_migration_after_a_backfill_is_refused_until_its_rows_are_done(fresh_db: str, tmp_path: Path) -> None:
+    expand, contract = "20261201000100_event_day", "20261201000200_event_day_not_null"
+    root = tmp_path / "migrations"
+    (root / expand).mkdir(parents=True)
+    (root / expand / "migration.sql").write_text(TABLE)
+    (root / expand / "backfill.yaml").write_text(SPEC.format(target_ms=50, min_rows=200, max_rows=5000,
+                                                             first_rows=1000, lock_timeout_ms=200, wal=64))
+    (root / contract).mkdir()
+    (root / contract / "migration.sql").write_text("ALTER TABLE events ALTER COLUMN day SET NOT NULL;\n")
+    bundle = ["--migrations", str(root), "--db", fresh_db]
+    refused = run_cli("apply", *bundle)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: migration {contract} ({root / contract / 'migration.sql'}): refused: it comes after backfill {expand}, "
+        f"and {ROWS} row(s) of events still match that backfill's `where` (day IS NULL). Nothing of {contract} was "
+        f"changed; applied before it in this run, and complete: {expand}. Run the backfill first (python -m "
+        f"schema_deploy backfill run --name {expand}; in Airflow, the deployment's backfill task does), then apply "
+        "again.")
+    assert scalar(fresh_db, "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'events'::regclass "
+                            "AND attname = 'day'") is False
+    assert run_cli("backfill", "run", *bundle).returncode == 0
+    applied = run_cli("apply", *bundle)
+    assert applied.returncode == 0, applied.stderr
+    assert scalar(fresh_db, "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'events'::regclass "
+                            "AND attname = 'day'") is True
+
+
+def test_on_an_empty_table_expand_and_contract_apply_in_one_run(fresh_db: str, tmp_path: Path) -> None:
+    root = tmp_path / "migrations"
+    (root / "20261201000100_t").mkdir(parents=True)
+    (root / "20261201000100_t" / "migration.sql").write_text("CREATE TABLE t (id int PRIMARY KEY, a int);\n")
+    (root / "20261201000100_t" / "backfill.yaml").write_text("table: t\nkey: id\nset: {a: '1'}\nwhere: a IS NULL\n")
+    (root / "20261201000200_t_not_null").mkdir()
+    (root / "20261201000200_t_not_null" / "migration.sql").write_text("ALTER TABLE t ALTER COLUMN a SET NOT NULL;\n")
+    done = run_cli("apply", "--migrations", str(root), "--db", fresh_db)
+    assert done.returncode == 0, done.stderr
+    assert scalar(fresh_db, "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL") == 2

@@ -179,6 +179,18 @@ def test_each_message_no_other_test_pins_reads_in_full(name: str, build: Callabl
 # --- pins elsewhere: class name -> the test that pins its message ---------------------------------
 
 PINNED_ELSEWHERE: dict[str, str] = {
+    # backfill
+    "BackfillSpecError": "tests/unit/test_backfill_spec.py::"
+                         "test_a_backfill_that_cannot_run_as_written_is_refused_naming_the_file_and_the_fix",
+    "BackfillRefused": "tests/integration/test_backfill.py::"
+                       "test_an_operator_pauses_a_running_backfill_which_then_refuses_to_run_until_resumed",
+    "BackfillBusy": "tests/integration/test_backfill.py::test_a_second_runner_is_refused_naming_the_session_that_runs_it",
+    "BackfillNotConverging": "tests/integration/test_backfill.py::"
+                             "test_a_set_that_leaves_rows_selected_stops_naming_a_key_and_keeps_nothing_of_that_batch",
+    "BackfillLocked": "tests/integration/test_backfill.py::"
+                      "test_rows_held_through_every_attempt_stop_the_backfill_with_its_progress_kept",
+    "ContractRefused": "tests/integration/test_backfill.py::"
+                       "test_a_migration_after_a_backfill_is_refused_until_its_rows_are_done",
     # health
     "HealthGateRefused": "tests/integration/test_health_gate.py::"
                          "test_a_role_without_pg_read_all_stats_is_refused_naming_the_grant_with_nothing_changed",

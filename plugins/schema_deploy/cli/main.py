@@ -29,7 +29,7 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
 
 
 class _Unbuilt:
-    """Stands in for the parser of a verb not being run: building all fourteen costs a `lint` call (a
+    """Stands in for the parser of a verb not being run: building all of them costs a `lint` call (a
     pre-commit hook's) about 10 ms, so `main` builds only the one named."""
 
     def add_argument(self, *args: object, **kwargs: object) -> None:
@@ -194,7 +194,7 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 VERBS = ("status", "plan", "apply", "verify", "resolve", "rollback", "lint", "backup", "verify-backup", "restore",
-         "backups", "release", "deploy", "audit", "config")
+         "backups", "release", "deploy", "audit", "config", "backfill")
 
 
 def main(argv: list[str] | None = None) -> int:

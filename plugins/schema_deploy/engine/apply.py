@@ -25,6 +25,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from schema_deploy.backfill.contract import require_done as require_backfills_done
 from schema_deploy.bundle.discover import Bundle
 from schema_deploy.bundle.parse import LOCK_MODES, relname
 from schema_deploy.engine.errors import LockRetriesExhausted, MigrationFailed
@@ -126,7 +127,11 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
         mark_deferred_checks(plan)
         if not plan.migrations:
             log("nothing to apply: every migration is applied")
-        results = [run_migration(conn, url, mp, settings, log, health) for mp in plan.migrations]
+        results: list[MigrationResult] = []
+        for mp in plan.migrations:
+            # A migration after a declared backfill is its contract: it needs the backfill done.
+            require_backfills_done(conn, bundle.migrations, mp.migration, [r.name for r in results], log)
+            results.append(run_migration(conn, url, mp, settings, log, health))
     return ApplyResult(applied=results, status_before=status)
 
 

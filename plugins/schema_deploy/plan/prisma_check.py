@@ -102,7 +102,7 @@ def schema_differences(schema_path: Path, migrations_dir: Path, shadow_url: str,
             args += ["--shadow-database-url", scratch]
         env = prisma_env({"DATABASE_URL": scratch, "SHADOW_DATABASE_URL": scratch,
                           "MIGRATIONS_DIR": str(migrations_dir.resolve()), "PRISMA_SCHEMA": str(schema_path.resolve())})
-        log(f"prisma migrate diff: {migrations_dir} against {schema_path}")
+        log(f"prisma migrate diff: {migrations_dir} against {schema_path} (scratch database {name}, dropped after)")
         proc = subprocess.run([*cli.argv, *args], cwd=cli.cwd, env=env, capture_output=True, text=True,
                               timeout=DIFF_TIMEOUT_S)
     finally:
