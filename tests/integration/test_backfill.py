@@ -360,3 +360,37 @@ def test_on_an_empty_table_expand_and_contract_apply_in_one_run(fresh_db: str, t
     done = run_cli("apply", "--migrations", str(root), "--db", fresh_db)
     assert done.returncode == 0, done.stderr
     assert scalar(fresh_db, "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL") == 2
+
+
+def test_plan_shows_expand_backfill_and_contract_with_the_rows_to_do_and_a_time_at_the_budget(
+        fresh_db: str, tmp_path: Path) -> None:
+    expand, contract = "20261201000100_event_day", "20261201000200_event_day_not_null"
+    root = tmp_path / "migrations"
+    (root / expand).mkdir(parents=True)
+    (root / expand / "migration.sql").write_text(TABLE)
+    (root / expand / "backfill.yaml").write_text(SPEC.format(target_ms=50, min_rows=200, max_rows=5000,
+                                                             first_rows=1000, lock_timeout_ms=200, wal=16))
+    (root / contract).mkdir()
+    (root / contract / "migration.sql").write_text("ALTER TABLE events ALTER COLUMN day SET NOT NULL;\n")
+    bundle = ["--migrations", str(root), "--db", fresh_db]
+    before = run_cli("plan", *bundle)
+    assert before.returncode == 0, before.stderr
+    assert ("phases (a migration after a backfill is applied only once the backfill is done):\n"
+            f"   expand    {expand}\n   backfill  {expand} on events: events does not exist yet\n"
+            f"   contract  {contract}") in before.stdout
+    assert run_cli("apply", "--to", expand, *bundle).returncode == 0
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("ANALYZE events")
+    after = run_cli("plan", "--json", *bundle)
+    phases = json.loads(after.stdout)["phases"]
+    assert [p["phase"] for p in phases] == ["expand", "backfill", "contract"]
+    assert phases[0]["migrations"] == [] and phases[2]["migrations"] == [contract]
+    backfill = phases[1]
+    assert (backfill["backfill"], backfill["rows"], backfill["rows_known"]) == (expand, ROWS, True)
+    assert backfill["bytes_per_row"] > 50
+    assert abs(backfill["eta_s"] - ROWS * backfill["bytes_per_row"] / (16 * MB)) <= 0.1
+    text = run_cli("plan", *bundle).stdout
+    assert re.search(rf"   backfill  {expand} on events: {ROWS} rows to do, about \d+ s at 16 MB/s of WAL or longer "
+                     r"\(full-page writes come on top\)\n   contract  " + contract, text), text
+    assert run_cli("backfill", "run", *bundle).returncode == 0
+    assert "phases" not in run_cli("plan", *bundle).stdout  # done: no backfill bears on what is pending

@@ -60,14 +60,38 @@ def test_a_backfill_that_cannot_run_as_written_is_refused_naming_the_file_and_th
     assert str(err.value) == f"{tmp_path / '20261201000100_x' / 'backfill.yaml'}: {message}"
 
 
-def test_the_next_batch_fits_the_target_duration_and_the_wal_budget(tmp_path: Path) -> None:
+def test_the_next_batch_fits_the_target_duration_and_a_tenth_of_a_second_of_the_wal_budget(tmp_path: Path) -> None:
     spec, _ = read(tmp_path, GOOD)  # 0.5 s per batch, 16 MB/s, 100 to 50,000 rows
-    assert next_rows(spec, 1000, 1000, 0.25, 1000 * 100) == 2000  # twice as fast as the target: at most doubles
-    assert next_rows(spec, 1000, 1000, 1.0, 1000 * 100) == 500  # twice as slow: half
-    assert next_rows(spec, 2000, 2000, 0.1, 2000 * 4096) == 2048  # 4 kB a row: 8 MB (0.5 s of budget) is 2048 rows
-    assert next_rows(spec, 100, 100, 5.0, 100) == 100  # never under min_rows
-    assert next_rows(spec, 40_000, 40_000, 0.01, 40_000) == 50_000  # nor over max_rows
+    assert next_rows(spec, 1000, 1000, 0.25, 100) == 2000  # twice as fast as the target: at most doubles
+    assert next_rows(spec, 1000, 1000, 1.0, 100) == 500  # twice as slow: half
+    assert next_rows(spec, 2000, 2000, 0.1, 1024) == 1638  # 1 kB a row: 1.6 MB (0.1 s of budget) is 1638 rows
+    assert next_rows(spec, 100, 100, 5.0, 1) == 100  # never under min_rows
+    assert next_rows(spec, 40_000, 40_000, 0.01, 1) == 50_000  # nor over max_rows
     assert next_rows(spec, 1000, 0, 0.01, 0) == 1000  # nothing done: no measure, same size
+
+
+def test_the_pacer_keeps_any_second_of_wal_within_the_budget_with_room_for_a_mis_estimate() -> None:
+    from schema_deploy.backfill.engine import Pacer
+
+    now, slept = [0.0], []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    pace = Pacer(1000, lambda: now[0], sleep)
+    pace.wait_for_room(10)  # nothing written yet: no wait
+    pace.wrote(10, 400)  # 40 bytes a row
+    assert pace.per_row() == 40 and slept == []
+    pace.wait_for_room(10)  # 400 + 400 <= 850: at once
+    pace.wrote(10, 400)
+    pace.wait_for_room(10)  # 800 + 400 > 850: until the first batch is a second old
+    assert slept == [1.0] and now[0] == 1.0
+    pace.wrote(10, 1200)  # a batch after a checkpoint: 120 bytes a row, and the estimate follows it
+    assert pace.per_row() == 120
+    for _ in range(25):
+        pace.wrote(10, 400)
+    assert pace.per_row() == 40  # twenty batches later, forgotten
 
 
 def test_a_release_freezes_a_migrations_backfill_and_gives_it_back(tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ ever: that batch is rolled back and the run stops, naming the key. Rows locked b
 the batch wait at most `lock_timeout`, then it is retried with half the rows; the application is never
 held longer than that.
 
-Batch size: the smaller of the rows that fit the target batch duration and the rows whose WAL fits the
-budget over that duration, as measured on the previous batch (rows, seconds, LSN difference; the LSN
-difference counts everything the cluster wrote meanwhile, so the budget is an upper bound on ours). A
-batch starts no earlier than its predecessor's start plus its WAL divided by the budget, so the WAL
-written by the backfill averages at most the budget over any stretch of batches.
+Batch size: the smaller of the rows that fit the target batch duration and the rows whose WAL fits a tenth
+of a second of the budget, as measured on the previous batches (rows, seconds, LSN difference; the LSN
+difference counts everything the cluster wrote meanwhile, so the budget bounds ours from above). Before
+each batch, `Pacer` waits until the WAL of the batches that ended in the last second plus the batch's
+expected WAL fits 85 % of the budget: the WAL rate stays under the budget over any 1 s window, with room
+for one batch whose pages had to be written whole after a checkpoint.
 
 When the walk reaches the last key, the rows `where` still selects are counted: 0 is done; others (rows
 with smaller keys the application wrote meanwhile, not filled by the expand migration's trigger) get
@@ -41,6 +42,9 @@ from schema_deploy.pg import db
 
 APPLICATION = "schema-deploy-backfill"
 MAX_PASSES = 3
+BATCH_WAL_S = 0.1  # one batch writes at most this many seconds of the WAL budget
+HEADROOM = 0.85  # the share of the budget the pacer plans to: a mis-estimated batch has room
+ESTIMATE_OVER = 20  # batches whose largest WAL per row sizes the next
 LOCK_ATTEMPTS = 10
 LOG_EVERY_S = 10.0
 
@@ -220,18 +224,19 @@ class Runner:
             raise
         finally:
             result.seconds = self.clock() - started
+        self.log(result.describe())
         return result
 
     def _batches(self, conn: psycopg.Connection, target: Target, last: str | None, estimated: int,
                  result: BackfillResult) -> None:
-        spec, rows, not_before, run_began = self.spec, self.spec.first_rows, 0.0, self.clock()
+        spec, rows, run_began = self.spec, self.spec.first_rows, self.clock()
+        pace = Pacer(spec.wal_budget_bytes_per_s, self.clock, self.sleep)
         queries = {True: batch_query(spec, target, True), False: batch_query(spec, target, False)}
         logged, locked, pid = self.clock(), 0, conn.info.backend_pid
         milestones = {0.25, 0.5, 0.75}
         while True:
             self._healthy(conn, pid, result)
-            if (wait := not_before - self.clock()) > 0:
-                self.sleep(wait)
+            pace.wait_for_room(rows)
             began, before = self.clock(), wal_lsn(conn)
             try:
                 with conn.transaction():
@@ -265,7 +270,6 @@ class Runner:
                 if left == 0:
                     checkpoint.finish(conn, spec.id, "done")
                     result.state = "done"
-                    self.log(result.describe())
                     return
                 if result.passes >= MAX_PASSES:
                     raise BackfillNotConverging(
@@ -283,8 +287,8 @@ class Runner:
             result.rows_this_run += done
             result.batches_this_run += 1
             result.wal_bytes_this_run += wal
-            not_before = began + wal / spec.wal_budget_bytes_per_s
-            rows = next_rows(spec, rows, done, took, wal)
+            pace.wrote(done, wal)
+            rows = next_rows(spec, rows, done, took, pace.per_row())
             rate = result.rows_this_run / max(self.clock() - run_began, 1e-3)
             progress = Progress(spec.id, result.rows_done, estimated, rate, rows, result.wal_bytes_this_run)
             if self.on_progress is not None:
@@ -298,7 +302,6 @@ class Runner:
                 state = "paused" if requested == "pause" else "cancelled"
                 checkpoint.finish(conn, spec.id, state, f"{state} by {by or 'an operator'} after key {last}")
                 result.state, result.requested_by = state, by
-                self.log(result.describe())
                 return
 
     def _healthy(self, conn: psycopg.Connection, pid: int, result: BackfillResult) -> None:
@@ -324,15 +327,50 @@ def is_waiting(exc: BaseException) -> bool:
     return isinstance(exc, HealthGateWaiting)
 
 
-def next_rows(spec: BackfillSpec, asked: int, done: int, took_s: float, wal: int) -> int:
-    """The next batch's rows: what fits the target duration and what the WAL budget lets one batch of that
-    duration write, from this batch's measures; at most twice this batch, within [min_rows, max_rows]."""
+def next_rows(spec: BackfillSpec, asked: int, done: int, took_s: float, per_row_wal: float) -> int:
+    """The next batch's rows: what fits the target duration, and what keeps one batch's WAL within BATCH_WAL_S
+    of the budget (`per_row_wal`: the pacer's cautious estimate); at most twice this batch, within
+    [min_rows, max_rows]."""
     if done <= 0:
         return asked
     fits_time = spec.target_s / max(took_s / done, 1e-6)
-    per_row_wal = wal / done
-    fits_wal = spec.wal_budget_bytes_per_s * spec.target_s / per_row_wal if per_row_wal > 0 else float("inf")
+    fits_wal = spec.wal_budget_bytes_per_s * BATCH_WAL_S / per_row_wal if per_row_wal > 0 else float("inf")
     return int(max(spec.min_rows, min(spec.max_rows, fits_time, fits_wal, 2 * max(asked, done))))
+
+
+@dataclass
+class Pacer:
+    """Keeps the backfill's WAL within its budget over any 1 s: before a batch, it waits until the WAL of the
+    batches that ended in the last second plus this batch's expected WAL fits HEADROOM of the budget.
+
+    A batch's WAL per row jumps after a checkpoint starts (the first change to each page writes the whole
+    page): the estimate is the largest per-row WAL of the last ESTIMATE_OVER batches, so after one such
+    batch the next ones are sized for it. Small batches (BATCH_WAL_S of the budget each) keep one
+    mis-estimated batch from overshooting by much, and keep each commit's WAL flush short for the
+    application's commits queued behind it."""
+
+    budget: int
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+    recent: list[tuple[float, int]] = field(default_factory=list)  # (end, WAL bytes) of the last second's batches
+    rates: list[float] = field(default_factory=list)  # WAL per row of the last ESTIMATE_OVER batches
+
+    def per_row(self) -> float:
+        return max(self.rates, default=0.0)
+
+    def wrote(self, rows: int, wal: int) -> None:
+        self.recent.append((self.clock(), wal))
+        if rows:
+            self.rates = [*self.rates, wal / rows][-ESTIMATE_OVER:]
+
+    def wait_for_room(self, rows: int) -> None:
+        expected, room = rows * self.per_row(), HEADROOM * self.budget
+        while True:
+            now = self.clock()
+            self.recent = [(end, wal) for end, wal in self.recent if end > now - 1.0]
+            if not self.recent or sum(w for _, w in self.recent) + expected <= room:
+                return
+            self.sleep(max(0.01, self.recent[0][0] + 1.0 - now))
 
 
 def run_backfill(url: str, spec: BackfillSpec, **options: Any) -> BackfillResult:

@@ -26,6 +26,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     """What `apply` would do: steps, SQL, transactions, locks, table sizes, lint findings
     and data prechecks of the pending migrations. Changes nothing."""
+    from schema_deploy.backfill.contract import phases, render_phases
     from schema_deploy.lint.engine import lint_parsed, referenced_relations, relation_facts, render as render_lint
     from schema_deploy.plan.planner import plan_for, table_sizes
     from schema_deploy.plan.prechecks import run_prechecks
@@ -39,11 +40,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         files = [(mp.migration, mp.file or mp.statements) for mp in plan.migrations]
         existing, estimates = relation_facts(conn, referenced_relations(files))
         prechecks = run_prechecks(conn, plan, settings_from(args))
+        steps = phases(conn, bundle.migrations, [mp.migration.name for mp in plan.migrations])
     findings = lint_parsed(files, existing_tables=existing, config=config, row_estimates=estimates)
     health = deploy_yaml(args).health
     data = {**plan.as_dict(), "lint": [f.as_dict() for f in findings],
-            "prechecks": [r.as_dict() for r in prechecks], "health": health.__dict__}
+            "prechecks": [r.as_dict() for r in prechecks], "health": health.__dict__, "phases": steps}
     text = render_plan(plan)
+    if steps:
+        text += "\n\nphases (a migration after a backfill is applied only once the backfill is done):\n" + \
+            render_phases(steps)
     if plan.migrations:
         text += "\n\nlint of the pending migrations:\n" + render_lint(findings, len(files))
         text += "\n\ndata prechecks:\n" + ("\n".join(
