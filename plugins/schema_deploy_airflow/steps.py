@@ -159,7 +159,7 @@ def thread_of(pre: Any) -> dict[str, Any]:
 
 
 def deployment(context: dict[str, Any] | None = None, *, store: bool = True, pre: Any = None,
-               health: tuple[Any, float, str] | None = None):
+               health: tuple[Any, float, str, str] | None = None):
     """The run's Deployment: deploy.yaml, the store behind `backup_s3` (unless `store` is off, for
     steps that write nothing there), Slack threaded under the run's first message (from `pre`, the
     run's preflight result the task received), the form's params; `health`: production's health-gate
@@ -168,12 +168,12 @@ def deployment(context: dict[str, Any] | None = None, *, store: bool = True, pre
 
     context = context if context is not None else current_context()
     cfg, log, thread = settings.load_current(), task_log(), thread_of(pre)
-    defer, waited, reason = health or (None, 0.0, "")
+    defer, waited, reason, what = health or (None, 0.0, "", "")
     return Deployment(cfg=cfg, store=Store.from_config(connections.s3_client() if store else None, cfg),
                       run=run_info(context),
                       params=RunParams.from_mapping(dict(context.get("params") or {})),
                       notify=lambda event, facts, links=None: notify(event, facts, log, links, **thread), log=log,
-                      defer=defer, health_waited_s=waited, health_wait_reason=reason)
+                      defer=defer, health_waited_s=waited, health_wait_reason=reason, health_wait_what=what)
 
 
 def worker_place(context: dict[str, Any] | None = None) -> tuple[str, str]:
@@ -303,12 +303,13 @@ def apply_to(env: str, summary: dict[str, Any]) -> dict[str, Any]:
     return deploy.apply(run, target(env, ctx), pre).to_xcom()
 
 
-def health_deferral(context: dict[str, Any]) -> tuple[Any, float, str]:
+def health_deferral(context: dict[str, Any]) -> tuple[Any, float, str, str]:
     """Production's health gate in Airflow: a wait defers the task on a DateTimeTrigger (no worker slot held;
     the triggerer holds no database credentials) and the task runs again, resuming the migration at its
     step. When the first wait began, and why, is the task's own progress (its XCom task_ids.HEALTH_WAIT_KEY),
-    so max_wait counts every deferral; the latest wait's reason is there too, for the page. Returns (the
-    gate's defer hook, seconds waited by earlier deferrals, the first wait's reason)."""
+    so max_wait counts every deferral of one wait; the latest wait's reason is there too, for the page.
+    A wait for another step (or another backfill pause) starts its own count. Returns (the gate's defer
+    hook, seconds waited by earlier deferrals, the first wait's reason, what was waiting)."""
     from datetime import datetime, timedelta, timezone
 
     from airflow.providers.standard.triggers.temporal import DateTimeTrigger
@@ -319,15 +320,18 @@ def health_deferral(context: dict[str, Any]) -> tuple[Any, float, str]:
     since = since if isinstance(since, dict) else {}  # none yet (or not this shape): no earlier wait
 
     def defer(waiting: Any) -> None:
-        # The first wait's start and reason stay; the latest reason is what the page shows meanwhile.
-        ti.xcom_push(task_ids.HEALTH_WAIT_KEY, {"since": since.get("since", now.isoformat()),
-                                              "reason": since.get("reason", waiting.reason),
-                                              "latest": waiting.reason})
+        # The first deferral of this wait keeps its start and reason; the latest reason is what the page
+        # shows meanwhile. A wait the gate starts afresh (nothing waited before it: another step, or a later
+        # pause of a backfill after it went on) is a new one.
+        first = since if waiting.waited_s > 0 and since.get("what", waiting.what) == waiting.what else {}
+        ti.xcom_push(task_ids.HEALTH_WAIT_KEY, {"since": first.get("since", now.isoformat()),
+                                              "reason": first.get("reason", waiting.reason),
+                                              "latest": waiting.reason, "what": waiting.what})
         wake = datetime.now(timezone.utc) + timedelta(seconds=waiting.retry_in_s)  # a poll from this check
         raise TaskDeferred(trigger=DateTimeTrigger(moment=wake), method_name="execute_complete")
 
     waited = (now - datetime.fromisoformat(since["since"])).total_seconds() if since else 0.0
-    return defer, waited, since.get("reason", "")
+    return defer, waited, since.get("reason", ""), since.get("what", "")
 
 
 @fail_fast

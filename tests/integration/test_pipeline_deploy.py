@@ -410,3 +410,93 @@ def test_production_verification_that_finds_lost_rows_or_a_missing_index_fails_n
                             "s3://backups/prod/2026-12-06/backup.dump (rollback_schema, method backup, that backup "
                             "URI).")
     assert caught.value.exit_code == 1 and caught.value.target == "production"
+
+
+EXPAND = "20261201000000_event_date_expand"
+CONTRACT = "20261201000100_event_date_contract"
+TRIO = {
+    EXPAND: ('ALTER TABLE "behavioral_events" ADD COLUMN "eventDate" DATE;\n'
+             "CREATE FUNCTION behavioral_events_fill_event_date() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+             "BEGIN\n"
+             "  NEW.\"eventDate\" := (NEW.\"timestamp\" AT TIME ZONE 'UTC')::date;\n"
+             "  RETURN NEW;\n"
+             "END\n"
+             "$$;\n"
+             'CREATE TRIGGER behavioral_events_fill_event_date BEFORE INSERT OR UPDATE OF "timestamp" '
+             'ON "behavioral_events"\n  FOR EACH ROW EXECUTE FUNCTION behavioral_events_fill_event_date();\n'),
+    # As Prisma writes it; the online plan makes the NOT NULL a validated check and the index concurrent.
+    CONTRACT: ('ALTER TABLE "behavioral_events" ALTER COLUMN "eventDate" SET NOT NULL;\n'
+               'CREATE INDEX "behavioral_events_eventDate_idx" ON "behavioral_events"("eventDate");\n'),
+}
+BACKFILL = """table: behavioral_events
+key: id
+set:
+  eventDate: '("timestamp" AT TIME ZONE ''UTC'')::date'
+where: '"eventDate" IS NULL'
+batch: {first_rows: 200, min_rows: 100, max_rows: 500}
+"""
+
+
+@pytest.mark.slow
+def test_a_bundle_with_a_backfill_applies_expand_then_fills_the_rows_then_applies_contract(
+        ctx: Deployment, targets: dict[str, Target]) -> None:
+    folder = ctx.cfg.migrations
+    for name, sql in TRIO.items():
+        (folder / name).mkdir()
+        (folder / name / "migration.sql").write_text(sql)
+    (folder / EXPAND / "backfill.yaml").write_text(BACKFILL)
+    staging, production = targets["staging"], targets["production"]
+    pre = travel(deploy.preflight(ctx, staging, production))
+    assert pre.pending["staging"][-2:] == [EXPAND, CONTRACT]
+    done = travel(deploy.apply(ctx, staging, pre))
+    (backfill,) = done.backfills
+    assert (backfill.id, backfill.state, backfill.table) == (EXPAND, "done", "behavioral_events")
+    with psycopg.connect(staging.url) as conn:
+        events = conn.execute("SELECT count(*) FROM behavioral_events").fetchone()[0]
+        left = conn.execute('SELECT count(*) FROM behavioral_events WHERE "eventDate" IS DISTINCT FROM '
+                            '("timestamp" AT TIME ZONE \'UTC\')::date').fetchone()[0]
+        not_null = conn.execute("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'behavioral_events'::regclass "
+                                "AND attname = 'eventDate'").fetchone()[0]
+    assert (backfill.rows_done, left, not_null) == (events, 0, True) and events > 0
+    assert set(applied(staging)) >= {EXPAND, CONTRACT}
+    told = [(event, facts) for event, facts in ctx.notify.events if event.startswith("backfill_")]
+    said = [event for event, _ in told]
+    assert said[0] == "backfill_started" and said[-1] == "backfill_done" and "backfill_paused" not in said
+    assert 1 <= said.count("backfill_progress") <= 3  # each quarter at most once, never one per batch
+    started, finished = told[0][1], told[-1][1]
+    assert (started["backfill"], started["target"], started["WAL budget"]) == (EXPAND, "staging", "16 MB/s")
+    assert finished["rows"] == str(events)
+    # Production: the same, with its health gate checked between batches (no replica here: nothing to wait for).
+    (gated,) = travel(deploy.apply(ctx, production, pre)).backfills
+    assert (gated.state, gated.pauses) == ("done", []) and set(applied(production)) >= {EXPAND, CONTRACT}
+
+
+@pytest.mark.slow
+def test_a_backfill_an_operator_paused_stops_the_deployment_before_its_contract_and_a_retry_after_resume_converges(
+        ctx: Deployment, targets: dict[str, Target]) -> None:
+    from schema_deploy.backfill import checkpoint
+    from schema_deploy.backfill.errors import BackfillStopped
+    from schema_deploy.backfill.spec import load_spec
+
+    folder = ctx.cfg.migrations
+    for name, sql in TRIO.items():
+        (folder / name).mkdir()
+        (folder / name / "migration.sql").write_text(sql)
+    (folder / EXPAND / "backfill.yaml").write_text(BACKFILL)
+    staging, production = targets["staging"], targets["production"]
+    pre = travel(deploy.preflight(ctx, staging, production))
+    spec = load_spec(EXPAND, folder / EXPAND / "backfill.yaml", BACKFILL.encode())
+    with psycopg.connect(staging.url, autocommit=True) as conn:  # an operator paused it before the run got there
+        checkpoint.start(conn, spec.id, spec.digest, None, spec.table, 0)
+        checkpoint.request(conn, spec.id, "pause", "alice")
+    with pytest.raises(BackfillStopped) as err:
+        deploy.apply(ctx, staging, pre)
+    assert str(err.value) == (
+        f"backfill {EXPAND}: paused by alice at 0 rows, so the migrations after it were not applied; those before "
+        "it, and the rows done, stay (its checkpoint keeps them). Resume it (python -m schema_deploy backfill resume "
+        f"--name {EXPAND}), then retry this task: the backfill goes on from its checkpoint.")
+    assert EXPAND in applied(staging) and CONTRACT not in applied(staging)
+    with psycopg.connect(staging.url, autocommit=True) as conn:
+        checkpoint.request(conn, spec.id, None, "bob")
+    (backfill,) = travel(deploy.apply(ctx, staging, pre)).backfills  # the retry: the rest, then the contract
+    assert backfill.state == "done" and CONTRACT in applied(staging)

@@ -151,6 +151,13 @@ def add_pause(conn: psycopg.Connection, backfill: str, pause: dict[str, Any]) ->
                  (json.dumps([pause]), backfill))
 
 
+def end_pause(conn: psycopg.Connection, backfill: str, facts: dict[str, Any]) -> None:
+    """The last pause ended: how long it lasted."""
+    conn.execute(f"UPDATE {TABLE} SET pauses = jsonb_set(pauses, ARRAY[(jsonb_array_length(pauses) - 1)::text], "
+                 "pauses -> -1 || %s::jsonb), updated_at = now() WHERE id = %s AND jsonb_array_length(pauses) > 0",
+                 (json.dumps(facts), backfill))
+
+
 def request(conn: psycopg.Connection, backfill: str, what: str | None, by: str) -> Checkpoint | None:
     """An operator's pause, cancel or resume (what=None). A backfill no session runs now takes it at once
     (state paused, cancelled, or back to running-when-next-run); a running one at its next batch."""

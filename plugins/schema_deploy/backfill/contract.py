@@ -48,15 +48,25 @@ def rows_left(conn: psycopg.Connection, spec: BackfillSpec) -> int | None:
 
 
 def require_done(conn: psycopg.Connection, migrations: Sequence[Declaring], contract: Declaring,
-                 applied_now: list[str], log: Callable[[str], None]) -> None:
-    """Before applying `contract`: ContractRefused when a backfill before it still has rows to do."""
+                 applied_now: list[str], log: Callable[[str], None],
+                 run: Callable[[BackfillSpec], object] | None = None) -> list[object]:
+    """Before applying `contract`: each backfill before it with rows to do is run first by `run` (what it
+    returns is returned), or, without `run`, refused (ContractRefused); refused too when rows remain after
+    its run."""
+    ran = []
     for spec in backfills_before(migrations, contract.name):
         left = rows_left(conn, spec)
         if left is None:
             log(f"{contract.name}: backfill {spec.id}'s `where` cannot be evaluated any more (its table or columns "
                 "are gone); not checked")
-        elif left:
+            continue
+        if left and run is not None:
+            log(f"{contract.name}: comes after backfill {spec.id}, which has {left} row(s) to do: running it first")
+            ran.append(run(spec))
+            left = rows_left(conn, spec)
+        if left:
             raise ContractRefused(contract.name, contract.path, spec.id, spec.table, spec.where, left, applied_now)
+    return ran
 
 
 def estimate(conn: psycopg.Connection, spec: BackfillSpec) -> dict[str, object]:

@@ -38,6 +38,7 @@ from psycopg import sql
 from schema_deploy.backfill import checkpoint
 from schema_deploy.backfill.errors import BackfillBusy, BackfillLocked, BackfillNotConverging, BackfillRefused
 from schema_deploy.backfill.spec import MB, BackfillSpec
+from schema_deploy.errors import SchemaDeployError
 from schema_deploy.pg import db
 
 APPLICATION = "schema-deploy-backfill"
@@ -184,6 +185,7 @@ class Runner:
     gate: Any = None
     log: Callable[[str], None] = lambda _m: None
     on_progress: Callable[[Progress], None] | None = None
+    on_pause: Callable[[str, bool], None] | None = None  # (the gate's reason, whether it is the first pause)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 
@@ -207,7 +209,8 @@ class Runner:
             if existing.state in ("paused", "cancelled"):
                 by = f" by {existing.requested_by}" if existing.requested_by else ""
                 raise BackfillRefused(spec.id, f"it is {existing.state}{by} at {existing.rows_done} rows",
-                                      f"Resume it first: python -m schema_deploy backfill resume --name {spec.id}.")
+                                      f"Resume it first: python -m schema_deploy backfill resume --name {spec.id}.",
+                                      state=existing.state)
             if existing.state == "done" and count_left(conn, spec) == 0:
                 self.log(f"backfill {spec.id}: already done ({existing.rows_done} rows); nothing to do")
                 return BackfillResult(spec.id, spec.table, "done", existing.rows_done)
@@ -219,8 +222,11 @@ class Runner:
         try:
             self._batches(conn, target, point.last_key, estimated + point.rows_done, result)
         except BaseException as exc:
-            if not isinstance(exc, psycopg.OperationalError) or not conn.closed:
-                checkpoint.finish(conn, spec.id, "failed" if not is_waiting(exc) else "running", str(exc)[:2000])
+            if not conn.closed:
+                failed = isinstance(exc, (SchemaDeployError, psycopg.Error)) and not is_waiting(exc)
+                # A wait, a deferral or an interruption leaves it running: the next run goes on from here.
+                checkpoint.finish(conn, spec.id, "failed" if failed else "running",
+                                  str(exc)[:2000] if failed or is_waiting(exc) else f"stopped by {type(exc).__name__}")
             raise
         finally:
             result.seconds = self.clock() - started
@@ -313,10 +319,16 @@ class Runner:
             return
         reason, since, began = decision.reason(), datetime.now(timezone.utc), self.clock()
         self.log(f"backfill {self.spec.id}: paused for the database's health: {reason}")
-        checkpoint.add_pause(conn, self.spec.id, {"reason": reason, "since": since.isoformat()})
+        # A deferred task comes back here while its pause goes on: that pause is recorded once.
+        earlier = [p for p in checkpoint.read(conn, self.spec.id)[0].pauses if "since" in p]
+        if not earlier or "seconds" in earlier[-1]:
+            checkpoint.add_pause(conn, self.spec.id, {"reason": reason, "since": since.isoformat()})
+            if self.on_pause is not None:
+                self.on_pause(reason, not earlier)
         health = self.gate.wait(f"backfill {self.spec.id}", [self.spec.table], pid)
         pause = {"reason": reason, "since": since.isoformat(), "seconds": round(self.clock() - began, 1),
                  "waited_s": round(health.waited_s, 1)}
+        checkpoint.end_pause(conn, self.spec.id, {"seconds": pause["seconds"], "waited_s": pause["waited_s"]})
         result.pauses.append(pause)
         self.log(f"backfill {self.spec.id}: healthy again after {pause['seconds']} s; going on")
 

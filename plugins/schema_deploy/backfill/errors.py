@@ -15,12 +15,13 @@ class BackfillSpecError(SchemaDeployError):
 
 
 class BackfillRefused(SchemaDeployError):
-    """The backfill cannot start here; nothing was changed."""
+    """The backfill cannot start here; nothing was changed. `state`: its checkpoint's, when that is why
+    (paused, cancelled)."""
 
     exit_code = 1
 
-    def __init__(self, backfill: str, problem: str, fix: str) -> None:
-        self.backfill, self.problem, self.fix = backfill, problem, fix
+    def __init__(self, backfill: str, problem: str, fix: str, state: str | None = None) -> None:
+        self.backfill, self.problem, self.fix, self.state = backfill, problem, fix, state
         super().__init__(f"backfill {backfill}: {problem}. Nothing was changed. {fix}")
 
 
@@ -34,6 +35,20 @@ class BackfillBusy(SchemaDeployError):
         self.backfill = backfill
         super().__init__(f"backfill {backfill}: another session runs it now ({holders}). Nothing was changed. "
                          f"Wait for it to end, or pause it: python -m schema_deploy backfill pause --name {backfill}.")
+
+
+class BackfillStopped(SchemaDeployError):
+    """A deployment reached a backfill that an operator paused or cancelled: the migrations after it wait."""
+
+    exit_code = 1
+
+    def __init__(self, backfill: str, state: str, by: str | None, rows_done: int) -> None:
+        self.backfill, self.state = backfill, state
+        super().__init__(
+            f"backfill {backfill}: {state} by {by or 'an operator'} at {rows_done} rows, so the migrations after it "
+            f"were not applied; those before it, and the rows done, stay (its checkpoint keeps them). Resume it "
+            f"(python -m schema_deploy backfill resume --name {backfill}), then retry this task: the backfill goes "
+            f"on from its checkpoint.")
 
 
 class BackfillNotConverging(SchemaDeployError):

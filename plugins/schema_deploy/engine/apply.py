@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from pglast import ast, enums
@@ -80,9 +81,10 @@ class MigrationResult:
 class ApplyResult:
     applied: list[MigrationResult]
     status_before: Status
+    backfills: list[Any] = field(default_factory=list)  # what `apply`'s `backfill` returned, in order
 
     def as_dict(self) -> dict[str, object]:
-        return {"applied": [m.as_dict() for m in self.applied]}
+        return {"applied": [m.as_dict() for m in self.applied], "backfills": self.backfills}
 
 
 def load_state(conn: psycopg.Connection, bundle: Bundle, schema: str = "public") -> tuple[Status, dict]:
@@ -95,7 +97,7 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
           to: str | None = None, online: bool = False, prechecks: bool = True,
           created: Callable[[Status], set[str]] | None = None,
           approve: Callable[[Plan], None] | None = None, waive_prechecks: str | None = None,
-          health: HealthGate | None = None) -> ApplyResult:
+          health: HealthGate | None = None, backfill: Callable[[Any], Any] | None = None) -> ApplyResult:
     """Apply every pending migration of `bundle` (up to `to`) to the database at `url`.
 
     `online` rewrites lock-heavy statements on existing tables (see online.py).
@@ -107,6 +109,8 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
     under the migration lock, with the ledger as it is then, so what is checked is what runs.
     `health` (production): the gate that each online step waits for and that measures it; its role's
     privileges are checked first, before anything changes.
+    `backfill(spec)`: runs a declared backfill (schema_deploy.backfill) that a pending migration after it
+    needs done; without it, such a migration is refused while the backfill's rows remain.
     """
     if health is not None:
         health.require_privileges()
@@ -128,11 +132,13 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
         if not plan.migrations:
             log("nothing to apply: every migration is applied")
         results: list[MigrationResult] = []
+        backfills: list[Any] = []
         for mp in plan.migrations:
             # A migration after a declared backfill is its contract: it needs the backfill done.
-            require_backfills_done(conn, bundle.migrations, mp.migration, [r.name for r in results], log)
+            backfills += require_backfills_done(conn, bundle.migrations, mp.migration, [r.name for r in results],
+                                                log, backfill)
             results.append(run_migration(conn, url, mp, settings, log, health))
-    return ApplyResult(applied=results, status_before=status)
+    return ApplyResult(applied=results, status_before=status, backfills=backfills)
 
 
 def mark_deferred_checks(plan: Plan) -> None:

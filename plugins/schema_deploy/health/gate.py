@@ -77,6 +77,7 @@ class HealthGate:
     clock: Callable[[], float] = time.monotonic
     waited_before_s: float = 0.0  # waited by earlier attempts of this task (a deferred task's progress)
     wait_reason_before: str = ""  # and why, as the first of them was told
+    wait_what_before: str = ""  # and for what: a wait for anything else starts its own count ("": the next)
     defer: Callable[[HealthGateWaiting], None] | None = None
     # Told once when a step first has to wait (what, why): the deployment's one Slack message about it.
     announce: Callable[[str, str], None] | None = None
@@ -135,6 +136,8 @@ class HealthGate:
         """Return once every signal is under its threshold (at once when healthy); raise
         `HealthGateTimedOut` when that takes longer than `max_wait` (earlier attempts' waits included)."""
         s, health = self.settings, StepHealth()
+        if self.wait_what_before and self.wait_what_before != what:  # earlier attempts waited for another step
+            self.waited_before_s, self.wait_reason_before, self.wait_what_before = 0.0, "", ""
         started = None  # waiting starts when the first check says wait (the first reading itself takes ~1 s)
         while True:
             decision = self.check(tables, ours)
@@ -147,7 +150,7 @@ class HealthGate:
                 health.wait_reason = health.wait_reason or self.wait_reason_before
                 if health.waited_s:
                     self.log(f"health gate: {what}: healthy after {health.waited_s:.1f} s; going on")
-                self.waited_before_s, self.wait_reason_before = 0.0, ""
+                self.waited_before_s, self.wait_reason_before, self.wait_what_before = 0.0, "", ""
                 return health
             reason = decision.reason()
             health.wait_reason = health.wait_reason or reason

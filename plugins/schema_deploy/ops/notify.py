@@ -61,6 +61,13 @@ EMOJI["health_wait"] = ":stethoscope:"
 TITLES["health_wait"] = "Production waits for the database's health before an online step"
 
 
+# A backfill between its expand and contract migrations: start, first pause, each quarter, end.
+EMOJI.update({"backfill_started": ":arrow_forward:", "backfill_paused": ":double_vertical_bar:",
+              "backfill_progress": ":hourglass:", "backfill_done": ":white_check_mark:"})
+TITLES.update({"backfill_started": "Backfill started", "backfill_paused": "Backfill paused for the database's health",
+               "backfill_progress": "Backfill progress", "backfill_done": "Backfill done"})
+
+
 def message(event: str, facts: dict[str, object], links: dict[str, str] | None = None) -> dict[str, object]:
     """A Slack message (`text` fallback + `blocks`) for a deployment event."""
     if event not in TITLES:

@@ -350,10 +350,13 @@ def health_gate(ctx: Deployment, target: Target) -> Any:
     limit = ctx.cfg.health.max_wait_s
 
     def announce(what: str, reason: str) -> None:
+        if what.startswith("backfill "):  # a backfill's pauses: its own first-pause message (run_backfill)
+            return
         ctx.notify("health_wait", {"step": what, "waiting for": reason, "waits at most": f"{limit:.0f} s"}, None)
 
     return HealthGate(target.url, ctx.cfg.health, log=ctx.log.info, defer=ctx.defer,
                       waited_before_s=ctx.health_waited_s, wait_reason_before=ctx.health_wait_reason,
+                      wait_what_before=ctx.health_wait_what,
                       announce=announce)
 
 
@@ -393,7 +396,8 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
     try:
         result = run_apply(target.url, bundle, settings, online=params.online, log=log.info,
                            created=lambda status: tables_created(bundle, set(status.names("applied")) & this_run),
-                           approve=lambda plan: releases.check_plan(release, target.name, plan), health=gate)
+                           approve=lambda plan: releases.check_plan(release, target.name, plan), health=gate,
+                           backfill=lambda spec: run_backfill(ctx, target, spec, release.digest, gate))
     finally:
         if gate is not None:
             gate.close()
@@ -407,7 +411,53 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
              ", ".join(m.name for m in result.applied) or "nothing", release.short, seconds, retries)
     return ApplyResult(env=target.name, seconds=round(seconds if result.applied else ledger_seconds, 3),
                        table_bytes=size, migrations=names, before=before, lock_retries=retries,
-                       applied=[m.as_dict() for m in result.applied], release=release.digest)
+                       applied=[m.as_dict() for m in result.applied], release=release.digest,
+                       backfills=result.backfills)
+
+
+def run_backfill(ctx: Deployment, target: Target, spec: Any, release: str, gate: Any) -> dict[str, Any]:
+    """A declared backfill, run by `apply` before the first migration after it (its contract), on the
+    target's connection, gated like production's online steps. Slack hears its start, its first pause and
+    why, each quarter done, and its end, never each batch. Paused or cancelled by an operator: refused,
+    so the contract migration does not run."""
+    from schema_deploy.backfill import checkpoint
+    from schema_deploy.backfill.engine import Runner
+    from schema_deploy.backfill.errors import BackfillRefused, BackfillStopped
+    from schema_deploy.pg.db import connect
+
+    said: set[int] = set()
+    where = {"backfill": spec.id, "target": target.name, "table": spec.table}
+
+    def progress(p: Any) -> None:
+        quarter = int((p.fraction or 0) * 4) * 25
+        if 0 < quarter < 100 and quarter not in said:
+            said.add(quarter)
+            ctx.notify("backfill_progress", {**where, "done": f"{quarter} % ({p.rows_done} of ~{p.rows_estimated} rows)",
+                                             "rate": f"{p.rows_per_s:.0f} rows/s",
+                                             "ETA": f"{p.eta_s:.0f} s" if p.eta_s is not None else "unknown",
+                                             "batch": f"{p.batch_rows} rows"}, None)
+
+    def paused(reason: str, first: bool) -> None:
+        if first:
+            ctx.notify("backfill_paused", {**where, "paused because": reason}, None)
+
+    ctx.notify("backfill_started", {**where, "WAL budget": f"{spec.wal_budget_bytes_per_s / (1024 * 1024):g} MB/s"},
+               None)
+    try:
+        result = Runner(target.url, spec, release=release, gate=gate, log=ctx.log.info, on_progress=progress,
+                        on_pause=paused).run()
+    except BackfillRefused as exc:
+        if exc.state not in ("paused", "cancelled"):
+            raise
+        with connect(target.url) as conn:  # paused or cancelled before this run reached it
+            (point,) = checkpoint.read(conn, spec.id)
+        raise BackfillStopped(spec.id, point.state, point.requested_by, point.rows_done) from None
+    if result.state != "done":
+        raise BackfillStopped(spec.id, result.state, result.requested_by, result.rows_done)
+    ctx.notify("backfill_done", {**where, "rows": f"{result.rows_done}", "took": f"{result.seconds:.0f} s",
+                                 "WAL": f"{result.wal_bytes_this_run / (1024 * 1024):.0f} MB",
+                                 "pauses": f"{len(result.pauses)}"}, None)
+    return result.as_dict()
 
 
 # --- verify ---------------------------------------------------------------------------

@@ -242,6 +242,25 @@ class BackupResult(Result):
 
 
 @dataclass(frozen=True)
+class BackfillRun(Record):
+    """One declared backfill run between its expand and contract migrations (backfill.engine's result)."""
+
+    id: str
+    table: str
+    state: str
+    rows_done: int
+    rows_this_run: int = 0
+    batches_this_run: int = 0
+    wal_bytes_this_run: int = 0
+    seconds: float = 0.0
+    resumed_after_key: str | None = None
+    passes: int = 1
+    lock_retries: int = 0
+    pauses: list[dict[str, Any]] = field(default_factory=list)
+    requested_by: str | None = None
+
+
+@dataclass(frozen=True)
 class ApplyResult(Result):
     """One target migrated: how long it took, lock retries, and the facts measured before."""
 
@@ -253,6 +272,7 @@ class ApplyResult(Result):
     lock_retries: int
     applied: list[dict[str, Any]]
     release: str = ""  # the release's sha256
+    backfills: list[BackfillRun] = field(default_factory=list)  # run between expand and contract migrations
 
 
 @dataclass(frozen=True)

@@ -141,3 +141,4 @@ class Deployment:
     defer: Callable[[Any], None] | None = field(default=None, compare=False, repr=False)
     health_waited_s: float = 0.0
     health_wait_reason: str = ""
+    health_wait_what: str = ""  # the step (or backfill) those earlier attempts waited for

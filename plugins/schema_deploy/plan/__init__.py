@@ -4,5 +4,5 @@ Owns: `planner` (plans from a bundle and a database's status, drift and ledger r
 (planned statements and steps), `online` (online rewrites of blocking statements), `prechecks`
 (data prechecks: orphans, duplicates, NULLs), `prisma_check` (schema.prisma against the migrations),
 `errors`.
-May import: `redact`, `errors`, `pg`, `bundle`, `state`.
+May import: `redact`, `errors`, `pg`, `backfill`, `bundle`, `state`.
 """

@@ -83,6 +83,9 @@ class Plan:
     table_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
     online: bool = False
     warnings: list[str] = field(default_factory=list)  # problems in files this plan does not run
+    # Tables a declared backfill writes before the plan's migration at that position (0: before the first):
+    # (position, table, what writes it). Their rows are not today's when later statements run.
+    backfill_writes: list[tuple[int, str, str]] = field(default_factory=list)
 
     def tables(self) -> list[str]:
         return sorted({t for mp in self.migrations for s in mp.steps for t in s.locks})
@@ -270,7 +273,31 @@ def plan_for(conn: psycopg.Connection, bundle: Bundle, status: Status,
     existing = db.existing_relations(conn, referenced_tables(parsed)) if online else None
     plan = build_plan(bundle, status, interrupted_rows, to=to, existing=existing, created=created, parsed=parsed)
     plan.online = online
+    plan.backfill_writes = backfill_writes(conn, bundle, [mp.migration.name for mp in plan.migrations])
     return plan
+
+
+def backfill_writes(conn: psycopg.Connection, bundle: Bundle, pending: list[str]) -> list[tuple[int, str, str]]:
+    """(position in `pending`, table, label) of each declared backfill that runs before a pending migration:
+    one declared by a pending migration (it runs right after it), or by an applied one whose checkpoint
+    here says it is not done. An applied one that never ran here leaves prechecks as they are: the
+    contract check before each later migration counts its rows anyway."""
+    from schema_deploy.backfill import checkpoint
+    from schema_deploy.backfill.spec import load_spec
+
+    declared = [m for m in bundle.migrations if m.backfill_raw is not None]
+    if not declared or not pending:
+        return []
+    unfinished = {c.id for c in checkpoint.read(conn) if c.state != "done"}
+    out = []
+    for m in declared:
+        spec = load_spec(m.name, m.backfill_path, m.backfill_raw)
+        label = f"backfill {spec.id} ({spec.path})"
+        if m.name in pending:
+            out.append((pending.index(m.name) + 1, spec.table, label))
+        elif m.name in unfinished:
+            out.append((0, spec.table, label))
+    return out
 
 
 def check_applyable(status: Status, bundle: Bundle) -> None:

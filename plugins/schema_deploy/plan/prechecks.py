@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -124,12 +125,17 @@ Check = tuple[str, str, dict]  # (kind, table, details), from checks_for
 
 def written_before(plan: Plan) -> dict[Statement, list[tuple[Check, Statement]]]:
     """The checks that today's rows cannot decide: their table is written (INSERT, UPDATE, DELETE,
-    MERGE, COPY, or a rewrite such as a type change) by an earlier statement of the same deployment,
-    so the statement will see other rows than a query now would. Each comes with that earlier statement."""
-    written: dict[str, Statement] = {}
+    MERGE, COPY, or a rewrite such as a type change) by an earlier statement of the same deployment, or by
+    a declared backfill that runs before it (`Plan.backfill_writes`), so the statement will see other rows
+    than a query now would. Each comes with what writes it first (its `where` names it)."""
+    written: dict[str, Any] = {}
     created: set[str] = set()
-    deferred: dict[Statement, list[tuple[Check, Statement]]] = {}
-    for mp in plan.migrations:
+    deferred: dict[Statement, list[tuple[Check, Any]]] = {}
+    for i, mp in enumerate(plan.migrations):
+        for position, table, label in plan.backfill_writes:  # a backfill run before this migration
+            if position == i:  # as statements name it: with or without the public schema
+                for name in {table, table.removeprefix("public."), table if "." in table else f"public.{table}"}:
+                    written.setdefault(name, SimpleNamespace(where=label))
         for stmt in mp.statements:
             for check_ in checks_for(stmt):
                 if check_[1] not in created and check_[1] in written:
