@@ -115,16 +115,21 @@ class Sampler(threading.Thread):
 
     def peak_rate(self, t0: float, t1: float) -> float:
         """The largest WAL rate over any window of at least 1 s between t0 and t1 (bytes/s)."""
-        samples, best, j = self.window(t0, t1), 0.0, 0
-        for i, (ti, wi, _) in enumerate(samples):
-            j = max(j, i)
-            while j < len(samples) and samples[j][0] < ti + 1.0:
-                j += 1
-            if j == len(samples):
-                break
-            tj, wj, _ = samples[j]
-            best = max(best, (wj - wi) / (tj - ti))
-        return best
+        return peak_rate([(t, wal) for t, wal, _ in self.window(t0, t1)])
+
+
+def peak_rate(samples: list[tuple[float, int]]) -> float:
+    """The largest rate over any window of at least 1 s of (time, cumulative bytes) samples."""
+    best, j = 0.0, 0
+    for i, (ti, wi) in enumerate(samples):
+        j = max(j, i)
+        while j < len(samples) and samples[j][0] < ti + 1.0:
+            j += 1
+        if j == len(samples):
+            break
+        tj, wj = samples[j]
+        best = max(best, (wj - wi) / (tj - ti))
+    return best
 
 
 class Application(threading.Thread):
@@ -186,15 +191,28 @@ def spec_file(work: Path, budget_mb: float, rows: tuple[int, int, int]) -> Path:
     return path
 
 
+COUNTERS = """SELECT (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter),
+  (SELECT coalesce(autovacuum_count, 0) + coalesce(autoanalyze_count, 0) FROM pg_stat_user_tables
+   WHERE relname = 'behavioral_events'),
+  (SELECT buffers_backend FROM pg_stat_bgwriter)"""
+
+
 def measured(label: str, url: str, rate: int, nusers: int, go, paused_s=lambda: 0.0) -> dict:
-    """Run `go()` with the application writing and the sampler sampling; its figures."""
+    """Run `go()` with the application writing and the sampler sampling; its figures. Beside the targets'
+    figures: the application's p50 and its writes over 100 ms, and what else the cluster did meanwhile
+    (checkpoints, autovacuum/autoanalyze runs on the table, buffers the backends had to write themselves),
+    the load average over its last minute at the end."""
     sampler, app = Sampler(url), Application(url, rate, nusers, seed=hash(label) & 0xFFFF)
     sampler.start()
     app.start()
     time.sleep(2.0)
+    with psycopg.connect(url) as conn:
+        before = conn.execute(COUNTERS).fetchone()
     t0 = time.monotonic()
     rows = go()
     t1 = time.monotonic()
+    with psycopg.connect(url) as conn:
+        after = conn.execute(COUNTERS).fetchone()
     time.sleep(0.3)
     app.stop.set()
     sampler.stop.set()
@@ -208,6 +226,10 @@ def measured(label: str, url: str, rate: int, nusers: int, go, paused_s=lambda: 
         left, twice = conn.execute(f"SELECT count(*) FILTER (WHERE {WHERE}), count(*) FILTER (WHERE bench_touched > 1) "
                                    "FROM behavioral_events").fetchone()
     return {"wall_s": round(wall, 2), "rows": rows, "rows_per_s": round(rows / wall),
+            "write_p50_ms": round(stall.percentile(lat, 50) * 1e3, 1),
+            "writes_over_100ms": sum(1 for x in lat if x > 0.1),
+            "checkpoints": after[0] - before[0], "table_autovacuums": after[1] - before[1],
+            "buffers_written_by_backends": after[2] - before[2], "load_1m": round(os.getloadavg()[0], 2),
             "write_p99_ms": round(stall.percentile(lat, 99) * 1e3, 1), "write_max_ms": round(max(lat) * 1e3, 1),
             "writes": len(lat), "replica_lag_peak_bytes": max((s[2] for s in inside), default=0), "wal_bytes": wal,
             "wal_rate_peak_bytes_per_s": round(sampler.peak_rate(t0, t1 + 0.2)),
@@ -238,9 +260,13 @@ def main() -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    # (a) the single UPDATE
+    # the application alone, for what its writes cost on this machine with nothing else running
     url, rows = prepare(base, "bench_backfill_a")
     nusers = users(url)
+    out["application_alone"] = measured("idle", url, args.rate, nusers, lambda: time.sleep(30) or 0)
+    say(f"application_alone: {out['application_alone']}")
+
+    # (a) the single UPDATE
     say(f"single_update: {rows} rows to fill")
 
     def single() -> int:
@@ -265,18 +291,21 @@ def main() -> int:
     url, rows = prepare(base, "bench_backfill_c")
     ours_spec = spec_file(work / "ours", args.budget_mb, (100, 50_000, 1000))
     pauses: list[float] = []
+    marks: list[tuple[float, int]] = []  # (time, WAL its batches wrote so far): its own WAL rate
 
     def ours() -> int:
         gate = HealthGate(url, gate_settings, log=say)
+        marks.append((time.monotonic(), 0))
         try:
             result = Runner(url, load_spec(ours_spec.parent.name, ours_spec, ours_spec.read_bytes()), gate=gate,
-                            log=say).run()
+                            log=say, on_progress=lambda p: marks.append((time.monotonic(), p.wal_bytes))).run()
         finally:
             gate.close()
         pauses.extend(p["seconds"] for p in result.pauses)
         return result.rows_this_run
 
     out["ours"] = measured("ours", url, args.rate, nusers, ours, lambda: sum(pauses))
+    out["ours"]["own_wal_rate_peak_bytes_per_s"] = round(peak_rate(marks))
     say(f"ours: {out['ours']}")
     stall.drop_databases(admin, "bench_backfill_c")
 

@@ -227,6 +227,17 @@ def backups() -> dict[str, Any]:
     return read_backups(s3, uri)
 
 
+@app.get("/api/backfills")
+def backfills() -> dict[str, Any]:
+    """Each environment's declared backfills: state, rows done of estimated, rate, ETA, batch, why paused."""
+    from schema_deploy.views.overview import read_backfills
+
+    urls, errors = _urls_or_errors()
+    result = read_backfills(urls)
+    result["errors"].update(errors)
+    return result
+
+
 @app.get("/api/audit")
 def audit_status() -> dict[str, Any]:
     """The audit chain's state in each environment."""

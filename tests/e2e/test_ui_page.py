@@ -39,6 +39,7 @@ EPIC5 = "20251017120000_epic5_schema_completion"
 PREFIX = "/schema-deploy"
 ENDPOINTS = ("/", "/api/matrix", "/api/runs", "/api/backups", "/api/audit", "/api/fleets")
 RUN_ID = f"ui-test__{uuid.uuid4().hex[:8]}"
+BACKFILL = "20261201000000_event_date_expand"
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -65,6 +66,12 @@ def stack(stack_env: dict[str, str]) -> Iterator[dict]:
                                {"outcome": "dry run", "run": {"run_id": RUN_ID, "run_type": "manual"},
                                 "approval": {"approved": True, "approver": "ui-test"},
                                 "bundle": [{"name": m.name, "checksum": m.checksum} for m in bundle.migrations]})
+            # A backfill an operator paused at a quarter of its rows (its checkpoint, as the engine keeps it).
+            from schema_deploy.backfill import checkpoint
+
+            checkpoint.start(conn, BACKFILL, "d" * 64, None, "behavioral_events", 1000)
+            checkpoint.batch_done(conn, BACKFILL, "key-250", 250, 0)
+            checkpoint.request(conn, BACKFILL, "pause", "ui-test")
         made = backup(s3, urls["production"], f"s3://{bucket}/{prefix}", environment="production", run_id=RUN_ID,
                       pg_bindir=stack_env["PG_BINDIR"])
         from schema_deploy.pipeline.fleet.record import keep_fleet_record
@@ -188,6 +195,14 @@ def test_backups_list_the_production_backup_with_its_manifest_facts(api: httpx.C
     assert (entry["sha256"], entry["size"], entry["run_id"]) == (made.sha256, made.size, RUN_ID)
 
 
+def test_backfills_list_a_paused_backfill_with_its_progress_and_why_it_stands(api: httpx.Client) -> None:
+    data = api.get(f"{PREFIX}/api/backfills").json()
+    assert data["errors"] == {}
+    (b,) = [b for b in data["backfills"] if b["id"] == BACKFILL]
+    assert (b["environment"], b["state"], b["rows_done"], b["rows_estimated"], b["percent"], b["batch_rows"],
+            b["eta_s"], b["paused_because"]) == ("staging", "paused", 250, 1000, 25.0, 250, None, "paused by ui-test")
+
+
 def test_audit_status_is_ok_on_staging_and_no_trail_on_production(api: httpx.Client) -> None:
     resp = api.get(f"{PREFIX}/api/audit")
     assert resp.status_code == 200, resp.text
@@ -227,7 +242,7 @@ def test_after_login_the_page_shows_the_matrix_in_a_real_browser(services: dict,
         wait.until(lambda b: b.current_url.rstrip("/").endswith(PREFIX) and b.find_elements(By.ID, "matrix"))
         assert browser.get_cookie("_token")
         wait.until(lambda b: all(b.find_element(By.ID, t).get_attribute("data-state") != "loading"
-                                 for t in ("matrix", "audit", "runs", "fleet", "backups")))
+                                 for t in ("matrix", "audit", "runs", "fleet", "backfills", "backups")))
         assert browser.find_element(By.ID, "matrix").get_attribute("data-state") == "loaded"
         row = browser.find_element(By.CSS_SELECTOR, f'#matrix tr[data-migration="{EPIC5}"]')
         cells = {c.get_attribute("data-env"): c for c in row.find_elements(By.CSS_SELECTOR, "td[data-env]")}
@@ -237,6 +252,10 @@ def test_after_login_the_page_shows_the_matrix_in_a_real_browser(services: dict,
         assert EPIC5 in row.text and "admin" in browser.find_element(By.TAG_NAME, "p").text
         assert browser.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{RUN_ID}"] a').get_attribute("href")
         assert "not verified" in browser.find_element(By.ID, "backups").text
+        paused = browser.find_element(By.CSS_SELECTOR, f'#backfills tr[data-backfill="{BACKFILL}"]')
+        assert (paused.get_attribute("data-environment"), browser.find_element(By.ID, "backfills").get_attribute(
+            "data-state")) == ("staging", "loaded")
+        assert "250 of ~1000 (25 %)" in paused.text and "paused by ui-test" in paused.text, paused.text
         fleet_rows = browser.find_elements(By.CSS_SELECTOR, "#fleet tr[data-member]")  # the fleet record's members
         assert len(fleet_rows) == 7 and browser.find_element(By.ID, "fleet").get_attribute("data-state") == "loaded"
         assert browser.find_element(By.CSS_SELECTOR, '#fleet tr[data-member="tenant_02"] td[data-state]'

@@ -394,3 +394,21 @@ def test_plan_shows_expand_backfill_and_contract_with_the_rows_to_do_and_a_time_
                      r"\(full-page writes come on top\)\n   contract  " + contract, text), text
     assert run_cli("backfill", "run", *bundle).returncode == 0
     assert "phases" not in run_cli("plan", *bundle).stdout  # done: no backfill bears on what is pending
+
+
+def test_the_page_reads_each_backfills_progress_and_why_it_waits(events: str, tmp_path: Path) -> None:
+    from schema_deploy.views.overview import read_backfills
+
+    spec = spec_of(tmp_path)
+    Runner(events, spec).run()
+    with psycopg.connect(events, autocommit=True) as conn:  # as a running backfill held by the gate keeps it
+        conn.execute("UPDATE schema_deploy.backfills SET state = 'running', rows_done = 5000, "
+                     "started_at = now() - interval '10 seconds', updated_at = now()")
+        checkpoint.add_pause(conn, spec.id, {"reason": "replica r1 replay lag 70.0 MB (over 64.0 MB)", "since": "x"})
+    (b,) = read_backfills({"staging": events})["backfills"]
+    assert (b["id"], b["environment"], b["state"], b["rows_done"], b["rows_estimated"], b["percent"]) == (
+        spec.id, "staging", "running", 5000, ROWS, 25.0)
+    assert 400 <= b["rows_per_s"] <= 550 and 25 <= b["eta_s"] <= 40 and b["batch_rows"] > 0
+    assert b["paused_because"] == "the database's health: replica r1 replay lag 70.0 MB (over 64.0 MB)"
+    assert read_backfills({"staging": events.replace("/t_", "/missing_t_")})["errors"]["staging"].startswith(
+        "cannot connect to ")

@@ -438,41 +438,7 @@ batch: {first_rows: 200, min_rows: 100, max_rows: 500}
 
 
 @pytest.mark.slow
-def test_a_bundle_with_a_backfill_applies_expand_then_fills_the_rows_then_applies_contract(
-        ctx: Deployment, targets: dict[str, Target]) -> None:
-    folder = ctx.cfg.migrations
-    for name, sql in TRIO.items():
-        (folder / name).mkdir()
-        (folder / name / "migration.sql").write_text(sql)
-    (folder / EXPAND / "backfill.yaml").write_text(BACKFILL)
-    staging, production = targets["staging"], targets["production"]
-    pre = travel(deploy.preflight(ctx, staging, production))
-    assert pre.pending["staging"][-2:] == [EXPAND, CONTRACT]
-    done = travel(deploy.apply(ctx, staging, pre))
-    (backfill,) = done.backfills
-    assert (backfill.id, backfill.state, backfill.table) == (EXPAND, "done", "behavioral_events")
-    with psycopg.connect(staging.url) as conn:
-        events = conn.execute("SELECT count(*) FROM behavioral_events").fetchone()[0]
-        left = conn.execute('SELECT count(*) FROM behavioral_events WHERE "eventDate" IS DISTINCT FROM '
-                            '("timestamp" AT TIME ZONE \'UTC\')::date').fetchone()[0]
-        not_null = conn.execute("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'behavioral_events'::regclass "
-                                "AND attname = 'eventDate'").fetchone()[0]
-    assert (backfill.rows_done, left, not_null) == (events, 0, True) and events > 0
-    assert set(applied(staging)) >= {EXPAND, CONTRACT}
-    told = [(event, facts) for event, facts in ctx.notify.events if event.startswith("backfill_")]
-    said = [event for event, _ in told]
-    assert said[0] == "backfill_started" and said[-1] == "backfill_done" and "backfill_paused" not in said
-    assert 1 <= said.count("backfill_progress") <= 3  # each quarter at most once, never one per batch
-    started, finished = told[0][1], told[-1][1]
-    assert (started["backfill"], started["target"], started["WAL budget"]) == (EXPAND, "staging", "16 MB/s")
-    assert finished["rows"] == str(events)
-    # Production: the same, with its health gate checked between batches (no replica here: nothing to wait for).
-    (gated,) = travel(deploy.apply(ctx, production, pre)).backfills
-    assert (gated.state, gated.pauses) == ("done", []) and set(applied(production)) >= {EXPAND, CONTRACT}
-
-
-@pytest.mark.slow
-def test_a_backfill_an_operator_paused_stops_the_deployment_before_its_contract_and_a_retry_after_resume_converges(
+def test_a_backfill_runs_between_expand_and_contract_and_an_operators_pause_stops_the_run_before_the_contract(
         ctx: Deployment, targets: dict[str, Target]) -> None:
     from schema_deploy.backfill import checkpoint
     from schema_deploy.backfill.errors import BackfillStopped
@@ -484,7 +450,9 @@ def test_a_backfill_an_operator_paused_stops_the_deployment_before_its_contract_
         (folder / name / "migration.sql").write_text(sql)
     (folder / EXPAND / "backfill.yaml").write_text(BACKFILL)
     staging, production = targets["staging"], targets["production"]
-    pre = travel(deploy.preflight(ctx, staging, production))
+    pre = travel(deploy.preflight(ctx, staging, production))  # its NOT NULL precheck waits for the backfill
+    assert pre.pending["staging"][-2:] == [EXPAND, CONTRACT]
+
     spec = load_spec(EXPAND, folder / EXPAND / "backfill.yaml", BACKFILL.encode())
     with psycopg.connect(staging.url, autocommit=True) as conn:  # an operator paused it before the run got there
         checkpoint.start(conn, spec.id, spec.digest, None, spec.table, 0)
@@ -496,7 +464,28 @@ def test_a_backfill_an_operator_paused_stops_the_deployment_before_its_contract_
         "it, and the rows done, stay (its checkpoint keeps them). Resume it (python -m schema_deploy backfill resume "
         f"--name {EXPAND}), then retry this task: the backfill goes on from its checkpoint.")
     assert EXPAND in applied(staging) and CONTRACT not in applied(staging)
+
     with psycopg.connect(staging.url, autocommit=True) as conn:
         checkpoint.request(conn, spec.id, None, "bob")
-    (backfill,) = travel(deploy.apply(ctx, staging, pre)).backfills  # the retry: the rest, then the contract
-    assert backfill.state == "done" and CONTRACT in applied(staging)
+    earlier = len(ctx.notify.events)
+    (backfill,) = travel(deploy.apply(ctx, staging, pre)).backfills  # the retry: the rows, then the contract
+    assert (backfill.id, backfill.state, backfill.table) == (EXPAND, "done", "behavioral_events")
+    with psycopg.connect(staging.url) as conn:
+        events = conn.execute("SELECT count(*) FROM behavioral_events").fetchone()[0]
+        wrong = conn.execute('SELECT count(*) FROM behavioral_events WHERE "eventDate" IS DISTINCT FROM '
+                             '("timestamp" AT TIME ZONE \'UTC\')::date').fetchone()[0]
+        not_null = conn.execute("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'behavioral_events'::regclass "
+                                "AND attname = 'eventDate'").fetchone()[0]
+    assert (backfill.rows_done, wrong, not_null) == (events, 0, True) and events > 0
+    assert CONTRACT in applied(staging)
+    told = [(event, facts) for event, facts in ctx.notify.events[earlier:] if event.startswith("backfill_")]
+    said = [event for event, _ in told]
+    assert said[0] == "backfill_started" and said[-1] == "backfill_done" and "backfill_paused" not in said
+    assert 1 <= said.count("backfill_progress") <= 3  # each quarter at most once, never one per batch
+    started, finished = told[0][1], told[-1][1]
+    assert (started["backfill"], started["target"], started["WAL budget"]) == (EXPAND, "staging", "16 MB/s")
+    assert finished["rows"] == str(events)
+
+    # Production: the same in one run, its health gate checked between batches (no replica here: no wait).
+    (gated,) = travel(deploy.apply(ctx, production, pre)).backfills
+    assert (gated.state, gated.pauses) == ("done", []) and set(applied(production)) >= {EXPAND, CONTRACT}

@@ -189,8 +189,8 @@ PINNED_ELSEWHERE: dict[str, str] = {
                              "test_a_set_that_leaves_rows_selected_stops_naming_a_key_and_keeps_nothing_of_that_batch",
     "BackfillLocked": "tests/integration/test_backfill.py::"
                       "test_rows_held_through_every_attempt_stop_the_backfill_with_its_progress_kept",
-    "BackfillStopped": "tests/integration/test_pipeline_deploy.py::test_a_backfill_an_operator_paused_stops_the_"
-                       "deployment_before_its_contract_and_a_retry_after_resume_converges",
+    "BackfillStopped": "tests/integration/test_pipeline_deploy.py::test_a_backfill_runs_between_expand_and_"
+                       "contract_and_an_operators_pause_stops_the_run_before_the_contract",
     "ContractRefused": "tests/integration/test_backfill.py::"
                        "test_a_migration_after_a_backfill_is_refused_until_its_rows_are_done",
     # health

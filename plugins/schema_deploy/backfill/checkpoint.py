@@ -32,6 +32,7 @@ DDL = [
         rows_done     bigint NOT NULL DEFAULT 0,
         rows_estimated bigint,
         batches       integer NOT NULL DEFAULT 0,
+        batch_rows    integer,
         wal_bytes     bigint NOT NULL DEFAULT 0,
         state         text NOT NULL CHECK (state IN {STATES!r}),
         requested     text CHECK (requested IN ('pause', 'cancel')),
@@ -46,7 +47,7 @@ DDL = [
     "See: python -m schema_deploy backfill status'",
 ]
 COLUMNS = ("id", "digest", "release", "target_table", "last_key", "rows_done", "rows_estimated", "batches",
-           "wal_bytes", "state", "requested", "requested_by", "pauses", "message", "started_at", "updated_at",
+           "batch_rows", "wal_bytes", "state", "requested", "requested_by", "pauses", "message", "started_at", "updated_at",
            "finished_at")
 
 
@@ -60,6 +61,7 @@ class Checkpoint:
     rows_done: int
     rows_estimated: int | None
     batches: int
+    batch_rows: int | None
     wal_bytes: int
     state: str
     requested: str | None
@@ -75,6 +77,26 @@ class Checkpoint:
         for k in ("started_at", "updated_at", "finished_at"):
             out[k] = out[k].isoformat() if out[k] else None
         return out
+
+    def progress(self) -> dict[str, Any]:
+        """What the page shows of it: rows done of estimated, the rate since it started, ETA, the last
+        batch's size, and why it is not moving, when it is not."""
+        seconds = ((self.finished_at or self.updated_at) - self.started_at).total_seconds() \
+            if self.started_at and self.updated_at else 0.0
+        rate = self.rows_done / seconds if seconds > 0 else 0.0
+        left = max(0, (self.rows_estimated or 0) - self.rows_done)
+        pause = next((p for p in reversed(self.pauses) if "since" in p), None)
+        because = (f"{self.requested} requested by {self.requested_by or 'an operator'}" if self.requested
+                   else f"{self.state} by {self.requested_by or 'an operator'}" if self.state in ("paused", "cancelled")
+                   else f"the database's health: {pause['reason']}" if pause and "seconds" not in pause
+                   and self.state == "running" else self.message if self.state == "failed" else None)
+        return {"id": self.id, "table": self.target_table, "state": self.state, "rows_done": self.rows_done,
+                "rows_estimated": self.rows_estimated,
+                "percent": round(100 * self.rows_done / self.rows_estimated, 1) if self.rows_estimated else None,
+                "rows_per_s": round(rate), "eta_s": round(left / rate) if rate and self.state == "running" else None,
+                "batch_rows": self.batch_rows, "batches": self.batches, "wal_bytes": self.wal_bytes,
+                "pauses": len([p for p in self.pauses if "since" in p]), "paused_because": because,
+                "updated_at": self.updated_at.isoformat() if self.updated_at else None}
 
 
 def lock_key(backfill: str) -> int:
@@ -131,8 +153,8 @@ def start(conn: psycopg.Connection, backfill: str, digest: str, release: str | N
 def batch_done(conn: psycopg.Connection, backfill: str, last_key: str, rows: int, wal: int) -> tuple[str | None, str | None]:
     """Inside the batch's transaction: record it; the operator's request, if any (pause/cancel, by whom)."""
     return conn.execute(f"UPDATE {TABLE} SET last_key = %s, rows_done = rows_done + %s, batches = batches + 1, "
-                        "wal_bytes = wal_bytes + %s, updated_at = now() WHERE id = %s RETURNING requested, requested_by",
-                        (last_key, rows, wal, backfill)).fetchone()
+                        "batch_rows = %s, wal_bytes = wal_bytes + %s, updated_at = now() WHERE id = %s "
+                        "RETURNING requested, requested_by", (last_key, rows, rows, wal, backfill)).fetchone()
 
 
 def finish(conn: psycopg.Connection, backfill: str, state: str, message: str | None = None) -> None:

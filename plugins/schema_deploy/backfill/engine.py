@@ -1,21 +1,22 @@
 """Run one backfill: keyset batches, each its own short transaction, paced by a WAL budget, gated on
 the database's health between batches, checkpointed with every batch.
 
-One batch is one statement::
+One batch is one statement, in a short transaction of its own (`SET LOCAL lock_timeout`) with the
+checkpoint's row::
 
     WITH batch AS MATERIALIZED (SELECT key FROM t WHERE (where) AND key > last ORDER BY key LIMIT n FOR UPDATE),
          done AS (UPDATE t SET ... FROM batch WHERE t.key = batch.key RETURNING t.key, (where) AS still)
-    SELECT count(*), the batch's last key, count(*) FILTER (WHERE still), a key still selected FROM done
+    INSERT INTO a temporary table: count(*), the batch's last key, count(*) FILTER (WHERE still), a key still selected
 
-plus the checkpoint's row, in the same transaction (with `SET LOCAL lock_timeout`). A row the `set`
-leaves still selected by `where` (the new values evaluated in RETURNING) would be selected again for
-ever: that batch is rolled back and the run stops, naming the key. Rows locked by the application make
-the batch wait at most `lock_timeout`, then it is retried with half the rows; the application is never
-held longer than that.
+run under `EXPLAIN (ANALYZE, WAL)`: PostgreSQL then counts the WAL that statement wrote (row locks, new
+row versions, index entries, triggers' writes, full-page images) and nothing else the cluster wrote
+meanwhile, so the budget is the backfill's own. A row the `set` leaves still selected by `where` (the new
+values evaluated in RETURNING) would be selected again for ever: that batch is rolled back and the run
+stops, naming the key. Rows locked by the application make the batch wait at most `lock_timeout`, then it
+is retried with half the rows; the application is never held longer than that.
 
 Batch size: the smaller of the rows that fit the target batch duration and the rows whose WAL fits a tenth
-of a second of the budget, as measured on the previous batches (rows, seconds, LSN difference; the LSN
-difference counts everything the cluster wrote meanwhile, so the budget bounds ours from above). Before
+of a second of the budget, as measured on the previous batches (rows, seconds, WAL). Before
 each batch, `Pacer` waits until the WAL of the batches that ended in the last second plus the batch's
 expected WAL fits 85 % of the budget: the WAL rate stays under the budget over any 1 s window, with room
 for one batch whose pages had to be written whole after a checkpoint.
@@ -144,33 +145,58 @@ def check_target(conn: psycopg.Connection, spec: BackfillSpec) -> Target:
     return Target(key_type=columns[spec.key])
 
 
-def batch_query(spec: BackfillSpec, target: Target, first: bool) -> sql.Composed:
+RESULTS = "pg_temp.schema_deploy_backfill_batch"  # a batch's figures (a temporary table writes no WAL)
+
+
+@dataclass(frozen=True)
+class Queries:
+    """One batch as one statement run under EXPLAIN ANALYZE, which reports the WAL that statement wrote
+    (row locks, new row versions, index entries, triggers' writes, full-page images) and nothing else the
+    cluster wrote meanwhile; the statement leaves its figures in a temporary table, read after it."""
+
+    first: sql.Composed
+    after: sql.Composed
+
+
+def batch_queries(spec: BackfillSpec, target: Target) -> Queries:
     table, key = db.ident(spec.table), sql.Identifier(spec.key)
 
     def raw(expression: str) -> sql.SQL:
         return sql.SQL(expression.replace("%", "%%"))  # the query has parameters: a literal % stays one
 
     where = raw(spec.where)
-    after = sql.SQL("") if first else sql.SQL(" AND {} > CAST(%(last)s AS {})").format(key, sql.SQL(target.key_type))
     sets = sql.SQL(", ").join(sql.SQL("{} = ({})").format(sql.Identifier(c), raw(e)) for c, e in spec.set)
-    return sql.SQL(
-        "WITH batch AS MATERIALIZED (SELECT {key} AS schema_deploy_key FROM {table} WHERE ({where}){after} "
-        "ORDER BY {key} LIMIT %(rows)s FOR UPDATE), "
-        "done AS (UPDATE {table} SET {sets} FROM batch WHERE {table}.{key} = batch.schema_deploy_key "
-        "RETURNING {table}.{key} AS schema_deploy_key, ({where}) AS schema_deploy_still) "
-        "SELECT count(*), (SELECT schema_deploy_key::text FROM batch ORDER BY schema_deploy_key DESC LIMIT 1), "
-        "count(*) FILTER (WHERE schema_deploy_still), "
-        "(array_agg(schema_deploy_key::text) FILTER (WHERE schema_deploy_still))[1] FROM done"
-    ).format(key=key, table=table, where=where, after=after, sets=sets)
+    text = ("EXPLAIN (ANALYZE, WAL, TIMING OFF, SUMMARY OFF, FORMAT JSON) "
+            "WITH batch AS MATERIALIZED (SELECT {key} AS schema_deploy_key FROM {table} WHERE ({where}){after} "
+            "ORDER BY {key} LIMIT %(rows)s FOR UPDATE), "
+            "done AS (UPDATE {table} SET {sets} FROM batch WHERE {table}.{key} = batch.schema_deploy_key "
+            "RETURNING {table}.{key} AS schema_deploy_key, ({where}) AS schema_deploy_still) "
+            "INSERT INTO {results} SELECT count(*), "
+            "(SELECT schema_deploy_key::text FROM batch ORDER BY schema_deploy_key DESC LIMIT 1), "
+            "count(*) FILTER (WHERE schema_deploy_still), "
+            "(array_agg(schema_deploy_key::text) FILTER (WHERE schema_deploy_still))[1] FROM done")
+    after = sql.SQL(" AND {} > CAST(%(last)s AS {})").format(key, sql.SQL(target.key_type))
+    parts = {"key": key, "table": table, "where": where, "sets": sets, "results": sql.SQL(RESULTS)}
+    return Queries(first=sql.SQL(text).format(after=sql.SQL(""), **parts),
+                   after=sql.SQL(text).format(after=after, **parts))
+
+
+def prepare_session(conn: psycopg.Connection) -> None:
+    conn.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {RESULTS.split('.')[1]} "
+                 "(done bigint, last_key text, still bigint, still_key text) ON COMMIT DELETE ROWS")
+
+
+def run_batch(conn: psycopg.Connection, q: Queries, rows: int, last: str | None) -> tuple[int, str | None, int, str | None, int]:
+    """In the caller's transaction: (rows updated, the batch's last key, rows it left matching `where`, one of
+    their keys, the WAL bytes the statement wrote)."""
+    (plan,) = conn.execute(q.first if last is None else q.after, {"rows": rows, "last": last}).fetchone()[0]
+    done, batch_last, still, still_key = conn.execute(f"SELECT * FROM {RESULTS}").fetchone()
+    return int(done), batch_last, int(still), still_key, int(plan["Plan"].get("WAL Bytes", 0))
 
 
 def count_left(conn: psycopg.Connection, spec: BackfillSpec) -> int:
     query = sql.SQL("SELECT count(*) FROM {} WHERE ({})").format(db.ident(spec.table), sql.SQL(spec.where))
     return int(conn.execute(query).fetchone()[0])
-
-
-def wal_lsn(conn: psycopg.Connection) -> int:
-    return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint").fetchone()[0])
 
 
 @dataclass
@@ -186,6 +212,7 @@ class Runner:
     log: Callable[[str], None] = lambda _m: None
     on_progress: Callable[[Progress], None] | None = None
     on_pause: Callable[[str, bool], None] | None = None  # (the gate's reason, whether it is the first pause)
+    _checked: float | None = field(default=None, init=False, repr=False)  # when the gate was last asked
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 
@@ -237,27 +264,27 @@ class Runner:
                  result: BackfillResult) -> None:
         spec, rows, run_began = self.spec, self.spec.first_rows, self.clock()
         pace = Pacer(spec.wal_budget_bytes_per_s, self.clock, self.sleep)
-        queries = {True: batch_query(spec, target, True), False: batch_query(spec, target, False)}
+        queries = batch_queries(spec, target)
+        prepare_session(conn)
         logged, locked, pid = self.clock(), 0, conn.info.backend_pid
         milestones = {0.25, 0.5, 0.75}
         while True:
             self._healthy(conn, pid, result)
             pace.wait_for_room(rows)
-            began, before = self.clock(), wal_lsn(conn)
+            began = self.clock()
             try:
                 with conn.transaction():
                     conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{spec.lock_timeout_ms}ms")))
                     conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(
                         sql.Literal(f"{max(60_000, int(spec.target_s * 20_000))}ms")))
-                    done, batch_last, still, still_key = conn.execute(
-                        queries[last is None], {"rows": rows, "last": last}).fetchone()
+                    done, batch_last, still, still_key, wal = run_batch(conn, queries, rows, last)
                     if still:
                         raise BackfillNotConverging(
                             spec.id, f"after its `set`, {still} row(s) of this batch still match `where` ({spec.where}),"
                             f" e.g. {spec.key} = {still_key}: they would be selected again for ever", result.rows_done)
                     requested = by = None
                     if done:
-                        requested, by = checkpoint.batch_done(conn, spec.id, batch_last, done, 0)
+                        requested, by = checkpoint.batch_done(conn, spec.id, batch_last, done, wal)
             except psycopg.errors.LockNotAvailable:
                 locked += 1
                 result.lock_retries += 1
@@ -270,7 +297,7 @@ class Runner:
                 self.sleep(min(0.1 * 2 ** locked, 5.0))
                 continue
             locked = 0
-            took, wal = self.clock() - began, max(0, wal_lsn(conn) - before)
+            took = self.clock() - began
             if not done:
                 left = count_left(conn, spec)
                 if left == 0:
@@ -287,7 +314,6 @@ class Runner:
                 checkpoint.restart_pass(conn, spec.id)
                 last = None
                 continue
-            conn.execute(f"UPDATE {checkpoint.TABLE} SET wal_bytes = wal_bytes + %s WHERE id = %s", (wal, spec.id))
             last = batch_last
             result.rows_done += done
             result.rows_this_run += done
@@ -311,10 +337,14 @@ class Runner:
                 return
 
     def _healthy(self, conn: psycopg.Connection, pid: int, result: BackfillResult) -> None:
-        """Between batches: wait (or defer) while the health gate says so, recording the pause."""
+        """Between batches, at most once per poll interval (a check reads several views and the WAL rate
+        over at least 0.2 s, longer than a batch): wait (or defer) while the gate says so, recording the pause."""
         if self.gate is None:
             return
+        if self._checked is not None and self.clock() - self._checked < self.gate.settings.poll_s:
+            return
         decision = self.gate.check([self.spec.table], pid)
+        self._checked = self.clock()
         if decision.go:
             return
         reason, since, began = decision.reason(), datetime.now(timezone.utc), self.clock()

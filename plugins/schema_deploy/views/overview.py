@@ -374,6 +374,20 @@ def chain_status(url: str) -> dict[str, Any]:
         return {"state": "error", "message": error_text(exc, url)}
 
 
+def read_backfills(urls: Urls) -> dict[str, Any]:
+    """Every environment's backfills (schema_deploy.backfills) with their progress; read errors by environment."""
+    from schema_deploy.backfill import checkpoint
+
+    found, errors = [], {}
+    for env, url in urls.items():
+        try:
+            with open_readonly(url) as conn:
+                found += [{"environment": env, **c.progress()} for c in checkpoint.read(conn)]
+        except (psycopg.Error, SchemaDeployError) as exc:
+            errors[env] = error_text(exc, url)
+    return {"backfills": found, "errors": errors}
+
+
 def read_audit(urls: Urls, check: Callable[[str], dict[str, Any]] = chain_status) -> dict[str, Any]:
     """The chain status of every environment."""
     return {"environments": [{"name": env, **check(url)} for env, url in urls.items()]}
