@@ -16,11 +16,15 @@ twice are measured.
   ours           the engine: batches sized by duration and the WAL budget, the health gate between them;
   resume         ours again on a fresh copy, its process killed (SIGKILL) at 50 %, then run to the end.
 
-Meanwhile the application inserts `--rate` rows/s and updates as many recent rows (two threads, each
+Meanwhile the application inserts `--rate` rows/s and updates as many recent rows (one thread, each
 write timed from its scheduled start). A sampler reads the WAL position and the replica's replay lag
-every 0.1 s. Per run: wall time, rows/s, the application's write p99 and max, the peak replica lag, WAL
-bytes, the peak WAL rate over any 1 s window, the average WAL rate over unpaused time (wall time minus
-the gate's pauses). `--json` prints one object on the last line.
+every 0.1 s. Per run: wall time, rows/s, the application's write p50, p99 and max, the peak replica lag,
+the cluster's WAL bytes, its peak rate over any 1 s window and its average over unpaused time (wall time
+minus the gate's pauses), and what else the cluster did (checkpoints, autovacuum runs on the table).
+For ours, also its own WAL as its batches count it (EXPLAIN ANALYZE, WAL: nothing the application or
+autovacuum wrote), its peak over any 1 s and its average: the budget is judged on those. A run of the
+application alone comes first, for what its writes cost here with nothing else going on.
+`--json` prints one object on the last line.
 """
 from __future__ import annotations
 
@@ -305,7 +309,10 @@ def main() -> int:
         return result.rows_this_run
 
     out["ours"] = measured("ours", url, args.rate, nusers, ours, lambda: sum(pauses))
-    out["ours"]["own_wal_rate_peak_bytes_per_s"] = round(peak_rate(marks))
+    own = out["ours"]
+    own["own_wal_bytes"] = marks[-1][1]
+    own["own_wal_rate_peak_bytes_per_s"] = round(peak_rate(marks))
+    own["own_wal_rate_avg_bytes_per_s"] = round(marks[-1][1] / max(own["wall_s"] - own["paused_s"], 1e-3))
     say(f"ours: {out['ours']}")
     stall.drop_databases(admin, "bench_backfill_c")
 
@@ -379,14 +386,18 @@ def report(out: dict, rows: int, budget: int) -> None:
     def verdict(ok: bool) -> str:
         return "OK" if ok else "MISSED"
 
-    print(f"ours: peak WAL rate {ours['wal_rate_peak_bytes_per_s'] / MB:.1f} MB/s <= budget {budget / MB:g}   "
-          f"{verdict(ours['wal_rate_peak_bytes_per_s'] <= budget)}")
+    print(f"ours: its own WAL (its batches, as EXPLAIN ANALYZE counts them): peak {ours['own_wal_rate_peak_bytes_per_s'] / MB:.1f}"
+          f" MB/s over any 1 s (target <= budget {budget / MB:g})   {verdict(ours['own_wal_rate_peak_bytes_per_s'] <= budget)}")
+    print(f"      the cluster's WAL meanwhile (the application's, autovacuum's on the table "
+          f"({ours['table_autovacuums']} runs), checkpoints' and ours): peak {ours['wal_rate_peak_bytes_per_s'] / MB:.1f} MB/s;"
+          f" the application alone wrote {out['application_alone']['wal_rate_avg_bytes_per_s'] / MB:.1f} MB/s")
     print(f"single UPDATE: peak {single['wal_rate_peak_bytes_per_s'] / budget:.1f}x the budget (target >= 3x)   "
           f"{verdict(single['wal_rate_peak_bytes_per_s'] >= 3 * budget)}")
-    print(f"ours: average WAL rate over unpaused time {ours['wal_rate_avg_bytes_per_s'] / budget:.2f}x the budget "
-          f"(target >= 0.7x)   {verdict(ours['wal_rate_avg_bytes_per_s'] >= 0.7 * budget)}")
+    print(f"ours: average own WAL rate over unpaused time {ours['own_wal_rate_avg_bytes_per_s'] / budget:.2f}x the budget "
+          f"(target >= 0.7x)   {verdict(ours['own_wal_rate_avg_bytes_per_s'] >= 0.7 * budget)}")
     print(f"ours: application write p99 {ours['write_p99_ms']:.1f} ms (target <= 100), max {ours['write_max_ms']:.1f} ms"
-          f"   {verdict(ours['write_p99_ms'] <= 100)}")
+          f"   {verdict(ours['write_p99_ms'] <= 100)}   (the application alone: p99 "
+          f"{out['application_alone']['write_p99_ms']:.1f} ms, max {out['application_alone']['write_max_ms']:.1f} ms)")
     print(f"resume after kill -9 at {res['killed_at_pct']} %: {res['time_ratio']:.2f}x the uninterrupted time "
           f"(target <= 1.1x), rows updated twice {res['rows_updated_twice']}, rows left {res['rows_left']}   "
           f"{verdict(res['time_ratio'] <= 1.1 and res['rows_updated_twice'] == 0 and res['rows_left'] == 0)}")

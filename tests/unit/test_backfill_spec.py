@@ -124,3 +124,17 @@ def test_a_migration_without_a_backfill_keeps_its_releases_digest(tmp_path: Path
     (folder / "migration.sql").write_text("SELECT 1;\n")
     (frozen,) = freeze(load_bundle(tmp_path / "migrations"), "main").files
     assert frozen.backfill is None and "backfill" not in frozen.as_dict()
+
+
+def test_after_a_checkpoint_the_pacer_assumes_whole_pages_until_a_batch_measures_them() -> None:
+    from schema_deploy.backfill.engine import Pacer
+
+    pace = Pacer(1000, lambda: 0.0, lambda s: None)
+    pace.wrote(10, 400)
+    pace.wrote(10, 500)
+    pace.checkpoint_started(8192 * 3)
+    assert pace.per_row() == 8192 * 3  # a heap page and two index pages a row, at worst
+    pace.wrote(10, 30_000)  # what it really cost: 3,000 bytes a row
+    assert pace.per_row() == 3000  # measured: the assumption is dropped, not kept as the largest
+    pace.wrote(10, 400)
+    assert pace.per_row() == 3000

@@ -18,8 +18,9 @@ is retried with half the rows; the application is never held longer than that.
 Batch size: the smaller of the rows that fit the target batch duration and the rows whose WAL fits a tenth
 of a second of the budget, as measured on the previous batches (rows, seconds, WAL). Before
 each batch, `Pacer` waits until the WAL of the batches that ended in the last second plus the batch's
-expected WAL fits 85 % of the budget: the WAL rate stays under the budget over any 1 s window, with room
-for one batch whose pages had to be written whole after a checkpoint.
+expected WAL fits 85 % of the budget: the WAL rate stays under the budget over any 1 s window. When a
+checkpoint begins (its counter moves), the next batch is sized as if each row needed whole pages written
+(the heap's and each index's), until it has measured what they cost.
 
 When the walk reaches the last key, the rows `where` still selects are counted: 0 is done; others (rows
 with smaller keys the application wrote meanwhile, not filled by the expand migration's trigger) get
@@ -116,9 +117,15 @@ class BackfillResult:
 
 @dataclass
 class Target:
-    """The table as the database has it: the key's type, checked."""
+    """The table as the database has it: the key's type, checked; how many indexes it has."""
 
     key_type: str
+    indexes: int = 0
+
+    @property
+    def worst_per_row(self) -> int:
+        """WAL of one row's update just after a checkpoint, at worst: a full page of the heap and of each index."""
+        return 8192 * (1 + self.indexes)
 
 
 def check_target(conn: psycopg.Connection, spec: BackfillSpec) -> Target:
@@ -142,7 +149,15 @@ def check_target(conn: psycopg.Connection, spec: BackfillSpec) -> Target:
         raise BackfillRefused(spec.id, f"key {spec.key} of {spec.table} is not a NOT NULL column with a unique "
                               "index of its own, so batches cannot walk it in order",
                               "Use the table's primary key (or another unique NOT NULL column) as `key`.")
-    return Target(key_type=columns[spec.key])
+    indexes = conn.execute("SELECT count(*) FROM pg_index WHERE indrelid = %s", (oid,)).fetchone()[0]
+    return Target(key_type=columns[spec.key], indexes=int(indexes))
+
+
+def checkpoints(conn: psycopg.Connection) -> int:
+    """How many checkpoints the cluster has begun (PostgreSQL 17 moved the counters to pg_stat_checkpointer)."""
+    if conn.info.server_version >= 170000:
+        return int(conn.execute("SELECT num_timed + num_requested FROM pg_stat_checkpointer").fetchone()[0])
+    return int(conn.execute("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter").fetchone()[0])
 
 
 RESULTS = "pg_temp.schema_deploy_backfill_batch"  # a batch's figures (a temporary table writes no WAL)
@@ -264,12 +279,17 @@ class Runner:
                  result: BackfillResult) -> None:
         spec, rows, run_began = self.spec, self.spec.first_rows, self.clock()
         pace = Pacer(spec.wal_budget_bytes_per_s, self.clock, self.sleep)
+        seen = checkpoints(conn)
         queries = batch_queries(spec, target)
         prepare_session(conn)
         logged, locked, pid = self.clock(), 0, conn.info.backend_pid
         milestones = {0.25, 0.5, 0.75}
         while True:
             self._healthy(conn, pid, result)
+            if (now := checkpoints(conn)) != seen:
+                seen = now
+                pace.checkpoint_started(target.worst_per_row)
+                rows = int(max(spec.min_rows, min(rows, spec.wal_budget_bytes_per_s * BATCH_WAL_S / pace.per_row())))
             pace.wait_for_room(rows)
             began = self.clock()
             try:
@@ -396,14 +416,21 @@ class Pacer:
     sleep: Callable[[float], None]
     recent: list[tuple[float, int]] = field(default_factory=list)  # (end, WAL bytes) of the last second's batches
     rates: list[float] = field(default_factory=list)  # WAL per row of the last ESTIMATE_OVER batches
+    assumed: bool = False  # `rates` is a checkpoint's worst case, until a batch measures it
 
     def per_row(self) -> float:
         return max(self.rates, default=0.0)
 
+    def checkpoint_started(self, worst_per_row: float) -> None:
+        """A checkpoint began: the next batch's rows may each need whole pages written (the heap's and each
+        index's), so it is sized for that until it has measured what they really cost."""
+        self.rates, self.assumed = [max(worst_per_row, self.per_row())], True
+
     def wrote(self, rows: int, wal: int) -> None:
         self.recent.append((self.clock(), wal))
         if rows:
-            self.rates = [*self.rates, wal / rows][-ESTIMATE_OVER:]
+            self.rates = [*([] if self.assumed else self.rates), wal / rows][-ESTIMATE_OVER:]
+            self.assumed = False
 
     def wait_for_room(self, rows: int) -> None:
         expected, room = rows * self.per_row(), HEADROOM * self.budget

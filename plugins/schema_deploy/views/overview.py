@@ -217,8 +217,10 @@ def live_summary(run: dict[str, Any]) -> dict[str, Any]:
                f"failed at task {failed[0]}" if failed else run.get("state"))
     waiting = None
     if run.get("state") in LIVE_STATES and tasks.get(HEALTH_GATED.get(run.get("dag_id"), "")) == "deferred":
-        outcome = "in progress: production waits for the database's health before an online step"
         wait = run.get("health_wait") or {}
+        outcome = ("in progress: production's backfill is paused for the database's health"
+                   if str(wait.get("what", "")).startswith("backfill ") else
+                   "in progress: production waits for the database's health before an online step")
         if wait.get("latest") or wait.get("reason"):
             waiting = f"waiting for: {wait.get('latest') or wait.get('reason')}"
             waiting += f" (waiting since {wait['since']})" if wait.get("since") else ""
