@@ -122,6 +122,22 @@ class Sampler(threading.Thread):
         return peak_rate([(t, wal) for t, wal, _ in self.window(t0, t1)])
 
 
+def peak_window(batches: list[tuple[float, int, int, int]]) -> list[dict[str, float]]:
+    """The batches of the 1 s window where the backfill's own WAL peaked: each one's end (s into the
+    window), rows, WAL and WAL per row."""
+    best, window = -1.0, []
+    for i in range(1, len(batches)):
+        j = next((k for k in range(i, len(batches)) if batches[k][0] >= batches[i - 1][0] + 1.0), None)
+        if j is None:
+            break
+        rate = (batches[j][2] - batches[i - 1][2]) / (batches[j][0] - batches[i - 1][0])
+        if rate > best:
+            best, window = rate, [(batches[k - 1], batches[k]) for k in range(i, j + 1)]
+    t0 = window[0][0][0] if window else 0.0
+    return [{"end_s": round(b[0] - t0, 3), "rows": b[1] - a[1], "wal_bytes": b[2] - a[2],
+             "bytes_per_row": round((b[2] - a[2]) / max(b[1] - a[1], 1))} for a, b in window]
+
+
 def peak_rate(samples: list[tuple[float, int]]) -> float:
     """The largest rate over any window of at least 1 s of (time, cumulative bytes) samples."""
     best, j = 0.0, 0
@@ -296,13 +312,19 @@ def main() -> int:
     ours_spec = spec_file(work / "ours", args.budget_mb, (100, 50_000, 1000))
     pauses: list[float] = []
     marks: list[tuple[float, int]] = []  # (time, WAL its batches wrote so far): its own WAL rate
+    batches: list[tuple[float, int, int, int]] = []  # (end time, rows, WAL bytes, the next batch's rows)
+
+    def mark(p) -> None:
+        batches.append((time.monotonic(), p.rows_done, p.wal_bytes, p.batch_rows))
+        marks.append((time.monotonic(), p.wal_bytes))
 
     def ours() -> int:
         gate = HealthGate(url, gate_settings, log=say)
         marks.append((time.monotonic(), 0))
+        batches.append((time.monotonic(), 0, 0, 0))
         try:
             result = Runner(url, load_spec(ours_spec.parent.name, ours_spec, ours_spec.read_bytes()), gate=gate,
-                            log=say, on_progress=lambda p: marks.append((time.monotonic(), p.wal_bytes))).run()
+                            log=say, on_progress=mark).run()
         finally:
             gate.close()
         pauses.extend(p["seconds"] for p in result.pauses)
@@ -313,6 +335,8 @@ def main() -> int:
     own["own_wal_bytes"] = marks[-1][1]
     own["own_wal_rate_peak_bytes_per_s"] = round(peak_rate(marks))
     own["own_wal_rate_avg_bytes_per_s"] = round(marks[-1][1] / max(own["wall_s"] - own["paused_s"], 1e-3))
+    # The 1 s window of its own WAL that peaked, batch by batch: what wrote it.
+    own["own_peak_window"] = peak_window(batches)
     say(f"ours: {out['ours']}")
     stall.drop_databases(admin, "bench_backfill_c")
 
@@ -388,6 +412,13 @@ def report(out: dict, rows: int, budget: int) -> None:
 
     print(f"ours: its own WAL (its batches, as EXPLAIN ANALYZE counts them): peak {ours['own_wal_rate_peak_bytes_per_s'] / MB:.1f}"
           f" MB/s over any 1 s (target <= budget {budget / MB:g})   {verdict(ours['own_wal_rate_peak_bytes_per_s'] <= budget)}")
+    window = ours.get("own_peak_window") or []
+    if window:
+        big = max(window, key=lambda b: b["wal_bytes"])
+        per_row = sorted(b["bytes_per_row"] for b in window)
+        print(f"      its peak second: {len(window)} batches, {sum(b['wal_bytes'] for b in window) / MB:.1f} MB; the "
+              f"largest {big['wal_bytes'] / MB:.1f} MB ({big['rows']} rows, {big['bytes_per_row']} bytes a row; the "
+              f"window's median {per_row[len(per_row) // 2]} bytes a row)")
     print(f"      the cluster's WAL meanwhile (the application's, autovacuum's on the table "
           f"({ours['table_autovacuums']} runs), checkpoints' and ours): peak {ours['wal_rate_peak_bytes_per_s'] / MB:.1f} MB/s;"
           f" the application alone wrote {out['application_alone']['wal_rate_avg_bytes_per_s'] / MB:.1f} MB/s")
