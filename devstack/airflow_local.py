@@ -83,7 +83,7 @@ MAX_RESTARTS, RESTART_WINDOW_S, RESTART_DELAY_S = 5, 120.0, 2.0  # a component t
 CONTROL_ONLY = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")  # the line a Celery worker logs once it consumes its queue
 HOST = "127.0.0.1"
-USERS = "admin:admin"
+USERS = "admin:admin,watcher:viewer"  # watcher: read-only, as an on-call viewer signs in
 DEFAULT_HOME = Path(os.environ.get("DEVSTACK_AIRFLOW_HOME")
                     or Path(os.environ.get("DEVSTACK_DIR", REPO / ".devstack")) / "airflow").resolve()
 DEFAULT_CONFIG = REPO / "devstack" / "airflow-deploy.yaml"

@@ -39,8 +39,13 @@ Routes (GET; JSON unless said otherwise):
   commas, `q` text in a member's name, error, reason or attributes, `wave` a wave's number (0 first);
 * `/schema-deploy/api/fleets/{fleet}/runs/{run_id}/csv?…` — the same rows as a CSV download
   (`fleet-<fleet>-<run id>.csv`).
+* `/schema-deploy/api/backfills` — `{backfills: [{environment, id, table, state, rows_done, rows_estimated,
+  percent, rows_per_s, eta_s, batch_rows, batches, wal_bytes, pauses, paused_because, updated_at}], errors}`
+  from each environment's `schema_deploy.backfills`.
 An unknown fleet or run, or no records at all, is a 404, a bad filter a 400, an unusable store a
 502; each with `{detail}` saying what to do.
+
+The one write: `POST /schema-deploy/api/backfills/{environment}/{backfill}/pause` (see `pause_backfill`).
 
 The logic lives in `schema_deploy.views.overview` and `schema_deploy.views.fleet`; this module only
 adapts Airflow (connections, its runs and their XComs, authentication).
@@ -57,7 +62,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from airflow.api_fastapi.common.db.common import SessionDep
-from airflow.api_fastapi.core_api.security import GetUserDep, requires_authenticated
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag, requires_authenticated
 from schema_deploy.views.fleet import FleetViewError
 
 URL_PREFIX = "/schema-deploy"
@@ -236,6 +241,38 @@ def backfills() -> dict[str, Any]:
     result = read_backfills(urls)
     result["errors"].update(errors)
     return result
+
+
+# A write from the page: the caller must hold edit rights on deploy_schema (Airflow's auth manager), and
+# send this header: a browser sends a custom header cross-site only after a CORS preflight, which this app
+# never grants, so a page elsewhere cannot make a signed-in user's browser pause a backfill.
+WRITE_HEADER = "X-Schema-Deploy-Action"
+
+
+@app.post("/api/backfills/{environment}/{backfill}/pause",
+          dependencies=[Depends(requires_access_dag(method="PUT", param_dag_id="deploy_schema"))])
+def pause_backfill(environment: str, backfill: str, request: Request, user: GetUserDep) -> dict[str, Any]:
+    """Pause one environment's backfill (its checkpoint's request, and an audit row in that environment)."""
+    from urllib.parse import urlsplit
+
+    from schema_deploy.backfill.errors import BackfillNotFound
+    from schema_deploy.views.overview import error_text, pause_backfill as pause
+
+    if request.headers.get(WRITE_HEADER) != "pause":
+        raise HTTPException(403, f"refused: a pause needs the header {WRITE_HEADER}: pause, which the page sends "
+                                 "(protection against requests made from other sites)")
+    origin = request.headers.get("origin")
+    if origin and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(403, f"refused: a pause asked from another site ({origin})")
+    urls, errors = _urls_or_errors()
+    if environment not in urls:
+        raise HTTPException(404, errors.get(environment) or f"no environment {environment!r}: one of {sorted(urls)}")
+    try:
+        return pause(urls[environment], environment, backfill, user.get_name(), via="the Schema deployments page")
+    except BackfillNotFound as exc:
+        raise HTTPException(404, exc.message) from None
+    except Exception as exc:  # the database: said, never a stack trace
+        raise HTTPException(502, f"{environment}: {error_text(exc)}") from None
 
 
 @app.get("/api/audit")

@@ -40,6 +40,8 @@ PREFIX = "/schema-deploy"
 ENDPOINTS = ("/", "/api/matrix", "/api/runs", "/api/backups", "/api/audit", "/api/fleets")
 RUN_ID = f"ui-test__{uuid.uuid4().hex[:8]}"
 BACKFILL = "20261201000000_event_date_expand"
+RUNNING = "20261202000000_score_backfill"
+CLICKED = "20261203000000_rank_backfill"
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -72,6 +74,10 @@ def stack(stack_env: dict[str, str]) -> Iterator[dict]:
             checkpoint.start(conn, BACKFILL, "d" * 64, None, "behavioral_events", 1000)
             checkpoint.batch_done(conn, BACKFILL, "key-250", 250, 0)
             checkpoint.request(conn, BACKFILL, "pause", "ui-test")
+            # And one between its batches (no runner now): what the page's Pause acts on.
+            for running in (RUNNING, CLICKED):
+                checkpoint.start(conn, running, "e" * 64, None, "behavioral_events", 4000)
+                checkpoint.batch_done(conn, running, "key-1000", 1000, 0)
         made = backup(s3, urls["production"], f"s3://{bucket}/{prefix}", environment="production", run_id=RUN_ID,
                       pg_bindir=stack_env["PG_BINDIR"])
         from schema_deploy.pipeline.fleet.record import keep_fleet_record
@@ -203,11 +209,52 @@ def test_backfills_list_a_paused_backfill_with_its_progress_and_why_it_stands(ap
             b["eta_s"], b["paused_because"]) == ("staging", "paused", 250, 1000, 25.0, 250, None, "paused by ui-test")
 
 
+def test_a_pause_from_the_page_needs_edit_rights_and_the_pages_header_and_is_audited(
+        services: dict, api: httpx.Client, stack: dict) -> None:
+    from schema_deploy.audit import chain
+    from schema_deploy.backfill import checkpoint
+
+    url = f"{PREFIX}/api/backfills/staging/{RUNNING}/pause"
+    header = {"X-Schema-Deploy-Action": "pause"}
+    with httpx.Client(base_url=services["url"], timeout=60) as watcher:  # a viewer: no edit rights on the DAG
+        password = json.loads((services["home"] / "passwords.json").read_text())["watcher"]
+        token = watcher.post("/auth/token", json={"username": "watcher", "password": password}).json()["access_token"]
+        refused = watcher.post(url, headers={**header, "Authorization": f"Bearer {token}"})
+    assert refused.status_code == 403, refused.text
+    anonymous = httpx.post(services["url"] + url, headers=header)
+    assert anonymous.status_code == 401, anonymous.text
+    forged = api.post(url)  # no header: what a form or an image on another site can send
+    assert (forged.status_code, forged.json()["detail"]) == (403, (
+        "refused: a pause needs the header X-Schema-Deploy-Action: pause, which the page sends (protection against "
+        "requests made from other sites)"))
+    elsewhere = api.post(url, headers={**header, "Origin": "https://evil.example"})
+    assert (elsewhere.status_code, elsewhere.json()["detail"]) == (
+        403, "refused: a pause asked from another site (https://evil.example)")
+    unknown = api.post(f"{PREFIX}/api/backfills/staging/20260101000000_nope/pause", headers=header)
+    assert (unknown.status_code, unknown.json()["detail"]) == (404, (
+        "no backfill 20260101000000_nope on staging: it has not run there (the Backfills table lists those that "
+        "have)"))
+    with psycopg.connect(stack["urls"]["staging"]) as conn:
+        assert checkpoint.read(conn, RUNNING)[0].state == "running"  # nothing refused changed it
+
+    done = api.post(url, headers=header)
+    assert done.status_code == 200, done.text
+    assert (done.json()["state"], done.json()["paused_because"]) == ("paused", "paused by admin")
+    with psycopg.connect(stack["urls"]["staging"]) as conn:
+        point = checkpoint.read(conn, RUNNING)[0]
+        (row,) = [r for r in chain.read_rows(conn) if r.kind == "backfill_pause"]
+    assert (point.state, point.requested_by) == ("paused", "admin")
+    assert row.row_hash == done.json()["audit_row"] and row.environment == "staging"
+    assert {k: row.payload[k] for k in ("backfill", "by", "via", "state", "rows_done")} == {
+        "backfill": RUNNING, "by": "admin", "via": "the Schema deployments page", "state": "paused", "rows_done": 1000}
+
+
 def test_audit_status_is_ok_on_staging_and_no_trail_on_production(api: httpx.Client) -> None:
     resp = api.get(f"{PREFIX}/api/audit")
     assert resp.status_code == 200, resp.text
     states = {e["name"]: e for e in resp.json()["environments"]}
-    assert (states["staging"]["state"], states["staging"]["rows_checked"]) == ("ok", 1)
+    # The fixture's row, and the pauses asked from the page when those tests ran first: each one a row.
+    assert states["staging"]["state"] == "ok" and states["staging"]["rows_checked"] >= 1
     assert states["production"]["state"] == "no trail"
 
 
@@ -256,6 +303,11 @@ def test_after_login_the_page_shows_the_matrix_in_a_real_browser(services: dict,
         assert (paused.get_attribute("data-environment"), browser.find_element(By.ID, "backfills").get_attribute(
             "data-state")) == ("staging", "loaded")
         assert "250 of ~1000 (25 %)" in paused.text and "paused by ui-test" in paused.text, paused.text
+        # The page's one write: Pause on a running backfill, with the sign-in cookie and the page's header.
+        browser.find_element(By.CSS_SELECTOR, f'button[data-pause="staging/{CLICKED}"]').click()
+        wait.until(lambda b: "paused by admin" in b.find_element(
+            By.CSS_SELECTOR, f'#backfills tr[data-backfill="{CLICKED}"]').text)
+        assert "recorded in staging's audit trail" in browser.find_element(By.ID, "backfills-meta").text
         fleet_rows = browser.find_elements(By.CSS_SELECTOR, "#fleet tr[data-member]")  # the fleet record's members
         assert len(fleet_rows) == 7 and browser.find_element(By.ID, "fleet").get_attribute("data-state") == "loaded"
         assert browser.find_element(By.CSS_SELECTOR, '#fleet tr[data-member="tenant_02"] td[data-state]'

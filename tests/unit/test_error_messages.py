@@ -191,6 +191,8 @@ PINNED_ELSEWHERE: dict[str, str] = {
                       "test_rows_held_through_every_attempt_stop_the_backfill_with_its_progress_kept",
     "BackfillStopped": "tests/integration/test_pipeline_deploy.py::test_a_backfill_runs_between_expand_and_"
                        "contract_and_an_operators_pause_stops_the_run_before_the_contract",
+    "BackfillNotFound": "tests/e2e/test_ui_page.py::"
+                        "test_a_pause_from_the_page_needs_edit_rights_and_the_pages_header_and_is_audited",
     "ContractRefused": "tests/integration/test_backfill.py::"
                        "test_a_migration_after_a_backfill_is_refused_until_its_rows_are_done",
     # health

@@ -37,6 +37,15 @@ class BackfillBusy(SchemaDeployError):
                          f"Wait for it to end, or pause it: python -m schema_deploy backfill pause --name {backfill}.")
 
 
+class BackfillNotFound(SchemaDeployError):
+    """Asked to act on a backfill that the environment has no checkpoint of."""
+
+    def __init__(self, environment: str, backfill: str) -> None:
+        self.environment, self.backfill = environment, backfill
+        super().__init__(f"no backfill {backfill} on {environment}: it has not run there (the Backfills table lists "
+                         "those that have)")
+
+
 class BackfillStopped(SchemaDeployError):
     """A deployment reached a backfill that an operator paused or cancelled: the migrations after it wait."""
 

@@ -390,6 +390,24 @@ def read_backfills(urls: Urls) -> dict[str, Any]:
     return {"backfills": found, "errors": errors}
 
 
+def pause_backfill(url: str, environment: str, backfill: str, user: str, via: str) -> dict[str, Any]:
+    """An operator's pause from the page: the request on the backfill's checkpoint and a row in the
+    environment's audit chain (kind `backfill_pause`: who, when, the backfill, where it stood), in one
+    transaction. A running backfill stops at its next batch; one that is not running is paused at once."""
+    from schema_deploy.backfill import checkpoint
+    from schema_deploy.backfill.errors import BackfillNotFound
+
+    with db.connect(url, application_name=APPLICATION_NAME) as conn, conn.transaction():
+        if not checkpoint.read(conn, backfill):
+            raise BackfillNotFound(environment, backfill)
+        point = checkpoint.request(conn, backfill, "pause", user)
+        row = chain.append(conn, "backfill_pause", None, environment,
+                           {"backfill": backfill, "by": user, "via": via, "state": point.state,
+                            "requested": point.requested, "rows_done": point.rows_done,
+                            "rows_estimated": point.rows_estimated, "last_key": point.last_key})
+    return {"environment": environment, **point.progress(), "audit_row": row.row_hash}
+
+
 def read_audit(urls: Urls, check: Callable[[str], dict[str, Any]] = chain_status) -> dict[str, Any]:
     """The chain status of every environment."""
     return {"environments": [{"name": env, **check(url)} for env, url in urls.items()]}
