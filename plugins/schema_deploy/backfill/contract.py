@@ -36,13 +36,18 @@ def backfills_before(migrations: Sequence[Declaring], name: str) -> list[Backfil
     return found
 
 
-def rows_left(conn: psycopg.Connection, spec: BackfillSpec) -> int | None:
-    """Rows `spec`'s `where` selects now; None when it cannot be asked any more (a later migration dropped
-    or renamed its table or columns: nothing after that can need them filled)."""
+def count_left(conn: psycopg.Connection, spec: BackfillSpec) -> int:
+    """Rows `spec`'s `where` selects now: the rows still to do."""
     query = sql.SQL("SELECT count(*) FROM {} WHERE ({})").format(db.ident(spec.table), sql.SQL(spec.where))
+    return int(conn.execute(query).fetchone()[0])
+
+
+def rows_left(conn: psycopg.Connection, spec: BackfillSpec) -> int | None:
+    """`count_left`, or None when it cannot be asked any more (a later migration dropped or renamed its
+    table or columns: nothing after that can need them filled)."""
     try:
         with conn.transaction():
-            return int(conn.execute(query).fetchone()[0])
+            return count_left(conn, spec)
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
         return None
 

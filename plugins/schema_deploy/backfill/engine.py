@@ -38,6 +38,7 @@ import psycopg
 from psycopg import sql
 
 from schema_deploy.backfill import checkpoint
+from schema_deploy.backfill.contract import count_left
 from schema_deploy.backfill.errors import BackfillBusy, BackfillLocked, BackfillNotConverging, BackfillRefused
 from schema_deploy.backfill.spec import MB, BackfillSpec
 from schema_deploy.errors import SchemaDeployError
@@ -209,11 +210,6 @@ def run_batch(conn: psycopg.Connection, q: Queries, rows: int, last: str | None)
     return int(done), batch_last, int(still), still_key, int(plan["Plan"].get("WAL Bytes", 0))
 
 
-def count_left(conn: psycopg.Connection, spec: BackfillSpec) -> int:
-    query = sql.SQL("SELECT count(*) FROM {} WHERE ({})").format(db.ident(spec.table), sql.SQL(spec.where))
-    return int(conn.execute(query).fetchone()[0])
-
-
 @dataclass
 class Runner:
     """One run of `spec` on `url`. `gate`: production's HealthGate (None: not gated); `on_progress`: told
@@ -247,16 +243,15 @@ class Runner:
     def _run(self, conn: psycopg.Connection, target: Target) -> BackfillResult:
         spec, started = self.spec, self.clock()
         (existing,) = checkpoint.read(conn, spec.id) or [None]
-        if existing is not None and existing.digest == spec.digest:
-            if existing.state in ("paused", "cancelled"):
-                by = f" by {existing.requested_by}" if existing.requested_by else ""
-                raise BackfillRefused(spec.id, f"it is {existing.state}{by} at {existing.rows_done} rows",
-                                      f"Resume it first: python -m schema_deploy backfill resume --name {spec.id}.",
-                                      state=existing.state)
-            if existing.state == "done" and count_left(conn, spec) == 0:
-                self.log(f"backfill {spec.id}: already done ({existing.rows_done} rows); nothing to do")
-                return BackfillResult(spec.id, spec.table, "done", existing.rows_done)
+        if existing is not None and existing.digest == spec.digest and existing.state in ("paused", "cancelled"):
+            by = f" by {existing.requested_by}" if existing.requested_by else ""
+            raise BackfillRefused(spec.id, f"it is {existing.state}{by} at {existing.rows_done} rows",
+                                  f"Resume it first: python -m schema_deploy backfill resume --name {spec.id}.",
+                                  state=existing.state)
         estimated = count_left(conn, spec)
+        if existing is not None and existing.digest == spec.digest and existing.state == "done" and not estimated:
+            self.log(f"backfill {spec.id}: already done ({existing.rows_done} rows); nothing to do")
+            return BackfillResult(spec.id, spec.table, "done", existing.rows_done)
         point = checkpoint.start(conn, spec.id, spec.digest, self.release, spec.table, estimated)
         result = BackfillResult(spec.id, spec.table, "running", point.rows_done, resumed_after_key=point.last_key)
         self.log(f"{spec.describe()}: {estimated} rows to do"
@@ -440,8 +435,3 @@ class Pacer:
             if not self.recent or sum(w for _, w in self.recent) + expected <= room:
                 return
             self.sleep(max(0.01, self.recent[0][0] + 1.0 - now))
-
-
-def run_backfill(url: str, spec: BackfillSpec, **options: Any) -> BackfillResult:
-    """`Runner(url, spec, **options).run()`."""
-    return Runner(url, spec, **options).run()

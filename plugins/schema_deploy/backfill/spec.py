@@ -18,6 +18,7 @@ checked with PostgreSQL's own parser (pglast) when the file is read.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,8 +82,10 @@ class BackfillSpec:
                 f"WAL budget {self.wal_budget_bytes_per_s / MB:g} MB/s, lock_timeout {self.lock_timeout_ms} ms")
 
 
+@functools.lru_cache(maxsize=256)
 def load_spec(migration: str, path: Path, raw: bytes) -> BackfillSpec:
-    """The backfill declared in `raw` (the bytes of `path`, a migration's backfill.yaml)."""
+    """The backfill declared in `raw` (the bytes of `path`, a migration's backfill.yaml). Cached: the contract
+    check reads each backfill before every later migration, and a spec is frozen."""
     import yaml
 
     try:
