@@ -234,6 +234,9 @@ def test_a_pause_from_the_page_needs_edit_rights_and_the_pages_header_and_is_aud
     assert (unknown.status_code, unknown.json()["detail"]) == (404, (
         "no backfill 20260101000000_nope on staging: it has not run there (the Backfills table lists those that "
         "have)"))
+    nowhere = api.post(f"{PREFIX}/api/backfills/qa/{RUNNING}/pause", headers=header)
+    assert (nowhere.status_code, nowhere.json()["detail"]) == (
+        404, "no environment 'qa': one of ['production', 'staging']")
     with psycopg.connect(stack["urls"]["staging"]) as conn:
         assert checkpoint.read(conn, RUNNING)[0].state == "running"  # nothing refused changed it
 

@@ -323,15 +323,21 @@ def test_rows_held_through_every_attempt_stop_the_backfill_with_its_progress_kep
     assert counts(events) == (0, 0, 0)
 
 
-def test_a_migration_after_a_backfill_is_refused_until_its_rows_are_done(fresh_db: str, tmp_path: Path) -> None:
+def expand_and_contract(tmp_path: Path, wal: float = 64) -> tuple[Path, str, str]:
+    """A bundle: `events` with its backfill of `day` (the expand), then `day` made NOT NULL (the contract)."""
     expand, contract = "20261201000100_event_day", "20261201000200_event_day_not_null"
     root = tmp_path / "migrations"
     (root / expand).mkdir(parents=True)
     (root / expand / "migration.sql").write_text(TABLE)
     (root / expand / "backfill.yaml").write_text(SPEC.format(target_ms=50, min_rows=200, max_rows=5000,
-                                                             first_rows=1000, lock_timeout_ms=200, wal=64))
+                                                             first_rows=1000, lock_timeout_ms=200, wal=wal))
     (root / contract).mkdir()
     (root / contract / "migration.sql").write_text("ALTER TABLE events ALTER COLUMN day SET NOT NULL;\n")
+    return root, expand, contract
+
+
+def test_a_migration_after_a_backfill_is_refused_until_its_rows_are_done(fresh_db: str, tmp_path: Path) -> None:
+    root, expand, contract = expand_and_contract(tmp_path)
     bundle = ["--migrations", str(root), "--db", fresh_db]
     refused = run_cli("apply", *bundle)
     assert refused.returncode == 1, refused.stderr
@@ -364,14 +370,7 @@ def test_on_an_empty_table_expand_and_contract_apply_in_one_run(fresh_db: str, t
 
 def test_plan_shows_expand_backfill_and_contract_with_the_rows_to_do_and_a_time_at_the_budget(
         fresh_db: str, tmp_path: Path) -> None:
-    expand, contract = "20261201000100_event_day", "20261201000200_event_day_not_null"
-    root = tmp_path / "migrations"
-    (root / expand).mkdir(parents=True)
-    (root / expand / "migration.sql").write_text(TABLE)
-    (root / expand / "backfill.yaml").write_text(SPEC.format(target_ms=50, min_rows=200, max_rows=5000,
-                                                             first_rows=1000, lock_timeout_ms=200, wal=16))
-    (root / contract).mkdir()
-    (root / contract / "migration.sql").write_text("ALTER TABLE events ALTER COLUMN day SET NOT NULL;\n")
+    root, expand, contract = expand_and_contract(tmp_path, wal=16)
     bundle = ["--migrations", str(root), "--db", fresh_db]
     before = run_cli("plan", *bundle)
     assert before.returncode == 0, before.stderr

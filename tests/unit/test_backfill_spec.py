@@ -138,3 +138,31 @@ def test_after_a_checkpoint_the_pacer_assumes_whole_pages_until_a_batch_measures
     assert pace.per_row() == 3000  # measured: the assumption is dropped, not kept as the largest
     pace.wrote(10, 400)
     assert pace.per_row() == 3000
+
+
+@pytest.mark.parametrize(("folders", "extra", "message"), [
+    ({"20261201000100_x": None}, [], "{root}: no migration declares a backfill (a backfill.yaml beside its "
+                                     "migration.sql); see docs/backfills.md."),
+    ({"20261201000100_x": GOOD, "20261201000200_y": GOOD}, [],
+     "2 migrations declare a backfill: name one with --name (20261201000100_x, 20261201000200_y)."),
+])
+def test_backfill_run_names_what_is_wrong_with_the_bundles_backfills_before_connecting(
+        tmp_path: Path, capsys, folders: dict, extra: list, message: str) -> None:
+    from schema_deploy.cli.main import main
+
+    root = tmp_path / "migrations"
+    for name, backfill in folders.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "migration.sql").write_text("SELECT 1;\n")
+        if backfill:
+            (root / name / "backfill.yaml").write_text(backfill)
+    # Port 9: nothing listens there; these are refused before any connection is tried.
+    code = main(["backfill", "run", "--migrations", str(root), "--db", "postgresql://u@127.0.0.1:9/db", *extra])
+    assert (code, capsys.readouterr().err.strip()) == (2, "error: " + message.format(root=root))
+
+
+def test_pausing_without_a_name_is_refused_naming_the_option(capsys) -> None:
+    from schema_deploy.cli.main import main
+
+    assert main(["backfill", "pause", "--db", "postgresql://u@127.0.0.1:9/db"]) == 2
+    assert capsys.readouterr().err.strip() == "error: backfill pause: name the backfill with --name MIGRATION."
