@@ -43,7 +43,7 @@ def wait_for_index_build(url: str, proc: subprocess.Popen, timeout_s: float = 20
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() < deadline:
             phase = conn.execute("SELECT phase FROM pg_stat_progress_create_index "
-                                 "WHERE relid = to_regclass('big')").fetchone()
+                                 "WHERE datname = current_database() AND relid = to_regclass('big')").fetchone()
             if phase and phase[0].startswith("building index"):  # e.g. 'building index: scanning table'
                 return
             if proc.poll() is not None:

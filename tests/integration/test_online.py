@@ -181,12 +181,15 @@ def test_terminated_concurrent_build_leaves_invalid_index_that_retry_rebuilds(fr
             deadline = time.monotonic() + 20
             pid = None
             while time.monotonic() < deadline and pid is None:
-                row = watcher.execute("SELECT pid FROM pg_stat_progress_create_index").fetchone()
+                # The cluster is shared with the other test worker: only this database's build.
+                row = watcher.execute("SELECT pid FROM pg_stat_progress_create_index "
+                                      "WHERE datname = current_database()").fetchone()
                 pid = row[0] if row else None
                 time.sleep(0.05)
             assert pid, f"the concurrent build never started: {errors}"
             watcher.execute("SELECT pg_terminate_backend(%s)", (pid,))
             worker.join(30)
+            assert not worker.is_alive(), "apply did not notice its terminated connection within 30 s"
             invalid = watcher.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()[0]
         blocker.rollback()
     assert errors and "lost the connection" in str(errors[0])
