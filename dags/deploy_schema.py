@@ -17,7 +17,9 @@ works from the release (its short digest and URI are on the approval page, in Sl
 | `approval_needed` | default | approval when deploy.yaml's policy or the trigger form asks for it | |
 | `approve_production` | default | Approve / Reject under "Required actions", showing plan, backup and gate, with an optional Reason field; records approver, time and reason | Reject skips production; the run ends successful (a decision, not a fault) |
 | `wait_for_window` | default | deferred (triggerer, no worker slot) until a maintenance window is open with enough time left: staging's duration × size ratio × safety factor | |
-| `apply_production` | production | online plan, lock retries with a blocker report per retry; before each online step the health gate (replica lag, WAL rate, …), deferred while it says wait | resumes after a crash, or at its step after a deferral |
+| `apply_production` | production | the expand phase: the release up to the first migration that needs a declared backfill done (all of it when none does); online plan, lock retries with a blocker report per retry; before each online step the health gate (replica lag, WAL rate, …), deferred while it says wait | resumes after a crash, or at its step after a deferral |
+| `backfill_production` | production | the backfills the expand phase stopped for (`backfill.yaml`): keyset batches within a WAL budget, the health gate between batches, deferred while it says wait; progress in the log, Slack and the page, which can pause it | goes on from its checkpoint after a crash, a retry or a deferral; paused or cancelled by an operator: fails, naming who, until resumed |
+| `contract_production` | production | the rest of the release (`SET NOT NULL`, indexes, drops), each refused while its backfill has rows left; its value is production's whole result | resumes at the first unfinished step |
 | `verify_production` | production | the plan's success criteria, each with its evidence: constraints validated, indexes valid and chosen by the planner, exact row counts unchanged, index sizes and query timings against the plan's expectations | |
 | `audit_compose` | default | teardown (always runs): the run's record, computed once | the run's state stays the deployment's |
 | `audit_staging`, `audit_production` | staging, production | teardowns: the record hash-chained into `schema_deploy.audit_events` of each database the run changed, and into production's when the approval decided on it (a rejection is in production's history, saying nothing changed there) | the run's state stays the deployment's |
@@ -33,6 +35,11 @@ where. Every task is safe to clear and re-run:
 * `backup_production` leaves no partial object; re-running starts a clean backup.
 * `apply_*` resumes at the first unfinished step (`_prisma_migrations.applied_steps_count`);
   a lock-retry failure names the blocking sessions — wait for them or end them, then clear.
+* `backfill_production` goes on from its checkpoint (`schema_deploy.backfills`): a worker that died
+  mid-batch loses only that batch, and the task's retry (2, like every task) resumes it; a deferral
+  uses no retry. Paused or cancelled by an operator → the task fails naming who; resume it
+  (`python -m schema_deploy backfill resume --name …`), then clear the task. It need not fit the
+  maintenance window: it is throttled to its WAL budget and gated, so it runs on after the window.
 * `test_gate` failed → production was not touched; the failing tests are in the log and Slack,
   the JUnit XML beside the backup in S3.
 * `approve_production` rejected → production is skipped; nothing to undo. The run ends
@@ -189,10 +196,20 @@ def deploy_schema():
                                    doc_md="Deferred until a maintenance window is open and long enough.")
     requested >> branch >> [approve, window]
     approve >> window
-    applied = ApplyProductionOperator(task_id=ids.APPLY_PRODUCTION, preflight=summary, queue=queue("production"),
-                                      doc_md="Apply the release to production, with lock retries and blocker "
-                                             "reports; deferred while the health gate says wait.")
-    window >> applied
+    expanded = ApplyProductionOperator(task_id=ids.APPLY_PRODUCTION, preflight=summary, queue=queue("production"),
+                                       doc_md="Apply the release to production up to the first migration that needs "
+                                              "a backfill done (all of it when none does), with lock retries and "
+                                              "blocker reports; deferred while the health gate says wait.")
+    backfilled = ApplyProductionOperator(task_id=ids.BACKFILL_PRODUCTION, phase="backfill", preflight=summary,
+                                         expanded=expanded.output, queue=queue("production"),
+                                         doc_md="The backfills the expand phase stopped for: throttled batches from "
+                                                "their checkpoints; deferred while the health gate says wait.")
+    applied = ApplyProductionOperator(task_id=ids.CONTRACT_PRODUCTION, phase="contract", preflight=summary,
+                                      expanded=expanded.output, backfilled=backfilled.output,
+                                      queue=queue("production"),
+                                      doc_md="The rest of the release (the contract migrations), each refused "
+                                             "while its backfill has rows left.")
+    window >> expanded
     verified = verify_production(summary, backup, applied.output)
 
     # The audit record: teardowns, so they run whatever happened, and the run's state stays the deployment's.
@@ -231,8 +248,8 @@ def deploy_schema():
         return steps.record_audit(composed, staging_row, production_row)
 
     composed = audit_compose()
-    [checked, *surveyed, summary, backup, staged, gated, requested, branch, approve, window, applied,
-     verified] >> composed
+    [checked, *surveyed, summary, backup, staged, gated, requested, branch, approve, window, expanded, backfilled,
+     applied, verified] >> composed
     audit_record(composed, audit_staging(composed), audit_production(composed))
 
 

@@ -61,7 +61,7 @@ def run_dag(work: Path, *, config: Path = CONFIG, args: tuple[str, ...] = ("--ap
 def report(result: dict, log_path: Path, slack_file: Path, slack_start: int, seconds: float) -> str:
     """The pipeline's report of the run, from the DAG's task results mapped to step names."""
     from schema_deploy.pipeline.report import render
-    from schema_deploy_airflow.steps import TASK_STEPS
+    from schema_deploy_airflow.task_ids import DEPLOY_STEPS as TASK_STEPS
 
     tasks = result["tasks"]
     steps = {**TASK_STEPS, "audit_record": "record"}

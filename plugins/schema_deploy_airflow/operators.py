@@ -10,7 +10,7 @@ from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator
 
 from schema_deploy_airflow import task_ids as ids
-from schema_deploy_airflow.steps import apply_to, deployment, typed
+from schema_deploy_airflow.steps import deployment, production_phase, typed
 
 
 def reason_param():
@@ -189,20 +189,24 @@ def now_iso() -> str:
 
 
 class ApplyProductionOperator(BaseOperator):
-    """Apply the release to production. While the health gate says wait before an online step, the task
-    defers on a DateTimeTrigger (no worker slot held; the triggerer holds no database credentials) and,
-    when it fires, runs again on a worker: the migration resumes at its step (`steps.health_deferral`).
-    `preflight` is preflight's value (an XComArg, resolved when this task renders)."""
+    """One of production's three phases (`phase`): "expand" applies the release up to the first migration
+    that needs a backfill done, "backfill" runs those backfills, "contract" applies the rest (and returns
+    production's whole result). While the health gate says wait (before an online step, between a
+    backfill's batches), the task defers on a DateTimeTrigger (no worker slot held; the triggerer holds no
+    database credentials) and, when it fires, runs again on a worker: the migration resumes at its step,
+    the backfill at its checkpoint (`steps.health_deferral`). `preflight`, `expanded` and `backfilled` are
+    the earlier tasks' values (XComArgs, resolved when this task renders)."""
 
-    template_fields = ("preflight",)
+    template_fields = ("preflight", "expanded", "backfilled")
 
-    def __init__(self, *, preflight: Any, **kwargs: Any) -> None:
+    def __init__(self, *, preflight: Any, phase: str = "expand", expanded: Any = None, backfilled: Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.preflight = preflight
+        self.preflight, self.phase, self.expanded, self.backfilled = preflight, phase, expanded, backfilled
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return apply_to("production", self.preflight)
+        return production_phase(self.phase, self.preflight, self.expanded, self.backfilled)
 
     def execute_complete(self, context: Any, event: Any = None) -> dict[str, Any]:
         """The trigger fired: check the database's health again, and go on if it allows."""
-        return apply_to("production", self.preflight)
+        return production_phase(self.phase, self.preflight, self.expanded, self.backfilled)

@@ -303,6 +303,23 @@ def apply_to(env: str, summary: dict[str, Any]) -> dict[str, Any]:
     return deploy.apply(run, target(env, ctx), pre).to_xcom()
 
 
+@fail_fast
+def production_phase(phase: str, summary: dict[str, Any], expanded: dict[str, Any] | None = None,
+                     backfilled: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Production's expand, backfill or contract phase (deploy.expand/backfill/contract), each gated by
+    the database's health and deferred while it says wait."""
+    from schema_deploy.pipeline import ApplyResult, BackfillPhase, PreflightResult, deploy
+
+    pre, ctx = PreflightResult.from_xcom(summary), current_context()
+    run, production = deployment(ctx, pre=pre, health=health_deferral(ctx)), target("production", ctx)
+    if phase == "expand":
+        return deploy.expand(run, production, pre).to_xcom()
+    earlier = ApplyResult.from_xcom(expanded)
+    if phase == "backfill":
+        return deploy.backfill(run, production, pre, earlier).to_xcom()
+    return deploy.contract(run, production, pre, earlier, BackfillPhase.from_xcom(backfilled)).to_xcom()
+
+
 def health_deferral(context: dict[str, Any]) -> tuple[Any, float, str, str]:
     """Production's health gate in Airflow: a wait defers the task on a DateTimeTrigger (no worker slot held;
     the triggerer holds no database credentials) and the task runs again, resuming the migration at its

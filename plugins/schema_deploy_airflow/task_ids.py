@@ -19,7 +19,9 @@ PRODUCTION_REQUESTED = "production_requested"
 APPROVAL_NEEDED = "approval_needed"
 APPROVE_PRODUCTION = "approve_production"
 WAIT_FOR_WINDOW = "wait_for_window"
-APPLY_PRODUCTION = "apply_production"
+APPLY_PRODUCTION = "apply_production"  # the expand phase: up to the first migration that needs a backfill
+BACKFILL_PRODUCTION = "backfill_production"
+CONTRACT_PRODUCTION = "contract_production"  # the rest; its value is production's whole result
 VERIFY_PRODUCTION = "verify_production"
 AUDIT_COMPOSE = "audit_compose"
 AUDIT_STAGING = "audit_staging"
@@ -33,9 +35,11 @@ DEPLOY_STEPS = {PREFLIGHT_BUNDLE: "preflight_bundle", PREFLIGHT_STAGING: "prefli
                 BACKUP_PRODUCTION: "backup", APPLY_STAGING: "apply_staging", TEST_GATE: "gate",
                 PRODUCTION_REQUESTED: "production_requested", APPROVAL_NEEDED: "approval_needed",
                 APPROVE_PRODUCTION: "approval", WAIT_FOR_WINDOW: "window", APPLY_PRODUCTION: "apply_production",
+                BACKFILL_PRODUCTION: "backfill_production", CONTRACT_PRODUCTION: "contract_production",
                 VERIFY_PRODUCTION: "verification"}
 # Each apply task -> the target it changes (the record is chained into those that ran).
-APPLIES = {APPLY_STAGING: "staging", APPLY_PRODUCTION: "production"}
+APPLIES = {APPLY_STAGING: "staging", APPLY_PRODUCTION: "production", BACKFILL_PRODUCTION: "production",
+           CONTRACT_PRODUCTION: "production"}
 AUDIT_CHAINS = {"staging": AUDIT_STAGING, "production": AUDIT_PRODUCTION}
 
 # XCom keys besides the return value.
@@ -43,7 +47,7 @@ APPROVAL_KEY = "approval"  # the production approval's decision, pushed before a
 APPROVAL_ERROR_KEY = "approval_error"  # an approval that timed out or whose trigger failed
 ANSWER_KEY = "answer"  # the rollback approval's raw answer (RecordedApprovalOperator)
 WINDOW_WAIT_KEY = "window_wait"  # wait_for_window's own progress across its deferral
-HEALTH_WAIT_KEY = "health_wait_since"  # apply_production's health waits: first start and reason, latest reason
+HEALTH_WAIT_KEY = "health_wait_since"  # a production phase's health waits: first start and reason, latest reason
 
 # --- rollback_schema: tasks inside each environment's group ("staging.preflight", …) ---
 CHOOSE_ENVIRONMENT = "choose_environment"

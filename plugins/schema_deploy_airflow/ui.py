@@ -156,9 +156,9 @@ def task_states(session, runs: list[Any]) -> dict[tuple[str, str], dict[str, str
     return states
 
 
-def health_waits(session, runs: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    """{(dag id, run id): the health gate's wait, as its gated task keeps it} of `runs` (the page's
-    "waits for the database's health" and why), in one query."""
+def health_waits(session, runs: list[Any]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """{(dag id, run id): {gated task id: the health gate's wait, as that task keeps it}} of `runs` (the
+    page's "waits for the database's health" and why), in one query."""
     from sqlalchemy import select, tuple_
 
     from airflow.models.xcom import XComModel
@@ -167,15 +167,15 @@ def health_waits(session, runs: list[Any]) -> dict[tuple[str, str], dict[str, An
 
     if not runs:
         return {}
-    query = select(XComModel.dag_id, XComModel.run_id, XComModel.value).where(
+    query = select(XComModel.dag_id, XComModel.run_id, XComModel.task_id, XComModel.value).where(
         tuple_(XComModel.dag_id, XComModel.run_id).in_([(r.dag_id, r.run_id) for r in runs]),
-        XComModel.task_id.in_(set(HEALTH_GATED.values())), XComModel.key == HEALTH_WAIT_KEY,
-        XComModel.map_index == -1)
-    waits = {}
+        XComModel.task_id.in_({t for gated in HEALTH_GATED.values() for t in gated}),
+        XComModel.key == HEALTH_WAIT_KEY, XComModel.map_index == -1)
+    waits: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for row in session.execute(query):
         value = XComModel.deserialize_value(row)
         if isinstance(value, dict):
-            waits[(row.dag_id, row.run_id)] = value
+            waits.setdefault((row.dag_id, row.run_id), {})[row.task_id] = value
     return waits
 
 

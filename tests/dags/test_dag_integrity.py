@@ -30,13 +30,14 @@ def test_deploy_schema_runs_one_at_a_time_with_docs_tags_and_owner(dagbag) -> No
 
 ORDER = ["preflight_bundle", "preflight_staging", "preflight_production", "preflight", "backup_production",
          "apply_staging", "test_gate", "production_requested", "approval_needed", "approve_production",
-         "wait_for_window", "apply_production", "verify_production"]
+         "wait_for_window", "apply_production", "backfill_production", "contract_production", "verify_production"]
 AUDIT = ["audit_compose", "audit_staging", "audit_production", "audit_record"]
 # Which environment's database each task opens (None: none): its queue is that environment's.
 ENVS = {"preflight_bundle": None, "preflight_staging": "staging", "preflight_production": "production",
         "preflight": None, "backup_production": "production", "apply_staging": "staging", "test_gate": "staging",
         "production_requested": None, "approval_needed": None, "approve_production": None, "wait_for_window": None,
-        "apply_production": "production", "verify_production": "production", "audit_compose": None,
+        "apply_production": "production", "backfill_production": "production", "contract_production": "production",
+        "verify_production": "production", "audit_compose": None,
         "audit_staging": "staging", "audit_production": "production", "audit_record": None}
 QUEUES = "queues: {staging: stg-eu, production: prod-eu, default: control}\n"
 
@@ -49,7 +50,9 @@ def test_the_chain_follows_the_design(dagbag) -> None:
                                  ("preflight", "backup_production"), ("backup_production", "apply_staging"),
                                  ("apply_staging", "test_gate"), ("test_gate", "production_requested"),
                                  ("approve_production", "wait_for_window"), ("wait_for_window", "apply_production"),
-                                 ("apply_production", "verify_production")]:
+                                 ("apply_production", "backfill_production"),
+                                 ("backfill_production", "contract_production"),
+                                 ("contract_production", "verify_production")]:
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
     assert dag.get_task("preflight_staging").upstream_task_ids == {"preflight_bundle"}
     assert dag.get_task("preflight_production").upstream_task_ids == {"preflight_bundle"}
@@ -124,7 +127,7 @@ def test_no_task_reads_a_connection_other_than_its_queues_environments(queued_da
         asked.clear()
         if task.task_id == "approve_production":
             continue  # HITL: reads the earlier tasks' XCom and asks a human (tests/dags/test_approval_policy.py)
-        if task.task_id in ("wait_for_window", "apply_production"):
+        if task.task_id in ("wait_for_window", "apply_production", "backfill_production", "contract_production"):
             task.execute(context)
         else:
             names = inspect.signature(task.python_callable).parameters

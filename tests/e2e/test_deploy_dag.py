@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from schema_deploy.state.ledger import read_rows
 from tests.e2e.harness import GATE, REPO, DagRunner, Slack, fingerprint, has_audit_table
 
 EPIC5 = "20251017120000_epic5_schema_completion"
+EXPAND, CONTRACT = "20251103090000_event_date_expand", "20251103090100_event_date_contract"
 LATER = "20261201000000_next_release"
 
 
@@ -418,11 +420,13 @@ def test_a_task_on_another_environments_worker_fails_at_once_naming_the_queue_it
     assert EPIC5 not in applied(targets["staging"]) and EPIC5 not in applied(targets["production"])
 
 
-def test_a_lagging_replica_defers_apply_production_which_resumes_at_its_step_once_replay_catches_up(
+def test_a_lagging_replica_defers_apply_production_and_then_the_backfill_each_resuming_once_replay_catches_up(
         tmp_path, migrated_home, stack_env, dag_zygote, seeded) -> None:
     """Production on a primary of its own with a streaming replica (tests/replica_pair.py) whose replay is
     paused: apply_production reaches its first online step, the gate says wait, the task defers (no worker
-    slot held) and, once replay resumes, runs again and goes on from that step."""
+    slot held) and, once replay resumes, runs again and goes on from that step. Replay is paused again once
+    the expand migration is in: backfill_production pauses before its first batch, defers, and goes on from
+    its checkpoint when replay resumes; then contract_production makes the column NOT NULL."""
     from seed import reset
     from tests.conftest import drop_database, with_database
     from tests.replica_pair import replica_pair
@@ -441,21 +445,39 @@ def test_a_lagging_replica_defers_apply_production_which_resumes_at_its_step_onc
         pair.fill(mb=3)  # the lag is over 1 MB from the start (the run writes more: backup check, audit)
         seen: dict[str, object] = {}
 
-        def watch() -> None:
-            """Until Slack hears that a step waits for the database's health, then a few seconds more (the
-            task defers and its trigger fires meanwhile): then replay resumes."""
-            deadline = time.monotonic() + 400
-            while time.monotonic() < deadline:
-                try:
-                    said = [r for r in slack.records() if "waits for the database's health" in (r.get("text") or "")]
-                except Exception as exc:  # noqa: BLE001 - the stand-in may be busy; reported if it never works
-                    seen["error"], said = repr(exc), []
-                if said:
-                    seen["held"] = time.monotonic()
-                    time.sleep(5)
-                    pair.replay(paused=False)
-                    return
+        def said(words: str) -> bool:
+            try:
+                return any(words in (r.get("text") or "") for r in slack.records())
+            except Exception as exc:  # noqa: BLE001 - the stand-in may be busy; reported if it never works
+                seen["error"] = repr(exc)
+                return False
+
+        def expanded() -> bool:
+            with psycopg.connect(production) as conn:
+                return conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'behavioral_events'::regclass "
+                                    "AND attname = 'eventDate'").fetchone()[0] == 1
+
+        def hold(until: Callable[[], bool], then: Callable[[], bool] | None, key: str, deadline: float) -> bool:
+            """When `until` holds, pause replay (and lag it 3 MB) if `then` is given; then, once Slack hears
+            `key`'s wait, a few seconds more (the task defers, its trigger fires meanwhile), and replay resumes."""
+            while time.monotonic() < deadline and not until():
+                time.sleep(0.2)
+            if then is not None:
+                pair.replay(paused=True)
+                pair.fill(mb=3)
+            while time.monotonic() < deadline and not said(key):
                 time.sleep(0.3)
+            if time.monotonic() >= deadline:
+                return False
+            seen[key] = time.monotonic()
+            time.sleep(5)
+            pair.replay(paused=False)
+            return True
+
+        def watch() -> None:
+            deadline = time.monotonic() + 400
+            if hold(lambda: True, None, "waits for the database's health", deadline):
+                hold(expanded, expanded, "Backfill paused for the database's health", deadline)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -466,7 +488,8 @@ def test_a_lagging_replica_defers_apply_production_which_resumes_at_its_step_onc
             watcher.join(30)
             drop_database(stack_env["STAGING_DATABASE_URL"], name)
     assert run.returncode == 0, run.log[-5000:]
-    assert "held" in seen, f"the gate never held a step back while the replica lagged ({seen.get('error')})"
+    assert "waits for the database's health" in seen, (
+        f"the gate never held a step back while the replica lagged ({seen.get('error')})")
     first_wait = run.log.index("health gate: ")
     assert "new_state=deferred" in run.log[first_wait:], "apply_production did not defer while it waited"
     waits = re.findall(rf"health gate: {EPIC5}: step (\d+)/\d+ \((index build|constraint validation)\): waiting "
@@ -482,7 +505,7 @@ def test_a_lagging_replica_defers_apply_production_which_resumes_at_its_step_onc
     assert gated[0]["number"] == step and gated[0]["health"]["waited_s"] >= 4
     assert gated[0]["health"]["wait_reason"].startswith("replica health_replica (local socket, streaming) replay lag ")
     assert all(s["health"]["waited_s"] == 0 for s in gated[1:])
-    assert len(re.findall(r"healthy after [\d.]+ s; going on", run.log)) == 1
+    assert len(re.findall(r"health gate: .*healthy after [\d.]+ s; going on", run.log)) == 1
     record = json.loads(deployer.object(run.xcom("audit_record")["s3"]))["record"]  # the figures, in the audit trail
     held = [s for s in record["production"]["steps"] if (s.get("health") or {}).get("waited_s")]
     assert [(s["migration"], s["number"]) for s in held] == [(EPIC5, step)]
@@ -490,4 +513,26 @@ def test_a_lagging_replica_defers_apply_production_which_resumes_at_its_step_onc
     assert run.state("verify_production") == "success"
     health = [r for r in slack.records() if "waits for the database's health" in (r.get("text") or "")]
     assert len(health) == 1, [r.get("text") for r in slack.records()]
+
+    # The backfill's own pause: its task deferred, and came back to its checkpoint.
+    assert "Backfill paused for the database's health" in seen, f"the backfill never paused ({seen.get('error')})"
+    assert run.xcom("apply_production")["waiting_for"] == [EXPAND]
+    paused_at = run.log.index(f"backfill {EXPAND}: paused for the database's health")
+    assert "new_state=deferred" in run.log[paused_at:], "backfill_production did not defer while it waited"
+    assert re.search(rf"backfill {EXPAND} on production: resuming at \d+ of ~\d+ rows", run.log[paused_at:])
+    (backfill,) = run.xcom("backfill_production")["backfills"]
+    assert backfill["state"] == "done" and backfill["id"] == EXPAND
+    (pause,) = [p for p in record["production"]["backfills"][0]["pauses"]]
+    assert pause["reason"].startswith("replica health_replica (local socket, streaming) replay lag ")
+    assert pause["seconds"] >= 0 and record["production"]["backfills"][0]["rows_done"] > 0
+    with psycopg.connect(production) as conn:
+        assert conn.execute('SELECT count(*) FROM behavioral_events WHERE "eventDate" IS DISTINCT FROM '
+                            '"timestamp"::date').fetchone()[0] == 0
+        assert conn.execute("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'behavioral_events'::regclass "
+                            "AND attname = 'eventDate'").fetchone()[0]
+    texts = [r.get("text") or "" for r in slack.records() if EXPAND in (r.get("text") or "")]
+    kinds = [k for t in texts for k in ("Backfill started", "Backfill paused", "Backfill done") if k in t]
+    # staging's run (no gate there) starts and ends; production's starts, pauses once, ends: never per batch.
+    assert sorted(kinds) == sorted(["Backfill started", "Backfill done"] * 2 + ["Backfill paused"]), texts
+    assert len(texts) <= 5 + 6, texts  # at most three quarter messages per target besides those
     assert f"step: {EPIC5}: step {step}/16" in health[0]["text"] and "waits at most: 90 s" in health[0]["text"]

@@ -18,10 +18,22 @@ REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO / "sql" / "migrations"
 BASELINE = "20250915090000_baseline"
 EPIC5 = "20251017120000_epic5_schema_completion"
+# The example after Epic 5: a nullable column with its trigger and backfill.yaml, then NOT NULL and an index.
+EXPAND = "20251103090000_event_date_expand"
+CONTRACT = "20251103090100_event_date_contract"
+SHIPPED = [BASELINE, EPIC5, EXPAND, CONTRACT]  # sql/migrations, in order
 
 # Short waits everywhere, so lock tests take a second, not a minute.
 FAST = Settings(lock_timeout_ms=50, max_lock_timeout_ms=200, lock_retries=20, backoff_s=0.05,
                 backoff_cap_s=0.2, advisory_lock_timeout_s=10)
+
+
+def backfilling(url: str):
+    """`apply`'s `backfill`: runs a declared backfill (the example's) to the end before its contract
+    migration, as `python -m schema_deploy apply` does (ungated)."""
+    from schema_deploy.backfill.engine import Runner, run_to_done
+
+    return lambda spec: run_to_done(Runner(url, spec)).as_dict()
 
 
 def copy_bundle(tmp_path: Path) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from engine_support import (BASELINE, EPIC5, FAST, MIGRATIONS, copy_bundle, ledger, plain_bundle, rows, scalar,
+from engine_support import (BASELINE, CONTRACT, EPIC5, EXPAND, FAST, SHIPPED, MIGRATIONS, copy_bundle, ledger, plain_bundle, rows, scalar,
                             table_exists)
 
 from schema_deploy.bundle.discover import load_bundle, sha256_hex
@@ -63,7 +63,7 @@ def bundle():
 
 def test_baseline_and_epic5_on_an_empty_database_create_every_planned_object(fresh_db: str, bundle) -> None:
     result = apply(fresh_db, bundle, FAST)
-    assert [m.name for m in result.applied] == [BASELINE, EPIC5]
+    assert [m.name for m in result.applied] == SHIPPED  # on no rows, the example's backfill has nothing to do
 
     indexes = {r["index"]: r for r in rows(fresh_db, """
         SELECT i.relname AS index, t.relname AS table, ix.indisvalid AS valid,
@@ -97,7 +97,7 @@ def test_baseline_and_epic5_on_an_empty_database_create_every_planned_object(fre
 def test_ledger_rows_are_the_ones_prisma_writes(fresh_db: str, bundle) -> None:
     apply(fresh_db, bundle, FAST)
     got = ledger(fresh_db)
-    assert [r["migration_name"] for r in got] == [BASELINE, EPIC5]
+    assert [r["migration_name"] for r in got] == SHIPPED
     for row in got:
         path = MIGRATIONS / row["migration_name"] / "migration.sql"
         assert row["checksum"] == sha256_hex(path.read_bytes())
@@ -147,9 +147,9 @@ def test_second_apply_is_a_no_op(fresh_db: str, bundle) -> None:
 
 
 def test_status_is_pending_before_and_clean_after(fresh_db: str, bundle) -> None:
-    assert states(fresh_db, bundle) == {BASELINE: PENDING, EPIC5: PENDING}
+    assert states(fresh_db, bundle) == dict.fromkeys(SHIPPED, PENDING)
     apply(fresh_db, bundle, FAST, to=BASELINE)
-    assert states(fresh_db, bundle) == {BASELINE: APPLIED, EPIC5: PENDING}
+    assert states(fresh_db, bundle) == {BASELINE: APPLIED, EPIC5: PENDING, EXPAND: PENDING, CONTRACT: PENDING}
     apply(fresh_db, bundle, FAST)
     assert status_of(fresh_db, bundle).clean
 
@@ -174,7 +174,7 @@ def test_one_byte_edit_after_apply_is_drift_and_apply_refuses_with_how_to_resolv
     path = root / EPIC5 / "migration.sql"
     path.write_bytes(path.read_bytes().replace(b"-- AlterTable", b"-- AlterTablf", 1))
     edited = load_bundle(root)
-    assert states(fresh_db, edited) == {BASELINE: APPLIED, EPIC5: EDITED}
+    assert states(fresh_db, edited) == {BASELINE: APPLIED, EPIC5: EDITED, EXPAND: APPLIED, CONTRACT: APPLIED}
     with pytest.raises(LedgerBlocked, match=rf"refusing to apply.*\n- {EPIC5} was edited after it was applied "
                                             r"\(ledger checksum [0-9a-f]{12}…, file [0-9a-f]{12}…\)\. Restore the "
                                             r"applied version of the file from version control; put further "
@@ -190,7 +190,8 @@ def test_ledger_row_without_a_file_is_missing_from_bundle(fresh_db: str, bundle,
     (root / EPIC5).rmdir()
     old_branch = load_bundle(root)
     status = status_of(fresh_db, old_branch)
-    assert {s.name: s.state for s in status.states} == {BASELINE: APPLIED, EPIC5: MISSING}
+    assert {s.name: s.state for s in status.states} == {BASELINE: APPLIED, EPIC5: MISSING, EXPAND: APPLIED,
+                                                        CONTRACT: APPLIED}
     assert [s.name for s in status.drift] == [EPIC5]
     with pytest.raises(LedgerBlocked, match=rf"- {EPIC5} is applied in the database but missing from the bundle"):
         apply(fresh_db, old_branch, FAST)
@@ -228,8 +229,8 @@ def test_apply_retries_a_lock_timeout_until_the_holder_lets_go(fresh_db: str, bu
         holder.close()
     thread.join(timeout=30)
     assert "error" not in outcome, outcome.get("error")
-    (epic5,) = outcome["result"].applied
-    assert epic5.name == EPIC5 and epic5.lock_retries > 0
+    epic5, *after = outcome["result"].applied
+    assert epic5.name == EPIC5 and epic5.lock_retries > 0 and [m.name for m in after] == [EXPAND, CONTRACT]
     assert [r["finished_at"] is not None for r in ledger(fresh_db, EPIC5)] == [True]
     assert status_of(fresh_db, bundle).clean
 
@@ -260,7 +261,7 @@ def test_apply_gives_up_after_its_attempts_naming_the_holder_and_a_rerun_proceed
     (attempt,) = ledger(fresh_db, EPIC5)
     assert attempt["rolled_back_at"] is not None and attempt["finished_at"] is None
     assert attempt["logs"].startswith(RETRYABLE_MARK) and f"pid {pid}" in attempt["logs"]
-    assert [m.name for m in apply(fresh_db, bundle, FAST).applied] == [EPIC5]
+    assert [m.name for m in apply(fresh_db, bundle, FAST).applied] == [EPIC5, EXPAND, CONTRACT]
     assert status_of(fresh_db, bundle).clean
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from engine_support import BASELINE, EPIC5, MIGRATIONS, REPO, cli_command, cli_env, copy_bundle, ledger, run_cli
+from engine_support import BASELINE, CONTRACT, EPIC5, EXPAND, MIGRATIONS, SHIPPED, REPO, cli_command, cli_env, copy_bundle, ledger, run_cli
 
 from schema_deploy.cli.main import main
 
@@ -36,8 +36,8 @@ def test_status_of_a_fresh_database_lists_pending_migrations_and_exits_1(fresh_d
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["migration", "state", "applied", "at", "checksum"]
     assert lines[1].split()[:2] == [BASELINE, "pending"]
-    assert lines[2].split()[:2] == [EPIC5, "pending"]
-    assert lines[-1] == "2 pending, 0 failed, 0 drifted"
+    assert [line.split()[:2] for line in lines[2:5]] == [[EPIC5, "pending"], [EXPAND, "pending"], [CONTRACT, "pending"]]
+    assert lines[-1] == "4 pending, 0 failed, 0 drifted"
     assert result.stderr == ""
 
 
@@ -46,7 +46,7 @@ def test_apply_prints_what_it_applied_on_stdout_and_progress_on_stderr(fresh_db:
     result = run_cli("apply", "--db", fresh_db)
     assert result.returncode == 0, result.stderr
     applied = result.stdout.splitlines()
-    assert [line.split()[:2] for line in applied] == [["applied", BASELINE], ["applied", EPIC5]]
+    assert [line.split()[:2] for line in applied] == [["applied", name] for name in SHIPPED]
     assert "waiting for the migration lock (pg_advisory_lock 72707369)" in result.stderr
     assert f"{EPIC5}: applying in one transaction" in result.stderr
 
@@ -63,17 +63,18 @@ def test_json_output_parses_and_carries_the_data(fresh_db: str, cli) -> None:
     before = cli("status", "--db", fresh_db, "--json")
     assert before.returncode == 1
     data = json.loads(before.stdout)
-    assert data["clean"] is False and data["counts"] == {"pending": 2}
-    assert [m["name"] for m in data["migrations"]] == [BASELINE, EPIC5]
+    assert data["clean"] is False and data["counts"] == {"pending": 4}
+    assert [m["name"] for m in data["migrations"]] == SHIPPED
 
     applied = cli("apply", "--db", fresh_db, "--json")
     assert applied.returncode == 0, applied.stderr
     result = json.loads(applied.stdout)
-    assert [m["name"] for m in result["applied"]] == [BASELINE, EPIC5]
+    assert [m["name"] for m in result["applied"]] == SHIPPED
+    assert result["backfills"] == []  # no rows: the example's backfill had nothing to do
     assert all(len(m["checksum"]) == 64 and m["lock_retries"] == 0 for m in result["applied"])
 
     after = json.loads(cli("status", "--db", fresh_db, "--json").stdout)
-    assert after["clean"] is True and after["counts"] == {"applied": 2}
+    assert after["clean"] is True and after["counts"] == {"applied": 4}
     assert all(m["checksum"] == m["ledger_checksum"] for m in after["migrations"])
 
 
@@ -82,7 +83,7 @@ def test_apply_to_a_name_stops_after_that_migration(fresh_db: str, cli) -> None:
     assert result.returncode == 0, result.stderr
     assert [line.split()[1] for line in result.stdout.splitlines()] == [BASELINE]
     assert [r["migration_name"] for r in ledger(fresh_db)] == [BASELINE]
-    assert json.loads(cli("status", "--db", fresh_db, "--json").stdout)["counts"] == {"applied": 1, "pending": 1}
+    assert json.loads(cli("status", "--db", fresh_db, "--json").stdout)["counts"] == {"applied": 1, "pending": 3}
 
 
 def test_apply_to_an_unknown_name_is_a_usage_error(fresh_db: str, cli) -> None:
@@ -120,8 +121,8 @@ def test_plan_shows_steps_locks_and_table_sizes(fresh_db: str, cli) -> None:
         "autovacuum on the step's tables; checked every 2 s, for at most 600 s"), online[-600:]
 
     data = json.loads(cli("plan", "--db", fresh_db, "--json").stdout)
-    (migration,) = data["migrations"]
-    assert migration["name"] == EPIC5
+    migration, *after = data["migrations"]
+    assert migration["name"] == EPIC5 and [m["name"] for m in after] == [EXPAND, CONTRACT]
     assert migration["steps"]
     assert all({"step", "transaction", "locks", "statements"} <= set(step) for step in migration["steps"])
     locked = {t for s in migration["steps"] for t in s["locks"]}
@@ -210,7 +211,7 @@ def test_status_says_when_a_migration_was_interrupted(fresh_db: str, cli) -> Non
     result = cli("status", "--db", fresh_db)
     assert result.returncode == 1
     assert result.stdout.splitlines()[2].split()[:2] == [EPIC5, "interrupted"]
-    assert result.stdout.splitlines()[-1] == ("0 pending, 0 failed, 0 drifted, 1 interrupted "
+    assert result.stdout.splitlines()[-1] == ("2 pending, 0 failed, 0 drifted, 1 interrupted "
                                               "(apply resumes where it stopped)")
 
 
@@ -279,7 +280,7 @@ def test_missing_database_url_exits_2_with_how_to_give_one(cli) -> None:
 def test_database_url_may_come_from_the_environment(fresh_db: str, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", fresh_db)
     result = cli("status")
-    assert result.returncode == 1 and result.stdout.splitlines()[-1] == "2 pending, 0 failed, 0 drifted"
+    assert result.returncode == 1 and result.stdout.splitlines()[-1] == "4 pending, 0 failed, 0 drifted"
 
 
 def test_bad_migrations_folder_exits_2_naming_the_folder(fresh_db: str, tmp_path: Path, cli) -> None:
@@ -298,12 +299,12 @@ def test_five_concurrent_applies_apply_each_migration_exactly_once(fresh_db: str
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 5, outputs
-    # One process applied both migrations; the other four waited for it and found nothing to do.
+    # One process applied every migration; the other four waited for it and found nothing to do.
     appliers = [out for out, _ in outputs if out != "nothing to apply\n"]
     assert len(appliers) == 1, outputs
-    assert [line.split()[1] for line in appliers[0].splitlines()] == [BASELINE, EPIC5]
+    assert [line.split()[1] for line in appliers[0].splitlines()] == SHIPPED
     rows = ledger(fresh_db)
-    assert sorted(r["migration_name"] for r in rows) == [BASELINE, EPIC5]
+    assert sorted(r["migration_name"] for r in rows) == SHIPPED
     assert all(r["finished_at"] is not None and r["rolled_back_at"] is None for r in rows)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from engine_support import backfilling
 
 from generate_data import generate
 from schema_deploy.bundle.discover import load_bundle
@@ -55,9 +56,11 @@ def test_epic5_online_ends_with_the_same_schema_as_written(fresh_db: str, second
     for url in (fresh_db, second_db):
         apply(url, bundle, FAST, to=BASELINE)
         generate(url, seed=7, scale="small")
-    written = apply(fresh_db, bundle, FAST, online=False)
-    online = apply(second_db, bundle, FAST, online=True)
-    assert len(written.applied[0].steps) == 1
+    # The example after Epic 5 too: its backfill between the expand and the contract, NOT NULL and an index.
+    written = apply(fresh_db, bundle, FAST, online=False, backfill=backfilling(fresh_db))
+    online = apply(second_db, bundle, FAST, online=True, backfill=backfilling(second_db))
+    assert [len(m.steps) for m in written.applied] == [1, 1, 1]
+    assert [len(m.steps) for m in online.applied][1:] == [1, 5]  # the contract: a validated CHECK, the index
     assert len(online.applied[0].steps) == 16
     assert any("CONCURRENTLY" in s for s in online.applied[0].sql)
     assert any("NOT VALID" in s for s in online.applied[0].sql)

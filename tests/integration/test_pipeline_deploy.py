@@ -28,6 +28,11 @@ from tests.conftest import drop_database, with_database
 
 REPO = Path(__file__).resolve().parents[2]
 EPIC5 = "20251017120000_epic5_schema_completion"
+# The example trio after Epic 5 (sql/migrations): a nullable column with a trigger, its backfill, then, as
+# Prisma writes it, NOT NULL and an index (the online plan makes them a validated check and a concurrent build).
+EXPAND = "20251103090000_event_date_expand"
+CONTRACT = "20251103090100_event_date_contract"
+PENDING = [EPIC5, EXPAND, CONTRACT]  # what staging and production have pending: the shipped bundle after the baseline
 
 
 class Notes:
@@ -85,7 +90,7 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
     folder = ctx.cfg.migrations
     pre = travel(deploy.preflight(ctx, staging, production))
     frozen = {m.name: m.checksum for m in pre.release.migrations}
-    assert pre.pending == {"staging": [EPIC5], "production": [EPIC5]} and pre.migrations[0]["name"] == EPIC5
+    assert pre.pending == {"staging": PENDING, "production": PENDING} and pre.migrations[0]["name"] == EPIC5
     shutil.rmtree(folder)  # the next steps run "elsewhere": no migrations folder, no verification queries
     ctx = replace(ctx, cfg=replace(ctx.cfg, verify_dir=folder.parent / "no-verify-here"))
 
@@ -108,8 +113,10 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
     assert slot.skipped and wake_at is None
     assert verified.rows_before == verified.rows_after and verified.verdicts.criteria[2].verdict == "met"
     assert production_applied.release == pre.release.sha256 == kept.release
-    assert checked.checks > 0 and staged.migrations == [EPIC5]
-    assert len(verified.query_ms_after) == 12  # the release's EXPLAIN queries, one per new index
+    assert checked.checks > 0 and staged.migrations == PENDING
+    assert len(verified.query_ms_after) == 12  # the release's EXPLAIN queries, one per Epic 5 index
+    (backfilled,) = production_applied.backfills  # the example's, between its expand and its contract
+    assert backfilled.state == "done" and backfilled.rows_done == verified.rows_after["behavioral_events"]
     assert kept.outcome == "production migrated" and set(kept.chain) == {"staging", "production"}
     bucket, key = parse_s3_uri(kept.s3)
     document = json.loads(ctx.store.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -119,7 +126,7 @@ def test_each_step_runs_without_airflow_from_the_release_on_a_worker_without_the
         with psycopg.connect(target.url) as conn:
             assert chain.verify_chain(conn).ok
     assert "the migrations folder is not on this machine (the release is used)" in caplog.text
-    assert [e for e, _ in ctx.notify.events] == ["started", "gate_passed"]
+    assert [e for e, _ in ctx.notify.events if not e.startswith("backfill_")] == ["started", "gate_passed"]
     assert ctx.notify.events[0][1]["release"] == f"{pre.release.short} ({pre.release_uri})"
 
 
@@ -200,7 +207,7 @@ def test_preflight_stops_on_a_schema_prisma_the_releases_migrations_do_not_creat
 
     schema.write_text(shipped)
     pre = deploy.preflight(checked, targets["staging"], targets["production"], source=frozen)
-    assert pre.pending["production"] == [EPIC5]
+    assert pre.pending["production"] == PENDING
 
 
 @pytest.mark.slow
@@ -212,7 +219,7 @@ def test_a_retry_after_some_migrations_committed_runs_the_frozen_plan_and_conver
     from schema_deploy.pg.retry import Settings
 
     folder = tmp_path / "bundle"
-    shutil.copytree(REPO / "sql" / "migrations", folder, ignore=shutil.ignore_patterns("*epic5*"))
+    shutil.copytree(REPO / "sql" / "migrations", folder, ignore=shutil.ignore_patterns("*epic5*", "*_event_date_*"))
     for name, text in (("20251101000000_a_new_table", "CREATE TABLE scores (id bigint PRIMARY KEY, v int);\n"),
                        ("20251101000001_b_its_index",
                         "-- schema-deploy: ignore require-concurrent-index scores is new: created just before\n"
@@ -257,7 +264,7 @@ def test_the_preflight_parts_apart_freeze_the_release_the_whole_preflight_freeze
     surveys = [deploy.preflight_staging(ctx, staging, checked), deploy.preflight_production(ctx, production, checked)]
     for survey in surveys:
         assert travel(survey) == survey and isinstance(survey, TargetSurvey)  # the fingerprint round-trips too
-        assert survey.pending == [EPIC5] and survey.release == planless.digest
+        assert survey.pending == PENDING and survey.release == planless.digest
         assert survey.fingerprint["columns"] and survey.plan["migrations"][0]["name"] == EPIC5
     staged, produced = (travel(s) for s in surveys)
     assert staged.fingerprint == produced.fingerprint and not staged.prechecks and produced.prechecks
@@ -285,7 +292,7 @@ def test_the_staging_survey_opens_staging_only_and_production_stays_unreachable(
     checked = travel(deploy.preflight_bundle(ctx))
     assert opened == []  # the bundle part opens no database
     survey = travel(deploy.preflight_staging(ctx, staging, checked))
-    assert survey.pending == [EPIC5] and opened and set(opened) == {staging.url}
+    assert survey.pending == PENDING and opened and set(opened) == {staging.url}
     with pytest.raises(DatabaseError, match=r"^cannot connect to postgresql://deployer:\*\*\*\*@127.0.0.1:9/production"
                                             r"\?connect_timeout=1: "):
         deploy.preflight_production(ctx, production, checked)
@@ -313,7 +320,7 @@ def test_the_release_part_stops_on_schemas_that_differ_or_nothing_pending_and_on
                                             r"in production \(text\)\nBring staging to production's schema \(restore "
                                             r"it from a production backup\), then run preflight again.$"):
         deploy.preflight_release(ctx, checked, staged, drifted)
-    with pytest.raises(NothingToDeploy, match=r"nothing to deploy: all 2 migrations of .*migrations are applied on "
+    with pytest.raises(NothingToDeploy, match=r"nothing to deploy: all 4 migrations of .*migrations are applied on "
                                               "staging and production"):
         deploy.preflight_release(ctx, checked, replace(staged, pending=[]), replace(produced, pending=[]))
     assert [e for e, _ in ctx.notify.events] == ["nothing_pending"]
@@ -412,48 +419,19 @@ def test_production_verification_that_finds_lost_rows_or_a_missing_index_fails_n
     assert caught.value.exit_code == 1 and caught.value.target == "production"
 
 
-EXPAND = "20261201000000_event_date_expand"
-CONTRACT = "20261201000100_event_date_contract"
-TRIO = {
-    EXPAND: ('ALTER TABLE "behavioral_events" ADD COLUMN "eventDate" DATE;\n'
-             "CREATE FUNCTION behavioral_events_fill_event_date() RETURNS trigger LANGUAGE plpgsql AS $$\n"
-             "BEGIN\n"
-             "  NEW.\"eventDate\" := (NEW.\"timestamp\" AT TIME ZONE 'UTC')::date;\n"
-             "  RETURN NEW;\n"
-             "END\n"
-             "$$;\n"
-             'CREATE TRIGGER behavioral_events_fill_event_date BEFORE INSERT OR UPDATE OF "timestamp" '
-             'ON "behavioral_events"\n  FOR EACH ROW EXECUTE FUNCTION behavioral_events_fill_event_date();\n'),
-    # As Prisma writes it; the online plan makes the NOT NULL a validated check and the index concurrent.
-    CONTRACT: ('ALTER TABLE "behavioral_events" ALTER COLUMN "eventDate" SET NOT NULL;\n'
-               'CREATE INDEX "behavioral_events_eventDate_idx" ON "behavioral_events"("eventDate");\n'),
-}
-BACKFILL = """table: behavioral_events
-key: id
-set:
-  eventDate: '("timestamp" AT TIME ZONE ''UTC'')::date'
-where: '"eventDate" IS NULL'
-batch: {first_rows: 200, min_rows: 100, max_rows: 500}
-"""
-
-
 @pytest.mark.slow
 def test_a_backfill_runs_between_expand_and_contract_and_an_operators_pause_stops_the_run_before_the_contract(
-        ctx: Deployment, targets: dict[str, Target]) -> None:
+        ctx: Deployment, targets: dict[str, Target], caplog) -> None:
     from schema_deploy.backfill import checkpoint
     from schema_deploy.backfill.errors import BackfillStopped
     from schema_deploy.backfill.spec import load_spec
 
     folder = ctx.cfg.migrations
-    for name, sql in TRIO.items():
-        (folder / name).mkdir()
-        (folder / name / "migration.sql").write_text(sql)
-    (folder / EXPAND / "backfill.yaml").write_text(BACKFILL)
     staging, production = targets["staging"], targets["production"]
     pre = travel(deploy.preflight(ctx, staging, production))  # its NOT NULL precheck waits for the backfill
     assert pre.pending["staging"][-2:] == [EXPAND, CONTRACT]
 
-    spec = load_spec(EXPAND, folder / EXPAND / "backfill.yaml", BACKFILL.encode())
+    spec = load_spec(EXPAND, folder / EXPAND / "backfill.yaml", (folder / EXPAND / "backfill.yaml").read_bytes())
     with psycopg.connect(staging.url, autocommit=True) as conn:  # an operator paused it before the run got there
         checkpoint.start(conn, spec.id, spec.digest, None, spec.table, 0)
         checkpoint.request(conn, spec.id, "pause", "alice")
@@ -473,19 +451,36 @@ def test_a_backfill_runs_between_expand_and_contract_and_an_operators_pause_stop
     with psycopg.connect(staging.url) as conn:
         events = conn.execute("SELECT count(*) FROM behavioral_events").fetchone()[0]
         wrong = conn.execute('SELECT count(*) FROM behavioral_events WHERE "eventDate" IS DISTINCT FROM '
-                             '("timestamp" AT TIME ZONE \'UTC\')::date').fetchone()[0]
+                             '"timestamp"::date').fetchone()[0]
         not_null = conn.execute("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'behavioral_events'::regclass "
                                 "AND attname = 'eventDate'").fetchone()[0]
     assert (backfill.rows_done, wrong, not_null) == (events, 0, True) and events > 0
     assert CONTRACT in applied(staging)
     told = [(event, facts) for event, facts in ctx.notify.events[earlier:] if event.startswith("backfill_")]
     said = [event for event, _ in told]
-    assert said[0] == "backfill_started" and said[-1] == "backfill_done" and "backfill_paused" not in said
-    assert 1 <= said.count("backfill_progress") <= 3  # each quarter at most once, never one per batch
-    started, finished = told[0][1], told[-1][1]
-    assert (started["backfill"], started["target"], started["WAL budget"]) == (EXPAND, "staging", "16 MB/s")
-    assert finished["rows"] == str(events)
+    # Its start was said by the run that began it (here: the checkpoint the operator paused): not again.
+    assert said[-1] == "backfill_done" and "backfill_started" not in said and "backfill_paused" not in said
+    assert said.count("backfill_progress") <= 3  # each quarter at most once, never one per batch
+    assert told[-1][1]["rows"] == str(events) and told[-1][1]["target"] == "staging"
+    assert f"backfill {EXPAND} on staging: resuming at 0 of ~{events} rows" in caplog.text
 
-    # Production: the same in one run, its health gate checked between batches (no replica here: no wait).
-    (gated,) = travel(deploy.apply(ctx, production, pre)).backfills
-    assert (gated.state, gated.pauses) == ("done", []) and set(applied(production)) >= {EXPAND, CONTRACT}
+    # Production as deploy_schema runs it: expand, backfill and contract as three steps, the health gate
+    # checked between batches (no replica here: no wait).
+    earlier = len(ctx.notify.events)
+    expanded = travel(deploy.expand(ctx, production, pre))
+    assert [m["name"] for m in expanded.applied] == [EPIC5, EXPAND]
+    assert (expanded.stopped_before, expanded.waiting_for) == (CONTRACT, [EXPAND])
+    assert CONTRACT not in applied(production)
+    backfilled = travel(deploy.backfill(ctx, production, pre, expanded))
+    (gated,) = backfilled.backfills
+    assert (gated.state, gated.pauses, gated.rows_done) == ("done", [], events)
+    again = travel(deploy.backfill(ctx, production, pre, expanded))  # a retry of the task: nothing left to do
+    assert again.backfills[0].rows_this_run == 0
+    told = [(event, facts) for event, facts in ctx.notify.events[earlier:] if event.startswith("backfill_")]
+    assert told[0] == ("backfill_started", {"backfill": EXPAND, "target": "production", "table": "behavioral_events",
+                                            "rows to do": f"~{events}", "WAL budget": "16 MB/s"})
+    assert [e for e, _ in told].count("backfill_done") == 1 and told[-1][0] == "backfill_done"  # not again
+    whole = travel(deploy.contract(ctx, production, pre, expanded, backfilled))
+    assert [m["name"] for m in whole.applied] == [EPIC5, EXPAND, CONTRACT] and whole.stopped_before is None
+    assert [b.id for b in whole.backfills] == [EXPAND] and whole.before == expanded.before
+    assert set(applied(production)) >= {EXPAND, CONTRACT}

@@ -41,9 +41,10 @@ EDITED_DOWN = 'CREATE TABLE "edited_after_preflight" (id int);\n'
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    """A copy of the shipped bundle that the test may edit, declared as bundle `main`."""
+    """A copy of the shipped bundle up to Epic 5 (whose down.sql these tests roll back), that the test may
+    edit, declared as bundle `main`."""
     copy = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS, copy)
+    shutil.copytree(MIGRATIONS, copy, ignore=shutil.ignore_patterns("*_event_date_*"))
     return copy
 
 
@@ -84,7 +85,8 @@ def fingerprint(url: str) -> dict:
 
 def states(url: str) -> dict[str, str]:
     with psycopg.connect(url) as conn:
-        return {s.name: s.state for s in compute_status(load_bundle(MIGRATIONS), read_rows(conn)).states}
+        return {s.name: s.state for s in compute_status(load_bundle(MIGRATIONS), read_rows(conn)).states
+                if "_event_date_" not in s.name}
 
 
 @pytest.mark.slow

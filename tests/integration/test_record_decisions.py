@@ -292,29 +292,37 @@ WAIT = {"since": "2026-12-06T21:50:02+00:00", "reason": "replica r1 (10.0.0.2, s
         "latest": "replica r1 (10.0.0.2, streaming) replay lag 1.4 MB (over 1.0 MB)"}
 
 
-@pytest.mark.parametrize(("state", "apply_state", "wait", "waiting"), [
-    ("running", "deferred", WAIT, "waiting for: replica r1 (10.0.0.2, streaming) replay lag 1.4 MB (over 1.0 MB) "
-                                  "(waiting since 2026-12-06T21:50:02+00:00)"),
-    ("running", "deferred", {k: v for k, v in WAIT.items() if k != "latest"},
-     "waiting for: replica r1 (10.0.0.2, streaming) replay lag 3.0 MB (over 1.0 MB) "
-     "(waiting since 2026-12-06T21:50:02+00:00)"),
-    ("running", "deferred", None, "waiting for: see apply_production's log"),
-    ("running", "deferred", {**WAIT, "what": "backfill 20261201000000_event_date_expand"},
+STALE = {**WAIT, "latest": "an earlier wait of apply_production, over since"}
+
+
+@pytest.mark.parametrize(("state", "tasks", "waits", "waiting"), [
+    ("running", {"apply_production": "deferred"}, {"apply_production": WAIT},
      "waiting for: replica r1 (10.0.0.2, streaming) replay lag 1.4 MB (over 1.0 MB) "
      "(waiting since 2026-12-06T21:50:02+00:00)"),
-    ("running", "running", WAIT, None),  # it waited, and goes on: no longer waiting
-    ("failed", "deferred", WAIT, None),  # the run ended (killed): nothing waits
+    ("running", {"apply_production": "deferred"}, {"apply_production": {k: v for k, v in WAIT.items() if k != "latest"}},
+     "waiting for: replica r1 (10.0.0.2, streaming) replay lag 3.0 MB (over 1.0 MB) "
+     "(waiting since 2026-12-06T21:50:02+00:00)"),
+    ("running", {"apply_production": "deferred"}, None, "waiting for: see apply_production's log"),
+    # The backfill task waits; the expand task's wait, over since, is not what the page says.
+    ("running", {"apply_production": "success", "backfill_production": "deferred"},
+     {"apply_production": STALE, "backfill_production": {**WAIT, "what": "backfill 20261201000000_event_date_expand"}},
+     "waiting for: replica r1 (10.0.0.2, streaming) replay lag 1.4 MB (over 1.0 MB) "
+     "(waiting since 2026-12-06T21:50:02+00:00)"),
+    ("running", {"apply_production": "success", "backfill_production": "deferred"}, {"apply_production": STALE},
+     "waiting for: see backfill_production's log"),
+    ("running", {"apply_production": "running"}, {"apply_production": WAIT}, None),  # it waited, and goes on
+    ("failed", {"apply_production": "deferred"}, {"apply_production": WAIT}, None),  # the run ended (killed)
 ])
-def test_a_run_held_by_the_health_gate_says_what_it_waits_for(state: str, apply_state: str, wait: dict | None,
+def test_a_run_held_by_the_health_gate_says_what_it_waits_for(state: str, tasks: dict[str, str], waits: dict | None,
                                                                waiting: str | None) -> None:
     (run,) = overview.merge_runs([{"dag_id": "deploy_schema", "run_id": "r1", "state": state, "start_date": "2026-12-06",
-                                   "tasks": {"apply_production": apply_state}, "health_wait": wait}], {})
+                                   "tasks": tasks, "health_wait": waits}], {})
     assert run["summary"]["waiting"] == waiting
     if waiting:
         assert run["summary"]["outcome"] == (
             "in progress: production's backfill is paused for the database's health"
-            if (wait or {}).get("what", "").startswith("backfill ")
-            else "in progress: production waits for the database's health before an online step")
+            if "backfill_production" in (waits or {}) else
+            "in progress: production waits for the database's health before an online step")
 
 
 def test_an_unreadable_store_is_said_on_the_run_not_raised(stack_env: dict[str, str]) -> None:

@@ -18,6 +18,7 @@ from schema_deploy.state.ledger import read_rows
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = "20250915090000_baseline"
 EPIC5 = "20251017120000_epic5_schema_completion"
+SHIPPED = sorted(p.name for p in (REPO / "sql" / "migrations").iterdir() if p.is_dir())
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def test_apply_from_a_release_applies_exactly_the_release_after_the_folder_was_e
         cli, folder: Path, store: str, fresh_db: str) -> None:
     uri, _ = create(cli, folder, store)
     frozen = {name: hashlib.sha256((folder / name / "migration.sql").read_bytes()).hexdigest()
-              for name in (BASELINE, EPIC5)}
+              for name in SHIPPED}
     epic5 = folder / EPIC5 / "migration.sql"
     epic5.write_text(epic5.read_text() + "\nCREATE TABLE not_approved (id int);\n")
     (folder / "20261201000000_later").mkdir()

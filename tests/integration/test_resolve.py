@@ -5,7 +5,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS, ledger, plain_bundle, table_exists
+from engine_support import BASELINE, CONTRACT, EPIC5, EXPAND, FAST, MIGRATIONS, ledger, plain_bundle, table_exists
 
 from schema_deploy.bundle.discover import load_bundle
 from schema_deploy.engine.apply import apply, load_state
@@ -76,7 +76,7 @@ def test_applied_is_refused_for_an_applied_migration(fresh_db: str, bundle) -> N
 def test_a_name_not_in_the_bundle_is_refused_listing_the_latest_names(fresh_db: str, bundle, resolve) -> None:
     with pytest.raises(ResolveRefused, match=rf"^migration 20250101000000_typo is not in {MIGRATIONS} \(Prisma "
                                              rf"P3017\)\. Use the folder name exactly; the latest ones are: "
-                                             rf"{BASELINE}, {EPIC5}\.$"):
+                                             rf"{BASELINE}, {EPIC5}, {EXPAND}, {CONTRACT}\.$"):
         resolve(fresh_db, bundle, "20250101000000_typo", FAST)
     assert not table_exists(fresh_db, "_prisma_migrations")
 
@@ -96,9 +96,9 @@ def test_applied_on_a_database_without_ledger_baselines_it(fresh_db: str, bundle
     assert row["logs"] == ""
     assert row["started_at"] == row["finished_at"]
     assert row["rolled_back_at"] is None
-    assert states(fresh_db, bundle) == {BASELINE: "applied", EPIC5: "pending"}
+    assert states(fresh_db, bundle) == {BASELINE: "applied", EPIC5: "pending", EXPAND: "pending", CONTRACT: "pending"}
 
-    assert [m.name for m in apply(fresh_db, bundle, FAST).applied] == [EPIC5]
+    assert [m.name for m in apply(fresh_db, bundle, FAST).applied] == [EPIC5, EXPAND, CONTRACT]
     assert set(states(fresh_db, bundle).values()) == {"applied"}
 
 

@@ -7,6 +7,7 @@ import boto3
 import psycopg
 import pytest
 from botocore.config import Config
+from engine_support import backfilling
 
 from schema_deploy.audit import chain
 from schema_deploy.backups.dump import backup
@@ -49,7 +50,7 @@ def test_restoring_a_pre_deploy_backup_over_epic5_undoes_it_and_keeps_the_audit_
         before = schema_fingerprint(conn)
     taken = backup(s3, url, f"s3://{stack_env['BACKUP_BUCKET']}/t-rb-{uuid.uuid4().hex[:8]}",
                    environment="production", run_id="pre")
-    apply(url, load_bundle(REPO / "sql/migrations"), online=True)
+    apply(url, load_bundle(REPO / "sql/migrations"), online=True, backfill=backfilling(url))
     with psycopg.connect(url, autocommit=True) as conn:
         chain.append(conn, "deploy", "after-backup", "production", {"n": 2})
     logs: list[str] = []
@@ -60,9 +61,14 @@ def test_restoring_a_pre_deploy_backup_over_epic5_undoes_it_and_keeps_the_audit_
         assert schema_fingerprint(conn) == before
         assert [r.migration_name for r in read_rows(conn) if r.applied] == ["20250915090000_baseline"]
         assert [r.run_id for r in chain.read_rows(conn)] == ["before-backup", "after-backup"]
+        # The example's backfill checkpoint, made after the backup, counted rows the restore undid: gone.
+        assert conn.execute("SELECT to_regclass('schema_deploy.backfills')").fetchone()[0] is None
+        assert conn.execute("SELECT to_regnamespace('schema_deploy_restore_aside')").fetchone()[0] is None
         assert chain.verify_chain(conn).ok
         chain.append(conn, "rollback", "rb", "production", {"n": 3})
         assert chain.verify_chain(conn).ok
+    assert ("dropped schema_deploy.backfills, which the backup does not hold: the progress it kept (backfill "
+            "checkpoints) was of work the restore undid") in logs
 
 
 @pytest.mark.slow
@@ -70,7 +76,7 @@ def test_a_refused_restore_puts_the_dropped_foreign_keys_back(s3, production, st
     url, name = production
     taken = backup(s3, url, f"s3://{stack_env['BACKUP_BUCKET']}/t-rb-{uuid.uuid4().hex[:8]}",
                    environment="production", run_id="pre")
-    apply(url, load_bundle(REPO / "sql/migrations"), online=True)
+    apply(url, load_bundle(REPO / "sql/migrations"), online=True, backfill=backfilling(url))
     with psycopg.connect(url) as conn:
         after_deploy = schema_fingerprint(conn)
     with pytest.raises(RestoreRefused, match=rf"^refusing to restore into database '{name}': its environment is "

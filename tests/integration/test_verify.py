@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from engine_support import backfilling
 
 from generate_data import generate
 from schema_deploy.bundle.discover import load_bundle
@@ -46,7 +47,7 @@ def epic5_db(stack_env: dict[str, str]):
     url = with_database(base, name)
     apply(url, BUNDLE, to="20250915090000_baseline")
     generate(url, seed=11, scale="demo")
-    apply(url, BUNDLE)
+    apply(url, BUNDLE, backfill=backfilling(url))
     with psycopg.connect(url, autocommit=True) as conn:
         for table in ("behavioral_events", "behavioral_patterns", "struggle_predictions", "recommendations",
                       "personalization_configs", "study_schedule_recommendations", "experiment_assignments"):

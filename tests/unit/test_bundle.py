@@ -41,10 +41,13 @@ def test_committed_bundle_loads_in_prisma_layout_in_timestamp_order() -> None:
     bundle = load_bundle(MIGRATIONS)
     assert bundle.layout == "prisma"
     assert [m.name for m in bundle.migrations] == [
-        "20250915090000_baseline", "20251017120000_epic5_schema_completion"]
+        "20250915090000_baseline", "20251017120000_epic5_schema_completion", "20251103090000_event_date_expand",
+        "20251103090100_event_date_contract"]
     assert all(m.path.name == "migration.sql" for m in bundle.migrations)
-    # Only Epic 5 has a down migration (for rollback_schema); it is never part of the checksum.
-    assert [m.down_path.name if m.down_path else None for m in bundle.migrations] == [None, "down.sql"]
+    # Every migration after the baseline has a down migration (for rollback_schema); never part of the checksum.
+    assert [m.down_path.name if m.down_path else None for m in bundle.migrations] == [None, *["down.sql"] * 3]
+    # The expand migration carries its backfill, which Prisma ignores; the checksum is migration.sql's alone.
+    assert [m.name for m in bundle.migrations if m.backfill_raw] == ["20251103090000_event_date_expand"]
 
 
 def test_plain_layout_of_sql_files_loads_in_name_order(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ RUN_READERS = {
     "operators.WaitForWindowOperator.execute_complete": "its own progress across the deferral (self.task_id)",
     "fleet_steps.run_outcomes": "the fleet record: every part's outcomes, failed tasks' included",
     "fleet_steps.windowed_progress": "windowed's own progress across its deferrals",
-    "steps.health_deferral": "apply_production's own progress across its health-gate deferrals (ti.task_id)",
+    "steps.health_deferral": "a production phase's own progress across its health-gate deferrals (ti.task_id)",
 }
 
 

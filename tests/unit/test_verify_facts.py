@@ -107,3 +107,24 @@ def test_a_check_not_measurable_at_this_scale_is_no_failure_and_is_counted_on_it
     assert small.line() == f"not measurable: {EXPLAIN}: t has 10 rows, fewer than 1,000 (explain/q.sql)"
     assert check(FK, ok=False).line() == f"FAIL: {FK}: missing (migration.sql:3)"
     assert VerifyReport([check(FK), check(INDEX, ok=False)]).counts() == "2 checks: 1 passed, 1 failed"
+
+
+# --- expectations: a column as the last statement left it -----------------------------------------------
+
+def test_a_column_added_null_then_made_not_null_is_expected_not_null_and_back_again() -> None:
+    from schema_deploy.bundle.parse import parse_sql
+    from schema_deploy.engine.verify import expectations
+
+    expand = 'ALTER TABLE "events" ADD COLUMN "day" DATE;\n'
+    contract = 'ALTER TABLE "events" ALTER COLUMN "day" SET NOT NULL;\n'
+    relax = 'ALTER TABLE "events" ALTER COLUMN "day" DROP NOT NULL;\n'
+
+    def columns(sql: str) -> list[tuple[str, str, bool | None]]:
+        return [(kind, d.get("column"), d.get("not_null")) for kind, _, d in expectations(parse_sql(sql))]
+
+    assert columns(expand) == [("column", "day", False)]
+    assert columns(expand + contract) == [("column", "day", True), ("not-null", "day", None)]
+    assert columns(expand + contract + relax) == [("column", "day", False), ("not-null", "day", None)]
+    # Another table's column of the same name is not touched.
+    assert columns(expand + 'ALTER TABLE "other" ALTER COLUMN "day" SET NOT NULL;\n') == [
+        ("column", "day", False), ("not-null", "day", None)]

@@ -52,6 +52,12 @@ def rows_left(conn: psycopg.Connection, spec: BackfillSpec) -> int | None:
         return None
 
 
+def backfills_to_do(conn: psycopg.Connection, migrations: Sequence[Declaring], name: str) -> list[str]:
+    """The ids of the backfills before migration `name` that still have rows to do (those whose `where`
+    cannot be asked any more are not: nothing after can need them)."""
+    return [spec.id for spec in backfills_before(migrations, name) if rows_left(conn, spec)]
+
+
 def require_done(conn: psycopg.Connection, migrations: Sequence[Declaring], contract: Declaring,
                  applied_now: list[str], log: Callable[[str], None],
                  run: Callable[[BackfillSpec], object] | None = None) -> list[object]:

@@ -39,7 +39,8 @@ from psycopg import sql
 
 from schema_deploy.backfill import checkpoint
 from schema_deploy.backfill.contract import count_left
-from schema_deploy.backfill.errors import BackfillBusy, BackfillLocked, BackfillNotConverging, BackfillRefused
+from schema_deploy.backfill.errors import (BackfillBusy, BackfillLocked, BackfillNotConverging, BackfillRefused,
+                                           BackfillStopped)
 from schema_deploy.backfill.spec import MB, BackfillSpec
 from schema_deploy.errors import SchemaDeployError
 from schema_deploy.pg import db
@@ -103,6 +104,7 @@ class BackfillResult:
     lock_retries: int = 0
     pauses: list[dict[str, Any]] = field(default_factory=list)  # the health gate's, this run
     requested_by: str | None = None
+    already_done: bool = False  # done by an earlier run, with no row left: this run did nothing
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -223,6 +225,9 @@ class Runner:
     log: Callable[[str], None] = lambda _m: None
     on_progress: Callable[[Progress], None] | None = None
     on_pause: Callable[[str, bool], None] | None = None  # (the gate's reason, whether it is the first pause)
+    # Told once it has work to do, before the first batch: where it starts (rows done by earlier runs,
+    # estimate), and whether an earlier run began it (a resume: after a crash, a deferral or a pause).
+    on_start: Callable[[Progress, bool], None] | None = None
     _checked: float | None = field(default=None, init=False, repr=False)  # when the gate was last asked
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
@@ -251,9 +256,12 @@ class Runner:
         estimated = count_left(conn, spec)
         if existing is not None and existing.digest == spec.digest and existing.state == "done" and not estimated:
             self.log(f"backfill {spec.id}: already done ({existing.rows_done} rows); nothing to do")
-            return BackfillResult(spec.id, spec.table, "done", existing.rows_done)
+            return BackfillResult(spec.id, spec.table, "done", existing.rows_done, already_done=True)
         point = checkpoint.start(conn, spec.id, spec.digest, self.release, spec.table, estimated)
         result = BackfillResult(spec.id, spec.table, "running", point.rows_done, resumed_after_key=point.last_key)
+        if self.on_start is not None:
+            self.on_start(Progress(spec.id, point.rows_done, estimated + point.rows_done, 0.0, spec.first_rows, 0),
+                          existing is not None and existing.digest == spec.digest and existing.state != "done")
         self.log(f"{spec.describe()}: {estimated} rows to do"
                  + (f"; resuming after key {point.last_key} ({point.rows_done} rows done)" if point.last_key else ""))
         try:
@@ -376,6 +384,23 @@ class Runner:
         checkpoint.end_pause(conn, self.spec.id, {"seconds": pause["seconds"], "waited_s": pause["waited_s"]})
         result.pauses.append(pause)
         self.log(f"backfill {self.spec.id}: healthy again after {pause['seconds']} s; going on")
+
+
+def run_to_done(runner: Runner) -> BackfillResult:
+    """`runner` until its backfill is done, as a deployment needs it before the contract migration: one an
+    operator paused or cancelled (before this run, or during it) stops the deployment there (BackfillStopped,
+    naming who)."""
+    try:
+        result = runner.run()
+    except BackfillRefused as exc:
+        if exc.state not in ("paused", "cancelled"):
+            raise
+        with db.connect(runner.url) as conn:
+            (point,) = checkpoint.read(conn, runner.spec.id)
+        raise BackfillStopped(runner.spec.id, point.state, point.requested_by, point.rows_done) from None
+    if result.state != "done":
+        raise BackfillStopped(runner.spec.id, result.state, result.requested_by, result.rows_done)
+    return result
 
 
 def is_waiting(exc: BaseException) -> bool:

@@ -10,7 +10,11 @@ transaction. Two things a deployment made since the backup get in its way:
 * the audit trail (`schema_deploy.audit_events`), when the backup holds it, would
   be replaced by the backup's shorter chain. The rows recorded since are put back
   verbatim (same ids, hashes and times), so the chain still verifies and the
-  rollback's own record follows them.
+  rollback's own record follows them;
+* the other tables of `schema_deploy` that the backup does not hold (the backfill
+  checkpoints, `schema_deploy.backfills`) count work the restore undoes, and would
+  make its `DROP SCHEMA` fail: they are set aside in a schema of their own for the
+  restore, dropped after it, and put back if it fails.
 """
 from __future__ import annotations
 
@@ -69,18 +73,54 @@ def restore_over(s3: Any, uri: str, url: str, *, confirm_production: str | None,
     with db.connect(url) as conn:
         kept = audit_rows(conn)
         dropped = drop_foreign_keys(conn, tables, log)
+        aside = set_aside(conn, tables)
     try:
         result = restore(s3, uri, url, clean=True, force=force, confirm_production=confirm_production,
                          environment=environment, log=log, pg_bindir=pg_bindir,
                          allow_other_source=allow_other_source)
     except BaseException:
-        if dropped:
-            with db.connect(url) as conn:
+        with db.connect(url) as conn:
+            if dropped:
                 add_foreign_keys(conn, dropped, log)
+            put_aside_back(conn, aside)
         raise
     with db.connect(url) as conn:
         put_back = put_back_audit_rows(conn, kept, log)
+        if aside:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(ASIDE)))
+            log(f"dropped {', '.join(f'schema_deploy.{t}' for t in aside)}, which the backup does not hold: the "
+                "progress it kept (backfill checkpoints) was of work the restore undid")
     return BackupRollback(result, manifest, [f"{s}.{t}.{name}" for s, t, name, _ in dropped], put_back)
+
+
+ASIDE = "schema_deploy_restore_aside"
+
+
+def set_aside(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    """Move the `schema_deploy` tables the backup does not hold, but the audit trail (put back row by row),
+    into a schema of their own, in one transaction; returns their names."""
+    found = [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = "
+        "'schema_deploy' AND c.relkind IN ('r', 'p') AND c.relname <> 'audit_events' ORDER BY 1").fetchall()]
+    aside = [t for t in found if f"schema_deploy.{t}" not in tables]
+    if aside:
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ASIDE)))
+            for table in aside:
+                conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                    db.ident("schema_deploy", table), sql.Identifier(ASIDE)))
+    return aside
+
+
+def put_aside_back(conn: psycopg.Connection, aside: list[str]) -> None:
+    """After a failed restore: the tables `set_aside` moved go back where they were."""
+    if not aside:
+        return
+    with conn.transaction():
+        conn.execute("CREATE SCHEMA IF NOT EXISTS schema_deploy")
+        for table in aside:
+            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA schema_deploy").format(db.ident(ASIDE, table)))
+        conn.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(ASIDE)))
 
 
 def drop_foreign_keys(conn: psycopg.Connection, tables: list[str], log: Log) -> list[tuple[str, str, str, str]]:

@@ -26,6 +26,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from schema_deploy.backfill.contract import backfills_to_do
 from schema_deploy.backfill.contract import require_done as require_backfills_done
 from schema_deploy.bundle.discover import Bundle
 from schema_deploy.bundle.parse import LOCK_MODES, relname
@@ -82,9 +83,12 @@ class ApplyResult:
     applied: list[MigrationResult]
     status_before: Status
     backfills: list[Any] = field(default_factory=list)  # what `apply`'s `backfill` returned, in order
+    stopped_before: str | None = None  # with until_backfill: the contract migration it stopped before
+    waiting_for: list[str] = field(default_factory=list)  # …and the backfills it waits for
 
     def as_dict(self) -> dict[str, object]:
-        return {"applied": [m.as_dict() for m in self.applied], "backfills": self.backfills}
+        return {"applied": [m.as_dict() for m in self.applied], "backfills": self.backfills,
+                "stopped_before": self.stopped_before, "waiting_for": self.waiting_for}
 
 
 def load_state(conn: psycopg.Connection, bundle: Bundle, schema: str = "public") -> tuple[Status, dict]:
@@ -97,7 +101,8 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
           to: str | None = None, online: bool = False, prechecks: bool = True,
           created: Callable[[Status], set[str]] | None = None,
           approve: Callable[[Plan], None] | None = None, waive_prechecks: str | None = None,
-          health: HealthGate | None = None, backfill: Callable[[Any], Any] | None = None) -> ApplyResult:
+          health: HealthGate | None = None, backfill: Callable[[Any], Any] | None = None,
+          until_backfill: bool = False) -> ApplyResult:
     """Apply every pending migration of `bundle` (up to `to`) to the database at `url`.
 
     `online` rewrites lock-heavy statements on existing tables (see online.py).
@@ -111,6 +116,9 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
     privileges are checked first, before anything changes.
     `backfill(spec)`: runs a declared backfill (schema_deploy.backfill) that a pending migration after it
     needs done; without it, such a migration is refused while the backfill's rows remain.
+    `until_backfill`: stop (successfully) before the first such migration instead, naming it and the
+    backfills it waits for (`stopped_before`, `waiting_for`): the expand phase, when an orchestrator runs
+    the backfill as a step of its own.
     """
     if health is not None:
         health.require_privileges()
@@ -134,6 +142,10 @@ def apply(url: str, bundle: Bundle, settings: Settings = Settings(), *, log: Log
         results: list[MigrationResult] = []
         backfills: list[Any] = []
         for mp in plan.migrations:
+            if until_backfill and (waiting := backfills_to_do(conn, bundle.migrations, mp.migration.name)):
+                log(f"{mp.migration.name} waits for backfill {', '.join(waiting)}: the expand phase ends here")
+                return ApplyResult(applied=results, status_before=status, stopped_before=mp.migration.name,
+                                   waiting_for=waiting)
             # A migration after a declared backfill is its contract: it needs the backfill done.
             backfills += require_backfills_done(conn, bundle.migrations, mp.migration, [r.name for r in results],
                                                 log, backfill)

@@ -104,6 +104,23 @@ def expectations(statements: list[Statement]) -> list[tuple[str, Statement, dict
             schema, table = split_name(relname(node.relation))
             for cmd in node.cmds or ():
                 out.extend(alter_expectations(st, schema, table, cmd))
+    return later_nullability(out)
+
+
+def later_nullability(found: list[tuple[str, Statement, dict]]) -> list[tuple[str, Statement, dict]]:
+    """A column added NULL that a later statement makes NOT NULL (expand, then contract), or the other
+    way round, is expected as the last of them left it."""
+    out: list[tuple[str, Statement, dict]] = []
+    added: dict[tuple[str, str, str], int] = {}
+    for kind, st, d in found:
+        key = (d["schema"], d["table"], d.get("column", ""))
+        if kind == "column":
+            added[key] = len(out)
+        elif kind in ("not-null", "drop-not-null") and key in added:
+            k, s0, d0 = out[added[key]]
+            out[added[key]] = (k, s0, {**d0, "not_null": kind == "not-null"})
+        if kind != "drop-not-null":
+            out.append((kind, st, d))
     return out
 
 
@@ -116,6 +133,8 @@ def alter_expectations(st: Statement, schema: str, table: str, cmd: ast.AlterTab
         return [("column", st, {**base, "column": col.colname, "type": RawStream()(col.typeName), "not_null": not_null})]
     if cmd.subtype == AT.AT_SetNotNull:
         return [("not-null", st, {**base, "column": cmd.name})]
+    if cmd.subtype == AT.AT_DropNotNull:
+        return [("drop-not-null", st, {**base, "column": cmd.name})]  # only updates an earlier column's
     if cmd.subtype == AT.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint) and cmd.def_.conname:
         c = cmd.def_
         details = {**base, "name": c.conname, "validated": not c.skip_validation}

@@ -24,13 +24,13 @@ Owns: the steps (`deploy`, `fleet/`, `rollback`, `record`, `run`), their inputs 
 DeployVerificationFailed, RollbackVerificationFailed, ApproverRefused, …).
 May import: every layer up to `ops`. Never a task id or a connection id: those are the glue's.
 """
-from schema_deploy.pipeline.results import (ApplyResult, Approval, AuditLink, AuditRecord, BackupResult,
+from schema_deploy.pipeline.results import (ApplyResult, Approval, AuditLink, AuditRecord, BackfillPhase, BackupResult,
                                             BrakeDecision, BundleCheck, GateResult, MemberOutcome, PreflightResult,
                                             ReleaseRef, Result, RollbackPlan, RollbackResult, RollbackVerification,
                                             RunRecord, StagingGate, TargetSurvey, Verification, WindowSlot)
 from schema_deploy.pipeline.target import Deployment, RunInfo, RunParams, Store, Target
 
-__all__ = ["Approval", "ApplyResult", "AuditLink", "AuditRecord", "BackupResult", "BrakeDecision", "BundleCheck",
-           "Deployment", "GateResult", "MemberOutcome", "PreflightResult", "ReleaseRef", "Result", "RollbackPlan",
-           "RollbackResult", "RollbackVerification", "RunInfo", "RunParams", "RunRecord", "StagingGate", "Store",
+__all__ = ["Approval", "ApplyResult", "AuditLink", "AuditRecord", "BackfillPhase", "BackupResult", "BrakeDecision",
+           "BundleCheck", "Deployment", "GateResult", "MemberOutcome", "PreflightResult", "ReleaseRef", "Result",
+           "RollbackPlan", "RollbackResult", "RollbackVerification", "RunInfo", "RunParams", "RunRecord", "StagingGate", "Store",
            "Target", "TargetSurvey", "Verification", "WindowSlot"]

@@ -3,6 +3,10 @@
     preflight  →  backup  →  apply (staging)  →  gate  →  [approval]  →  window  →  apply (production)
                →  verify  →  record
 
+`apply (production)` is one step here, running a declared backfill before its contract migration;
+an orchestrator may run it as three (`expand` → `backfill` → `contract`), so that a long backfill is
+a step of its own, retried and deferred on its own.
+
 Each step takes the run's `Deployment` (settings, store, notifier, log), the
 `Target`s it works on and the typed results of earlier steps, and returns a
 frozen result (`results.py`). Preflight is the only step that reads the
@@ -28,8 +32,9 @@ from schema_deploy.ops import release as releases
 from schema_deploy.ops.errors import ReleaseInvalid
 from schema_deploy.ops.release import Release
 from schema_deploy.pipeline.errors import DeployVerificationFailed, NothingToDeploy
-from schema_deploy.pipeline.results import (ApplyResult, BackupResult, BundleCheck, GateResult, PreflightResult,
-                                            ReleaseRef, StagingGate, TargetSurvey, Verification, WindowSlot)
+from schema_deploy.pipeline.results import (ApplyResult, BackfillPhase, BackupResult, BundleCheck, GateResult,
+                                            PreflightResult, ReleaseRef, StagingGate, TargetSurvey, Verification,
+                                            WindowSlot)
 from schema_deploy.pipeline.target import Deployment, Target
 from schema_deploy.state.errors import LedgerBlocked
 
@@ -360,8 +365,10 @@ def health_gate(ctx: Deployment, target: Target) -> Any:
                       announce=announce)
 
 
-def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
+def apply(ctx: Deployment, target: Target, pre: PreflightResult, *, until_backfill: bool = False) -> ApplyResult:
     """Apply the release's pending migrations to one target with its frozen plan and lock retries.
+    A declared backfill runs before the first migration after it (its contract); with `until_backfill`
+    (`expand`), the apply stops before that migration instead, naming it and what it waits for.
 
     Before applying: exact row counts of the touched tables and the representative queries'
     timings (once per run and target), so verification can report before/after. Under the
@@ -397,7 +404,8 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
         result = run_apply(target.url, bundle, settings, online=params.online, log=log.info,
                            created=lambda status: tables_created(bundle, set(status.names("applied")) & this_run),
                            approve=lambda plan: releases.check_plan(release, target.name, plan), health=gate,
-                           backfill=lambda spec: run_backfill(ctx, target, spec, release.digest, gate))
+                           backfill=lambda spec: run_backfill(ctx, target, spec, release.digest, gate),
+                           until_backfill=until_backfill)
     finally:
         if gate is not None:
             gate.close()
@@ -409,10 +417,58 @@ def apply(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
     retries = sum(m.lock_retries for m in result.applied)
     log.info("%s: applied %s from release %s in %.2f s (%d lock retries)", target.name,
              ", ".join(m.name for m in result.applied) or "nothing", release.short, seconds, retries)
+    if result.stopped_before:
+        log.info("%s: the expand phase ends before %s, which needs backfill %s done first", target.name,
+                 result.stopped_before, ", ".join(result.waiting_for))
     return ApplyResult(env=target.name, seconds=round(seconds if result.applied else ledger_seconds, 3),
                        table_bytes=size, migrations=names, before=before, lock_retries=retries,
                        applied=[m.as_dict() for m in result.applied], release=release.digest,
-                       backfills=result.backfills)
+                       backfills=result.backfills, stopped_before=result.stopped_before,
+                       waiting_for=result.waiting_for)
+
+
+# --- expand → backfill → contract, as three steps (the DAG's production tasks) ------------------
+
+def expand(ctx: Deployment, target: Target, pre: PreflightResult) -> ApplyResult:
+    """The expand phase: the pending migrations up to the first one that needs a backfill done (all of
+    them when none does), with the gate, lock retries and resumption of `apply`."""
+    return apply(ctx, target, pre, until_backfill=True)
+
+
+def backfill(ctx: Deployment, target: Target, pre: PreflightResult, expanded: ApplyResult) -> BackfillPhase:
+    """The backfill phase: each backfill the expand phase stopped for, in bundle order, throttled,
+    checkpointed and gated (`run_backfill`). A retry goes on from each one's checkpoint; one already
+    done is not run again. Nothing to do when the expand phase applied everything."""
+    from schema_deploy.backfill.contract import backfills_before
+
+    if not expanded.waiting_for:
+        ctx.log.info("%s: no backfill to run (the expand phase left no migration waiting for one)", target.name)
+        return BackfillPhase(env=target.name, backfills=[], seconds=0.0)
+    release = load_release(ctx, pre)
+    specs = {s.id: s for s in backfills_before(release.to_bundle().migrations, expanded.stopped_before or "")}
+    t0, runs = time.monotonic(), []
+    gate = health_gate(ctx, target)
+    try:
+        for backfill_id in expanded.waiting_for:
+            runs.append(run_backfill(ctx, target, specs[backfill_id], release.digest, gate))
+    finally:
+        if gate is not None:
+            gate.close()
+    return BackfillPhase(env=target.name, backfills=runs, seconds=round(time.monotonic() - t0, 3))
+
+
+def contract(ctx: Deployment, target: Target, pre: PreflightResult, expanded: ApplyResult,
+             backfilled: BackfillPhase) -> ApplyResult:
+    """The contract phase: the rest of the pending migrations, each refused while a backfill before it has
+    rows left (a later expand → backfill → contract round in the same release runs its backfill here,
+    inline). Returns the whole target's result: the expand phase's migrations, the backfills and these."""
+    if not expanded.stopped_before:
+        ctx.log.info("%s: no contract phase (the expand phase applied every pending migration)", target.name)
+    rest = apply(ctx, target, pre)
+    return replace(
+        rest, seconds=round(expanded.seconds + rest.seconds if rest.applied else expanded.seconds, 3),
+        lock_retries=expanded.lock_retries + rest.lock_retries, before=expanded.before,
+        applied=[*expanded.applied, *rest.applied], backfills=[*backfilled.backfills, *rest.backfills])
 
 
 def run_backfill(ctx: Deployment, target: Target, spec: Any, release: str, gate: Any) -> dict[str, Any]:
@@ -420,13 +476,21 @@ def run_backfill(ctx: Deployment, target: Target, spec: Any, release: str, gate:
     target's connection, gated like production's online steps. Slack hears its start, its first pause and
     why, each quarter done, and its end, never each batch. Paused or cancelled by an operator: refused,
     so the contract migration does not run."""
-    from schema_deploy.backfill import checkpoint
-    from schema_deploy.backfill.engine import Runner
-    from schema_deploy.backfill.errors import BackfillRefused, BackfillStopped
-    from schema_deploy.pg.db import connect
+    from schema_deploy.backfill.engine import Runner, run_to_done
 
     said: set[int] = set()
     where = {"backfill": spec.id, "target": target.name, "table": spec.table}
+
+    def started(p: Any, resumed: bool) -> None:
+        # A resume (a retry after a crash, a deferral's return) says nothing new: the quarters it had passed
+        # were said by the run that passed them.
+        said.update(q for q in (25, 50, 75) if (p.fraction or 0) * 100 >= q)
+        if resumed:
+            ctx.log.info("backfill %s on %s: resuming at %d of ~%s rows", spec.id, target.name, p.rows_done,
+                         p.rows_estimated)
+            return
+        ctx.notify("backfill_started", {**where, "rows to do": f"~{p.rows_estimated}",
+                                        "WAL budget": f"{spec.wal_budget_bytes_per_s / (1024 * 1024):g} MB/s"}, None)
 
     def progress(p: Any) -> None:
         quarter = int((p.fraction or 0) * 4) * 25
@@ -441,19 +505,10 @@ def run_backfill(ctx: Deployment, target: Target, spec: Any, release: str, gate:
         if first:
             ctx.notify("backfill_paused", {**where, "paused because": reason}, None)
 
-    ctx.notify("backfill_started", {**where, "WAL budget": f"{spec.wal_budget_bytes_per_s / (1024 * 1024):g} MB/s"},
-               None)
-    try:
-        result = Runner(target.url, spec, release=release, gate=gate, log=ctx.log.info, on_progress=progress,
-                        on_pause=paused).run()
-    except BackfillRefused as exc:
-        if exc.state not in ("paused", "cancelled"):
-            raise
-        with connect(target.url) as conn:  # paused or cancelled before this run reached it
-            (point,) = checkpoint.read(conn, spec.id)
-        raise BackfillStopped(spec.id, point.state, point.requested_by, point.rows_done) from None
-    if result.state != "done":
-        raise BackfillStopped(spec.id, result.state, result.requested_by, result.rows_done)
+    result = run_to_done(Runner(target.url, spec, release=release, gate=gate, log=ctx.log.info,
+                                on_progress=progress, on_pause=paused, on_start=started))
+    if result.already_done:
+        return result.as_dict()  # done before this run (a retry's): said when it was
     ctx.notify("backfill_done", {**where, "rows": f"{result.rows_done}", "took": f"{result.seconds:.0f} s",
                                  "WAL": f"{result.wal_bytes_this_run / (1024 * 1024):.0f} MB",
                                  "pauses": f"{len(result.pauses)}"}, None)

@@ -29,7 +29,23 @@ from schema_deploy.pipeline.target import Deployment, RunParams, Target
 RECORD_VERSION = 2
 # The deploy pipeline's steps, as the record names them (the orchestrator maps its task ids here).
 STEPS = ("preflight_bundle", "preflight_staging", "preflight_production", "preflight", "backup", "apply_staging",
-         "gate", "production_requested", "approval_needed", "approval", "window", "apply_production", "verification")
+         "gate", "production_requested", "approval_needed", "approval", "window", "apply_production",
+         "backfill_production", "contract_production", "verification")
+# Run as three steps (`deploy.expand` → `backfill` → `contract`), production's whole result is the last one's.
+PRODUCTION_STEPS = ("contract_production", "apply_production")
+
+
+def production_result(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Production's apply result: the contract step's, which holds the expand step's and the backfills, when
+    the run had one (and it ran); else the one apply step's."""
+    return next((results[s] for s in PRODUCTION_STEPS if results.get(s)), None)
+
+
+def backfill_record(applied: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A target's backfills as the record keeps them: their figures, pauses and who stopped them."""
+    keep = ("id", "table", "state", "rows_done", "rows_this_run", "batches_this_run", "wal_bytes_this_run", "seconds",
+            "passes", "lock_retries", "pauses", "requested_by")
+    return [{k: b.get(k) for k in keep} for b in (applied or {}).get("backfills") or []]
 
 
 def _steps(applied: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -90,7 +106,7 @@ def deploy_record(ctx: Deployment, results: dict[str, Any], states: dict[str, st
     gate = results.get("gate") or {}
     approval = results.get("approval") or {}
     window = results.get("window") or {}
-    staging, production = results.get("apply_staging"), results.get("apply_production")
+    staging, production = results.get("apply_staging"), production_result(results)
     verification = results.get("verification") or {}
     release = preflight.get("release") or {}
     run = {**ctx.run.facts(), "url": ctx.run.url, "started": ctx.run.started}
@@ -119,9 +135,10 @@ def deploy_record(ctx: Deployment, results: dict[str, Any], states: dict[str, st
         "approval": approval or None,
         "window": window or None,
         "staging": {"seconds": staging.get("seconds"), "lock_retries": staging.get("lock_retries"),
-                    "steps": _steps(staging)} if staging else None,
+                    "steps": _steps(staging), "backfills": backfill_record(staging)} if staging else None,
         "production": {"seconds": production.get("seconds"), "lock_retries": production.get("lock_retries"),
-                       "steps": _steps(production)} if production else None,
+                       "steps": _steps(production), "backfills": backfill_record(production)}
+        if production else None,
         "verification": {**verdict_record(verification), **{k: verification.get(k) for k in (
             "facts", "rows_before", "rows_after", "index_bytes")}} if verification else None,
     }
@@ -227,7 +244,7 @@ def compose(ctx: Deployment, applies: dict[str, str], results: dict[str, Any],
     if record_["release"]:
         record_["release"]["check"] = release_check(ctx, record_["release"]["uri"])
     release = (results.get("preflight") or {}).get("release") or {}
-    changed = [t for step, t in applies.items() if states.get(step) in ("success", "failed")]
+    changed = list(dict.fromkeys(t for step, t in applies.items() if states.get(step) in ("success", "failed")))
     decided = applies.get(DECIDED_STEP)
     concerned = [decided] if results.get("approval") and decided and decided not in changed else []
     record_["targets"] = {t: "changed" if t in changed else f"nothing changed ({record_['decision']})"

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from schema_deploy.pipeline.record import STEPS, production_result
 from schema_deploy.pipeline.results import decision_text
 
-ORDER = ("preflight_bundle", "preflight_staging", "preflight_production", "preflight", "backup", "apply_staging", "gate", "production_requested", "approval_needed", "approval",
-         "window", "apply_production", "verification", "record")
+ORDER = (*STEPS, "record")
 
 
 def render(title: str, results: dict[str, Any], states: dict[str, str | None],
@@ -64,10 +64,11 @@ def render(title: str, results: dict[str, Any], states: dict[str, str | None],
                    f"{w.get('closes')}; production needed {w.get('needed')}")
     else:
         out.append("  not reached")
-    p, v = x["apply_production"], x["verification"]
+    p, v = production_result(results) or {}, x["verification"]
     out += ["", "production apply",
             f"  {p.get('seconds')} s, {sum(len(m['steps']) for m in p.get('applied', []))} steps, "
-            f"{p.get('lock_retries', 0)} lock retries", ""]
+            f"{p.get('lock_retries', 0)} lock retries"]
+    out += backfill_lines(p.get("backfills") or []) + [""]
     out += verification_lines("verification (production; expectations from the plan, sql/verify, EXPLAIN "
                               "index usage)", v, heading=True)
     if v.get("rows_before"):
@@ -84,6 +85,21 @@ def render(title: str, results: dict[str, Any], states: dict[str, str | None],
                 f"{env} (row {c['id']}, {c['row_hash'][:16]}…)" for env, c in (au.get("chain") or {}).items())
                 or "no database"),
             f"  record: {au.get('s3')} (sha256 {au.get('sha256')})"]
+    return out
+
+
+def backfill_lines(backfills: list[dict[str, Any]]) -> list[str]:
+    """Each backfill's figures: rows, batches, time, WAL, and the health gate's pauses with their reasons."""
+    out = []
+    for b in backfills:
+        mb = (b.get("wal_bytes_this_run") or 0) / (1024 * 1024)
+        out.append(f"  backfill {b.get('id')} on {b.get('table')}: {b.get('state')}, {b.get('rows_done')} rows "
+                   f"({b.get('rows_this_run')} this run in {b.get('batches_this_run')} batches), "
+                   f"{b.get('seconds') or 0:.1f} s, WAL {mb:.1f} MB, {b.get('lock_retries') or 0} lock retries")
+        pauses = b.get("pauses") or []
+        out += [f"    paused {p.get('seconds', '?')} s for the database's health: {p.get('reason')}" for p in pauses]
+        if not pauses:
+            out.append("    the health gate let every batch go (no pause)")
     return out
 
 

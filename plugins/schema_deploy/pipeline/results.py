@@ -273,6 +273,19 @@ class ApplyResult(Result):
     applied: list[dict[str, Any]]
     release: str = ""  # the release's sha256
     backfills: list[BackfillRun] = field(default_factory=list)  # run between expand and contract migrations
+    # The expand phase alone (deploy.expand): the contract migration it stopped before, and the
+    # backfills that one waits for (both empty when nothing waits: it applied every pending migration).
+    stopped_before: str | None = None
+    waiting_for: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BackfillPhase(Result):
+    """The backfill phase on one target (deploy.backfill): the backfills the expand phase left to do."""
+
+    env: str
+    backfills: list[BackfillRun]
+    seconds: float
 
 
 @dataclass(frozen=True)

@@ -196,14 +196,14 @@ def audit_summary(row: chain.AuditRow) -> dict[str, Any]:
 APPROVAL_TASKS = {"deploy_schema": ("approve_production",),
                   "rollback_schema": ("staging.approve_rollback", "production.approve_rollback")}
 LIVE_STATES = ("queued", "running")
-# The task that defers while production's health gate says wait (schema_deploy.health).
-HEALTH_GATED = {"deploy_schema": "apply_production"}
+# The tasks that defer while production's health gate says wait (schema_deploy.health).
+HEALTH_GATED = {"deploy_schema": ("apply_production", "backfill_production", "contract_production")}
 
 
 def live_summary(run: dict[str, Any]) -> dict[str, Any]:
     """What the page says of a run with no record yet, from Airflow's task states (`run["tasks"]`) and,
-    while production's health gate holds it, the gate's wait (`run["health_wait"]`: since, first and
-    latest reason)."""
+    while production's health gate holds it, the gate's wait (`run["health_wait"]`: {task id: since, first
+    and latest reason}, as each gated task keeps it)."""
     tasks = run.get("tasks") or {}
     approvals = [tasks.get(t) for t in APPROVAL_TASKS.get(run.get("dag_id"), ()) if tasks.get(t)]
     failed = [t for t, state in tasks.items() if state == "failed"]
@@ -216,8 +216,9 @@ def live_summary(run: dict[str, Any]) -> dict[str, Any]:
     outcome = ("in progress" if run.get("state") in LIVE_STATES else
                f"failed at task {failed[0]}" if failed else run.get("state"))
     waiting = None
-    if run.get("state") in LIVE_STATES and tasks.get(HEALTH_GATED.get(run.get("dag_id"), "")) == "deferred":
-        wait = run.get("health_wait") or {}
+    deferred = [t for t in HEALTH_GATED.get(run.get("dag_id"), ()) if tasks.get(t) == "deferred"]
+    if run.get("state") in LIVE_STATES and deferred:
+        wait = (run.get("health_wait") or {}).get(deferred[0]) or {}
         outcome = ("in progress: production's backfill is paused for the database's health"
                    if str(wait.get("what", "")).startswith("backfill ") else
                    "in progress: production waits for the database's health before an online step")
@@ -225,7 +226,7 @@ def live_summary(run: dict[str, Any]) -> dict[str, Any]:
             waiting = f"waiting for: {wait.get('latest') or wait.get('reason')}"
             waiting += f" (waiting since {wait['since']})" if wait.get("since") else ""
         else:  # the task deferred but its wait is not (yet) readable: where to find the reason
-            waiting = f"waiting for: see {HEALTH_GATED[run['dag_id']]}'s log"
+            waiting = f"waiting for: see {deferred[0]}'s log"
     return {"outcome": outcome, "decision": decision, "failed_at": failed, "targets": {}, "backup": {},
             "verdict": None, "waiting": waiting}
 

@@ -213,20 +213,27 @@ def survey_member(ctx: Deployment, member: Member, release: releases.Release) ->
 
 def apply_member(ctx: Deployment, member: Member, release: releases.Release, pending: list[str],
                  facts: dict[str, Any], tries: _Tries) -> list[dict[str, Any]]:
-    """The release's pending migrations, online, with lock retries, under the release's fleet plan;
-    records the apply's start, end and work seconds in `facts`."""
+    """The release's pending migrations, online, with lock retries, under the release's fleet plan; a
+    declared backfill runs before its contract migration, from its checkpoint in the member (a tenant's
+    rows are few; the member's own log has its progress). Records the apply's start, end and work seconds,
+    and the backfills' figures, in `facts`."""
+    from schema_deploy.backfill.engine import Runner, run_to_done
     from schema_deploy.engine.apply import apply as run_apply
 
     bundle = release.to_bundle()
     facts["apply_started"] = now_utc().isoformat()
     t0 = time.monotonic()
+    log = lambda m: ctx.log.info("%s: %s", member.name, m)  # noqa: E731
     result = tries(lambda: run_apply(
-        member.url, bundle, lock_settings(ctx), online=ctx.params.online,
-        log=lambda m: ctx.log.info("%s: %s", member.name, m),
+        member.url, bundle, lock_settings(ctx), online=ctx.params.online, log=log,
         created=lambda status: tables_created(bundle, set(status.names("applied")) & set(pending)),
-        approve=lambda plan: releases.check_plan(release, FLEET_ROLE, plan)))
+        approve=lambda plan: releases.check_plan(release, FLEET_ROLE, plan),
+        backfill=lambda spec: run_to_done(Runner(member.url, spec, release=release.digest, log=log)).as_dict()))
     facts.update(apply_ended=now_utc().isoformat(), apply_s=round(time.monotonic() - t0, 3),
                  migrations=[m.name for m in result.applied])
+    if result.backfills:
+        facts["backfills"] = [{k: b[k] for k in ("id", "state", "rows_done", "rows_this_run", "seconds")}
+                              for b in result.backfills]
     return [m.as_dict() for m in result.applied]
 
 
