@@ -25,6 +25,8 @@ from tests.conftest import drop_database, with_database
 
 REPO = Path(__file__).resolve().parents[2]
 EPIC5 = "20251017120000_epic5_schema_completion"
+EXPAND, CONTRACT = "20251103090000_event_date_expand", "20251103090100_event_date_contract"
+PENDING = [EPIC5, EXPAND, CONTRACT]  # the shipped bundle after the baseline
 MEMBERS = 6
 CLOSED = "postgresql://fleet:s3cret-pw@127.0.0.1:1/tenant_gone"  # nothing listens on port 1
 
@@ -118,7 +120,10 @@ def test_every_member_reaches_the_release_with_a_verified_backup_and_one_audit_r
     assert [len(w) for w in run.waves] == [1, 3, 2] and [b.halt for b in run.brakes] == [False] * 3
     assert {o.state for o in run.outcomes} == {"done"} and len(run.outcomes) == MEMBERS
     for m, o in zip(members, sorted(run.outcomes, key=lambda o: o.member)):
-        assert ledger(m.url) == frozen and o.migrations == [EPIC5] and o.tries == 1
+        assert ledger(m.url) == frozen and o.migrations == PENDING and o.tries == 1
+        # Each tenant's backfill ran inline, before its contract, over every one of its events.
+        (backfill,) = o.backfills
+        assert backfill.id == EXPAND and backfill.state == "done" and backfill.rows_done > 0
         [row] = fleet_rows(m.url)
         assert row.payload["release"]["sha256"] == pre.release.sha256 and row.payload["outcome"] == "done"
         assert o.audit.id == row.id and o.backup.startswith(f"{ctx.store.root}/fleets/tenants/runs/")
@@ -160,7 +165,7 @@ def test_a_member_with_orphan_rows_and_an_unreachable_one_fail_alone_and_a_secon
     assert pre2.release.sha256 == pre.release.sha256  # the same release: a resume
     second = by_member(fleet.run_fleet(again, tenants, members, pre2))
 
-    assert second["tenant_02"].state == "done" and second["tenant_02"].migrations == [EPIC5]
+    assert second["tenant_02"].state == "done" and second["tenant_02"].migrations == PENDING
     assert {o.state for n, o in second.items() if n != "tenant_02"} == {"already"}
     assert all(len(fleet_rows(m.url)) == 1 for m in members)
 
@@ -223,7 +228,7 @@ def test_a_dry_run_checks_every_member_and_changes_nothing_anywhere(ctx, databas
     assert not any(b.halt for b in got.brakes) and got.brakes[0].reason.startswith(
         "dry run, every member is checked; a real run would stop here: 1 member(s) failed so far, more than the "
         "limit of 0")
-    assert run["tenant_01"].pending == [EPIC5] and "data prechecks failed" in run["tenant_04"].error
+    assert run["tenant_01"].pending == PENDING and "data prechecks failed" in run["tenant_04"].error
     assert {m.name: (ledger(m.url), fingerprint(m.url)) for m in members} == before
     assert all(not fleet_rows(m.url) for m in members)
 

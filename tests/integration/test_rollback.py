@@ -12,7 +12,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from engine_support import BASELINE, EPIC5, FAST, MIGRATIONS, copy_bundle, ledger, plain_bundle, run_cli
+from engine_support import (BASELINE, CONTRACT, EPIC5, EXPAND, FAST, MIGRATIONS, backfilling, copy_bundle, ledger,
+                            plain_bundle, run_cli)
 
 from generate_data import generate
 from schema_deploy.bundle.discover import load_bundle
@@ -31,8 +32,9 @@ TABLES = ("personalization_experiments", "experiment_assignments", "behavioral_e
 
 
 @pytest.fixture
-def bundle():
-    return load_bundle(MIGRATIONS)
+def bundle(tmp_path: Path):
+    """The shipped bundle up to Epic 5, whose down.sql these tests run (the example after it: its own test)."""
+    return load_bundle(copy_bundle(tmp_path / "epic5", epic5_only=True))
 
 
 @pytest.fixture
@@ -156,6 +158,27 @@ def test_cli_rollback_then_status_shows_epic5_pending(baseline_db: str, bundle) 
     assert status.returncode == 1 and EPIC5 in status.stdout and "pending" in status.stdout
 
 
+@pytest.mark.slow
+def test_the_examples_contract_and_expand_roll_back_to_epic5s_schema_and_deploy_again(baseline_db: str) -> None:
+    shipped = load_bundle(MIGRATIONS)
+    apply(baseline_db, shipped, FAST, online=True, to=EPIC5)
+    at_epic5, rows = fingerprint(baseline_db), counts(baseline_db)
+    apply(baseline_db, shipped, FAST, online=True, backfill=backfilling(baseline_db))
+    assert fingerprint(baseline_db) != at_epic5
+
+    result = down(baseline_db, shipped, settings=FAST, online=True, steps=2)
+    assert result.names == [CONTRACT, EXPAND]
+    assert diff_fingerprints(at_epic5, fingerprint(baseline_db), "at Epic 5", "rolled back") == []
+    assert counts(baseline_db) == rows
+    assert states(baseline_db, shipped) == {BASELINE: "applied", EPIC5: "applied", EXPAND: "pending",
+                                            CONTRACT: "pending"}
+    # The backfill, done before the rollback, starts again from the first key: one pass, every row once.
+    again = apply(baseline_db, shipped, FAST, online=True, backfill=backfilling(baseline_db))
+    assert [m.name for m in again.applied] == [EXPAND, CONTRACT]
+    (backfill,) = again.backfills
+    assert (backfill["state"], backfill["passes"], backfill["rows_done"]) == ("done", 1, rows["behavioral_events"])
+
+
 # --- refusals: nothing changes --------------------------------------------------------------
 
 def test_a_migration_without_down_sql_is_refused_naming_the_file_expected(baseline_db: str, bundle) -> None:
@@ -163,7 +186,8 @@ def test_a_migration_without_down_sql_is_refused_naming_the_file_expected(baseli
     before = fingerprint(baseline_db)
     with pytest.raises(NoDownMigration, match=(
             rf"^cannot roll back {BASELINE}: it has no down migration; expected "
-            rf"{MIGRATIONS / BASELINE / 'down.sql'}\. Write the SQL that reverses migration\.sql there")):
+            rf"{bundle.by_name()[BASELINE].path.parent / 'down.sql'}\. Write the SQL that reverses migration\.sql "
+            "there")):
         down(baseline_db, bundle, to=BASELINE, settings=FAST)
     assert fingerprint(baseline_db) == before  # Epic 5 was not undone either: the check comes first
     assert states(baseline_db, bundle) == {BASELINE: "applied", EPIC5: "applied"}
@@ -186,7 +210,7 @@ def test_a_plain_layout_migration_is_refused_explaining_down_migrations_need_fol
 
 @pytest.mark.slow
 def test_a_syntax_error_in_down_sql_is_reported_before_anything_runs(baseline_db: str, tmp_path: Path) -> None:
-    root = copy_bundle(tmp_path)
+    root = copy_bundle(tmp_path, epic5_only=True)
     bundle = load_bundle(root)
     apply(baseline_db, bundle, FAST, online=True)
     before = fingerprint(baseline_db)
@@ -208,7 +232,7 @@ def test_a_syntax_error_in_down_sql_is_reported_before_anything_runs(baseline_db
 def test_a_down_sql_that_is_not_sql_is_refused_before_anything_runs(
         baseline_db: str, tmp_path: Path, content: bytes, message: str) -> None:
     """An empty down.sql would "roll back" by running nothing while the ledger said pending again."""
-    root = copy_bundle(tmp_path)
+    root = copy_bundle(tmp_path, epic5_only=True)
     bundle = load_bundle(root)
     apply(baseline_db, bundle, FAST, online=True)
     before = fingerprint(baseline_db)
@@ -222,7 +246,7 @@ def test_a_down_sql_that_is_not_sql_is_refused_before_anything_runs(
 @pytest.mark.slow
 def test_a_failing_down_statement_names_the_file_line_and_keeps_the_migration_applied(
         baseline_db: str, tmp_path: Path) -> None:
-    root = copy_bundle(tmp_path)
+    root = copy_bundle(tmp_path, epic5_only=True)
     bundle = load_bundle(root)
     apply(baseline_db, bundle, FAST, online=True)
     (root / EPIC5 / "down.sql").write_text('DROP INDEX CONCURRENTLY IF EXISTS "recommendations_userId_createdAt_idx";\n'

@@ -143,6 +143,13 @@ def start(conn: psycopg.Connection, backfill: str, digest: str, release: str | N
         conn.execute(f"INSERT INTO {TABLE} (id, digest, release, target_table, rows_estimated, state, pauses) "
                      "VALUES (%s, %s, %s, %s, %s, 'running', %s)",
                      (backfill, digest, release, table, estimated, json.dumps(note)))
+    elif existing.state == "done":  # rows match `where` again (the change was rolled back): from the first key
+        note = {"at": "restart", "reason": f"done before ({existing.rows_done} rows), and {estimated} rows match "
+                "`where` again: started again from the first key"}
+        conn.execute(f"UPDATE {TABLE} SET state = 'running', message = NULL, release = coalesce(%s, release), "
+                     "last_key = NULL, rows_done = 0, batches = 0, rows_estimated = %s, pauses = pauses || %s::jsonb, "
+                     "updated_at = now(), finished_at = NULL WHERE id = %s",
+                     (release, estimated, json.dumps([note]), backfill))
     else:
         conn.execute(f"UPDATE {TABLE} SET state = 'running', message = NULL, release = coalesce(%s, release), "
                      "rows_estimated = rows_done + %s, updated_at = now(), finished_at = NULL WHERE id = %s",

@@ -589,6 +589,7 @@ class MemberOutcome(Result):
     verify_s: float = 0.0
     pending: list[str] = field(default_factory=list)  # what the release had pending there
     migrations: list[str] = field(default_factory=list)  # what this run applied there
+    backfills: list[BackfillRun] = field(default_factory=list)  # declared backfills run there, before their contract
     backup: str = ""  # the backup's URI
     # the member's chain row (done); travels as {} when there is none, as it always has
     audit: ChainRowRef | None = field(default=None, metadata={"none_as": {}})

@@ -232,8 +232,7 @@ def apply_member(ctx: Deployment, member: Member, release: releases.Release, pen
     facts.update(apply_ended=now_utc().isoformat(), apply_s=round(time.monotonic() - t0, 3),
                  migrations=[m.name for m in result.applied])
     if result.backfills:
-        facts["backfills"] = [{k: b[k] for k in ("id", "state", "rows_done", "rows_this_run", "seconds")}
-                              for b in result.backfills]
+        facts["backfills"] = result.backfills
     return [m.as_dict() for m in result.applied]
 
 
