@@ -112,7 +112,7 @@ def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_anno
 
     verified = run.xcom("verify_production")
     assert verified["rows_before"] == verified["rows_after"] and verified["rows_after"]["behavioral_events"] > 0
-    assert len(verified["index_bytes"]) == 12 and all(b > 0 for b in verified["index_bytes"].values())
+    assert len(verified["index_bytes"]) == 13 and all(b > 0 for b in verified["index_bytes"].values())  # Epic 5's 12, eventDate's
     criteria = {c["name"]: c["verdict"] for c in verified["criteria"]}
     assert criteria == {"foreign key constraints enforced": "met", "new indexes created and used by queries": "met",
                         "no data loss or corruption": "met",
@@ -136,7 +136,15 @@ def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_anno
     assert hashlib.sha256(document).hexdigest() == audit_result["sha256"]
     record = json.loads(document)["record"]
     assert record["approval"]["approver"] == "alice" and record["backup"]["sha256"] == backup["sha256"]
-    assert record["bundle"] == [{"name": EPIC5, "checksum": run.xcom("preflight")["migrations"][0]["checksum"]}]
+    assert record["bundle"][0] == {"name": EPIC5, "checksum": run.xcom("preflight")["migrations"][0]["checksum"]}
+    assert [m["name"] for m in record["bundle"]] == [EPIC5, EXPAND, CONTRACT]
+    # expand → backfill → contract: three tasks, the figures of the backfill in the record.
+    assert run.xcom("apply_production")["waiting_for"] == [EXPAND]
+    (backfilled,) = record["production"]["backfills"]
+    assert (backfilled["id"], backfilled["state"], backfilled["rows_done"]) == (
+        EXPAND, "done", verified["rows_after"]["behavioral_events"])
+    assert backfilled["batches_this_run"] > 1 and backfilled["wal_bytes_this_run"] > 0 and backfilled["pauses"] == []
+    assert [m["name"] for m in run.xcom("contract_production")["applied"]] == [EPIC5, EXPAND, CONTRACT]
     assert any("CONCURRENTLY" in sql for step in record["sql_executed"] for sql in step["sql"])
     assert record["production"]["lock_retries"] == production["lock_retries"]
 
@@ -154,6 +162,17 @@ def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_anno
     assert not unnamed  # every message of the run names its release
     for secret in secrets_of(stack_env, targets):
         assert secret not in run.log and secret not in texts
+
+    # `make demo`'s report of such a run: every production task, the backfill's figures and the gate's word.
+    from demo import report
+
+    (deployer.tmp / "slack.jsonl").write_text(json.dumps({"text": "a message"}) + "\n")
+    shown = report(run.result, deployer.tmp / "run.log", deployer.tmp / "slack.jsonl", 0, 1.0)
+    for step in ("apply_production", "backfill_production", "contract_production", "verification"):
+        assert re.search(rf"^  {step}\s+success\s", shown, re.M), (step, shown)
+    assert re.search(rf"^  backfill {EXPAND} on behavioral_events: done, \d+ rows \(\d+ this run in \d+ batches\), "
+                     r"[\d.]+ s, WAL [\d.]+ MB, 0 lock retries\n    the health gate let every batch go \(no pause\)$",
+                     shown, re.M), shown
 
 
 def test_a_dry_run_with_slack_down_still_migrates_staging_and_logs_the_lost_notifications(
@@ -349,7 +368,7 @@ def test_a_crashed_production_apply_converges_when_the_task_is_run_again(
     env = {**airflow_env_for(deployer, config), "AIRFLOW_CONN_STAGING_DB": targets["staging"],
            "AIRFLOW_CONN_PRODUCTION_DB": targets["production"]}
     logs = {}
-    for task in ("apply_production", "verify_production"):
+    for task in ("apply_production", "backfill_production", "contract_production", "verify_production"):
         again = subprocess.run([str(REPO / ".venv/bin/airflow"), "tasks", "test", "deploy_schema", task, run_id],
                                env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
         logs[task] = again.stdout + again.stderr  # `airflow tasks test` exits 0 whatever the task did
@@ -368,7 +387,7 @@ def test_a_crashed_production_apply_converges_when_the_task_is_run_again(
     # With everything applied on both, the next run (say, a scheduled one) ends at preflight.
     run = deployer.run(config=config)
     assert run.returncode == 0 and run.state("preflight") == "skipped", run.log[-3000:]
-    assert "nothing to deploy: all 2 migrations" in run.log and run.state("backup_production") == "skipped"
+    assert "nothing to deploy: all 4 migrations" in run.log and run.state("backup_production") == "skipped"
 
 
 def airflow_env_for(deployer: DagRunner, config: Path) -> dict[str, str]:
@@ -483,6 +502,11 @@ def test_a_lagging_replica_defers_apply_production_and_then_the_backfill_each_re
         watcher.start()
         try:
             run = deployer.run({"require_approval": False}, config=config)
+            with psycopg.connect(production) as conn:  # before the pair stops
+                seen["wrong days"] = conn.execute('SELECT count(*) FROM behavioral_events WHERE "eventDate" IS '
+                                                  'DISTINCT FROM "timestamp"::date').fetchone()[0]
+                seen["not null"] = conn.execute("SELECT attnotnull FROM pg_attribute WHERE attrelid = "
+                                                "'behavioral_events'::regclass AND attname = 'eventDate'").fetchone()[0]
         finally:
             pair.replay(paused=False)
             watcher.join(30)
@@ -525,14 +549,10 @@ def test_a_lagging_replica_defers_apply_production_and_then_the_backfill_each_re
     (pause,) = [p for p in record["production"]["backfills"][0]["pauses"]]
     assert pause["reason"].startswith("replica health_replica (local socket, streaming) replay lag ")
     assert pause["seconds"] >= 0 and record["production"]["backfills"][0]["rows_done"] > 0
-    with psycopg.connect(production) as conn:
-        assert conn.execute('SELECT count(*) FROM behavioral_events WHERE "eventDate" IS DISTINCT FROM '
-                            '"timestamp"::date').fetchone()[0] == 0
-        assert conn.execute("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'behavioral_events'::regclass "
-                            "AND attname = 'eventDate'").fetchone()[0]
+    assert (seen["wrong days"], seen["not null"]) == (0, True)
     texts = [r.get("text") or "" for r in slack.records() if EXPAND in (r.get("text") or "")]
     kinds = [k for t in texts for k in ("Backfill started", "Backfill paused", "Backfill done") if k in t]
     # staging's run (no gate there) starts and ends; production's starts, pauses once, ends: never per batch.
     assert sorted(kinds) == sorted(["Backfill started", "Backfill done"] * 2 + ["Backfill paused"]), texts
-    assert len(texts) <= 5 + 6, texts  # at most three quarter messages per target besides those
+    assert 0 < sum("Backfill progress" in t for t in texts) <= 6, texts  # each quarter once per target, at most
     assert f"step: {EPIC5}: step {step}/16" in health[0]["text"] and "waits at most: 90 s" in health[0]["text"]

@@ -339,7 +339,7 @@ def expand_and_contract(tmp_path: Path, wal: float = 64) -> tuple[Path, str, str
 def test_a_migration_after_a_backfill_is_refused_until_its_rows_are_done(fresh_db: str, tmp_path: Path) -> None:
     root, expand, contract = expand_and_contract(tmp_path)
     bundle = ["--migrations", str(root), "--db", fresh_db]
-    refused = run_cli("apply", *bundle)
+    refused = run_cli("apply", "--no-backfill", *bundle)
     assert refused.returncode == 1, refused.stderr
     assert refused.stderr.strip().splitlines()[-1] == (
         f"error: migration {contract} ({root / contract / 'migration.sql'}): refused: it comes after backfill {expand}, "
@@ -350,10 +350,22 @@ def test_a_migration_after_a_backfill_is_refused_until_its_rows_are_done(fresh_d
     assert scalar(fresh_db, "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'events'::regclass "
                             "AND attname = 'day'") is False
     assert run_cli("backfill", "run", *bundle).returncode == 0
-    applied = run_cli("apply", *bundle)
+    applied = run_cli("apply", "--no-backfill", *bundle)
     assert applied.returncode == 0, applied.stderr
     assert scalar(fresh_db, "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'events'::regclass "
                             "AND attname = 'day'") is True
+
+
+def test_apply_runs_a_backfill_before_the_migration_after_it(fresh_db: str, tmp_path: Path) -> None:
+    root, expand, contract = expand_and_contract(tmp_path)
+    done = run_cli("apply", "--migrations", str(root), "--db", fresh_db, "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [m["name"] for m in result["applied"]] == [expand, contract]
+    (backfill,) = result["backfills"]
+    assert (backfill["id"], backfill["state"], backfill["rows_done"]) == (expand, "done", ROWS)
+    assert f"{contract}: comes after backfill {expand}, which has {ROWS} row(s) to do: running it first" in done.stderr
+    assert scalar(fresh_db, "SELECT count(*) FROM events WHERE day IS NULL") == 0
 
 
 def test_on_an_empty_table_expand_and_contract_apply_in_one_run(fresh_db: str, tmp_path: Path) -> None:

@@ -361,29 +361,42 @@ class Runner:
 
     def _healthy(self, conn: psycopg.Connection, pid: int, result: BackfillResult) -> None:
         """Between batches, at most once per poll interval (a check reads several views and the WAL rate
-        over at least 0.2 s, longer than a batch): wait (or defer) while the gate says so, recording the pause."""
+        over at least 0.2 s, longer than a batch): wait (or defer) while the gate says so, recording the pause.
+        A pause that an earlier run deferred in (Airflow) is closed by the run that finds the gate open."""
         if self.gate is None:
             return
-        if self._checked is not None and self.clock() - self._checked < self.gate.settings.poll_s:
+        first = self._checked is None
+        if not first and self.clock() - self._checked < self.gate.settings.poll_s:
             return
         decision = self.gate.check([self.spec.table], pid)
         self._checked = self.clock()
         if decision.go:
+            if first and (open_pause := self._pauses(conn)[1]) is not None:
+                self._end_pause(conn, open_pause, result, waited_s=None)
             return
-        reason, since, began = decision.reason(), datetime.now(timezone.utc), self.clock()
+        reason = decision.reason()
         self.log(f"backfill {self.spec.id}: paused for the database's health: {reason}")
-        # A deferred task comes back here while its pause goes on: that pause is recorded once.
-        earlier = [p for p in checkpoint.read(conn, self.spec.id)[0].pauses if "since" in p]
-        if not earlier or "seconds" in earlier[-1]:
-            checkpoint.add_pause(conn, self.spec.id, {"reason": reason, "since": since.isoformat()})
+        earlier, open_pause = self._pauses(conn)
+        if open_pause is None:  # a deferred task comes back here while its pause goes on: recorded once
+            open_pause = {"reason": reason, "since": datetime.now(timezone.utc).isoformat()}
+            checkpoint.add_pause(conn, self.spec.id, open_pause)
             if self.on_pause is not None:
                 self.on_pause(reason, not earlier)
         health = self.gate.wait(f"backfill {self.spec.id}", [self.spec.table], pid)
-        pause = {"reason": reason, "since": since.isoformat(), "seconds": round(self.clock() - began, 1),
-                 "waited_s": round(health.waited_s, 1)}
-        checkpoint.end_pause(conn, self.spec.id, {"seconds": pause["seconds"], "waited_s": pause["waited_s"]})
-        result.pauses.append(pause)
-        self.log(f"backfill {self.spec.id}: healthy again after {pause['seconds']} s; going on")
+        self._end_pause(conn, open_pause, result, waited_s=health.waited_s)
+
+    def _pauses(self, conn: psycopg.Connection) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """The health pauses on the checkpoint, and the last one when it has not ended."""
+        pauses = [p for p in checkpoint.read(conn, self.spec.id)[0].pauses if "since" in p]
+        return pauses, (pauses[-1] if pauses and "seconds" not in pauses[-1] else None)
+
+    def _end_pause(self, conn: psycopg.Connection, pause: dict[str, Any], result: BackfillResult,
+                   waited_s: float | None) -> None:
+        seconds = round((datetime.now(timezone.utc) - datetime.fromisoformat(pause["since"])).total_seconds(), 1)
+        ended = {"seconds": seconds, "waited_s": round(waited_s if waited_s is not None else seconds, 1)}
+        checkpoint.end_pause(conn, self.spec.id, ended)
+        result.pauses.append({"reason": pause["reason"], "since": pause["since"], **ended})
+        self.log(f"backfill {self.spec.id}: healthy again after {seconds} s; going on")
 
 
 def run_to_done(runner: Runner) -> BackfillResult:

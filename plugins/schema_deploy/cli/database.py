@@ -65,7 +65,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """Apply pending migrations in order, under the migration lock. With --release, exactly the
     release's migrations (and, with --target, only the plan the release froze for that target). A declared
     backfill runs before the migration after it (from its checkpoint; not gated: `backfill run --health`
-    runs one gated first)."""
+    runs one gated first), or, with --no-backfill, that migration is refused while the backfill has rows left."""
     from schema_deploy.backfill.engine import Runner, run_to_done
     from schema_deploy.engine.apply import apply
     from schema_deploy.ops.release import check_plan
@@ -80,10 +80,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if args.waive_prechecks is not None and not waive:
         raise UsageError("--waive-prechecks needs the reason the failed prechecks may be ignored for this run "
                          "(it is printed and kept with the result), e.g. --waive-prechecks 'rows fixed by hand, ticket 123'.")
+    backfill = None if args.no_backfill else (
+        lambda spec: run_to_done(Runner(url, spec, release=found.digest if found else None, log=say)).as_dict())
     result = apply(url, bundle, settings_from(args), log=say, to=args.to, online=args.online, approve=approve,
-                   waive_prechecks=waive,
-                   backfill=lambda spec: run_to_done(Runner(url, spec, release=found.digest if found else None,
-                                                            log=say)).as_dict())
+                   waive_prechecks=waive, backfill=backfill)
     emit(args, result.as_dict(),
          "\n".join(f"applied {m.name} in {m.seconds:.2f} s" for m in result.applied) or "nothing to apply")
     return 0

@@ -84,6 +84,8 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--advisory-lock-timeout-s", type=float, help="wait for another migrator (default 60)")
     p.add_argument("--waive-prechecks", metavar="REASON",
                    help="go on although data prechecks fail, for this run only; the reason is printed with each")
+    p.add_argument("--no-backfill", action="store_true",
+                   help="refuse a migration whose backfill has rows left, instead of running the backfill first")
     p = verb("verify", cmd_verify, "check the database against its applied migrations")
     config_option(p)
     p.add_argument("--migration", metavar="NAME", help="only this migration's expectations")
