@@ -148,7 +148,7 @@ def test_the_matrix_shows_epic5_applied_on_staging_and_pending_on_production(api
     assert [(e["name"], e["reachable"]) for e in data["environments"]] == [("staging", True), ("production", True)]
     assert data["schemas_match"] is False  # production lacks Epic 5
     rows = {m["name"]: m for m in data["migrations"]}
-    assert list(rows) == [BASELINE, EPIC5]
+    assert list(rows) == [m.name for m in stack["bundle"].migrations] and list(rows)[:2] == [BASELINE, EPIC5]
     epic5 = rows[EPIC5]
     assert epic5["checksum"] == stack["bundle"].migrations[1].checksum
     assert epic5["environments"]["staging"]["state"] == "applied"
@@ -168,7 +168,7 @@ def test_runs_list_the_audit_record_of_a_run(api: httpx.Client, stack: dict) -> 
     (record,) = run["audit"]
     assert (record["environment"], record["outcome"], record["approver"], record["row_hash"]) == (
         "staging", "dry run", "ui-test", stack["audit_row"].row_hash)
-    assert record["migrations"] == [BASELINE, EPIC5]
+    assert record["migrations"] == [m.name for m in stack["bundle"].migrations]
 
 
 def test_a_run_airflow_knows_is_joined_with_its_audit_record(api: httpx.Client, stack: dict) -> None:
