@@ -7,8 +7,10 @@
      through Airflow's REST route (the same call the UI's Approve button makes);
    * the maintenance window is one minute long and opens every minute, so the run
      visibly waits (deferred) for the next one instead of for 02:00 UTC.
-3. A report: migrations, timings per task, backup, gate, approval, window,
-   verification with the plan's success criteria, and where the Slack messages are.
+   Production runs as expand → backfill → contract: the log shows the example's backfill
+   (sql/migrations, after Epic 5) with its progress and the health gate's decisions.
+3. A report: migrations, timings per task, backup, gate, approval, window, the backfill's
+   figures, verification with the plan's success criteria, and where the Slack messages are.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ from seed import reset  # noqa: E402
 CONFIG = REPO / "devstack" / "demo-deploy.yaml"
 APPROVER = "demo-approver"
 LOGGER_TAIL = re.compile(r"\s+\[[\w.]+\]\s+(loc=\S+.*)?$|\s+map_index=-1.*$")
-PROGRESS = ("[DAG TEST] starting task_id=", "frozen:", "differs from release", "[demo approver]", "waiting for window", "maintenance window open",
-            "lock not granted", "success criterion", "Task failed with exception", "DagRun Finished")
+PROGRESS = ("[DAG TEST] starting task_id=", "frozen:", "differs from release", "[demo approver]", "waiting for window",
+            "maintenance window open", "lock not granted", "the expand phase ends", "backfill 2", "health gate",
+            "success criterion", "Task failed with exception", "DagRun Finished")
 
 
 def say(text: str) -> None:
@@ -52,7 +55,7 @@ def run_dag(work: Path, *, config: Path = CONFIG, args: tuple[str, ...] = ("--ap
             if any(marker in line for marker in progress):
                 text = line.split("] ", 1)[-1] if line[:4].isdigit() else line
                 text = LOGGER_TAIL.sub("", text.strip()).replace("[DAG TEST] starting task_id=", "task ")
-                say("  " + scrub(text)[:160])
+                say("  " + scrub(text)[:260])
         code = proc.wait()
     result = json.loads(result_path.read_text()) if result_path.exists() else {"tasks": {}}
     return code, result, log_path

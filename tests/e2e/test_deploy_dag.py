@@ -73,6 +73,12 @@ class LockHolder(threading.Thread):
             return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                                 "AND wait_event_type = 'Lock' AND query ILIKE %s", (f"%{self.table}%",)).fetchone()[0]
 
+    def waits(self) -> set[tuple]:
+        """(pid, query_start) of each statement waiting for a lock on the table now."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return set(conn.execute("SELECT pid, query_start FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND wait_event_type = 'Lock' AND query ILIKE %s", (f"%{self.table}%",)).fetchall())
+
     def release(self) -> None:
         if not self.released.is_set():
             self.conn.rollback()
@@ -86,10 +92,10 @@ def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_anno
     holder = LockHolder(targets["production"], "experiment_assignments")
 
     def release_after_retries() -> None:  # the ALTER waits, times out, retries: then the long read ends
-        seen = 0
-        while not holder.released.is_set() and seen < 3:
-            seen += 1 if holder.waiters() else 0
-            time.sleep(0.3)
+        waits: set[tuple] = set()  # each attempt is a statement of its own: a new (pid, query_start)
+        while not holder.released.is_set() and len(waits) < 3:
+            waits |= holder.waits()
+            time.sleep(0.05)
         holder.release()
 
     watcher = threading.Thread(target=release_after_retries, daemon=True)

@@ -471,6 +471,10 @@ def test_a_backfill_runs_between_expand_and_contract_and_an_operators_pause_stop
     assert [m["name"] for m in expanded.applied] == [EPIC5, EXPAND]
     assert (expanded.stopped_before, expanded.waiting_for) == (CONTRACT, [EXPAND])
     assert CONTRACT not in applied(production)
+    # A retry of the expand task (its worker died after the migration committed): the contract's NOT NULL
+    # precheck is still left to the statement, since the backfill phase runs before it.
+    retried = travel(deploy.expand(ctx, production, pre))
+    assert (retried.applied, retried.stopped_before, retried.waiting_for) == ([], CONTRACT, [EXPAND])
     backfilled = travel(deploy.backfill(ctx, production, pre, expanded))
     (gated,) = backfilled.backfills
     assert (gated.state, gated.pauses, gated.rows_done) == ("done", [], events)

@@ -51,7 +51,7 @@ def rollback_plan_xcom(**more) -> dict:
 def member_xcom(**more) -> dict:
     return {"type": "MemberOutcome", "version": 1, "member": "tenant_01", "state": "done", "wave": 0,
             "attributes": {}, "tries": 1, "started": "", "ended": "", "seconds": 0.0, "apply_started": "",
-            "apply_ended": "", "apply_s": 0.0, "verify_s": 0.0, "pending": [], "migrations": [], "backup": "",
+            "apply_ended": "", "apply_s": 0.0, "verify_s": 0.0, "pending": [], "migrations": [], "backfills": [], "backup": "",
             "audit": {"id": 7, "row_hash": "e" * 64}, "error": "", "detail": "", "reason": "", "next_window": "",
             **more}
 

@@ -65,6 +65,7 @@ class Progress:
     batch_rows: int
     wal_bytes: int
     paused_because: str | None = None
+    gate: str | None = None  # the health gate's last decision, in words (None: not gated)
 
     @property
     def fraction(self) -> float | None:
@@ -82,9 +83,10 @@ class Progress:
         pct = f" ({self.fraction * 100:.0f} %)" if self.fraction is not None else ""
         eta = f", ETA {self.eta_s:.0f} s" if self.eta_s is not None else ""
         paused = f"; paused: {self.paused_because}" if self.paused_because else ""
+        gate = f"; health gate {self.gate}" if self.gate else ""
         return (f"backfill {self.backfill}: {self.rows_done} of ~{self.rows_estimated} rows{pct}, "
                 f"{self.rows_per_s:.0f} rows/s{eta}, batch {self.batch_rows} rows, "
-                f"WAL {self.wal_bytes / MB:.1f} MB{paused}")
+                f"WAL {self.wal_bytes / MB:.1f} MB{paused}{gate}")
 
 
 @dataclass
@@ -229,6 +231,7 @@ class Runner:
     # estimate), and whether an earlier run began it (a resume: after a crash, a deferral or a pause).
     on_start: Callable[[Progress, bool], None] | None = None
     _checked: float | None = field(default=None, init=False, repr=False)  # when the gate was last asked
+    _decided: str | None = field(default=None, init=False, repr=False)  # what it said then, in words
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 
@@ -345,7 +348,8 @@ class Runner:
             pace.wrote(done, wal)
             rows = next_rows(spec, rows, done, took, pace.per_row())
             rate = result.rows_this_run / max(self.clock() - run_began, 1e-3)
-            progress = Progress(spec.id, result.rows_done, estimated, rate, rows, result.wal_bytes_this_run)
+            progress = Progress(spec.id, result.rows_done, estimated, rate, rows, result.wal_bytes_this_run,
+                                gate=self._decided)
             if self.on_progress is not None:
                 self.on_progress(progress)
             passed = {m for m in milestones if (progress.fraction or 0) >= m}
@@ -369,7 +373,9 @@ class Runner:
         if not first and self.clock() - self._checked < self.gate.settings.poll_s:
             return
         decision = self.gate.check([self.spec.table], pid)
-        self._checked = self.clock()
+        self._checked, self._decided = self.clock(), decision.summary()
+        if first:
+            self.log(f"backfill {self.spec.id}: health gate before the first batch: {self._decided}")
         if decision.go:
             if first and (open_pause := self._pauses(conn)[1]) is not None:
                 self._end_pause(conn, open_pause, result, waited_s=None)

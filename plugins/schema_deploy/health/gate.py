@@ -41,6 +41,11 @@ class Decision:
         """The signals over their thresholds, in words ('' when healthy)."""
         return "; ".join(r.text for r in self.blocking)
 
+    def summary(self) -> str:
+        """The decision and its replication and WAL readings, in words: what a progress line shows."""
+        shown = [r.text for r in self.readings if r.signal in ("replicas", "replica lag", "WAL rate")]
+        return f"{'go' if self.go else 'wait'}: {'; '.join(shown)}"
+
 
 @dataclass
 class StepHealth:

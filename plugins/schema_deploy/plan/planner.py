@@ -279,23 +279,23 @@ def plan_for(conn: psycopg.Connection, bundle: Bundle, status: Status,
 
 def backfill_writes(conn: psycopg.Connection, bundle: Bundle, pending: list[str]) -> list[tuple[int, str, str]]:
     """(position in `pending`, table, label) of each declared backfill that runs before a pending migration:
-    one declared by a pending migration (it runs right after it), or by an applied one whose checkpoint
-    here says it is not done. An applied one that never ran here leaves prechecks as they are: the
-    contract check before each later migration counts its rows anyway."""
-    from schema_deploy.backfill import checkpoint
+    one declared by a pending migration (it runs right after it), or by an applied one with rows still to do
+    here (the expand phase applied its migration; the backfill phase runs it before the contract)."""
+    from schema_deploy.backfill.contract import rows_left
     from schema_deploy.backfill.spec import load_spec
 
     declared = [m for m in bundle.migrations if m.backfill_raw is not None]
     if not declared or not pending:
         return []
-    unfinished = {c.id for c in checkpoint.read(conn) if c.state != "done"}
+    first = bundle.migrations.index(next(m for m in bundle.migrations if m.name == pending[0]))
+    before = {m.name for m in bundle.migrations[:first]}
     out = []
     for m in declared:
         spec = load_spec(m.name, m.backfill_path, m.backfill_raw)
         label = f"backfill {spec.id} ({spec.path})"
         if m.name in pending:
             out.append((pending.index(m.name) + 1, spec.table, label))
-        elif m.name in unfinished:
+        elif m.name in before and rows_left(conn, spec):
             out.append((0, spec.table, label))
     return out
 
