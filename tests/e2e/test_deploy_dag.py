@@ -535,7 +535,7 @@ def test_a_lagging_replica_defers_apply_production_and_then_the_backfill_each_re
     assert gated[0]["number"] == step and gated[0]["health"]["waited_s"] >= 4
     assert gated[0]["health"]["wait_reason"].startswith("replica health_replica (local socket, streaming) replay lag ")
     assert all(s["health"]["waited_s"] == 0 for s in gated[1:])
-    assert len(re.findall(r"health gate: .*healthy after [\d.]+ s; going on", run.log)) == 1
+    assert len(re.findall(rf"health gate: {EPIC5}: .*healthy after [\d.]+ s; going on", run.log)) == 1
     record = json.loads(deployer.object(run.xcom("audit_record")["s3"]))["record"]  # the figures, in the audit trail
     held = [s for s in record["production"]["steps"] if (s.get("health") or {}).get("waited_s")]
     assert [(s["migration"], s["number"]) for s in held] == [(EPIC5, step)]
