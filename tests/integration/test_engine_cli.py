@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from engine_support import BASELINE, CONTRACT, EPIC5, EXPAND, MIGRATIONS, SHIPPED, REPO, cli_command, cli_env, copy_bundle, ledger, run_cli
+from engine_support import (BASELINE, CONTRACT, EPIC5, EXPAND, MIGRATIONS, REPO, SHIPPED, cli_command, cli_env,
+                            copy_bundle, ledger, run_cli)
 
 from schema_deploy.cli.main import main
 
