@@ -556,9 +556,11 @@ def test_a_lagging_replica_defers_apply_production_and_then_the_backfill_each_re
     assert re.search(rf"backfill {EXPAND} on production: resuming at \d+ of ~\d+ rows", run.log[paused_at:])
     (backfill,) = run.xcom("backfill_production")["backfills"]
     assert backfill["state"] == "done" and backfill["id"] == EXPAND
-    (pause,) = [p for p in record["production"]["backfills"][0]["pauses"]]
-    assert pause["reason"].startswith("replica health_replica (local socket, streaming) replay lag ")
-    assert pause["seconds"] >= 0 and record["production"]["backfills"][0]["rows_done"] > 0
+    # One pause at least: with a 1 MB lag limit, the batches after it may lag the replica over it again.
+    pauses = record["production"]["backfills"][0]["pauses"]
+    assert pauses and all(p["reason"].startswith("replica health_replica (local socket, streaming) replay lag ")
+                          and p["seconds"] >= 0 for p in pauses), pauses
+    assert record["production"]["backfills"][0]["rows_done"] > 0
     assert (seen["wrong days"], seen["not null"]) == (0, True)
     texts = [r.get("text") or "" for r in slack.records() if EXPAND in (r.get("text") or "")]
     kinds = [k for t in texts for k in ("Backfill started", "Backfill paused", "Backfill done") if k in t]
