@@ -273,31 +273,40 @@ def plan_for(conn: psycopg.Connection, bundle: Bundle, status: Status,
     existing = db.existing_relations(conn, referenced_tables(parsed)) if online else None
     plan = build_plan(bundle, status, interrupted_rows, to=to, existing=existing, created=created, parsed=parsed)
     plan.online = online
-    plan.backfill_writes = backfill_writes(conn, bundle, [mp.migration.name for mp in plan.migrations])
+    plan.backfill_writes = backfill_writes(conn, bundle, [mp.migration.name for mp in plan.migrations],
+                                           set(plan.tables()))
     return plan
 
 
-def backfill_writes(conn: psycopg.Connection, bundle: Bundle, pending: list[str]) -> list[tuple[int, str, str]]:
+def backfill_writes(conn: psycopg.Connection, bundle: Bundle, pending: list[str],
+                    touched: set[str]) -> list[tuple[int, str, str]]:
     """(position in `pending`, table, label) of each declared backfill that runs before a pending migration:
     one declared by a pending migration (it runs right after it), or by an applied one with rows still to do
-    here (the expand phase applied its migration; the backfill phase runs it before the contract)."""
+    here (the expand phase applied its migration; the backfill phase runs it before the contract). The rows
+    are counted only for a table the pending migrations touch (`touched`): no other check can need it."""
     from schema_deploy.backfill.contract import rows_left
     from schema_deploy.backfill.spec import load_spec
 
     declared = [m for m in bundle.migrations if m.backfill_raw is not None]
     if not declared or not pending:
         return []
-    first = bundle.migrations.index(next(m for m in bundle.migrations if m.name == pending[0]))
-    before = {m.name for m in bundle.migrations[:first]}
+    names = [m.name for m in bundle.migrations]
+    before = set(names[:names.index(pending[0])])
     out = []
     for m in declared:
         spec = load_spec(m.name, m.backfill_path, m.backfill_raw)
         label = f"backfill {spec.id} ({spec.path})"
         if m.name in pending:
             out.append((pending.index(m.name) + 1, spec.table, label))
-        elif m.name in before and rows_left(conn, spec):
+        elif m.name in before and names_of(spec.table) & touched and rows_left(conn, spec):
             out.append((0, spec.table, label))
     return out
+
+
+def names_of(table: str) -> set[str]:
+    """A table as statements may name it: with or without the public schema."""
+    bare = table.removeprefix("public.")
+    return {table, bare, bare if "." in bare else f"public.{bare}"}
 
 
 def check_applyable(status: Status, bundle: Bundle) -> None:
