@@ -13,6 +13,7 @@ Slack thread, and a deferrable task reading its own progress.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,9 @@ def decorator_names(node: ast.FunctionDef) -> list[str]:
     return names
 
 
+@functools.cache
 def glue_modules() -> dict[str, ast.Module]:
+    """Each glue module's tree, parsed once for the whole file (the trees are only read)."""
     return {p.stem: ast.parse(p.read_text(), filename=str(p)) for p in sorted(GLUE.glob("*.py"))}
 
 
@@ -85,8 +88,9 @@ def delegated(task: ast.FunctionDef) -> set[str]:
             and (GLUE / f"{call.func.value.id}.py").exists()}
 
 
+@functools.cache
 def task_bodies() -> dict[str, ast.FunctionDef]:
-    """Every task body of the glue, by qualified name."""
+    """Every task body of the glue, by qualified name (found once: each parametrized case reads it)."""
     modules = glue_modules()
     every = {name: node for module, tree in modules.items() for name, node in functions(tree, module)}
     bodies = dict(dag_tasks())
