@@ -114,6 +114,12 @@ def main() -> None:
     from airflow.sdk.execution_time.supervisor import in_process_api_server
 
     in_process_api_server().app._cadwyn_initialize()
+    # The backup store's S3 client, from this home's `backup_s3` connection (the stack's S3, the same
+    # for every run of this pytest process): cached per connection by the glue, each fork finds it made.
+    # A new one costs a run ~1 s of CPU, most of it botocore reading its endpoint and service models.
+    from schema_deploy_airflow.connections import s3_client
+
+    s3_client()
     serve(socket_path)
 
 
