@@ -80,7 +80,9 @@ airflow: $(if $(filter celery,$(EXECUTOR)),venv postgres redis) stack-up
 # Runs the suite; stops the stack afterwards only if this target started it. The files run side by side
 # in TEST_WORKERS pytest processes (pytest-xdist), each file on one process but the few whose tests
 # tests/conftest.py spreads (SPREAD there); README "How long the suite takes". TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 4
+# Three on this 2-core machine: with four, the same tests cost ~15% more CPU (more processes contending for
+# two cores' caches) and took longer, though the cores idled less.
+TEST_WORKERS ?= 3
 TEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 test: venv postgres redis compose chromium
 	@was_up=0; python3 devstack/stack.py status >/dev/null 2>&1 && was_up=1; \
