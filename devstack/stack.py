@@ -243,10 +243,6 @@ def init_cluster(cluster: Cluster) -> None:
         "max_connections = 100\n"
         "shared_buffers = 128MB\n"
         "max_wal_size = 2GB\n"
-        # A throwaway cluster for the demo and the tests: no flush to disk at each commit. WAL is written
-        # and streamed as before (the health gate and the benchmarks read it); only an OS crash could
-        # lose data here, and `make clean` makes the stack again.
-        "fsync = off\n"
         "log_line_prefix = '%m [%p] %a '\n"
     )
     with open(data / "postgresql.conf", "a") as fh:
