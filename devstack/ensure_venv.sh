@@ -2,11 +2,10 @@
 # Build .venv from requirements.txt, or reuse it when the file's hash and the interpreter are unchanged.
 #
 # The interpreter: $PYTHON if set; else Debian's /usr/bin/python3.11 when it is there; else the first
-# python3.11 (or python3 at 3.11) on PATH. Debian builds its interpreter with profile-guided and
-# link-time optimisation; a Python built from source without them (pyenv's default build, first on
-# PATH on this machine) ran the same Python code about 20% slower here, and the test suite is
-# nearly all Python processes. Debian's needs its python3.11-venv package (installed as root when
-# missing, like the stack's other Debian packages).
+# python3.11 (or python3 at 3.11) on PATH. pyenv's default build (first on PATH on this machine; built
+# without --enable-optimizations) ran a pure-Python benchmark in 2.3 s where Debian's took 1.9 s, and
+# the test suite is nearly all Python processes. Debian's needs its python3.11-venv package (installed
+# as root when missing, like the stack's other Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv
@@ -18,13 +17,12 @@ python=${PYTHON:-}
 if [ -z "$python" ] && [ -x /usr/bin/python3.11 ] && is_311 /usr/bin/python3.11; then
   python=/usr/bin/python3.11
   if ! "$python" -c 'import ensurepip' 2>/dev/null; then
+    # Its venv module needs Debian's python3.11-venv. Not root: take the Python on PATH below instead.
     if [ "$(id -u)" = 0 ]; then
-      echo "installing python3.11-venv (Debian) for .venv..." >&2
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3.11-venv >/dev/null \
-        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-             --no-install-recommends python3.11-venv >/dev/null; } || python=
+      . "$(dirname "$0")/debian_install.sh"
+      debian_install "python3.11-venv (venv for Debian's Python)" "" python3.11-venv || python=
     else
-      python=  # not root: take the one on PATH below (or install python3.11-venv and run again)
+      python=
     fi
   fi
 fi
