@@ -80,8 +80,8 @@ airflow: $(if $(filter celery,$(EXECUTOR)),venv postgres redis) stack-up
 # Runs the suite; stops the stack afterwards only if this target started it. The files run side by side
 # in TEST_WORKERS pytest processes (pytest-xdist), each file on one process but the few whose tests
 # tests/conftest.py spreads (SPREAD there); README "How long the suite takes". TEST_WORKERS=0: one process.
-# Three on this 2-core machine: with four, the same tests cost ~15% more CPU (more processes contending for
-# two cores' caches) and took longer, though the cores idled less.
+# Three on this 2-core machine: in one run each (7 Dec), four used ~1,230 s of CPU and took 10 min 21 s,
+# three 1,032 s and 9 min 54 s, though the cores idled more (README "How long the suite takes").
 TEST_WORKERS ?= 3
 TEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 test: venv postgres redis compose chromium
