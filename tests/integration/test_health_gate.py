@@ -166,6 +166,43 @@ def test_a_deferring_caller_is_told_to_come_back_and_the_migration_is_left_resum
     assert not index_exists(target)
 
 
+def test_a_migration_resumed_after_a_deferral_reports_the_lock_retries_of_its_steps_before_it(
+        pair: Pair, target: str, tmp_path) -> None:
+    """Step 1 waits for a lock (retried), step 2's gate defers: the run that resumes at step 2 reports
+    step 1's retries too, from the ledger row, which is the deployment's account of the migration."""
+    bundle = plain_bundle(tmp_path / "m", {"20260101000000_two_steps": "ALTER TABLE events ADD COLUMN note text;\n" + INDEX})
+    pair.replay(paused=True)
+    pair.fill()
+    holder = psycopg.connect(target, application_name="lock-holder")
+    holder.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+    release = threading.Timer(0.5, holder.rollback)
+    release.start()
+
+    def defer(waiting: HealthGateWaiting) -> None:
+        raise waiting
+
+    lines: list[str] = []
+    try:
+        with pytest.raises(HealthGateWaiting):
+            apply(target, bundle, FAST, health=HealthGate(target, QUICK, defer=defer), log=lines.append)
+    finally:
+        release.join()
+        holder.close()
+    first = next(line for line in lines if line.startswith("20260101000000_two_steps: step 1/2: ALTER TABLE"))
+    retried = int(re.search(r"\| (\d+) lock retr(y|ies)$", first).group(1))
+    assert retried >= 1, first
+    (row,) = ledger(target, "20260101000000_two_steps")
+    assert row["applied_steps_count"] == 1 and row["logs"].startswith(
+        f"{ledger_mod.RETRYABLE_MARK} plan=") and f" retries={retried}\n" in row["logs"], row["logs"]
+
+    pair.replay(paused=False)
+    result = apply(target, bundle, FAST, health=HealthGate(target, QUICK))
+    (migration,) = result.applied
+    assert migration.resumed_from == 1 and [s.number for s in migration.steps] == [2] and index_exists(target)
+    assert migration.lock_retries == retried + migration.steps[0].attempts - 1
+    assert migration.as_dict()["lock_retries"] == migration.lock_retries
+
+
 def test_a_role_without_pg_read_all_stats_is_refused_naming_the_grant_with_nothing_changed(
         pair: Pair, target: str, tmp_path) -> None:
     role = f"nostats_{secrets.token_hex(3)}"

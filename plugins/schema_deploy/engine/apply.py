@@ -65,10 +65,12 @@ class MigrationResult:
     steps: list[StepResult]
     resumed_from: int = 0
     sql: list[str] = field(default_factory=list)
+    resumed_lock_retries: int = 0  # those the steps before `resumed_from` needed (an earlier run, or deferral)
 
     @property
     def lock_retries(self) -> int:
-        return sum(s.attempts - 1 for s in self.steps)
+        """The migration's lock retries: its steps', those applied before a resume included."""
+        return self.resumed_lock_retries + sum(s.attempts - 1 for s in self.steps)
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "checksum": self.checksum, "seconds": round(self.seconds, 3),
@@ -91,9 +93,10 @@ class ApplyResult:
                 "stopped_before": self.stopped_before, "waiting_for": self.waiting_for}
 
 
-def load_state(conn: psycopg.Connection, bundle: Bundle, schema: str = "public") -> tuple[Status, dict]:
+def load_state(conn: psycopg.Connection, bundle: Bundle,
+               schema: str = "public") -> tuple[Status, dict[str, ledger.Resumable]]:
     rows = ledger.read_rows(conn, schema)
-    interrupted = {r.migration_name: (r.id, r.applied_steps_count, r.plan_digest) for r in rows if r.resumable}
+    interrupted = {r.migration_name: r.resumable_at for r in rows if r.resumable}
     return compute_status(bundle, rows), interrupted
 
 
@@ -169,7 +172,8 @@ def run_migration(conn: psycopg.Connection, url: str, mp: MigrationPlan, setting
     m = mp.migration
     started = time.monotonic()
     result = MigrationResult(name=m.name, checksum=m.checksum, seconds=0.0, steps=[], resumed_from=mp.resume_from,
-                             sql=[s.sql for step in mp.steps for s in step.statements])
+                             sql=[s.sql for step in mp.steps for s in step.statements],
+                             resumed_lock_retries=mp.resume_lock_retries if mp.resume_from else 0)
     db.reset_session(conn)  # nothing a migration before it set (SET ROLE, search_path, …) reaches this one
     watch = BlockerWatch(url, conn.info.backend_pid)
     try:
@@ -232,7 +236,12 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
     online step first waits for the database's health; a wait that runs out (or is deferred) leaves the
     migration resumable at that step, nothing of it run."""
     m, schema = mp.migration, settings.schema
-    marker = f"{ledger.IN_PROGRESS_MARK} plan={mp.digest} steps={len(mp.steps)}"
+    retries = mp.resume_lock_retries if mp.resume_from else 0  # of the applied steps: kept in the row's logs
+
+    def progress(mark: str, extra: str = "") -> str:
+        return ledger.progress_logs(mark, mp.digest, retries, extra)
+
+    marker = progress(ledger.IN_PROGRESS_MARK, f" steps={len(mp.steps)}")
     if mp.resume_row_id:
         check_same_plan(mp)
         row_id = mp.resume_row_id
@@ -243,7 +252,7 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
         log(f"{m.name}: applying in {len(mp.steps)} steps")
     results = []
     for step in mp.steps[mp.resume_from:]:
-        gated = gate_step(conn, mp, step, row_id, settings, log, health)
+        gated = gate_step(conn, mp, step, row_id, settings, log, health, progress(ledger.RETRYABLE_MARK))
         t0 = time.monotonic()
         skipped: list[str] = []
         try:
@@ -253,8 +262,8 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
                     lambda c, n=s.number: ledger.set_steps(c, row_id, n, settings.schema)), settings, watch, log)
         except LockRetriesExhaustedInternal as exc:
             with ledger_write(conn):
-                ledger.mark_failed(conn, row_id, f"{ledger.RETRYABLE_MARK} plan={mp.digest}\n"
-                                   + exc.logs(m.name, step.number), schema)
+                ledger.mark_failed(conn, row_id, progress(ledger.RETRYABLE_MARK, "\n" + exc.logs(m.name, step.number)),
+                                   schema)
             raise exc.public(m.name) from None
         except StatementFailed as exc:
             with ledger_write(conn):
@@ -270,15 +279,20 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
         results.append(StepResult(number=step.number, seconds=time.monotonic() - t0, attempts=attempts,
                                   skipped=skipped, health=gated))
         log(step_line(m.name, step, len(mp.steps), results[-1]))
+        if attempts > 1:  # the row keeps the count, so a resume after a crash or a deferral reports it
+            retries += attempts - 1
+            with ledger_write(conn):
+                ledger.mark_failed(conn, row_id, progress(ledger.IN_PROGRESS_MARK, f" steps={len(mp.steps)}"), schema)
     with ledger_write(conn):
         ledger.mark_finished(conn, row_id, len(mp.steps), schema)
     return results
 
 
 def gate_step(conn: psycopg.Connection, mp: MigrationPlan, step: Step, row_id: str, settings: Settings, log: Log,
-              health: HealthGate | None) -> StepHealth | None:
+              health: HealthGate | None, retryable: str) -> StepHealth | None:
     """Before an online step: wait for the database's health (None for any other step, or without a gate).
-    When the wait runs out or is deferred, the migration's row is left resumable at this step."""
+    When the wait runs out or is deferred, the migration's row is left resumable at this step (its logs:
+    `retryable`, the row's progress, and the gate's account)."""
     kind = step.online_kind if health is not None else None
     if kind is None:
         return None
@@ -287,8 +301,7 @@ def gate_step(conn: psycopg.Connection, mp: MigrationPlan, step: Step, row_id: s
         return health.wait(what, sorted(step.locks), conn.info.backend_pid)
     except (HealthGateTimedOut, HealthGateWaiting) as exc:
         with ledger_write(conn):
-            ledger.mark_failed(conn, row_id, f"{ledger.RETRYABLE_MARK} plan={mp.digest}\nhealth gate: {exc}",
-                               settings.schema)
+            ledger.mark_failed(conn, row_id, f"{retryable}\nhealth gate: {exc}", settings.schema)
         if isinstance(exc, HealthGateTimedOut):
             done = step.number - 1
             raise HealthGateTimedOut(what, exc.waited_s, exc.reason,

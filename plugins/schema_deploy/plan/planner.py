@@ -36,6 +36,7 @@ from schema_deploy.plan.errors import PendingMigrationInvalid
 from schema_deploy.plan.online import rewrite_statement
 from schema_deploy.plan.steps import PlannedStatement, Step
 from schema_deploy.state.errors import LedgerBlocked
+from schema_deploy.state.ledger import Resumable
 from schema_deploy.state.status import INTERRUPTED, PENDING, Status
 
 
@@ -49,6 +50,7 @@ class MigrationPlan:
     resume_from: int = 0  # steps already applied by an interrupted run
     resume_row_id: str | None = None
     resume_digest: str | None = None  # the plan digest that interrupted run recorded
+    resume_lock_retries: int = 0  # the lock retries its applied steps needed
     notes: list[str] = field(default_factory=list)  # what the plan says about it (BEGIN … COMMIT blocks)
     file: ParsedFile | None = None  # the parsed file (for lint after planning)
 
@@ -234,7 +236,7 @@ def referenced_tables(parsed: dict[str, ParsedFile]) -> set[str]:
     return {t for f in parsed.values() for s in f.statements for t in (*s.locks, *s.creates)}
 
 
-def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple[str, int, str | None]] | None = None,
+def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, Resumable] | None = None,
                to: str | None = None, existing: set[str] | None = None, created: set[str] | None = None,
                parsed: dict[str, ParsedFile] | None = None) -> Plan:
     """Plan every pending or interrupted migration of `bundle`, in order (up to `to`, inclusive).
@@ -255,13 +257,13 @@ def build_plan(bundle: Bundle, status: Status, interrupted_rows: dict[str, tuple
     for m in chosen:
         mp = plan_migration(m, created, existing, parsed[m.name])
         if todo[m.name] == INTERRUPTED and m.name in interrupted_rows:
-            mp.resume_row_id, mp.resume_from, mp.resume_digest = interrupted_rows[m.name]
+            mp.resume_row_id, mp.resume_from, mp.resume_digest, mp.resume_lock_retries = interrupted_rows[m.name]
         plans.append(mp)
     return Plan(migrations=plans, warnings=plan_warnings(bundle, status, chosen, to))
 
 
 def plan_for(conn: psycopg.Connection, bundle: Bundle, status: Status,
-             interrupted_rows: dict[str, tuple[str, int, str | None]] | None = None, *, to: str | None = None,
+             interrupted_rows: dict[str, Resumable] | None = None, *, to: str | None = None,
              online: bool = False, created: set[str] | None = None) -> Plan:
     """Build the plan against a live target: online rewrites need to know which tables exist.
 

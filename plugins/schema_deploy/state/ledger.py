@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -49,6 +50,23 @@ RETRYABLE_MARK = "[schema-deploy: retryable]"
 IN_PROGRESS_MARK = "[schema-deploy: in progress]"
 
 
+def progress_logs(mark: str, digest: str, lock_retries: int, extra: str = "") -> str:
+    """`logs` of one of our interrupted or running stepped migrations: the mark, its plan's digest and the
+    lock retries its applied steps needed (`retries=`, so a resume reports the migration's total), then
+    `extra` (`steps=N` on the first line; a failure's account on the lines after it)."""
+    return f"{mark} plan={digest} retries={lock_retries}{extra}"
+
+
+class Resumable(NamedTuple):
+    """Where an interrupted stepped migration of ours stands: its row, the steps applied, the plan it ran
+    (None: not recorded) and the lock retries those steps needed."""
+
+    row_id: str
+    steps: int
+    digest: str | None
+    lock_retries: int = 0
+
+
 @dataclass(frozen=True)
 class LedgerRow:
     """One row of `_prisma_migrations`."""
@@ -78,14 +96,26 @@ class LedgerRow:
         # before the kill persist) is Prisma's P3009 case and needs `resolve`.
         return self.failed and bool(self.logs) and self.logs.startswith((RETRYABLE_MARK, IN_PROGRESS_MARK))
 
+    def _progress(self, key: str) -> str | None:
+        """A `key=` word of the first line of our marked `logs` (progress_logs)."""
+        if self.logs and self.logs.startswith((RETRYABLE_MARK, IN_PROGRESS_MARK)):
+            for word in self.logs.split("\n", 1)[0].split():
+                if word.startswith(f"{key}="):
+                    return word[len(key) + 1:]
+        return None
+
     @property
     def plan_digest(self) -> str | None:
         """The digest of the plan an interrupted run of ours was executing, if it recorded one."""
-        if self.logs and self.logs.startswith((RETRYABLE_MARK, IN_PROGRESS_MARK)):
-            for word in self.logs.replace("\n", " ").split():
-                if word.startswith("plan="):
-                    return word[5:]
-        return None
+        return self._progress("plan")
+
+    @property
+    def resumable_at(self) -> Resumable:
+        """Where a resume of this (resumable) row starts, and the lock retries of the steps before it
+        (0 when not recorded: a row of a version that did not count them)."""
+        retries = self._progress("retries")
+        return Resumable(self.id, self.applied_steps_count, self.plan_digest,
+                         int(retries) if retries and retries.isdigit() else 0)
 
 
 def table_ident(schema: str = "public") -> sql.Identifier:
