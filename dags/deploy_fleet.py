@@ -53,10 +53,10 @@ the form's fields.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, task, teardown
+from airflow.sdk import dag, task, teardown
 
 from schema_deploy_airflow import task_ids as ids
-from schema_deploy_airflow.defaults import DEFAULT_ARGS
+from schema_deploy_airflow.defaults import DEFAULT_ARGS, param
 from schema_deploy_airflow.fleet_operators import CanaryApprovalOperator, FleetWindowOperator
 from schema_deploy_airflow.fleet_steps import fleet_param, member_queue
 from schema_deploy_airflow.steps import bundle_param, queue
@@ -80,20 +80,20 @@ def on_failure(context):
     params={
         "fleet": fleet_param(),  # the names deploy.yaml declares under fleets:
         "bundle": bundle_param(),
-        "dry_run": Param(False, type="boolean", title="Dry run",
+        "dry_run": param(False, type="boolean", title="Dry run",
                          description="Check every member (reachable, ledger, drift, prechecks); change nothing, "
                                      "staging included."),
-        "only_targets": Param(None, type=["null", "string", "array"], items={"type": "string"},
+        "only_targets": param(None, type=["null", "string", "array"], items={"type": "string"},
                               title="Only these members",
                               description="Member names, comma-separated (or a JSON list); empty = the whole fleet."),
-        "skip_window": Param(False, type="boolean", title="Skip the members' maintenance windows",
+        "skip_window": param(False, type="boolean", title="Skip the members' maintenance windows",
                              description="Change every member now; needs a reason below."),
-        "skip_window_reason": Param(None, type=["null", "string"], title="Why skip the windows",
+        "skip_window_reason": param(None, type=["null", "string"], title="Why skip the windows",
                                     description="Needed when skipping the windows (the first task refuses the run "
                                                 "without it); recorded in the log and the fleet record."),
-        "lock_retries": Param(None, type=["null", "integer"], minimum=0, maximum=100, title="Lock retry budget",
+        "lock_retries": param(None, type=["null", "integer"], minimum=0, maximum=100, title="Lock retry budget",
                               description="Retries after a lock timeout, per step; empty = deploy.yaml's lock.lock_retries."),
-        "waive_prechecks": Param(None, type=["null", "string"], title="Waive failing data prechecks (reason)",
+        "waive_prechecks": param(None, type=["null", "string"], title="Waive failing data prechecks (reason)",
                                  description="Empty: rows that would make a statement fail stop the run at preflight. "
                                              "A reason: they are logged as waived with it, and the audit record "
                                              "keeps both; the statement itself may still fail."),

@@ -59,10 +59,10 @@ Connections: `staging_db` (on staging's workers only), `production_db` (producti
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, task, teardown
+from airflow.sdk import dag, task, teardown
 
 from schema_deploy_airflow import task_ids as ids
-from schema_deploy_airflow.defaults import DEFAULT_ARGS
+from schema_deploy_airflow.defaults import DEFAULT_ARGS, param
 from schema_deploy_airflow.operators import (ApplyProductionOperator, ProductionApprovalOperator,
                                               WaitForWindowOperator)
 from schema_deploy_airflow.steps import bundle_param, queue
@@ -86,21 +86,21 @@ def on_failure(context):
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
     params={
         "bundle": bundle_param(),  # the names deploy.yaml declares under bundles:, never a path
-        "dry_run": Param(False, type="boolean", title="Dry run",
+        "dry_run": param(False, type="boolean", title="Dry run",
                          description="Preflight, backup and staging only; production is not touched."),
-        "online": Param(True, type="boolean", title="Online mode",
+        "online": param(True, type="boolean", title="Online mode",
                         description="Rewrite lock-heavy statements (CONCURRENTLY, NOT VALID + VALIDATE)."),
-        "require_approval": Param(True, type="boolean", title="Require approval",
+        "require_approval": param(True, type="boolean", title="Require approval",
                                   description="Wait for a human Approve before production "
                                               "(deploy.yaml may make it mandatory)."),
-        "skip_window": Param(False, type="boolean", title="Skip the maintenance window",
+        "skip_window": param(False, type="boolean", title="Skip the maintenance window",
                              description="Change production now; needs a reason below."),
-        "skip_window_reason": Param(None, type=["null", "string"], title="Why skip the window",
+        "skip_window_reason": param(None, type=["null", "string"], title="Why skip the window",
                                     description="Needed when skipping the window (the first task refuses the run "
                                                 "without it); recorded in the log and the audit trail."),
-        "lock_retries": Param(None, type=["null", "integer"], minimum=0, maximum=100, title="Lock retry budget",
+        "lock_retries": param(None, type=["null", "integer"], minimum=0, maximum=100, title="Lock retry budget",
                               description="Retries after a lock timeout, per step; empty = deploy.yaml's lock.lock_retries."),
-        "waive_prechecks": Param(None, type=["null", "string"], title="Waive failing data prechecks (reason)",
+        "waive_prechecks": param(None, type=["null", "string"], title="Waive failing data prechecks (reason)",
                                  description="Empty: rows that would make a statement fail stop the run at preflight. "
                                              "A reason: they are logged as waived with it, and the audit record "
                                              "keeps both; the statement itself may still fail."),

@@ -69,10 +69,10 @@ fields: a production rollback with confirm_database empty, a backup URI with met
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, TaskGroup, dag, task
+from airflow.sdk import TaskGroup, dag, task
 
 from schema_deploy_airflow import task_ids as ids
-from schema_deploy_airflow.defaults import DEFAULT_ARGS
+from schema_deploy_airflow.defaults import DEFAULT_ARGS, param
 from schema_deploy_airflow.operators import RecordedApprovalOperator, reason_param
 from schema_deploy_airflow.steps import bundle_param, queue
 
@@ -96,22 +96,22 @@ def on_failure(context):
     tags=["schema-deploy", "postgresql", "rollback"],
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
     params={
-        "environment": Param("staging", type="string", enum=list(ENVIRONMENTS), title="Environment",
+        "environment": param("staging", type="string", enum=list(ENVIRONMENTS), title="Environment",
                              description="The database to roll back."),
-        "method": Param("backup", type="string", enum=["backup", "down_migrations"], title="Method",
+        "method": param("backup", type="string", enum=["backup", "down_migrations"], title="Method",
                         description="Restore a backup (everything since it is replaced), or run the down.sql "
                                     "of the newest applied migrations."),
-        "backup_uri": Param(None, type=["null", "string"], title="Backup URI",
+        "backup_uri": param(None, type=["null", "string"], title="Backup URI",
                             description="Method backup only: s3://…/X.dump; empty = the newest verified backup of "
                                         "that database (preflight lists them)."),
-        "steps": Param(1, type="integer", minimum=1, maximum=50, title="Down migrations to undo",
+        "steps": param(1, type="integer", minimum=1, maximum=50, title="Down migrations to undo",
                        description="For down_migrations: how many applied migrations, newest first."),
-        "confirm_database": Param(None, type=["null", "string"], title="Confirm the database name",
+        "confirm_database": param(None, type=["null", "string"], title="Confirm the database name",
                                   description="Production only (needed there): type the production database's "
                                               "name; leave empty for staging."),
-        "force": Param(False, type="boolean", title="Restore with other sessions connected",
+        "force": param(False, type="boolean", title="Restore with other sessions connected",
                        description="A restore refuses a database with other sessions unless this is on."),
-        "allow_other_source": Param(False, type="boolean",
+        "allow_other_source": param(False, type="boolean",
                                     title="Restore data from another environment or database",
                                     description="Method backup: a backup taken of another environment or database "
                                                 "than the target (e.g. production's, into staging) is refused unless "

@@ -42,13 +42,13 @@ def fleet_names() -> list[str]:
 def fleet_param():
     """The trigger form's fleet: one of the declared names, the first by default (a free string when
     none is declared, so the DAG still parses; preflight_bundle then refuses it naming the fix)."""
-    from airflow.sdk import Param
+    from schema_deploy_airflow.defaults import param
 
     names = fleet_names()
     if not names:  # nullable: the form still submits, and preflight_bundle says what to declare
-        return Param(None, type=["null", "string"], title="Fleet",
+        return param(None, type=["null", "string"], title="Fleet",
                      description="deploy.yaml declares no fleets: (see docs/fleets.md).")
-    return Param(names[0], type="string", enum=names, title="Fleet", description="One of deploy.yaml's fleets:.")
+    return param(names[0], type="string", enum=names, title="Fleet", description="One of deploy.yaml's fleets:.")
 
 
 def member_queue() -> str:

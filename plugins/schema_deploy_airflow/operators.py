@@ -16,10 +16,10 @@ from schema_deploy_airflow.steps import deployment, production_phase, typed
 def reason_param():
     """The approval form's optional reason (Airflow's HITL `params`: filled by the responder, empty
     allowed): said in Slack, on the page and in the audit record with the decision."""
-    from airflow.sdk import Param
+    from schema_deploy_airflow.defaults import param
 
     # source "task": HITLOperator shows only the task's own params, never the DAG's.
-    return {"reason": Param(None, type=["null", "string"], title="Reason (optional)", source="task",
+    return {"reason": param(None, type=["null", "string"], title="Reason (optional)", source="task",
                             description="Why you approve or reject: recorded with your decision in the audit "
                                         "trail, shown on the Schema deployments page and said in Slack.")}
 

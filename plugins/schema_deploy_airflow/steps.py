@@ -248,14 +248,14 @@ def run_preflight(context: dict[str, Any]):
 
 def bundle_param():
     """The trigger form's bundle choice: the names deploy.yaml declares, the default first."""
-    from airflow.sdk import Param
+    from schema_deploy_airflow.defaults import param
 
     try:
         cfg = settings.load_current()
     except SchemaDeployError:  # the DAG still loads; preflight reports the broken file
         cfg = settings.DeployConfig()
     names = [cfg.default_bundle] + [n for n in cfg.bundle_names if n != cfg.default_bundle]
-    return Param(cfg.default_bundle, type="string", enum=names, title="Migration bundle",
+    return param(cfg.default_bundle, type="string", enum=names, title="Migration bundle",
                  description="One of the bundles declared in deploy.yaml (bundles:); a path is not accepted.")
 
 

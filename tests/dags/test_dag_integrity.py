@@ -147,6 +147,20 @@ def test_every_task_but_the_approval_retries_with_backoff_and_has_docs(dagbag) -
         assert task.retries >= 2 and task.retry_exponential_backoff, task.task_id
 
 
+def test_every_param_of_every_dag_and_task_declares_json_schema_draft_7(dagbag) -> None:
+    """Airflow checks each param's schema against its draft's metaschema whenever it resolves it, and
+    serializing a DAG resolves them all: draft 7's check is the cheaper (schema_deploy_airflow.defaults)."""
+    from schema_deploy_airflow.defaults import PARAM_DRAFT
+
+    seen = 0
+    for dag in dagbag.dags.values():
+        for where, params in [(dag.dag_id, dag.params), *((t.task_id, t.params) for t in dag.tasks)]:
+            for name in params:
+                assert params.get_param(name).schema.get("$schema") == PARAM_DRAFT, f"{where}: {name}"
+                seen += 1
+    assert {"deploy_schema", "deploy_fleet", "rollback_schema"} <= set(dagbag.dags) and seen > 100
+
+
 def test_trigger_form_has_titled_typed_params(dagbag) -> None:
     params = dagbag.dags["deploy_schema"].params
     for name in ("bundle", "dry_run", "online", "require_approval", "skip_window", "skip_window_reason",
