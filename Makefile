@@ -80,9 +80,10 @@ airflow: $(if $(filter celery,$(EXECUTOR)),venv postgres redis) stack-up
 # Runs the suite; stops the stack afterwards only if this target started it. The files run side by side
 # in TEST_WORKERS pytest processes (pytest-xdist), each file on one process but the few whose tests
 # tests/conftest.py spreads (SPREAD there); README "How long the suite takes". TEST_WORKERS=0: one process.
-# Three on this 2-core machine: in one run each (7 Dec), four used ~1,230 s of CPU and took 10 min 21 s,
-# three 1,032 s and 9 min 54 s, though the cores idled more (README "How long the suite takes").
-TEST_WORKERS ?= 3
+# Four on this 2-core machine: on 7 Dec, in the same session, 3 processes took 11 min 10 s and left
+# 154 core-seconds idle (the e2e tests wait on Airflow's services and on maintenance windows); 4 took
+# 10 min 36 s and left 55 idle, for about 25 s more CPU (README "How long the suite takes").
+TEST_WORKERS ?= 4
 TEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 test: venv postgres redis compose chromium
 	@was_up=0; python3 devstack/stack.py status >/dev/null 2>&1 && was_up=1; \
