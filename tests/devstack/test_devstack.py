@@ -68,6 +68,22 @@ def test_each_cluster_accepts_the_password_role_which_is_not_superuser(stack_env
     assert 150000 <= version < 160000
 
 
+@pytest.mark.parametrize("env_name", ["STAGING", "PRODUCTION", "AIRFLOW_METADATA"])
+def test_each_role_proves_its_password_with_scram_of_the_stacks_few_rounds(stack_env: dict[str, str],
+                                                                          env_name: str) -> None:
+    """SCRAM-SHA-256 against a verifier the stack made (devstack/stack.py SCRAM_ROUNDS), not md5 or trust."""
+    sys.path.insert(0, str(REPO / "devstack"))
+    from stack import SCRAM_ROUNDS
+
+    url = stack_env[f"{env_name}_URL" if env_name == "AIRFLOW_METADATA" else f"{env_name}_DATABASE_URL"]
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        user = conn.execute("SELECT current_user").fetchone()[0]
+    with psycopg.connect(stack_env[f"{env_name}_ADMIN_URL"], connect_timeout=5) as admin:
+        stored = admin.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (user,)).fetchone()[0]
+        method = admin.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules WHERE type = 'host'").fetchall()
+    assert stored.startswith(f"SCRAM-SHA-256${SCRAM_ROUNDS}:") and method == [("scram-sha-256",)], (stored[:20], method)
+
+
 def test_a_wrong_password_is_refused(stack_env: dict[str, str]) -> None:
     url = stack_env["STAGING_DATABASE_URL"]
     password = url.split(":")[2].split("@")[0]
