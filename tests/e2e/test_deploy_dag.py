@@ -67,23 +67,30 @@ class LockHolder(threading.Thread):
         self.conn.execute(f'SELECT 1 FROM "{table}" LIMIT 1')  # the transaction keeps the lock
         self.table, self.url = table, url
         self.released = threading.Event()
+        self.watch: psycopg.Connection | None = None  # one session for the polls (they come every 0.05-0.2 s)
+
+    def _waiting(self, columns: str) -> list[tuple]:
+        if self.released.is_set():  # its session is closed with the lock
+            return []
+        if self.watch is None or self.watch.closed:
+            self.watch = psycopg.connect(self.url, autocommit=True)
+        return self.watch.execute(f"SELECT {columns} FROM pg_stat_activity WHERE datname = current_database() "
+                                  "AND wait_event_type = 'Lock' AND query ILIKE %s", (f"%{self.table}%",)).fetchall()
 
     def waiters(self) -> int:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                "AND wait_event_type = 'Lock' AND query ILIKE %s", (f"%{self.table}%",)).fetchone()[0]
+        return len(self._waiting("pid"))
 
     def waits(self) -> set[tuple]:
         """(pid, query_start) of each statement waiting for a lock on the table now."""
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            return set(conn.execute("SELECT pid, query_start FROM pg_stat_activity WHERE datname = current_database() "
-                                    "AND wait_event_type = 'Lock' AND query ILIKE %s", (f"%{self.table}%",)).fetchall())
+        return set(self._waiting("pid, query_start"))
 
     def release(self) -> None:
         if not self.released.is_set():
             self.conn.rollback()
             self.conn.close()
             self.released.set()
+        if self.watch is not None:
+            self.watch.close()
 
 
 def test_approved_deployment_retries_a_held_lock_then_migrates_verifies_and_announces_production(
