@@ -39,6 +39,13 @@ def _rollback_verification_failed() -> BaseException:
                                                      "index recommendations_userId_createdAt_idx is INVALID"])
 
 
+def _rollback_verification_failed_naming_the_safety_backup() -> BaseException:
+    from schema_deploy.pipeline.errors import RollbackVerificationFailed
+
+    return RollbackVerificationFailed("staging", ["index events_kind_idx is INVALID"],
+                                      "s3://backups/americano_staging/20261207T070000Z.dump")
+
+
 def _audit_export_in_an_unknown_format() -> BaseException:
     from schema_deploy.audit.chain import export
 
@@ -112,6 +119,10 @@ DIRECT: list[tuple[str, Callable[[], BaseException], str]] = [
      f"verification of the production rollback failed: {EPIC5} is applied, not pending; index "
      "recommendations_userId_createdAt_idx is INVALID. Investigate; the safety backup taken before the rollback "
      "holds the state before it."),
+    ("RollbackVerificationFailed", _rollback_verification_failed_naming_the_safety_backup,
+     "verification of the staging rollback failed: index events_kind_idx is INVALID. Investigate; the safety "
+     "backup taken before the rollback, s3://backups/americano_staging/20261207T070000Z.dump, holds the state "
+     "before it (rollback_schema with it as the Backup URI puts that back)."),
     ("AuditError", _audit_export_in_an_unknown_format,
      "export format 'xml' is not supported; use 'json' or 'csv'."),
     ("UnaccountedBytes", _parse("SELECT 1;\n-- note\x00\nSELECT 2;\n"),
@@ -138,7 +149,7 @@ DIRECT: list[tuple[str, Callable[[], BaseException], str]] = [
      "(--lock-retries)."),
     ("PrecheckTimedOut", _precheck_timed_out_on_a_never_analyzed_table,
      f"data precheck for sql/migrations/{EPIC5}/migration.sql:12 (rows of recommendations where score IS NULL) did "
-     "not finish within 60000 ms on public.recommendations (its size unknown (never analyzed)); nothing was changed. "
+     "not finish within 60000 ms on public.recommendations (size unknown: never analyzed); nothing was changed. "
      "Give it longer with --precheck-timeout-ms (deploy.yaml: prechecks.timeout_ms), or run the check yourself "
      "off-peak and waive it for this run with --waive-prechecks REASON."),
     # never_silent's test_a_precheck_behind_a_lock_is_retried_then_names_the_session_holding_it raises it for real

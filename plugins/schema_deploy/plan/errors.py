@@ -73,7 +73,7 @@ class PrecheckTimedOut(SchemaDeployError):
 
     def __init__(self, where: str, description: str, table: str, rows: int | None, timeout_ms: int) -> None:
         self.where, self.table, self.timeout_ms = where, table, timeout_ms
-        size = f"~{rows:,} rows" if rows is not None else "its size unknown (never analyzed)"
+        size = f"~{rows:,} rows" if rows is not None else "size unknown: never analyzed"
         super().__init__(
             f"data precheck for {where} ({description}) did not finish within {timeout_ms} ms on {table} ({size}); "
             "nothing was changed. Give it longer with --precheck-timeout-ms (deploy.yaml: prechecks.timeout_ms), "
