@@ -168,10 +168,10 @@ def rollback_schema():
 
     @task(task_id=ids.VERIFY_ROLLBACK,
           doc_md="Row counts against the manifest or the ledger's states, INVALID indexes, fingerprint.")
-    def verify_rollback(summary, done):
+    def verify_rollback(summary, backup, done):
         from schema_deploy_airflow import rollback_steps
 
-        return rollback_steps.verify(summary)
+        return rollback_steps.verify(summary, backup)
 
     @task(task_id=ids.ROLLBACK_AUDIT_RECORD,
           doc_md="kind 'rollback' in the target's audit chain and a JSON record in S3; Slack 'rollback done'. "
@@ -206,7 +206,7 @@ def rollback_schema():
             branch >> [approve, backup]
             approve >> backup
             done = rollback(summary, backup)
-            verified = verify_rollback(summary, done)
+            verified = verify_rollback(summary, backup, done)
             recorded = audit_record().as_teardown(setups=check)
             [summary, branch, approve, backup, done, verified] >> recorded
             records.append(recorded)

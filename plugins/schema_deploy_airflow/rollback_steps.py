@@ -16,7 +16,7 @@ from typing import Any
 from schema_deploy_airflow import connections, steps
 from schema_deploy_airflow import task_ids as ids
 from schema_deploy_airflow.steps import (current_context, deployment, fail_fast, group_of, in_group,
-                                         run_preflight, run_results, target)
+                                         run_preflight, run_results, target, typed)
 
 TASK_STEPS = ids.ROLLBACK_STEPS
 
@@ -118,11 +118,12 @@ def run_rollback(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 @fail_fast
-def verify(summary: dict[str, Any]) -> dict[str, Any]:
-    from schema_deploy.pipeline import RollbackPlan, rollback
+def verify(summary: dict[str, Any], backup: dict[str, Any] | None) -> dict[str, Any]:
+    """`backup`: the safety backup's result, named by a failed verification as the way back."""
+    from schema_deploy.pipeline import BackupResult, RollbackPlan, rollback
 
-    plan, ctx = RollbackPlan.from_xcom(summary), current_context()
-    return rollback.verify(deployment(ctx, pre=plan), rollback_target(ctx), plan).to_xcom()
+    plan, safety, ctx = RollbackPlan.from_xcom(summary), typed(BackupResult, backup), current_context()
+    return rollback.verify(deployment(ctx, pre=plan), rollback_target(ctx), plan, safety).to_xcom()
 
 
 @fail_fast

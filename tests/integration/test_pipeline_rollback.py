@@ -30,8 +30,8 @@ from schema_deploy.ops.release import release_uri
 from schema_deploy.pg.fingerprint import schema_fingerprint
 from schema_deploy.pipeline import (Deployment, RollbackPlan, RollbackResult, RollbackVerification, RunInfo,
                                     RunParams, Store, Target, rollback)
-from schema_deploy.pipeline.errors import ConfirmationMismatch, NoBackupToRestore
-from schema_deploy.pipeline.results import ChainRowRef
+from schema_deploy.pipeline.errors import ConfirmationMismatch, NoBackupToRestore, RollbackVerificationFailed
+from schema_deploy.pipeline.results import BackupResult, ChainRowRef
 from schema_deploy.pipeline.target import PRODUCTION, STAGING
 from schema_deploy.state.ledger import read_rows
 from schema_deploy.state.status import compute_status
@@ -155,6 +155,18 @@ def test_down_migrations_run_the_frozen_release_even_after_the_folder_s_down_sql
     assert [event for event, _ in messages] == ["rollback_started", "rollback_done", "rollback_done"]
     assert f"{EPIC5}: pending" in messages[1][1]["ledger"]
     assert messages[0][1]["release"] == f"{plan.release.short} ({plan.release.uri})"
+
+    # Migrated again afterwards, the target fails the same verification: it says what, and names the
+    # safety backup as the way back.
+    assert cli("apply", "--db", staging.url, "--migrations", str(folder)).returncode == 0
+    safety = BackupResult(uri=f"{ctx.store.root}/safety/{uuid.uuid4().hex}.dump", sha256="0" * 64, size=1, rows=0,
+                          verified="restored")
+    with pytest.raises(RollbackVerificationFailed) as failed:
+        rollback.verify(ctx, staging, plan, safety)
+    assert str(failed.value) == (
+        f"verification of the staging rollback failed: {EPIC5} is applied, not pending. Investigate; the safety "
+        f"backup taken before the rollback, {safety.uri}, holds the state before it (rollback_schema with it as "
+        "the Backup URI puts that back).")
 
 
 def test_a_production_target_needs_its_database_name_typed_before_anything_is_read(

@@ -51,10 +51,13 @@ class NoBackupToRestore(SchemaDeployError):
 class RollbackVerificationFailed(SchemaDeployError):
     exit_code = 1
 
-    def __init__(self, target: str, problems: list[str]) -> None:
-        self.target, self.problems = target, problems
+    def __init__(self, target: str, problems: list[str], safety_uri: str | None = None) -> None:
+        self.target, self.problems, self.safety_uri = target, problems, safety_uri
+        way_back = (f"the safety backup taken before the rollback, {safety_uri}, holds the state before it "
+                    "(rollback_schema with it as the Backup URI puts that back)" if safety_uri else
+                    "the safety backup taken before the rollback holds the state before it")
         super().__init__(f"verification of the {target} rollback failed: " + "; ".join(problems[:10])
-                         + ". Investigate; the safety backup taken before the rollback holds the state before it.")
+                         + f". Investigate; {way_back}.")
 
 
 class NothingToDeploy(SchemaDeployError):

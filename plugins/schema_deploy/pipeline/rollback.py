@@ -321,9 +321,11 @@ def ledger_states(rows: list[Any]) -> dict[str, str]:
     return {r.migration_name: "applied" if r.applied else "failed" if r.failed else "rolled back" for r in rows}
 
 
-def verify(ctx: Deployment, target: Target, plan: RollbackPlan) -> RollbackVerification:
+def verify(ctx: Deployment, target: Target, plan: RollbackPlan,
+           safety: BackupResult | None = None) -> RollbackVerification:
     """Row counts equal the backup's manifest (restore), the undone migrations pending in the release's
-    terms (down), no INVALID index; the schema fingerprint and the ledger's states are recorded."""
+    terms (down), no INVALID index; the schema fingerprint and the ledger's states are recorded. A failure
+    names `safety`, the backup taken before the rollback, as the way back."""
     from schema_deploy.pg.db import connect
     from schema_deploy.pg.fingerprint import fingerprint_digest, schema_fingerprint
     from schema_deploy.pg.tools import compare_counts
@@ -355,7 +357,7 @@ def verify(ctx: Deployment, target: Target, plan: RollbackPlan) -> RollbackVerif
         log.info("ledger: %s %s", name, state)
     log.info("schema fingerprint sha256 %s", fingerprint)
     if problems:
-        raise RollbackVerificationFailed(target.name, problems)
+        raise RollbackVerificationFailed(target.name, problems, safety.uri if safety else None)
     return RollbackVerification(environment=target.name, fingerprint_sha256=fingerprint, ledger=states,
                                 problems=problems, row_counts=counts)
 
