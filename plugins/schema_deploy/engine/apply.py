@@ -173,7 +173,7 @@ def run_migration(conn: psycopg.Connection, url: str, mp: MigrationPlan, setting
     started = time.monotonic()
     result = MigrationResult(name=m.name, checksum=m.checksum, seconds=0.0, steps=[], resumed_from=mp.resume_from,
                              sql=[s.sql for step in mp.steps for s in step.statements],
-                             resumed_lock_retries=mp.resume_lock_retries if mp.resume_from else 0)
+                             resumed_lock_retries=mp.resume_lock_retries)
     db.reset_session(conn)  # nothing a migration before it set (SET ROLE, search_path, …) reaches this one
     watch = BlockerWatch(url, conn.info.backend_pid)
     try:
@@ -236,12 +236,12 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
     online step first waits for the database's health; a wait that runs out (or is deferred) leaves the
     migration resumable at that step, nothing of it run."""
     m, schema = mp.migration, settings.schema
-    retries = mp.resume_lock_retries if mp.resume_from else 0  # of the applied steps: kept in the row's logs
+    retries = mp.resume_lock_retries  # of the applied steps: kept in the row's logs
 
-    def progress(mark: str, extra: str = "") -> str:
+    def progress(mark: str = ledger.IN_PROGRESS_MARK, extra: str = f" steps={len(mp.steps)}") -> str:
         return ledger.progress_logs(mark, mp.digest, retries, extra)
 
-    marker = progress(ledger.IN_PROGRESS_MARK, f" steps={len(mp.steps)}")
+    marker = progress()
     if mp.resume_row_id:
         check_same_plan(mp)
         row_id = mp.resume_row_id
@@ -252,7 +252,7 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
         log(f"{m.name}: applying in {len(mp.steps)} steps")
     results = []
     for step in mp.steps[mp.resume_from:]:
-        gated = gate_step(conn, mp, step, row_id, settings, log, health, progress(ledger.RETRYABLE_MARK))
+        gated = gate_step(conn, mp, step, row_id, settings, log, health, progress(ledger.RETRYABLE_MARK, ""))
         t0 = time.monotonic()
         skipped: list[str] = []
         try:
@@ -282,7 +282,7 @@ def run_stepped(conn: psycopg.Connection, mp: MigrationPlan, settings: Settings,
         if attempts > 1:  # the row keeps the count, so a resume after a crash or a deferral reports it
             retries += attempts - 1
             with ledger_write(conn):
-                ledger.mark_failed(conn, row_id, progress(ledger.IN_PROGRESS_MARK, f" steps={len(mp.steps)}"), schema)
+                ledger.mark_failed(conn, row_id, progress(), schema)
     with ledger_write(conn):
         ledger.mark_finished(conn, row_id, len(mp.steps), schema)
     return results
